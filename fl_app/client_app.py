@@ -1,0 +1,101 @@
+"""ClientApp: one silo. Trains and evaluates the task's model on its own partition.
+
+Messages:
+* ``query``   → the silo's partition id (the server's roll call before round 1).
+* ``train``   → local training from the received global model; replies the new weights,
+  ``train-loss``, ``num-examples`` and a ``meta`` record with the partition id.
+* ``evaluate``→ metrics of the received global model on the silo's validation split.
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fl_app.config import RunConfig
+from fl_app.seeding import derive_seed, seed_everything
+from strategies.wrappers import META_KEY
+from tasks import get_task
+from tasks.base import MOMENTS_KEY
+
+app = ClientApp()
+
+
+def silo_partition(context: Context) -> tuple[int, int]:
+    """``(partition-id, num-partitions)`` from the SuperNode's node config."""
+    try:
+        return int(context.node_config["partition-id"]), int(context.node_config["num-partitions"])
+    except KeyError as exc:
+        raise KeyError(
+            f"SuperNode node config lacks {exc}; start it with "
+            "--node-config \"partition-id=<i> num-partitions=<n>\""
+        ) from None
+
+
+def _setup(msg: Message, context: Context):
+    torch.set_num_threads(1)
+    cfg = RunConfig.from_flower(context.run_config)
+    task = get_task(cfg.task)
+    pid, n = silo_partition(context)
+    model = task.build_model()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    return cfg, task, pid, n, model
+
+
+def _meta(pid: int) -> ConfigRecord:
+    return ConfigRecord({"partition-id": pid})
+
+
+@app.query()
+def query(msg: Message, context: Context) -> Message:
+    """Roll call: this silo's partition id and, for tasks that standardise inputs, the
+    per-feature count/sum/sum-of-squares of its training rows (never the rows)."""
+    cfg = RunConfig.from_flower(context.run_config)
+    task = get_task(cfg.task)
+    pid, n = silo_partition(context)
+    content = RecordDict({META_KEY: ConfigRecord({"partition-id": pid, "num-partitions": n})})
+    moments = task.feature_moments(task.load_partition(pid, n, cfg).train)
+    if moments is not None:
+        content[MOMENTS_KEY] = MetricRecord(moments)
+    return Message(content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received global model on this silo's partition."""
+    cfg, task, pid, n, model = _setup(msg, context)
+    config = msg.content["config"]
+    server_round = int(config.get("server-round", 0))
+    data = task.load_partition(pid, n, cfg)
+    generator = seed_everything(derive_seed(cfg.seed, "train", pid, server_round))
+    metrics = task.train(
+        model,
+        data.train,
+        cfg,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        generator=generator,
+    )
+    metrics["num-examples"] = len(data.train)
+    return Message(
+        RecordDict(
+            {
+                "arrays": ArrayRecord(model.state_dict()),
+                "metrics": MetricRecord(metrics),
+                META_KEY: _meta(pid),
+            }
+        ),
+        reply_to=msg,
+    )
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on this silo's validation split."""
+    cfg, task, pid, n, model = _setup(msg, context)
+    data = task.load_partition(pid, n, cfg)
+    metrics = task.evaluate(model, data.val)
+    metrics["num-examples"] = len(data.val)
+    return Message(
+        RecordDict({"metrics": MetricRecord(metrics), META_KEY: _meta(pid)}), reply_to=msg
+    )

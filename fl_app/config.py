@@ -1,0 +1,231 @@
+"""Typed, validated run configuration.
+
+Flower hands the ServerApp and every ClientApp a flat ``run_config`` dict built from
+``[tool.flwr.app.config]`` in pyproject.toml plus ``flwr run --run-config`` overrides.
+:class:`RunConfig` is the one typed view of it: every key has a type, a default and a
+doc; an unknown key, a wrong type or an out-of-range value raises :class:`ConfigError`
+before round 1, naming the key and what is allowed.
+
+``python -m fl_app.config`` prints the reference table (the README's table is this
+output).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import sys
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A run-config value is unknown, of the wrong type or out of range."""
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class RunConfig(BaseModel):
+    """Every run-config key of the app (keys are written kebab-case in TOML)."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        strict=True,
+        alias_generator=_kebab,
+        populate_by_name=True,
+    )
+
+    # What to learn and how.
+    task: str = Field("digits", description="Task to run (see Tasks).")
+    data_source: str = Field(
+        "",
+        description='"" = offline bundled/generated data; otherwise a Hugging Face dataset id, '
+        "a local path, or an Azure Blob URL, as the task documents.",
+    )
+    strategy: str = Field("fedavg", description="Aggregation strategy (see Strategies).")
+    num_server_rounds: int = Field(5, ge=1, le=10_000, description="Federated rounds.")
+    seed: int = Field(
+        42,
+        ge=0,
+        le=2**31 - 1,
+        description="Seeds partitions, client sampling, model init and local training.",
+    )
+    # Data split.
+    partitioner: Literal["iid", "dirichlet"] = Field(
+        "iid", description="How the training pool is split across silos."
+    )
+    dirichlet_alpha: float = Field(
+        0.5, gt=0, le=1e6, description="Label-skew concentration (smaller = more skewed)."
+    )
+    test_fraction: float = Field(
+        0.2, gt=0, lt=0.9, description="Share of the pooled data held out for the server."
+    )
+    val_fraction: float = Field(
+        0.1, ge=0, lt=0.9, description="Share of each silo's partition kept for its evaluation."
+    )
+    # Client-side training.
+    local_epochs: int = Field(3, ge=1, le=1000, description="Local epochs per round.")
+    batch_size: int = Field(16, ge=1, le=1_000_000, description="Local mini-batch size.")
+    learning_rate: float = Field(0.05, gt=0, le=10, description="Local SGD learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Local SGD momentum.")
+    # Sampling.
+    fraction_train: float = Field(
+        1.0, gt=0, le=1, description="Fraction of connected silos sampled for training."
+    )
+    fraction_evaluate: float = Field(
+        1.0, ge=0, le=1, description="Fraction sampled for client-side evaluation (0 = off)."
+    )
+    min_train_nodes: int = Field(2, ge=1, description="Minimum silos per training round.")
+    min_evaluate_nodes: int = Field(2, ge=0, description="Minimum silos per evaluation round.")
+    min_available_nodes: int = Field(2, ge=1, description="Silos to wait for before round 1.")
+    round_timeout: float = Field(
+        3600.0, gt=0, description="Seconds to wait for replies in a round."
+    )
+    # Strategy parameters (each strategy reads the ones it needs).
+    proximal_mu: float = Field(0.01, ge=0, description="FedProx proximal term weight μ.")
+    server_learning_rate: float = Field(
+        0.1, gt=0, description="Server step size η (FedAdam, FedYogi, FedAdagrad, FedAvgM)."
+    )
+    server_momentum: float = Field(0.9, ge=0, lt=1, description="Server momentum (FedAvgM).")
+    beta1: float = Field(0.9, ge=0, lt=1, description="First-moment decay (FedAdam, FedYogi).")
+    beta2: float = Field(0.99, ge=0, lt=1, description="Second-moment decay (FedAdam, FedYogi).")
+    tau: float = Field(1e-3, gt=0, description="Adaptivity ε (FedAdam, FedYogi, FedAdagrad).")
+    trim_beta: float = Field(
+        0.2, ge=0, lt=0.5, description="Fraction trimmed at each end (FedTrimmedAvg)."
+    )
+    num_byzantine: int = Field(
+        0, ge=0, description="Assumed Byzantine silos f (Krum, MultiKrum, Bulyan)."
+    )
+    num_selected: int = Field(
+        0, ge=0, description="Updates MultiKrum averages (0 = n - f)."
+    )
+    # Outputs.
+    run_dir: str = Field(
+        "outputs", description="Directory under which each run writes model, metrics, config."
+    )
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str) -> str:
+        from tasks import available_tasks
+
+        return _one_of("task", value, available_tasks())
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        from strategies import available_strategies
+
+        return _one_of("strategy", value, available_strategies())
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
+        """Validate Flower's flat ``context.run_config``; raise :class:`ConfigError`."""
+        return _from_items(tuple(sorted(run_config.items())))
+
+    def to_flower(self) -> dict[str, Any]:
+        """The config as Flower's flat kebab-case dict (all keys, resolved)."""
+        return self.model_dump(by_alias=True)
+
+    def fingerprint(self) -> str:
+        """Short sha256 of the resolved config (identifies a run's settings)."""
+        blob = json.dumps(self.to_flower(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+    def check_cross_field(self) -> RunConfig:
+        """Checks that involve several keys; returns self."""
+        if self.min_train_nodes > self.min_available_nodes:
+            raise ConfigError(
+                f"run-config 'min-train-nodes' = {self.min_train_nodes} exceeds "
+                f"'min-available-nodes' = {self.min_available_nodes}; raise "
+                "'min-available-nodes' or lower 'min-train-nodes'."
+            )
+        return self
+
+
+def _one_of(key: str, value: str, allowed: list[str]) -> str:
+    if value in allowed:
+        return value
+    close = difflib.get_close_matches(value, allowed, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ValueError(
+        f"'{value}' is not a valid {key}.{hint} Choose one of: {', '.join(allowed)}. "
+        f"Example: flwr run . --run-config \"{key}='{allowed[0]}'\""
+    )
+
+
+@lru_cache(maxsize=32)
+def _from_items(items: tuple[tuple[str, Any], ...]) -> RunConfig:
+    raw = dict(items)
+    try:
+        return RunConfig.model_validate(raw).check_cross_field()
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, raw)) from None
+
+
+def _explain(exc: ValidationError, raw: Mapping[str, Any]) -> str:
+    """Turn pydantic's errors into one line per bad key, naming key, value and fix."""
+    fields = RunConfig.model_fields
+    known = [_kebab(name) for name in fields]
+    lines = []
+    for err in exc.errors():
+        key = str(err["loc"][0]) if err["loc"] else "?"
+        value = raw.get(key)
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            lines.append(
+                f"unknown run-config key '{key}'.{hint} Valid keys: {', '.join(known)}."
+            )
+            continue
+        field = fields.get(key.replace("-", "_"))
+        expected = _type_name(field.annotation) if field else "?"
+        default = f"; default {field.default!r}" if field else ""
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(
+            f"run-config '{key}' = {value!r}: {msg} (expected {expected}{default})."
+        )
+    return "Invalid run config:\n  - " + "\n  - ".join(lines)
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def reference_table() -> str:
+    """Markdown table of every key: name, type, default, allowed values, doc."""
+    rows = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
+    for name, field in RunConfig.model_fields.items():
+        bounds = []
+        for meta in field.metadata:
+            for attr, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+                if getattr(meta, attr, None) is not None:
+                    bounds.append(f"{sym} {getattr(meta, attr)}")
+        allowed = ", ".join(bounds)
+        if name == "task":
+            from tasks import available_tasks
+
+            allowed = ", ".join(available_tasks())
+        elif name == "strategy":
+            from strategies import available_strategies
+
+            allowed = ", ".join(available_strategies())
+        elif name == "partitioner":
+            allowed = "iid, dirichlet"
+        rows.append(
+            f"| `{_kebab(name)}` | {_type_name(field.annotation)} | `{field.default!r}` "
+            f"| {allowed} | {field.description} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through the README
+    sys.stdout.write(reference_table() + "\n")

@@ -1,0 +1,109 @@
+"""Where a run's parameters and metrics go. The core loop talks to :class:`MetricsSink`
+only; console, run-directory files (and, via adapters, MLflow) implement it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from fl_app import LOG
+
+
+class MetricsSink(Protocol):
+    """Receives a run's parameters, per-round metrics and final artefacts."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Called once with the resolved run config."""
+
+    def log_metrics(self, server_round: int, phase: str, metrics: Mapping[str, float]) -> None:
+        """Called per round and phase (``train``, ``evaluate``, ``server``)."""
+
+    def log_artifact(self, path: Path) -> None:
+        """Called with each file the run writes (model, metrics)."""
+
+    def close(self) -> None:
+        """Called once at the end of the run."""
+
+
+def _fmt(metrics: Mapping[str, float]) -> str:
+    return " ".join(
+        f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+    )
+
+
+class ConsoleSink:
+    """One log line per round and phase."""
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, server_round, phase, metrics) -> None:
+        LOG.info("[fedsilo] round %d %s: %s", server_round, phase, _fmt(metrics))
+
+    def log_artifact(self, path: Path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RunDirSink:
+    """Writes ``config.json``, ``metrics.json`` and ``metrics.csv`` into the run directory
+    (rewritten after every round, so a crashed run keeps what it had)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.rows: list[dict[str, Any]] = []
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        (self.run_dir / "config.json").write_text(json.dumps(dict(params), indent=2) + "\n")
+
+    def log_metrics(self, server_round, phase, metrics) -> None:
+        row = {"round": server_round, "phase": phase}
+        row.update({k: (None if isinstance(v, float) and math.isnan(v) else v)
+                    for k, v in metrics.items()})
+        self.rows.append(row)
+        self._flush()
+
+    def _flush(self) -> None:
+        (self.run_dir / "metrics.json").write_text(json.dumps(self.rows, indent=1) + "\n")
+        columns = ["round", "phase"]
+        for row in self.rows:
+            columns += [k for k in row if k not in columns]
+        with (self.run_dir / "metrics.csv").open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def log_artifact(self, path: Path) -> None:
+        pass
+
+    def close(self) -> None:
+        self._flush()
+
+
+class Sinks:
+    """Fans every call out to several sinks."""
+
+    def __init__(self, *sinks: MetricsSink) -> None:
+        self.sinks = list(sinks)
+
+    def log_params(self, params):
+        for s in self.sinks:
+            s.log_params(params)
+
+    def log_metrics(self, server_round, phase, metrics):
+        for s in self.sinks:
+            s.log_metrics(server_round, phase, metrics)
+
+    def log_artifact(self, path):
+        for s in self.sinks:
+            s.log_artifact(path)
+
+    def close(self):
+        for s in self.sinks:
+            s.close()

@@ -1,0 +1,206 @@
+"""The task interface: data partition, model, train, evaluate.
+
+A task only says where its data comes from and which model it trains. Splitting the
+pooled data into the server's held-out test set and per-silo partitions, training and
+evaluation are shared here, so every strategy runs with every task and every task is
+split the same, seeded way.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from tasks.partitioning import partition_indices, stratified_split
+from tasks.training import evaluate_classifier, train_classifier
+
+if TYPE_CHECKING:
+    from fl_app.config import RunConfig
+
+#: RecordDict key of the feature moments a silo reports in the roll call.
+MOMENTS_KEY = "feature-moments"
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """Features ``x`` (float32, N × …) and integer labels ``y`` (int64, N)."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} rows but y has {len(self.y)}")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx: np.ndarray) -> ArrayDataset:
+        """Rows ``idx`` as a new dataset."""
+        return ArrayDataset(self.x[idx], self.y[idx])
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One silo's data: what it trains on and what it evaluates the global model on."""
+
+    train: ArrayDataset
+    val: ArrayDataset
+
+
+class Task(ABC):
+    """A federated learning use case. Subclasses implement :meth:`load_data` and
+    :meth:`build_model`; the rest is shared."""
+
+    #: Registry name, e.g. ``"digits"``.
+    name: str
+    #: Number of classes of the label.
+    num_classes: int
+
+    @abstractmethod
+    def load_data(self, config: RunConfig) -> tuple[ArrayDataset, ArrayDataset | None]:
+        """Return ``(pool, test)``: the pooled training data and, if the source has one,
+        its own test split (``None`` = hold out ``test-fraction`` of the pool)."""
+
+    @abstractmethod
+    def build_model(self) -> nn.Module:
+        """A freshly initialised model (seed torch before calling for a seeded init)."""
+
+    def feature_moments(self, data: ArrayDataset) -> dict[str, list[float]] | None:
+        """Per-feature ``count``, ``sum`` and ``sumsq`` of a silo's training rows, for
+        tasks whose model standardises inputs (``None`` otherwise)."""
+        model = self.build_model()
+        if not hasattr(model, "standardize"):
+            return None
+        x = data.x.reshape(len(data), -1).astype(np.float64)
+        return {
+            "count": [float(len(x))],
+            "sum": x.sum(axis=0).tolist(),
+            "sumsq": (x**2).sum(axis=0).tolist(),
+        }
+
+    def set_input_scaling(self, model: nn.Module, moments: list[dict[str, list[float]]]) -> None:
+        """Set the model's ``standardize`` buffers from silos' summed moments."""
+        if not hasattr(model, "standardize") or not moments:
+            return
+        mean, std = pooled_moments(moments)
+        model.standardize.mean.copy_(torch.from_numpy(mean))
+        model.standardize.std.copy_(torch.from_numpy(std))
+
+    def class_weights(self, train: ArrayDataset) -> torch.Tensor | None:
+        """Loss weights per class (``None`` = unweighted cross-entropy)."""
+        return None
+
+    # ------------------------------------------------------------------ shared
+    def split(self, config: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
+        """``(train_pool, server_test)``, the same for the same data, seed and fraction."""
+        return _split_cached(self, config.data_source, config.seed, config.test_fraction)
+
+    def load_test(self, config: RunConfig) -> ArrayDataset:
+        """The server's held-out test set."""
+        return self.split(config)[1]
+
+    def load_partition(
+        self, partition_id: int, num_partitions: int, config: RunConfig
+    ) -> Partition:
+        """Silo ``partition_id`` of ``num_partitions``: its train and validation data."""
+        if not 0 <= partition_id < num_partitions:
+            raise ValueError(
+                f"partition-id {partition_id} is outside 0..{num_partitions - 1}; check the "
+                "SuperNode's --node-config \"partition-id=… num-partitions=…\""
+            )
+        pool, _ = self.split(config)
+        parts = _partitions_cached(
+            self,
+            config.data_source,
+            config.seed,
+            config.test_fraction,
+            num_partitions,
+            config.partitioner,
+            config.dirichlet_alpha,
+        )
+        mine = pool.subset(parts[partition_id])
+        if config.val_fraction == 0 or len(mine) < 4:
+            return Partition(train=mine, val=mine.subset(np.arange(0)))
+        train_idx, val_idx = stratified_split(
+            mine.y, config.val_fraction, seed=config.seed + 1 + partition_id
+        )
+        return Partition(train=mine.subset(train_idx), val=mine.subset(val_idx))
+
+    def train(
+        self,
+        model: nn.Module,
+        data: ArrayDataset,
+        config: RunConfig,
+        *,
+        proximal_mu: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, float]:
+        """Local training; returns training metrics (``train-loss``)."""
+        return train_classifier(
+            model,
+            data.x,
+            data.y,
+            epochs=config.local_epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            momentum=config.momentum,
+            proximal_mu=proximal_mu,
+            class_weights=self.class_weights(data),
+            generator=generator,
+        )
+
+    def evaluate(self, model: nn.Module, data: ArrayDataset) -> dict[str, float]:
+        """Loss, accuracy and, for binary tasks, ROC-AUC / PR-AUC / F1."""
+        return evaluate_classifier(model, data.x, data.y, num_classes=self.num_classes)
+
+
+def pooled_moments(moments: list[dict[str, list[float]]]) -> tuple[np.ndarray, np.ndarray]:
+    """Federation-wide feature mean and std (float32) from per-silo sums; a constant
+    feature gets std 1."""
+    count = sum(m["count"][0] for m in moments)
+    if count <= 0:
+        raise ValueError("no training rows reported by any silo; cannot scale inputs")
+    total = np.sum([m["sum"] for m in moments], axis=0)
+    total_sq = np.sum([m["sumsq"] for m in moments], axis=0)
+    mean = total / count
+    var = np.maximum(total_sq / count - mean**2, 0.0)
+    std = np.sqrt(var)
+    std[std < 1e-8] = 1.0
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+@lru_cache(maxsize=8)
+def _split_cached(
+    task: Task, data_source: str, seed: int, test_fraction: float
+) -> tuple[ArrayDataset, ArrayDataset]:
+    from fl_app.config import RunConfig
+
+    config = RunConfig(data_source=data_source, seed=seed, test_fraction=test_fraction)
+    pool, test = task.load_data(config)
+    if test is not None:
+        return pool, test
+    train_idx, test_idx = stratified_split(pool.y, test_fraction, seed=seed)
+    return pool.subset(train_idx), pool.subset(test_idx)
+
+
+@lru_cache(maxsize=8)
+def _partitions_cached(
+    task: Task,
+    data_source: str,
+    seed: int,
+    test_fraction: float,
+    num_partitions: int,
+    partitioner: str,
+    alpha: float,
+) -> list[np.ndarray]:
+    pool, _ = _split_cached(task, data_source, seed, test_fraction)
+    return partition_indices(
+        pool.y, num_partitions, partitioner=partitioner, alpha=alpha, seed=seed
+    )
