@@ -18,7 +18,7 @@ import json
 import sys
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -197,6 +197,8 @@ def _explain(exc: ValidationError, raw: Mapping[str, Any]) -> str:
 
 
 def _type_name(annotation: Any) -> str:
+    if get_origin(annotation) is Literal:
+        return "one of " + " | ".join(repr(a) for a in get_args(annotation))
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
@@ -218,8 +220,6 @@ def reference_table() -> str:
             from strategies import available_strategies
 
             allowed = ", ".join(available_strategies())
-        elif name == "partitioner":
-            allowed = "iid, dirichlet"
         rows.append(
             f"| `{_kebab(name)}` | {_type_name(field.annotation)} | `{field.default!r}` "
             f"| {allowed} | {field.description} |"

@@ -57,7 +57,7 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.storage.blob import BlobServiceClient, ContainerClient, ExponentialRetry
+from azure.storage.blob import BlobServiceClient, ContainerClient, LinearRetry
 
 __all__ = [
     "ACCOUNT_URL_ENV",
@@ -403,9 +403,7 @@ def _client_kwargs(overrides: dict[str, Any]) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         # The storage default (ExponentialRetry: 3 retries, 15 s initial back-off) waits
         # minutes on a dead endpoint; one retry after about a second is enough here.
-        "retry_policy": ExponentialRetry(
-            initial_backoff=1, increment_base=2, retry_total=_RETRY_TOTAL, random_jitter_range=0.5
-        ),
+        "retry_policy": LinearRetry(backoff=1, retry_total=_RETRY_TOTAL, random_jitter_range=0.5),
         "retry_total": _RETRY_TOTAL,
         "connection_timeout": _CONNECTION_TIMEOUT_S,
         "read_timeout": _READ_TIMEOUT_S,

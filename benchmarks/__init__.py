@@ -1,0 +1,5 @@
+"""Benchmarks of the app against reference points (not part of the installed package).
+
+``python -m benchmarks.centralized`` compares federated runs with a centralised
+baseline trained on the pooled silo data; see :mod:`benchmarks.centralized`.
+"""

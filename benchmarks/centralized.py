@@ -1,0 +1,641 @@
+"""Federated vs centralised: what does keeping the data in 10 silos cost?
+
+For each task and partitioning (IID; Dirichlet label skew), run the real federation
+(``flwr run`` in local simulation, 10 SuperNodes, FedAvg) and read the final
+server-side metrics on the server's held-out test set. Against it, train the same model
+centrally, in this process, on the union of exactly the rows the 10 silos train on
+(their IID training splits), with the same batch size, learning rate, momentum, model
+init and input scaling, for the same total number of epochs
+(``num-server-rounds × local-epochs``: in FL every silo passes over its rows
+``local-epochs`` times per round), and evaluate it on the same test set.
+
+Usage::
+
+    python -m benchmarks.centralized        # all tasks; writes docs/benchmarks.{md,json}
+    python -m benchmarks.centralized --tasks breast-cancer --quick   # smoke, writes nothing
+    python -m benchmarks.centralized --rounds 10 --out /tmp/bench.md
+
+Same config → same metrics (everything is seeded; only the seconds vary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import platform
+import sys
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fl_app.config import RunConfig
+from fl_app.local_run import PROJECT_DIR, SimulationRun, run_simulation
+from fl_app.seeding import derive_seed, seed_everything
+from tasks import get_task
+from tasks.base import ArrayDataset
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_TASKS = ("digits", "breast-cancer", "fraud")
+DEFAULT_OUT = Path("docs/benchmarks.md")
+NUM_SILOS = 10
+DIRICHLET_ALPHA = 0.5
+QUICK_ROUNDS = 2
+#: Lines of ``flwr run`` output shown when a run fails.
+TAIL_LINES = 80
+#: Run-config keys that must be identical in the FL run and the centralised baseline.
+MATCHED_KEYS = (
+    "task", "data-source", "seed", "test-fraction", "val-fraction", "num-server-rounds",
+    "local-epochs", "batch-size", "learning-rate", "momentum",
+)  # fmt: skip
+
+
+class BenchmarkError(RuntimeError):
+    """A federated run failed or did not produce what the benchmark needs."""
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    """Final test metrics of one setting (``central``, ``iid`` or ``dirichlet``) of a task."""
+
+    task: str
+    setting: str
+    metrics: Mapping[str, float]
+    seconds: float
+    train_rows: int
+    epochs: int
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- configs
+def app_defaults(project_dir: Path = PROJECT_DIR) -> dict[str, Any]:
+    """``[tool.flwr.app.config]`` of the app's pyproject.toml (what ``flwr run`` starts from)."""
+    with (project_dir / "pyproject.toml").open("rb") as fh:
+        return dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+
+
+def fl_overrides(
+    task: str,
+    partitioner: str,
+    *,
+    rounds: int | None = None,
+    seed: int | None = None,
+    dirichlet_alpha: float = DIRICHLET_ALPHA,
+    client_eval: bool = False,
+) -> dict[str, Any]:
+    """``--run-config`` overrides of one federated benchmark run (FedAvg).
+
+    Client-side evaluation (each silo scoring the global model on its validation rows)
+    is off unless ``client_eval``: it never changes the global model, the benchmark reads
+    the server-side test metrics only, and the centralised baseline has no such step.
+    """
+    overrides: dict[str, Any] = {
+        "task": task,
+        "strategy": "fedavg",
+        "partitioner": partitioner,
+        "dirichlet-alpha": float(dirichlet_alpha),
+    }
+    if not client_eval:
+        overrides["fraction-evaluate"] = 0.0
+    if rounds is not None:
+        overrides["num-server-rounds"] = int(rounds)
+    if seed is not None:
+        overrides["seed"] = int(seed)
+    return overrides
+
+
+def resolve_config(overrides: Mapping[str, Any], project_dir: Path = PROJECT_DIR) -> RunConfig:
+    """The validated config a ``flwr run`` with ``overrides`` resolves to (app defaults
+    from pyproject.toml, then the overrides), exactly as the ServerApp sees it."""
+    merged = {**app_defaults(project_dir), **overrides}
+    return RunConfig.from_flower(merged)
+
+
+# --------------------------------------------------------------------------- centralised
+def pooled_silo_train(cfg: RunConfig, num_silos: int = NUM_SILOS) -> tuple[ArrayDataset, list]:
+    """The union of the ``num_silos`` silos' training splits under ``cfg`` and each silo's
+    feature moments (``None`` for tasks that do not standardise inputs)."""
+    task = get_task(cfg.task)
+    parts = [task.load_partition(i, num_silos, cfg) for i in range(num_silos)]
+    pooled = ArrayDataset(
+        np.concatenate([p.train.x for p in parts]), np.concatenate([p.train.y for p in parts])
+    )
+    return pooled, [task.feature_moments(p.train) for p in parts]
+
+
+def train_centralised(cfg: RunConfig, num_silos: int = NUM_SILOS) -> BenchmarkResult:
+    """Train the task's model on the pooled silo training rows for
+    ``num-server-rounds × local-epochs`` epochs and evaluate it on the server's test set.
+
+    ``cfg`` should use the IID partitioner (its partitions are the silos' rows). Init is
+    seeded like the ServerApp's (``derive_seed(seed, "init")``), input scaling comes from
+    the silos' pooled moments, training uses one torch thread (as each silo does) and a
+    generator seeded with ``derive_seed(seed, "train", "central")``.
+    """
+    started = time.perf_counter()
+    task = get_task(cfg.task)
+    pooled, moments = pooled_silo_train(cfg, num_silos)
+    test = task.load_test(cfg)
+    epochs = cfg.num_server_rounds * cfg.local_epochs
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        seed_everything(derive_seed(cfg.seed, "init"))
+        model = task.build_model()
+        task.set_input_scaling(model, [m for m in moments if m is not None])
+        generator = seed_everything(derive_seed(cfg.seed, "train", "central"))
+        train_metrics = task.train(
+            model, pooled, cfg.model_copy(update={"local_epochs": epochs}), generator=generator
+        )
+        metrics = task.evaluate(model, test)
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - started
+    LOG.info(
+        "central %s: %d rows × %d epochs in %.2fs, train-loss %.4f, test %s",
+        cfg.task, len(pooled), epochs, seconds, train_metrics["train-loss"], _fmt(metrics),
+    )  # fmt: skip
+    return BenchmarkResult(
+        cfg.task, "central", metrics, seconds, len(pooled), epochs,
+        extra={"train-loss": train_metrics["train-loss"]},
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- federated
+def _tail(output: str, lines: int = TAIL_LINES) -> str:
+    return "\n".join(output.rstrip().splitlines()[-lines:])
+
+
+def check_run(run: SimulationRun, cfg: RunConfig) -> dict[str, Any]:
+    """The final server metrics of ``run``; raise :class:`BenchmarkError` (with the tail of
+    the output) if it failed, stopped early or ran with another config than ``cfg``."""
+    final = run.final("server")
+    problem = None
+    if run.returncode != 0:
+        problem = f"flwr run exited with code {run.returncode}"
+    elif not final:
+        problem = "flwr run wrote no server-side metrics"
+    elif final["round"] != cfg.num_server_rounds:
+        problem = f"last server metrics are of round {final['round']}, not {cfg.num_server_rounds}"
+    elif run.run_dir is not None and (run.run_dir / "config.json").exists():
+        used = json.loads((run.run_dir / "config.json").read_text())
+        expected = cfg.to_flower()
+        diff = {
+            k: (used.get(k), expected[k])
+            for k in (
+                *MATCHED_KEYS,
+                "partitioner",
+                "dirichlet-alpha",
+                "strategy",
+                "fraction-evaluate",
+            )
+            if used.get(k) != expected[k]
+        }
+        if diff:
+            problem = f"flwr run used another config (key: (used, expected)): {diff}"
+    if problem:
+        raise BenchmarkError(
+            f"{cfg.task}/{cfg.partitioner}: {problem}. Last lines of its output:\n"
+            f"{_tail(run.output)}"
+        )
+    return final
+
+
+def run_federated(
+    overrides: Mapping[str, Any], num_silos: int = NUM_SILOS, **simulation_kwargs: Any
+) -> BenchmarkResult:
+    """One real ``flwr run`` with ``overrides``; its final server-side test metrics and
+    wall-clock seconds (SuperLink start-up and shutdown included)."""
+    cfg = resolve_config(overrides)
+    LOG.info(
+        "federated %s/%s: flwr run with %d silos, %d rounds …",
+        cfg.task,
+        cfg.partitioner,
+        num_silos,
+        cfg.num_server_rounds,
+    )
+    started = time.perf_counter()
+    run = run_simulation(dict(overrides), num_supernodes=num_silos, **simulation_kwargs)
+    seconds = time.perf_counter() - started
+    final = check_run(run, cfg)
+    metrics = {
+        k: (float("nan") if v is None else float(v))
+        for k, v in final.items()
+        if k not in ("round", "phase", "num-examples")
+    }
+    task = get_task(cfg.task)
+    sizes = [len(task.load_partition(i, num_silos, cfg).train) for i in range(num_silos)]
+    LOG.info("federated %s/%s: %.1fs, test %s", cfg.task, cfg.partitioner, seconds, _fmt(metrics))
+    return BenchmarkResult(
+        cfg.task,
+        cfg.partitioner,
+        metrics,
+        seconds,
+        sum(sizes),
+        cfg.num_server_rounds * cfg.local_epochs,
+        extra={"silo-train-rows": sizes},
+    )
+
+
+# --------------------------------------------------------------------------- benchmark
+def benchmark_task(
+    task: str, *, rounds: int | None = None, seed: int | None = None, client_eval: bool = False
+) -> list[BenchmarkResult]:
+    """Centralised baseline, then FL under IID and Dirichlet(α = 0.5) partitions."""
+    central_cfg = resolve_config(fl_overrides(task, "iid", rounds=rounds, seed=seed))
+    results = [train_centralised(central_cfg)]
+    for partitioner in ("iid", "dirichlet"):
+        overrides = fl_overrides(
+            task, partitioner, rounds=rounds, seed=seed, client_eval=client_eval
+        )
+        results.append(run_federated(overrides))
+    return results
+
+
+#: A binary model whose test ROC-AUC is below this ranks no better than (near) chance.
+CHANCE_ROC_AUC = 0.6
+
+
+def collapsed(result: BenchmarkResult) -> bool:
+    """Whether a binary-task model ranks test rows at (near) chance, i.e. predicts
+    (near-)constant scores: a training failure, not a measure of federation."""
+    roc = result.metrics.get("roc-auc")
+    return roc is not None and (math.isnan(roc) or roc < CHANCE_ROC_AUC)
+
+
+def primary_metrics(metrics: Mapping[str, float]) -> tuple[str, ...]:
+    """ROC-AUC and PR-AUC for binary tasks, accuracy otherwise."""
+    return ("roc-auc", "pr-auc") if "roc-auc" in metrics else ("accuracy",)
+
+
+def gaps(results: Sequence[BenchmarkResult]) -> list[dict[str, float] | None]:
+    """Per result, ``{metric: FL − central}`` in points (×100) for the primary metrics,
+    against the centralised result of the same task (``None`` for central rows and for
+    tasks without a centralised row)."""
+    central = {r.task: r for r in results if r.setting == "central"}
+    out: list[dict[str, float] | None] = []
+    for r in results:
+        ref = central.get(r.task)
+        if r.setting == "central" or ref is None:
+            out.append(None)
+            continue
+        out.append(
+            {m: 100.0 * (r.metrics[m] - ref.metrics[m]) for m in primary_metrics(ref.metrics)}
+        )
+    return out
+
+
+def time_ratios(results: Sequence[BenchmarkResult]) -> list[float | None]:
+    """Per result, its seconds ÷ the centralised seconds of the same task."""
+    central = {r.task: r.seconds for r in results if r.setting == "central"}
+    return [
+        r.seconds / central[r.task] if r.setting != "central" and central.get(r.task) else None
+        for r in results
+    ]
+
+
+# --------------------------------------------------------------------------- rendering
+SETTING_LABELS = {
+    "central": "centralised (pooled silos)",
+    "iid": "FL, IID",
+    "dirichlet": f"FL, Dirichlet α={DIRICHLET_ALPHA:g}",
+}
+METRIC_SHORT = {"accuracy": "acc", "roc-auc": "ROC", "pr-auc": "PR"}
+COLUMNS = (
+    "task", "setting", "accuracy", "ROC-AUC", "PR-AUC", "F1 / macro-F1",
+    "gap to central (pts)", "seconds", "FL / central time",
+)  # fmt: skip
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def _fmt(metrics: Mapping[str, float]) -> str:
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+
+
+def table_rows(results: Sequence[BenchmarkResult], *, bold: bool = False) -> list[list[str]]:
+    """One list of cell strings per result, in :data:`COLUMNS` order; primary metrics in
+    ``**bold**`` when ``bold``."""
+    rows = []
+    for r, gap, ratio in zip(results, gaps(results), time_ratios(results), strict=True):
+        primary = primary_metrics(r.metrics)
+
+        def cell(metric: str, r=r, primary=primary) -> str:
+            text = _num(r.metrics.get(metric))
+            return f"**{text}**" if bold and metric in primary and text != "–" else text
+
+        f1 = r.metrics.get("f1", r.metrics.get("f1-macro"))
+        gap_text = (
+            "reference"
+            if gap is None
+            else " · ".join(f"{v:+.1f} {METRIC_SHORT.get(m, m)}" for m, v in gap.items())
+        )
+        rows.append([
+            r.task,
+            SETTING_LABELS.get(r.setting, r.setting),
+            cell("accuracy"),
+            cell("roc-auc"),
+            cell("pr-auc"),
+            _num(f1),
+            gap_text,
+            f"{r.seconds:.1f}",
+            "–" if ratio is None else f"×{ratio:.0f}" if ratio >= 10 else f"×{ratio:.1f}",
+        ])  # fmt: skip
+    return rows
+
+
+def markdown_table(results: Sequence[BenchmarkResult]) -> str:
+    """The results as a Markdown table (primary metrics in bold)."""
+    lines = [
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "|".join(["---", "---"] + ["---:"] * (len(COLUMNS) - 2)) + "|",
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results, bold=True)]
+    return "\n".join(lines)
+
+
+def render_markdown(results: Sequence[BenchmarkResult], meta: Mapping[str, Any]) -> str:
+    """``docs/benchmarks.md``: what was compared, how, and the table."""
+    sizes = meta.get("data", {})
+    size_lines = []
+    for task, s in sizes.items():
+        size_lines.append(
+            f"| {task} | {s['pool-rows']} | {s['silo-train-rows']} "
+            f"| {s['iid-silo-rows'][0]}–{s['iid-silo-rows'][1]} "
+            f"| {s['dirichlet-silo-rows'][0]}–{s['dirichlet-silo-rows'][1]} "
+            f"| {s['test-rows']} | {_rate(s.get('test-positive-rate'))} |"
+        )
+    rounds, epochs = meta["num-server-rounds"], meta["local-epochs"]
+    client_eval = (
+        "silos also score every round's global model on their validation rows"
+        if meta.get("client-eval")
+        else "client-side evaluation off, `fraction-evaluate = 0`: it does not change the "
+        "model and the comparison reads the server's metrics only"
+    )
+    silos = meta["num-silos"]
+    parts = [
+        "# Federated vs centralised training",
+        "",
+        "<!-- Generated by `python -m benchmarks.centralized`; do not edit by hand. -->",
+        "",
+        " ".join(
+            [
+                f"What keeping the data in **{silos} silos** costs. Each federated run is a real",
+                f"`flwr run . --stream` in local simulation ({silos} SuperNodes,",
+                f"`{meta['strategy']}`, every silo trains every round; {client_eval}) for",
+                f"**{rounds} rounds × {epochs} local epochs**, batch size {meta['batch-size']},",
+                f"SGD learning rate {meta['learning-rate']}, momentum {meta['momentum']},",
+                f"seed {meta['seed']}. The metrics are the server's evaluation of the final",
+                "global model on its held-out test set",
+                f"({meta['test-fraction']:.0%} of each data set, stratified). Silo data is split",
+                f"either IID or with Dirichlet label skew (α = {meta['dirichlet-alpha']:g}); each",
+                f"silo keeps {meta['val-fraction']:.0%} of its share for its own validation.",
+            ]
+        ),
+        "",
+        " ".join(
+            [
+                "The **centralised** baseline trains the same model, in one process, on the union",
+                f"of exactly the rows the silos train on (the {silos} silos' IID training splits),",
+                "with the same batch size, learning rate and momentum, the same seeded",
+                "initialisation as the server's global model and the same input standardisation",
+                "(from the silos' pooled feature moments). **Total epochs are matched**: in FL",
+                f"every training row is visited {epochs} times per round for {rounds} rounds, so",
+                f"the baseline trains for {rounds} × {epochs} = **{meta['total-epochs']} epochs**.",
+                "It is evaluated with the same code on the same server test set. (Fraud's class",
+                "weights come from the pooled rows instead of each silo's own; under Dirichlet the",
+                "silos' union differs from the IID union only by which rows each silo keeps for",
+                "validation.)",
+            ]
+        ),
+        "",
+        "| task | train pool rows | rows silos train on | per silo (IID) "
+        "| per silo (Dirichlet) | test rows | positives (test) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *size_lines,
+        "",
+        "Primary metrics (bold): accuracy for digits (10 classes), ROC-AUC and PR-AUC for "
+        "the binary tasks (PR-AUC's chance level is the positive rate above). F1 is "
+        "for the positive class on binary tasks, macro-F1 on digits. *Gap* = FL − central "
+        "in percentage points of the primary metric(s). *Seconds* is wall-clock: for FL "
+        "the whole `flwr run` (SuperLink and simulation start-up and shutdown included), "
+        "for the baseline pooling the silo rows, training and evaluating in-process (one "
+        "torch thread, as each silo uses; measured once, cold, so torch's first-call "
+        "warm-up is included); both measured by the same benchmark process.",
+        "",
+        markdown_table(results),
+        "",
+        *notes(results),
+        f"Environment: {meta['machine']}; flwr {meta['flwr']}, torch {meta['torch']}, "
+        f"Python {meta['python']}. Regenerate with `{meta['command']}` (same config → same "
+        "metrics; only the seconds vary).",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def notes(results: Sequence[BenchmarkResult]) -> list[str]:
+    """Warnings under the table (collapsed models), as Markdown paragraphs."""
+    lines = []
+    for r in results:
+        if collapsed(r):
+            lines += [
+                f"**Note — {r.task}, {SETTING_LABELS.get(r.setting, r.setting)}:** test ROC-AUC "
+                f"{_num(r.metrics.get('roc-auc'))} is chance level: with these shared "
+                "hyper-parameters this model collapsed to (near-)constant scores. That is a "
+                "training failure of this setting, so gaps against it do not measure the "
+                "cost of federation.",
+                "",
+            ]
+    return lines
+
+
+def to_json(results: Sequence[BenchmarkResult], meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Machine-readable form: ``{"meta": …, "rows": […]}`` (NaN → null)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float):
+            return None if math.isnan(value) else value
+        if isinstance(value, Mapping):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    rows = []
+    for r, gap, ratio in zip(results, gaps(results), time_ratios(results), strict=True):
+        row = asdict(r)
+        row.update(
+            label=SETTING_LABELS.get(r.setting, r.setting),
+            primary=list(primary_metrics(r.metrics)),
+            gap_points=gap,
+            collapsed=collapsed(r),
+            time_ratio_vs_central=ratio,
+            metrics=dict(r.metrics),
+            extra=dict(r.extra),
+        )
+        rows.append(clean(row))
+    return {"meta": clean(dict(meta)), "rows": rows}
+
+
+def print_table(results: Sequence[BenchmarkResult]) -> None:
+    """The results as a table on stdout (rich if available)."""
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # pragma: no cover - rich comes with flwr
+        print(markdown_table(results))
+        return
+    table = Table(title="Federated vs centralised (server test set)")
+    for i, col in enumerate(COLUMNS):
+        table.add_column(col, justify="left" if i < 2 else "right")
+    for row in table_rows(results):
+        table.add_row(*row)
+    Console(width=max(160, Console().width)).print(table)
+
+
+# --------------------------------------------------------------------------- metadata
+def describe(cfg: RunConfig, tasks: Sequence[str], command: str) -> dict[str, Any]:
+    """Settings, data sizes and environment of a benchmark (the docs' intro)."""
+    data = {}
+    for name in tasks:
+        task = get_task(name)
+        iid = cfg.model_copy(update={"task": name, "partitioner": "iid"})
+        skew = cfg.model_copy(update={"task": name, "partitioner": "dirichlet"})
+        pool, test = task.split(iid)
+        iid_rows = [len(task.load_partition(i, NUM_SILOS, iid).train) for i in range(NUM_SILOS)]
+        skew_rows = [len(task.load_partition(i, NUM_SILOS, skew).train) for i in range(NUM_SILOS)]
+        data[name] = {
+            "pool-rows": len(pool),
+            "test-rows": len(test),
+            "silo-train-rows": sum(iid_rows),
+            "iid-silo-rows": [min(iid_rows), max(iid_rows)],
+            "dirichlet-silo-rows": [min(skew_rows), max(skew_rows)],
+            "test-positive-rate": float(test.y.mean()) if task.num_classes == 2 else None,
+        }
+    return {
+        "num-silos": NUM_SILOS,
+        "strategy": cfg.strategy,
+        "num-server-rounds": cfg.num_server_rounds,
+        "local-epochs": cfg.local_epochs,
+        "total-epochs": cfg.num_server_rounds * cfg.local_epochs,
+        "batch-size": cfg.batch_size,
+        "learning-rate": cfg.learning_rate,
+        "momentum": cfg.momentum,
+        "seed": cfg.seed,
+        "test-fraction": cfg.test_fraction,
+        "val-fraction": cfg.val_fraction,
+        "dirichlet-alpha": cfg.dirichlet_alpha,
+        "client-eval": cfg.fraction_evaluate > 0,
+        "data": data,
+        "flwr": version("flwr"),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.system()} {platform.machine()}, {_cpu_count()} CPUs",
+        "command": command,
+    }
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+# --------------------------------------------------------------------------- CLI
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.centralized",
+        description="Federated (flwr run, 10 silos) vs centralised training, same total epochs.",
+    )
+    parser.add_argument(
+        "--tasks", nargs="+", default=list(DEFAULT_TASKS), metavar="TASK",
+        help=f"tasks to benchmark (default: {' '.join(DEFAULT_TASKS)})",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rounds", type=int, default=None,
+        help="num-server-rounds (default: the app's, from pyproject.toml)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quick", action="store_true",
+        help=f"smoke test: {QUICK_ROUNDS} rounds unless --rounds; writes files only with --out",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=None, help="run seed (default: the app's)")
+    parser.add_argument(
+        "--client-eval", action="store_true",
+        help="keep client-side evaluation on (the app's fraction-evaluate); off by default",
+    )  # fmt: skip
+    parser.add_argument(
+        "--out", type=Path, default=None,
+        help=f"Markdown output; the JSON goes next to it (default: {DEFAULT_OUT})",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.quick and args.rounds is None:
+        args.rounds = QUICK_ROUNDS
+    if args.out is None and not args.quick:
+        args.out = DEFAULT_OUT
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    command = "python -m benchmarks.centralized " + " ".join(sys.argv[1:] if argv is None else argv)
+    try:
+        base = resolve_config(
+            fl_overrides(
+                args.tasks[0], "iid", rounds=args.rounds, seed=args.seed,
+                client_eval=args.client_eval,
+            )
+        )  # fmt: skip
+        for task in args.tasks:
+            resolve_config(fl_overrides(task, "iid"))  # unknown task → ConfigError now
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    seed_everything(base.seed)
+    meta = describe(base, args.tasks, command.strip())
+
+    results: list[BenchmarkResult] = []
+    try:
+        for task in args.tasks:
+            results += benchmark_task(
+                task, rounds=args.rounds, seed=args.seed, client_eval=args.client_eval
+            )
+    except BenchmarkError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if results:
+            print_table(results)
+        return 1
+
+    print_table(results)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(render_markdown(results, meta))
+        json_out = out.with_suffix(".json")
+        json_out.write_text(json.dumps(to_json(results, meta), indent=2) + "\n")
+        print(f"wrote {out} and {json_out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The centralised baseline of ``benchmarks.centralized`` and its report (no flwr run here;
+the end-to-end tests cover the federated side)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from benchmarks.centralized import (
+    COLUMNS,
+    BenchmarkResult,
+    check_run,
+    fl_overrides,
+    gaps,
+    markdown_table,
+    pooled_silo_train,
+    render_markdown,
+    resolve_config,
+    time_ratios,
+    to_json,
+    train_centralised,
+)
+from fl_app.local_run import SimulationRun
+from tasks import get_task
+
+
+@pytest.fixture(scope="module")
+def breast_cancer_cfg():
+    return resolve_config(fl_overrides("breast-cancer", "iid"))
+
+
+def test_centralised_breast_cancer_is_good_and_deterministic(breast_cancer_cfg):
+    first = train_centralised(breast_cancer_cfg)
+    second = train_centralised(breast_cancer_cfg)
+
+    assert first.metrics["roc-auc"] >= 0.9
+    assert dict(first.metrics) == dict(second.metrics)
+    assert first.epochs == breast_cancer_cfg.num_server_rounds * breast_cancer_cfg.local_epochs
+    assert first.setting == "central"
+
+
+def test_centralised_trains_on_exactly_the_silos_rows(breast_cancer_cfg):
+    task = get_task("breast-cancer")
+    pooled, moments = pooled_silo_train(breast_cancer_cfg)
+    silo_rows = sum(len(task.load_partition(i, 10, breast_cancer_cfg).train) for i in range(10))
+    pool, test = task.split(breast_cancer_cfg)
+
+    assert len(pooled) == silo_rows == train_centralised(breast_cancer_cfg).train_rows
+    assert len(pooled) < len(pool)  # the silos' validation rows are not trained on
+    assert len(moments) == 10 and sum(m["count"][0] for m in moments) == len(pooled)
+    assert len(test) == len(task.load_test(breast_cancer_cfg))
+
+
+def test_fl_config_matches_the_baseline_config():
+    iid = resolve_config(fl_overrides("fraud", "iid", rounds=7, seed=3))
+    skew = resolve_config(fl_overrides("fraud", "dirichlet", rounds=7, seed=3))
+
+    assert (iid.num_server_rounds, iid.seed, iid.strategy) == (7, 3, "fedavg")
+    assert skew.partitioner == "dirichlet" and skew.dirichlet_alpha == 0.5
+    assert iid.model_copy(update={"partitioner": "dirichlet"}) == skew
+
+
+def test_failed_run_raises_with_output_tail(breast_cancer_cfg):
+    run = SimulationRun(1, "\n".join(f"line {i}" for i in range(200)), None, [])
+    with pytest.raises(RuntimeError, match="exited with code 1") as info:
+        check_run(run, breast_cancer_cfg)
+    assert "line 199" in str(info.value) and "line 0\n" not in str(info.value)
+
+    short = SimulationRun(0, "ok", None, [{"round": 1, "phase": "server", "accuracy": 0.5}])
+    with pytest.raises(RuntimeError, match="round 1"):
+        check_run(short, breast_cancer_cfg)
+
+
+def _results() -> list[BenchmarkResult]:
+    binary = {"loss": 0.2, "accuracy": 0.95, "roc-auc": 0.99, "pr-auc": 0.98, "f1": 0.93}
+    return [
+        BenchmarkResult("breast-cancer", "central", binary, 0.5, 405, 15),
+        BenchmarkResult(
+            "breast-cancer", "iid", {**binary, "roc-auc": 0.97, "pr-auc": 0.95}, 50.0, 405, 15
+        ),
+        BenchmarkResult("breast-cancer", "dirichlet", {**binary, "roc-auc": 0.5}, 55.0, 400, 15),
+        BenchmarkResult(
+            "digits", "central", {"loss": 0.1, "accuracy": 0.98, "f1-macro": 0.97}, 2.0, 1287, 15
+        ),
+        BenchmarkResult(
+            "digits", "iid", {"loss": 0.2, "accuracy": 0.955, "f1-macro": 0.95}, 40.0, 1287, 15
+        ),
+    ]
+
+
+def test_gaps_and_time_ratios():
+    g = gaps(_results())
+    assert g[0] is None and g[3] is None
+    assert g[1] == pytest.approx({"roc-auc": -2.0, "pr-auc": -3.0})
+    assert g[4] == pytest.approx({"accuracy": -2.5})
+    assert time_ratios(_results())[1] == pytest.approx(100.0)
+
+
+def test_markdown_table_has_columns_and_gaps():
+    table = markdown_table(_results())
+    lines = table.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+
+    assert header == list(COLUMNS)
+    for col in ("task", "setting", "accuracy", "ROC-AUC", "PR-AUC", "F1", "gap", "seconds"):
+        assert any(col in h for h in header)
+    assert len(lines) == 2 + len(_results())
+    assert all(line.count("|") == len(COLUMNS) + 1 for line in lines)
+    iid_row = next(line for line in lines if "FL, IID" in line and "breast-cancer" in line)
+    assert "-2.0 ROC · -3.0 PR" in iid_row and "**0.9700**" in iid_row and "×100" in iid_row
+    digits_row = next(line for line in lines if line.startswith("| digits | FL"))
+    assert "-2.5 acc" in digits_row and "0.9500" in digits_row  # macro-F1 shown
+    assert "reference" in next(line for line in lines if "centralised" in line)
+
+
+def test_render_markdown_and_json():
+    meta = {
+        "num-silos": 10, "strategy": "fedavg", "num-server-rounds": 5, "local-epochs": 3,
+        "total-epochs": 15, "batch-size": 16, "learning-rate": 0.05, "momentum": 0.9,
+        "seed": 42, "test-fraction": 0.2, "val-fraction": 0.1, "dirichlet-alpha": 0.5,
+        "data": {"breast-cancer": {
+            "pool-rows": 455, "test-rows": 114, "silo-train-rows": 405,
+            "iid-silo-rows": [40, 41], "dirichlet-silo-rows": [2, 125],
+        }},
+        "flwr": "1.42.0", "torch": "2", "python": "3.11", "machine": "test",
+        "command": "python -m benchmarks.centralized",
+    }  # fmt: skip
+    doc = render_markdown(_results(), meta)
+    assert "10 silos" in doc and "5 × 3 = **15 epochs**" in doc and "| 455 | 405 |" in doc
+    assert markdown_table(_results()) in doc
+    assert "collapsed" in doc  # the chance-level Dirichlet row is flagged
+
+    data = json.loads(json.dumps(to_json(_results(), meta), allow_nan=False))
+    rows = data["rows"]
+    assert [r["setting"] for r in rows] == ["central", "iid", "dirichlet", "central", "iid"]
+    assert rows[1]["gap_points"]["roc-auc"] == pytest.approx(-2.0)
+    assert rows[2]["collapsed"] and not rows[1]["collapsed"]
+    assert rows[0]["gap_points"] is None and math.isclose(rows[1]["time_ratio_vs_central"], 100)

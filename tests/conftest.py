@@ -1,0 +1,5 @@
+"""Shared test setup."""
+
+import os
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
