@@ -117,7 +117,9 @@ def main(grid: Grid, context: Context) -> None:
     model = task.build_model()
     task.set_input_scaling(model, moments)
     initial = ArrayRecord(model.state_dict())
-    wrapped = RoundReporter(SeededSampling(strategy, cfg.seed, roster), sinks.log_metrics)
+    wrapped = RoundReporter(
+        SeededSampling(strategy, cfg.seed, roster), sinks.log_metrics, sinks.log_silo_metrics
+    )
     result = wrapped.start(
         grid=grid,
         initial_arrays=initial,

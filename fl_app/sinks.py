@@ -22,11 +22,21 @@ class MetricsSink(Protocol):
     def log_metrics(self, server_round: int, phase: str, metrics: Mapping[str, float]) -> None:
         """Called per round and phase (``train``, ``evaluate``, ``server``)."""
 
+    def log_silo_metrics(
+        self, server_round: int, phase: str, partition_id: int, metrics: Mapping[str, float]
+    ) -> None:
+        """Called per round, phase and silo with that silo's own reported metrics."""
+
     def log_artifact(self, path: Path) -> None:
         """Called with each file the run writes (model, metrics)."""
 
     def close(self) -> None:
         """Called once at the end of the run."""
+
+
+def _json_number(value: Any) -> Any:
+    """NaN/Inf → ``None`` (JSON has no NaN)."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _fmt(metrics: Mapping[str, float]) -> str:
@@ -44,6 +54,9 @@ class ConsoleSink:
     def log_metrics(self, server_round, phase, metrics) -> None:
         LOG.info("[fedsilo] round %d %s: %s", server_round, phase, _fmt(metrics))
 
+    def log_silo_metrics(self, server_round, phase, partition_id, metrics) -> None:
+        pass
+
     def log_artifact(self, path: Path) -> None:
         pass
 
@@ -52,20 +65,28 @@ class ConsoleSink:
 
 
 class RunDirSink:
-    """Writes ``config.json``, ``metrics.json`` and ``metrics.csv`` into the run directory
-    (rewritten after every round, so a crashed run keeps what it had)."""
+    """Writes ``config.json``, ``metrics.json`` / ``metrics.csv`` (aggregated and server
+    metrics) and ``silo_metrics.json`` into the run directory, rewritten after every round
+    so a crashed run keeps what it had."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
         self.rows: list[dict[str, Any]] = []
+        self.silo_rows: list[dict[str, Any]] = []
+
+    def log_silo_metrics(self, server_round, phase, partition_id, metrics) -> None:
+        self.silo_rows.append(
+            {"round": server_round, "phase": phase, "partition-id": partition_id,
+             **{k: _json_number(v) for k, v in metrics.items()}}
+        )
+        (self.run_dir / "silo_metrics.json").write_text(json.dumps(self.silo_rows) + "\n")
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         (self.run_dir / "config.json").write_text(json.dumps(dict(params), indent=2) + "\n")
 
     def log_metrics(self, server_round, phase, metrics) -> None:
         row = {"round": server_round, "phase": phase}
-        row.update({k: (None if isinstance(v, float) and math.isnan(v) else v)
-                    for k, v in metrics.items()})
+        row.update({k: _json_number(v) for k, v in metrics.items()})
         self.rows.append(row)
         self._flush()
 
