@@ -445,8 +445,8 @@ def render_markdown(results: Sequence[BenchmarkResult], meta: Mapping[str, Any])
         "",
         *notes(results),
         f"Environment: {meta['machine']}; flwr {meta['flwr']}, torch {meta['torch']}, "
-        f"Python {meta['python']}. Regenerate with `{meta['command']}` (same config → same "
-        "metrics; only the seconds vary).",
+        f"Python {meta['python']}; code {meta.get('git') or 'unknown'}. Regenerate with "
+        f"`{meta['command']}` (same config → same metrics; only the seconds vary).",
         "",
     ]
     return "\n".join(parts)
@@ -550,8 +550,29 @@ def describe(cfg: RunConfig, tasks: Sequence[str], command: str) -> dict[str, An
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": f"{platform.system()} {platform.machine()}, {_cpu_count()} CPUs",
+        "git": _git_revision(),
         "command": command,
     }
+
+
+def _git_revision(project_dir: Path = PROJECT_DIR) -> str | None:
+    """``<short commit>`` plus ``+dirty`` when the working tree has changes (read-only)."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", "-C", str(project_dir), *args],
+                capture_output=True, text=True, timeout=10, check=True,
+            )  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if commit is None:
+        return None
+    return commit + ("+dirty" if git("status", "--porcelain") else "")
 
 
 def _cpu_count() -> int:

@@ -15,9 +15,10 @@ from flwr.clientapp import ClientApp
 
 from fl_app.config import RunConfig
 from fl_app.seeding import derive_seed, seed_everything
+from strategies.robust.simulation import byzantine_partitions
 from strategies.wrappers import META_KEY
 from tasks import get_task
-from tasks.base import MOMENTS_KEY
+from tasks.base import MOMENTS_KEY, ArrayDataset
 
 app = ClientApp()
 
@@ -29,7 +30,7 @@ def silo_partition(context: Context) -> tuple[int, int]:
     except KeyError as exc:
         raise KeyError(
             f"SuperNode node config lacks {exc}; start it with "
-            "--node-config \"partition-id=<i> num-partitions=<n>\""
+            '--node-config "partition-id=<i> num-partitions=<n>"'
         ) from None
 
 
@@ -68,10 +69,14 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
     data = task.load_partition(pid, n, cfg)
+    train_data = data.train
+    if cfg.attack == "label-flip" and pid in byzantine_partitions(n, cfg.attack_fraction, cfg.seed):
+        # Simulated data poisoning (threat-model tool): this silo learns flipped labels.
+        train_data = ArrayDataset(train_data.x, task.num_classes - 1 - train_data.y)
     generator = seed_everything(derive_seed(cfg.seed, "train", pid, server_round))
     metrics = task.train(
         model,
-        data.train,
+        train_data,
         cfg,
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         generator=generator,

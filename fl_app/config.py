@@ -106,6 +106,35 @@ class RunConfig(BaseModel):
     num_selected: int = Field(
         0, ge=0, description="Updates MultiKrum averages (0 = n - f)."
     )
+    pre_aggregator: Literal["none", "nnm", "bucketing", "nnm+bucketing"] = Field(
+        "none", description="Pre-aggregation in front of our robust rules (NNM, bucketing)."
+    )
+    bucket_size: int = Field(2, ge=1, description="Updates averaged per bucket (bucketing).")
+    cclip_tau: float = Field(10.0, gt=0, description="Clipping radius τ of centred clipping.")
+    clip_norm: float = Field(
+        1.0, gt=0, description="Update-norm bound C (norm-clip; DP clipping)."
+    )
+    fltrust_root_size: int = Field(
+        100, ge=1, description="Rows of the server's root data set (FLTrust)."
+    )
+    max_update_norm_ratio: float = Field(
+        10.0,
+        ge=0,
+        description="Reject an update whose norm exceeds this × the cohort median (0 = off).",
+    )
+    # Attack simulation (a threat-model tool: simulated Byzantine silos).
+    attack: Literal[
+        "none", "sign-flip", "gaussian", "scaling", "label-flip", "alie", "ipm"
+    ] = Field("none", description="Simulated Byzantine behaviour of `attack-fraction` silos.")
+    attack_fraction: float = Field(
+        0.2, ge=0, lt=0.5, description="Fraction of silos that are Byzantine when attacking."
+    )
+    attack_strength: float = Field(
+        0.0,
+        ge=0,
+        description="Attack parameter (0 = its default): scaling factor 10, noise std 1, "
+        "IPM ε 0.1, ALIE z from n and f.",
+    )
     # Outputs.
     run_dir: str = Field(
         "outputs", description="Directory under which each run writes model, metrics, config."
@@ -142,6 +171,11 @@ class RunConfig(BaseModel):
 
     def check_cross_field(self) -> RunConfig:
         """Checks that involve several keys; returns self."""
+        if self.attack != "none" and self.attack_fraction == 0:
+            raise ConfigError(
+                f"run-config 'attack' = '{self.attack}' needs 'attack-fraction' > 0 "
+                "(e.g. 0.2), or set attack = 'none'."
+            )
         if self.min_train_nodes > self.min_available_nodes:
             raise ConfigError(
                 f"run-config 'min-train-nodes' = {self.min_train_nodes} exceeds "
@@ -227,5 +261,22 @@ def reference_table() -> str:
     return "\n".join(rows)
 
 
+README_START = "<!-- config-table:start (generated: python -m fl_app.config --update-readme) -->"
+README_END = "<!-- config-table:end -->"
+
+
+def update_readme(path: str = "README.md") -> None:
+    """Rewrite the config table between the README's markers."""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(f"{head}{README_START}\n{reference_table()}\n{README_END}{tail}")
+
+
 if __name__ == "__main__":  # pragma: no cover - exercised through the README
-    sys.stdout.write(reference_table() + "\n")
+    if "--update-readme" in sys.argv:
+        update_readme()
+    else:
+        sys.stdout.write(reference_table() + "\n")

@@ -1,32 +1,13 @@
-"""ServerApp: validate the run config, take the roll call, run the strategy, evaluate the
-global model on the server's held-out test set every round, write the run directory."""
+"""ServerApp: validate the run config, then run the federation (fl_app.federation)."""
 
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
-from pathlib import Path
-
-import torch
-from flwr.app import (
-    ArrayRecord,
-    ConfigRecord,
-    Context,
-    Message,
-    MessageType,
-    MetricRecord,
-    RecordDict,
-)
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fl_app import LOG
 from fl_app.config import ConfigError, RunConfig
-from fl_app.seeding import derive_seed, seed_everything
-from fl_app.sinks import ConsoleSink, RunDirSink, Sinks
-from strategies import build_strategy
-from strategies.wrappers import META_KEY, RoundReporter, SeededSampling
-from tasks import Task, get_task
-from tasks.base import MOMENTS_KEY
+from fl_app.federation import run_federation
 
 app = ServerApp()
 
@@ -40,101 +21,7 @@ def load_config(context: Context) -> RunConfig:
         raise
 
 
-def roll_call(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], list[dict]]:
-    """Wait for ``min-available-nodes`` SuperNodes, then ask each for its partition id
-    (and, for tabular tasks, its summed feature moments).
-
-    Returns ``({node_id: partition_id}, [moments, …])``; the roster makes sampling and
-    aggregation order seeded and independent of node ids.
-    """
-    deadline = time.monotonic() + cfg.round_timeout
-    while len(node_ids := list(grid.get_node_ids())) < cfg.min_available_nodes:
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"only {len(node_ids)} SuperNodes connected within round-timeout="
-                f"{cfg.round_timeout}s; min-available-nodes={cfg.min_available_nodes}"
-            )
-        time.sleep(0.5)
-    messages = [
-        Message(RecordDict({}), dst_node_id=node, message_type=MessageType.QUERY)
-        for node in node_ids
-    ]
-    roster: dict[int, int] = {}
-    moments: list[dict] = []
-    for reply in grid.send_and_receive(messages, timeout=cfg.round_timeout):
-        if reply.has_error():
-            LOG.warning("roll call: node %d failed: %s", reply.metadata.src_node_id,
-                        reply.error.reason)
-            continue
-        roster[reply.metadata.src_node_id] = int(reply.content[META_KEY]["partition-id"])
-        if MOMENTS_KEY in reply.content:
-            moments.append(dict(reply.content[MOMENTS_KEY]))
-    LOG.info("[fedsilo] roll call: %d silos, partitions %s", len(roster), sorted(roster.values()))
-    return roster, moments
-
-
-def make_run_dir(cfg: RunConfig) -> Path:
-    """``<run-dir>/<UTC time>-<task>-<strategy>-<config hash>`` (created)."""
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(cfg.run_dir).expanduser().resolve() / (
-        f"{stamp}-{cfg.task}-{cfg.strategy}-{cfg.fingerprint()}"
-    )
-    run_dir.mkdir(parents=True, exist_ok=False)
-    return run_dir
-
-
-def server_evaluator(task: Task, cfg: RunConfig, sinks: Sinks):
-    """Flower ``evaluate_fn``: metrics of the global model on the server's test set."""
-    test = task.load_test(cfg)
-    model = task.build_model()
-
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model.load_state_dict(arrays.to_torch_state_dict())
-        metrics = task.evaluate(model, test)
-        metrics["num-examples"] = len(test)
-        sinks.log_metrics(server_round, "server", metrics)
-        return MetricRecord(metrics)
-
-    return evaluate
-
-
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the federation described by the run config."""
-    cfg = load_config(context)
-    task = get_task(cfg.task)
-
-    run_dir = make_run_dir(cfg)
-    sinks = Sinks(ConsoleSink(), RunDirSink(run_dir))
-    params = {**cfg.to_flower(), "config-hash": cfg.fingerprint()}
-    sinks.log_params(params)
-    LOG.info("[fedsilo] task=%s strategy=%s rounds=%d; outputs in %s",
-             cfg.task, cfg.strategy, cfg.num_server_rounds, run_dir)
-
-    strategy = build_strategy(cfg)
-    roster, moments = roll_call(grid, cfg)
-    seed_everything(derive_seed(cfg.seed, "init"))
-    model = task.build_model()
-    task.set_input_scaling(model, moments)
-    initial = ArrayRecord(model.state_dict())
-    wrapped = RoundReporter(
-        SeededSampling(strategy, cfg.seed, roster), sinks.log_metrics, sinks.log_silo_metrics
-    )
-    result = wrapped.start(
-        grid=grid,
-        initial_arrays=initial,
-        num_rounds=cfg.num_server_rounds,
-        timeout=cfg.round_timeout,
-        train_config=ConfigRecord({"learning-rate": cfg.learning_rate}),
-        evaluate_fn=server_evaluator(task, cfg, sinks),
-    )
-
-    model_path = run_dir / "model.pt"
-    torch.save(result.arrays.to_torch_state_dict(), model_path)
-    for path in (model_path, run_dir / "metrics.json", run_dir / "metrics.csv"):
-        sinks.log_artifact(path)
-    sinks.close()
-    final = result.evaluate_metrics_serverapp.get(cfg.num_server_rounds, {})
-    LOG.info("[fedsilo] done: server test %s; model saved to %s",
-             " ".join(f"{k}={v:.4f}" for k, v in final.items() if k != "num-examples"),
-             model_path)
+    run_federation(grid, load_config(context))

@@ -121,6 +121,10 @@ class Sinks:
         for s in self.sinks:
             s.log_metrics(server_round, phase, metrics)
 
+    def log_silo_metrics(self, server_round, phase, partition_id, metrics):
+        for s in self.sinks:
+            s.log_silo_metrics(server_round, phase, partition_id, metrics)
+
     def log_artifact(self, path):
         for s in self.sinks:
             s.log_artifact(path)

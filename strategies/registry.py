@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from flwr.serverapp.strategy import Strategy
 
 from strategies import flower_builtin as flower
+from strategies.robust import factories as robust
 
 if TYPE_CHECKING:
     from fl_app.config import RunConfig
@@ -31,6 +32,16 @@ STRATEGIES: dict[str, StrategyFactory] = {
     "krum": flower.krum,
     "multikrum": flower.multikrum,
     "bulyan": flower.bulyan,
+    # Ours: robust rules on stacked updates (strategies/robust), `pre-aggregator` applies
+    "robust-median": robust.robust_median,
+    "robust-trimmed-mean": robust.robust_trimmed_mean,
+    "robust-krum": robust.robust_krum,
+    "robust-multikrum": robust.robust_multikrum,
+    "robust-bulyan": robust.robust_bulyan,
+    "geomed": robust.geomed,
+    "cclip": robust.cclip,
+    "norm-clip": robust.norm_clip,
+    "fltrust": robust.fltrust,
 }
 
 

@@ -5,6 +5,7 @@
   replies are aggregated in partition order (float sums depend on order).
 * :class:`RoundReporter` hands each round's aggregated metrics to a callback (the run's
   metrics sinks) as soon as the round produces them.
+* :class:`ValidatedUpdates` drops malformed or outlying updates before aggregation.
 
 Both delegate everything else to the wrapped strategy, as Flower's DP wrappers do.
 """
@@ -13,10 +14,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable, Mapping
+from logging import WARNING
+from typing import TYPE_CHECKING
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+if TYPE_CHECKING:
+    from strategies.validation import Rejection
 
 META_KEY = "meta"  # ConfigRecord in replies carrying the silo's "partition-id"
 
@@ -121,13 +128,35 @@ class SeededSampling(StrategyWrapper):
 RoundCallback = Callable[[int, str, Mapping[str, float]], None]
 
 
-class RoundReporter(StrategyWrapper):
-    """Calls ``on_metrics(round, phase, metrics)`` with each aggregated MetricRecord
-    (phase ``"train"`` or ``"evaluate"``) and counts the replies of each round."""
+SiloCallback = Callable[[int, str, int, Mapping[str, float]], None]
 
-    def __init__(self, inner: Strategy, on_metrics: RoundCallback) -> None:
+
+def silo_metrics(replies: Iterable[Message]) -> list[tuple[int, dict[str, float]]]:
+    """``(partition_id, metrics)`` of every successful reply that carries metrics."""
+    out = []
+    for msg in replies:
+        if msg.has_error() or not msg.content.metric_records:
+            continue
+        metrics = next(iter(msg.content.metric_records.values()))
+        values = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+        out.append((reply_order_key(msg)[0], values))
+    return out
+
+
+class RoundReporter(StrategyWrapper):
+    """Reports each round as it happens: ``on_metrics(round, phase, metrics)`` with the
+    aggregated MetricRecord (phase ``"train"`` or ``"evaluate"``) plus reply/failure
+    counts, and ``on_silo_metrics(round, phase, partition_id, metrics)`` per silo."""
+
+    def __init__(
+        self,
+        inner: Strategy,
+        on_metrics: RoundCallback,
+        on_silo_metrics: SiloCallback | None = None,
+    ) -> None:
         super().__init__(inner)
         self.on_metrics = on_metrics
+        self.on_silo_metrics = on_silo_metrics
 
     def _report(self, server_round: int, phase: str, replies: list[Message], metrics) -> None:
         ok = sum(not r.has_error() for r in replies)
@@ -136,14 +165,75 @@ class RoundReporter(StrategyWrapper):
         values["failures"] = len(replies) - ok
         self.on_metrics(server_round, phase, values)
 
+    def _report_silos(self, server_round: int, phase: str, replies: list[Message]) -> None:
+        # Read before aggregating: some Flower strategies pop records out of the replies.
+        if self.on_silo_metrics is None:
+            return
+        for pid, values in silo_metrics(replies):
+            self.on_silo_metrics(server_round, phase, pid, values)
+
     def aggregate_train(self, server_round, replies):
         replies = list(replies)
+        self._report_silos(server_round, "train", replies)
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         self._report(server_round, "train", replies, metrics)
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round, replies):
         replies = list(replies)
+        self._report_silos(server_round, "evaluate", replies)
         metrics = self.inner.aggregate_evaluate(server_round, replies)
         self._report(server_round, "evaluate", replies, metrics)
         return metrics
+
+
+RejectCallback = Callable[[int, "Rejection"], None]
+
+
+class ValidatedUpdates(StrategyWrapper):
+    """Drops malformed or outlying train replies before the wrapped strategy aggregates
+    (see :mod:`strategies.validation`); adds ``rejected-updates`` to the round's metrics
+    and calls ``on_reject(round, rejection)`` for each."""
+
+    def __init__(
+        self,
+        inner: Strategy,
+        max_norm_ratio: float = 0.0,
+        on_reject: RejectCallback | None = None,
+    ) -> None:
+        super().__init__(inner)
+        self.max_norm_ratio = max_norm_ratio
+        self.on_reject = on_reject
+        self._global: ArrayRecord | None = None
+
+    def configure_train(self, server_round, arrays, config, grid):
+        self._global = arrays
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        from strategies.validation import filter_replies
+
+        replies = list(replies)
+        rejected = []
+        if self._global is not None:
+            replies, rejected = filter_replies(
+                replies,
+                self._global,
+                max_norm_ratio=self.max_norm_ratio,
+                partition_of=lambda m: reply_order_key(m)[0],
+            )
+        for rejection in rejected:
+            log(
+                WARNING,
+                "round %d: rejected update of node %d (partition %d): %s",
+                server_round, rejection.node_id, rejection.partition_id, rejection.reason,
+            )  # fmt: skip
+            if self.on_reject is not None:
+                self.on_reject(server_round, rejection)
+        if not any(not r.has_error() for r in replies):
+            log(WARNING, "round %d: no valid update left; global model unchanged", server_round)
+            return None, MetricRecord({"rejected-updates": len(rejected)})
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        metrics = MetricRecord(dict(metrics.items())) if metrics is not None else MetricRecord()
+        metrics["rejected-updates"] = len(rejected)
+        return arrays, metrics

@@ -106,6 +106,17 @@ class Task(ABC):
         """The server's held-out test set."""
         return self.split(config)[1]
 
+    def load_root(self, config: RunConfig, size: int) -> ArrayDataset:
+        """A small clean data set the server holds (FLTrust's root data): a seeded,
+        stratified sample of ``size`` rows of the training pool (these rows may also sit
+        in some silo's partition, as in practice)."""
+        pool, _ = self.split(config)
+        size = min(size, len(pool))
+        if size == len(pool):
+            return pool
+        _, root_idx = stratified_split(pool.y, size / len(pool), seed=config.seed + 7)
+        return pool.subset(root_idx)
+
     def load_partition(
         self, partition_id: int, num_partitions: int, config: RunConfig
     ) -> Partition:

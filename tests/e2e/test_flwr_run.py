@@ -4,11 +4,16 @@ Each test gets its own FLWR_HOME and SuperLink ports; `run_simulation` stops the
 SuperLink (and every process under it) that `flwr run` leaves behind.
 """
 
+import json
+
 import psutil
 import pytest
 import torch
 
+from fl_app.client_app import app as client_app
 from fl_app.config import RunConfig
+from fl_app.federation import run_federation
+from fl_app.inprocess import InProcessGrid
 from fl_app.local_run import run_simulation
 from tasks import get_task
 
@@ -47,8 +52,15 @@ def test_default_digits_run_learns_and_writes_its_run_directory(tmp_path):
     assert _no_superlink_left()
 
 
+def _in_process(overrides, num_nodes, run_dir):
+    cfg = RunConfig.from_flower({**RunConfig().to_flower(), **overrides, "run-dir": str(run_dir)})
+    _, out = run_federation(InProcessGrid(client_app, cfg.to_flower(), num_nodes), cfg)
+    return torch.load(out / "model.pt"), json.loads((out / "metrics.json").read_text())
+
+
 def test_same_config_and_seed_give_the_same_model(tmp_path):
-    """Sampling 3 of 5 silos a round and tabular input scaling, twice: identical weights."""
+    """Sampling 3 of 5 silos a round, Dirichlet split, FedProx, tabular input scaling:
+    the real `flwr run` (Ray workers) and two in-process runs give bit-identical weights."""
     overrides = {
         "task": "breast-cancer",
         "num-server-rounds": 2,
@@ -57,17 +69,17 @@ def test_same_config_and_seed_give_the_same_model(tmp_path):
         "partitioner": "dirichlet",
         "strategy": "fedprox",
     }
-    a = run_simulation(overrides, num_supernodes=5, run_dir=tmp_path / "a")
-    b = run_simulation(overrides, num_supernodes=5, run_dir=tmp_path / "b")
-    assert a.ok and b.ok, (a.output + b.output)[-3000:]
-    assert a.final("train")["replies"] == 3
-    wa = torch.load(a.run_dir / "model.pt")
-    wb = torch.load(b.run_dir / "model.pt")
-    assert wa.keys() == wb.keys()
-    for key in wa:
-        assert torch.equal(wa[key], wb[key]), key
-    assert a.metrics == b.metrics
-    assert a.final("server")["roc-auc"] > 0.9
+    run = run_simulation(overrides, num_supernodes=5, run_dir=tmp_path / "flwr")
+    assert run.ok, run.output[-3000:]
+    assert run.final("train")["replies"] == 3
+    weights = torch.load(run.run_dir / "model.pt")
+    for name in ("a", "b"):
+        again, metrics = _in_process(overrides, 5, tmp_path / name)
+        assert weights.keys() == again.keys()
+        for key in weights:
+            assert torch.equal(weights[key], again[key]), key
+        assert metrics == run.metrics
+    assert run.final("server")["roc-auc"] > 0.9
 
 
 def test_bad_config_fails_before_round_1_with_the_fix(tmp_path):

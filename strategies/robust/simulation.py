@@ -1,0 +1,101 @@
+"""Attack simulation — a threat-model tool, not a feature of a production federation.
+
+A seeded ``attack-fraction`` of the silos is Byzantine (:func:`byzantine_partitions`).
+Data poisoning (``label-flip``) happens in those silos' ClientApps. Model poisoning
+(sign-flip, Gaussian, scaling, ALIE, IPM) is simulated on the server side of the
+simulation by :class:`SimulatedAttack`, which replaces the Byzantine silos' updates
+before validation and aggregation: ALIE and IPM need the honest updates of the round,
+i.e. an omniscient adversary, which only the server side of a simulation can play.
+"""
+
+from __future__ import annotations
+
+from logging import INFO
+
+import numpy as np
+import torch
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from strategies.flatten import Layout, flatten, stack, unflatten
+from strategies.robust import attacks
+from strategies.wrappers import StrategyWrapper, reply_order_key
+
+MODEL_ATTACKS = ("sign-flip", "gaussian", "scaling", "alie", "ipm")
+
+
+def byzantine_partitions(num_partitions: int, fraction: float, seed: int) -> frozenset[int]:
+    """The seeded set of ``round(fraction · n)`` Byzantine partition ids (same on the
+    server and in every ClientApp)."""
+    count = round(fraction * num_partitions)
+    rng = np.random.default_rng([seed, 0xB1A5])
+    return frozenset(int(p) for p in rng.choice(num_partitions, size=count, replace=False))
+
+
+def byzantine_updates(
+    attack: str, honest: torch.Tensor, f: int, *, strength: float, generator: torch.Generator
+) -> torch.Tensor:
+    """``f`` Byzantine deltas crafted from the honest deltas of the round."""
+    if attack == "sign-flip":
+        return attacks.sign_flip(honest, f)
+    if attack == "gaussian":
+        return attacks.gaussian_noise(honest, f, std=strength or 1.0, generator=generator)
+    if attack == "scaling":
+        return attacks.scaling(honest, f, factor=strength or 10.0)
+    if attack == "alie":
+        return attacks.alie(honest, f, z=strength or None)
+    if attack == "ipm":
+        return attacks.ipm(honest, f, epsilon=strength or 0.1)
+    raise ValueError(f"'{attack}' is not a model-poisoning attack; use one of {MODEL_ATTACKS}")
+
+
+class SimulatedAttack(StrategyWrapper):
+    """Replaces the Byzantine silos' train replies with crafted updates (see module doc)."""
+
+    def __init__(
+        self,
+        inner: Strategy,
+        attack: str,
+        byzantine: frozenset[int],
+        *,
+        strength: float = 0.0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(inner)
+        self.attack = attack
+        self.byzantine = byzantine
+        self.strength = strength
+        self.seed = seed
+        self._global = None
+
+    def configure_train(self, server_round, arrays, config, grid):
+        self._global = arrays
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        ok = [m for m in replies if not m.has_error()]
+        bad = [m for m in ok if reply_order_key(m)[0] in self.byzantine]
+        honest = [m for m in ok if reply_order_key(m)[0] not in self.byzantine]
+        if bad and honest and self._global is not None:
+            layout = Layout.of(self._global)
+            reference = flatten(self._global, layout)
+            deltas, _ = stack(
+                [next(iter(m.content.array_records.values())) for m in honest], layout
+            )
+            deltas -= reference
+            generator = torch.Generator().manual_seed(self.seed * 7919 + server_round)
+            crafted = byzantine_updates(
+                self.attack, deltas, len(bad), strength=self.strength, generator=generator
+            )
+            for msg, delta in zip(bad, crafted, strict=True):
+                key = next(iter(msg.content.array_records.keys()))
+                msg.content[key] = unflatten(reference + delta, layout)
+            log(
+                INFO,
+                "round %d: simulated %s attack by partitions %s",
+                server_round,
+                self.attack,
+                sorted(reply_order_key(m)[0] for m in bad),
+            )
+        return self.inner.aggregate_train(server_round, replies)

@@ -1,0 +1,129 @@
+"""Thin Flower strategies around the pure robust aggregation rules.
+
+:class:`RobustAggregation` is a FedAvg whose weighted average is replaced by
+``rule ∘ pre-aggregators`` applied to the stacked model *deltas* (reply − global model),
+the aggregate then added to the global model. Working on deltas makes centred clipping's
+centre (the previous aggregate) and FLTrust's server update meaningful; for the other
+rules it is equivalent to aggregating the models (they are translation-equivariant).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from logging import INFO
+from typing import Any
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+
+from strategies.flatten import Layout, flatten, stack, unflatten
+from strategies.robust.preaggregators import compose
+
+#: Computes the server's own update (a delta row) from the current global model (FLTrust).
+ServerUpdateFn = Callable[[ArrayRecord], ArrayRecord]
+
+
+class RobustAggregation(FedAvg):
+    """FedAvg with a robust aggregation rule on stacked updates.
+
+    Parameters
+    ----------
+    rule : callable
+        ``rule(updates (n×d), weights (n,), **params) -> (d,)`` from
+        :mod:`strategies.robust.aggregators`.
+    pre_aggregators : sequence of callables
+        Applied in order before ``rule`` (e.g. NNM, bucketing).
+    rule_params : dict
+        Keyword parameters for the rule and pre-aggregators (e.g. ``num_byzantine``).
+    use_previous_as_center : bool
+        Pass the previous round's aggregate as ``center`` (centred clipping).
+    server_update_fn : callable, optional
+        For FLTrust: returns the server's model trained on its root data from the
+        current global model; its delta is passed as ``server_update``.
+    seed : int
+        Seeds the generator handed to randomised pre-aggregators (bucketing).
+    **fedavg_kwargs
+        Sampling and metric arguments of :class:`flwr.serverapp.strategy.FedAvg`.
+    """
+
+    def __init__(
+        self,
+        rule: Callable[..., torch.Tensor],
+        *,
+        pre_aggregators: Sequence[Callable[..., Any]] = (),
+        rule_params: dict[str, Any] | None = None,
+        use_previous_as_center: bool = False,
+        server_update_fn: ServerUpdateFn | None = None,
+        seed: int = 0,
+        **fedavg_kwargs: Any,
+    ) -> None:
+        super().__init__(**fedavg_kwargs)
+        self.aggregate = compose(list(pre_aggregators), rule)
+        self.rule_params = dict(rule_params or {})
+        self.use_previous_as_center = use_previous_as_center
+        self.server_update_fn = server_update_fn
+        self.seed = seed
+        self._global: ArrayRecord | None = None
+        self._previous: torch.Tensor | None = None
+
+    def summary(self) -> None:
+        """Log the rule and its parameters."""
+        log(INFO, "\t├──> Robust aggregation: %s %s", self.aggregate.__name__, self.rule_params)
+        super().summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ):
+        """Remember the global model the replies will be deltas against."""
+        self._global = arrays
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self, server_round: int, replies
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Robustly aggregate the deltas of the valid replies."""
+        valid, _ = self._check_and_log_replies(list(replies), is_train=True)
+        if not valid or self._global is None:
+            return None, None
+        new_global = self.aggregate_records(
+            server_round,
+            [next(iter(m.content.array_records.values())) for m in valid],
+            [
+                float(next(iter(m.content.metric_records.values()))[self.weighted_by_key])
+                for m in valid
+            ],
+        )
+        metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
+        return new_global, metrics
+
+    def aggregate_records(
+        self, server_round: int, records: list[ArrayRecord], weights: list[float]
+    ) -> ArrayRecord:
+        """The new global model from client models ``records`` (the pure-function path)."""
+        layout = Layout.of(self._global)
+        deltas, _ = stack(records, layout)
+        reference = flatten(self._global, layout)
+        deltas -= reference
+        params = dict(self.rule_params)
+        if self.use_previous_as_center:
+            params["center"] = self._previous
+        if self.server_update_fn is not None:
+            trained = self.server_update_fn(self._global)
+            params["server_update"] = flatten(trained, layout) - reference
+        if "generator" in params:
+            params["generator"] = torch.Generator().manual_seed(self.seed * 100_003 + server_round)
+        aggregate = self.aggregate(deltas, torch.tensor(weights, dtype=torch.float32), **params)
+        self._previous = aggregate
+        return unflatten(reference + aggregate, layout)
+
+
+def is_robust(strategy: object) -> bool:
+    """True for strategies that need individual updates (robust rules, Flower's
+    FedMedian/FedTrimmedAvg/Krum/MultiKrum/Bulyan)."""
+    from flwr.serverapp import strategy as fl
+
+    flower_robust = (fl.FedMedian, fl.FedTrimmedAvg, fl.Krum, fl.MultiKrum, fl.Bulyan)
+    return isinstance(strategy, RobustAggregation | flower_robust)

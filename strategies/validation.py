@@ -1,0 +1,115 @@
+"""Reject malformed or poisoned client updates before any aggregator sees them.
+
+A train reply is accepted only if it has exactly one ArrayRecord with the global model's
+keys, shapes and dtypes, all values finite, one MetricRecord with a finite, non-negative
+``num-examples``, and (optionally) an update norm within ``max_norm_ratio`` × the cohort's
+median update norm. A rejected reply is logged with its node and partition id and the
+reason, counted, and left out; the round goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, Message
+
+from strategies.flatten import Layout, stack
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """One rejected reply."""
+
+    node_id: int
+    partition_id: int
+    reason: str
+
+
+def check_reply(
+    msg: Message, reference: ArrayRecord, weight_key: str = "num-examples"
+) -> str | None:
+    """Why ``msg`` is not a well-formed train reply for ``reference`` (``None`` = fine)."""
+    content = msg.content
+    if len(content.array_records) != 1:
+        return f"expected exactly one ArrayRecord, got {len(content.array_records)}"
+    if len(content.metric_records) != 1:
+        return f"expected exactly one MetricRecord, got {len(content.metric_records)}"
+    metrics = next(iter(content.metric_records.values()))
+    weight = metrics.get(weight_key)
+    if not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+        return f"'{weight_key}' must be a finite number ≥ 0, got {weight!r}"
+    arrays = next(iter(content.array_records.values()))
+    if set(arrays.keys()) != set(reference.keys()):
+        missing = sorted(set(reference.keys()) - set(arrays.keys()))
+        extra = sorted(set(arrays.keys()) - set(reference.keys()))
+        return f"array keys differ from the global model (missing {missing}, unexpected {extra})"
+    for key, ref in reference.items():
+        arr = arrays[key]
+        if tuple(arr.shape) != tuple(ref.shape):
+            return f"array '{key}' has shape {tuple(arr.shape)}, expected {tuple(ref.shape)}"
+        if arr.dtype != ref.dtype:
+            return f"array '{key}' has dtype {arr.dtype}, expected {ref.dtype}"
+        try:
+            values = arr.numpy()
+        except Exception as exc:  # undecodable bytes
+            return f"array '{key}' cannot be decoded: {exc}"
+        if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
+            return f"array '{key}' contains NaN or Inf"
+    return None
+
+
+def norm_outliers(
+    updates: torch.Tensor, reference: torch.Tensor, max_norm_ratio: float
+) -> list[tuple[int, float, float]]:
+    """Rows whose update norm ‖x_i − reference‖ exceeds ``max_norm_ratio`` × the median
+    norm: ``[(row, norm, median), …]``. Needs ≥ 3 rows to have a meaningful median."""
+    if max_norm_ratio <= 0 or len(updates) < 3:
+        return []
+    norms = torch.linalg.vector_norm(updates - reference, dim=1)
+    median = float(norms.median())
+    limit = max_norm_ratio * max(median, 1e-12)
+    return [(i, float(n), median) for i, n in enumerate(norms.tolist()) if n > limit]
+
+
+def filter_replies(
+    replies: Iterable[Message],
+    reference: ArrayRecord,
+    *,
+    max_norm_ratio: float = 0.0,
+    partition_of: Callable[[Message], int] = lambda m: -1,
+) -> tuple[list[Message], list[Rejection]]:
+    """Split train replies into accepted ones and rejections (error replies pass through
+    untouched: Flower's strategies count them as failures)."""
+    accepted, rejected = [], []
+    for msg in replies:
+        if msg.has_error():
+            accepted.append(msg)
+            continue
+        reason = check_reply(msg, reference)
+        if reason is None:
+            accepted.append(msg)
+        else:
+            rejected.append(Rejection(msg.metadata.src_node_id, partition_of(msg), reason))
+    good = [m for m in accepted if not m.has_error()]
+    if max_norm_ratio > 0 and len(good) >= 3:
+        layout = Layout.of(reference)
+        matrix, _ = stack([next(iter(m.content.array_records.values())) for m in good], layout)
+        ref_row, _ = stack([reference], layout)
+        outliers = norm_outliers(matrix, ref_row[0], max_norm_ratio)
+        drop = {id(good[i]) for i, _, _ in outliers}
+        for i, norm, median in outliers:
+            msg = good[i]
+            rejected.append(
+                Rejection(
+                    msg.metadata.src_node_id,
+                    partition_of(msg),
+                    f"update norm {norm:.4g} exceeds {max_norm_ratio:g} × cohort median "
+                    f"{median:.4g}",
+                )
+            )
+        accepted = [m for m in accepted if id(m) not in drop]
+    return accepted, rejected
