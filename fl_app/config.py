@@ -38,6 +38,7 @@ class RunConfig(BaseModel):
         extra="forbid",
         frozen=True,
         strict=True,
+        allow_inf_nan=False,
         alias_generator=_kebab,
         populate_by_name=True,
     )
@@ -103,17 +104,13 @@ class RunConfig(BaseModel):
     num_byzantine: int = Field(
         0, ge=0, description="Assumed Byzantine silos f (Krum, MultiKrum, Bulyan)."
     )
-    num_selected: int = Field(
-        0, ge=0, description="Updates MultiKrum averages (0 = n - f)."
-    )
+    num_selected: int = Field(0, ge=0, description="Updates MultiKrum averages (0 = n - f).")
     pre_aggregator: Literal["none", "nnm", "bucketing", "nnm+bucketing"] = Field(
         "none", description="Pre-aggregation in front of our robust rules (NNM, bucketing)."
     )
     bucket_size: int = Field(2, ge=1, description="Updates averaged per bucket (bucketing).")
     cclip_tau: float = Field(10.0, gt=0, description="Clipping radius τ of centred clipping.")
-    clip_norm: float = Field(
-        1.0, gt=0, description="Update-norm bound C (norm-clip; DP clipping)."
-    )
+    clip_norm: float = Field(1.0, gt=0, description="Update-norm bound C (norm-clip; DP clipping).")
     fltrust_root_size: int = Field(
         100, ge=1, description="Rows of the server's root data set (FLTrust)."
     )
@@ -123,17 +120,25 @@ class RunConfig(BaseModel):
         description="Reject an update whose norm exceeds this × the cohort median (0 = off).",
     )
     # Attack simulation (a threat-model tool: simulated Byzantine silos).
-    attack: Literal[
-        "none", "sign-flip", "gaussian", "scaling", "label-flip", "alie", "ipm"
-    ] = Field("none", description="Simulated Byzantine behaviour of `attack-fraction` silos.")
+    attack: Literal["none", "sign-flip", "gaussian", "scaling", "label-flip", "alie", "ipm"] = (
+        Field("none", description="Simulated Byzantine behaviour of `attack-fraction` silos.")
+    )
     attack_fraction: float = Field(
         0.2, ge=0, lt=0.5, description="Fraction of silos that are Byzantine when attacking."
     )
     attack_strength: float = Field(
         0.0,
-        ge=0,
-        description="Attack parameter (0 = its default): scaling factor 10, noise std 1, "
-        "IPM ε 0.1, ALIE z from n and f.",
+        description="Attack parameter (0 = its default): scaling factor 10 (negative flips "
+        "the direction), noise std 1, IPM ε 0.1, ALIE z from n and f.",
+    )
+    # Tracking.
+    mlflow_tracking_uri: str = Field(
+        "",
+        description='MLflow tracking URI (file path, sqlite:, http(s)://, azureml://); "" = off.',
+    )
+    mlflow_experiment: str = Field("fedsilo", description="MLflow experiment name.")
+    mlflow_register_model: str = Field(
+        "", description='Register the final model under this name ("" = do not register).'
     )
     # Outputs.
     run_dir: str = Field(
@@ -216,17 +221,13 @@ def _explain(exc: ValidationError, raw: Mapping[str, Any]) -> str:
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(key, known, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            lines.append(
-                f"unknown run-config key '{key}'.{hint} Valid keys: {', '.join(known)}."
-            )
+            lines.append(f"unknown run-config key '{key}'.{hint} Valid keys: {', '.join(known)}.")
             continue
         field = fields.get(key.replace("-", "_"))
         expected = _type_name(field.annotation) if field else "?"
         default = f"; default {field.default!r}" if field else ""
         msg = err["msg"].removeprefix("Value error, ")
-        lines.append(
-            f"run-config '{key}' = {value!r}: {msg} (expected {expected}{default})."
-        )
+        lines.append(f"run-config '{key}' = {value!r}: {msg} (expected {expected}{default}).")
     return "Invalid run config:\n  - " + "\n  - ".join(lines)
 
 

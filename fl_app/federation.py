@@ -88,6 +88,23 @@ def server_evaluator(task: Task, cfg: RunConfig, sinks: MetricsSink):
     return evaluate
 
 
+def tracking_sinks(cfg: RunConfig, run_dir: Path) -> list[MetricsSink]:
+    """Sinks enabled by the run config (MLflow when ``mlflow-tracking-uri`` is set); the
+    adapter is imported only then."""
+    if not cfg.mlflow_tracking_uri:
+        return []
+    from adapters.mlflow import MlflowSink
+
+    return [
+        MlflowSink(
+            cfg.mlflow_tracking_uri,
+            experiment=cfg.mlflow_experiment,
+            run_name=run_dir.name,
+            register_model_as=cfg.mlflow_register_model,
+        )
+    ]
+
+
 def wrap_strategy(
     strategy: Strategy, cfg: RunConfig, roster: dict[int, int], sinks: MetricsSink
 ) -> Strategy:
@@ -111,7 +128,7 @@ def run_federation(
     the run directory."""
     task = get_task(cfg.task)
     run_dir = make_run_dir(cfg)
-    sinks = Sinks(ConsoleSink(), RunDirSink(run_dir), *extra_sinks)
+    sinks = Sinks(ConsoleSink(), RunDirSink(run_dir), *tracking_sinks(cfg, run_dir), *extra_sinks)
     sinks.log_params({**cfg.to_flower(), "config-hash": cfg.fingerprint()})
     LOG.info(
         "[fedsilo] task=%s strategy=%s rounds=%d; outputs in %s",

@@ -4,14 +4,14 @@ import math
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from conftest import build_reply
+from flwr.app import Message, MetricRecord, RecordDict
 from flwr.serverapp import strategy as fl
-from flwr.supercore.task_identity import TaskIdentity
 
 from fl_app.config import RunConfig
 from strategies import STRATEGIES, available_strategies, build_strategy
 from strategies.metrics import weighted_mean_metrics
-from strategies.wrappers import META_KEY, RoundReporter, SeededSampling, reply_order_key
+from strategies.wrappers import RoundReporter, SeededSampling, reply_order_key
 
 FLOWER_STRATEGIES = {
     "fedavg": fl.FedAvg,
@@ -29,11 +29,7 @@ FLOWER_STRATEGIES = {
 
 
 @pytest.fixture(autouse=True)
-def _run_identity():
-    # Message objects need a run id outside a running app.
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 1
-    TaskIdentity.task_id = 1
+def _identity(flower_identity):
     yield
 
 
@@ -62,15 +58,7 @@ def test_each_factory_builds_the_flower_class_configured_from_the_run_config(nam
 
 
 def _reply(pid: int, node: int, value: float, n: int = 10, **metrics) -> Message:
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord({"w": Array(np.full(3, value, dtype=np.float32))}),
-            "metrics": MetricRecord({"num-examples": n, **metrics}),
-            META_KEY: ConfigRecord({"partition-id": pid}),
-        }
-    )
-    instruction = Message(RecordDict(), dst_node_id=node, message_type="train")
-    return Message(content, reply_to=instruction)
+    return build_reply(pid, node, {"w": np.full(3, value, dtype=np.float32)}, n, **metrics)
 
 
 def test_replies_sort_by_partition_not_by_node_id():

@@ -1,0 +1,190 @@
+"""Robust strategies, update validation and attack simulation on real Flower Messages,
+and whole federations under attack on the in-process grid."""
+
+import logging
+
+import numpy as np
+import pytest
+from conftest import build_reply
+from flwr.app import Array, ArrayRecord
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fl_app.client_app import app as client_app
+from fl_app.config import RunConfig
+from fl_app.federation import run_federation
+from fl_app.inprocess import InProcessGrid
+from strategies import build_strategy
+from strategies.flatten import stack, unflatten
+from strategies.robust import coordinate_median
+from strategies.robust.simulation import SimulatedAttack, byzantine_partitions
+from strategies.validation import check_reply, filter_replies
+from strategies.wrappers import ValidatedUpdates
+
+GLOBAL = {"w": np.zeros((2, 3), dtype=np.float32), "b": np.zeros(2, dtype=np.float32)}
+
+
+@pytest.fixture(autouse=True)
+def _identity(flower_identity):
+    yield
+
+
+def _global() -> ArrayRecord:
+    return ArrayRecord({k: Array(v) for k, v in GLOBAL.items()})
+
+
+def _model(value: float, rng=None) -> dict[str, np.ndarray]:
+    noise = (lambda s: rng.normal(scale=0.01, size=s)) if rng is not None else np.zeros
+    return {k: (v + value + noise(v.shape)).astype(np.float32) for k, v in GLOBAL.items()}
+
+
+def test_flatten_round_trips_keys_shapes_and_dtypes():
+    record = ArrayRecord(
+        {"a": Array(np.arange(6, dtype=np.float32).reshape(2, 3)),
+         "n": Array(np.array([7], dtype=np.int64))}
+    )
+    matrix, layout = stack([record, record])
+    assert matrix.shape == (2, 7) and layout.size == 7
+    back = unflatten(matrix[1], layout)
+    assert back["n"].dtype == "int64" and back["n"].numpy().tolist() == [7]
+    np.testing.assert_array_equal(back["a"].numpy(), record["a"].numpy())
+
+
+def test_robust_median_strategy_equals_the_pure_function_on_the_models():
+    rng = np.random.default_rng(0)
+    replies = [build_reply(i, 10 + i, _model(float(v), rng)) for i, v in
+               enumerate([0.1, 0.2, 0.3, 50.0, -40.0])]
+    strategy = build_strategy(RunConfig(strategy="robust-median"))
+    strategy._global = _global()
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    matrix, layout = stack([r.content["arrays"] for r in replies])
+    expected = unflatten(coordinate_median(matrix), layout)
+    for key in GLOBAL:
+        np.testing.assert_allclose(arrays[key].numpy(), expected[key].numpy(), atol=1e-6)
+    assert metrics["num-examples"] == 50
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "reason"),
+    [
+        (lambda a: a.update(w=np.full((2, 3), np.nan, dtype=np.float32)), "NaN or Inf"),
+        (lambda a: a.update(b=np.array([np.inf, 0], dtype=np.float32)), "NaN or Inf"),
+        (lambda a: a.update(w=np.zeros((3, 2), dtype=np.float32)), "has shape (3, 2)"),
+        (lambda a: a.update(b=np.zeros(2, dtype=np.float64)), "has dtype float64"),
+        (lambda a: a.pop("b"), "missing ['b']"),
+        (lambda a: a.update(extra=np.zeros(1, dtype=np.float32)), "unexpected ['extra']"),
+    ],
+)
+def test_malformed_updates_are_named(corrupt, reason):
+    arrays = _model(0.1)
+    corrupt(arrays)
+    assert reason in check_reply(build_reply(0, 1, arrays), _global())
+
+
+def test_bad_example_counts_are_rejected():
+    for bad in (-1.0, float("nan"), float("inf")):
+        assert "'num-examples'" in check_reply(build_reply(0, 1, _model(0.1), bad), _global())
+
+
+def test_validation_keeps_the_round_going_and_counts_rejections(caplog):
+    replies = [build_reply(i, 10 + i, _model(0.1 * (i + 1))) for i in range(4)]
+    replies.append(build_reply(4, 14, {**_model(0.1), "w": np.full((2, 3), np.nan, "float32")}))
+    replies.append(build_reply(5, 15, _model(1e4)))  # norm far outside the cohort
+    seen = []
+    strategy = ValidatedUpdates(build_strategy(RunConfig()), max_norm_ratio=10.0,
+                                on_reject=lambda r, rej: seen.append(rej))
+    strategy._global = _global()
+    with caplog.at_level(logging.WARNING):
+        arrays, metrics = strategy.aggregate_train(3, replies)
+    assert metrics["rejected-updates"] == 2
+    assert sorted(r.partition_id for r in seen) == [4, 5]
+    assert "node 14 (partition 4): array 'w' contains NaN or Inf" in caplog.text
+    assert np.isfinite(arrays["w"].numpy()).all()
+    np.testing.assert_allclose(arrays["b"].numpy(), 0.25, rtol=1e-5)  # mean of 0.1..0.4
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    key=st.sampled_from(["w", "b"]),
+    kind=st.sampled_from(["value", "shape", "dtype", "drop", "ok"]),
+    value=st.sampled_from([np.nan, np.inf, -np.inf, 1e30]),
+    shape=st.lists(st.integers(1, 4), min_size=1, max_size=3),
+    dtype=st.sampled_from([np.float16, np.float64, np.int32, np.int64]),
+)
+def test_fuzzed_replies_never_crash_and_are_rejected_iff_malformed(key, kind, value, shape,
+                                                                    dtype):
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
+    arrays = _model(0.1)
+    if kind == "value":
+        arrays[key] = arrays[key].copy()
+        arrays[key].flat[0] = value
+    elif kind == "shape":
+        arrays[key] = np.zeros(shape, dtype=np.float32)
+    elif kind == "dtype":
+        arrays[key] = arrays[key].astype(dtype)
+    elif kind == "drop":
+        arrays.pop(key)
+    bad = build_reply(1, 2, arrays)
+    accepted, rejected = filter_replies([build_reply(0, 1, _model(0.2)), bad], _global())
+    malformed = (
+        (kind == "value" and not np.isfinite(value))
+        or (kind == "shape" and tuple(shape) != GLOBAL[key].shape)
+        or kind in ("dtype", "drop")
+    )
+    assert len(rejected) == int(malformed)
+    assert len(accepted) == 2 - int(malformed)
+
+
+def test_byzantine_set_is_seeded_and_sized():
+    a = byzantine_partitions(20, 0.2, seed=1)
+    assert len(a) == 4 and a == byzantine_partitions(20, 0.2, seed=1)
+    assert a != byzantine_partitions(20, 0.2, seed=2)
+
+
+def test_simulated_sign_flip_replaces_only_byzantine_updates():
+    replies = [build_reply(i, 10 + i, _model(1.0)) for i in range(5)]
+    inner_seen = []
+
+    class Capture(ValidatedUpdates):
+        def aggregate_train(self, server_round, replies):
+            inner_seen.extend(replies)
+            return None, None
+
+    attack = SimulatedAttack(Capture(build_strategy(RunConfig())), "sign-flip",
+                             frozenset({1, 3}))
+    attack._global = _global()
+    attack.aggregate_train(1, replies)
+    values = {int(r.content["meta"]["partition-id"]): float(r.content["arrays"]["b"].numpy()[0])
+              for r in inner_seen}
+    assert values == {0: 1.0, 1: -1.0, 2: 1.0, 3: -1.0, 4: 1.0}
+
+
+def _federate(**overrides):
+    cfg = RunConfig.from_flower({**RunConfig().to_flower(), **overrides})
+    grid = InProcessGrid(client_app, cfg.to_flower(), 10)
+    result, _ = run_federation(grid, cfg)
+    return result.evaluate_metrics_serverapp[cfg.num_server_rounds]["accuracy"]
+
+
+def test_under_attack_fedavg_collapses_and_robust_rules_hold(tmp_path):
+    """10 digits silos, 3 of them sending sign-flipped updates (scaled by 3 so FedAvg's
+    mean points the wrong way), 3 rounds, on the in-process grid."""
+    common = {"num-server-rounds": 3, "run-dir": str(tmp_path), "attack": "scaling",
+              "attack-strength": -3.0, "attack-fraction": 0.3, "num-byzantine": 3,
+              "max-update-norm-ratio": 0.0}
+    clean = _federate(**{**common, "attack": "none"})
+    fedavg = _federate(**common)
+    median = _federate(**common, strategy="robust-median")
+    cclip = _federate(**common, strategy="cclip", **{"pre-aggregator": "nnm"})
+    assert clean > 0.8
+    assert fedavg < 0.3
+    assert median > clean - 0.15
+    assert cclip > clean - 0.15
+
+
+def test_norm_validation_alone_stops_a_scaling_attack(tmp_path):
+    acc = _federate(**{"num-server-rounds": 3, "run-dir": str(tmp_path), "attack": "scaling",
+                       "attack-strength": 100.0, "attack-fraction": 0.2})
+    assert acc > 0.8
