@@ -74,13 +74,16 @@ def train(msg: Message, context: Context) -> Message:
         # Simulated data poisoning (threat-model tool): this silo learns flipped labels.
         train_data = ArrayDataset(train_data.x, task.num_classes - 1 - train_data.y)
     generator = seed_everything(derive_seed(cfg.seed, "train", pid, server_round))
-    metrics = task.train(
-        model,
-        train_data,
-        cfg,
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
-        generator=generator,
-    )
+    if cfg.local_dp:
+        metrics = _train_local_dp(model, train_data, task, cfg, context, generator)
+    else:
+        metrics = task.train(
+            model,
+            train_data,
+            cfg,
+            proximal_mu=float(config.get("proximal-mu", 0.0)),
+            generator=generator,
+        )
     metrics["num-examples"] = len(data.train)
     return Message(
         RecordDict(
@@ -92,6 +95,37 @@ def train(msg: Message, context: Context) -> Message:
         ),
         reply_to=msg,
     )
+
+
+def _train_local_dp(model, data, task, cfg: RunConfig, context: Context, generator) -> dict:
+    """DP-SGD with Opacus; the accountant's history lives in the node's persistent state,
+    so the reported ``dp-epsilon`` is cumulative over rounds."""
+    from strategies.privacy.local import LOCAL_DP_STATE_KEY, make_private_trainer
+
+    budget = (
+        {"target_epsilon": cfg.local_target_epsilon,
+         "epochs": cfg.local_epochs * cfg.num_server_rounds}
+        if cfg.local_target_epsilon > 0
+        else {"noise_multiplier": cfg.local_noise_multiplier}
+    )  # fmt: skip
+    saved = context.state.config_records.get(LOCAL_DP_STATE_KEY)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum)
+    with make_private_trainer(
+        model,
+        optimizer,
+        data,
+        batch_size=cfg.batch_size,
+        max_grad_norm=cfg.max_grad_norm,
+        delta=cfg.target_delta,
+        accountant_state=dict(saved) if saved else None,
+        mechanism=cfg.accountant,
+        generator=generator,
+        class_weights=task.class_weights(data),
+        **budget,
+    ) as trainer:
+        metrics = trainer.train(cfg.local_epochs)
+        context.state[LOCAL_DP_STATE_KEY] = ConfigRecord(trainer.accountant_state())
+    return metrics
 
 
 @app.evaluate()

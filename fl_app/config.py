@@ -131,6 +131,47 @@ class RunConfig(BaseModel):
         description="Attack parameter (0 = its default): scaling factor 10 (negative flips "
         "the direction), noise std 1, IPM ε 0.1, ALIE z from n and f.",
     )
+    # Differential privacy (strategies/privacy).
+    central_dp: bool = Field(
+        False, description="Client-level DP-FedAvg: clip deltas to `clip-norm`, add noise."
+    )
+    noise_multiplier: float = Field(
+        1.0, ge=0, description="Central DP noise σ (noise std = σ·C on the sum)."
+    )
+    adaptive_clipping: bool = Field(
+        False, description="Adapt `clip-norm` towards `target-quantile` (Andrew et al., 2021)."
+    )
+    target_quantile: float = Field(
+        0.5, ge=0, le=1, description="Quantile of update norms adaptive clipping aims for."
+    )
+    clip_learning_rate: float = Field(0.2, gt=0, description="Adaptive clipping step size.")
+    target_epsilon: float = Field(
+        0.0, ge=0, description="Central DP budget ε (0 = no budget; ε is still reported)."
+    )
+    target_delta: float = Field(
+        1e-5, gt=0, lt=1, description="δ of (ε, δ)-DP, central and local; must be < 1/records."
+    )
+    budget_mode: Literal["stop", "calibrate"] = Field(
+        "stop",
+        description="With a budget: stop before the round that would exceed it, or calibrate "
+        "σ up front for the planned rounds.",
+    )
+    accountant: Literal["rdp", "prv"] = Field(
+        "rdp", description="Privacy accountant (Opacus' RDP or PRV)."
+    )
+    sampling_amplification: bool = Field(
+        False,
+        description="Account central DP at rate sampled/total silos (only sound when the "
+        "sampling seed is secret).",
+    )
+    local_dp: bool = Field(False, description="DP-SGD inside every silo with Opacus.")
+    local_noise_multiplier: float = Field(1.0, ge=0, description="Local DP-SGD noise σ.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Local DP-SGD per-example clip norm.")
+    local_target_epsilon: float = Field(
+        0.0,
+        ge=0,
+        description="Per-silo ε budget over all rounds (0 = use `local-noise-multiplier`).",
+    )
     # Tracking.
     mlflow_tracking_uri: str = Field(
         "",
@@ -176,6 +217,25 @@ class RunConfig(BaseModel):
 
     def check_cross_field(self) -> RunConfig:
         """Checks that involve several keys; returns self."""
+        mean_based = {"fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm"}
+        if self.central_dp and self.strategy not in mean_based:
+            raise ConfigError(
+                f"run-config 'central-dp' = true is unsound with strategy '{self.strategy}': "
+                "robust rules select or order individual updates, so one silo can move the "
+                "result by more than clip-norm / n. Use one of: " + ", ".join(sorted(mean_based))
+            )
+        if self.central_dp and self.max_update_norm_ratio > 0:
+            raise ConfigError(
+                "run-config 'central-dp' = true needs 'max-update-norm-ratio' = 0.0: the norm "
+                "filter compares each update with the others, which breaks the DP guarantee "
+                "(clipping already bounds every update)."
+            )
+        if self.local_dp and self.strategy == "fedprox" and self.proximal_mu > 0:
+            raise ConfigError(
+                "run-config 'local-dp' = true ignores FedProx's proximal term (Opacus clips "
+                "per-example gradients of the loss only); set 'proximal-mu' = 0.0 or use "
+                "another strategy."
+            )
         if self.attack != "none" and self.attack_fraction == 0:
             raise ConfigError(
                 f"run-config 'attack' = '{self.attack}' needs 'attack-fraction' > 0 "

@@ -105,6 +105,56 @@ def tracking_sinks(cfg: RunConfig, run_dir: Path) -> list[MetricsSink]:
     ]
 
 
+def central_dp(strategy: Strategy, cfg: RunConfig, num_silos: int, model) -> Strategy:
+    """Wrap ``strategy`` in DP-FedAvg with its accountant (and budget) when
+    ``central-dp`` is on; the innermost wrapper, so it sees exactly what is aggregated."""
+    if not cfg.central_dp:
+        return strategy
+    from strategies.privacy import AdaptiveClipping, DPFedAvg, PrivacyBudget
+
+    sampled = max(int(num_silos * cfg.fraction_train), cfg.min_train_nodes)
+    rate = min(1.0, sampled / num_silos) if cfg.sampling_amplification else 1.0
+    budget = (
+        PrivacyBudget(cfg.target_epsilon, cfg.target_delta, n_records=num_silos)
+        if cfg.target_epsilon > 0
+        else None
+    )
+    sigma = cfg.noise_multiplier
+    if budget is not None:
+        sigma = budget.plan(
+            cfg.budget_mode,
+            sample_rate=rate,
+            rounds=cfg.num_server_rounds,
+            noise_multiplier=None if cfg.budget_mode == "calibrate" else cfg.noise_multiplier,
+            mechanism=cfg.accountant,
+        )
+        LOG.info(
+            "[fedsilo] central DP: budget ε=%g δ=%g (%s), σ=%.4f",
+            cfg.target_epsilon,
+            cfg.target_delta,
+            cfg.budget_mode,
+            sigma,
+        )
+    adaptive = (
+        AdaptiveClipping(cfg.target_quantile, cfg.clip_learning_rate)
+        if cfg.adaptive_clipping
+        else None
+    )
+    return DPFedAvg(
+        strategy,
+        noise_multiplier=sigma,
+        clip_norm=cfg.clip_norm,
+        delta=cfg.target_delta,
+        generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "dp-noise")),
+        mechanism=cfg.accountant,
+        budget=budget,
+        adaptive=adaptive,
+        trained_keys=[name for name, _ in model.named_parameters()],
+        sampling_amplification=cfg.sampling_amplification,
+        num_clients=num_silos,
+    )
+
+
 def wrap_strategy(
     strategy: Strategy, cfg: RunConfig, roster: dict[int, int], sinks: MetricsSink
 ) -> Strategy:
@@ -140,16 +190,20 @@ def run_federation(
     seed_everything(derive_seed(cfg.seed, "init"))
     model = task.build_model()
     task.set_input_scaling(model, moments)
+    initial = ArrayRecord(model.state_dict())
+    strategy = central_dp(strategy, cfg, len(roster), model)
 
     result = wrap_strategy(strategy, cfg, roster, sinks).start(
         grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
+        initial_arrays=initial,
         num_rounds=cfg.num_server_rounds,
         timeout=cfg.round_timeout,
         train_config=ConfigRecord({"learning-rate": cfg.learning_rate}),
         evaluate_fn=server_evaluator(task, cfg, sinks),
     )
 
+    if len(result.arrays) == 0:  # no round aggregated (e.g. DP budget spent before round 1)
+        result.arrays = initial
     model_path = run_dir / "model.pt"
     torch.save(result.arrays.to_torch_state_dict(), model_path)
     for path in (model_path, run_dir / "metrics.json", run_dir / "metrics.csv"):

@@ -146,9 +146,7 @@ def _check_mechanism(mechanism: object) -> str:
             "experimental and it can underestimate ε. Use mechanism='rdp' or 'prv'."
         )
     if mechanism not in _OPACUS:
-        raise ValueError(
-            f"mechanism must be one of {', '.join(MECHANISMS)}; got {mechanism!r}"
-        )
+        raise ValueError(f"mechanism must be one of {', '.join(MECHANISMS)}; got {mechanism!r}")
     return str(mechanism)
 
 
@@ -371,9 +369,7 @@ class PrivacyBudget:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_epsilon", check_epsilon(self.target_epsilon))
-        object.__setattr__(
-            self, "target_delta", check_delta(self.target_delta, self.n_records)
-        )
+        object.__setattr__(self, "target_delta", check_delta(self.target_delta, self.n_records))
 
     def spent(self, accountant: FederatedAccountant) -> float:
         """ε spent so far at the budget's δ."""
@@ -455,9 +451,7 @@ class PrivacyBudget:
                     "budget mode 'calibrate' chooses the noise multiplier itself; pass "
                     "noise_multiplier=None, or use mode 'stop' to keep the given one"
                 )
-            return self.calibrate(
-                sample_rate, rounds, mechanism, steps_per_round=steps_per_round
-            )
+            return self.calibrate(sample_rate, rounds, mechanism, steps_per_round=steps_per_round)
         if mode == "stop":
             if noise_multiplier is None:
                 raise ValueError(

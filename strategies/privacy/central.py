@@ -151,9 +151,7 @@ def gaussian_noise_sum(
     total = clipped.sum(dim=0)
     if sigma == 0:
         return total
-    noise = torch.randn(
-        total.shape, generator=generator, dtype=torch.float64, device=total.device
-    )
+    noise = torch.randn(total.shape, generator=generator, dtype=torch.float64, device=total.device)
     return (total.double() + noise * (sigma * clip_norm)).to(total.dtype)
 
 
@@ -381,9 +379,7 @@ class DPFedAvg(Strategy):
         if budget is not None and self.noise_multiplier == 0:
             raise ValueError("a privacy budget needs noise_multiplier > 0 (σ = 0 gives ε = ∞)")
         self.budget = budget
-        self.accountant = accountant or FederatedAccountant(
-            mechanism, self.noise_multiplier, 1.0
-        )
+        self.accountant = accountant or FederatedAccountant(mechanism, self.noise_multiplier, 1.0)
         self.adaptive = adaptive
         if adaptive is not None and adaptive.count_noise_std is not None:
             self._noise_split(1)  # validate 2σ_b > σ now
@@ -438,8 +434,12 @@ class DPFedAvg(Strategy):
         """Log the DP settings, then the wrapped strategy's."""
         log(INFO, "\t├──> Central DP (DP-FedAvg):")
         log(INFO, "\t│\t├── Noise multiplier σ: %s", self.noise_multiplier)
-        log(INFO, "\t│\t├── Clipping norm C: %s%s", self.clip_norm,
-            " (adaptive)" if self.adaptive else "")
+        log(
+            INFO,
+            "\t│\t├── Clipping norm C: %s%s",
+            self.clip_norm,
+            " (adaptive)" if self.adaptive else "",
+        )
         log(INFO, "\t│\t├── Accountant: %s, δ = %g", self.accountant.mechanism, self.delta)
         if self.budget is not None:
             log(INFO, "\t│\t└── Budget: ε ≤ %g", self.budget.target_epsilon)
@@ -449,6 +449,12 @@ class DPFedAvg(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample clients through the wrapped strategy, unless the budget is spent."""
+        if self.trained_keys is not None and not self.trained_keys <= set(arrays.keys()):
+            missing = sorted(self.trained_keys - set(arrays.keys()))
+            raise ValueError(
+                f"trained_keys {missing} are not arrays of the global model; pass names from "
+                "model.named_parameters() of the task's model"
+            )
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self._plans.pop(server_round, None)
         if not messages:
@@ -493,14 +499,20 @@ class DPFedAvg(Strategy):
             record = next(iter(msg.content.array_records.values()))
             layout = Layout.of(record)
             if (layout.keys, layout.shapes) != (global_layout.keys, global_layout.shapes):
-                log(WARNING, "DP-FedAvg: reply from node %d does not match the global "
+                log(
+                    WARNING,
+                    "DP-FedAvg: reply from node %d does not match the global "
                     "model's arrays; ignored (it counts as a non-reply)",
-                    msg.metadata.src_node_id)
+                    msg.metadata.src_node_id,
+                )
                 continue
             records.append((msg, record))
         if not records:
-            log(WARNING, "DP-FedAvg round %d: no usable replies; model unchanged, no ε spent",
-                server_round)
+            log(
+                WARNING,
+                "DP-FedAvg round %d: no usable replies; model unchanged, no ε spent",
+                server_round,
+            )
             return None, None
 
         keys = self._private_keys(plan.arrays)
@@ -544,9 +556,17 @@ class DPFedAvg(Strategy):
             )
             self.clip_norm = step.clip_norm
             metrics[UNCLIPPED_KEY] = step.noisy_unclipped_fraction
-        log(INFO, "DP-FedAvg round %d: %d/%d clients, C = %.4g, σ = %.4g, ε = %.4f (δ = %g)",
-            server_round, len(records), plan.expected_clients, clip_norm,
-            self.noise_multiplier, epsilon, self.delta)
+        log(
+            INFO,
+            "DP-FedAvg round %d: %d/%d clients, C = %.4g, σ = %.4g, ε = %.4f (δ = %g)",
+            server_round,
+            len(records),
+            plan.expected_clients,
+            clip_norm,
+            self.noise_multiplier,
+            epsilon,
+            self.delta,
+        )
 
         server_arrays = self._server_update(server_round, new_arrays)
         return server_arrays, metrics

@@ -328,8 +328,11 @@ def make_private_trainer(
     steps_per_epoch = len(loader)
     sample_rate = 1.0 / steps_per_epoch  # what Opacus' optimiser hook accounts per step
 
-    accountant = FederatedAccountant(mechanism, 0.0 if noise_multiplier is None else
-                                     check_noise_multiplier(noise_multiplier), sample_rate)
+    accountant = FederatedAccountant(
+        mechanism,
+        0.0 if noise_multiplier is None else check_noise_multiplier(noise_multiplier),
+        sample_rate,
+    )
     if accountant_state is not None:
         accountant.load_state_dict(accountant_state)
 

@@ -16,8 +16,15 @@ Conventions shared by all rules:
   (weights are self-reported and cannot be trusted to bound the adversary's influence).
   Weights enter the *averaging* of whatever survives the robust selection. If all surviving
   clients have weight zero, the survivors are averaged uniformly instead (documented per rule).
-* **Numerics.** Distances and reductions are computed in float64; the result is cast back to
-  ``updates.dtype``.
+* **Numerics.** Reductions (means, sums, norms) accumulate in float64; the result is cast back
+  to ``updates.dtype``. Work proceeds in column blocks, so temporaries are ``O(n × block)``
+  rather than ``O(n × d)``. Pairwise distances come from a Gram matrix whose block products
+  run in the input's precision (float32 for float32 updates) and accumulate in float64; if
+  the updates share a large common offset the Gram matrix is recomputed around their mean.
+  For float32 updates the squared distances then carry a relative error of order 1e-6, so
+  Krum-type selections between candidates whose scores differ by less than that may differ
+  from exact arithmetic (exact ties are still broken by client index). Order statistics of
+  unweighted rules use a comparator network (exact, vectorised over coordinates).
 * **Determinism.** No rule uses a random number generator; ties are broken by client index.
 * **Validation.** Invalid inputs raise ``ValueError`` whose message names the offending
   argument, the value received and the allowed range.
@@ -25,9 +32,10 @@ Conventions shared by all rules:
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -68,9 +76,12 @@ def _check_updates(updates: torch.Tensor, name: str = "updates") -> torch.Tensor
         raise ValueError(
             f"{name} must hold at least one client and one coordinate; got shape {(n, d)}"
         )
-    if not bool(torch.isfinite(updates).all()):
+    # One summation pass: NaN and inf propagate through a sum, so a finite total proves every
+    # entry finite. A non-finite total can also be overflow, so confirm entry by entry.
+    if not bool(torch.isfinite(updates.sum())):
         bad = int((~torch.isfinite(updates)).sum())
-        raise ValueError(f"{name} must be finite; got {bad} NaN/inf entries")
+        if bad:
+            raise ValueError(f"{name} must be finite; got {bad} NaN/inf entries")
     return updates
 
 
@@ -171,14 +182,56 @@ def _check_vector(vector: object, d: int, name: str, device: torch.device) -> to
 # Numerical helpers
 # --------------------------------------------------------------------------------------------
 
+#: Elements of one ``(rows × width)`` column block for streaming passes (float64 ≈ 4 MiB).
+_STREAM_BLOCK = 1 << 19
+#: Elements of one column block for comparator networks (float32 ≈ 8 MiB: the per-row
+#: operations stay long enough to amortise their dispatch cost, and the block stays in cache).
+_NETWORK_BLOCK = 1 << 21
+#: Minimum block width of comparator networks (per-operation overhead dominates below it).
+_NETWORK_MIN_WIDTH = 16384
 
-def _weighted_average(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Float64 weighted average of the rows of ``x``; uniform if ``w`` sums to zero."""
-    x64 = x.to(torch.float64)
+
+def _block_width(rows: int, d: int, elements: int, minimum: int = 256) -> int:
+    """Width of the column blocks that keep ``rows × width`` near ``elements``."""
+    return max(1, min(d, max(minimum, elements // max(rows, 1))))
+
+
+def _column_blocks(d: int, width: int) -> Iterator[slice]:
+    """Consecutive column slices of ``width`` (the last one may be narrower)."""
+    for start in range(0, d, width):
+        yield slice(start, min(start + width, d))
+
+
+def _weighted_rows_average(
+    x: torch.Tensor, coef: torch.Tensor, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``sum_i coef_i * x[rows[i]]`` accumulated in float64, returned in ``x.dtype``.
+
+    ``coef`` is a float64 ``(m,)`` vector (``m = n`` if ``rows`` is ``None``).
+    """
+    d = x.shape[1]
+    coef = coef.to(device=x.device, dtype=torch.float64)
+    out = torch.empty(d, dtype=x.dtype, device=x.device)
+    for cols in _column_blocks(d, _block_width(coef.numel(), d, _STREAM_BLOCK)):
+        block = x[:, cols] if rows is None else x[:, cols].index_select(0, rows)
+        out[cols] = coef @ block.to(torch.float64)
+    return out
+
+
+def _normalised(w: torch.Tensor) -> torch.Tensor:
+    """``w / sum(w)``, or uniform coefficients if ``w`` sums to zero (float64)."""
     total = float(w.sum())
     if total <= 0.0:
-        return x64.mean(dim=0)
-    return (w / total) @ x64
+        return torch.full_like(w, 1.0 / w.numel(), dtype=torch.float64)
+    return w.to(torch.float64) / total
+
+
+def _weighted_average(
+    x: torch.Tensor, w: torch.Tensor, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Float64 weighted average of the rows of ``x`` (or of ``x[rows]`` with weights ``w``);
+    uniform if ``w`` sums to zero. Returned in ``x.dtype``."""
+    return _weighted_rows_average(x, _normalised(w), rows)
 
 
 def _coordinatewise_average(values: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -192,11 +245,124 @@ def _coordinatewise_average(values: torch.Tensor, w: torch.Tensor) -> torch.Tens
     return torch.where(total > 0, weighted, v64.mean(dim=0))
 
 
+def _is_uniform(w: torch.Tensor) -> bool:
+    return bool((w == w[0]).all())
+
+
+@functools.lru_cache(maxsize=256)
+def _selection_network(n: int, positions: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """Comparators ``(a, b)``, ``a < b``, that sort ``n`` values enough to fix ``positions``.
+
+    Batcher's odd-even merge sort on the next power of two (comparators touching padding
+    positions ``>= n`` are no-ops for +inf padding and are dropped), pruned backwards to the
+    comparators that can influence the requested output positions. Applying ``(a, b)`` means
+    ``x[a], x[b] = min(x[a], x[b]), max(x[a], x[b])``, in the returned order.
+    """
+    size = 1
+    while size < n:
+        size *= 2
+    layers: list[list[tuple[int, int]]] = []
+    p = 1
+    while p < size:
+        k = p
+        while k >= 1:
+            layer = []
+            for j in range(k % p, size - k, 2 * k):
+                for i in range(min(k, size - j - k)):
+                    a, b = i + j, i + j + k
+                    if a // (2 * p) == b // (2 * p) and b < n:
+                        layer.append((a, b))
+            layers.append(layer)
+            k //= 2
+        p *= 2
+    live = set(positions)
+    kept: list[list[tuple[int, int]]] = []
+    for layer in reversed(layers):  # the comparators of one layer touch disjoint positions
+        needed = [(a, b) for a, b in layer if a in live or b in live]
+        for a, b in needed:
+            live.update((a, b))
+        kept.append(needed)
+    return tuple(pair for layer in reversed(kept) for pair in layer)
+
+
+def _sorted_rows(
+    block: torch.Tensor, positions: tuple[int, ...], spare: torch.Tensor
+) -> list[torch.Tensor]:
+    """Rows ``positions`` of ``block`` (m × c) sorted per column, by a comparator network.
+
+    Each comparator is two vectorised row operations (min into a spare row, max in place) and a
+    swap of row references, so no data is copied. ``block`` and ``spare`` (a ``(c,)`` buffer of
+    the same dtype) are overwritten; the returned rows are views into them.
+    """
+    rows = list(block.unbind(0))
+    tmp = spare
+    for a, b in _selection_network(block.shape[0], positions):
+        ra, rb = rows[a], rows[b]
+        torch.minimum(ra, rb, out=tmp)
+        torch.maximum(ra, rb, out=rb)
+        rows[a], tmp = tmp, ra
+    return [rows[i] for i in positions]
+
+
+def _order_statistic_blocks(
+    x: torch.Tensor, positions: tuple[int, ...]
+) -> Iterator[tuple[slice, list[torch.Tensor]]]:
+    """For each column block of ``x``: the block's rows at sorted ``positions`` (views that are
+    valid until the next block)."""
+    n, d = x.shape
+    width = _block_width(n, d, _NETWORK_BLOCK, _NETWORK_MIN_WIDTH)
+    buffer = torch.empty(n + 1, width, dtype=x.dtype, device=x.device)
+    for cols in _column_blocks(d, width):
+        c = cols.stop - cols.start
+        block = buffer[:n, :c]
+        block.copy_(x[:, cols])
+        yield cols, _sorted_rows(block, positions, buffer[n, :c])
+
+
+def _gram(x: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+    """Float64 ``(n, n)`` Gram matrix of the rows of ``x`` (minus ``center``), block by block.
+
+    Block products run in float32 (float64 for float64 inputs) and accumulate in float64.
+    """
+    n, d = x.shape
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    gram = torch.zeros(n, n, dtype=torch.float64, device=x.device)
+    part = torch.empty(n, n, dtype=dtype, device=x.device)
+    for cols in _column_blocks(d, _block_width(n, d, _STREAM_BLOCK, 4096)):
+        block = x[:, cols].to(dtype)
+        if center is not None:
+            block = block - center[cols]
+        torch.mm(block, block.T, out=part)
+        gram += part
+    return gram
+
+
+def _sq_distances_from_gram(gram: torch.Tensor) -> torch.Tensor:
+    diag = gram.diagonal()
+    sq = diag.unsqueeze(1) + diag.unsqueeze(0) - 2.0 * gram
+    sq = 0.5 * (sq + sq.T)  # exactly symmetric
+    sq.clamp_min_(0.0)
+    sq.fill_diagonal_(0.0)
+    return sq
+
+
 def _pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
-    """Exact float64 ``(n, n)`` matrix of squared Euclidean distances between rows of ``x``."""
-    x64 = x.to(torch.float64)
-    dist = torch.cdist(x64, x64, p=2.0, compute_mode="donot_use_mm_for_euclid_dist")
-    return dist.square()
+    """Float64 ``(n, n)`` matrix of squared Euclidean distances between rows of ``x``.
+
+    ``||x_i||^2 + ||x_j||^2 - 2 x_i.x_j`` from :func:`_gram`. The rounding error scales with
+    the squared norms, so if the rows share a common offset large against their spread
+    (mean squared norm > 4 × mean squared distance to the mean), the Gram matrix is
+    recomputed around the mean row (distances are translation invariant).
+    """
+    n = x.shape[0]
+    gram = _gram(x)
+    sq = _sq_distances_from_gram(gram)
+    spread = float(sq.sum()) / (2.0 * n * n)  # mean squared distance to the mean row
+    if float(gram.diagonal().mean()) > 4.0 * spread:
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        mean_row = torch.full((n,), 1.0 / n, dtype=dtype, device=x.device) @ x.to(dtype)
+        sq = _sq_distances_from_gram(_gram(x, mean_row))
+    return sq
 
 
 def _krum_scores(sq_dist: torch.Tensor, num_neighbours: int) -> torch.Tensor:
@@ -238,7 +404,7 @@ def weighted_mean(updates: torch.Tensor, weights: torch.Tensor | None = None) ->
     """
     x = _check_updates(updates)
     w = _check_weights(weights, x.shape[0], x.device)
-    return _weighted_average(x, w).to(x.dtype)
+    return _weighted_average(x, w)
 
 
 def coordinate_median(updates: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -261,22 +427,29 @@ def coordinate_median(updates: torch.Tensor, weights: torch.Tensor | None = None
         The ``(d,)`` coordinate-wise median, in ``updates.dtype``.
     """
     x = _check_updates(updates)
-    n = x.shape[0]
+    n, d = x.shape
     w = _check_weights(weights, n, x.device)
-    if bool((w == w[0]).all()):  # uniform weights: ordinary median, no cumulative sums needed
-        values = torch.sort(x, dim=0).values
-        lo, hi = values[(n - 1) // 2].to(torch.float64), values[n // 2].to(torch.float64)
-        return (0.5 * (lo + hi)).to(x.dtype)
-    values, order = torch.sort(x, dim=0, stable=True)
-    cum = torch.cumsum(w[order], dim=0)  # (n, d) cumulative weight in sorted order
+    out = torch.empty(d, dtype=x.dtype, device=x.device)
+    if _is_uniform(w):  # ordinary median: the middle order statistic(s), by a network
+        middle = tuple(sorted({(n - 1) // 2, n // 2}))
+        for cols, rows in _order_statistic_blocks(x, middle):
+            if len(rows) == 1:
+                out[cols] = rows[0]
+            else:
+                out[cols] = 0.5 * (rows[0].to(torch.float64) + rows[1].to(torch.float64))
+        return out
     total = float(w.sum())
     half, tol = 0.5 * total, 1e-9 * total
-    # lower: first index with cum >= half; upper: first index with cum > half (strictly).
-    lower = (cum < half - tol).sum(dim=0).clamp_max(n - 1)
-    upper = (cum <= half + tol).sum(dim=0).clamp_max(n - 1)
-    lo = values.gather(0, lower.unsqueeze(0)).squeeze(0).to(torch.float64)
-    hi = values.gather(0, upper.unsqueeze(0)).squeeze(0).to(torch.float64)
-    return (0.5 * (lo + hi)).to(x.dtype)
+    for cols in _column_blocks(d, _block_width(n, d, _STREAM_BLOCK)):
+        values, order = torch.sort(x[:, cols], dim=0, stable=True)
+        cum = torch.cumsum(w[order], dim=0)  # (n, c) cumulative weight in sorted order
+        # lower: first index with cum >= half; upper: first index with cum > half (strictly).
+        lower = (cum < half - tol).sum(dim=0).clamp_max(n - 1)
+        upper = (cum <= half + tol).sum(dim=0).clamp_max(n - 1)
+        lo = values.gather(0, lower.unsqueeze(0)).squeeze(0).to(torch.float64)
+        hi = values.gather(0, upper.unsqueeze(0)).squeeze(0).to(torch.float64)
+        out[cols] = 0.5 * (lo + hi)
+    return out
 
 
 def trimmed_mean(
@@ -325,9 +498,22 @@ def trimmed_mean(
         if not 0.0 <= float(beta) < 0.5:
             raise ValueError(f"beta must be in [0, 0.5); got {beta!r}")
         k = math.floor(float(beta) * n)
-    values, order = torch.sort(x, dim=0, stable=True)
+    if k == 0:
+        return _weighted_average(x, w)
+    d = x.shape[1]
+    out = torch.empty(d, dtype=x.dtype, device=x.device)
+    if _is_uniform(w):  # plain mean of the middle order statistics, by a network
+        for cols, rows in _order_statistic_blocks(x, tuple(range(k, n - k))):
+            total = torch.zeros(cols.stop - cols.start, dtype=torch.float64, device=x.device)
+            for row in rows:
+                total += row
+            out[cols] = total / (n - 2 * k)
+        return out
     kept = slice(k, n - k)
-    return _coordinatewise_average(values[kept], w[order[kept]]).to(x.dtype)
+    for cols in _column_blocks(d, _block_width(n, d, _STREAM_BLOCK)):
+        values, order = torch.sort(x[:, cols], dim=0, stable=True)
+        out[cols] = _coordinatewise_average(values[kept], w[order[kept]])
+    return out
 
 
 def krum(
@@ -402,7 +588,7 @@ def multi_krum(
         raise ValueError(f"num_selected must be in [1, {n}] (n clients); got {num_selected!r}")
     scores = _krum_scores(_pairwise_sq_distances(x), n - f - 2)
     selected = _stable_argsort(scores)[:m]
-    return _weighted_average(x[selected], w[selected]).to(x.dtype)
+    return _weighted_average(x, w[selected], rows=selected)
 
 
 def bulyan(
@@ -449,12 +635,56 @@ def bulyan(
         chosen.append(int(remaining[pick]))
         remaining = torch.cat([remaining[:pick], remaining[pick + 1 :]])
     sel = torch.tensor(chosen, device=x.device)
-    selected = x[sel].to(torch.float64)  # (theta, d)
-    ordered = torch.sort(selected, dim=0).values
-    median = 0.5 * (ordered[(theta - 1) // 2] + ordered[theta // 2])
-    closest = _stable_argsort((selected - median).abs(), dim=0)[:beta]  # (beta, d)
-    values = selected.gather(0, closest)
-    return _coordinatewise_average(values, w[sel][closest]).to(x.dtype)
+    return _closest_to_median_average(x, sel, w[sel], beta)
+
+
+def _closest_to_median_average(
+    x: torch.Tensor, sel: torch.Tensor, w_sel: torch.Tensor, beta: int
+) -> torch.Tensor:
+    """Bulyan's second step on the rows ``sel`` of ``x``, column block by column block.
+
+    Per coordinate: the median ``m`` of the selected values, then the weighted average of the
+    ``beta`` values with the smallest ``|v - m|`` (ties: lower position in ``sel``), uniform
+    if their weights sum to zero. The ``beta``-th smallest distance ``t`` comes from a
+    comparator network; values with distance ``< t`` are kept, plus the first ones (in ``sel``
+    order) with distance ``== t`` up to ``beta`` in total: exactly a stable argsort's choice.
+    """
+    theta, d = sel.numel(), x.shape[1]
+    uniform = _is_uniform(w_sel)
+    w_col = w_sel.to(torch.float64).unsqueeze(1)
+    middle = tuple(sorted({(theta - 1) // 2, theta // 2}))
+    width = _block_width(theta, d, _NETWORK_BLOCK, _NETWORK_MIN_WIDTH)
+    values_buf = torch.empty(theta + 1, width, dtype=x.dtype, device=x.device)
+    dist_buf = torch.empty(theta, width, dtype=torch.float64, device=x.device)
+    net_buf = torch.empty(theta + 1, width, dtype=torch.float64, device=x.device)
+    out = torch.empty(d, dtype=x.dtype, device=x.device)
+    for cols in _column_blocks(d, width):
+        c = cols.stop - cols.start
+        selected = x[:, cols].index_select(0, sel)  # (theta, c), rows in selection order
+        block = values_buf[:theta, :c]
+        block.copy_(selected)
+        rows = _sorted_rows(block, middle, values_buf[theta, :c])
+        median = 0.5 * (rows[0].to(torch.float64) + rows[-1].to(torch.float64))
+        dist = dist_buf[:, :c]
+        torch.sub(selected, median, out=dist).abs_()
+        scratch = net_buf[:theta, :c]
+        scratch.copy_(dist)
+        threshold = _sorted_rows(scratch, (beta - 1,), net_buf[theta, :c])[0]
+        take = dist < threshold
+        tied = dist == threshold
+        need = beta - take.sum(dim=0)  # >= 1: the threshold itself is among the beta closest
+        if bool((tied.sum(dim=0) > need).any()):  # more ties than places: lowest positions
+            tied &= torch.cumsum(tied, dim=0) <= need
+        take |= tied
+        kept = torch.where(take, selected.to(torch.float64), 0.0)
+        if uniform:
+            out[cols] = kept.sum(dim=0) / beta
+        else:
+            mass = torch.where(take, w_col, 0.0)
+            total = mass.sum(dim=0)
+            weighted = (mass * kept).sum(dim=0) / total.clamp_min(torch.finfo(torch.float64).tiny)
+            out[cols] = torch.where(total > 0, weighted, kept.sum(dim=0) / beta)
+    return out
 
 
 def geometric_median(
@@ -493,21 +723,33 @@ def geometric_median(
     eps = _check_positive(eps, "eps")
     if isinstance(ftol, bool) or not isinstance(ftol, numbers.Real) or not 0 <= ftol < math.inf:
         raise ValueError(f"ftol must be a real number in [0, inf); got {ftol!r}")
-    x64 = x.to(torch.float64)
     w = w / w.sum()
-    z = w @ x64
-    dist = torch.linalg.vector_norm(x64 - z, dim=1)
+    z = torch.empty(x.shape[1], dtype=torch.float64, device=x.device)
+    dist = _combine_and_distances(x, w, z)  # z = weighted mean, dist = ||x_i - z||
     objective = float(w @ dist)
     for _ in range(max_iter):  # Weiszfeld iterations (inherently sequential)
         beta = w / dist.clamp_min(eps)
-        z = (beta @ x64) / beta.sum()
-        dist = torch.linalg.vector_norm(x64 - z, dim=1)
+        dist = _combine_and_distances(x, beta / beta.sum(), z)
         new_objective = float(w @ dist)
         converged = abs(objective - new_objective) <= ftol * new_objective
         objective = new_objective
         if converged:
             break
     return z.to(x.dtype)
+
+
+def _combine_and_distances(x: torch.Tensor, coef: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """One pass over ``x``: write ``z = coef @ x`` (float64, in place) and return the exact
+    float64 distances ``||x_i - z||``; each column block is combined and measured while it is
+    in cache."""
+    n, d = x.shape
+    sq = torch.zeros(n, dtype=torch.float64, device=x.device)
+    for cols in _column_blocks(d, _block_width(n, d, _STREAM_BLOCK)):
+        block = x[:, cols].to(torch.float64, copy=True)
+        zb = coef @ block
+        z[cols] = zb
+        sq += block.sub_(zb).square_().sum(dim=1)
+    return sq.sqrt_()
 
 
 def centered_clipping(
@@ -550,14 +792,41 @@ def centered_clipping(
         v = torch.zeros(d, dtype=torch.float64, device=x.device)
     else:
         v = _check_vector(center, d, "center", x.device)
-    x64 = x.to(torch.float64)
     w = w / w.sum()
-    for _ in range(n_iter):
-        diff = x64 - v
-        norms = torch.linalg.vector_norm(diff, dim=1)
+    norms = _row_distances(x, v)
+    for i in range(n_iter):
         scale = (tau / norms).clamp_max(1.0)  # norm 0 -> inf -> 1 (diff is 0 anyway)
-        v = v + (w * scale) @ diff
+        # v <- v + sum_i c_i (x_i - v), fused with the distances to the new v when needed.
+        norms = _shift_and_distances(x, w * scale, v, measure=i + 1 < n_iter)
     return v.to(x.dtype)
+
+
+def _row_distances(x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Float64 ``||x_i - v||`` for every row, one column block at a time."""
+    n, d = x.shape
+    sq = torch.zeros(n, dtype=torch.float64, device=x.device)
+    for cols in _column_blocks(d, _block_width(n, d, _STREAM_BLOCK)):
+        block = x[:, cols].to(torch.float64, copy=True)
+        sq += block.sub_(v[cols]).square_().sum(dim=1)
+    return sq.sqrt_()
+
+
+def _shift_and_distances(
+    x: torch.Tensor, coef: torch.Tensor, v: torch.Tensor, measure: bool
+) -> torch.Tensor:
+    """In one pass: ``v += coef @ (x - v)`` in place (float64) and, if ``measure``, the
+    distances ``||x_i - v_new||`` (else zeros)."""
+    n, d = x.shape
+    sq = torch.zeros(n, dtype=torch.float64, device=x.device)
+    for cols in _column_blocks(d, _block_width(n, d, _STREAM_BLOCK)):
+        block = x[:, cols].to(torch.float64, copy=True)
+        vb = v[cols]
+        block.sub_(vb)
+        delta = coef @ block
+        vb += delta
+        if measure:
+            sq += block.sub_(delta).square_().sum(dim=1)
+    return sq.sqrt_()
 
 
 def norm_clipping(
@@ -582,9 +851,24 @@ def norm_clipping(
     x = _check_updates(updates)
     w = _check_weights(weights, x.shape[0], x.device)
     max_norm = _check_positive(max_norm, "max_norm", allow_inf=True)
-    x64 = x.to(torch.float64)
-    scale = (max_norm / torch.linalg.vector_norm(x64, dim=1)).clamp_max(1.0)
-    return (((w / w.sum()) * scale) @ x64).to(x.dtype)
+    scale = (max_norm / _row_norms_and_dots(x)[0]).clamp_max(1.0)
+    return _weighted_rows_average(x, (w / w.sum()) * scale)
+
+
+def _row_norms_and_dots(
+    x: torch.Tensor, other: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Float64 row norms ``||x_i||`` and, if ``other`` (float64 ``(d,)``) is given, the dot
+    products ``x_i . other``, in one pass over column blocks."""
+    n, d = x.shape
+    sq = torch.zeros(n, dtype=torch.float64, device=x.device)
+    dots = None if other is None else torch.zeros(n, dtype=torch.float64, device=x.device)
+    for cols in _column_blocks(d, _block_width(n, d, _STREAM_BLOCK)):
+        block = x[:, cols].to(torch.float64)
+        if dots is not None and other is not None:
+            dots += block @ other[cols]
+        sq += (block * block).sum(dim=1)
+    return sq.sqrt_(), dots
 
 
 def fltrust(
@@ -619,14 +903,14 @@ def fltrust(
     n, d = x.shape
     w = _check_weights(weights, n, x.device)
     g0 = _check_vector(server_update, d, "server_update", x.device)
-    x64 = x.to(torch.float64)
     g0_norm = torch.linalg.vector_norm(g0)
-    norms = torch.linalg.vector_norm(x64, dim=1)
+    norms, dots = _row_norms_and_dots(x, g0)
+    assert dots is not None
     tiny = torch.finfo(torch.float64).tiny
-    cos = (x64 @ g0) / (norms * g0_norm).clamp_min(tiny)
+    cos = dots / (norms * g0_norm).clamp_min(tiny)
     scores = torch.where((norms > 0) & (g0_norm > 0), cos.clamp_min(0.0), 0.0) * w
     total = float(scores.sum())
     if total <= 0.0:
         return torch.zeros(d, dtype=x.dtype, device=x.device)
     coeff = scores * g0_norm / norms.clamp_min(tiny) / total
-    return (coeff @ x64).to(x.dtype)
+    return _weighted_rows_average(x, coeff)

@@ -22,10 +22,13 @@ from typing import Any
 import torch
 
 from .aggregators import (
+    _STREAM_BLOCK,
+    _block_width,
     _check_int,
     _check_num_byzantine,
     _check_updates,
     _check_weights,
+    _column_blocks,
     _pairwise_sq_distances,
     _stable_argsort,
 )
@@ -69,8 +72,11 @@ def nearest_neighbor_mixing(
     neighbours = _stable_argsort(sq_dist, dim=1)[:, :k]  # (n, k)
     mixing = torch.zeros(n, n, dtype=torch.float64, device=x.device)
     mixing.scatter_(1, neighbours, 1.0 / k)
-    mixed = mixing @ x.to(torch.float64)
-    return mixed.to(x.dtype), w.to(x.dtype)
+    d = x.shape[1]
+    mixed = torch.empty_like(x, memory_format=torch.contiguous_format)
+    for cols in _column_blocks(d, _block_width(n, d, _STREAM_BLOCK)):
+        mixed[:, cols] = mixing @ x[:, cols].to(torch.float64)
+    return mixed, w.to(x.dtype)
 
 
 def bucketing(

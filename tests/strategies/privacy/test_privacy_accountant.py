@@ -3,6 +3,7 @@ independent implementation (Google's dp-accounting)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
@@ -90,7 +91,7 @@ def test_epsilon_grows_with_steps():
     for _ in range(5):
         acc.step()
         values.append(acc.epsilon(DELTA))
-    assert all(b > a for a, b in zip(values, values[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(values))
 
 
 def test_state_dict_survives_config_record_metric_record_and_json():
@@ -233,8 +234,9 @@ def test_calibration_errors_are_clear():
 @pytest.mark.parametrize(("mechanism", "target", "min_rounds"), [("rdp", 2.0, 15), ("prv", 1.2, 5)])
 def test_stop_mode_never_reports_epsilon_above_target(mechanism, target, min_rounds):
     budget = PrivacyBudget(target_epsilon=target, target_delta=DELTA, n_records=100)
-    sigma = budget.plan("stop", sample_rate=0.1, rounds=500, noise_multiplier=1.5,
-                        mechanism=mechanism)
+    sigma = budget.plan(
+        "stop", sample_rate=0.1, rounds=500, noise_multiplier=1.5, mechanism=mechanism
+    )
     acc = FederatedAccountant(mechanism, sigma, 0.1)
     rounds_run, reported = 0, []
     for _ in range(500):

@@ -25,6 +25,8 @@ from strategies.privacy.central import (
     gaussian_noise_sum,
     unclipped_fraction,
 )
+from strategies.robust.aggregators import coordinate_median
+from strategies.robust.strategy import RobustAggregation
 from strategies.wrappers import SeededSampling
 
 DELTA = 1e-5
@@ -97,7 +99,7 @@ def test_noise_sum_is_seeded_and_exact_without_noise():
 def test_dp_fedavg_divides_by_the_expected_clients_not_the_replies():
     updates = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.0, -1.0]])
     out = dp_fedavg_aggregate(updates, clip_norm=1.0, noise_multiplier=0.0, expected_clients=5)
-    expected = (torch.tensor([0.6, 0.8]) + torch.tensor([0.3, 0.4]) + torch.tensor([0.0, -1.0]))
+    expected = torch.tensor([0.6, 0.8]) + torch.tensor([0.3, 0.4]) + torch.tensor([0.0, -1.0])
     assert torch.allclose(out, expected / 5)
 
 
@@ -146,16 +148,18 @@ def test_adaptive_clipping_tracks_the_target_quantile():
     for _ in range(300):
         norms = norms_dist.sample((m,))
         frac = unclipped_fraction(norms, clip_norm, m)
-        clip_norm = adaptive_clip_update(clip_norm, frac, 0.5, 0.2, m / 20, gen,
-                                         expected_clients=m).clip_norm
+        clip_norm = adaptive_clip_update(
+            clip_norm, frac, 0.5, 0.2, m / 20, gen, expected_clients=m
+        ).clip_norm
     assert clip_norm == pytest.approx(1.0, rel=0.25)  # median of LogNormal(0, σ) is 1
 
 
 def test_adaptive_count_noise_has_std_sigma_b_over_m():
     gen = torch.Generator().manual_seed(2)
     draws = [
-        adaptive_clip_update(1.0, 0.5, 0.5, 0.2, 2.0, gen, expected_clients=40)
-        .noisy_unclipped_fraction
+        adaptive_clip_update(
+            1.0, 0.5, 0.5, 0.2, 2.0, gen, expected_clients=40
+        ).noisy_unclipped_fraction
         for _ in range(4000)
     ]
     assert float(np.std(draws)) == pytest.approx(2.0 / 40, rel=0.05)
@@ -225,7 +229,10 @@ def reply(node: int, arrays: ArrayRecord, num_examples: int = 10, loss: float = 
 
 def shifted(arrays: ArrayRecord, deltas: dict[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord(
-        {k: Array(arrays[k].numpy() + np.asarray(deltas.get(k, 0.0), dtype=np.float32)) for k in arrays}
+        {
+            k: Array(arrays[k].numpy() + np.asarray(deltas.get(k, 0.0), dtype=np.float32))
+            for k in arrays
+        }
     )
 
 
@@ -234,8 +241,12 @@ def flat_trained(arrays: ArrayRecord) -> np.ndarray:
 
 
 def fedavg(**kwargs) -> fl.FedAvg:
-    defaults = {"fraction_train": 0.5, "fraction_evaluate": 0.0, "min_train_nodes": 1,
-                "min_available_nodes": 1}
+    defaults = {
+        "fraction_train": 0.5,
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": 1,
+        "min_available_nodes": 1,
+    }
     return fl.FedAvg(**{**defaults, **kwargs})
 
 
@@ -246,30 +257,42 @@ def make_replies(messages, current, scale, seed=0, num_examples=None):
         delta = {k: rng.normal(scale=scale, size=current[k].shape) for k in TRAINED}
         delta["standardize.mean"] = rng.normal(size=3)  # a client tampering with a buffer
         deltas.append(np.concatenate([delta[k].ravel() for k in TRAINED]))
-        out.append(reply(msg.metadata.dst_node_id, shifted(current, delta),
-                         num_examples=(num_examples or [10] * len(messages))[i]))
+        out.append(
+            reply(
+                msg.metadata.dst_node_id,
+                shifted(current, delta),
+                num_examples=(num_examples or [10] * len(messages))[i],
+            )
+        )
     return out, np.stack(deltas)
 
 
 def test_dp_fedavg_round_clips_noises_and_reports_epsilon():
     current = global_arrays()
-    strategy = DPFedAvg(fedavg(), noise_multiplier=1.2, clip_norm=0.5, delta=DELTA,
-                        generator=torch.Generator().manual_seed(42), trained_keys=TRAINED)
+    strategy = DPFedAvg(
+        fedavg(),
+        noise_multiplier=1.2,
+        clip_norm=0.5,
+        delta=DELTA,
+        generator=torch.Generator().manual_seed(42),
+        trained_keys=TRAINED,
+    )
     grid = FakeGrid(10)
     messages = list(strategy.configure_train(1, current, ConfigRecord(), grid))
     assert len(messages) == 5
-    replies, deltas = make_replies(messages, current, scale=1.0,
-                                   num_examples=[1, 1000, 5, 7, 9])
+    replies, deltas = make_replies(messages, current, scale=1.0, num_examples=[1, 1000, 5, 7, 9])
     arrays, metrics = strategy.aggregate_train(1, replies)
 
     # Same computation by hand: uniform weights despite num-examples, fixed denominator 5.
-    expected = dp_fedavg_aggregate(torch.from_numpy(deltas).float(), 0.5, 1.2, 5,
-                                   torch.Generator().manual_seed(42))
+    expected = dp_fedavg_aggregate(
+        torch.from_numpy(deltas).float(), 0.5, 1.2, 5, torch.Generator().manual_seed(42)
+    )
     got = flat_trained(arrays) - flat_trained(current)
     np.testing.assert_allclose(got, expected.double().numpy(), atol=1e-5)
     # Untrained buffers keep the global value (no noise, clients' tampering ignored).
-    np.testing.assert_array_equal(arrays["standardize.mean"].numpy(),
-                                  current["standardize.mean"].numpy())
+    np.testing.assert_array_equal(
+        arrays["standardize.mean"].numpy(), current["standardize.mean"].numpy()
+    )
     assert arrays["net.weight"].numpy().dtype == np.float32
 
     assert metrics["noise-multiplier"] == 1.2
@@ -284,8 +307,13 @@ def test_dp_fedavg_round_clips_noises_and_reports_epsilon():
 
 def test_reported_epsilon_matches_dp_accounting_over_rounds():
     current = global_arrays()
-    strategy = DPFedAvg(fedavg(fraction_train=0.3), noise_multiplier=0.9, clip_norm=1.0,
-                        delta=DELTA, generator=torch.Generator().manual_seed(0))
+    strategy = DPFedAvg(
+        fedavg(fraction_train=0.3),
+        noise_multiplier=0.9,
+        clip_norm=1.0,
+        delta=DELTA,
+        generator=torch.Generator().manual_seed(0),
+    )
     grid = FakeGrid(10)
     independent = RdpAccountant()
     for rnd in range(1, 6):
@@ -298,13 +326,20 @@ def test_reported_epsilon_matches_dp_accounting_over_rounds():
 
 def test_one_huge_update_moves_the_model_by_at_most_c_over_m():
     current = global_arrays()
-    strategy = DPFedAvg(fedavg(fraction_train=1.0), noise_multiplier=0.0, clip_norm=0.3,
-                        delta=DELTA, trained_keys=TRAINED)
+    strategy = DPFedAvg(
+        fedavg(fraction_train=1.0),
+        noise_multiplier=0.0,
+        clip_norm=0.3,
+        delta=DELTA,
+        trained_keys=TRAINED,
+    )
     messages = list(strategy.configure_train(1, current, ConfigRecord(), FakeGrid(4)))
     zero = {k: np.zeros(current[k].shape) for k in TRAINED}
     huge = {k: np.full(current[k].shape, 1e6) for k in TRAINED}
-    replies = [reply(m.metadata.dst_node_id, shifted(current, huge if i == 0 else zero))
-               for i, m in enumerate(messages)]
+    replies = [
+        reply(m.metadata.dst_node_id, shifted(current, huge if i == 0 else zero))
+        for i, m in enumerate(messages)
+    ]
     arrays, metrics = strategy.aggregate_train(1, replies)
     moved = np.linalg.norm(flat_trained(arrays) - flat_trained(current))
     assert moved == pytest.approx(0.3 / 4, rel=1e-5)
@@ -313,8 +348,9 @@ def test_one_huge_update_moves_the_model_by_at_most_c_over_m():
 
 def test_failed_replies_keep_the_fixed_denominator():
     current = global_arrays()
-    strategy = DPFedAvg(fedavg(), noise_multiplier=0.0, clip_norm=10.0, delta=DELTA,
-                        trained_keys=TRAINED)
+    strategy = DPFedAvg(
+        fedavg(), noise_multiplier=0.0, clip_norm=10.0, delta=DELTA, trained_keys=TRAINED
+    )
     messages = list(strategy.configure_train(1, current, ConfigRecord(), FakeGrid(10)))
     ones = {k: np.ones(current[k].shape) for k in TRAINED}
     replies = [reply(m.metadata.dst_node_id, shifted(current, ones)) for m in messages[:2]]
@@ -347,6 +383,12 @@ def test_refuses_strategies_that_take_individual_updates(unsound):
         DPFedAvg(unsound, noise_multiplier=1.0, clip_norm=1.0, delta=DELTA)
 
 
+def test_refuses_our_robust_aggregation():
+    robust = RobustAggregation(coordinate_median)
+    with pytest.raises(ValueError, match="cannot wrap RobustAggregation"):
+        DPFedAvg(robust, noise_multiplier=1.0, clip_norm=1.0, delta=DELTA)
+
+
 def test_refuses_to_wrap_a_wrapper():
     wrapped = SeededSampling(fl.FedAvg(), seed=0, node_partitions={})
     with pytest.raises(ValueError, match="not the wrapper SeededSampling"):
@@ -355,8 +397,14 @@ def test_refuses_to_wrap_a_wrapper():
 
 @pytest.mark.parametrize(
     "sound",
-    [fl.FedAvg(), fl.FedProx(proximal_mu=0.1), fl.FedAdam(), fl.FedYogi(), fl.FedAdagrad(),
-     fl.FedAvgM()],
+    [
+        fl.FedAvg(),
+        fl.FedProx(proximal_mu=0.1),
+        fl.FedAdam(),
+        fl.FedYogi(),
+        fl.FedAdagrad(),
+        fl.FedAvgM(),
+    ],
     ids=lambda s: type(s).__name__,
 )
 def test_accepts_mean_based_strategies(sound):
@@ -370,26 +418,58 @@ def test_constructor_validation():
         DPFedAvg(fl.FedAvg(), noise_multiplier=-1.0, clip_norm=1.0, delta=DELTA)
     with pytest.raises(ValueError, match="needs delta"):
         DPFedAvg(fl.FedAvg(), noise_multiplier=1.0, clip_norm=1.0)
-    with pytest.raises(ValueError, match="differs from budget.target_delta"):
-        DPFedAvg(fl.FedAvg(), noise_multiplier=1.0, clip_norm=1.0, delta=1e-6,
-                 budget=PrivacyBudget(1.0, 1e-5))
+    with pytest.raises(ValueError, match=r"differs from budget\.target_delta"):
+        DPFedAvg(
+            fl.FedAvg(),
+            noise_multiplier=1.0,
+            clip_norm=1.0,
+            delta=1e-6,
+            budget=PrivacyBudget(1.0, 1e-5),
+        )
     with pytest.raises(ValueError, match="count noise std"):
-        DPFedAvg(fl.FedAvg(), noise_multiplier=1.0, clip_norm=1.0, delta=DELTA,
-                 adaptive=AdaptiveClipping(count_noise_std=0.4))
+        DPFedAvg(
+            fl.FedAvg(),
+            noise_multiplier=1.0,
+            clip_norm=1.0,
+            delta=DELTA,
+            adaptive=AdaptiveClipping(count_noise_std=0.4),
+        )
+
+
+def test_unknown_trained_keys_are_refused():
+    strategy = DPFedAvg(
+        fedavg(),
+        noise_multiplier=1.0,
+        clip_norm=1.0,
+        delta=DELTA,
+        trained_keys=["net.weight", "head.weight"],
+    )
+    with pytest.raises(ValueError, match=r"trained_keys \['head.weight'\] are not arrays"):
+        strategy.configure_train(1, global_arrays(), ConfigRecord(), FakeGrid(4))
 
 
 def test_fedadam_applies_its_server_step_to_the_noised_mean():
     current = global_arrays()
-    strategy = DPFedAvg(fl.FedAdam(fraction_train=1.0, fraction_evaluate=0.0, eta=0.1),
-                        noise_multiplier=0.5, clip_norm=1.0, delta=DELTA,
-                        generator=torch.Generator().manual_seed(0), trained_keys=TRAINED)
+    strategy = DPFedAvg(
+        fl.FedAdam(fraction_train=1.0, fraction_evaluate=0.0, eta=0.1),
+        noise_multiplier=0.5,
+        clip_norm=1.0,
+        delta=DELTA,
+        generator=torch.Generator().manual_seed(0),
+        trained_keys=TRAINED,
+    )
     messages = list(strategy.configure_train(1, current, ConfigRecord(), FakeGrid(3)))
     replies, deltas = make_replies(messages, current, scale=0.1)
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert list(arrays.keys()) == list(current.keys())
     step = flat_trained(arrays) - flat_trained(current)
-    noised_mean = dp_fedavg_aggregate(torch.from_numpy(deltas).float(), 1.0, 0.5, 3,
-                                      torch.Generator().manual_seed(0)).double().numpy()
+    noised_mean = (
+        dp_fedavg_aggregate(
+            torch.from_numpy(deltas).float(), 1.0, 0.5, 3, torch.Generator().manual_seed(0)
+        )
+        .double()
+        .numpy()
+    )
     # Adam's first step: each coordinate moves by at most eta, in the noised mean's direction.
     assert np.all(np.abs(step) <= 0.1 + 1e-6)
     np.testing.assert_array_equal(np.sign(step), np.sign(noised_mean))
@@ -400,9 +480,15 @@ def test_fedadam_applies_its_server_step_to_the_noised_mean():
 def test_adaptive_clipping_adapts_and_reports_the_unclipped_fraction():
     current = global_arrays()
     adaptive = AdaptiveClipping(target_quantile=0.5, learning_rate=0.2, count_noise_std=1.0)
-    strategy = DPFedAvg(fedavg(fraction_train=1.0), noise_multiplier=0.5, clip_norm=0.01,
-                        delta=DELTA, adaptive=adaptive, trained_keys=TRAINED,
-                        generator=torch.Generator().manual_seed(1))
+    strategy = DPFedAvg(
+        fedavg(fraction_train=1.0),
+        noise_multiplier=0.5,
+        clip_norm=0.01,
+        delta=DELTA,
+        adaptive=adaptive,
+        trained_keys=TRAINED,
+        generator=torch.Generator().manual_seed(1),
+    )
     grid = FakeGrid(10)
     used = []
     for rnd in range(1, 4):
@@ -421,9 +507,14 @@ def test_budget_stop_mode_in_flowers_start_loop():
     messages, aggregate_train gets no replies, the model stays and no ε is spent."""
     current = global_arrays()
     budget = PrivacyBudget(target_epsilon=2.0, target_delta=DELTA)
-    strategy = DPFedAvg(fedavg(fraction_train=0.2), noise_multiplier=1.5, clip_norm=1.0,
-                        budget=budget, generator=torch.Generator().manual_seed(0),
-                        trained_keys=TRAINED)
+    strategy = DPFedAvg(
+        fedavg(fraction_train=0.2),
+        noise_multiplier=1.5,
+        clip_norm=1.0,
+        budget=budget,
+        generator=torch.Generator().manual_seed(0),
+        trained_keys=TRAINED,
+    )
     rng = np.random.default_rng(0)
 
     def client(msg: Message) -> Message:
@@ -432,7 +523,13 @@ def test_budget_stop_mode_in_flowers_start_loop():
         return reply(msg.metadata.dst_node_id, shifted(arrays, delta))
 
     grid = FakeGrid(10, client)
-    result = strategy.start(grid, current, num_rounds=12, timeout=1.0)
+    models: dict[int, np.ndarray] = {}
+
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        models[server_round] = flat_trained(arrays)  # Flower calls it after every round
+        return MetricRecord({"round": server_round})
+
+    result = strategy.start(grid, current, num_rounds=12, timeout=1.0, evaluate_fn=evaluate_fn)
 
     trained = sorted(result.train_metrics_clientapp)
     assert trained == list(range(1, len(trained) + 1))  # a prefix of rounds trained
@@ -447,7 +544,11 @@ def test_budget_stop_mode_in_flowers_start_loop():
     assert not budget.can_afford_next_round(
         strategy.accountant, noise_multiplier=1.5, sample_rate=0.2
     )
-    assert set(result.arrays.keys()) == set(current.keys())
+    last = len(trained)
+    assert not np.array_equal(models[last], models[0])
+    for rnd in range(last + 1, 13):
+        np.testing.assert_array_equal(models[rnd], models[last])
+    np.testing.assert_array_equal(flat_trained(result.arrays), models[last])
 
 
 def test_budget_spent_before_round_one_leaves_result_arrays_empty():
@@ -463,8 +564,9 @@ def test_budget_spent_before_round_one_leaves_result_arrays_empty():
 
 def test_sampling_amplification_off_accounts_at_rate_one():
     current = global_arrays()
-    strategy = DPFedAvg(fedavg(), noise_multiplier=1.0, clip_norm=1.0, delta=DELTA,
-                        sampling_amplification=False)
+    strategy = DPFedAvg(
+        fedavg(), noise_multiplier=1.0, clip_norm=1.0, delta=DELTA, sampling_amplification=False
+    )
     messages = list(strategy.configure_train(1, current, ConfigRecord(), FakeGrid(10)))
     replies, _ = make_replies(messages, current, scale=0.1)
     strategy.aggregate_train(1, replies)
