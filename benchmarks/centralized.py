@@ -21,14 +21,19 @@ Same config → same metrics (everything is seeded; only the seconds vary).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
+import os
 import platform
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -50,6 +55,11 @@ DEFAULT_OUT = Path("docs/benchmarks.md")
 NUM_SILOS = 10
 DIRICHLET_ALPHA = 0.5
 QUICK_ROUNDS = 2
+#: Path parts left out of a project snapshot when git cannot list the app's files.
+SNAPSHOT_SKIP = {
+    ".git", "__pycache__", "outputs", "node_modules", ".venv", "mlruns", ".pytest_cache",
+    ".ruff_cache", ".hypothesis",
+}  # fmt: skip
 #: Lines of ``flwr run`` output shown when a run fails.
 TAIL_LINES = 80
 #: Run-config keys that must be identical in the FL run and the centralised baseline.
@@ -167,7 +177,7 @@ def train_centralised(cfg: RunConfig, num_silos: int = NUM_SILOS) -> BenchmarkRe
     )  # fmt: skip
     return BenchmarkResult(
         cfg.task, "central", metrics, seconds, len(pooled), epochs,
-        extra={"train-loss": train_metrics["train-loss"]},
+        extra={"train-loss": train_metrics["train-loss"], "load-1min": _load()},
     )  # fmt: skip
 
 
@@ -211,12 +221,53 @@ def check_run(run: SimulationRun, cfg: RunConfig) -> dict[str, Any]:
     return final
 
 
+def project_files(project_dir: Path = PROJECT_DIR) -> list[Path]:
+    """The app's files, relative to ``project_dir``: what git does not ignore (tracked or
+    not), or, without git, everything but VCS, caches and outputs."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(project_dir), "ls-files", "-z", "--cached", "--others",
+             "--exclude-standard"],
+            capture_output=True, check=True, timeout=30,
+        )  # fmt: skip
+        names = [n for n in out.stdout.decode().split("\0") if n]
+    except (OSError, subprocess.SubprocessError):
+        names = [
+            str(f.relative_to(project_dir))
+            for f in project_dir.rglob("*")
+            if f.is_file() and not set(f.relative_to(project_dir).parts) & SNAPSHOT_SKIP
+        ]
+    return sorted(Path(n) for n in names if (project_dir / n).is_file())
+
+
+@contextlib.contextmanager
+def project_snapshot(project_dir: Path = PROJECT_DIR) -> Iterator[Path]:
+    """A frozen copy of the app (see :func:`project_files`) in a temporary directory.
+
+    ``flwr run`` packages the app from disk at every run; running all of a benchmark's
+    runs from one copy taken at the start keeps them on the same code and config even if
+    the working tree is being edited meanwhile.
+    """
+    with tempfile.TemporaryDirectory(prefix="fedsilo-bench-") as tmp:
+        dest = Path(tmp) / project_dir.name
+        for rel in project_files(project_dir):
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(project_dir / rel, dest / rel)
+        yield dest
+
+
 def run_federated(
-    overrides: Mapping[str, Any], num_silos: int = NUM_SILOS, **simulation_kwargs: Any
+    overrides: Mapping[str, Any],
+    cfg: RunConfig | None = None,
+    *,
+    num_silos: int = NUM_SILOS,
+    project_dir: Path = PROJECT_DIR,
+    **simulation_kwargs: Any,
 ) -> BenchmarkResult:
-    """One real ``flwr run`` with ``overrides``; its final server-side test metrics and
-    wall-clock seconds (SuperLink start-up and shutdown included)."""
-    cfg = resolve_config(overrides)
+    """One real ``flwr run`` of the app in ``project_dir`` with ``overrides`` (``cfg``: the
+    config they resolve to, see :func:`resolve_config`); its final server-side test
+    metrics and wall-clock seconds (SuperLink start-up and shutdown included)."""
+    cfg = cfg or resolve_config(overrides, project_dir)
     LOG.info(
         "federated %s/%s: flwr run with %d silos, %d rounds …",
         cfg.task,
@@ -225,7 +276,9 @@ def run_federated(
         cfg.num_server_rounds,
     )
     started = time.perf_counter()
-    run = run_simulation(dict(overrides), num_supernodes=num_silos, **simulation_kwargs)
+    run = run_simulation(
+        dict(overrides), num_supernodes=num_silos, project_dir=project_dir, **simulation_kwargs
+    )
     seconds = time.perf_counter() - started
     final = check_run(run, cfg)
     metrics = {
@@ -243,22 +296,43 @@ def run_federated(
         seconds,
         sum(sizes),
         cfg.num_server_rounds * cfg.local_epochs,
-        extra={"silo-train-rows": sizes},
+        extra={"silo-train-rows": sizes, "load-1min": _load()},
     )
 
 
 # --------------------------------------------------------------------------- benchmark
-def benchmark_task(
-    task: str, *, rounds: int | None = None, seed: int | None = None, client_eval: bool = False
-) -> list[BenchmarkResult]:
-    """Centralised baseline, then FL under IID and Dirichlet(α = 0.5) partitions."""
-    central_cfg = resolve_config(fl_overrides(task, "iid", rounds=rounds, seed=seed))
-    results = [train_centralised(central_cfg)]
+@dataclass(frozen=True)
+class TaskPlan:
+    """A task's resolved configs: the centralised baseline's and each FL run's."""
+
+    task: str
+    central: RunConfig
+    federated: tuple[tuple[dict[str, Any], RunConfig], ...]
+
+
+def plan_task(
+    task: str,
+    *,
+    rounds: int | None = None,
+    seed: int | None = None,
+    client_eval: bool = False,
+    project_dir: Path = PROJECT_DIR,
+) -> TaskPlan:
+    """Resolve (and so validate) every config of a task's benchmark up front."""
+    federated = []
     for partitioner in ("iid", "dirichlet"):
         overrides = fl_overrides(
             task, partitioner, rounds=rounds, seed=seed, client_eval=client_eval
         )
-        results.append(run_federated(overrides))
+        federated.append((overrides, resolve_config(overrides, project_dir)))
+    return TaskPlan(task, federated[0][1], tuple(federated))
+
+
+def benchmark_task(plan: TaskPlan, *, project_dir: Path = PROJECT_DIR) -> list[BenchmarkResult]:
+    """Centralised baseline, then FL under IID and Dirichlet(α = 0.5) partitions."""
+    results = [train_centralised(plan.central)]
+    for overrides, cfg in plan.federated:
+        results.append(run_federated(overrides, cfg, project_dir=project_dir))
     return results
 
 
@@ -444,6 +518,8 @@ def render_markdown(results: Sequence[BenchmarkResult], meta: Mapping[str, Any])
         markdown_table(results),
         "",
         *notes(results),
+        load_note(results, meta.get("cpus", _cpu_count())),
+        "",
         f"Environment: {meta['machine']}; flwr {meta['flwr']}, torch {meta['torch']}, "
         f"Python {meta['python']}; code {meta.get('git') or 'unknown'}. Regenerate with "
         f"`{meta['command']}` (same config → same metrics; only the seconds vary).",
@@ -551,13 +627,34 @@ def describe(cfg: RunConfig, tasks: Sequence[str], command: str) -> dict[str, An
         "python": platform.python_version(),
         "machine": f"{platform.system()} {platform.machine()}, {_cpu_count()} CPUs",
         "git": _git_revision(),
+        "cpus": _cpu_count(),
         "command": command,
     }
 
 
+def _load() -> float | None:
+    """The machine's 1-minute load average (timings on a busy machine are inflated)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def load_note(results: Sequence[BenchmarkResult], cpus: int) -> str:
+    """One sentence on how busy the machine was when each timing ended."""
+    loads = [r.extra.get("load-1min") for r in results]
+    loads = [x for x in loads if x is not None]
+    if not loads:
+        return ""
+    busy = " (busier than its CPUs: seconds are inflated)" if max(loads) > cpus else ""
+    return (
+        f"The 1-minute load average at the end of each timed run was "
+        f"{min(loads):.1f}–{max(loads):.1f} on {cpus} CPUs{busy}."
+    )
+
+
 def _git_revision(project_dir: Path = PROJECT_DIR) -> str | None:
     """``<short commit>`` plus ``+dirty`` when the working tree has changes (read-only)."""
-    import subprocess
 
     def git(*args: str) -> str | None:
         try:
@@ -576,8 +673,6 @@ def _git_revision(project_dir: Path = PROJECT_DIR) -> str | None:
 
 
 def _cpu_count() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
@@ -620,32 +715,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
     command = "python -m benchmarks.centralized " + " ".join(sys.argv[1:] if argv is None else argv)
-    try:
-        base = resolve_config(
-            fl_overrides(
-                args.tasks[0], "iid", rounds=args.rounds, seed=args.seed,
-                client_eval=args.client_eval,
-            )
-        )  # fmt: skip
-        for task in args.tasks:
-            resolve_config(fl_overrides(task, "iid"))  # unknown task → ConfigError now
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    seed_everything(base.seed)
-    meta = describe(base, args.tasks, command.strip())
-
     results: list[BenchmarkResult] = []
-    try:
-        for task in args.tasks:
-            results += benchmark_task(
-                task, rounds=args.rounds, seed=args.seed, client_eval=args.client_eval
-            )
-    except BenchmarkError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if results:
-            print_table(results)
-        return 1
+    with project_snapshot() as snapshot:
+        LOG.info("running the app from a snapshot of %s in %s", PROJECT_DIR, snapshot)
+        try:
+            plans = [
+                plan_task(
+                    task, rounds=args.rounds, seed=args.seed, client_eval=args.client_eval,
+                    project_dir=snapshot,
+                )
+                for task in args.tasks
+            ]  # fmt: skip
+        except ValueError as exc:  # ConfigError: unknown task, bad rounds, …
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        base = plans[0].federated[0][1]
+        seed_everything(base.seed)
+        meta = describe(base, args.tasks, command.strip())
+        try:
+            for plan in plans:
+                results += benchmark_task(plan, project_dir=snapshot)
+        except BenchmarkError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            if results:
+                print_table(results)
+            return 1
 
     print_table(results)
     if args.out:

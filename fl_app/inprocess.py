@@ -16,7 +16,8 @@ from typing import Any
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
+
+from fl_app.messages import offline_identity
 
 _ERROR_CLIENT_EXCEPTION = 1
 
@@ -34,9 +35,7 @@ class InProcessGrid(Grid):
         first_node_id: int = 1001,
     ) -> None:
         self.client_app = client_app
-        for attr in ("run_id", "node_id", "task_id"):  # Message() needs an identity
-            if getattr(TaskIdentity, f"_{attr}") is None:
-                setattr(TaskIdentity, attr, run_id)
+        offline_identity(run_id)
         self.contexts = {
             first_node_id + i: Context(
                 run_id=run_id,

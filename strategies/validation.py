@@ -2,14 +2,16 @@
 
 A train reply is accepted only if it has exactly one ArrayRecord with the global model's
 keys, shapes and dtypes, all values finite, one MetricRecord with a finite, non-negative
-``num-examples``, and (optionally) an update norm within ``max_norm_ratio`` × the cohort's
-median update norm. A rejected reply is logged with its node and partition id and the
+``num-examples`` and the same metric keys as the rest of the cohort, and (optionally) an
+update norm within ``max_norm_ratio`` × the cohort's median update norm. Evaluate replies
+get the metric checks. A rejected reply is logged with its node and partition id and the
 reason, counted, and left out; the round goes on with the rest.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -36,12 +38,8 @@ def check_reply(
     content = msg.content
     if len(content.array_records) != 1:
         return f"expected exactly one ArrayRecord, got {len(content.array_records)}"
-    if len(content.metric_records) != 1:
-        return f"expected exactly one MetricRecord, got {len(content.metric_records)}"
-    metrics = next(iter(content.metric_records.values()))
-    weight = metrics.get(weight_key)
-    if not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
-        return f"'{weight_key}' must be a finite number ≥ 0, got {weight!r}"
+    if (reason := check_metrics(msg, weight_key)) is not None:
+        return reason
     arrays = next(iter(content.array_records.values()))
     if set(arrays.keys()) != set(reference.keys()):
         missing = sorted(set(reference.keys()) - set(arrays.keys()))
@@ -60,6 +58,58 @@ def check_reply(
         if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
             return f"array '{key}' contains NaN or Inf"
     return None
+
+
+def check_metrics(msg: Message, weight_key: str = "num-examples") -> str | None:
+    """Why ``msg`` is not a well-formed evaluate reply (``None`` = fine)."""
+    if len(msg.content.metric_records) != 1:
+        return f"expected exactly one MetricRecord, got {len(msg.content.metric_records)}"
+    weight = next(iter(msg.content.metric_records.values())).get(weight_key)
+    if not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+        return f"'{weight_key}' must be a finite number ≥ 0, got {weight!r}"
+    return None
+
+
+def _metric_keys(msg: Message) -> frozenset[str]:
+    return frozenset(next(iter(msg.content.metric_records.values())).keys())
+
+
+def consistent_metrics(
+    replies: list[Message], partition_of: Callable[[Message], int]
+) -> tuple[list[Message], list[Rejection]]:
+    """Keep the replies whose metric keys are the cohort's most common key set (Flower's
+    aggregation refuses a round whose replies disagree)."""
+    good = [m for m in replies if not m.has_error()]
+    if not good:
+        return replies, []
+    counts = Counter(_metric_keys(m) for m in good)
+    majority = max(counts, key=lambda keys: (counts[keys], -len(keys)))
+    rejected = [
+        Rejection(
+            m.metadata.src_node_id,
+            partition_of(m),
+            f"metric keys {sorted(_metric_keys(m))} differ from the cohort's {sorted(majority)}",
+        )
+        for m in good
+        if _metric_keys(m) != majority
+    ]
+    drop = {id(m) for m in good if _metric_keys(m) != majority}
+    return [m for m in replies if id(m) not in drop], rejected
+
+
+def filter_evaluate_replies(
+    replies: Iterable[Message], *, partition_of: Callable[[Message], int] = lambda m: -1
+) -> tuple[list[Message], list[Rejection]]:
+    """Evaluate replies that Flower can aggregate, and the rejections."""
+    accepted, rejected = [], []
+    for msg in replies:
+        reason = None if msg.has_error() else check_metrics(msg)
+        if reason is None:
+            accepted.append(msg)
+        else:
+            rejected.append(Rejection(msg.metadata.src_node_id, partition_of(msg), reason))
+    accepted, inconsistent = consistent_metrics(accepted, partition_of)
+    return accepted, rejected + inconsistent
 
 
 def norm_outliers(
@@ -94,6 +144,8 @@ def filter_replies(
             accepted.append(msg)
         else:
             rejected.append(Rejection(msg.metadata.src_node_id, partition_of(msg), reason))
+    accepted, inconsistent = consistent_metrics(accepted, partition_of)
+    rejected += inconsistent
     good = [m for m in accepted if not m.has_error()]
     if max_norm_ratio > 0 and len(good) >= 3:
         layout = Layout.of(reference)

@@ -237,3 +237,17 @@ class ValidatedUpdates(StrategyWrapper):
         metrics = MetricRecord(dict(metrics.items())) if metrics is not None else MetricRecord()
         metrics["rejected-updates"] = len(rejected)
         return arrays, metrics
+
+    def aggregate_evaluate(self, server_round, replies):
+        from strategies.validation import filter_evaluate_replies
+
+        replies, rejected = filter_evaluate_replies(
+            list(replies), partition_of=lambda m: reply_order_key(m)[0]
+        )
+        for rejection in rejected:
+            log(
+                WARNING,
+                "round %d: rejected evaluation of node %d (partition %d): %s",
+                server_round, rejection.node_id, rejection.partition_id, rejection.reason,
+            )  # fmt: skip
+        return self.inner.aggregate_evaluate(server_round, replies)

@@ -58,8 +58,7 @@ def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 4096) -> np
     model.eval()
     xs = torch.from_numpy(x)
     out = [
-        torch.softmax(model(xs[i : i + batch_size]), dim=1)
-        for i in range(0, len(xs), batch_size)
+        torch.softmax(model(xs[i : i + batch_size]), dim=1) for i in range(0, len(xs), batch_size)
     ]
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
@@ -68,9 +67,15 @@ def evaluate_classifier(
     model: nn.Module, x: np.ndarray, y: np.ndarray, *, num_classes: int
 ) -> dict[str, float]:
     """``loss`` and ``accuracy``; binary tasks add ``roc-auc``, ``pr-auc`` and ``f1``
-    (positive class 1); multi-class tasks add ``f1-macro``."""
+    (positive class 1); multi-class tasks add ``f1-macro``. An empty set gives the same
+    keys with NaN values (so every silo's reply has the same metrics)."""
     if len(y) == 0:
-        return {}
+        keys = [
+            "loss",
+            "accuracy",
+            *(["roc-auc", "pr-auc", "f1"] if num_classes == 2 else ["f1-macro"]),
+        ]
+        return dict.fromkeys(keys, float("nan"))
     proba = predict_proba(model, x)
     eps = 1e-12
     loss = float(-np.log(proba[np.arange(len(y)), y] + eps).mean())

@@ -14,8 +14,11 @@ from benchmarks.centralized import (
     check_run,
     fl_overrides,
     gaps,
+    load_note,
     markdown_table,
+    plan_task,
     pooled_silo_train,
+    project_snapshot,
     render_markdown,
     resolve_config,
     time_ratios,
@@ -138,3 +141,23 @@ def test_render_markdown_and_json():
     assert rows[1]["gap_points"]["roc-auc"] == pytest.approx(-2.0)
     assert rows[2]["collapsed"] and not rows[1]["collapsed"]
     assert rows[0]["gap_points"] is None and math.isclose(rows[1]["time_ratio_vs_central"], 100)
+
+
+def test_project_snapshot_holds_the_app_without_vcs_or_outputs():
+    with project_snapshot() as snapshot:
+        assert (snapshot / "pyproject.toml").is_file()
+        assert (snapshot / "fl_app" / "server_app.py").is_file()
+        assert not (snapshot / ".git").exists()
+        assert not list(snapshot.rglob("__pycache__"))
+        plan = plan_task("digits", rounds=3, project_dir=snapshot)
+    assert [cfg.partitioner for _, cfg in plan.federated] == ["iid", "dirichlet"]
+    assert plan.central.num_server_rounds == 3 and plan.central.fraction_evaluate == 0.0
+
+
+def test_load_note_flags_a_busy_machine():
+    quiet = BenchmarkResult("digits", "central", {"accuracy": 0.9}, 1.0, 10, 1, {"load-1min": 0.5})
+    busy = BenchmarkResult("digits", "iid", {"accuracy": 0.9}, 9.0, 10, 1, {"load-1min": 6.0})
+    assert "0.5–6.0 on 2 CPUs" in load_note([quiet, busy], cpus=2)
+    assert "inflated" in load_note([quiet, busy], cpus=2)
+    assert "inflated" not in load_note([quiet], cpus=2)
+    assert load_note(_results(), cpus=2) == ""

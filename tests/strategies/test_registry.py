@@ -4,11 +4,11 @@ import math
 
 import numpy as np
 import pytest
-from conftest import build_reply
 from flwr.app import Message, MetricRecord, RecordDict
 from flwr.serverapp import strategy as fl
 
 from fl_app.config import RunConfig
+from fl_app.messages import train_reply as build_reply
 from strategies import STRATEGIES, available_strategies, build_strategy
 from strategies.metrics import weighted_mean_metrics
 from strategies.wrappers import RoundReporter, SeededSampling, reply_order_key

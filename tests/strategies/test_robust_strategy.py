@@ -5,7 +5,6 @@ import logging
 
 import numpy as np
 import pytest
-from conftest import build_reply
 from flwr.app import Array, ArrayRecord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,6 +13,7 @@ from fl_app.client_app import app as client_app
 from fl_app.config import RunConfig
 from fl_app.federation import run_federation
 from fl_app.inprocess import InProcessGrid
+from fl_app.messages import train_reply as build_reply
 from strategies import build_strategy
 from strategies.flatten import stack, unflatten
 from strategies.robust import coordinate_median
@@ -113,9 +113,6 @@ def test_validation_keeps_the_round_going_and_counts_rejections(caplog):
 )
 def test_fuzzed_replies_never_crash_and_are_rejected_iff_malformed(key, kind, value, shape,
                                                                     dtype):
-    from flwr.supercore.task_identity import TaskIdentity
-
-    TaskIdentity.run_id = TaskIdentity.node_id = TaskIdentity.task_id = 1
     arrays = _model(0.1)
     if kind == "value":
         arrays[key] = arrays[key].copy()
@@ -188,3 +185,32 @@ def test_norm_validation_alone_stops_a_scaling_attack(tmp_path):
     acc = _federate(**{"num-server-rounds": 3, "run-dir": str(tmp_path), "attack": "scaling",
                        "attack-strength": 100.0, "attack-fraction": 0.2})
     assert acc > 0.8
+
+
+def test_replies_with_extra_or_missing_metrics_are_dropped_not_fatal():
+    replies = [build_reply(i, 10 + i, _model(0.1), **{"train-loss": 0.5}) for i in range(3)]
+    replies.append(build_reply(3, 13, _model(0.1), **{"train-loss": 0.5, "sneaky": 1.0}))
+    strategy = ValidatedUpdates(build_strategy(RunConfig()))
+    strategy._global = _global()
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None and metrics["rejected-updates"] == 1
+
+
+def test_evaluation_of_a_silo_without_validation_rows_keeps_the_round(make_reply):
+    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+
+    def eval_reply(pid, metrics):
+        content = RecordDict({"metrics": MetricRecord(metrics),
+                              "meta": ConfigRecord({"partition-id": pid})})
+        return Message(content, reply_to=Message(RecordDict(), dst_node_id=20 + pid,
+                                                 message_type="evaluate"))
+
+    nan = float("nan")
+    replies = [
+        eval_reply(0, {"num-examples": 10, "accuracy": 0.8}),
+        eval_reply(1, {"num-examples": 0, "accuracy": nan}),  # empty validation split
+        eval_reply(2, {"num-examples": 30, "accuracy": 0.4}),
+        eval_reply(3, {"num-examples": 5}),  # malformed: missing a metric
+    ]
+    metrics = ValidatedUpdates(build_strategy(RunConfig())).aggregate_evaluate(1, replies)
+    assert metrics["accuracy"] == pytest.approx((10 * 0.8 + 30 * 0.4) / 40)
