@@ -34,6 +34,17 @@ def silo_partition(context: Context) -> tuple[int, int]:
         ) from None
 
 
+def silo_data(task, cfg: RunConfig, context: Context):
+    """This silo's train/validation data: its own source when its node config names one
+    (``data-source=…``, e.g. its Blob prefix in a real federation), else its partition of
+    the shared source (simulation)."""
+    source = context.node_config.get("data-source")
+    if source:
+        return task.load_silo(str(source), cfg)
+    pid, n = silo_partition(context)
+    return task.load_partition(pid, n, cfg)
+
+
 def _setup(msg: Message, context: Context):
     torch.set_num_threads(1)
     cfg = RunConfig.from_flower(context.run_config)
@@ -56,7 +67,7 @@ def query(msg: Message, context: Context) -> Message:
     task = get_task(cfg.task)
     pid, n = silo_partition(context)
     content = RecordDict({META_KEY: ConfigRecord({"partition-id": pid, "num-partitions": n})})
-    moments = task.feature_moments(task.load_partition(pid, n, cfg).train)
+    moments = task.feature_moments(silo_data(task, cfg, context).train)
     if moments is not None:
         content[MOMENTS_KEY] = MetricRecord(moments)
     return Message(content, reply_to=msg)
@@ -68,7 +79,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg, task, pid, n, model = _setup(msg, context)
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
-    data = task.load_partition(pid, n, cfg)
+    data = silo_data(task, cfg, context)
     train_data = data.train
     if cfg.attack == "label-flip" and pid in byzantine_partitions(n, cfg.attack_fraction, cfg.seed):
         # Simulated data poisoning (threat-model tool): this silo learns flipped labels.
@@ -131,8 +142,8 @@ def _train_local_dp(model, data, task, cfg: RunConfig, context: Context, generat
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this silo's validation split."""
-    cfg, task, pid, n, model = _setup(msg, context)
-    data = task.load_partition(pid, n, cfg)
+    cfg, task, pid, _, model = _setup(msg, context)
+    data = silo_data(task, cfg, context)
     metrics = task.evaluate(model, data.val)
     metrics["num-examples"] = len(data.val)
     return Message(

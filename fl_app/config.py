@@ -182,6 +182,11 @@ class RunConfig(BaseModel):
         "", description='Register the final model under this name ("" = do not register).'
     )
     # Outputs.
+    checkpoint_uri: str = Field(
+        "",
+        description='Where the global model is checkpointed after every round: a directory or '
+        'a Blob URL (…/<container>/<prefix>); "" = <run directory>/checkpoints.',
+    )
     run_dir: str = Field(
         "outputs", description="Directory under which each run writes model, metrics, config."
     )

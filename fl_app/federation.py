@@ -9,6 +9,7 @@ server-side evaluation after every round, and the run directory.
 
 from __future__ import annotations
 
+import io
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,13 +74,30 @@ def make_run_dir(cfg: RunConfig) -> Path:
     return run_dir
 
 
-def server_evaluator(task: Task, cfg: RunConfig, sinks: MetricsSink):
-    """Flower ``evaluate_fn``: metrics of the global model on the server's test set."""
+def checkpoint_bytes(server_round: int, state_dict: dict, cfg: RunConfig) -> bytes:
+    """A checkpoint: the global model's state dict, its round and the config hash."""
+    buffer = io.BytesIO()
+    torch.save(
+        {"round": server_round, "config-hash": cfg.fingerprint(), "state_dict": state_dict},
+        buffer,
+    )
+    return buffer.getvalue()
+
+
+def server_evaluator(task: Task, cfg: RunConfig, sinks: MetricsSink, run_dir: Path):
+    """Flower ``evaluate_fn``, called with the new global model after every round:
+    checkpoints it (atomically, verified by sha256; see adapters.blob.checkpoints) and
+    reports its metrics on the server's held-out test set."""
+    from adapters.blob.checkpoints import open_checkpoint_store
+
     test = task.load_test(cfg)
     model = task.build_model()
+    store = open_checkpoint_store(cfg.checkpoint_uri or str(run_dir / "checkpoints"))
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        model.load_state_dict(arrays.to_torch_state_dict())
+        state = arrays.to_torch_state_dict()
+        store.save("latest.pt", checkpoint_bytes(server_round, state, cfg))
+        model.load_state_dict(state)
         metrics = task.evaluate(model, test)
         metrics["num-examples"] = len(test)
         sinks.log_metrics(server_round, "server", metrics)
@@ -199,7 +217,7 @@ def run_federation(
         num_rounds=cfg.num_server_rounds,
         timeout=cfg.round_timeout,
         train_config=ConfigRecord({"learning-rate": cfg.learning_rate}),
-        evaluate_fn=server_evaluator(task, cfg, sinks),
+        evaluate_fn=server_evaluator(task, cfg, sinks, run_dir),
     )
 
     if len(result.arrays) == 0:  # no round aggregated (e.g. DP budget spent before round 1)

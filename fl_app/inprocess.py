@@ -33,6 +33,7 @@ class InProcessGrid(Grid):
         *,
         run_id: int = 1,
         first_node_id: int = 1001,
+        node_configs: list[dict[str, Any]] | None = None,
     ) -> None:
         self.client_app = client_app
         offline_identity(run_id)
@@ -40,7 +41,11 @@ class InProcessGrid(Grid):
             first_node_id + i: Context(
                 run_id=run_id,
                 node_id=first_node_id + i,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
+                node_config={
+                    "partition-id": i,
+                    "num-partitions": num_nodes,
+                    **(node_configs[i] if node_configs else {}),
+                },
                 state=RecordDict(),
                 run_config=dict(run_config),
             )

@@ -144,6 +144,12 @@ class Task(ABC):
         )
         return Partition(train=mine.subset(train_idx), val=mine.subset(val_idx))
 
+    def load_silo(self, source: str, config: RunConfig) -> Partition:
+        """A silo's own data set (a deployment where each silo holds its own file or Blob
+        prefix, named in its node config): all of ``source`` is this silo's, split into
+        train and validation by ``val-fraction``."""
+        return _silo_cached(self, source, config.seed, config.val_fraction)
+
     def train(
         self,
         model: nn.Module,
@@ -199,6 +205,19 @@ def _split_cached(
         return pool, test
     train_idx, test_idx = stratified_split(pool.y, test_fraction, seed=seed)
     return pool.subset(train_idx), pool.subset(test_idx)
+
+
+@lru_cache(maxsize=8)
+def _silo_cached(task: Task, source: str, seed: int, val_fraction: float) -> Partition:
+    from fl_app.config import RunConfig
+
+    data, test = task.load_data(RunConfig(data_source=source, seed=seed))
+    if test is not None:  # a source with its own test split: the silo keeps both
+        data = ArrayDataset(np.concatenate([data.x, test.x]), np.concatenate([data.y, test.y]))
+    if val_fraction == 0:
+        return Partition(train=data, val=data.subset(np.arange(0)))
+    train_idx, val_idx = stratified_split(data.y, val_fraction, seed=seed + 1)
+    return Partition(train=data.subset(train_idx), val=data.subset(val_idx))
 
 
 @lru_cache(maxsize=8)

@@ -38,3 +38,19 @@ __all__ = [
     "is_blob_uri",
     "parse_blob_uri",
 ]
+
+from adapters.blob.checkpoints import (
+    BlobCheckpointStore,
+    CheckpointStore,
+    ChecksumError,
+    LocalCheckpointStore,
+    open_checkpoint_store,
+)
+
+__all__ += [
+    "BlobCheckpointStore",
+    "CheckpointStore",
+    "ChecksumError",
+    "LocalCheckpointStore",
+    "open_checkpoint_store",
+]
