@@ -483,7 +483,13 @@ def render_markdown(results: Sequence[BenchmarkResult], meta: Mapping[str, Any])
                 f"`flwr run . --stream` in local simulation ({silos} SuperNodes,",
                 f"`{meta['strategy']}`, every silo trains every round; {client_eval}) for",
                 f"**{rounds} rounds × {epochs} local epochs**, batch size {meta['batch-size']},",
-                f"SGD learning rate {meta['learning-rate']}, momentum {meta['momentum']},",
+                f"SGD learning rate {meta['learning-rate']}"
+                + "".join(
+                    f" ({task}: {o['learning-rate']}, for FL and central alike)"
+                    for task, o in TASK_OVERRIDES.items()
+                    if "learning-rate" in o
+                )
+                + f", momentum {meta['momentum']},",
                 f"seed {meta['seed']}. The metrics are the server's evaluation of the final",
                 "global model on its held-out test set",
                 f"({meta['test-fraction']:.0%} of each data set, stratified). Silo data is split",
