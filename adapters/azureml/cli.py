@@ -1,0 +1,252 @@
+"""``fedsilo``: validate, render, submit, watch and cancel a federation spec.
+
+::
+
+    fedsilo validate SPEC                         # check the spec (and its run config)
+    fedsilo render SPEC --out DIR                 # environment + job YAMLs + submit.sh
+    fedsilo submit SPEC [--backend azureml|local] [--wait/--no-wait]
+    fedsilo status SPEC [--submission ID]
+    fedsilo logs SPEC [--job superlink|serverapp|<silo>] [--submission ID]
+    fedsilo cancel SPEC [--submission ID]
+
+Errors (a bad spec, missing Azure credentials, a failed request, a silo that does not
+start) are printed as one clear message and exit with code 1 (2 for a bad spec).
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from adapters.azureml.spec import FederationSpec, SpecError, load_spec
+
+app = typer.Typer(
+    name="fedsilo",
+    help="Launch a fedsilo federation (one YAML spec) on Azure ML or on this machine.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+SpecArg = Annotated[
+    Path, typer.Argument(help="Federation spec YAML (see examples/federation.yaml).")
+]
+SubmissionOpt = Annotated[
+    str | None, typer.Option("--submission", help="Submission id; default: the latest.")
+]
+
+
+class Backend(enum.StrEnum):
+    """Where ``submit`` runs the federation."""
+
+    azureml = "azureml"
+    local = "local"
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _spec(path: Path) -> FederationSpec:
+    try:
+        return load_spec(path)
+    except SpecError as exc:
+        _fail(str(exc), code=2)
+
+
+def _client(spec: FederationSpec):
+    from adapters.azureml.client import AzureMLClient
+
+    return AzureMLClient(spec)
+
+
+def _azure_errors():
+    from adapters.azureml.client import AzureMLError
+
+    return AzureMLError
+
+
+@app.command()
+def validate(spec_path: SpecArg) -> None:
+    """Validate a federation spec; print a summary."""
+    spec = _spec(spec_path)
+    cfg = spec.resolved_run_config()
+    table = Table(title=f"federation {spec.name}", show_lines=False)
+    for column in ("silo", "workspace", "compute", "data", "node config"):
+        table.add_column(column)
+    for silo in spec.silos:
+        table.add_row(
+            silo.name,
+            "/".join(silo.workspace_scope(spec.orchestrator)[1:]),
+            silo.compute,
+            silo.data.uri if silo.data else "-",
+            " ".join(f"{k}={v}" for k, v in silo.node_config.items()),
+        )
+    console.print(table)
+    console.print(
+        f"task={spec.task} strategy={spec.strategy} rounds={cfg.num_server_rounds} "
+        f"network={spec.network.mode} orchestrator={spec.orchestrator.workspace}/"
+        f"{spec.orchestrator.compute}",
+        highlight=False,
+    )
+    console.print(f"[green]✓[/] {spec_path} is valid")
+
+
+@app.command()
+def render(
+    spec_path: SpecArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path(
+        "azureml-jobs"
+    ),
+    submission: SubmissionOpt = None,
+) -> None:
+    """Write the environment and job YAMLs (az ml job create --file ...) and submit.sh."""
+    from adapters.azureml.jobs import render as render_jobs
+
+    spec = _spec(spec_path)
+    try:
+        paths = render_jobs(spec, out, submission)
+    except SpecError as exc:
+        _fail(str(exc), code=2)
+    for path in paths:
+        console.print(f"wrote {path}", highlight=False)
+
+
+def _status_table(statuses: dict[str, str]) -> Table:
+    table = Table()
+    table.add_column("job")
+    table.add_column("status")
+    colours = {"Completed": "green", "Failed": "red", "Canceled": "yellow", "Running": "cyan"}
+    for role, status in statuses.items():
+        table.add_row(role, f"[{colours.get(status, 'white')}]{status}[/]")
+    return table
+
+
+@app.command()
+def submit(
+    spec_path: SpecArg,
+    backend: Annotated[
+        Backend, typer.Option("--backend", "-b", help="azureml (jobs) or local (processes).")
+    ] = Backend.azureml,
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Wait for the federation's run to end.")
+    ] = True,
+    run_dir: Annotated[
+        Path | None, typer.Option("--run-dir", help="local backend: where the run dir goes.")
+    ] = None,
+    poll: Annotated[float, typer.Option(help="azureml: seconds between status polls.")] = 30.0,
+) -> None:
+    """Run the federation: as AzureML jobs, or as local processes on loopback."""
+    spec = _spec(spec_path)
+    if backend is Backend.local:
+        _submit_local(spec, run_dir)
+        return
+    error = _azure_errors()
+    client = _client(spec)
+    try:
+        with console.status("submitting") as progress:
+            submission = client.submit(on_event=lambda m: progress.update(m))
+        for job in submission.jobs:
+            console.print(f"{job.role:<24} {job.name}  {job.studio_url or ''}", highlight=False)
+        console.print(f"submission {submission.submission_id}", highlight=False)
+        if not wait:
+            return
+        with Live(_status_table({}), console=console, refresh_per_second=1) as live:
+            statuses = client.wait(
+                submission, poll=poll, on_status=lambda s: live.update(_status_table(s))
+            )
+        if statuses.get("serverapp") != "Completed":
+            done = client.cancel(submission)  # nothing should keep running (and billing)
+            cancelled = [role for role, what in done.items() if what == "cancel requested"]
+            _fail(
+                f"the federation did not complete: {statuses}"
+                + (f"; cancelled {', '.join(cancelled)}" if cancelled else "")
+                + f". See `fedsilo logs {spec_path} --job serverapp`."
+            )
+    except error as exc:
+        _fail(str(exc))
+    console.print("[green]✓[/] federation run completed")
+
+
+def _submit_local(spec: FederationSpec, run_dir: Path | None) -> None:
+    from adapters.azureml.local import LocalFederationError, run_local
+
+    try:
+        with console.status("starting") as progress:
+            run = run_local(spec, run_dir=run_dir, on_event=lambda m: progress.update(m))
+    except LocalFederationError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        _fail("interrupted; every process started was stopped", code=130)
+    tail = "\n".join(run.output.splitlines()[-15:])
+    console.print(tail, highlight=False, markup=False)
+    server = run.final("server")
+    console.print(
+        f"status={run.status} run_dir={run.run_dir} "
+        + " ".join(f"{k}={v:.4f}" for k, v in server.items() if isinstance(v, float)),
+        highlight=False,
+    )
+    if not run.ok:
+        _fail(f"the run did not complete ({run.status}): {run.status_details}")
+
+
+@app.command()
+def status(spec_path: SpecArg, submission: SubmissionOpt = None) -> None:
+    """Show the AzureML status of each job of a submission."""
+    from adapters.azureml.client import load_submission
+
+    spec = _spec(spec_path)
+    try:
+        record = load_submission(spec.name, submission)
+        statuses = _client(spec).status(record)
+    except _azure_errors() as exc:
+        _fail(str(exc))
+    console.print(f"submission {record.submission_id}", highlight=False)
+    console.print(_status_table(statuses))
+
+
+@app.command()
+def logs(
+    spec_path: SpecArg,
+    job: Annotated[
+        str, typer.Option("--job", "-j", help="superlink, serverapp or a silo name.")
+    ] = "serverapp",
+    submission: SubmissionOpt = None,
+) -> None:
+    """Stream one job's logs."""
+    from adapters.azureml.client import load_submission
+
+    spec = _spec(spec_path)
+    try:
+        record = load_submission(spec.name, submission)
+        _client(spec).logs(record, job)
+    except _azure_errors() as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def cancel(spec_path: SpecArg, submission: SubmissionOpt = None) -> None:
+    """Cancel every job of a submission that is still running."""
+    from adapters.azureml.client import load_submission
+
+    spec = _spec(spec_path)
+    try:
+        record = load_submission(spec.name, submission)
+        done = _client(spec).cancel(record)
+    except _azure_errors() as exc:
+        _fail(str(exc))
+    for role, what in done.items():
+        console.print(f"{role:<24} {what}", highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,277 @@
+"""The ``local`` backend: run a federation spec as local processes on loopback.
+
+The same spec the AzureML backend submits becomes one ``flower-superlink`` and one
+``flower-supernode`` per silo (with the silo's node config), each on free 127.0.0.1 ports,
+then ``flwr run <project> fedsilo --stream --run-config <spec's overrides + run-dir>``
+against that SuperLink. Everything runs in the installed environment with Flower's runtime
+dependency installation off, under a private ``FLWR_HOME``; every process started here is
+stopped at the end, also on errors and Ctrl-C.
+
+A silo whose SuperNode exits (before or during the run) raises :class:`SiloFailedError`
+naming the silo, with the end of its log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+from adapters.azureml.jobs import FLWR_CONNECTION, node_config_arg, run_config_arg
+from adapters.azureml.runtime import wait_http_ok, write_flower_config
+from adapters.azureml.spec import FederationSpec
+from fl_app.local_run import (
+    PROJECT_DIR,
+    SimulationRun,
+    _free_port,
+    _last_run_status,
+    stop_process_tree,
+)
+
+__all__ = ["LocalFederationError", "LocalRun", "SiloFailedError", "run_local"]
+
+logger = logging.getLogger(__name__)
+
+
+class LocalFederationError(RuntimeError):
+    """The local federation could not be started or run."""
+
+
+class SiloFailedError(LocalFederationError):
+    """A silo's SuperNode failed to start or died; ``silo`` names it."""
+
+    def __init__(self, silo: str, message: str) -> None:
+        super().__init__(message)
+        self.silo = silo
+
+
+@dataclass
+class LocalRun(SimulationRun):
+    """Outcome of a local-backend run: ``flwr run`` output, status, run dir, metrics, and
+    the logs of the SuperLink and of each silo's SuperNode."""
+
+    superlink_log: str = ""
+    silo_logs: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    log_file: IO[str]
+
+    def log(self, tail: int | None = None) -> str:
+        self.log_file.flush()
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-tail:]) if tail else text
+
+
+def _start(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> _Proc:
+    log_path = logs / f"{name}.log"
+    log_file = log_path.open("w", encoding="utf-8")
+    popen = subprocess.Popen(
+        cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+    )
+    logger.info("started %s (pid %d): %s", name, popen.pid, " ".join(cmd))
+    return _Proc(name, popen, log_path, log_file)
+
+
+def _stop_all(procs: list[_Proc]) -> None:
+    """SIGTERM every process tree at once, wait, SIGKILL what is left."""
+
+    def stop(proc: _Proc) -> None:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            stop_process_tree(psutil.Process(proc.popen.pid))
+        with contextlib.suppress(Exception):
+            proc.popen.wait(timeout=5)
+        proc.log_file.close()
+
+    if procs:
+        with ThreadPoolExecutor(max_workers=len(procs)) as pool:
+            list(pool.map(stop, procs))
+
+
+def _online_nodes(env: dict[str, str]) -> int:
+    proc = subprocess.run(
+        ["flwr", "supernode", "list", "--format", "json"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    try:
+        nodes = json.loads(proc.stdout).get("nodes", [])
+    except json.JSONDecodeError:
+        return 0
+    return sum(1 for node in nodes if node.get("status") == "online")
+
+
+def _check_silos(silos: list[_Proc], when: str) -> None:
+    for proc in silos:
+        code = proc.popen.poll()
+        if code is not None:
+            raise SiloFailedError(
+                proc.name,
+                f"silo '{proc.name}': flower-supernode exited with code {code} {when}. "
+                f"Last lines of its log ({proc.log_path}):\n{proc.log(25)}",
+            )
+
+
+def _project_dir(spec: FederationSpec, project_dir: Path | None) -> Path:
+    if project_dir is not None:
+        return Path(project_dir)
+    if spec.orchestrator.code_is_asset:
+        return PROJECT_DIR
+    return spec.resolve_path(spec.orchestrator.code)
+
+
+def run_local(
+    spec: FederationSpec,
+    *,
+    project_dir: Path | None = None,
+    run_dir: Path | None = None,
+    timeout: float = 1800.0,
+    startup_timeout: float = 180.0,
+    free_port: Callable[[], int] = _free_port,
+    on_event: Callable[[str], None] | None = None,
+) -> LocalRun:
+    """Run ``spec`` on loopback; return the outcome (check ``.ok``).
+
+    Args:
+        spec: The federation spec (its network and AzureML settings are not used).
+        project_dir: The Flower project; default: the spec's ``orchestrator.code`` directory
+            (the installed project when ``code`` is a registered asset).
+        run_dir: Where the run directory goes; default: the spec's ``run-dir`` (``outputs``)
+            resolved against the current directory.
+        timeout: Seconds the whole ``flwr run`` may take.
+        startup_timeout: Seconds for the SuperLink to answer and every SuperNode to register.
+        free_port: Picks a free 127.0.0.1 port (one per process).
+        on_event: Called with a short progress message at each step.
+
+    Raises:
+        SiloFailedError: a silo's SuperNode exited before or during the run.
+        LocalFederationError: the SuperLink did not start, or not every SuperNode registered.
+    """
+    notify = on_event or (lambda message: logger.info("%s", message))
+    project = _project_dir(spec, project_dir).resolve()
+    cfg = spec.resolved_run_config()
+    out_root = Path(run_dir or cfg.run_dir).expanduser().resolve()
+    home = Path(tempfile.mkdtemp(prefix="fedsilo-local-"))
+    logs = home / "logs"
+    logs.mkdir()
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    procs: list[_Proc] = []
+    superlink: _Proc | None = None
+    silos: list[_Proc] = []
+    try:
+        port = free_port()
+        write_flower_config(home, f"127.0.0.1:{port}")
+        notify(f"starting the SuperLink on 127.0.0.1:{port}")
+        superlink = _start(
+            "superlink",
+            [
+                "flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
+                "--host", "127.0.0.1", "--port", str(port),
+            ],
+            env, logs,
+        )  # fmt: skip
+        procs.append(superlink)
+        try:
+            wait_http_ok(f"http://127.0.0.1:{port}/health", superlink.popen, startup_timeout)
+        except (RuntimeError, TimeoutError) as exc:
+            raise LocalFederationError(
+                f"the SuperLink did not start: {exc}. Its log:\n{superlink.log(25)}"
+            ) from None
+
+        for silo in spec.silos:
+            silo_port = free_port()
+            notify(f"starting silo '{silo.name}' ({node_config_arg(silo.node_config)})")
+            proc = _start(
+                silo.name,
+                [
+                    "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
+                    "--host", "127.0.0.1", "--port", str(silo_port),
+                    "--node-config", node_config_arg(silo.node_config),
+                ],
+                env, logs,
+            )  # fmt: skip
+            procs.append(proc)
+            silos.append(proc)
+
+        notify(f"waiting for {len(silos)} SuperNodes to register")
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            _check_silos(silos, "on start")
+            online = _online_nodes(env)
+            if online >= len(silos):
+                break
+            if time.monotonic() > deadline:
+                raise LocalFederationError(
+                    f"only {online} of {len(silos)} SuperNodes registered with the SuperLink "
+                    f"within {startup_timeout:.0f}s; silo logs are in {logs}"
+                )
+            time.sleep(1.0)
+
+        before = {p.parent for p in out_root.glob("*/config.json")} if out_root.exists() else set()
+        overrides = {**spec.flower_overrides(), "run-dir": str(out_root)}
+        cmd = [
+            "flwr", "run", str(project), FLWR_CONNECTION, "--stream",
+            "--run-config", run_config_arg(overrides),
+        ]  # fmt: skip
+        notify(
+            f"flwr run {project.name} ({spec.task}, {spec.strategy}, "
+            f"{cfg.num_server_rounds} rounds)"
+        )
+        flwr = _start("flwr-run", cmd, env, logs)
+        procs.append(flwr)
+        started = time.monotonic()
+        while flwr.popen.poll() is None:
+            _check_silos(silos, "during the run")
+            if time.monotonic() - started > timeout:
+                raise LocalFederationError(
+                    f"flwr run did not finish within {timeout:.0f}s. Its output:\n{flwr.log(40)}"
+                )
+            time.sleep(1.0)
+        output = flwr.log()
+        status: dict[str, Any] = _last_run_status(env)
+        notify(f"run {status.get('status', 'unknown')}")
+
+        created = sorted(
+            (p.parent for p in out_root.glob("*/config.json") if p.parent not in before),
+            key=lambda p: p.stat().st_mtime,
+        ) if out_root.exists() else []  # fmt: skip
+        run_path = created[-1] if created else None
+        metrics_file = run_path / "metrics.json" if run_path else None
+        metrics = (
+            json.loads(metrics_file.read_text())
+            if metrics_file is not None and metrics_file.is_file()
+            else []
+        )
+        return LocalRun(
+            flwr.popen.returncode,
+            output,
+            run_path,
+            metrics,
+            status=status.get("status", "unknown"),
+            status_details=status.get("status-details", ""),
+            superlink_log=superlink.log(),
+            silo_logs={p.name: p.log() for p in silos},
+        )
+    finally:
+        _stop_all(procs)
+        shutil.rmtree(home, ignore_errors=True)
