@@ -11,11 +11,19 @@ from sklearn.model_selection import train_test_split
 def stratified_split(
     labels: np.ndarray, fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(keep, held_out)`` with ``fraction`` held out, stratified when every
-    class has at least two members, seeded."""
+    """Indices ``(keep, held_out)`` with ``fraction`` held out, seeded; stratified when
+    every class has at least two members and both sides can hold every class (small silos
+    are split unstratified)."""
     idx = np.arange(len(labels))
     _, counts = np.unique(labels, return_counts=True)
-    stratify = labels if counts.min() >= 2 and len(counts) > 1 else None
+    held = int(np.ceil(fraction * len(labels)))
+    stratify = (
+        labels
+        if len(counts) > 1
+        and counts.min() >= 2
+        and min(held, len(labels) - held) >= len(counts)
+        else None
+    )
     keep, held = train_test_split(
         idx, test_size=fraction, random_state=seed, stratify=stratify, shuffle=True
     )

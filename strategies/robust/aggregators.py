@@ -18,13 +18,17 @@ Conventions shared by all rules:
   clients have weight zero, the survivors are averaged uniformly instead (documented per rule).
 * **Numerics.** Reductions (means, sums, norms) accumulate in float64; the result is cast back
   to ``updates.dtype``. Work proceeds in column blocks, so temporaries are ``O(n × block)``
-  rather than ``O(n × d)``. Pairwise distances come from a Gram matrix whose block products
-  run in the input's precision (float32 for float32 updates) and accumulate in float64; if
-  the updates share a large common offset the Gram matrix is recomputed around their mean.
-  For float32 updates the squared distances then carry a relative error of order 1e-6, so
-  Krum-type selections between candidates whose scores differ by less than that may differ
-  from exact arithmetic (exact ties are still broken by client index). Order statistics of
-  unweighted rules use a comparator network (exact, vectorised over coordinates).
+  rather than ``O(n × d)``. Pairwise distances (Krum, Multi-Krum, Bulyan, NNM, geometric
+  median) come from a Gram matrix accumulated in float64 from column-block products, which
+  run in float64 up to ``_FLOAT64_GRAM_MAX_ENTRIES`` entries (exact for integer-valued
+  updates) and in float32 beyond (for float32 updates); if the updates share an offset large
+  against their distances, the Gram matrix is recomputed around the medoid update. On the
+  float32 path squared distances carry a relative error of order 1e-6, so a Krum-type
+  selection between candidates whose scores differ by less than that may differ from exact
+  arithmetic (identical updates get identical distances, so their ties are still broken by
+  client index). Order
+  statistics of unweighted rules come from a comparator network (exact, vectorised over
+  coordinates).
 * **Determinism.** No rule uses a random number generator; ties are broken by client index.
 * **Validation.** Invalid inputs raise ``ValueError`` whose message names the offending
   argument, the value received and the allowed range.
@@ -35,7 +39,10 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import os
+import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -189,6 +196,9 @@ _STREAM_BLOCK = 1 << 19
 _NETWORK_BLOCK = 1 << 21
 #: Minimum block width of comparator networks (per-operation overhead dominates below it).
 _NETWORK_MIN_WIDTH = 16384
+#: Block width of the order-statistic networks run by the worker threads: rows below torch's
+#: intra-op grain size (32768) run on one thread each, so blocks proceed independently.
+_NETWORK_WIDTH = 16384
 
 
 def _block_width(rows: int, d: int, elements: int, minimum: int = 256) -> int:
@@ -304,28 +314,62 @@ def _sorted_rows(
     return [rows[i] for i in positions]
 
 
-def _order_statistic_blocks(
-    x: torch.Tensor, positions: tuple[int, ...]
-) -> Iterator[tuple[slice, list[torch.Tensor]]]:
-    """For each column block of ``x``: the block's rows at sorted ``positions`` (views that are
-    valid until the next block)."""
-    n, d = x.shape
-    width = _block_width(n, d, _NETWORK_BLOCK, _NETWORK_MIN_WIDTH)
-    buffer = torch.empty(n + 1, width, dtype=x.dtype, device=x.device)
-    for cols in _column_blocks(d, width):
-        c = cols.stop - cols.start
-        block = buffer[:n, :c]
-        block.copy_(x[:, cols])
-        yield cols, _sorted_rows(block, positions, buffer[n, :c])
+def _map_order_statistics(
+    x: torch.Tensor,
+    positions: tuple[int, ...],
+    consume: Callable[[slice, list[torch.Tensor]], None],
+) -> None:
+    """Call ``consume(cols, rows)`` for every column block of ``x`` with the block's rows at
+    sorted ``positions`` (views valid during the call).
 
-
-def _gram(x: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
-    """Float64 ``(n, n)`` Gram matrix of the rows of ``x`` (minus ``center``), block by block.
-
-    Block products run in float32 (float64 for float64 inputs) and accumulate in float64.
+    Blocks are spread over ``torch.get_num_threads()`` worker threads. Every operation inside
+    a block touches at most ``_NETWORK_WIDTH`` (< torch's 32768 grain size) elements, so it runs
+    single-threaded without an OpenMP fork/join: the thousands of small network operations
+    never wait for each other across cores (a barrier per operation is ruinous when the cores
+    are shared with other processes), yet all cores work. ``consume`` must only write
+    ``cols`` of its outputs.
     """
     n, d = x.shape
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    width = min(d, _NETWORK_WIDTH)
+    blocks = list(_column_blocks(d, width))
+    local = threading.local()
+
+    def run(cols: slice) -> None:
+        c = cols.stop - cols.start
+        buffer = getattr(local, "buffer", None)
+        if buffer is None:
+            buffer = local.buffer = torch.empty(n + 1, width, dtype=x.dtype, device=x.device)
+        block = buffer[:n, :c]
+        for i in range(n):  # row by row: each copy stays below the grain size
+            block[i].copy_(x[i, cols])
+        consume(cols, _sorted_rows(block, positions, buffer[n, :c]))
+
+    _run_blocks(run, blocks)
+
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _run_blocks(run: Callable[[slice], None], blocks: list[slice]) -> None:
+    """``run`` every block, on ``torch.get_num_threads()`` worker threads when > 1."""
+    global _POOL
+    workers = min(torch.get_num_threads(), len(blocks))
+    if workers <= 1:
+        for cols in blocks:
+            run(cols)
+        return
+    with _POOL_LOCK:  # one pool per process (recreated after a fork) and thread count
+        if _POOL is None or _POOL[:2] != (os.getpid(), workers):
+            _POOL = (os.getpid(), workers, ThreadPoolExecutor(workers, "robust-agg"))
+        pool = _POOL[2]
+    list(pool.map(run, blocks))
+
+
+def _gram(x: torch.Tensor, dtype: torch.dtype, center: torch.Tensor | None = None) -> torch.Tensor:
+    """Float64 ``(n, n)`` Gram matrix of the rows of ``x`` (minus ``center``), block by block:
+    block products in ``dtype``, accumulated in float64."""
+    n, d = x.shape
     gram = torch.zeros(n, n, dtype=torch.float64, device=x.device)
     part = torch.empty(n, n, dtype=dtype, device=x.device)
     for cols in _column_blocks(d, _block_width(n, d, _STREAM_BLOCK, 4096)):
@@ -346,23 +390,66 @@ def _sq_distances_from_gram(gram: torch.Tensor) -> torch.Tensor:
     return sq
 
 
+#: Up to this many entries (n × d), distance block products run in float64 (exact for
+#: integer-valued updates, ~1e-16 relative error otherwise); beyond it in float32 (≈ 2× faster),
+#: still accumulated in float64.
+_FLOAT64_GRAM_MAX_ENTRIES = 1 << 22
+#: Recompute the Gram matrix around a central row when the typical pair's squared norms exceed
+#: its squared distance by more than this factor (rounding error grows with the norms).
+_MAX_CANCELLATION = 16.0
+
+
 def _pairwise_sq_distances(x: torch.Tensor) -> torch.Tensor:
     """Float64 ``(n, n)`` matrix of squared Euclidean distances between rows of ``x``.
 
-    ``||x_i||^2 + ||x_j||^2 - 2 x_i.x_j`` from :func:`_gram`. The rounding error scales with
-    the squared norms, so if the rows share a common offset large against their spread
-    (mean squared norm > 4 × mean squared distance to the mean), the Gram matrix is
-    recomputed around the mean row (distances are translation invariant).
+    ``||x_i||^2 + ||x_j||^2 - 2 x_i.x_j`` from the Gram matrix (:func:`_gram`). Its rounding
+    error scales with the squared norms, so when the rows share an offset that is large against
+    their distances (median over pairs of ``(||x_i||^2 + ||x_j||^2) / ||x_i - x_j||^2`` above
+    ``_MAX_CANCELLATION``; e.g. full models rather than deltas) the Gram matrix is recomputed
+    around the medoid row (distances are translation invariant; a medoid, unlike the mean, is
+    not dragged away by outliers).
+    """
+    gram = _centred_gram(x)
+    return _unify_duplicates(x, _sq_distances_from_gram(gram), gram.diagonal())
+
+
+def _unify_duplicates(x: torch.Tensor, sq: torch.Tensor, sq_norms: torch.Tensor) -> torch.Tensor:
+    """Give identical rows of ``x`` identical rows and columns of ``sq`` (in place).
+
+    Gram entries of identical updates can round differently (different GEMM tiles), which
+    would break their Krum ties by rounding instead of by client index. Pairs whose distance
+    is at rounding level are compared exactly; a duplicate copies its first twin's distances.
     """
     n = x.shape[0]
-    gram = _gram(x)
-    sq = _sq_distances_from_gram(gram)
-    spread = float(sq.sum()) / (2.0 * n * n)  # mean squared distance to the mean row
-    if float(gram.diagonal().mean()) > 4.0 * spread:
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        mean_row = torch.full((n,), 1.0 / n, dtype=dtype, device=x.device) @ x.to(dtype)
-        sq = _sq_distances_from_gram(_gram(x, mean_row))
+    scale = sq_norms.unsqueeze(1) + sq_norms.unsqueeze(0)
+    candidates = torch.triu((sq <= 1e-5 * scale).to(torch.uint8), diagonal=1).nonzero().tolist()
+    first = list(range(n))
+    for i, j in candidates:
+        if first[i] == i and first[j] == j and torch.equal(x[i], x[j]):
+            first[j] = i
+    for j, i in enumerate(first):
+        if i != j:
+            sq[j] = sq[i]
+            sq[:, j] = sq[:, i]
     return sq
+
+
+def _centred_gram(x: torch.Tensor) -> torch.Tensor:
+    """Float64 Gram matrix of the rows of ``x`` minus a common centre (zero, or the medoid row
+    if the rows share a large offset; see :func:`_pairwise_sq_distances`)."""
+    n, d = x.shape
+    wide = x.dtype == torch.float64 or n * d <= _FLOAT64_GRAM_MAX_ENTRIES
+    dtype = torch.float64 if wide else torch.float32
+    gram = _gram(x, dtype)
+    if n > 1:
+        sq = _sq_distances_from_gram(gram)
+        i, j = torch.triu_indices(n, n, 1, device=x.device)
+        diag = gram.diagonal()
+        ratio = (diag[i] + diag[j]) / sq[i, j].clamp_min(torch.finfo(torch.float64).tiny)
+        if float(ratio.median()) > _MAX_CANCELLATION:
+            medoid = int(torch.argmin(sq.median(dim=1).values))
+            gram = _gram(x, dtype, x[medoid].to(dtype))
+    return gram
 
 
 def _krum_scores(sq_dist: torch.Tensor, num_neighbours: int) -> torch.Tensor:
@@ -431,12 +518,14 @@ def coordinate_median(updates: torch.Tensor, weights: torch.Tensor | None = None
     w = _check_weights(weights, n, x.device)
     out = torch.empty(d, dtype=x.dtype, device=x.device)
     if _is_uniform(w):  # ordinary median: the middle order statistic(s), by a network
-        middle = tuple(sorted({(n - 1) // 2, n // 2}))
-        for cols, rows in _order_statistic_blocks(x, middle):
+
+        def middle_value(cols: slice, rows: list[torch.Tensor]) -> None:
             if len(rows) == 1:
                 out[cols] = rows[0]
             else:
                 out[cols] = 0.5 * (rows[0].to(torch.float64) + rows[1].to(torch.float64))
+
+        _map_order_statistics(x, tuple(sorted({(n - 1) // 2, n // 2})), middle_value)
         return out
     total = float(w.sum())
     half, tol = 0.5 * total, 1e-9 * total
@@ -503,11 +592,14 @@ def trimmed_mean(
     d = x.shape[1]
     out = torch.empty(d, dtype=x.dtype, device=x.device)
     if _is_uniform(w):  # plain mean of the middle order statistics, by a network
-        for cols, rows in _order_statistic_blocks(x, tuple(range(k, n - k))):
+
+        def middle_mean(cols: slice, rows: list[torch.Tensor]) -> None:
             total = torch.zeros(cols.stop - cols.start, dtype=torch.float64, device=x.device)
             for row in rows:
                 total += row
             out[cols] = total / (n - 2 * k)
+
+        _map_order_statistics(x, tuple(range(k, n - k)), middle_mean)
         return out
     kept = slice(k, n - k)
     for cols in _column_blocks(d, _block_width(n, d, _STREAM_BLOCK)):
@@ -703,14 +795,35 @@ def geometric_median(
     Approximately minimises ``sum_i w_i ||z - x_i||``. Starting from the weighted mean, each
     iteration sets ``beta_i = w_i / max(eps, ||z - x_i||)`` and ``z = sum_i beta_i x_i /
     sum_i beta_i``; ``eps`` smooths the objective near data points. Iteration stops after
-    ``max_iter`` steps or once the objective changes by at most ``ftol`` times its value.
+    ``max_iter`` steps or once the objective changes by at most ``ftol`` times the weighted
+    median of the distances ``||z - x_i||`` (or by no more than float64 rounding noise).
+
+    Every iterate is a convex combination ``z = sum_i a_i x_i``, so the iterations run on the
+    coefficients ``a`` with distances ``||x_i - z||^2 = (e_i - a)^T G (e_i - a)`` from the
+    ``(n, n)`` Gram matrix ``G`` (computed once, as for Krum): two passes over the updates in
+    total, however many iterations. ``z`` is then formed exactly and its distances measured
+    exactly; if the objective from the Gram matrix and the exact one differ by more than the
+    stopping tolerance (e.g. when ``z`` sits on a data point, where the Gram matrix's rounding
+    error dominates a tiny distance), the iterations continue with exact distances (one pass
+    over the updates each), up to another ``max_iter``.
+
+    That scale, unlike the objective itself, cannot be inflated by a minority of far-away
+    updates: with the objective as the scale (as in RFA's reference code) Byzantine updates of
+    norm ``B`` stop the iteration while ``z`` is still ``~ ftol * B`` away from the
+    minimiser, so the error grows with the attack's magnitude. Without outliers both scales
+    are of the same order.
+
+    Starting from the mean, the pull of far-away updates shrinks by roughly ``a / (1 - a)``
+    per iteration (``a`` = their share of the weight), so the default ``max_iter`` suffices up
+    to ``a ≈ 0.4``; closer to the breakdown point ``1/2`` raise ``max_iter``.
 
     Args:
         updates: ``(n, d)`` stacked client updates.
         weights: ``(n,)`` non-negative weights with positive sum; ``None`` for uniform.
         max_iter: maximum number of Weiszfeld iterations (>= 1).
         eps: smoothing constant (> 0).
-        ftol: relative tolerance on the objective (>= 0).
+        ftol: tolerance on the objective's change, relative to the weighted median distance
+            (>= 0).
 
     Returns:
         The ``(d,)`` geometric median, in ``updates.dtype``.
@@ -724,18 +837,50 @@ def geometric_median(
     if isinstance(ftol, bool) or not isinstance(ftol, numbers.Real) or not 0 <= ftol < math.inf:
         raise ValueError(f"ftol must be a real number in [0, inf); got {ftol!r}")
     w = w / w.sum()
+    noise = 8 * x.shape[0] * torch.finfo(torch.float64).eps
+
+    def close(old: float, new: float, dist: torch.Tensor) -> bool:
+        return abs(old - new) <= ftol * _weighted_median(dist, w) + noise * max(old, new)
+
+    def weiszfeld(
+        dist: torch.Tensor, measure: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Iterate from distances ``dist``; ``measure(coef)`` moves z to ``coef @ x`` and
+        returns its distances. Returns the last coefficients and distances."""
+        coef, objective = w, float(w @ dist)
+        for _ in range(max_iter):  # Weiszfeld iterations (inherently sequential)
+            beta = w / dist.clamp_min(eps)
+            coef = beta / beta.sum()
+            dist = measure(coef)
+            new_objective = float(w @ dist)
+            converged = close(objective, new_objective, dist)
+            objective = new_objective
+            if converged:
+                break
+        return coef, dist
+
+    gram = _centred_gram(x)
+    coef, modelled = weiszfeld(_gram_distances(gram, w), lambda c: _gram_distances(gram, c))
     z = torch.empty(x.shape[1], dtype=torch.float64, device=x.device)
-    dist = _combine_and_distances(x, w, z)  # z = weighted mean, dist = ||x_i - z||
-    objective = float(w @ dist)
-    for _ in range(max_iter):  # Weiszfeld iterations (inherently sequential)
-        beta = w / dist.clamp_min(eps)
-        dist = _combine_and_distances(x, beta / beta.sum(), z)
-        new_objective = float(w @ dist)
-        converged = abs(objective - new_objective) <= ftol * new_objective
-        objective = new_objective
-        if converged:
-            break
+    exact = _combine_and_distances(x, coef, z)
+    if not close(float(w @ modelled), float(w @ exact), exact):
+        weiszfeld(exact, lambda c: _combine_and_distances(x, c, z))
     return z.to(x.dtype)
+
+
+def _gram_distances(gram: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """``||x_i - z||`` for ``z = sum_j coef_j x_j`` (``sum coef = 1``) from the Gram matrix of
+    the (equally shifted) rows: ``G_ii - 2 (G coef)_i + coef^T G coef``."""
+    g_coef = gram @ coef
+    sq = gram.diagonal() - 2.0 * g_coef + coef @ g_coef
+    return sq.clamp_min_(0.0).sqrt_()
+
+
+def _weighted_median(values: torch.Tensor, w: torch.Tensor) -> float:
+    """Lower weighted median of ``values`` for weights ``w`` summing to one."""
+    order = torch.argsort(values)
+    below = int((torch.cumsum(w[order], dim=0) < 0.5).sum())
+    return float(values[order[min(below, values.numel() - 1)]])
 
 
 def _combine_and_distances(x: torch.Tensor, coef: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -45,7 +45,10 @@ def robust_median(cfg: RunConfig) -> RobustAggregation:
 
 
 def robust_trimmed_mean(cfg: RunConfig) -> RobustAggregation:
-    """Coordinate-wise trimmed mean dropping ``trim-beta`` at each end (Yin et al., 2018)."""
+    """Coordinate-wise trimmed mean dropping ``trim-beta`` at each end (Yin et al., 2018);
+    behind NNM, which takes ``num-byzantine``, it trims ``num-byzantine`` at each end."""
+    if "nnm" in cfg.pre_aggregator:
+        return _robust(cfg, agg.trimmed_mean)  # num_byzantine reaches both stages
     return _robust(cfg, agg.trimmed_mean, beta=cfg.trim_beta)
 
 

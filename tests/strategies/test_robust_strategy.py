@@ -214,3 +214,12 @@ def test_evaluation_of_a_silo_without_validation_rows_keeps_the_round(make_reply
     ]
     metrics = ValidatedUpdates(build_strategy(RunConfig())).aggregate_evaluate(1, replies)
     assert metrics["accuracy"] == pytest.approx((10 * 0.8 + 30 * 0.4) / 40)
+
+
+def test_trimmed_mean_behind_nnm_builds_and_aggregates():
+    strategy = build_strategy(RunConfig(strategy="robust-trimmed-mean", pre_aggregator="nnm",
+                                        num_byzantine=1))
+    strategy._global = _global()
+    replies = [build_reply(i, 10 + i, _model(0.1 * i)) for i in range(5)]
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert np.isfinite(arrays["w"].numpy()).all()

@@ -45,3 +45,17 @@ def test_stratified_split_keeps_class_shares_and_is_seeded():
     assert len(held) == 20 and y[held].sum() == 2
     assert not set(keep) & set(held)
     assert np.array_equal(held, stratified_split(y, 0.2, seed=1)[1])
+
+
+def test_small_silos_are_split_without_stratification():
+    y = np.repeat(np.arange(10), 7)[:64]  # 64 rows, 10 classes: 7 held out < 10 classes
+    keep, held = stratified_split(y, 0.1, seed=0)
+    assert len(held) == 7 and len(keep) == 57 and not set(keep) & set(held)
+
+
+def test_every_silo_of_a_20_silo_digits_federation_loads():
+    from fl_app.config import RunConfig
+    from tasks import get_task
+
+    task, cfg = get_task("digits"), RunConfig()
+    assert all(len(task.load_partition(i, 20, cfg).val) > 0 for i in range(20))

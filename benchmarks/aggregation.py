@@ -1,0 +1,717 @@
+"""Aggregation speed: our robust rules against Flower's built-in ones, on identical inputs.
+
+Every pair runs in this one process on the same seeded ``(n × d)`` float32 updates:
+
+====================  ========================================================================
+ours                  Flower (what is timed)
+====================  ========================================================================
+coordinate_median     ``FedMedian.aggregate_train`` on ``n`` train replies (no module-level
+                      helper exists; the replies are rebuilt before every repetition because
+                      it pops the arrays out of them, and the rebuild is not timed)
+trimmed_mean          ``fedtrimmedavg.trim_mean`` on the already stacked ``(n × d)`` array
+                      (the helper ``FedTrimmedAvg`` uses; no reply handling is timed)
+krum                  ``multikrum.select_multikrum(contents, f, 1)`` +
+                      ``strategy_utils.aggregate_arrayrecords`` (what ``Krum`` calls)
+multi_krum            ``select_multikrum(contents, f, n - f)`` + ``aggregate_arrayrecords``
+bulyan                ``Bulyan.aggregate_train`` (replies rebuilt per repetition, untimed)
+====================  ========================================================================
+
+Ours receive the same numbers as one ``(n × d)`` tensor sharing memory with the array Flower's
+trim_mean gets. Flower's reply-based calls also deserialise the arrays; our pipeline's
+equivalent, stacking ``n`` ArrayRecords into the tensor (``strategies.flatten.stack``), is
+timed as its own row and folded into the "incl. stack" speed-up. Every result is checked
+against Flower's (``allclose``; Krum exactly) before any number is reported.
+
+Also timed, against a plain weighted mean: geometric_median, centered_clipping and
+NNM∘mean. Times are the median of ``--reps`` repetitions after one warm-up call. Peak memory
+is measured per call in a fresh child process (see :func:`measure_peak`).
+
+Usage::
+
+    python -m benchmarks.aggregation            # 50 × 1M and 200 × 100k; writes docs/aggregation.md
+    python -m benchmarks.aggregation --quick    # small sizes, smoke test; writes nothing
+    python -m benchmarks.aggregation --reps 5 --out /tmp/aggregation.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import torch
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app.message import arrayrecord as flwr_arrayrecord
+from flwr.serverapp.strategy import Bulyan, FedMedian
+from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+from flwr.serverapp.strategy.multikrum import select_multikrum
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+from flwr.supercore.task_identity import TaskIdentity
+
+from strategies.flatten import stack
+from strategies.robust import (
+    bulyan,
+    centered_clipping,
+    compose,
+    coordinate_median,
+    geometric_median,
+    krum,
+    multi_krum,
+    nearest_neighbor_mixing,
+    trimmed_mean,
+    weighted_mean,
+)
+
+DEFAULT_OUT = Path("docs/aggregation.md")
+SEED = 0
+#: Flower's ``num-examples`` metric, also our weights where a rule uses them.
+WEIGHT_KEY = "num-examples"
+#: Seconds to sleep before each timed call (untimed) so idle OpenMP/OpenBLAS workers of the
+#: previous call stop spinning and do not steal the 2 cores from the next one.
+SETTLE = 0.05
+#: Targets from the brief: speed-up over Flower, and geometric median cost in plain means.
+MIN_SPEEDUP = 3.0
+MAX_GEOMED_COST = 5.0
+#: Largest client spread (the smallest is 1); see :func:`make_updates`.
+SPREAD_MAX = 20.0
+
+
+@dataclass(frozen=True)
+class Size:
+    """``n`` clients with ``d`` parameters, ``f`` of them Byzantine (far-away updates)."""
+
+    n: int
+    d: int
+    f: int
+
+    @property
+    def label(self) -> str:
+        d = f"{self.d // 1_000_000} M" if self.d % 1_000_000 == 0 else f"{self.d // 1000} k"
+        return f"{self.n} clients × {d} params (f = {self.f})"
+
+
+FULL_SIZES = (Size(50, 1_000_000, 10), Size(200, 100_000, 40))
+QUICK_SIZES = (Size(20, 50_000, 4), Size(50, 20_000, 10))
+
+
+# ------------------------------------------------------------------------------------ inputs
+
+
+def make_updates(size: Size, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    """``(n × d)`` float32 updates and per-client example counts.
+
+    Client ``i`` sends ``s_i · N(0, I)`` with spreads ``s_i`` spaced geometrically from 1 to
+    ``SPREAD_MAX``, assigned to clients in random order; the ``f`` most dispersed clients (the
+    Byzantine ones) are also shifted by ``+3`` in every coordinate. Squared distances grow with
+    both spreads, so every Krum score is monotone in the client's spread with a margin far
+    above the sampling noise: Krum, Multi-Krum, and both Bulyan selections (our recursive
+    Krum and Flower's one-shot Multi-Krum) must pick the least dispersed clients, and the
+    outputs of both libraries are checked to agree.
+    """
+    n, d, f = size.n, size.d, size.f
+    rng = np.random.default_rng(seed)
+    x = np.empty((n, d), dtype=np.float32)
+    spreads = np.geomspace(1.0, SPREAD_MAX, n)
+    for rank, client in enumerate(rng.permutation(n)):
+        rng.standard_normal(d, dtype=np.float32, out=x[client])
+        x[client] *= np.float32(spreads[rank])
+        if rank >= n - f:
+            x[client] += np.float32(3.0)
+    num_examples = rng.integers(10, 1000, size=n)
+    return x, num_examples
+
+
+def make_replies(x: np.ndarray, num_examples: np.ndarray) -> list[Message]:
+    """One train reply per client: ``{"arrays": {"w": row}, "metrics": {num-examples}}``."""
+    replies = []
+    for i, row in enumerate(x):
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({"w": Array(row)}),
+                "metrics": MetricRecord({WEIGHT_KEY: int(num_examples[i])}),
+            }
+        )
+        instruction = Message(RecordDict(), dst_node_id=i + 1, message_type="train")
+        replies.append(Message(content, reply_to=instruction))
+    return replies
+
+
+def _set_task_identity() -> None:
+    # Messages need a run id outside a running Flower app.
+    TaskIdentity.run_id = 1
+    TaskIdentity.node_id = 1
+    TaskIdentity.task_id = 1
+
+
+# ------------------------------------------------------------------------------------ cases
+
+
+@dataclass
+class Case:
+    """One timed call. ``prepare()`` builds a fresh argument (untimed) for ``run(arg)``."""
+
+    name: str
+    run: Callable[[Any], np.ndarray]
+    prepare: Callable[[], Any] = lambda: None
+
+
+@dataclass
+class Pair:
+    """Our rule, Flower's counterpart and how their outputs must agree."""
+
+    rule: str
+    ours: Case
+    flower: Case
+    flower_call: str
+    check: Callable[[np.ndarray, np.ndarray], str]
+    includes_records: bool  # Flower's timing includes deserialising the records
+
+
+def _close(rtol: float, atol: float) -> Callable[[np.ndarray, np.ndarray], str]:
+    def check(ours: np.ndarray, flower: np.ndarray) -> str:
+        np.testing.assert_allclose(ours, flower, rtol=rtol, atol=atol)
+        return f"allclose (rtol={rtol:g}, atol={atol:g})"
+
+    return check
+
+
+def _equal(ours: np.ndarray, flower: np.ndarray) -> str:
+    np.testing.assert_array_equal(ours, flower)
+    return "identical"
+
+
+def _record_output(record: ArrayRecord | None) -> np.ndarray:
+    assert record is not None, "Flower returned no aggregate"
+    return record["w"].numpy()
+
+
+def build_cases(
+    size: Size, x: np.ndarray, num_examples: np.ndarray
+) -> tuple[list[Pair], list[Case], Case]:
+    """The Flower pairs, our extra rules (first one: the weighted-mean baseline) and the
+    stacking step, all on the same ``x``."""
+    n, f = size.n, size.f
+    xt = torch.from_numpy(x)  # shares memory with x
+    wt = torch.from_numpy(num_examples.astype(np.float32))
+    beta = f / n
+    assert int(beta * n) == f, "trim fraction must cut exactly f per side"
+    contents = [reply.content for reply in make_replies(x, num_examples)]
+    records = [content["arrays"] for content in contents]
+
+    def replies() -> list[Message]:
+        return make_replies(x, num_examples)
+
+    def ours(fn: Callable[[], torch.Tensor]) -> Callable[[Any], np.ndarray]:
+        return lambda _: fn().numpy()
+
+    def flower_krum(m: int) -> Callable[[Any], np.ndarray]:
+        def run(_: Any) -> np.ndarray:
+            selected = select_multikrum(contents, num_malicious_nodes=f, num_nodes_to_select=m)
+            return _record_output(aggregate_arrayrecords(selected, WEIGHT_KEY))
+
+        return run
+
+    pairs = [
+        Pair(
+            "coordinate median",
+            Case("coordinate_median", ours(lambda: coordinate_median(xt))),
+            Case(
+                "FedMedian",
+                lambda r: _record_output(FedMedian().aggregate_train(1, r)[0]),
+                replies,
+            ),
+            "FedMedian.aggregate_train",
+            _close(1e-6, 1e-6),
+            True,
+        ),
+        Pair(
+            f"trimmed mean (β = {beta:g})",
+            Case("trimmed_mean", ours(lambda: trimmed_mean(xt, beta=beta))),
+            Case("trim_mean", lambda _: np.asarray(trim_mean(x, beta))),
+            "fedtrimmedavg.trim_mean (stacked array)",
+            _close(1e-5, 1e-5),
+            False,
+        ),
+        Pair(
+            "Krum",
+            Case("krum", ours(lambda: krum(xt, num_byzantine=f))),
+            Case("Krum", flower_krum(1)),
+            "select_multikrum(m=1) + aggregate_arrayrecords",
+            _equal,
+            True,
+        ),
+        Pair(
+            f"Multi-Krum (m = n − f = {n - f})",
+            Case(
+                "multi_krum",
+                ours(lambda: multi_krum(xt, wt, num_byzantine=f, num_selected=n - f)),
+            ),
+            Case("MultiKrum", flower_krum(n - f)),
+            "select_multikrum(m=n−f) + aggregate_arrayrecords",
+            _close(1e-5, 1e-5),
+            True,
+        ),
+        Pair(
+            "Bulyan",
+            Case("bulyan", ours(lambda: bulyan(xt, num_byzantine=f))),
+            Case(
+                "Bulyan",
+                lambda r: _record_output(Bulyan(num_malicious_nodes=f).aggregate_train(1, r)[0]),
+                replies,
+            ),
+            "Bulyan.aggregate_train",
+            _check_bulyan,
+            True,
+        ),
+    ]
+    nnm_mean = compose([nearest_neighbor_mixing], weighted_mean)
+    extras = [
+        Case("weighted mean (baseline)", ours(lambda: weighted_mean(xt, wt))),
+        Case("geometric median", ours(lambda: geometric_median(xt, wt))),
+        Case("centered clipping (τ = 10, 1 iter)", ours(lambda: centered_clipping(xt, wt))),
+        Case(f"NNM ∘ mean (f = {f})", ours(lambda: nnm_mean(xt, wt, num_byzantine=f))),
+    ]
+    stacking = Case(
+        "stack n ArrayRecords → (n × d) tensor", lambda _: stack(records)[0][:1, :1].numpy()
+    )
+    return pairs, extras, stacking
+
+
+def _check_bulyan(ours: np.ndarray, flower: np.ndarray) -> str:
+    """Bulyan's coordinate step keeps the beta values closest to the median; Flower computes
+    the median and the distances in float32, ours in float64, so a coordinate whose beta-th and
+    (beta+1)-th closest values are equidistant up to float32 rounding may keep the other one.
+    Allow at most 1e-5 of the coordinates to differ; everything else must be allclose."""
+    bad = ~np.isclose(ours, flower, rtol=1e-5, atol=1e-5)
+    if bad.mean() > 1e-5:
+        np.testing.assert_allclose(ours, flower, rtol=1e-5, atol=1e-5)
+    return f"allclose (rtol=1e-05, atol=1e-05) on {bad.size - bad.sum()}/{bad.size} coords"
+
+
+# ------------------------------------------------------------------------------------ timing
+
+
+class _TimedGC:
+    """Stands in for the ``gc`` module inside Flower's ``arrayrecord`` module and adds up the
+    time spent in its ``gc.collect()`` calls (``ArrayRecord.to_numpy_ndarrays(keep_input=
+    False)`` collects after every record). Behaviour is unchanged; it is only accounting."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.calls = 0
+
+    def collect(self, *args: Any) -> int:
+        start = time.perf_counter()
+        try:
+            return gc.collect(*args)
+        finally:
+            self.seconds += time.perf_counter() - start
+            self.calls += 1
+
+
+def time_case(case: Case, reps: int) -> tuple[float, np.ndarray, float, int]:
+    """Median wall time (s) of ``reps`` calls after one warm-up call, the last output, and the
+    median time (s) and count of the ``gc.collect()`` calls Flower made inside those calls."""
+    out = case.run(case.prepare())
+    times, gc_times, gc_calls = [], [], 0
+    for _ in range(reps):
+        arg = case.prepare()
+        gc.collect()
+        time.sleep(SETTLE)
+        probe = _TimedGC()
+        flwr_arrayrecord.gc = probe  # type: ignore[attr-defined]
+        try:
+            start = time.perf_counter()
+            out = case.run(arg)
+            times.append(time.perf_counter() - start)
+        finally:
+            flwr_arrayrecord.gc = gc  # type: ignore[attr-defined]
+        gc_times.append(probe.seconds)
+        gc_calls = probe.calls
+        del arg
+    return statistics.median(times), out, statistics.median(gc_times), gc_calls
+
+
+# ------------------------------------------------------------------------------------ memory
+
+
+def _status_kib(field_name: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field_name} not in /proc/self/status")
+
+
+def _child_peak(size: Size, group: str, index: int) -> float:
+    """In a fresh process: build the inputs, warm the call up, then measure one call's peak
+    resident memory above the resident memory just before it (MiB)."""
+    _set_task_identity()
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    x, num_examples = make_updates(size)
+    pairs, extras, stacking = build_cases(size, x, num_examples)
+    cases = {
+        "ours": [p.ours for p in pairs],
+        "flower": [p.flower for p in pairs],
+        "extra": extras,
+        "stack": [stacking],
+    }
+    case = cases[group][index]
+    case.run(case.prepare())  # warm-up: one-time allocations (thread pools, BLAS buffers)
+    arg = case.prepare()
+    gc.collect()
+    before = psutil.Process().memory_info().rss
+    with open("/proc/self/clear_refs", "w") as clear:  # reset VmHWM to the current RSS
+        clear.write("5")
+    case.run(arg)
+    peak = _status_kib("VmHWM") * 1024
+    return max(0.0, (peak - before) / 2**20)
+
+
+def measure_peak(size: Size, group: str, index: int) -> float | None:
+    """Peak extra resident memory (MiB) of one call, measured in a fresh child process.
+
+    ``tracemalloc`` sees neither torch's allocator nor numpy's large buffers reliably, so the
+    child resets the kernel's high-water mark (``/proc/self/clear_refs`` = 5) just before the
+    call and reads ``VmHWM`` after it. glibc is told to serve allocations above 128 KiB with
+    ``mmap`` and to trim freed memory at once (``MALLOC_MMAP_THRESHOLD_``,
+    ``MALLOC_TRIM_THRESHOLD_``), so memory freed by the warm-up call does not hide the
+    measured call's temporaries. Inputs (the tensor, or Flower's serialised replies) are built
+    before the reset and are not counted; outputs are. ``None`` if the measurement failed.
+    """
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    cmd = [
+        sys.executable, "-m", "benchmarks.aggregation", "--memory-child",
+        json.dumps({"n": size.n, "d": size.d, "f": size.f, "group": group, "index": index}),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        logging.warning("memory child failed: %s", proc.stderr.strip().splitlines()[-1:])
+        return None
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mib"])
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+@dataclass
+class PairResult:
+    rule: str
+    flower_call: str
+    ours_s: float
+    flower_s: float
+    check: str
+    includes_records: bool
+    ours_mib: float | None = None
+    flower_mib: float | None = None
+    flower_gc_s: float = 0.0
+    flower_gc_calls: int = 0
+
+    @property
+    def speedup(self) -> float:
+        return self.flower_s / self.ours_s
+
+
+@dataclass
+class ExtraResult:
+    name: str
+    seconds: float
+    mib: float | None = None
+
+
+@dataclass
+class SizeResult:
+    size: Size
+    pairs: list[PairResult] = field(default_factory=list)
+    extras: list[ExtraResult] = field(default_factory=list)
+    stack_s: float = 0.0
+    stack_mib: float | None = None
+
+    @property
+    def mean_s(self) -> float:
+        return self.extras[0].seconds
+
+
+def run_size(size: Size, reps: int, memory: bool) -> SizeResult:
+    print(f"\n[{size.label}] generating inputs...", flush=True)
+    x, num_examples = make_updates(size)
+    pairs, extras, stacking = build_cases(size, x, num_examples)
+    result = SizeResult(size)
+    for pair in pairs:
+        ours_s, ours_out, _, _ = time_case(pair.ours, reps)
+        flower_s, flower_out, gc_s, gc_calls = time_case(pair.flower, reps)
+        check = pair.check(ours_out, flower_out)  # raises if the outputs disagree
+        result.pairs.append(
+            PairResult(
+                pair.rule, pair.flower_call, ours_s, flower_s, check, pair.includes_records,
+                flower_gc_s=gc_s, flower_gc_calls=gc_calls,
+            )
+        )  # fmt: skip
+        gc_note = f" (gc.collect ×{gc_calls}: {gc_s * 1e3:.0f} ms)" if gc_calls else ""
+        print(
+            f"  {pair.rule:34s} ours {ours_s * 1e3:9.1f} ms   Flower {flower_s * 1e3:9.1f} ms"
+            f"{gc_note}   ×{flower_s / ours_s:6.1f}   {check}",
+            flush=True,
+        )
+    for case in extras:
+        seconds, _, _, _ = time_case(case, reps)
+        result.extras.append(ExtraResult(case.name, seconds))
+        print(f"  {case.name:34s} ours {seconds * 1e3:9.1f} ms", flush=True)
+    result.stack_s, _, _, _ = time_case(stacking, reps)
+    print(f"  {stacking.name:34s}      {result.stack_s * 1e3:9.1f} ms", flush=True)
+    del x, num_examples, pairs, extras, stacking
+    gc.collect()
+    if memory:
+        print("  measuring peak memory (one child process per call)...", flush=True)
+        for i, pair_result in enumerate(result.pairs):
+            pair_result.ours_mib = measure_peak(size, "ours", i)
+            pair_result.flower_mib = measure_peak(size, "flower", i)
+        for i, extra in enumerate(result.extras):
+            extra.mib = measure_peak(size, "extra", i)
+        result.stack_mib = measure_peak(size, "stack", 0)
+    return result
+
+
+def _gc_note(p: PairResult) -> str:
+    if not p.flower_gc_calls:
+        return ""
+    return (
+        f"; Flower's time includes {p.flower_gc_calls} `gc.collect()` calls made by "
+        f"`ArrayRecord.to_numpy_ndarrays(keep_input=False)`, {p.flower_gc_s * 1e3:,.0f} ms in "
+        f"this process (speed-up without them: {(p.flower_s - p.flower_gc_s) / p.ours_s:.1f}×)"
+    )
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:,.1f}"
+
+
+def _mib(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.0f}"
+
+
+def pair_rows(result: SizeResult) -> list[list[str]]:
+    rows = []
+    for p in result.pairs:
+        incl = f"{p.flower_s / (p.ours_s + result.stack_s):.1f}×" if p.includes_records else "—"
+        met = "✅" if p.speedup >= MIN_SPEEDUP else "❌"
+        rows.append([
+            p.rule, _ms(p.ours_s), _ms(p.flower_s), f"{p.speedup:.1f}× {met}", incl,
+            _mib(p.ours_mib), _mib(p.flower_mib),
+        ])  # fmt: skip
+    return rows
+
+
+PAIR_HEADER = [
+    "rule", "ours (ms)", "Flower (ms)", "speed-up", "speed-up incl. stack",
+    "ours peak (MiB)", "Flower peak (MiB)",
+]  # fmt: skip
+EXTRA_HEADER = ["rule", "ours (ms)", "cost in plain means", "peak (MiB)"]
+
+
+def extra_rows(result: SizeResult) -> list[list[str]]:
+    rows = []
+    for e in result.extras:
+        cost = e.seconds / result.mean_s
+        mark = ""
+        if e.name.startswith("geometric median"):
+            mark = " ✅" if cost <= MAX_GEOMED_COST else " ❌"
+        rows.append([e.name, _ms(e.seconds), f"{cost:.1f}×{mark}", _mib(e.mib)])
+    rows.append([
+        "stack n ArrayRecords → (n × d) tensor", _ms(result.stack_s),
+        f"{result.stack_s / result.mean_s:.1f}×", _mib(result.stack_mib),
+    ])  # fmt: skip
+    return rows
+
+
+def print_tables(results: list[SizeResult]) -> None:
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:  # plain text
+        for r in results:
+            print(f"\n{r.size.label}")
+            for row in [PAIR_HEADER, *pair_rows(r), EXTRA_HEADER, *extra_rows(r)]:
+                print(" | ".join(row))
+        return
+    console = Console(width=max(120, Console().width))
+    for r in results:
+        for title, header, rows in (
+            (f"{r.size.label}: ours vs Flower", PAIR_HEADER, pair_rows(r)),
+            (f"{r.size.label}: cost vs a plain weighted mean", EXTRA_HEADER, extra_rows(r)),
+        ):
+            table = Table(title=title)
+            for i, col in enumerate(header):
+                table.add_column(col, justify="left" if i == 0 else "right")
+            for row in rows:
+                table.add_row(*row)
+            console.print(table)
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    align = ["---"] + ["---:"] * (len(header) - 1)
+    lines = [header, align, *rows]
+    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+
+
+def environment() -> dict[str, str]:
+    """Machine, library versions and thread counts."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    blas = "unknown"
+    try:
+        from threadpoolctl import threadpool_info
+
+        blas = ", ".join(
+            f"{i['internal_api']} {i.get('version') or ''} ({i['num_threads']} threads)".replace(
+                "  ", " "
+            )
+            for i in threadpool_info()
+        )
+    except ImportError:
+        pass
+    return {
+        "CPU": f"{cpu}, {os.cpu_count()} logical cores",
+        "memory": f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "OS": platform.platform(),
+        "Python": platform.python_version(),
+        "torch": f"{torch.__version__}: {torch.get_num_threads()} intra-op threads, "
+        f"{torch.get_num_interop_threads()} inter-op threads",
+        "numpy": f"{np.__version__} (Flower's kernels)",
+        "native thread pools": blas,
+        "flwr": version("flwr"),
+    }
+
+
+def write_markdown(
+    path: Path, results: list[SizeResult], reps: int, load: tuple[tuple[float, ...], ...]
+) -> None:
+    env = environment()
+    parts = [
+        "# Aggregation speed: ours vs Flower's built-in robust aggregation",
+        "",
+        "Generated by `python -m benchmarks.aggregation` (do not edit by hand). Our rules "
+        "(`strategies/robust`) and Flower's counterparts aggregate the **same** float32 "
+        "updates in one process; every output is checked against Flower's before timing is "
+        "reported (✅ = at least "
+        f"{MIN_SPEEDUP:g}× faster, or for the geometric median at most {MAX_GEOMED_COST:g}× "
+        "a plain weighted mean).",
+        "",
+        "## Machine",
+        "",
+        *[f"- **{k}**: {v}" for k, v in env.items()],
+        f"- **load average** (1, 5, 15 min) at start {load[0]}, at end {load[1]} — the machine"
+        " is shared; a load above the core count means other jobs competed for the cores",
+        "",
+    ]
+    for r in results:
+        parts += [
+            f"## {r.size.label}",
+            "",
+            f"Input: {r.size.n * r.size.d * 4 / 2**20:,.0f} MiB of float32 updates.",
+            "",
+            _markdown_table(PAIR_HEADER, pair_rows(r)),
+            "",
+            "Flower calls and checks:",
+            "",
+            *[f"- {p.rule}: `{p.flower_call}`; {p.check}{_gc_note(p)}" for p in r.pairs],
+            "",
+            _markdown_table(EXTRA_HEADER, extra_rows(r)),
+            "",
+        ]
+    parts += [
+        "## How it was measured",
+        "",
+        f"- **Inputs** (seed {SEED}): client *i* sends `s_i · N(0, I)` with spreads `s_i` "
+        f"spaced geometrically from 1 to {SPREAD_MAX:g} in random client order; the *f* most "
+        "dispersed (Byzantine) clients are also shifted by +3. Krum scores grow with the "
+        "spread by a wide margin, so Krum, Multi-Krum and both Bulyan selections (our "
+        "recursive Krum, Flower's one-shot Multi-Krum) must pick the same clients; example "
+        "counts are uniform in [10, 1000). "
+        "Weights (example counts) are passed to our weighted mean, Multi-Krum (Flower "
+        "weights Multi-Krum's average by them too), geometric median, clipping and NNM; median, "
+        "trimmed mean, Krum and Bulyan are unweighted like Flower's.",
+        "- **Ours** get a `(n × d)` torch tensor sharing memory with the numpy array; "
+        "**Flower** gets what its strategy works on: `Message` replies (for `aggregate_train`), "
+        "their `RecordDict` contents (Krum helpers), or the stacked array (`trim_mean`). Calls "
+        "that consume their replies (`FedMedian`, `Bulyan` pop the arrays) get freshly built "
+        "replies before every repetition; building them is not timed. Flower's reply-based "
+        "timings include deserialising the arrays; the *stack* row times our equivalent "
+        "(`strategies.flatten.stack`: n ArrayRecords → one tensor) and *speed-up incl. stack* "
+        "adds it to ours.",
+        f"- **Time**: wall clock (`time.perf_counter`), median of {reps} repetitions after one "
+        f"warm-up call; before each call `gc.collect()` and a {SETTLE * 1e3:.0f} ms pause "
+        "(untimed) let the previous call's spinning OpenMP/OpenBLAS workers go idle. torch "
+        "and numpy use their default thread pools (numbers above).",
+        "- **Peak memory**: one fresh child process per call (same inputs); after a warm-up "
+        "call the kernel's RSS high-water mark is reset (`/proc/self/clear_refs` = 5) and "
+        "`VmHWM` − RSS-before is reported: the extra resident memory of the call, torch and "
+        "numpy alike (tracemalloc would miss torch). glibc runs with "
+        "`MALLOC_MMAP_THRESHOLD_=MALLOC_TRIM_THRESHOLD_=131072` so freed memory is returned "
+        "at once and cannot hide temporaries. Inputs are excluded, outputs included.",
+        "- **Cost in plain means**: time / time of our `weighted_mean` on the same input.",
+        "",
+    ]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts))
+    print(f"\nwrote {path}")
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, 2 repetitions")
+    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 3)")
+    parser.add_argument("--no-memory", action="store_true", help="skip peak-memory children")
+    parser.add_argument("--out", type=Path, default=None, help="markdown report path")
+    parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.memory_child is not None:
+        spec = json.loads(args.memory_child)
+        size = Size(spec["n"], spec["d"], spec["f"])
+        print(json.dumps({"peak_mib": _child_peak(size, spec["group"], spec["index"])}))
+        return 0
+
+    _set_task_identity()
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    reps = args.reps or (2 if args.quick else 3)
+    out = args.out if args.out is not None else (None if args.quick else DEFAULT_OUT)
+    load_start = tuple(round(v, 2) for v in os.getloadavg())
+    busy = sum(
+        "flwr" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])
+    )
+    print(f"load average {load_start}; {busy} other flwr processes running")
+    started = time.perf_counter()
+    results = [run_size(size, reps, memory=not args.no_memory) for size in sizes]
+    load_end = tuple(round(v, 2) for v in os.getloadavg())
+    print_tables(results)
+    print(f"total {time.perf_counter() - started:.0f} s; load average at end {load_end}")
+    if out is not None:
+        write_markdown(out, results, reps, (load_start, load_end))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

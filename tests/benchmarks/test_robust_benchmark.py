@@ -1,0 +1,164 @@
+"""The robustness matrix of ``benchmarks.robust``: its plan, a few real one-round cells
+on the in-process grid (6 silos), the worst-case analysis and the JSON / Markdown / PNG
+outputs. The full matrix is ``python -m benchmarks.robust``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import pytest
+
+from benchmarks.robust import (
+    AGGREGATORS,
+    ATTACKS,
+    FILTER,
+    NOT_ROBUST,
+    NUM_BYZANTINE,
+    PARTITIONERS,
+    aggregator,
+    clean_reference,
+    describe,
+    flwr_run_command,
+    load_resumable,
+    markdown_matrix,
+    plan,
+    render_markdown,
+    run_matrix,
+    worst_case,
+    write_outputs,
+)
+from strategies import available_strategies
+
+ROW_KEYS = {"partitioner", "attack", "aggregator", "accuracy", "seconds"}
+
+
+def test_plan_covers_every_attack_and_every_robust_registry_strategy():
+    cells = plan()
+    assert len(cells) == len(PARTITIONERS) * len(ATTACKS) * len(AGGREGATORS)
+    assert len({c.key for c in cells}) == len(cells)
+    strategies = {dict(c.overrides)["strategy"] for c in cells}
+    assert strategies == set(available_strategies()) - set(NOT_ROBUST)
+    for cell in cells:
+        cfg = dict(cell.overrides)
+        assert cell.num_clients == 20
+        assert (cfg["attack-fraction"], cfg["num-byzantine"]) == (0.2, NUM_BYZANTINE)
+        assert cfg["partitioner"] == cell.partitioner and cfg["attack"] == cell.attack
+        expected_filter = 10.0 if cell.aggregator == FILTER[0].label else 0.0
+        assert cfg["max-update-norm-ratio"] == expected_filter
+        assert (cfg.get("pre-aggregator") == "nnm") == ("+nnm" in cell.aggregator)
+    cclip_nnm = next(c for c in cells if c.aggregator == "cclip+nnm" and c.attack == "alie")
+    command = flwr_run_command(cclip_nnm)
+    assert "strategy='cclip'" in command and "pre-aggregator='nnm'" in command
+    assert "attack='alie'" in command and "num-supernodes=20" in command
+
+
+def _rows(values: dict[str, dict[str, float | None]]) -> list[dict]:
+    return [
+        {"partitioner": "iid", "attack": att, "aggregator": agg, "family": "ours",
+         "accuracy": acc, "seconds": 1.0, "rejected_updates": 0, "warnings": {},
+         "error": None if acc is not None else "ValueError: boom"}
+        for agg, per_attack in values.items()
+        for att, acc in per_attack.items()
+    ]  # fmt: skip
+
+
+def test_worst_case_drop_is_measured_against_clean_fedavg_and_sorted():
+    rows = _rows({
+        "fedavg": {"none": 0.95, "sign-flip": 0.60},
+        "good": {"none": 0.94, "sign-flip": 0.93},
+        "bad": {"none": 0.96, "sign-flip": 0.70},
+        "crashy": {"none": 0.95, "sign-flip": None},
+    })  # fmt: skip
+    assert clean_reference(rows) == {"iid": 0.95}
+    ranking = worst_case(rows)
+    assert [w.aggregator for w in ranking] == ["good", "bad", "fedavg", "crashy"]
+    good, bad, fedavg, crashy = ranking
+    assert good.worst == pytest.approx(2.0) and good.holds
+    assert good.worst_cell == ("iid", "sign-flip")
+    assert bad.worst == pytest.approx(25.0) and not bad.holds
+    assert fedavg.worst == pytest.approx(35.0)
+    assert math.isinf(crashy.worst) and not crashy.holds
+    table = markdown_matrix(rows, "iid")
+    assert "| good | ours | **0.940** | **0.930** | +2.0 |" in table
+    assert "| crashy | ours | **0.950** | error | crash |" in table
+
+
+@pytest.fixture(scope="module")
+def small_matrix(tmp_path_factory):
+    """Four real federations of 6 silos, 1 round each, in this process: clean FedAvg,
+    FedAvg and centred clipping under sign-flip, and our Bulyan, which needs n ≥ 4f + 3
+    = 7 silos and must crash into its cell rather than abort the matrix."""
+    aggs = [aggregator(a) for a in ("fedavg", "cclip", "robust-bulyan")]
+    grid = plan(
+        partitioners=["iid"], attacks=["none", "sign-flip"], aggregators=aggs, rounds=1,
+        num_clients=6,
+    )  # fmt: skip
+    cells = [c for c in grid if c.attack == "sign-flip" or c.aggregator == "fedavg"]
+    seen = []
+    rows = run_matrix(cells, workers=1, on_row=seen.append)
+    meta = describe(cells, workers=1, command="pytest")
+    meta["complete"], meta["wall-seconds"] = True, sum(r["seconds"] for r in rows)
+    return cells, rows, seen, meta, tmp_path_factory.mktemp("robust")
+
+
+def test_cells_record_accuracy_norms_and_errors(small_matrix):
+    cells, rows, seen, meta, _ = small_matrix
+    assert [(r["attack"], r["aggregator"]) for r in rows] == [
+        ("none", "fedavg"), ("sign-flip", "fedavg"), ("sign-flip", "cclip"),
+        ("sign-flip", "robust-bulyan"),
+    ]  # fmt: skip
+    assert len(seen) == len(cells)  # on_row saw every row as it finished
+    clean, fedavg, cclip, bulyan = rows
+    for row in (clean, fedavg, cclip):
+        assert row.keys() >= ROW_KEYS
+        assert row["error"] is None and 0.0 <= row["accuracy"] <= 1.0
+        assert len(row["accuracy_by_round"]) == 1
+        assert row["accuracy_by_round"][0] == pytest.approx(row["accuracy"], abs=1e-4)
+        assert row["rejected_updates"] == 0 and row["seconds"] > 0
+        assert row["client_update_norm_median"] > 0
+    # The probe sees the silos' own updates, before the server-side attack: round 1
+    # starts from the same model, so clean and attacked FedAvg silos send the same.
+    assert fedavg["client_update_norm_median"] == clean["client_update_norm_median"]
+    # ... but the attack changed the aggregate, hence the global model.
+    assert fedavg["loss"] != pytest.approx(clean["loss"], rel=1e-6)
+    assert bulyan["accuracy"] is None
+    assert "num_byzantine=1 is invalid for bulyan" in bulyan["error"]
+    assert meta["byzantine-partitions"] and len(meta["byzantine-partitions"]) == 1
+    assert meta["num-clients"] == 6 and meta["num-server-rounds"] == 1
+
+
+def test_flower_logging_is_restored_after_inline_cells(small_matrix):
+    flwr_log = logging.getLogger("flwr")
+    assert flwr_log.propagate and flwr_log.handlers
+
+
+def test_json_markdown_png_and_resume(small_matrix):
+    _, rows, _, meta, out_dir = small_matrix
+    out = out_dir / "robustness.md"
+    write_outputs(rows, meta, out, final=True)
+
+    data = json.loads(out.with_suffix(".json").read_text())
+    assert len(data["rows"]) == 4 and all(r.keys() >= ROW_KEYS for r in data["rows"])
+    assert data["clean_fedavg"] == {"iid": pytest.approx(rows[0]["accuracy"])}
+    last = data["worst_case"][-1]
+    assert last["aggregator"] == "robust-bulyan" and last["crashed"]
+    assert last["worst_drop_points"] is None and not last["within_target"]
+    assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    doc = out.read_text()
+    assert "### IID: final test accuracy" in doc
+    assert "| aggregator | family | none | sign-flip | worst drop (pts) |" in doc
+    fedavg_line = next(line for line in doc.splitlines() if line.startswith("| fedavg |"))
+    assert f"{rows[1]['accuracy']:.3f}" in fedavg_line
+    bulyan_line = next(line for line in doc.splitlines() if line.startswith("| robust-bulyan |"))
+    assert "error" in bulyan_line and "crash" in bulyan_line
+    assert "## Worst-case drop vs clean FedAvg" in doc and "robustness.png" in doc
+    assert "Crashed cells:** robust-bulyan (ValueError)" in doc
+    assert "Does plain FedAvg collapse?" in doc
+    assert doc == render_markdown(rows, meta)  # rendering is a pure function of the rows
+
+    resumed = load_resumable(out.with_suffix(".json"), meta)
+    assert [r["aggregator"] for r in resumed] == ["fedavg", "fedavg", "cclip"]  # not the crash
+    assert load_resumable(out.with_suffix(".json"), {**meta, "num-server-rounds": 2}) == []
