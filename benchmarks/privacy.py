@@ -41,11 +41,13 @@ import argparse
 import logging
 import math
 import multiprocessing
+import os
 import platform
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
@@ -380,6 +382,7 @@ def empty_row(cell: Cell) -> dict[str, Any]:
         "shared_run": False,
         "error": None,
         "seconds": 0.0,
+        "run_config": cfg,
     }
 
 
@@ -452,10 +455,6 @@ def _median(ordered: Sequence[float]) -> float:
     return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
-def _run_indexed(job: tuple[int, Cell]) -> tuple[int, dict[str, Any]]:
-    return job[0], run_cell(job[1])
-
-
 def _cost(cell: Cell) -> float:
     """Rough relative cost (for scheduling the slowest federations first)."""
     cfg = cell.run_config()
@@ -506,11 +505,21 @@ def run_grid(
                 flwr_log.removeFilter(f)
             torch.set_num_threads(threads)
     else:
+        # concurrent.futures rather than multiprocessing.Pool: when a worker process dies
+        # (killed from outside), Pool silently replaces it and waits forever for its task;
+        # the executor fails the pending cells instead, which are then recorded as errors
+        # (and rerun by --resume).
         ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(processes=workers, initializer=prepare_process) as pool:
-            jobs = list(enumerate(unique))
-            for i, row in pool.imap_unordered(_run_indexed, jobs, chunksize=1):
-                done(row, unique[i])
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=prepare_process) as pool:
+            futures = {pool.submit(run_cell, cell): cell for cell in unique}
+            for future in as_completed(futures):
+                cell = futures[future]
+                try:
+                    row = future.result()
+                except Exception as exc:  # BrokenProcessPool: a worker died
+                    row = empty_row(cell)
+                    row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+                done(row, cell)
     return [rows[c.key] for c in cells if c.key in rows]
 
 
@@ -822,11 +831,22 @@ def discussion(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> li
                 f"({_pts(-(drop_points(r, rows) or 0.0))})"
                 for r in priv
             ]
-            out.append(
+            text = (
                 f"**{task}, {MODE_LABELS[mode]}** — {metric} {_fmt(base['utility'])} without DP; "
                 + "; ".join(parts)
                 + " (points vs non-private)."
             )
+            if metric != "accuracy" and base["accuracy"] is not None:
+                text += (
+                    f" Accuracy: {_fmt(base['accuracy'])} without DP; "
+                    + "; ".join(
+                        f"ε = {r['epsilon_label']}: {_fmt(r['accuracy'])}"
+                        for r in priv
+                        if r["accuracy"] is not None
+                    )
+                    + "."
+                )
+            out.append(text)
 
     # 1b. Central vs local at the same ε.
     for task in tasks:
@@ -890,12 +910,17 @@ def discussion(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> li
     ref = []
     for task in tasks:
         r2 = _find(rows, task, "central", 2.0)
-        if r2 is not None and drop_points(r2, rows) is not None:
-            drop = drop_points(r2, rows)
-            verb = "loses" if drop >= 0 else "gains"
-            ref.append(
-                f"{task} {verb} {abs(drop):.1f} points of {tasks[task]['utility-metric']} at ε = 2"
-            )
+        base = baseline(rows, task, "central")
+        drop = drop_points(r2, rows) if r2 is not None else None
+        if drop is None:
+            continue
+        text = (
+            f"{task} {'loses' if drop >= 0 else 'gains'} {abs(drop):.1f} points of "
+            f"{tasks[task]['utility-metric']} at ε = 2"
+        )
+        if tasks[task]["utility-metric"] != "accuracy" and r2["accuracy"] is not None:
+            text += f" ({100 * (base['accuracy'] - r2['accuracy']):.1f} points of accuracy)"
+        ref.append(text)
     if ref:
         text = (
             "**Against the reference point.** The issue's reference: TensorFlow Federated's "
@@ -904,15 +929,17 @@ def discussion(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> li
             "tutorial *Differential Privacy in TFF*, McMahan et al. 2018, Andrew et al. "
             "2021). Here, "
             + " and ".join(ref)
-            + f" with {', '.join(str(t['clients-per-round']) for t in tasks.values())} "
-            "clients per round. The gap is not the algorithm (the same clipping, noise and "
-            "RDP accounting) but the population: federated EMNIST has "
+            + f", with {_clients_per_round(tasks)} clients per round. Where we are far from "
+            "it, the gap is not the algorithm (the same clipping, noise and RDP accounting) "
+            "but the population: federated EMNIST has "
             f"{EMNIST_CLIENTS:,} writers, so 100 clients per round is a sample rate of "
             f"≈ {100 / EMNIST_CLIENTS:.3f}, and amplification by (secret) sampling lets "
             "each round cost only a little privacy; hundreds of rounds then fit in ε ≈ 2 "
             "with σ ≈ 1. Our silos are the whole population and all of them take part in "
             "every round (sample rate 1), so every round costs full price and σ must be "
-            "several times larger."
+            "several times larger; with m = 100 the noise σC/m then dominates the update. "
+            "The same m that suffices for EMNIST is too few clients per round here, "
+            "because here it is also the whole population."
         )
         if wi:
             text += (
@@ -929,6 +956,26 @@ def discussion(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> li
                 + ". (Amplification assumes Poisson sampling with a secret seed; "
                 "`sampling-amplification = true` accounts that way.)"
             )
+        for t in tasks:
+            r = _find(rows, t, "central", 2.0)
+            drop = drop_points(r, rows) if r is not None else None
+            if drop is None or drop >= 1.0:
+                continue
+            d = tasks[t]["model-parameters"]
+            noise = r["sigma"] * math.sqrt(d) / tasks[t]["clients-per-round"]
+            text += (
+                f" {t} does come within 1 point on its {tasks[t]['utility-metric']}: its "
+                f"model is small (d = {d:,}) and the task easy, so the noise norm σC√d/m "
+                f"is only ≈ {noise:.1f} C at ε = 2"
+            )
+            base = baseline(rows, t, "central")
+            if tasks[t]["utility-metric"] != "accuracy" and r["accuracy"] is not None:
+                acc_drop = 100 * (base["accuracy"] - r["accuracy"])
+                text += (
+                    f"; accuracy, which depends on a few borderline patients rather than on "
+                    f"the ranking, still drops {acc_drop:.1f} points"
+                )
+            text += "."
         out.append(text)
 
     # 4. Local DP.
@@ -947,7 +994,12 @@ def discussion(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> li
             "rate 1, without amplification), so the noise on a silo's mean gradient is "
             "σC/nᵢ with nᵢ of a few rows. Averaging m silos divides the independent noises "
             "by √m only, not by m: local DP costs √m × more noise than central DP-SGD on "
-            "the pooled rows would at the same σ. Tiny silos make local DP expensive."
+            "the pooled rows would at the same σ. Tiny silos make local DP expensive. "
+            "In numbers, the noise on the average of the m silos' mean gradients is "
+            "≈ σC√d/(n√m) per local step — "
+            + "; ".join(_local_noise(task, info, local) for task, info in tasks.items())
+            + " — and every round takes one such noisy step per local epoch, where central "
+            "DP adds its noise once per round."
         )
         skipped = sum(r.get("skipped_silo_rounds", 0) for r in local)
         if skipped:
@@ -1003,6 +1055,27 @@ def _clip_note(task: str, info: Mapping[str, Any], rows: Sequence[Mapping[str, A
     )
 
 
+def _clients_per_round(tasks: Mapping[str, Mapping[str, Any]]) -> str:
+    counts = {info["clients-per-round"] for info in tasks.values()}
+    if len(counts) == 1:
+        return str(counts.pop())
+    return ", ".join(f"{t} {i['clients-per-round']}" for t, i in tasks.items())
+
+
+def _local_noise(task: str, info: Mapping[str, Any], local: Sequence[Mapping]) -> str:
+    d, m = info["model-parameters"], info["clients-per-round"]
+    n = info["rows-per-silo"]["median"]
+    sub = sorted(
+        (r for r in local if r["task"] == task and r["sigma"]), key=lambda r: r["target_epsilon"]
+    )
+    parts = [
+        f"ε = {r['epsilon_label']}: σ = {r['sigma']:.2f}, "
+        f"≈ {r['sigma'] * math.sqrt(d) / (n * math.sqrt(m)):.1f} C"
+        for r in sub
+    ]
+    return f"{task} (n ≈ {n}, d = {d:,}): " + ", ".join(parts)
+
+
 def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
     """The whole report (a pure function of the rows and meta)."""
     tasks = meta.get("tasks", {})
@@ -1026,7 +1099,20 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
         f"({'complete' if meta.get('complete') else 'partial'}; "
         f"{meta.get('wall-seconds', 0):.0f} s wall on {meta.get('workers')} workers, "
         f"{meta.get('machine', '')}; flwr {meta.get('flwr')}, torch {meta.get('torch')}, "
-        f"opacus {meta.get('opacus')}). Raw numbers: `docs/privacy.json`.",
+        f"opacus {meta.get('opacus')}"
+        + (
+            f"; load average {'/'.join(f'{x:g}' for x in meta['load-average-at-end'])} at the "
+            "end, so other jobs may have shared the cores and stretched the seconds"
+            if meta.get("load-average-at-end")
+            and meta["load-average-at-end"][0] > meta.get("workers", 1) + 0.5
+            else ""
+        )
+        + (
+            f"; {meta['resumed-cells']} cells reused from an earlier run (`--resume`)"
+            if meta.get("resumed-cells")
+            else ""
+        )
+        + "). Raw numbers: `docs/privacy.json`.",
         "",
         "## Setup",
         "",
@@ -1150,13 +1236,40 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
     return "\n".join(lines)
 
 
-def write_outputs(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], out: Path) -> None:
-    """``out`` (Markdown), and the JSON and PNG next to it."""
+def write_json(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], path: Path) -> None:
+    """The JSON (atomically: a killed run leaves the previous file or the new one)."""
     import json
 
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(to_json(rows, meta), indent=1, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+def load_resumable(path: Path, cells: Sequence[Cell]) -> dict[tuple[str, str, float], dict]:
+    """Rows of an earlier JSON that ran exactly a cell's run config (crashed rows are
+    rerun), keyed like :attr:`Cell.key`."""
+    import json
+
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    wanted = {(c.task, c.mode, c.target_epsilon): c for c in cells}
+    out = {}
+    for r in old.get("rows", []):
+        eps = math.inf if r.get("target_epsilon") is None else float(r["target_epsilon"])
+        cell = wanted.get((r.get("task"), r.get("mode"), eps))
+        if cell is None or r.get("error") or r.get("run_config") != cell.run_config():
+            continue
+        out[cell.key] = {**r, "target_epsilon": r.get("target_epsilon")}
+    return out
+
+
+def write_outputs(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], out: Path) -> None:
+    """``out`` (Markdown), and the JSON and PNG next to it."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    json_path = out.with_suffix(".json")
-    json_path.write_text(json.dumps(to_json(rows, meta), indent=1, allow_nan=False) + "\n")
+    write_json(rows, meta, out.with_suffix(".json"))
     render_png(rows, out.with_suffix(".png"))
     out.write_text(render_markdown(rows, meta))
 
@@ -1195,6 +1308,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, default=None,
         help=f"Markdown output; JSON and PNG go next to it ({DEFAULT_OUT})",
     )  # fmt: skip
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="reuse the finished cells of the JSON next to --out (same run config only)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.silos = args.silos or QUICK_SILOS
@@ -1227,25 +1344,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     meta = describe(cells, workers=args.workers, command=command.strip())
     meta["settings"] = {t: asdict(s) for t, s in settings_from_args(args).items()}
-    runs = len({c.run_key for c in cells})
-    LOG.info("%d cells (%d federations) on %d workers", len(cells), runs, args.workers)
+    done: dict[tuple[str, str, float], dict[str, Any]] = {}
+    if args.resume and args.out is not None:
+        done = load_resumable(args.out.with_suffix(".json"), cells)
+        LOG.info("resume: %d of %d cells already done", len(done), len(cells))
+    todo = [c for c in cells if c.key not in done]
+    meta["resumed-cells"] = len(done)
+    runs = len({c.run_key for c in todo})
+    LOG.info("%d cells (%d federations) on %d workers", len(todo), runs, args.workers)
     started = time.perf_counter()
     finished = 0
+
+    def rows_so_far() -> list[dict[str, Any]]:
+        return [done[c.key] for c in cells if c.key in done]
 
     def on_row(row: dict[str, Any]) -> None:
         nonlocal finished
         finished += 1
+        eps = math.inf if row["target_epsilon"] is None else row["target_epsilon"]
+        done[(row["task"], row["mode"], eps)] = row
+        if args.out is not None:
+            meta["complete"] = False
+            write_json(rows_so_far(), meta, args.out.with_suffix(".json"))
         status = row["error"] or (
             f"{row['utility_metric']}={_fmt(row['utility'])} ε={_fmt(row['epsilon'], '.3f')} "
             f"σ={_fmt(row['sigma'], '.3g')}"
         )
-        LOG.info("[%d/%d] %-13s %-7s ε=%-3s %s  %.0fs  (elapsed %.0fs)", finished, len(cells),
+        LOG.info("[%d/%d] %-13s %-7s ε=%-3s %s  %.0fs  (elapsed %.0fs)", finished, len(todo),
                  row["task"], row["mode"], row["epsilon_label"], status, row["seconds"],
                  time.perf_counter() - started)  # fmt: skip
 
-    rows = run_grid(cells, workers=args.workers, on_row=on_row)
+    run_grid(todo, workers=args.workers, on_row=on_row)
+    rows = rows_so_far()
     meta["complete"] = len(rows) == len(cells) and not any(r["error"] for r in rows)
     meta["wall-seconds"] = round(time.perf_counter() - started, 1)
+    meta["load-average-at-end"] = [round(x, 2) for x in os.getloadavg()]
     print()
     print_table(rows)
     if args.out is not None:
