@@ -109,7 +109,12 @@ class RunConfig(BaseModel):
         "none", description="Pre-aggregation in front of our robust rules (NNM, bucketing)."
     )
     bucket_size: int = Field(2, ge=1, description="Updates averaged per bucket (bucketing).")
-    cclip_tau: float = Field(10.0, gt=0, description="Clipping radius τ of centred clipping.")
+    cclip_tau: float = Field(
+        0.0,
+        ge=0,
+        description="Clipping radius τ of centred clipping; 0 = per round, the median distance "
+        "of the updates from the previous aggregate (adapts to the update scale).",
+    )
     clip_norm: float = Field(1.0, gt=0, description="Update-norm bound C (norm-clip; DP clipping).")
     fltrust_root_size: int = Field(
         100, ge=1, description="Rows of the server's root data set (FLTrust)."

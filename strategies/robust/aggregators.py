@@ -902,7 +902,7 @@ def centered_clipping(
     weights: torch.Tensor | None = None,
     *,
     center: torch.Tensor | None = None,
-    tau: float = 10.0,
+    tau: float | None = 10.0,
     n_iter: int = 1,
 ) -> torch.Tensor:
     """Centered clipping (CClip) around a reference point.
@@ -916,11 +916,19 @@ def centered_clipping(
     callers pass it, and ``None`` means the zero vector. ``tau = inf`` disables clipping and
     returns the weighted mean (for any center).
 
+    ``tau = None`` picks the radius from the round itself: the median of the distances
+    ``||x_i - center||`` (unweighted). A fixed τ has to match the scale of honest updates,
+    which depends on the model, the learning rate and the local epochs (the authors' τ = 10
+    is for single stochastic gradients); with fewer than n/2 Byzantine updates the median
+    distance is at most the largest honest distance, so Byzantine updates cannot inflate the
+    radius beyond the honest scale, and at least half of the updates are clipped to it.
+
     Args:
         updates: ``(n, d)`` stacked client updates.
         weights: ``(n,)`` non-negative weights with positive sum; ``None`` for uniform.
         center: ``(d,)`` starting point, typically the previous aggregate; ``None`` = zeros.
-        tau: clipping radius in ``(0, inf]`` (default 10, as in the authors' code).
+        tau: clipping radius in ``(0, inf]`` (default 10, as in the authors' code), or
+            ``None`` for the median distance of the updates from ``center``.
         n_iter: number of clipping iterations (>= 1).
 
     Returns:
@@ -929,16 +937,22 @@ def centered_clipping(
     x = _check_updates(updates)
     n, d = x.shape
     w = _check_weights(weights, n, x.device)
-    tau = _check_positive(tau, "tau", allow_inf=True)
+    if tau is not None:
+        tau = _check_positive(tau, "tau", allow_inf=True)
     n_iter = _check_int(n_iter, "n_iter")
     if n_iter < 1:
         raise ValueError(f"n_iter must be >= 1; got {n_iter}")
     if center is None:
         v = torch.zeros(d, dtype=torch.float64, device=x.device)
     else:
-        v = _check_vector(center, d, "center", x.device)
+        # a copy: v is updated in place and must not alias the caller's tensor
+        v = _check_vector(center, d, "center", x.device).clone()
     w = w / w.sum()
     norms = _row_distances(x, v)
+    if tau is None:
+        tau = float(norms.quantile(0.5))  # even n: the mean of the two middle distances
+        if tau == 0.0:  # every update equals the centre
+            return v.to(x.dtype)
     for i in range(n_iter):
         scale = (tau / norms).clamp_max(1.0)  # norm 0 -> inf -> 1 (diff is 0 anyway)
         # v <- v + sum_i c_i (x_i - v), fused with the distances to the new v when needed.

@@ -76,8 +76,9 @@ def geomed(cfg: RunConfig) -> RobustAggregation:
 
 
 def cclip(cfg: RunConfig) -> RobustAggregation:
-    """Centred clipping around the previous aggregate (Karimireddy et al., 2021)."""
-    strategy = _robust(cfg, agg.centered_clipping, tau=cfg.cclip_tau)
+    """Centred clipping around the previous aggregate (Karimireddy et al., 2021);
+    ``cclip-tau = 0`` takes τ = the median distance of the round's updates from it."""
+    strategy = _robust(cfg, agg.centered_clipping, tau=cfg.cclip_tau or None)
     strategy.use_previous_as_center = True
     return strategy
 
@@ -96,12 +97,12 @@ def fltrust(cfg: RunConfig) -> RobustAggregation:
 
     task = get_task(cfg.task)
     root = task.load_root(cfg, cfg.fltrust_root_size)
-    rounds = iter(range(1, 1_000_000))
 
-    def server_update(global_arrays: ArrayRecord) -> ArrayRecord:
+    def server_update(global_arrays: ArrayRecord, server_round: int) -> ArrayRecord:
         model = task.build_model()
         model.load_state_dict(global_arrays.to_torch_state_dict())
-        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "fltrust", next(rounds)))
+        # Seeded by (seed, round), not by a counter: a resumed run trains the same.
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "fltrust", server_round))
         task.train(model, root, cfg, generator=generator)
         return ArrayRecord(model.state_dict())
 
