@@ -9,18 +9,24 @@ Messages:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fl_app.config import RunConfig
 from fl_app.seeding import derive_seed, seed_everything
+from fl_app.vertical.client import register as register_vertical
 from strategies.robust.simulation import byzantine_partitions
+from strategies.secagg.client import register as register_secagg
+from strategies.secagg.client import secagg_mod
 from strategies.wrappers import META_KEY
 from tasks import get_task
 from tasks.base import MOMENTS_KEY, ArrayDataset
 
 app = ClientApp()
+register_vertical(app)  # vertical mode's handlers: query.vertical_*, train.vertical_step
+register_secagg(app)  # secure aggregation's handlers: query.secagg_*
 
 
 def silo_partition(context: Context) -> tuple[int, int]:
@@ -73,7 +79,7 @@ def query(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
-@app.train()
+@app.train(mods=[secagg_mod])  # masks the reply when the message asks for secure aggregation
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this silo's partition."""
     cfg, task, pid, n, model = _setup(msg, context)
@@ -83,7 +89,9 @@ def train(msg: Message, context: Context) -> Message:
     train_data = data.train
     if cfg.attack == "label-flip" and pid in byzantine_partitions(n, cfg.attack_fraction, cfg.seed):
         # Simulated data poisoning (threat-model tool): this silo learns flipped labels.
-        train_data = ArrayDataset(train_data.x, task.num_classes - 1 - train_data.y)
+        # Padding labels (< 0, sequence tasks) stay padding.
+        flipped = np.where(train_data.y >= 0, task.num_classes - 1 - train_data.y, train_data.y)
+        train_data = ArrayDataset(train_data.x, flipped)
     generator = seed_everything(derive_seed(cfg.seed, "train", pid, server_round))
     if cfg.local_dp:
         metrics = _train_local_dp(model, train_data, task, cfg, context, generator)
@@ -96,15 +104,32 @@ def train(msg: Message, context: Context) -> Message:
             generator=generator,
         )
     metrics["num-examples"] = len(data.train)
-    return Message(
-        RecordDict(
-            {
-                "arrays": ArrayRecord(model.state_dict()),
-                "metrics": MetricRecord(metrics),
-                META_KEY: _meta(pid),
-            }
-        ),
-        reply_to=msg,
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(model.state_dict()),
+            "metrics": MetricRecord(metrics),
+            META_KEY: _meta(pid),
+        }
+    )
+    if cfg.compression != "none":
+        content = _compress(content, msg.content["arrays"], cfg, context, pid, server_round)
+    return Message(content, reply_to=msg)
+
+
+def _compress(content, received, cfg: RunConfig, context: Context, pid: int, server_round: int):
+    """The reply with its model delta compressed (strategies.compression); the error
+    feedback residual lives in the node's persistent state."""
+    from strategies.compression import CompressionSpec, compress_train_content
+
+    spec = CompressionSpec(cfg.compression, cfg.topk_fraction, cfg.quantization_chunk)
+    generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "compress", pid, server_round))
+    return compress_train_content(
+        content,
+        received,
+        spec,
+        state=context.state,
+        error_feedback=cfg.error_feedback,
+        generator=generator,
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Mapping
 from functools import lru_cache
@@ -89,6 +90,19 @@ class RunConfig(BaseModel):
     round_timeout: float = Field(
         3600.0, gt=0, description="Seconds to wait for replies in a round."
     )
+    straggler_timeout: float = Field(
+        0.0,
+        ge=0,
+        description="Once a round has `min-train-nodes` (`min-evaluate-nodes`) replies, wait "
+        "at most this many more seconds for the rest (0 = wait for all or `round-timeout`).",
+    )
+    round_retries: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Times a training round with fewer than `min-train-nodes` replies is "
+        "re-sent to the missing silos before the run stops, naming them.",
+    )
     # Strategy parameters (each strategy reads the ones it needs).
     proximal_mu: float = Field(0.01, ge=0, description="FedProx proximal term weight μ.")
     server_learning_rate: float = Field(
@@ -123,6 +137,12 @@ class RunConfig(BaseModel):
         10.0,
         ge=0,
         description="Reject an update whose norm exceeds this × the cohort median (0 = off).",
+    )
+    max_update_bytes: int = Field(
+        0,
+        ge=0,
+        description="Reject a reply whose payload exceeds this many bytes (0 = twice the "
+        "global model's size + 1 MiB).",
     )
     # Attack simulation (a threat-model tool: simulated Byzantine silos).
     attack: Literal["none", "sign-flip", "gaussian", "scaling", "label-flip", "alie", "ipm"] = (
@@ -177,6 +197,89 @@ class RunConfig(BaseModel):
         ge=0,
         description="Per-silo ε budget over all rounds (0 = use `local-noise-multiplier`).",
     )
+    # Secure aggregation (strategies/secagg): the server sees only the sum of updates.
+    secure_aggregation: bool = Field(
+        False,
+        description="Mask every update (SecAgg: pairwise + self masks, Shamir-shared keys); "
+        "FedAvg-family strategies only, see docs/security.md.",
+    )
+    secagg_threshold: float = Field(
+        0.6,
+        gt=0.5,
+        le=1,
+        description="Shamir threshold as a fraction of the round's silos (t = ⌈fraction·n⌉, "
+        "≥ 2); up to n − t silos may drop out after the key exchange.",
+    )
+    secagg_clip_range: float = Field(
+        4.0, gt=0, le=1e6, description="Update values are clipped to ±this before quantisation."
+    )
+    secagg_quantization_bits: int = Field(
+        24, ge=8, le=32, description="Fixed-point bits per update value (ring Z_2^64)."
+    )
+    # Communication (strategies/compression).
+    compression: Literal["none", "int8", "int4", "topk", "topk+int8"] = Field(
+        "none",
+        description="Compress each silo's model delta before upload: stochastic 8/4-bit "
+        "quantisation, top-k sparsification, or both.",
+    )
+    topk_fraction: float = Field(
+        0.01, gt=0, le=1, description="Share of each tensor's values top-k keeps."
+    )
+    error_feedback: bool = Field(
+        True,
+        description="Keep what compression dropped in the silo's state and add it to its "
+        "next update.",
+    )
+    quantization_chunk: int = Field(
+        1024, ge=0, description="Values sharing one quantisation scale (0 = one per tensor)."
+    )
+    # Vertical federated learning (fl_app/vertical): parties hold columns, not rows.
+    mode: Literal["horizontal", "vertical"] = Field(
+        "horizontal",
+        description="horizontal = silos hold rows (FedAvg & co.); vertical = split learning: "
+        "the ServerApp is the label party, each SuperNode a feature party (see Vertical).",
+    )
+    vertical_split: str = Field(
+        "",
+        description="Columns per party, label party first, parties separated by ';' and "
+        'columns by "," ("" = the task default 3-party split).',
+    )
+    vertical_coverage: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="With a shared data source: share of the records each party holds "
+        "(seeded, independent per party), so ids overlap partially.",
+    )
+    vertical_embedding_dim: int = Field(
+        8, ge=1, le=1024, description="Width of each party's embedding."
+    )
+    vertical_batch_size: int = Field(
+        512, ge=1, le=1_000_000, description="Aligned records per split-learning step."
+    )
+    vertical_embedding_clip: float = Field(
+        0.0, ge=0, description="Clip each record's embedding to this L2 norm (0 = off)."
+    )
+    vertical_noise_multiplier: float = Field(
+        0.0,
+        ge=0,
+        description="Gaussian noise σ·`vertical-embedding-clip` on sent embeddings (not "
+        "formal DP: unaccounted).",
+    )
+    vertical_gradient_clip: float = Field(
+        0.0, ge=0, description="Clip each record's embedding gradient to this L2 norm (0 = off)."
+    )
+    vertical_timeout: float = Field(
+        120.0, gt=0, description="Seconds to wait for every party's reply to one vertical step."
+    )
+    reply_poll_interval: float = Field(
+        0.0,
+        ge=0,
+        le=10,
+        description="0 = Flower's own reply loop (one pull, then 3 s sleeps); > 0 = poll "
+        "after this many seconds, growing ×1.5 to 0.5 s (see docs/efficiency.md: slower "
+        "for small, fast rounds on a busy machine).",
+    )
     # Tracking.
     mlflow_tracking_uri: str = Field(
         "",
@@ -194,6 +297,16 @@ class RunConfig(BaseModel):
     )
     run_dir: str = Field(
         "outputs", description="Directory under which each run writes model, metrics, config."
+    )
+    resume: bool = Field(
+        False,
+        description="Continue from the last complete round of the newest run with the same "
+        "settings under `run-dir` (or `resume-from`); starts afresh when there is none.",
+    )
+    resume_from: str = Field(
+        "",
+        description="Run directory, checkpoint directory, checkpoint file or Blob URL to "
+        "resume from (needs `resume` = true).",
     )
 
     @field_validator("task")
@@ -251,6 +364,36 @@ class RunConfig(BaseModel):
                 f"run-config 'attack' = '{self.attack}' needs 'attack-fraction' > 0 "
                 "(e.g. 0.2), or set attack = 'none'."
             )
+        if self.resume_from and not self.resume:
+            raise ConfigError(
+                f"run-config 'resume-from' = {self.resume_from!r} needs 'resume' = true; "
+                "set resume=true or drop resume-from."
+            )
+        if self.compression.startswith("topk") and self.strategy not in mean_based:
+            raise ConfigError(
+                f"run-config 'compression' = '{self.compression}' is unsound with strategy "
+                f"'{self.strategy}': top-k updates are sparse with different supports, so "
+                "coordinate-wise medians/trimming and Krum-style distances judge the "
+                "sparsity pattern, not the update. Use 'int8'/'int4' or one of: "
+                + ", ".join(sorted(mean_based))
+            )
+        if self.vertical_noise_multiplier > 0 and self.vertical_embedding_clip == 0:
+            raise ConfigError(
+                "run-config 'vertical-noise-multiplier' > 0 needs 'vertical-embedding-clip' > 0 "
+                "(noise std is σ × clip); set e.g. vertical-embedding-clip = 1.0"
+            )
+        if self.mode == "vertical":
+            from tasks.vertical import VERTICAL_TASKS
+
+            if self.task not in VERTICAL_TASKS:
+                raise ConfigError(
+                    f"run-config 'mode' = 'vertical' does not support task '{self.task}'; "
+                    f"use task = one of {', '.join(VERTICAL_TASKS)}"
+                )
+        if self.secure_aggregation:
+            from strategies.secagg.checks import check_secure_aggregation
+
+            check_secure_aggregation(self, mean_based)
         if self.min_train_nodes > self.min_available_nodes:
             raise ConfigError(
                 f"run-config 'min-train-nodes' = {self.min_train_nodes} exceeds "
@@ -340,10 +483,17 @@ def update_readme(path: str = "README.md") -> None:
     """Rewrite the config table between the README's markers."""
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{path} lacks the config-table markers; restore them first")
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(f"{head}{README_START}\n{reference_table()}\n{README_END}{tail}")
+    # Build everything first, then replace atomically: a failure (or a concurrent
+    # writer) never leaves a truncated README behind.
+    new_text = f"{head}{README_START}\n{reference_table()}\n{README_END}{tail}"
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(new_text)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through the README

@@ -9,7 +9,6 @@ server-side evaluation after every round, and the run directory.
 
 from __future__ import annotations
 
-import io
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,10 +19,19 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fl_app import LOG
+from fl_app.audit import AUDIT_FILE, AuditLog, update_sha256
+from fl_app.checkpointing import (
+    CHECKPOINT_NAME,
+    checkpoint_bytes,
+    find_resume_point,
+    settings_hash,
+)
 from fl_app.config import RunConfig
+from fl_app.reliability import QuorumError, ReliableRounds, StragglerGrid, start_rounds
 from fl_app.seeding import derive_seed, seed_everything
 from fl_app.sinks import ConsoleSink, MetricsSink, RunDirSink, Sinks
 from strategies import build_strategy
+from strategies.compression import CompressedUpdates
 from strategies.robust.simulation import MODEL_ATTACKS, SimulatedAttack, byzantine_partitions
 from strategies.wrappers import META_KEY, RoundReporter, SeededSampling, ValidatedUpdates
 from tasks import Task, get_task
@@ -74,20 +82,18 @@ def make_run_dir(cfg: RunConfig) -> Path:
     return run_dir
 
 
-def checkpoint_bytes(server_round: int, state_dict: dict, cfg: RunConfig) -> bytes:
-    """A checkpoint: the global model's state dict, its round and the config hash."""
-    buffer = io.BytesIO()
-    torch.save(
-        {"round": server_round, "config-hash": cfg.fingerprint(), "state_dict": state_dict},
-        buffer,
-    )
-    return buffer.getvalue()
-
-
-def server_evaluator(task: Task, cfg: RunConfig, sinks: MetricsSink, run_dir: Path):
-    """Flower ``evaluate_fn``, called with the new global model after every round:
-    checkpoints it (atomically, verified by sha256; see adapters.blob.checkpoints) and
-    reports its metrics on the server's held-out test set."""
+def server_evaluator(
+    task: Task,
+    cfg: RunConfig,
+    sinks: MetricsSink,
+    run_dir: Path,
+    strategy: Strategy | None = None,
+    audit: AuditLog | None = None,
+):
+    """Flower ``evaluate_fn``, called with the new global model after every round: reports
+    its metrics on the server's held-out test set, then checkpoints the round (model,
+    ``strategy``'s state, RNG states; atomically, verified by sha256; see
+    fl_app.checkpointing and adapters.blob.checkpoints) and audits the checkpoint."""
     from adapters.blob.checkpoints import open_checkpoint_store
 
     test = task.load_test(cfg)
@@ -95,12 +101,15 @@ def server_evaluator(task: Task, cfg: RunConfig, sinks: MetricsSink, run_dir: Pa
     store = open_checkpoint_store(cfg.checkpoint_uri or str(run_dir / "checkpoints"))
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        state = arrays.to_torch_state_dict()
-        store.save("latest.pt", checkpoint_bytes(server_round, state, cfg))
-        model.load_state_dict(state)
+        model.load_state_dict(arrays.to_torch_state_dict())
         metrics = task.evaluate(model, test)
         metrics["num-examples"] = len(test)
         sinks.log_metrics(server_round, "server", metrics)
+        digest = store.save(
+            CHECKPOINT_NAME, checkpoint_bytes(server_round, arrays, cfg, strategy)
+        )
+        if audit is not None:
+            audit.record("checkpoint", round=server_round, sha256=digest)
         return MetricRecord(metrics)
 
     return evaluate
@@ -174,19 +183,51 @@ def central_dp(strategy: Strategy, cfg: RunConfig, num_silos: int, model) -> Str
 
 
 def wrap_strategy(
-    strategy: Strategy, cfg: RunConfig, roster: dict[int, int], sinks: MetricsSink
+    strategy: Strategy,
+    cfg: RunConfig,
+    roster: dict[int, int],
+    sinks: MetricsSink,
+    audit: AuditLog | None = None,
 ) -> Strategy:
-    """The app's wrappers around a registered strategy, outermost first: reporting,
-    attack simulation (if configured), update validation, seeded sampling."""
+    """The app's wrappers around a registered strategy, outermost first: reliability
+    (payload limit, quorum and retries, audit log; fl_app.reliability), reporting,
+    byte counting and decoding of compressed updates, secure aggregation or attack
+    simulation (if configured), update validation, seeded sampling."""
+    reliable = ReliableRounds(
+        strategy,  # re-pointed at the wrapped chain below
+        min_train_nodes=cfg.min_train_nodes,
+        retries=cfg.round_retries,
+        timeout=cfg.round_timeout,
+        roster=roster,
+        audit=audit,
+        max_update_bytes=cfg.max_update_bytes,
+    )
     wrapped: Strategy = ValidatedUpdates(
-        SeededSampling(strategy, cfg.seed, roster), max_norm_ratio=cfg.max_update_norm_ratio
+        SeededSampling(strategy, cfg.seed, roster),
+        max_norm_ratio=cfg.max_update_norm_ratio,
+        on_reject=reliable.note_rejection,
     )
     if cfg.attack in MODEL_ATTACKS:
         byzantine = byzantine_partitions(len(roster), cfg.attack_fraction, cfg.seed)
         wrapped = SimulatedAttack(
             wrapped, cfg.attack, byzantine, strength=cfg.attack_strength, seed=cfg.seed
         )
-    return RoundReporter(wrapped, sinks.log_metrics, sinks.log_silo_metrics)
+    if cfg.secure_aggregation:  # receives masked updates; hands validation one aggregate
+        from strategies.secagg import SecureAggregation
+
+        wrapped = SecureAggregation(
+            wrapped,
+            threshold=cfg.secagg_threshold,
+            clip_range=cfg.secagg_clip_range,
+            bits=cfg.secagg_quantization_bits,
+            timeout=cfg.round_timeout,
+        )
+    # Outside validation and attack simulation: they see decoded updates. Always on, as
+    # it also measures the serialised bytes of every round (bytes-uploaded).
+    wrapped = CompressedUpdates(wrapped)
+    reliable.inner = RoundReporter(wrapped, sinks.log_metrics, sinks.log_silo_metrics)
+    # Outermost: payload limit, quorum/retries and the audit see replies as received.
+    return reliable
 
 
 def run_federation(
@@ -195,9 +236,36 @@ def run_federation(
     """Run the federation described by ``cfg`` on ``grid``; returns Flower's Result and
     the run directory."""
     task = get_task(cfg.task)
-    run_dir = make_run_dir(cfg)
-    sinks = Sinks(ConsoleSink(), RunDirSink(run_dir), *tracking_sinks(cfg, run_dir), *extra_sinks)
+    if cfg.straggler_timeout > 0:  # stop waiting for dead silos once the quorum is in
+        grid = StragglerGrid(
+            grid,
+            grace=cfg.straggler_timeout,
+            needed={
+                "train": cfg.min_train_nodes,
+                "evaluate": cfg.min_evaluate_nodes,
+                "query": cfg.min_available_nodes,  # the roll call
+            },
+        )
+    resume = find_resume_point(cfg)  # None unless resume = true and a checkpoint exists
+    run_dir = resume.run_dir if resume is not None and resume.run_dir else make_run_dir(cfg)
+    done = resume.round if resume is not None else 0
+    sinks = Sinks(
+        ConsoleSink(),
+        RunDirSink(run_dir, resume_after=done if resume is not None else None),
+        *tracking_sinks(cfg, run_dir),
+        *extra_sinks,
+    )
     sinks.log_params({**cfg.to_flower(), "config-hash": cfg.fingerprint()})
+    audit = AuditLog(run_dir / AUDIT_FILE, cfg.fingerprint())
+    audit.record(
+        "run-start",
+        task=cfg.task,
+        strategy=cfg.strategy,
+        rounds=cfg.num_server_rounds,
+        seed=cfg.seed,
+        **{"settings-hash": settings_hash(cfg), "resumed-from": resume and resume.source,
+           "resumed-after-round": done},
+    )  # fmt: skip
     LOG.info(
         "[fedsilo] task=%s strategy=%s rounds=%d; outputs in %s",
         cfg.task, cfg.strategy, cfg.num_server_rounds, run_dir,
@@ -211,20 +279,39 @@ def run_federation(
     initial = ArrayRecord(model.state_dict())
     strategy = central_dp(strategy, cfg, len(roster), model)
 
-    result = wrap_strategy(strategy, cfg, roster, sinks).start(
-        grid=grid,
-        initial_arrays=initial,
-        num_rounds=cfg.num_server_rounds,
-        timeout=cfg.round_timeout,
-        train_config=ConfigRecord({"learning-rate": cfg.learning_rate}),
-        evaluate_fn=server_evaluator(task, cfg, sinks, run_dir),
-    )
+    wrapped = wrap_strategy(strategy, cfg, roster, sinks, audit)
+    evaluate_fn = server_evaluator(task, cfg, sinks, run_dir, wrapped, audit)
+    if resume is not None:  # continue after the checkpointed round, states restored
+        LOG.info("[fedsilo] resuming after round %d from %s", done, resume.source)
+        initial = resume.arrays
+        resume.restore(wrapped)
+    try:
+        result = start_rounds(
+            wrapped,
+            grid,
+            initial,
+            first_round=done + 1,
+            num_rounds=cfg.num_server_rounds,
+            timeout=cfg.round_timeout,
+            train_config=ConfigRecord({"learning-rate": cfg.learning_rate}),
+            evaluate_fn=evaluate_fn,
+        )
+    except QuorumError as exc:  # end cleanly: checkpoint of the last round stays valid
+        LOG.error("[fedsilo] %s", exc)
+        audit.record("run-aborted", round=exc.server_round, reason=str(exc))
+        for path in (run_dir / "metrics.json", run_dir / "metrics.csv", audit.path):
+            sinks.log_artifact(path)
+        sinks.close()
+        raise
 
     if len(result.arrays) == 0:  # no round aggregated (e.g. DP budget spent before round 1)
         result.arrays = initial
     model_path = run_dir / "model.pt"
     torch.save(result.arrays.to_torch_state_dict(), model_path)
-    for path in (model_path, run_dir / "metrics.json", run_dir / "metrics.csv"):
+    audit.record(
+        "run-end", round=cfg.num_server_rounds, **{"model-sha256": update_sha256(result.arrays)}
+    )
+    for path in (model_path, run_dir / "metrics.json", run_dir / "metrics.csv", audit.path):
         sinks.log_artifact(path)
     sinks.close()
     final = result.evaluate_metrics_serverapp.get(cfg.num_server_rounds, {})

@@ -73,6 +73,8 @@ class InProcessGrid(Grid):
         ids = []
         for msg in messages:
             key = f"m{next(self._ids)}"
+            # As Flower's grids do: the instruction gets its id, so replies name it.
+            msg.metadata.__dict__["_message_id"] = key
             self._pending[key] = msg
             ids.append(key)
         return ids

@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,11 +101,14 @@ def run_simulation(
     run_dir: Path | None = None,
     timeout: float = 900.0,
     project_dir: Path = PROJECT_DIR,
+    federation_config: dict[str, Any] | None = None,
 ) -> SimulationRun:
     """``flwr run <project> --stream`` with ``overrides``; returns output and metrics.
 
     The run writes under ``run_dir`` (a temporary directory by default); its single
-    sub-directory is the run directory.
+    sub-directory is the run directory. ``federation_config`` adds simulation settings
+    to ``num-supernodes`` (e.g. ``{"client-resources-num-cpus": 1}``; see Flower's
+    ``SimulationConfig``).
     """
     with tempfile.TemporaryDirectory(prefix="fedsilo-flwr-") as home:
         flwr_home = Path(home)
@@ -118,13 +122,19 @@ def run_simulation(
             "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
             "MLFLOW_DISABLE_TELEMETRY": "true",
         }
+        # `flwr ls --format json` colours its JSON when FORCE_COLOR is set (Jupyter sets it).
+        for var in ("FORCE_COLOR", "CLICOLOR_FORCE"):
+            env.pop(var, None)
         cmd = [
             "flwr", "run", str(project_dir), "--stream",
             "--run-config", run_config_arg(config),
-            "--federation-config", f"num-supernodes={num_supernodes}",
+            "--federation-config", run_config_arg(
+                {"num-supernodes": num_supernodes, **(federation_config or {})}
+            ),
         ]  # fmt: skip
         status: dict[str, Any] = {}
         try:
+            _prestart_superlink(env)
             proc = subprocess.run(
                 cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False
             )
@@ -146,6 +156,27 @@ def run_simulation(
             status=status.get("status", "unknown"),
             status_details=status.get("status-details", ""),
         )
+
+
+#: Seconds the local SuperLink may take to start (flwr run itself allows 15 s, which a
+#: busy machine can miss: its import alone can take longer).
+SUPERLINK_START_TIMEOUT = 180.0
+_PRESTART = (
+    "import sys, flwr.cli.local_superlink as m; "
+    "m.LOCAL_SUPERLINK_STARTUP_TIMEOUT = float(sys.argv[1]); m._start_local_superlink()"
+)
+
+
+def _prestart_superlink(env: dict[str, str]) -> None:
+    """Start the run's local SuperLink the way ``flwr run`` would (same command, ports and
+    FLWR_HOME, detached), but wait up to :data:`SUPERLINK_START_TIMEOUT` for it; ``flwr
+    run`` then finds it running. On failure ``flwr run`` starts one itself as usual."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            [sys.executable, "-c", _PRESTART, str(SUPERLINK_START_TIMEOUT)],
+            env=env, capture_output=True, text=True, check=False,
+            timeout=SUPERLINK_START_TIMEOUT + 60,
+        )  # fmt: skip
 
 
 def _last_run_status(env: dict[str, str]) -> dict[str, Any]:

@@ -23,5 +23,16 @@ def load_config(context: Context) -> RunConfig:
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run the federation described by the run config."""
-    run_federation(grid, load_config(context))
+    """Run the federation described by the run config (vertical mode: split learning,
+    this ServerApp being the label party; see fl_app.vertical)."""
+    cfg = load_config(context)
+    if cfg.mode == "vertical":
+        from fl_app.vertical.server import run_vertical
+
+        run_vertical(grid, cfg)
+        return
+    if cfg.reply_poll_interval > 0:  # opt-in; Flower's own loop sleeps 3 s between pulls
+        from fl_app.polling import PromptGrid
+
+        grid = PromptGrid(grid, first_interval=cfg.reply_poll_interval)
+    run_federation(grid, cfg)

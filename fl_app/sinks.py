@@ -69,17 +69,25 @@ class RunDirSink:
     metrics) and ``silo_metrics.json`` into the run directory, rewritten after every round
     so a crashed run keeps what it had."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, resume_after: int | None = None) -> None:
         self.run_dir = run_dir
         self.rows: list[dict[str, Any]] = []
         self.silo_rows: list[dict[str, Any]] = []
+        if resume_after is not None:  # a resumed run keeps the rounds it is not redoing
+            self.rows = self._previous("metrics.json", resume_after)
+            self.silo_rows = self._previous("silo_metrics.json", resume_after)
+
+    def _previous(self, name: str, last_round: int) -> list[dict[str, Any]]:
+        path = self.run_dir / name
+        rows = json.loads(path.read_text()) if path.is_file() else []
+        return [row for row in rows if row.get("round", 0) <= last_round]
 
     def log_silo_metrics(self, server_round, phase, partition_id, metrics) -> None:
         self.silo_rows.append(
             {"round": server_round, "phase": phase, "partition-id": partition_id,
              **{k: _json_number(v) for k, v in metrics.items()}}
-        )
-        (self.run_dir / "silo_metrics.json").write_text(json.dumps(self.silo_rows) + "\n")
+        )  # written with the round's aggregate (log_metrics follows): once per phase,
+        # not once per silo, which rewrote a growing file n times a round
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         (self.run_dir / "config.json").write_text(json.dumps(dict(params), indent=2) + "\n")
@@ -92,6 +100,8 @@ class RunDirSink:
 
     def _flush(self) -> None:
         (self.run_dir / "metrics.json").write_text(json.dumps(self.rows, indent=1) + "\n")
+        if self.silo_rows:
+            (self.run_dir / "silo_metrics.json").write_text(json.dumps(self.silo_rows) + "\n")
         columns = ["round", "phase"]
         for row in self.rows:
             columns += [k for k in row if k not in columns]

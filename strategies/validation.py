@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, Message
+from flwr.app import Array, ArrayRecord, Message
 
 from strategies.flatten import Layout, stack
 
@@ -165,3 +165,57 @@ def filter_replies(
             )
         accepted = [m for m in accepted if id(m) not in drop]
     return accepted, rejected
+
+
+#: Headroom over the global model's size for metrics and metadata when no explicit
+#: ``max-update-bytes`` is set.
+PAYLOAD_HEADROOM = 1 << 20
+
+
+def payload_bytes(msg: Message) -> int:
+    """Bytes of a reply's content as received: the serialised bytes of every array plus
+    the serialised size of every other record (metrics, configs)."""
+    total = 0
+    for record in msg.content.values():
+        if isinstance(record, ArrayRecord):
+            total += sum(len(arr.data) for arr in record.values())
+        else:
+            total += len(record.deflate())
+    return total
+
+
+def default_max_bytes(reference: ArrayRecord) -> int:
+    """The automatic payload limit: twice the global model's serialised size (a secure
+    aggregation upload is one uint64 per float32 parameter) + 1 MiB."""
+    return 2 * sum(len(arr.data) for arr in reference.values()) + PAYLOAD_HEADROOM
+
+
+def check_payload_size(msg: Message, max_bytes: int) -> str | None:
+    """Why ``msg`` is too large (``None`` = fine; ``max_bytes`` ≤ 0 = no limit)."""
+    if max_bytes <= 0 or msg.has_error():
+        return None
+    size = payload_bytes(msg)
+    if size > max_bytes:
+        return (
+            f"payload of {size} bytes exceeds max-update-bytes = {max_bytes} (raise "
+            "'max-update-bytes' if the silos legitimately send more)"
+        )
+    return None
+
+
+def keep_dtypes(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
+    """``arrays`` with each array cast to the dtype of the same key in ``reference``
+    (unchanged, same object, when they already agree)."""
+    changed = {
+        key: arr
+        for key, arr in arrays.items()
+        if key in reference and arr.dtype != reference[key].dtype
+    }
+    if not changed:
+        return arrays
+    return ArrayRecord(
+        {
+            key: Array(arr.numpy().astype(reference[key].dtype)) if key in changed else arr
+            for key, arr in arrays.items()
+        }
+    )

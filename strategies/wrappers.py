@@ -234,6 +234,13 @@ class ValidatedUpdates(StrategyWrapper):
             log(WARNING, "round %d: no valid update left; global model unchanged", server_round)
             return None, MetricRecord({"rejected-updates": len(rejected)})
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        if arrays is not None and self._global is not None:
+            # Flower's FedAdam/FedYogi/FedAdagrad compute in float64 (NumPy 2 promotes
+            # float32 arrays by their float64 bias-correction scalars); the global model
+            # keeps its dtypes, or every float32 reply of the next round would be rejected.
+            from strategies.validation import keep_dtypes
+
+            arrays = keep_dtypes(arrays, self._global)
         metrics = MetricRecord(dict(metrics.items())) if metrics is not None else MetricRecord()
         metrics["rejected-updates"] = len(rejected)
         return arrays, metrics

@@ -6,15 +6,21 @@ one line to ``TASKS`` below.
 
 from __future__ import annotations
 
+from tasks.bank_marketing import BankMarketingTask
 from tasks.base import ArrayDataset, Partition, Task
 from tasks.breast_cancer import BreastCancerTask
 from tasks.digits import DigitsTask
 from tasks.fraud import FraudTask
+from tasks.ner import NerTask
+from tasks.pneumonia import PneumoniaTask
 
 TASKS: dict[str, type[Task]] = {
     "digits": DigitsTask,
     "breast-cancer": BreastCancerTask,
     "fraud": FraudTask,
+    "pneumonia": PneumoniaTask,
+    "ner": NerTask,
+    "bank-marketing": BankMarketingTask,
 }
 
 _INSTANCES: dict[str, Task] = {}

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tasks.partitioning import partition_indices, stratified_split
+from tasks.partitioning import LazyPartitions, stratified_split
 from tasks.training import evaluate_classifier, train_classifier
 
 if TYPE_CHECKING:
@@ -29,7 +29,9 @@ MOMENTS_KEY = "feature-moments"
 
 @dataclass(frozen=True)
 class ArrayDataset:
-    """Features ``x`` (float32, N × …) and integer labels ``y`` (int64, N)."""
+    """Features ``x`` (N × …; float32, or int64 token ids for text tasks) and integer
+    labels ``y`` (int64, N; or N × L per-token tags of a sequence task, padding
+    ``-100``). One row is one example (an image, a patient, a sentence)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -97,6 +99,18 @@ class Task(ABC):
         """Loss weights per class (``None`` = unweighted cross-entropy)."""
         return None
 
+    def strata(self, data: ArrayDataset) -> np.ndarray:
+        """One integer label per row that stratified splits and label-skewed (Dirichlet)
+        partitions use: the label itself; sequence tasks override it (e.g. NER: the
+        type of a sentence's first entity)."""
+        return data.y
+
+    def concat(self, *parts: ArrayDataset) -> ArrayDataset:
+        """The rows of ``parts`` as one dataset (sequence tasks pad to a common length)."""
+        return ArrayDataset(
+            np.concatenate([p.x for p in parts]), np.concatenate([p.y for p in parts])
+        )
+
     # ------------------------------------------------------------------ shared
     def split(self, config: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
         """``(train_pool, server_test)``, the same for the same data, seed and fraction."""
@@ -114,7 +128,7 @@ class Task(ABC):
         size = min(size, len(pool))
         if size == len(pool):
             return pool
-        _, root_idx = stratified_split(pool.y, size / len(pool), seed=config.seed + 7)
+        _, root_idx = stratified_split(self.strata(pool), size / len(pool), seed=config.seed + 7)
         return pool.subset(root_idx)
 
     def load_partition(
@@ -139,9 +153,12 @@ class Task(ABC):
         mine = pool.subset(parts[partition_id])
         if config.val_fraction == 0 or len(mine) < 4:
             return Partition(train=mine, val=mine.subset(np.arange(0)))
-        train_idx, val_idx = stratified_split(
-            mine.y, config.val_fraction, seed=config.seed + 1 + partition_id
-        )
+        key = ("val-split", partition_id, config.val_fraction)
+        if key not in parts.memo:  # sklearn's split costs ~0.1 s; a silo is served often
+            parts.memo[key] = stratified_split(
+                self.strata(mine), config.val_fraction, seed=config.seed + 1 + partition_id
+            )
+        train_idx, val_idx = parts.memo[key]
         return Partition(train=mine.subset(train_idx), val=mine.subset(val_idx))
 
     def load_silo(self, source: str, config: RunConfig) -> Partition:
@@ -203,7 +220,7 @@ def _split_cached(
     pool, test = task.load_data(config)
     if test is not None:
         return pool, test
-    train_idx, test_idx = stratified_split(pool.y, test_fraction, seed=seed)
+    train_idx, test_idx = stratified_split(task.strata(pool), test_fraction, seed=seed)
     return pool.subset(train_idx), pool.subset(test_idx)
 
 
@@ -213,10 +230,10 @@ def _silo_cached(task: Task, source: str, seed: int, val_fraction: float) -> Par
 
     data, test = task.load_data(RunConfig(data_source=source, seed=seed))
     if test is not None:  # a source with its own test split: the silo keeps both
-        data = ArrayDataset(np.concatenate([data.x, test.x]), np.concatenate([data.y, test.y]))
+        data = task.concat(data, test)
     if val_fraction == 0:
         return Partition(train=data, val=data.subset(np.arange(0)))
-    train_idx, val_idx = stratified_split(data.y, val_fraction, seed=seed + 1)
+    train_idx, val_idx = stratified_split(task.strata(data), val_fraction, seed=seed + 1)
     return Partition(train=data.subset(train_idx), val=data.subset(val_idx))
 
 
@@ -229,8 +246,8 @@ def _partitions_cached(
     num_partitions: int,
     partitioner: str,
     alpha: float,
-) -> list[np.ndarray]:
+) -> LazyPartitions:
     pool, _ = _split_cached(task, data_source, seed, test_fraction)
-    return partition_indices(
-        pool.y, num_partitions, partitioner=partitioner, alpha=alpha, seed=seed
+    return LazyPartitions(  # each silo's process builds only its own partition
+        task.strata(pool), num_partitions, partitioner=partitioner, alpha=alpha, seed=seed
     )

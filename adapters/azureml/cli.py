@@ -8,6 +8,10 @@
     fedsilo status SPEC [--submission ID]
     fedsilo logs SPEC [--job superlink|serverapp|<silo>] [--submission ID]
     fedsilo cancel SPEC [--submission ID]
+    fedsilo certs DIR [--host H] [--node NAME]   # CA, SuperLink cert, SuperNode keys
+    fedsilo provision SPEC | --sandbox N [--dry-run]   # Azure infrastructure of the spec
+    fedsilo teardown SPEC | --sandbox N [--yes]        # remove what provision created
+    fedsilo silo-kit SPEC --silo NAME --out DIR        # what an external silo runs
 
 Errors (a bad spec, missing Azure credentials, a failed request, a silo that does not
 start) are printed as one clear message and exit with code 1 (2 for a bad spec).
@@ -87,7 +91,7 @@ def validate(spec_path: SpecArg) -> None:
         table.add_row(
             silo.name,
             "/".join(silo.workspace_scope(spec.orchestrator)[1:]),
-            silo.compute,
+            silo.compute or f"({silo.kind})",
             silo.data.uri if silo.data else "-",
             " ".join(f"{k}={v}" for k, v in silo.node_config.items()),
         )
@@ -246,6 +250,193 @@ def cancel(spec_path: SpecArg, submission: SubmissionOpt = None) -> None:
         _fail(str(exc))
     for role, what in done.items():
         console.print(f"{role:<24} {what}", highlight=False)
+
+
+@app.command()
+def certs(
+    out: Annotated[Path, typer.Argument(help="Directory for the CA, server cert and keys.")],
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", help="Extra SuperLink host name or IP (repeatable)."),
+    ] = None,
+    node: Annotated[
+        list[str] | None,
+        typer.Option("--node", help="SuperNode name to make a key pair for (repeatable)."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Regenerate existing files.")] = False,
+) -> None:
+    """Generate a CA, the SuperLink TLS certificate and SuperNode auth keys (adapters/pki)."""
+    from adapters.pki import make_pki
+
+    try:
+        ca, server, keys = make_pki(out, hosts=host or (), nodes=node or (), overwrite=overwrite)
+    except ValueError as exc:
+        _fail(str(exc), code=2)
+    lines = [
+        f"CA           {ca.cert}",
+        f"SuperLink    {server.cert} (SANs: {', '.join(server.hosts)})",
+        *(f"node {name:<8} {pair.private} (register {pair.public})" for name, pair in keys.items()),
+    ]
+    for line in lines:
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- provisioning
+
+SandboxOpt = Annotated[
+    int | None,
+    typer.Option("--sandbox", help="No spec: an orchestrator + N silos, each in its own region."),
+]
+SubscriptionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--subscription", envvar="AZURE_SUBSCRIPTION_ID", help="Subscription of --sandbox."
+    ),
+]
+NameOpt = Annotated[str, typer.Option("--name", help="Federation name of --sandbox.")]
+
+
+def _provision_spec(
+    spec_path: Path | None, sandbox: int | None, subscription: str | None, name: str
+) -> FederationSpec:
+    from adapters.azureml.provision import sandbox_spec
+
+    if (spec_path is None) == (sandbox is None):
+        _fail("give a federation spec or --sandbox N (not both)", code=2)
+    if spec_path is not None:
+        return _spec(spec_path)
+    if not subscription:
+        _fail("--sandbox needs --subscription <id> (or AZURE_SUBSCRIPTION_ID)", code=2)
+    try:
+        return sandbox_spec(sandbox or 0, subscription, name=name)
+    except (ValueError, SpecError) as exc:
+        _fail(str(exc), code=2)
+
+
+@app.command()
+def provision(
+    spec_path: Annotated[
+        Path | None, typer.Argument(help="Federation spec YAML (or use --sandbox N).")
+    ] = None,
+    sandbox: SandboxOpt = None,
+    subscription: SubscriptionOpt = None,
+    name: NameOpt = "fedsilo-sandbox",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; call nothing on Azure.")
+    ] = False,
+    write_spec: Annotated[
+        Path | None, typer.Option("--write-spec", help="Write the (sandbox) spec YAML here.")
+    ] = None,
+) -> None:
+    """Create the spec's Azure infrastructure: resource group, workspace, per-silo storage,
+    identity, compute, datastore and role assignment (idempotent; see docs/provisioning.md)."""
+    from adapters.azureml.provision import Provisioner, ProvisionError
+
+    spec = _provision_spec(spec_path, sandbox, subscription, name)
+    if write_spec is not None:
+        write_spec.write_text(spec.to_yaml(), encoding="utf-8")
+        console.print(f"wrote {write_spec}", highlight=False)
+    from adapters.azureml.provision import build_plan, format_plan
+
+    plan = build_plan(spec)
+    console.print(
+        f"provision plan of federation '{spec.name}' ({len(plan)} steps):\n{format_plan(plan)}",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+    external = [s.name for s in spec.silos if s.kind == "external"]
+    if external:
+        console.print(
+            f"external silos ({', '.join(external)}): nothing in Azure; give each its kit: "
+            "`fedsilo silo-kit SPEC --silo NAME --out DIR`",
+            highlight=False,
+        )
+    if dry_run:
+        console.print("dry run: nothing was created", highlight=False)
+        return
+    provisioner = Provisioner(spec, **_provision_kwargs())
+    try:
+        done = provisioner.apply(
+            plan,
+            on_step=lambda step, outcome: console.print(
+                f"{outcome:<8} {step.kind:<16} {step.name}", highlight=False
+            )
+        )
+    except ProvisionError as exc:
+        _fail(str(exc))
+    created = sum(1 for _, outcome in done if outcome == "created")
+    console.print(
+        f"[green]✓[/] {created} created, {len(done) - created} already there", highlight=False
+    )
+
+
+@app.command()
+def teardown(
+    spec_path: Annotated[
+        Path | None, typer.Argument(help="Federation spec YAML (or use --sandbox N).")
+    ] = None,
+    sandbox: SandboxOpt = None,
+    subscription: SubscriptionOpt = None,
+    name: NameOpt = "fedsilo-sandbox",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete what `provision` created for the spec (only resources tagged with the
+    federation's name; role assignments by their deterministic names)."""
+    from adapters.azureml.provision import Provisioner, ProvisionError
+
+    spec = _provision_spec(spec_path, sandbox, subscription, name)
+    if not yes and not typer.confirm(
+        f"Delete the Azure resources of federation '{spec.name}' (tag fedsilo-federation="
+        f"{spec.name})?"
+    ):
+        _fail("cancelled; nothing was deleted")
+    provisioner = Provisioner(spec, **_provision_kwargs())
+    try:
+        done = provisioner.teardown(
+            on_step=lambda step, outcome: console.print(
+                f"{outcome:<8} {step.kind:<16} {step.name}", highlight=False
+            )
+        )
+    except ProvisionError as exc:
+        _fail(str(exc))
+    deleted = sum(1 for _, outcome in done if outcome == "deleted")
+    kept = [f"{s.kind} {s.name}" for s, outcome in done if outcome == "kept"]
+    console.print(f"[green]✓[/] {deleted} deleted", highlight=False)
+    if kept:
+        console.print(f"kept (not created by fedsilo): {', '.join(kept)}", highlight=False)
+
+
+def _provision_kwargs() -> dict:
+    """Keyword arguments of :class:`Provisioner` (tests inject a credential and transport)."""
+    return {}
+
+
+@app.command("silo-kit")
+def silo_kit(
+    spec_path: SpecArg,
+    silo: Annotated[str, typer.Option("--silo", help="The external silo's name.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory of the kit.")],
+    pki: Annotated[
+        Path | None,
+        typer.Option("--pki", help="PKI directory of `fedsilo certs` (default: spec's files)."),
+    ] = None,
+) -> None:
+    """Write an external silo's kit: start script, Dockerfile, CA certificate and node key."""
+    from adapters.azureml.silo_kit import SiloKitError, write_silo_kit
+
+    spec = _spec(spec_path)
+    try:
+        kit = write_silo_kit(spec, silo, out, pki_dir=pki)
+    except (SiloKitError, SpecError) as exc:
+        _fail(str(exc), code=2)
+    for path in (kit.start_script, kit.dockerfile, kit.root_cert, kit.private_key, kit.public_key):
+        console.print(f"wrote {path}", highlight=False)
+    console.print(
+        f"silo '{silo}' dials {kit.superlink} with TLS + node authentication; register "
+        f"{kit.public_key.name} with `flwr supernode register {kit.public_key}`",
+        highlight=False,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

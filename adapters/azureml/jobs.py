@@ -359,7 +359,9 @@ def job_names(spec: FederationSpec, submission_id: str) -> dict[str, str]:
     """Job name per role (``superlink``, ``silo:<name>``, ``serverapp``)."""
     prefix = f"{spec.name}-{submission_id}"
     names = {"superlink": f"{prefix}-superlink", "serverapp": f"{prefix}-serverapp"}
-    names.update({f"silo:{s.name}": f"{prefix}-silo-{s.name}" for s in spec.silos})
+    names.update(
+        {f"silo:{s.name}": f"{prefix}-silo-{s.name}" for s in spec.silos if s.kind != "external"}
+    )
     return names
 
 
@@ -399,10 +401,12 @@ def build_jobs(spec: FederationSpec, submission_id: str | None = None) -> Federa
     superlink = None
     if isinstance(spec.network, JobNetwork):
         superlink = _superlink_job(spec, spec.network, names, common)
-    silos = {s.name: _silo_job(spec, s, names, common, environment) for s in spec.silos}
+    # External silos run their own SuperNode (fedsilo silo-kit) and dial in: no job.
+    in_azure = [s for s in spec.silos if s.kind != "external"]
+    silos = {s.name: _silo_job(spec, s, names, common, environment) for s in in_azure}
     serverapp = _serverapp_job(spec, names, common)
     scopes = {names["superlink"]: home, names["serverapp"]: home}
-    scopes.update({names[f"silo:{s.name}"]: JobScope(*s.workspace_scope(orch)) for s in spec.silos})
+    scopes.update({names[f"silo:{s.name}"]: JobScope(*s.workspace_scope(orch)) for s in in_azure})
     return FederationJobs(spec, submission_id, environment, superlink, silos, serverapp, scopes)
 
 

@@ -9,11 +9,22 @@ stopped at the end, also on errors and Ctrl-C.
 
 A silo whose SuperNode exits (before or during the run) raises :class:`SiloFailedError`
 naming the silo, with the end of its log.
+
+With ``security=LocalSecurity(pki_dir)`` the federation runs with TLS and SuperNode
+authentication: :func:`adapters.pki.make_pki` creates (or reuses) a CA, the SuperLink's
+certificate and one EC key pair per silo in ``pki_dir``; the SuperLink starts with
+``--ssl-*`` and ``--enable-supernode-auth``; each silo's public key is registered with
+``flwr supernode register`` before its SuperNode starts with
+``--root-certificates`` and ``--auth-supernode-private-key``; ``flwr`` talks to the
+SuperLink over TLS, verifying it against the CA. Silos listed in ``unregistered`` start
+with a key the SuperLink was never told about: they must be refused (their exit codes are
+in :attr:`LocalRun.refused`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -31,7 +42,7 @@ import psutil
 
 from adapters.azureml.jobs import FLWR_CONNECTION, node_config_arg, run_config_arg
 from adapters.azureml.runtime import wait_http_ok, write_flower_config
-from adapters.azureml.spec import FederationSpec
+from adapters.azureml.spec import FederationSpec, SiloSpec
 from fl_app.local_run import (
     PROJECT_DIR,
     SimulationRun,
@@ -40,7 +51,7 @@ from fl_app.local_run import (
     stop_process_tree,
 )
 
-__all__ = ["LocalFederationError", "LocalRun", "SiloFailedError", "run_local"]
+__all__ = ["LocalFederationError", "LocalRun", "LocalSecurity", "SiloFailedError", "run_local"]
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +75,26 @@ class LocalRun(SimulationRun):
 
     superlink_log: str = ""
     silo_logs: dict[str, str] = field(default_factory=dict)
+    #: Exit codes of the ``unregistered`` silos' SuperNodes (None = still running).
+    refused: dict[str, int | None] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LocalSecurity:
+    """TLS + SuperNode authentication for :func:`run_local`.
+
+    Args:
+        pki_dir: Where the CA, SuperLink certificate and node keys are (created if missing,
+            see :mod:`adapters.pki`; the command line is ``fedsilo certs``).
+        node_auth: Start the SuperLink with ``--enable-supernode-auth`` and register each
+            silo's public key (TLS only if False).
+        unregistered: Silos whose keys are deliberately not registered: their SuperNodes
+            must be refused; they are neither waited for nor counted.
+    """
+
+    pki_dir: Path
+    node_auth: bool = True
+    unregistered: tuple[str, ...] = ()
 
 
 @dataclass
@@ -89,12 +120,28 @@ def _start(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> _Proc:
     return _Proc(name, popen, log_path, log_file)
 
 
+def _orphans_of(pid: int) -> list[psutil.Process]:
+    """Processes Flower started for ``pid`` that may have outlived it: a SuperNode passes
+    ``--parent-pid <pid>`` to its ``flower-superexec``, which keeps running (re-parented)
+    when the SuperNode exits on an error, e.g. when the SuperLink refuses it."""
+    found = []
+    for candidate in psutil.process_iter(["cmdline"]):
+        cmd = candidate.info.get("cmdline") or []
+        if any(a == "--parent-pid" and b == str(pid) for a, b in itertools.pairwise(cmd)):
+            found.append(candidate)
+    return found
+
+
 def _stop_all(procs: list[_Proc]) -> None:
-    """SIGTERM every process tree at once, wait, SIGKILL what is left."""
+    """SIGTERM every process tree at once (and what outlived its parent), wait, SIGKILL
+    what is left."""
 
     def stop(proc: _Proc) -> None:
+        orphans = _orphans_of(proc.popen.pid)
         with contextlib.suppress(psutil.NoSuchProcess):
             stop_process_tree(psutil.Process(proc.popen.pid))
+        for orphan in orphans:
+            stop_process_tree(orphan)
         with contextlib.suppress(Exception):
             proc.popen.wait(timeout=5)
         proc.log_file.close()
@@ -105,12 +152,17 @@ def _stop_all(procs: list[_Proc]) -> None:
 
 
 def _online_nodes(env: dict[str, str]) -> int:
-    proc = subprocess.run(
-        ["flwr", "supernode", "list", "--format", "json"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
     try:
-        nodes = json.loads(proc.stdout).get("nodes", [])
+        proc = subprocess.run(
+            ["flwr", "supernode", "list", "--format", "json"],
+            env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        stdout = proc.stdout
+    except subprocess.TimeoutExpired as exc:  # a loaded machine: use what it printed
+        out = exc.stdout or b""
+        stdout = out.decode(errors="replace") if isinstance(out, bytes) else out
+    try:
+        nodes = json.loads(stdout).get("nodes", [])
     except json.JSONDecodeError:
         return 0
     return sum(1 for node in nodes if node.get("status") == "online")
@@ -125,6 +177,81 @@ def _check_silos(silos: list[_Proc], when: str) -> None:
                 f"silo '{proc.name}': flower-supernode exited with code {code} {when}. "
                 f"Last lines of its log ({proc.log_path}):\n{proc.log(25)}",
             )
+
+
+@dataclass(frozen=True)
+class _TlsArgs:
+    """Command-line flags of a TLS (+ node auth) federation, from :class:`LocalSecurity`."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    keys: dict[str, Any]
+    node_auth: bool
+    unregistered: frozenset[str]
+
+    @classmethod
+    def make(cls, security: LocalSecurity | None, silos: list[str]) -> _TlsArgs | None:
+        if security is None:
+            return None
+        unknown = sorted(set(security.unregistered) - set(silos))
+        if unknown:
+            raise LocalFederationError(
+                f"LocalSecurity.unregistered names {unknown}, which are not silos of the "
+                f"spec ({', '.join(silos)})"
+            )
+        from adapters.pki import make_pki
+
+        ca, server, keys = make_pki(security.pki_dir, nodes=silos)
+        return cls(
+            ca.cert, server.cert, server.key, keys, security.node_auth,
+            frozenset(security.unregistered),
+        )  # fmt: skip
+
+    @property
+    def superlink(self) -> list[str]:
+        flags = ["--ssl-certfile", str(self.cert), "--ssl-keyfile", str(self.key),
+                 "--ssl-ca-certfile", str(self.ca)]  # fmt: skip
+        return [*flags, "--enable-supernode-auth"] if self.node_auth else flags
+
+    def supernode(self, silo: str) -> list[str]:
+        flags = ["--root-certificates", str(self.ca)]
+        if self.node_auth:
+            flags += ["--auth-supernode-private-key", str(self.keys[silo].private)]
+        return flags
+
+
+def _wait_https_ok(url: str, cafile: Path, proc: subprocess.Popen, timeout: float) -> None:
+    """Like ``wait_http_ok``, over TLS verified against ``cafile``."""
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=str(cafile))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with code {proc.returncode} on start")
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as response:
+                if 200 <= response.status < 300:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def _register_node(silo: str, public_key: Path, env: dict[str, str]) -> None:
+    """``flwr supernode register <key>.pub`` on the federation's SuperLink."""
+    proc = subprocess.run(
+        ["flwr", "supernode", "register", str(public_key), "--name", silo, "--format", "json"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0 or '"success": true' not in proc.stdout:
+        raise LocalFederationError(
+            f"could not register silo '{silo}' (key {public_key}) with the SuperLink: "
+            f"{(proc.stdout + proc.stderr).strip()[-800:]}"
+        )
 
 
 def _project_dir(spec: FederationSpec, project_dir: Path | None) -> Path:
@@ -144,6 +271,8 @@ def run_local(
     startup_timeout: float = 180.0,
     free_port: Callable[[], int] = _free_port,
     on_event: Callable[[str], None] | None = None,
+    security: LocalSecurity | None = None,
+    external: Callable[[SiloSpec, str, int], list[str]] | None = None,
 ) -> LocalRun:
     """Run ``spec`` on loopback; return the outcome (check ``.ok``).
 
@@ -157,6 +286,10 @@ def run_local(
         startup_timeout: Seconds for the SuperLink to answer and every SuperNode to register.
         free_port: Picks a free 127.0.0.1 port (one per process).
         on_event: Called with a short progress message at each step.
+        security: TLS + SuperNode authentication (default: insecure loopback).
+        external: For ``kind: external`` silos: ``(silo, superlink address, free port)`` ->
+            the command that starts the silo's own SuperNode (e.g. its ``fedsilo silo-kit``
+            start script), run instead of ``flower-supernode`` (default: like other silos).
 
     Raises:
         SiloFailedError: a silo's SuperNode exited before or during the run.
@@ -175,43 +308,62 @@ def run_local(
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "MLFLOW_DISABLE_TELEMETRY": "true",
     }
+    # `flwr … --format json` colours its JSON when FORCE_COLOR is set (Jupyter kernels set
+    # it), which would leave the node and run status unreadable.
+    for var in ("FORCE_COLOR", "CLICOLOR_FORCE"):
+        env.pop(var, None)
     procs: list[_Proc] = []
     superlink: _Proc | None = None
     silos: list[_Proc] = []
+    refused: list[_Proc] = []
+    tls = _TlsArgs.make(security, [s.name for s in spec.silos])
     try:
         port = free_port()
-        write_flower_config(home, f"127.0.0.1:{port}")
-        notify(f"starting the SuperLink on 127.0.0.1:{port}")
+        write_flower_config(
+            home, f"127.0.0.1:{port}", insecure=tls is None,
+            root_certificates=str(tls.ca) if tls else None,
+        )  # fmt: skip
+        notify(f"starting the SuperLink on 127.0.0.1:{port}" + (" (TLS)" if tls else ""))
         superlink = _start(
             "superlink",
             [
-                "flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
+                "flower-superlink", *(tls.superlink if tls else ["--insecure"]),
+                "--disable-runtime-dependency-installation",
                 "--host", "127.0.0.1", "--port", str(port),
             ],
             env, logs,
         )  # fmt: skip
         procs.append(superlink)
         try:
-            wait_http_ok(f"http://127.0.0.1:{port}/health", superlink.popen, startup_timeout)
+            if tls is None:
+                wait_http_ok(f"http://127.0.0.1:{port}/health", superlink.popen, startup_timeout)
+            else:
+                _wait_https_ok(
+                    f"https://127.0.0.1:{port}/health", tls.ca, superlink.popen, startup_timeout
+                )
         except (RuntimeError, TimeoutError) as exc:
             raise LocalFederationError(
                 f"the SuperLink did not start: {exc}. Its log:\n{superlink.log(25)}"
             ) from None
+        if tls is not None and tls.node_auth:
+            for silo in spec.silos:
+                if silo.name not in tls.unregistered:
+                    _register_node(silo.name, tls.keys[silo.name].public, env)
 
         for silo in spec.silos:
             silo_port = free_port()
             notify(f"starting silo '{silo.name}' ({node_config_arg(silo.node_config)})")
-            proc = _start(
-                silo.name,
-                [
-                    "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
-                    "--host", "127.0.0.1", "--port", str(silo_port),
-                    "--node-config", node_config_arg(silo.node_config),
-                ],
-                env, logs,
-            )  # fmt: skip
+            cmd = [
+                "flower-supernode", *(tls.supernode(silo.name) if tls else ["--insecure"]),
+                "--superlink", f"127.0.0.1:{port}",
+                "--host", "127.0.0.1", "--port", str(silo_port),
+                "--node-config", node_config_arg(silo.node_config),
+            ]  # fmt: skip
+            if external is not None and silo.kind == "external":
+                cmd = external(silo, f"127.0.0.1:{port}", silo_port)
+            proc = _start(silo.name, cmd, env, logs)
             procs.append(proc)
-            silos.append(proc)
+            (refused if tls and silo.name in tls.unregistered else silos).append(proc)
 
         notify(f"waiting for {len(silos)} SuperNodes to register")
         deadline = time.monotonic() + startup_timeout
@@ -262,6 +414,9 @@ def run_local(
             if metrics_file is not None and metrics_file.is_file()
             else []
         )
+        for proc in refused:  # an unregistered SuperNode gives up after its first attempts
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(timeout=30)
         return LocalRun(
             flwr.popen.returncode,
             output,
@@ -270,7 +425,8 @@ def run_local(
             status=status.get("status", "unknown"),
             status_details=status.get("status-details", ""),
             superlink_log=superlink.log(),
-            silo_logs={p.name: p.log() for p in silos},
+            silo_logs={p.name: p.log() for p in silos + refused},
+            refused={p.name: p.popen.poll() for p in refused},
         )
     finally:
         _stop_all(procs)

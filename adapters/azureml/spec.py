@@ -47,12 +47,14 @@ from fl_app.config import ConfigError, RunConfig
 
 __all__ = [
     "DEFAULT_IMAGE",
+    "AttachedCompute",
     "EnvironmentSpec",
     "ExistingNetwork",
     "FederationSpec",
     "JobNetwork",
     "KeyVaultSecret",
     "OrchestratorSpec",
+    "ProvisionSpec",
     "SiloData",
     "SiloSpec",
     "SpecError",
@@ -270,12 +272,101 @@ class SiloData(_Strict):
 
 NodeValue = bool | int | float | str
 
+_REGION_RE = re.compile(r"^[a-z][a-z0-9]{2,39}$")
+_STORAGE_ACCOUNT_RE = re.compile(r"^[a-z0-9]{3,24}$")
+_ARM_CLUSTER_RE = re.compile(
+    r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+    r"(Microsoft\.Kubernetes/connectedClusters|Microsoft\.ContainerService/managedClusters)/[^/]+$",
+    re.IGNORECASE,
+)
+
+
+def _check_region(value: str | None) -> str | None:
+    if value is not None and not _REGION_RE.match(value):
+        raise ValueError(
+            f"'{value}' is not an Azure region name; write it like 'westeurope' or 'eastus2' "
+            "(`az account list-locations --query [].name`)"
+        )
+    return value
+
+
+class AttachedCompute(_Strict):
+    """A Kubernetes cluster (AKS or Azure Arc-enabled) that ``provision`` attaches to the
+    workspace as the silo's compute (the AzureML extension must already be installed)."""
+
+    resource_id: str = Field(
+        description="ARM id of the cluster: /subscriptions/<sub>/resourceGroups/<rg>/providers/"
+        "Microsoft.Kubernetes/connectedClusters/<name> (Arc) or .../Microsoft.ContainerService/"
+        "managedClusters/<name> (AKS)."
+    )
+    namespace: str = Field("default", description="Kubernetes namespace the jobs run in.")
+
+    @field_validator("resource_id")
+    @classmethod
+    def _cluster_id(cls, value: str) -> str:
+        if not _ARM_CLUSTER_RE.match(value):
+            raise ValueError(
+                f"'{value}' is not the ARM id of an AKS or Arc-enabled Kubernetes cluster; "
+                "see `az connectedk8s show --query id` or `az aks show --query id`"
+            )
+        return value
+
+
+class ProvisionSpec(_Strict):
+    """What ``fedsilo provision`` creates beyond the names in the spec (see
+    docs/provisioning.md)."""
+
+    location: str = Field("westeurope", description="Region of the resource group and workspace.")
+    vm_size: str = Field("Standard_DS3_v2", description="VM size of the compute clusters.")
+    max_nodes: int = Field(1, ge=1, le=100, description="Nodes per compute cluster.")
+    storage_sku: Literal["Standard_LRS", "Standard_ZRS", "Standard_GRS"] = Field(
+        "Standard_LRS", description="SKU of the storage accounts."
+    )
+    public_network_access: bool = Field(
+        True,
+        description="false: storage accounts and workspace refuse public traffic (reach them "
+        "through private endpoints / peered virtual networks you add).",
+    )
+    tenant_id: str | None = Field(
+        None, description="Entra tenant of the key vault; default: the subscription's."
+    )
+
+    @field_validator("location")
+    @classmethod
+    def _location(cls, value: str) -> str:
+        return _check_region(value) or value
+
 
 class SiloSpec(_Strict):
-    """One data silo: a SuperNode job on the silo's own compute."""
+    """One data silo: a SuperNode job on the silo's own compute (``kind: azureml``), on a
+    Kubernetes cluster attached to the workspace (``attached``), or a SuperNode its owner runs
+    outside Azure (``external``, see ``fedsilo silo-kit``)."""
 
     name: str = Field(description="Silo name: lowercase letters, digits and '-'.")
-    compute: str = Field(description="AzureML compute cluster that runs this silo's SuperNode.")
+    kind: Literal["azureml", "attached", "external"] = Field(
+        "azureml",
+        description="azureml (compute cluster in the federation's subscription), attached "
+        "(Kubernetes / Arc compute attached to the workspace) or external (on-premises or "
+        "another cloud; dials out to the SuperLink).",
+    )
+    compute: str | None = Field(
+        None,
+        description="AzureML compute cluster (or attached Kubernetes compute) that runs this "
+        "silo's SuperNode; required unless kind is external.",
+    )
+    region: str | None = Field(
+        None,
+        description="Region of the silo's storage, identity and compute (provision); "
+        "default: provision.location.",
+    )
+    storage_account: str | None = Field(
+        None,
+        description="Name of the silo's storage account (provision); default: derived from "
+        "the federation and silo names.",
+    )
+    attach: AttachedCompute | None = Field(
+        None, description="kind attached: the Kubernetes cluster to attach as 'compute'."
+    )
     workspace: str | None = Field(
         None, description="The silo's AzureML workspace; default: the orchestrator's."
     )
@@ -309,6 +400,64 @@ class SiloSpec(_Strict):
                 "'-', starting with a letter (it becomes part of AzureML job names)"
             )
         return value
+
+    @field_validator("region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        return _check_region(value)
+
+    @field_validator("storage_account")
+    @classmethod
+    def _storage_account(cls, value: str | None) -> str | None:
+        if value is not None and not _STORAGE_ACCOUNT_RE.match(value):
+            raise ValueError(
+                f"'{value}' is not a storage account name; use 3-24 lowercase letters and "
+                "digits (globally unique)"
+            )
+        return value
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _compute_missing(cls, data: Any, handler: Any) -> SiloSpec:
+        """With other errors in the silo the 'needs compute' check below does not run; report
+        a missing compute with them (as when compute was required)."""
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            if (
+                not isinstance(data, dict)
+                or "compute" in data
+                or data.get("kind", "azureml") == "external"
+                or any(not e["loc"] for e in exc.errors())  # the check below said it
+            ):
+                raise
+            errors: list[Any] = [
+                {k: v for k, v in e.items() if k in ("type", "loc", "input", "ctx")}
+                for e in exc.errors(include_url=False)
+            ]
+            errors.append({"type": "missing", "loc": ("compute",), "input": data})
+            raise ValidationError.from_exception_data(exc.title, errors) from None
+
+    @model_validator(mode="after")
+    def _kind(self) -> SiloSpec:
+        if self.kind == "external":
+            if self.compute is not None or self.attach is not None:
+                raise ValueError(
+                    f"silo '{self.name}' is external (its owner runs the SuperNode): drop "
+                    "'compute' and 'attach', or set kind: azureml"
+                )
+            return self
+        if self.compute is None:
+            raise ValueError(
+                f"silo '{self.name}' (kind {self.kind}) needs 'compute': the AzureML compute "
+                "that runs its SuperNode (or set kind: external)"
+            )
+        if (self.kind == "attached") != (self.attach is not None):
+            raise ValueError(
+                f"silo '{self.name}': 'attach' (the Kubernetes cluster) goes with kind: "
+                "attached, and kind: attached needs it"
+            )
+        return self
 
     @field_validator("node_config")
     @classmethod
@@ -434,6 +583,9 @@ class FederationSpec(_Strict):
         "run in other workspaces (they look the SuperLink's address up there).",
     )
     network: Network = Field(default_factory=JobNetwork)
+    provision: ProvisionSpec = Field(
+        default_factory=ProvisionSpec, description="Settings of `fedsilo provision`."
+    )
 
     #: Directory the spec was loaded from (relative paths in the spec are resolved there).
     base_dir: Path = Field(default_factory=Path.cwd, exclude=True, repr=False)
@@ -558,10 +710,21 @@ class FederationSpec(_Strict):
                         f"network.supernode_auth_keys names silo '{silo_name}', which is not "
                         f"in silos.{hint} Silos: {', '.join(sorted(names))}"
                     )
+        external = [s.name for s in self.silos if s.kind == "external"]
+        if external and (not isinstance(self.network, ExistingNetwork) or self.network.insecure):
+            raise ValueError(
+                f"external silos ({', '.join(external)}) dial out to the SuperLink over the "
+                "internet: set network mode 'existing' with its public address, TLS "
+                "(root_certificates) and supernode_auth_keys, not insecure"
+            )
         if isinstance(self.network, JobNetwork) and not self.mlflow_tracking_uri:
             orch = self.orchestrator
             home = (orch.subscription_id, orch.resource_group, orch.workspace)
-            foreign = [s.name for s in self.silos if s.workspace_scope(orch) != home]
+            foreign = [
+                s.name
+                for s in self.silos
+                if s.workspace_scope(orch) != home and s.kind != "external"
+            ]
             if foreign:
                 raise ValueError(
                     f"silos {', '.join(foreign)} run in other workspaces and find the SuperLink "
@@ -676,6 +839,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
         annotation = field.annotation
         for candidate in (
             OrchestratorSpec, EnvironmentSpec, SiloSpec, SiloData, JobNetwork, ExistingNetwork,
+            ProvisionSpec, AttachedCompute,
         ):  # fmt: skip
             if annotation is candidate or candidate in getattr(annotation, "__args__", ()):
                 model = candidate

@@ -23,7 +23,7 @@ from strategies.flatten import Layout, flatten, stack, unflatten
 from strategies.robust.preaggregators import compose
 
 #: Computes the server's own update (a delta row) from the current global model (FLTrust).
-ServerUpdateFn = Callable[[ArrayRecord], ArrayRecord]
+ServerUpdateFn = Callable[[ArrayRecord, int], ArrayRecord]
 
 
 class RobustAggregation(FedAvg):
@@ -41,8 +41,9 @@ class RobustAggregation(FedAvg):
     use_previous_as_center : bool
         Pass the previous round's aggregate as ``center`` (centred clipping).
     server_update_fn : callable, optional
-        For FLTrust: returns the server's model trained on its root data from the
-        current global model; its delta is passed as ``server_update``.
+        For FLTrust: ``fn(global_arrays, server_round)`` returns the server's model
+        trained on its root data from the current global model; its delta is passed as
+        ``server_update``.
     seed : int
         Seeds the generator handed to randomised pre-aggregators (bucketing).
     **fedavg_kwargs
@@ -111,7 +112,7 @@ class RobustAggregation(FedAvg):
         if self.use_previous_as_center:
             params["center"] = self._previous
         if self.server_update_fn is not None:
-            trained = self.server_update_fn(self._global)
+            trained = self.server_update_fn(self._global, server_round)
             params["server_update"] = flatten(trained, layout) - reference
         if "generator" in params:
             params["generator"] = torch.Generator().manual_seed(self.seed * 100_003 + server_round)

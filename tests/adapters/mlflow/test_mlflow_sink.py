@@ -55,7 +55,7 @@ def test_federation_is_tracked_with_parent_and_silo_runs(mlflow_server, tmp_path
         assert len(client.get_metric_history(silo.info.run_id, "evaluate/accuracy")) == 3
 
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"model.pt", "metrics.json", "metrics.csv"} <= artifacts
+    assert {"model.pt", "metrics.json", "metrics.csv", "audit.jsonl"} <= artifacts
     versions = client.search_model_versions("name='fedsilo-breast-cancer'")
     assert versions and versions[0].run_id == parent.info.run_id
 

@@ -1,0 +1,347 @@
+"""Checkpoints that a run can resume from, bit for bit.
+
+After every round the server saves ``latest.pt`` (atomically, verified by sha256; see
+:mod:`adapters.blob.checkpoints`) with
+
+* ``round`` and ``state_dict``: the global model after that round;
+* ``strategy``: the state of every strategy layer that has one — FedAdam/FedYogi/
+  FedAdagrad moments (``m_t``, ``v_t``), FedAvgM's momentum and current model, the robust
+  rules' previous aggregate (centred clipping), DP-FedAvg's accountant history and
+  (adaptive) clipping norm and the state of its noise generator;
+* ``rng``: the Python, NumPy and torch generator states of the server process;
+* ``settings``: the run-config keys that determine the model (everything but
+  :data:`TRANSIENT_KEYS`), so that a run is only ever resumed with the settings it ran
+  with, and ``config-hash``.
+
+Everything is a tensor, a number, a string or a list/dict of those, so checkpoints load
+with ``torch.load(weights_only=True)``: a tampered checkpoint cannot run code.
+
+``resume = true`` continues from the newest checkpoint of a run with the same settings
+(:func:`find_resume_point`); client training is seeded by (seed, partition, round) and
+sampling by (seed, round), so the resumed rounds are the rounds the interrupted run would
+have run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+from flwr.serverapp.strategy import Strategy
+
+from fl_app import LOG
+from fl_app.config import ConfigError, RunConfig
+
+CHECKPOINT_NAME = "latest.pt"
+FORMAT = 2
+
+#: Run-config keys that may differ between a run and its resumption: where things are
+#: written, how long to wait, how to track. Every other key must match.
+TRANSIENT_KEYS = frozenset(
+    {
+        "resume",
+        "resume-from",
+        "round-timeout",
+        "round-retries",
+        "straggler-timeout",
+        "min-available-nodes",
+        "checkpoint-uri",
+        "run-dir",
+        "mlflow-tracking-uri",
+        "mlflow-experiment",
+        "mlflow-register-model",
+    }
+)
+
+#: Attributes holding a strategy's state between rounds (Flower's FedOpt family and
+#: FedAvgM; our robust rules' previous aggregate).
+STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector", "current_arrays", "_previous")
+
+
+def training_settings(cfg: RunConfig) -> dict[str, Any]:
+    """The run-config keys that determine the model (all but :data:`TRANSIENT_KEYS`)."""
+    return {k: v for k, v in cfg.to_flower().items() if k not in TRANSIENT_KEYS}
+
+
+def settings_hash(cfg: RunConfig) -> str:
+    """Short sha256 of :func:`training_settings`."""
+    blob = json.dumps(training_settings(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- values
+def _encode(value: Any) -> Any:
+    """A strategy attribute as tensors/lists/dicts (weights_only-loadable), tagged."""
+    if value is None:
+        return None
+    if isinstance(value, ArrayRecord):
+        return {"kind": "array-record", "value": value.to_torch_state_dict()}
+    if isinstance(value, torch.Tensor):
+        return {"kind": "tensor", "value": value.detach().clone()}
+    if isinstance(value, np.ndarray):
+        return {"kind": "ndarray", "value": torch.from_numpy(np.array(value, copy=True))}
+    if isinstance(value, dict):
+        return {"kind": "dict", "value": {str(k): _encode(v) for k, v in value.items()}}
+    if isinstance(value, list | tuple):
+        return {"kind": "list", "value": [_encode(v) for v in value]}
+    if isinstance(value, int | float | str | bool):
+        return {"kind": "scalar", "value": value}
+    raise TypeError(f"cannot checkpoint a strategy attribute of type {type(value).__name__}")
+
+
+def _decode(blob: Any) -> Any:
+    if blob is None:
+        return None
+    kind, value = blob["kind"], blob["value"]
+    if kind == "array-record":
+        return ArrayRecord(value)
+    if kind == "tensor":
+        return value
+    if kind == "ndarray":
+        return value.numpy()
+    if kind == "dict":
+        return {k: _decode(v) for k, v in value.items()}
+    if kind == "list":
+        return [_decode(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- strategy
+def strategy_layers(strategy: Strategy) -> list[Any]:
+    """The wrapper chain of ``strategy``, outermost first (following ``inner`` of our
+    wrappers and ``strategy`` of DP-FedAvg)."""
+    layers, layer = [], strategy
+    while layer is not None and all(layer is not seen for seen in layers):
+        layers.append(layer)
+        attrs = vars(layer)
+        layer = attrs.get("inner", attrs.get("strategy"))
+        if not isinstance(layer, Strategy):
+            layer = None
+    return layers
+
+
+def capture_strategy_state(strategy: Strategy) -> list[dict[str, Any]]:
+    """``[{"class": name, "state": {...}}, …]`` for every layer, outermost first."""
+    out = []
+    for layer in strategy_layers(strategy):
+        attrs = vars(layer)
+        state: dict[str, Any] = {}
+        if callable(getattr(type(layer), "state_dict", None)):
+            state["state-dict"] = _encode(layer.state_dict())
+        for name, value in attrs.items():
+            if isinstance(value, torch.Generator):
+                state[f"generator:{name}"] = value.get_state()
+        for name in STATE_ATTRIBUTES:
+            if name in attrs:
+                state[f"attr:{name}"] = _encode(attrs[name])
+        out.append({"class": type(layer).__qualname__, "state": state})
+    return out
+
+
+def restore_strategy_state(strategy: Strategy, saved: list[dict[str, Any]]) -> None:
+    """Load :func:`capture_strategy_state` output into an identically built strategy."""
+    layers = strategy_layers(strategy)
+    have = [type(layer).__qualname__ for layer in layers]
+    want = [entry["class"] for entry in saved]
+    if have != want:
+        raise ConfigError(
+            f"the checkpoint's strategy layers {want} differ from this run's {have}; resume "
+            "with the settings the checkpoint was written with"
+        )
+    for layer, entry in zip(layers, saved, strict=True):
+        for key, value in entry["state"].items():
+            kind, _, name = key.partition(":")
+            if key == "state-dict":
+                layer.load_state_dict(_decode(value))
+            elif kind == "generator":
+                getattr(layer, name).set_state(value)
+            elif kind == "attr":
+                setattr(layer, name, _decode(value))
+
+
+# --------------------------------------------------------------------------- RNG
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch global generator states (weights_only-loadable)."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+
+
+# --------------------------------------------------------------------------- files
+def checkpoint_bytes(
+    server_round: int, arrays: ArrayRecord, cfg: RunConfig, strategy: Strategy | None = None
+) -> bytes:
+    """A resumable checkpoint after ``server_round`` (see module doc)."""
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "format": FORMAT,
+            "round": server_round,
+            "config-hash": cfg.fingerprint(),
+            "settings-hash": settings_hash(cfg),
+            "settings": training_settings(cfg),
+            "state_dict": arrays.to_torch_state_dict(),
+            "strategy": capture_strategy_state(strategy) if strategy is not None else [],
+            "rng": rng_state(),
+        },
+        buffer,
+    )
+    return buffer.getvalue()
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run starts: after ``round``, from ``arrays`` and the states."""
+
+    round: int
+    arrays: ArrayRecord
+    strategy_state: list[dict[str, Any]]
+    rng: dict[str, Any]
+    source: str
+    run_dir: Path | None
+
+    def restore(self, strategy: Strategy) -> None:
+        """Restore the strategy layers' and the process's generator states."""
+        restore_strategy_state(strategy, self.strategy_state)
+        set_rng_state(self.rng)
+
+
+def load_checkpoint(data: bytes, cfg: RunConfig, source: str, run_dir: Path | None):
+    """Parse a checkpoint and check it was written with ``cfg``'s settings."""
+    blob = torch.load(io.BytesIO(data), weights_only=True)
+    if blob.get("format") != FORMAT:
+        raise ConfigError(
+            f"checkpoint {source} has no resumable state (format {blob.get('format')}); it "
+            "was written by an older version: start the run afresh (resume=false)"
+        )
+    ours = training_settings(cfg)
+    theirs = blob["settings"]
+    differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    if differ:
+        details = ", ".join(f"'{k}': {theirs.get(k)!r} → {ours.get(k)!r}" for k in differ)
+        raise ConfigError(
+            f"cannot resume from {source}: run-config differs from the checkpoint's in "
+            f"{details}. Resume with the checkpoint's values, or start afresh (resume=false)."
+        )
+    return ResumePoint(
+        round=int(blob["round"]),
+        arrays=ArrayRecord(blob["state_dict"]),
+        strategy_state=blob["strategy"],
+        rng=blob["rng"],
+        source=source,
+        run_dir=run_dir,
+    )
+
+
+def _settings_of_run(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        params = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return {k: v for k, v in params.items() if k not in TRANSIENT_KEYS and k != "config-hash"}
+
+
+def matching_runs(cfg: RunConfig) -> list[Path]:
+    """Run directories under ``run-dir`` written with ``cfg``'s settings, newest first."""
+    root = Path(cfg.run_dir).expanduser().resolve()
+    if not root.is_dir():
+        return []
+    ours = training_settings(cfg)
+    runs = [p for p in root.iterdir() if p.is_dir() and _settings_of_run(p) == ours]
+    return sorted(runs, key=lambda p: p.name, reverse=True)
+
+
+def _load(store_uri: str, name: str) -> bytes | None:
+    from adapters.blob.checkpoints import open_checkpoint_store
+
+    try:
+        return open_checkpoint_store(store_uri).load(name)
+    except FileNotFoundError:
+        return None
+
+
+def _explicit_source(cfg: RunConfig) -> tuple[str, str, Path | None]:
+    """``(store uri, checkpoint name, run dir)`` for ``resume-from``."""
+    from adapters.blob.store import is_blob_uri
+
+    src = cfg.resume_from
+    if is_blob_uri(src):
+        return src, CHECKPOINT_NAME, None
+    path = Path(src).expanduser().resolve()
+
+    def run_of(ckpt_dir: Path) -> Path | None:
+        parent = ckpt_dir.parent
+        ok = ckpt_dir.name == "checkpoints" and (parent / "config.json").is_file()
+        return parent if ok else None
+
+    if path.is_file():
+        return str(path.parent), path.name, run_of(path.parent)
+    if (path / "config.json").is_file():
+        local = path / "checkpoints"
+        store = str(local) if (local / CHECKPOINT_NAME).is_file() else cfg.checkpoint_uri
+        return store or str(local), CHECKPOINT_NAME, path
+    if (path / CHECKPOINT_NAME).is_file():
+        return str(path), CHECKPOINT_NAME, run_of(path)
+    raise ConfigError(
+        f"run-config 'resume-from' = {src!r}: no checkpoint there; give a run directory, a "
+        f"checkpoint directory holding {CHECKPOINT_NAME}, a checkpoint file or a Blob URL"
+    )
+
+
+def find_resume_point(cfg: RunConfig) -> ResumePoint | None:
+    """The checkpoint ``resume = true`` continues from, or ``None`` (start afresh).
+
+    ``resume-from`` names it explicitly (an error if it holds none). Otherwise: the
+    ``checkpoint-uri`` when set, else the newest run directory under ``run-dir`` with the
+    same settings that has a checkpoint; the resumed run continues writing in that run
+    directory (metrics, audit log).
+    """
+    if not cfg.resume:
+        return None
+    if cfg.resume_from:
+        store, name, run_dir = _explicit_source(cfg)
+        data = _load(store, name)
+        if data is None:
+            raise ConfigError(
+                f"run-config 'resume-from' = {cfg.resume_from!r}: no checkpoint {name} in {store}"
+            )
+        return load_checkpoint(data, cfg, f"{store}/{name}", run_dir)
+    runs = matching_runs(cfg)
+    if cfg.checkpoint_uri:
+        data = _load(cfg.checkpoint_uri, CHECKPOINT_NAME)
+        if data is not None:
+            source = f"{cfg.checkpoint_uri}/{CHECKPOINT_NAME}"
+            return load_checkpoint(data, cfg, source, runs[0] if runs else None)
+    else:
+        for run_dir in runs:
+            data = _load(str(run_dir / "checkpoints"), CHECKPOINT_NAME)
+            if data is not None:
+                source = str(run_dir / "checkpoints" / CHECKPOINT_NAME)
+                return load_checkpoint(data, cfg, source, run_dir)
+    LOG.warning(
+        "[fedsilo] resume=true but no checkpoint of a run with these settings under %s; "
+        "starting afresh",
+        cfg.checkpoint_uri or cfg.run_dir,
+    )
+    return None

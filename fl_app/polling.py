@@ -1,0 +1,90 @@
+"""A prompter ``send_and_receive`` for the ServerApp's Grid.
+
+Flower's ``HttpGrid.send_and_receive`` (the Grid a ServerApp gets from ``flwr run``, in
+simulation and deployment alike) pushes the messages, pulls once, and then sleeps a fixed
+**3 s** between pulls: replies that miss the first pull wait up to 3 s more. Opt-in
+(``reply-poll-interval > 0``): measured on a busy 2-core machine with small, fast rounds it
+was *slower* than Flower's loop (each extra pull is an HTTP request and a SuperLink query
+competing for the same cores, and those replies usually made the first pull anyway; see
+docs/efficiency.md); it helps when rounds end between Flower's 3 s pulls.
+
+:class:`PromptGrid` delegates everything to the Grid it wraps and only replaces the wait
+loop: the first pull after ``first_interval`` seconds, then intervals growing by
+``factor`` up to ``max_interval``, so fast rounds are picked up within tens of
+milliseconds and slow, real-world rounds still poll the SuperLink at most every
+``max_interval`` seconds. Messages, timeouts and results are exactly Flower's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+
+class PromptGrid(Grid):
+    """``grid`` with a back-off polling ``send_and_receive`` (see module doc)."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        first_interval: float = 0.02,
+        max_interval: float = 0.5,
+        factor: float = 1.5,
+    ) -> None:
+        if first_interval <= 0 or max_interval < first_interval or factor < 1:
+            raise ValueError(
+                "PromptGrid needs 0 < first_interval ≤ max_interval and factor ≥ 1, got "
+                f"{first_interval}, {max_interval}, {factor}"
+            )
+        self.grid = grid
+        self.first_interval = first_interval
+        self.max_interval = max_interval
+        self.factor = factor
+
+    # --- delegated ------------------------------------------------------------------
+    def set_run(self, run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["grid"], name)
+
+    # --- the one change -------------------------------------------------------------
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Push ``messages`` and pull their replies until all arrived or ``timeout``
+        seconds passed (``None`` = wait for all), polling with back-off."""
+        pending = set(self.push_messages(messages))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = self.first_interval
+        replies: list[Message] = []
+        while pending:
+            if deadline is not None:
+                interval = max(0.0, min(interval, deadline - time.monotonic()))
+            time.sleep(interval)
+            pulled = list(self.pull_messages(pending))
+            replies.extend(pulled)
+            pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            interval = min(self.max_interval, max(interval, self.first_interval) * self.factor)
+        return replies

@@ -1,0 +1,420 @@
+"""Dropouts, timeouts, retries and the per-round audit, around Flower's own round loop.
+
+:class:`ReliableRounds` is the outermost strategy wrapper of a run. Flower's
+``Strategy.start`` sends each round's messages and waits ``round-timeout`` seconds
+(``grid.send_and_receive(..., timeout=...)``); silos that died or stalled are simply
+missing from the replies (or, on the deployment runtime, answered by the SuperLink with a
+"node unavailable" error once their heartbeat lapses). This wrapper then
+
+* drops replies larger than ``max-update-bytes`` before anything decodes them;
+* counts the successful replies: with at least ``min-train-nodes`` the round goes on with
+  them; with fewer, the round's instruction is re-sent to the missing silos that are still
+  connected, up to ``round-retries`` times (their training is seeded by seed, partition
+  and round, so a retried silo sends the update it would have sent); still short, it
+  raises :class:`QuorumError` naming the missing silos (node id and partition id), and the
+  run ends cleanly with its last complete round checkpointed;
+* writes the round to the audit log (:mod:`fl_app.audit`).
+
+:class:`RoundOffset` lets Flower's loop continue a resumed run at round k + 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from logging import WARNING
+from typing import TYPE_CHECKING, Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+from flwr.supercore import log
+
+from fl_app.audit import AuditLog, update_sha256
+from strategies.validation import check_payload_size, default_max_bytes, payload_bytes
+from strategies.wrappers import StrategyWrapper, reply_order_key
+
+if TYPE_CHECKING:
+    from strategies.validation import Rejection
+
+EPSILON_KEY = "epsilon"
+
+
+class QuorumError(RuntimeError):
+    """Fewer than ``min-train-nodes`` silos replied in a round, after all retries."""
+
+    def __init__(self, server_round: int, replied: int, needed: int, missing: list[str]) -> None:
+        self.server_round = server_round
+        self.replied = replied
+        self.needed = needed
+        self.missing = missing
+        super().__init__(
+            f"round {server_round}: only {replied} of the silos replied within round-timeout, "
+            f"min-train-nodes = {needed}; missing: {', '.join(missing) or 'none'}. The run "
+            "stopped; its last complete round is checkpointed. Bring the silos back and "
+            "rerun with resume=true, or lower 'min-train-nodes' / raise 'round-timeout' or "
+            "'round-retries'."
+        )
+
+
+class ReliableRounds(StrategyWrapper):
+    """Quorum, retries, payload limit and audit around a round (see module doc).
+
+    Parameters
+    ----------
+    inner : Strategy
+        The wrapped strategy (reporting, validation, sampling, …).
+    min_train_nodes : int
+        Successful train replies a round needs.
+    retries : int
+        Times a short round is re-sent to its missing, still connected silos.
+    timeout : float
+        Seconds each retry waits for replies.
+    roster : Mapping[int, int]
+        ``{node_id: partition_id}`` from the roll call, to name silos.
+    audit : AuditLog, optional
+        Where each round is recorded.
+    max_update_bytes : int
+        Payload limit per reply; 0 = the global model's size + 1 MiB.
+    """
+
+    def __init__(
+        self,
+        inner: Strategy,
+        *,
+        min_train_nodes: int,
+        retries: int = 0,
+        timeout: float = 3600.0,
+        roster: Mapping[int, int] | None = None,
+        audit: AuditLog | None = None,
+        max_update_bytes: int = 0,
+    ) -> None:
+        super().__init__(inner)
+        self.min_train_nodes = min_train_nodes
+        self.retries = retries
+        self.timeout = timeout
+        self.roster = dict(roster or {})
+        self.audit = audit
+        self.max_update_bytes = max_update_bytes
+        self._limit = max_update_bytes
+        self._grid: Grid | None = None
+        self._sent: dict[tuple[str, int], list[Message]] = {}
+        self._rejections: list[Rejection] = []
+
+    # -- helpers ------------------------------------------------------------------------
+    def silo(self, node_id: int) -> str:
+        """``"node <id> (partition <p>)"``."""
+        pid = self.roster.get(node_id)
+        return f"node {node_id} (partition {pid if pid is not None else '?'})"
+
+    def note_rejection(self, server_round: int, rejection: Rejection) -> None:
+        """Callback for :class:`strategies.wrappers.ValidatedUpdates`: audit the reason."""
+        self._rejections.append(rejection)
+
+    def _remember(self, phase: str, server_round: int, grid: Grid, messages) -> list[Message]:
+        messages = list(messages)
+        self._grid = grid
+        self._sent[(phase, server_round)] = messages
+        return messages
+
+    def _drop_oversized(self, server_round: int, phase: str, replies: list[Message]):
+        kept, dropped = [], []
+        for msg in replies:
+            reason = check_payload_size(msg, self._limit)
+            if reason is None:
+                kept.append(msg)
+                continue
+            node = msg.metadata.src_node_id
+            log(WARNING, "round %d: rejected %s reply of %s: %s",
+                server_round, phase, self.silo(node), reason)  # fmt: skip
+            dropped.append(
+                {"node-id": node, "partition-id": self.roster.get(node), "reason": reason}
+            )
+        return kept, dropped
+
+    @staticmethod
+    def _ok_nodes(replies: Iterable[Message]) -> set[int]:
+        return {m.metadata.src_node_id for m in replies if not m.has_error()}
+
+    def _retry(self, server_round: int, sent: list[Message], replies: list[Message]):
+        """Re-send to missing silos while the round is short; return replies, retries."""
+        attempts = 0
+        while attempts < self.retries and self._grid is not None:
+            ok = self._ok_nodes(replies)
+            if len(ok) >= self.min_train_nodes:
+                break
+            connected = set(self._grid.get_node_ids())
+            again = [
+                m for m in sent
+                if m.metadata.dst_node_id not in ok and m.metadata.dst_node_id in connected
+            ]  # fmt: skip
+            if not again:
+                break
+            attempts += 1
+            targets = {m.metadata.dst_node_id for m in again}
+            log(
+                WARNING,
+                "round %d: %d/%d replies < min-train-nodes = %d; retry %d/%d to %s",
+                server_round, len(ok), len(sent), self.min_train_nodes, attempts,
+                self.retries, ", ".join(self.silo(n) for n in sorted(targets)),
+            )  # fmt: skip
+            fresh = [
+                Message(m.content, dst_node_id=m.metadata.dst_node_id,
+                        message_type=m.metadata.message_type)
+                for m in again
+            ]  # fmt: skip
+            new = list(self._grid.send_and_receive(fresh, timeout=self.timeout))
+            new, _ = self._drop_oversized(server_round, "train", new)
+            # Keep earlier successes; earlier errors of retried silos are superseded.
+            replies = [
+                m for m in replies
+                if not m.has_error() or m.metadata.src_node_id not in targets
+            ] + new  # fmt: skip
+        return replies, attempts
+
+    def _errors(self, replies: list[Message], sent: list[Message]) -> list[dict[str, Any]]:
+        by_message = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
+        out = []
+        for msg in replies:
+            if not msg.has_error():
+                continue
+            node = by_message.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
+            out.append(
+                {"node-id": node, "partition-id": self.roster.get(node),
+                 "code": int(msg.error.code), "reason": str(msg.error.reason)}
+            )  # fmt: skip
+        return out
+
+    def _participants(self, sent: list[Message], replies: list[Message]) -> dict[str, Any]:
+        asked = [m.metadata.dst_node_id for m in sent]
+        ok = self._ok_nodes(replies)
+        return {
+            "sampled": [{"node-id": n, "partition-id": self.roster.get(n)} for n in asked],
+            "replied": sorted(ok),
+            "missing": [
+                {"node-id": n, "partition-id": self.roster.get(n)} for n in asked if n not in ok
+            ],
+        }
+
+    # -- Strategy API ------------------------------------------------------------------
+    def configure_train(self, server_round, arrays, config, grid):
+        self._limit = self.max_update_bytes or default_max_bytes(arrays)
+        messages = self.inner.configure_train(server_round, arrays, config, grid)
+        return self._remember("train", server_round, grid, messages)
+
+    def aggregate_train(self, server_round, replies):
+        sent = self._sent.pop(("train", server_round), [])
+        replies, oversized = self._drop_oversized(server_round, "train", list(replies))
+        replies, retries = self._retry(server_round, sent, replies)
+        # Hash what was received, before any wrapper decodes or rewrites it.
+        updates = []
+        for msg in sorted((m for m in replies if not m.has_error()), key=reply_order_key):
+            records = list(msg.content.array_records.values())
+            node = msg.metadata.src_node_id
+            updates.append({
+                "node-id": node,
+                "partition-id": self.roster.get(node, reply_order_key(msg)[0]),
+                "sha256": update_sha256(records[0]) if len(records) == 1 else None,
+                "bytes": payload_bytes(msg),
+            })  # fmt: skip
+        entry = {
+            "round": server_round,
+            **self._participants(sent, replies),
+            "updates": updates,
+            "errors": self._errors(replies, sent),
+            "oversized": oversized,
+            "retries": retries,
+        }
+        ok = len(self._ok_nodes(replies))
+        if sent and ok < self.min_train_nodes:
+            missing = [self.silo(s["node-id"]) for s in entry["missing"]]
+            if self.audit is not None:
+                self.audit.record("train", **entry, outcome="quorum-not-reached")
+            raise QuorumError(server_round, ok, self.min_train_nodes, missing)
+        self._rejections = []
+        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        if self.audit is not None:
+            self.audit.record(
+                "train",
+                **entry,
+                rejected=[
+                    {"node-id": r.node_id, "partition-id": r.partition_id, "reason": r.reason}
+                    for r in self._rejections
+                ],
+                outcome="aggregated" if arrays is not None else "model-unchanged",
+                epsilon=(
+                    float(metrics[EPSILON_KEY])
+                    if metrics is not None and EPSILON_KEY in metrics
+                    else None
+                ),
+            )
+        return arrays, metrics
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        messages = self.inner.configure_evaluate(server_round, arrays, config, grid)
+        return self._remember("evaluate", server_round, grid, messages)
+
+    def aggregate_evaluate(self, server_round, replies):
+        sent = self._sent.pop(("evaluate", server_round), [])
+        replies, oversized = self._drop_oversized(server_round, "evaluate", list(replies))
+        metrics = self.inner.aggregate_evaluate(server_round, replies)
+        if self.audit is not None and sent:
+            self.audit.record(
+                "evaluate",
+                round=server_round,
+                **self._participants(sent, replies),
+                errors=self._errors(replies, sent),
+                oversized=oversized,
+            )
+        return metrics
+
+
+class RoundOffset(StrategyWrapper):
+    """Shifts Flower's round numbers by ``offset``: ``start(num_rounds=N - k)`` then runs
+    rounds k + 1 … N of a resumed run, with every wrapper and every silo seeing the true
+    round number."""
+
+    def __init__(self, inner: Strategy, offset: int) -> None:
+        super().__init__(inner)
+        self.offset = offset
+
+    def configure_train(self, server_round, arrays, config, grid):
+        return self.inner.configure_train(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_train(self, server_round, replies):
+        return self.inner.aggregate_train(server_round + self.offset, replies)
+
+    def configure_evaluate(self, server_round, arrays, config, grid):
+        return self.inner.configure_evaluate(server_round + self.offset, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round, replies):
+        return self.inner.aggregate_evaluate(server_round + self.offset, replies)
+
+
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+def start_rounds(
+    strategy: Strategy,
+    grid: Grid,
+    initial_arrays: ArrayRecord,
+    *,
+    first_round: int,
+    num_rounds: int,
+    timeout: float,
+    train_config: ConfigRecord,
+    evaluate_fn: EvaluateFn | None,
+) -> Result:
+    """Flower's ``strategy.start`` for rounds ``first_round`` … ``num_rounds`` (a fresh run
+    has ``first_round = 1``; a run resumed after round k has ``k + 1``). The Result's
+    histories are keyed by the true round numbers."""
+    offset = first_round - 1
+    wrapped_fn = evaluate_fn
+    if evaluate_fn is not None and offset > 0:
+
+        def wrapped_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            # Round 0 of the resumed loop is the checkpointed round: already evaluated.
+            return None if server_round == 0 else evaluate_fn(server_round + offset, arrays)
+
+    runner = RoundOffset(strategy, offset) if offset else strategy
+    result = runner.start(
+        grid=grid,
+        initial_arrays=initial_arrays,
+        num_rounds=num_rounds - offset,
+        timeout=timeout,
+        train_config=train_config,
+        evaluate_fn=wrapped_fn,
+    )
+    if offset:
+        for history in (
+            result.train_metrics_clientapp,
+            result.evaluate_metrics_clientapp,
+            result.evaluate_metrics_serverapp,
+        ):
+            shifted = {r + offset: v for r, v in history.items()}
+            history.clear()
+            history.update(shifted)
+    return result
+
+
+class StragglerGrid(Grid):
+    """A Grid whose ``send_and_receive`` stops waiting for stragglers: once a phase has the
+    replies it needs (``min-train-nodes`` successful train replies, ``min-evaluate-nodes``
+    evaluate replies), it waits at most ``grace`` more seconds for the rest instead of the
+    whole ``round-timeout``. A dead silo then costs a round ``grace`` seconds, not the
+    timeout. Other messages (the roll call) wait for all replies or the timeout, as in
+    Flower. Which silos make it becomes timing-dependent, so a run whose stragglers were
+    cut is not bit-reproducible (the audit log lists who was left out)."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        *,
+        grace: float,
+        needed: Mapping[str, int],
+        first_interval: float = 0.02,
+        max_interval: float = 0.5,
+    ) -> None:
+        self.grid = grid
+        self.grace = grace
+        self.needed = dict(needed)
+        self.first_interval = first_interval
+        self.max_interval = max_interval
+
+    def set_run(self, run) -> None:
+        self.grid.set_run(run)
+
+    @property
+    def run(self):
+        return self.grid.run
+
+    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
+        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self.grid.get_node_ids()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.grid.pull_messages(message_ids)
+
+    def __getattr__(self, name: str):
+        return getattr(self.__dict__["grid"], name)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Push, then pull until all replied, ``timeout`` passed, or the phase's quorum
+        is in and ``grace`` more seconds passed."""
+        import time
+
+        messages = list(messages)
+        kinds = {m.metadata.message_type for m in messages}
+        needed = min((self.needed[k] for k in kinds if k in self.needed), default=None)
+        pending = set(self.push_messages(messages))
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        cut: float | None = None
+        interval = self.first_interval
+        replies: list[Message] = []
+        while pending:
+            now = time.monotonic()
+            ends = [t for t in (deadline, cut) if t is not None]
+            if ends:
+                interval = max(0.0, min(interval, min(ends) - now))
+            time.sleep(interval)
+            pulled = list(self.pull_messages(pending))
+            replies.extend(pulled)
+            pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
+            now = time.monotonic()
+            ok = sum(not m.has_error() for m in replies)
+            if cut is None and needed is not None and pending and ok >= max(needed, 1):
+                cut = now + self.grace
+            if any(t is not None and now >= t for t in (deadline, cut)):
+                if pending and cut is not None and now >= cut:
+                    log(WARNING, "%d replies in after %.1fs; not waiting for %d straggler(s)",
+                        ok, now - start, len(pending))  # fmt: skip
+                break
+            interval = min(self.max_interval, interval * 1.5)
+        return replies

@@ -1,0 +1,237 @@
+"""Vertical (column-split) views of a task's data: which party holds which columns of
+which customers.
+
+A vertical task names its id column, its label, its feature columns, a fixed per-column
+encoding and a default split of the columns over the parties. Party 0 is the label party
+(the ServerApp in vertical mode: labels + its own columns); party ``p ≥ 1`` is the
+ClientApp whose SuperNode has ``partition-id = p - 1``.
+
+Partial overlap: when all parties read one shared data source (simulation, benchmarks),
+party ``p`` holds each customer independently with probability ``vertical-coverage``
+(seeded per party), so some customers exist only at some parties and private set
+intersection has real work to do. A party with its own source (node config
+``data-source``) holds exactly the rows of its file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import pandas as pd
+
+from fl_app.seeding import derive_seed
+
+
+class VerticalDataError(ValueError):
+    """A party's data does not fit the configured vertical split (schema mismatch)."""
+
+
+@dataclass(frozen=True)
+class VerticalSpec:
+    """What a task looks like when its columns are split over parties."""
+
+    name: str
+    features: tuple[str, ...]
+    default_split: tuple[tuple[str, ...], ...]
+    load_frame: Callable[[str], pd.DataFrame]
+    encode: Callable[[pd.DataFrame, list[str]], np.ndarray]
+    labels: Callable[[pd.DataFrame], np.ndarray]
+    id_column: str = "id"
+
+
+def _bank_spec() -> VerticalSpec:
+    from tasks import bank_marketing as bank
+
+    return VerticalSpec(
+        name="bank-marketing",
+        features=tuple(bank.FEATURES),
+        default_split=(
+            # label party: the bank's customer file
+            ("age", "job", "marital", "education", "default", "balance", "housing", "loan"),
+            # party 1: the call centre's campaign log
+            ("contact", "day", "month", "duration", "campaign"),
+            # party 2: the marketing partner's history of earlier campaigns
+            ("pdays", "previous", "poutcome"),
+        ),
+        load_frame=bank.load_bank_frame,
+        encode=bank.encode_bank_columns,
+        labels=bank.bank_labels,
+    )
+
+
+def _fraud_load(source: str) -> pd.DataFrame:
+    from tasks import fraud
+    from tasks.sources import resolve_local_path
+
+    frame = fraud.generate_fraud_frame() if not source else pd.read_csv(resolve_local_path(source))
+    if "id" not in frame.columns:
+        frame.insert(0, "id", [f"tx-{i:07d}" for i in range(len(frame))])
+    frame["id"] = frame["id"].astype(str)
+    return frame
+
+
+def _fraud_encode(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    from tasks.fraud import SECONDS_PER_DAY
+    from tasks.models import signed_log1p
+
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise VerticalDataError(
+            f"fraud data lacks columns {missing}; expected the credit-card-fraud layout "
+            "Time, V1..V28, Amount, Class (and optionally id)"
+        )
+    parts = []
+    for column in columns:
+        x = frame[column].to_numpy(dtype=np.float64)
+        if column == "Time":
+            x = x / SECONDS_PER_DAY
+        elif column == "Amount":
+            x = signed_log1p(x)
+        parts.append(np.asarray(x, dtype=np.float32)[:, None])
+    return np.concatenate(parts, axis=1) if parts else np.zeros((len(frame), 0), np.float32)
+
+
+def _fraud_labels(frame: pd.DataFrame) -> np.ndarray:
+    from tasks.fraud import LABEL
+
+    if LABEL not in frame.columns:
+        raise VerticalDataError(f"fraud data lacks the label column '{LABEL}'")
+    return frame[LABEL].to_numpy(dtype=np.int64)
+
+
+def _fraud_spec() -> VerticalSpec:
+    from tasks.fraud import FEATURES
+
+    return VerticalSpec(
+        name="fraud",
+        features=tuple(FEATURES),
+        default_split=(
+            # label party: the card issuer (time, amount, its own risk scores)
+            ("Time", "Amount", *[f"V{i}" for i in range(1, 10)]),
+            ("V10", "V11", "V12", "V13", "V14", "V15", "V16", "V17", "V18", "V19"),
+            ("V20", "V21", "V22", "V23", "V24", "V25", "V26", "V27", "V28"),
+        ),
+        load_frame=_fraud_load,
+        encode=_fraud_encode,
+        labels=_fraud_labels,
+    )
+
+
+VERTICAL_TASKS: dict[str, Callable[[], VerticalSpec]] = {
+    "bank-marketing": _bank_spec,
+    "fraud": _fraud_spec,
+}
+
+
+def vertical_spec(task: str) -> VerticalSpec:
+    """The vertical view of ``task``; a clear error for tasks without one."""
+    if task not in VERTICAL_TASKS:
+        raise VerticalDataError(
+            f"task '{task}' has no vertical split; with mode = 'vertical' use task = one of "
+            f"{', '.join(VERTICAL_TASKS)}"
+        )
+    return VERTICAL_TASKS[task]()
+
+
+def parse_split(split: str, spec: VerticalSpec) -> list[list[str]]:
+    """``vertical-split`` (``"a,b;c,d;e"``: parties separated by ``;``, the label party
+    first) → column lists; ``""`` = the task's default split. Every feature column must
+    belong to exactly one party, unknown and duplicated columns are errors."""
+    if not split.strip():
+        return [list(group) for group in spec.default_split]
+    groups = [[c.strip() for c in part.split(",") if c.strip()] for part in split.split(";")]
+    if len(groups) < 2:
+        raise VerticalDataError(
+            f"run-config 'vertical-split' = {split!r} names one party; give the label party's "
+            "columns, then each feature party's, separated by ';' (e.g. 'age,job;duration')"
+        )
+    seen: dict[str, int] = {}
+    for p, group in enumerate(groups):
+        if p > 0 and not group:
+            raise VerticalDataError(f"run-config 'vertical-split': party {p} has no columns")
+        for column in group:
+            if column not in spec.features:
+                raise VerticalDataError(
+                    f"run-config 'vertical-split': unknown column '{column}' for task "
+                    f"'{spec.name}'; columns are {', '.join(spec.features)}"
+                )
+            if column in seen:
+                raise VerticalDataError(
+                    f"run-config 'vertical-split': column '{column}' is given to parties "
+                    f"{seen[column]} and {p}; each column belongs to one party"
+                )
+            seen[column] = p
+    return groups
+
+
+@dataclass(frozen=True)
+class PartyData:
+    """One party's rows: record ids, encoded (standardised) features, labels if held."""
+
+    ids: list[str]
+    x: np.ndarray
+    y: np.ndarray | None
+    columns: tuple[str, ...]
+
+
+def coverage_mask(n_rows: int, party: int, coverage: float, seed: int) -> np.ndarray:
+    """Which rows of a shared source party ``party`` holds (seeded, independent)."""
+    if coverage >= 1.0:
+        return np.ones(n_rows, dtype=bool)
+    rng = np.random.default_rng(derive_seed(seed, "vertical-coverage", party))
+    return rng.random(n_rows) < coverage
+
+
+def standardise(x: np.ndarray) -> np.ndarray:
+    """Column-wise z-scores over the party's own rows (constant columns → 0)."""
+    if len(x) == 0:
+        return x
+    mean = x.mean(axis=0, dtype=np.float64)
+    std = x.std(axis=0, dtype=np.float64)
+    std[std < 1e-8] = 1.0
+    return ((x - mean) / std).astype(np.float32)
+
+
+@lru_cache(maxsize=4)
+def _frame(task: str, source: str) -> pd.DataFrame:
+    return vertical_spec(task).load_frame(source)
+
+
+@lru_cache(maxsize=16)
+def party_data(
+    task: str,
+    source: str,
+    columns: tuple[str, ...],
+    *,
+    party: int,
+    coverage: float,
+    seed: int,
+    with_labels: bool,
+    shared: bool = True,
+) -> PartyData:
+    """Party ``party``'s view: its columns of the rows it holds (all rows of its own
+    ``source`` when ``shared`` is false)."""
+    spec = vertical_spec(task)
+    frame = _frame(task, source)
+    if spec.id_column not in frame.columns:
+        raise VerticalDataError(f"{task} data at {source!r} has no id column '{spec.id_column}'")
+    try:
+        x = spec.encode(frame, list(columns))
+        y = spec.labels(frame) if with_labels else None
+    except VerticalDataError:
+        raise
+    except ValueError as exc:
+        raise VerticalDataError(f"party {party}: {exc}") from None
+    ids = frame[spec.id_column].astype(str).to_numpy()
+    if len(set(ids)) != len(ids):
+        raise VerticalDataError(f"party {party}: record ids in column '{spec.id_column}' repeat")
+    mask = coverage_mask(len(frame), party, coverage, seed) if shared else np.ones(len(ids), bool)
+    return PartyData(
+        ids=ids[mask].tolist(),
+        x=standardise(x[mask]),
+        y=None if y is None else y[mask],
+        columns=tuple(columns),
+    )

@@ -1,0 +1,178 @@
+"""Compression on real Flower records and messages: sizes on the wire, decoding on the
+server, error-feedback state, and config-time refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+from torch import nn
+
+from fl_app.config import ConfigError, RunConfig
+from strategies.compression import (
+    CompressedUpdates,
+    CompressionSpec,
+    compress_train_content,
+    decompress_content,
+    message_bytes,
+)
+from strategies.compression.records import COMPRESSED_KEY, PAYLOAD_KEY, RESIDUAL_KEY
+from strategies.wrappers import META_KEY
+from tasks.models import SmallCNN
+
+
+class WithBatchNorm(nn.Module):
+    """A model with a non-float buffer (``num_batches_tracked``, int64)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(30, 20)
+        self.bn = nn.BatchNorm1d(20)
+
+
+def _records(model: nn.Module, seed: int = 0, scale: float = 0.01):
+    torch.manual_seed(seed)
+    received = ArrayRecord(model.state_dict())
+    trained = {}
+    for key, value in model.state_dict().items():
+        if value.is_floating_point():
+            value = value + scale * torch.randn_like(value)
+        else:
+            value = value + 3
+        trained[key] = value
+    return received, ArrayRecord(trained)
+
+
+def _reply(arrays: ArrayRecord, node: int = 7, pid: int = 2) -> tuple[RecordDict, Message]:
+    content = RecordDict(
+        {
+            "arrays": arrays,
+            "metrics": MetricRecord({"train-loss": 0.3, "num-examples": 120}),
+            META_KEY: ConfigRecord({"partition-id": pid}),
+        }
+    )
+    instruction = Message(RecordDict(), dst_node_id=node, message_type="train")
+    return content, instruction
+
+
+def _compress(content, received, scheme, state=None, seed=0, **kw):
+    spec = CompressionSpec(scheme, **kw)
+    return compress_train_content(
+        content,
+        received,
+        spec,
+        state=state,
+        error_feedback=state is not None,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
+def test_message_bytes_counts_the_serialised_weights(flower_identity):
+    _received, trained = _records(SmallCNN())
+    content, instruction = _reply(trained)
+    dense = message_bytes(Message(content, reply_to=instruction))
+    n_params = sum(int(np.prod(a.shape)) for a in trained.values())
+    assert 4 * n_params < dense < 4 * n_params + 5_000  # weights + Flower's object headers
+    # the model bytes really are in it: twice the weights, about twice the bytes
+    doubled = ArrayRecord({k: Array(np.concatenate([a.numpy()] * 2)) for k, a in trained.items()})
+    content2, _ = _reply(doubled)
+    assert message_bytes(Message(content2, reply_to=instruction)) - dense > 3.9 * n_params
+
+
+@pytest.mark.parametrize(
+    "scheme,kwargs,max_ratio",
+    [
+        ("int8", {}, 0.27),
+        ("int4", {}, 0.16),
+        ("topk", {"topk_fraction": 0.01}, 0.05),
+        ("topk+int8", {"topk_fraction": 0.01}, 0.05),
+    ],
+)
+def test_compressed_reply_is_smaller_on_the_wire(flower_identity, scheme, kwargs, max_ratio):
+    received, trained = _records(SmallCNN())
+    content, instruction = _reply(trained)
+    dense = message_bytes(Message(content, reply_to=instruction))
+    packed = _compress(content, received, scheme, **kwargs)
+    assert "arrays" not in packed and COMPRESSED_KEY in packed
+    assert set(packed.metric_records) == {"metrics"}  # metrics and meta travel unchanged
+    small = message_bytes(Message(packed, reply_to=instruction))
+    assert small < max_ratio * dense, (scheme, small, dense)
+
+
+def test_server_rebuilds_keys_shapes_dtypes_and_non_float_buffers(flower_identity):
+    received, trained = _records(WithBatchNorm())
+    content, _ = _reply(trained)
+    # top-k with fraction 1 sends every float value: decoding is exact up to float rounding
+    packed = _compress(content, received, "topk", topk_fraction=1.0)
+    assert "raw/bn.num_batches_tracked" in packed[COMPRESSED_KEY]
+    rebuilt = decompress_content(packed, received)["arrays"]
+    assert list(rebuilt.keys()) == list(trained.keys())
+    for key, arr in trained.items():
+        assert rebuilt[key].dtype == arr.dtype and rebuilt[key].shape == arr.shape
+        np.testing.assert_allclose(rebuilt[key].numpy(), arr.numpy(), atol=1e-6)
+    assert rebuilt["bn.num_batches_tracked"].numpy() == trained["bn.num_batches_tracked"].numpy()
+
+
+def test_error_feedback_residual_lives_in_node_state(flower_identity):
+    received, trained = _records(SmallCNN(), scale=0.1)
+    state = RecordDict()
+    content, _ = _reply(trained)
+    first = _compress(content, received, "topk", state=state, topk_fraction=0.01)
+    assert RESIDUAL_KEY in state.array_records
+    residual = state[RESIDUAL_KEY]["residual"].numpy().copy()
+    delta1 = decompress_content(first, received)["arrays"]
+    flat = lambda rec: np.concatenate([rec[k].numpy().ravel() for k in rec])  # noqa: E731
+    sent1 = flat(delta1) - flat(received)
+    np.testing.assert_allclose(sent1 + residual, flat(trained) - flat(received), atol=1e-5)
+    # next round, the same update again: what is sent now includes last round's leftovers
+    second = _compress(content, received, "topk", state=state, topk_fraction=0.01, seed=1)
+    sent2 = flat(decompress_content(second, received)["arrays"]) - flat(received)
+    total = flat(trained) - flat(received)
+    np.testing.assert_allclose(
+        sent1 + sent2 + state[RESIDUAL_KEY]["residual"].numpy(), 2 * total, atol=1e-5
+    )
+    assert not np.array_equal(np.nonzero(sent1)[0], np.nonzero(sent2)[0])
+
+
+def test_wrapper_decodes_counts_bytes_and_drops_undecodable(flower_identity):
+    received, _ = _records(SmallCNN())
+    replies, expected = [], []
+    for pid in range(3):
+        _, trained = _records(SmallCNN(), seed=10 + pid)
+        content, instruction = _reply(trained, node=100 + pid, pid=pid)
+        packed = _compress(content, received, "int8", seed=pid)
+        expected.append(decompress_content(packed, received)["arrays"])
+        replies.append(Message(packed, reply_to=instruction))
+    # a corrupt payload: not a crash, a dropped reply
+    _, trained = _records(SmallCNN(), seed=99)
+    content, instruction = _reply(trained, node=200, pid=3)
+    bad = _compress(content, received, "int8")
+    bad[COMPRESSED_KEY][PAYLOAD_KEY] = Array(np.frombuffer(b"garbage!", np.uint8).copy())
+    replies.append(Message(bad, reply_to=instruction))
+    sizes = [message_bytes(m) for m in replies]
+
+    wrapper = CompressedUpdates(FedAvg())
+    wrapper._global = received
+    arrays, metrics = wrapper.aggregate_train(1, replies)
+    assert metrics["undecodable-updates"] == 1
+    assert metrics["bytes-uploaded"] == sum(sizes)
+    assert metrics["bytes-uploaded-dense"] > 3.5 * sum(sizes[:3])
+    mean = {k: np.mean([e[k].numpy() for e in expected], axis=0) for k in received}
+    for key in received:
+        np.testing.assert_allclose(arrays[key].numpy(), mean[key], atol=1e-6)
+
+
+def test_config_refuses_topk_with_robust_rules_and_allows_quantisation():
+    with pytest.raises(ConfigError, match=r"'compression' = 'topk'.*krum"):
+        RunConfig.from_flower({"compression": "topk", "strategy": "krum"})
+    with pytest.raises(ConfigError, match="compression"):
+        RunConfig.from_flower({"compression": "topk+int8", "strategy": "robust-median"})
+    assert RunConfig.from_flower({"compression": "int8", "strategy": "krum"}).compression == "int8"
+    cfg = RunConfig.from_flower({"compression": "topk", "strategy": "fedadam"})
+    assert cfg.topk_fraction == 0.01 and cfg.error_feedback
+    with pytest.raises(ConfigError, match="topk-fraction"):
+        RunConfig.from_flower({"topk-fraction": 0.0})
+    with pytest.raises(ConfigError, match="compression"):
+        RunConfig.from_flower({"compression": "int2"})

@@ -1,0 +1,169 @@
+"""Secure aggregation through the whole app on the in-process grid (the same ServerApp
+and ClientApp code as ``flwr run``): the server sees masked vectors only, the aggregate
+equals the plain weighted mean within quantisation error, also when a silo drops out
+after masking, and bad combinations are refused before round 1."""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Error, Message
+
+from fl_app.client_app import app as client_app
+from fl_app.config import ConfigError, RunConfig
+from fl_app.federation import run_federation
+from fl_app.inprocess import InProcessGrid
+from strategies.secagg import protocol as P
+from strategies.secagg.client import MASKED_KEY
+
+NODES = 4
+FIRST = 1001
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+class RecordingGrid(InProcessGrid):
+    """Records what the server receives in train replies; ``drop_after_masking`` nodes
+    train and mask, then their reply is lost (the server gets an error)."""
+
+    def __init__(self, *args, drop_after_masking=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.drop = set(drop_after_masking)
+        self.sent: dict[int, Message] = {}
+        self.received: dict[int, Message] = {}
+
+    def _deliver(self, msg):
+        reply = super()._deliver(msg)
+        if msg.metadata.message_type != "train":
+            return reply
+        node = msg.metadata.dst_node_id
+        self.sent[node] = msg
+        if node in self.drop:
+            return Message(Error(1, "silo lost after sending nothing"), reply_to=msg)
+        self.received[node] = reply
+        return reply
+
+
+def _run(tmp_path, secure, drop=(), **overrides):
+    cfg = RunConfig.from_flower(
+        {
+            **RunConfig().to_flower(),
+            "task": "breast-cancer",
+            "run-dir": str(tmp_path),
+            "num-server-rounds": 1,
+            "local-epochs": 1,
+            "fraction-evaluate": 0.0,
+            "max-update-norm-ratio": 0.0,
+            "secure-aggregation": secure,
+            **overrides,
+        }
+    )
+    grid = RecordingGrid(client_app, cfg.to_flower(), NODES, drop_after_masking=drop)
+    result, _ = run_federation(grid, cfg)
+    return cfg, grid, result
+
+
+def _flat(record) -> np.ndarray:
+    return np.concatenate([a.numpy().astype(np.float64).ravel() for a in record.values()])
+
+
+def _weight(reply) -> int:
+    return int(reply.content["metrics"]["num-examples"])
+
+
+def _check_aggregate(plain_grid, secure_result, survivors, cfg):
+    """The secure aggregate vs the example-weighted mean of the plain replies of
+    ``survivors`` (identical seeded training in both runs)."""
+    weights = [_weight(plain_grid.received[n]) for n in survivors]
+    expected = sum(
+        w * _flat(plain_grid.received[n].content["arrays"])
+        for n, w in zip(survivors, weights, strict=True)
+    ) / sum(weights)
+    got = _flat(secure_result.arrays)
+    bound = P.quantization_error_bound(cfg.secagg_clip_range, cfg.secagg_quantization_bits)
+    float32_ulp = np.spacing(np.abs(expected).astype(np.float32)).astype(np.float64)
+    err = np.abs(got - expected)
+    assert (err <= bound + 2 * float32_ulp).all(), err.max()
+    return err.max()
+
+
+def test_server_sees_masked_values_and_the_aggregate_matches_plain_fedavg(tmp_path):
+    _, plain, plain_result = _run(tmp_path / "plain", secure=False)
+    cfg, secure, secure_result = _run(tmp_path / "secure", secure=True)
+    nodes = list(range(FIRST, FIRST + NODES))
+
+    # What the server received from each silo: one uint64 ring vector, no model arrays.
+    for node in nodes:
+        reply = secure.received[node]
+        assert list(reply.content.array_records) == [MASKED_KEY]
+        masked = reply.content[MASKED_KEY][MASKED_KEY].numpy()
+        assert masked.dtype == np.uint64
+        true_delta = _flat(plain.received[node].content["arrays"]) - _flat(
+            plain.sent[node].content["arrays"]
+        )
+        # Read as if it were that silo's quantised update, it is noise.
+        as_update = P.dequantize_mean(
+            masked, _weight(reply), cfg.secagg_clip_range, cfg.secagg_quantization_bits
+        )
+        assert abs(np.corrcoef(as_update, true_delta)[0, 1]) < 0.2
+        assert np.abs(as_update - true_delta).mean() > 100 * np.abs(true_delta).mean()
+        # Unmasked would have been within quantisation error of the true update.
+        q, _ = P.quantize(true_delta, cfg.secagg_clip_range, cfg.secagg_quantization_bits)
+        assert not np.array_equal(q * np.uint64(_weight(reply)), masked)
+
+    err = _check_aggregate(plain, secure_result, nodes, cfg)
+    plain_err = np.abs(_flat(plain_result.arrays) - _flat(secure_result.arrays)).max()
+    assert plain_err <= err + 1e-6  # plain FedAvg's own result agrees too
+    metrics = secure_result.train_metrics_clientapp[1]
+    assert metrics["secagg-survivors"] == NODES and metrics["secagg-dropouts"] == 0
+    assert metrics["num-examples"] == sum(_weight(plain.received[n]) for n in nodes)
+
+
+def test_a_dropout_after_masking_is_recovered_from_shares(tmp_path):
+    dropped = FIRST + 2
+    _, plain, plain_result = _run(tmp_path / "plain", secure=False, drop=[dropped])
+    cfg, secure, secure_result = _run(tmp_path / "secure", secure=True, drop=[dropped])
+    survivors = [n for n in range(FIRST, FIRST + NODES) if n != dropped]
+    # The dropped silo did train and mask (its reply was lost), so the survivors' masked
+    # inputs contain masks shared with it, removed via its Shamir-shared key.
+    assert dropped in secure.sent
+    _check_aggregate(plain, secure_result, survivors, cfg)
+    metrics = secure_result.train_metrics_clientapp[1]
+    assert metrics["secagg-survivors"] == 3 and metrics["secagg-dropouts"] == 1
+    assert np.abs(_flat(plain_result.arrays) - _flat(secure_result.arrays)).max() < 1e-5
+
+
+def test_fewer_survivors_than_the_threshold_leave_the_model_unchanged(tmp_path):
+    # 4 silos, threshold ⌈0.6·4⌉ = 3; two lost after masking: nothing can be unmasked.
+    _, grid, result = _run(tmp_path, secure=True, drop=[FIRST, FIRST + 1])
+    initial = _flat(grid.sent[FIRST].content["arrays"])
+    assert np.array_equal(_flat(result.arrays), initial)
+    assert result.train_metrics_clientapp[1]["secagg-survivors"] == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"strategy": "krum"}, "robust rules"),
+        ({"strategy": "fltrust"}, "robust rules"),
+        ({"max-update-norm-ratio": 10.0}, "max-update-norm-ratio"),
+        ({"central-dp": True}, "central-dp"),
+        ({"attack": "alie"}, "attack 'alie'"),
+        ({"compression": "int8"}, "compression"),
+        ({"min-train-nodes": 1}, "min-train-nodes"),
+    ],
+)
+def test_combinations_needing_individual_updates_are_refused(overrides, match):
+    raw = {"secure-aggregation": True, "max-update-norm-ratio": 0.0, **overrides}
+    with pytest.raises(ConfigError, match=match):
+        RunConfig.from_flower(raw)
+
+
+def test_sound_combinations_are_accepted():
+    for extra in ({"strategy": "fedadam"}, {"local-dp": True}, {"attack": "label-flip"}):
+        cfg = RunConfig.from_flower(
+            {"secure-aggregation": True, "max-update-norm-ratio": 0.0, **extra}
+        )
+        assert cfg.secure_aggregation
