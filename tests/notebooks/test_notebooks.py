@@ -21,6 +21,8 @@ NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
 #: Notebooks that start real Flower processes (SuperLink, SuperNodes) on loopback.
 E2E = {"04-azureml-launch.ipynb"}
+#: Notebooks that print their results without plotting.
+TEXT_ONLY = {"04-azureml-launch.ipynb"}
 #: Seconds one notebook may take (on a busy 2-core machine; ~10-30 s when idle).
 TIMEOUT = 600
 
@@ -82,10 +84,12 @@ def test_notebook_runs_top_to_bottom(path):
         )
     code = [c for c in result.nb.cells if c.cell_type == "code"]
     assert all(c.execution_count for c in code), "not every code cell ran"
-    # Every notebook shows its results: at least one figure or table is produced.
+    # Every notebook shows its results: printed output, and a figure where it plots one.
     outputs = [o for c in code for o in c.outputs]
     kinds = {k for o in outputs for k in o.get("data", {})}
-    assert "image/png" in kinds or "text/html" in kinds, f"{path.name} displayed no plot or table"
+    assert any(o.get("output_type") == "stream" for o in outputs), f"{path.name} printed nothing"
+    if path.name not in TEXT_ONLY:
+        assert "image/png" in kinds, f"{path.name} displayed no figure"
     # Wall-clock and the CPU time of the kernel (and what it started): on a busy machine the
     # CPU seconds say what the notebook costs on an idle one.
     print(json.dumps({"notebook": path.name, "seconds": round(seconds, 1), "cpu": round(cpu, 1)}))
