@@ -1,11 +1,26 @@
-"""Seeded splits: server hold-out, per-silo partitions (flwr-datasets), local validation."""
+"""Seeded splits: server hold-out, per-silo partitions (flwr-datasets), local validation.
+
+Every message a SuperNode receives starts a fresh ClientApp process, and importing
+flwr-datasets (with ``datasets``, seaborn and scipy behind it) costs several seconds of CPU
+in each. Partition indices are therefore cached on disk (``FEDSILO_CACHE_DIR``, default
+``~/.cache/fedsilo``), keyed by a hash of the labels, the partitioner's parameters and the
+flwr-datasets version, and flwr-datasets is imported only on a cache miss. The cache holds
+row indices only (no data); ``FEDSILO_CACHE_DIR=""`` turns it off.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
-from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, Partitioner
 from sklearn.model_selection import train_test_split
+
+if TYPE_CHECKING:
+    from flwr_datasets.partitioner import Partitioner
 
 
 def stratified_split(
@@ -19,9 +34,7 @@ def stratified_split(
     held = int(np.ceil(fraction * len(labels)))
     stratify = (
         labels
-        if len(counts) > 1
-        and counts.min() >= 2
-        and min(held, len(labels) - held) >= len(counts)
+        if len(counts) > 1 and counts.min() >= 2 and min(held, len(labels) - held) >= len(counts)
         else None
     )
     keep, held = train_test_split(
@@ -30,10 +43,10 @@ def stratified_split(
     return np.sort(keep), np.sort(held)
 
 
-def make_partitioner(
-    num_partitions: int, partitioner: str, alpha: float, seed: int
-) -> Partitioner:
+def make_partitioner(num_partitions: int, partitioner: str, alpha: float, seed: int) -> Partitioner:
     """A flwr-datasets partitioner over a ``label`` column."""
+    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner
+
     if partitioner == "iid":
         return IidPartitioner(num_partitions=num_partitions)
     if partitioner == "dirichlet":
@@ -71,11 +84,13 @@ class LazyPartitions:
                 f"num-partitions = {num_partitions} exceeds the {len(labels)} training rows; "
                 "use fewer SuperNodes or a larger data set"
             )
-        order = np.random.default_rng(seed).permutation(len(labels))
-        table = Dataset.from_dict({"row": order, "label": labels[order].astype(np.int64)})
-        self._partitioner = make_partitioner(num_partitions, partitioner, alpha, seed)
-        self._partitioner.dataset = table
+        if partitioner not in ("iid", "dirichlet"):
+            raise ValueError(f"partitioner '{partitioner}' is not one of: iid, dirichlet")
+        self._labels = labels
+        self._params = (partitioner, alpha, seed)
+        self._partitioner: Partitioner | None = None  # built on a cache miss
         self._num_partitions = num_partitions
+        self._cache_key = _cache_key(labels, num_partitions, partitioner, alpha, seed)
         self._built: dict[int, np.ndarray] = {}
         #: Derived per-partition data callers keep with the partition (e.g. its
         #: train/validation split), so a process serving a silo again reuses it.
@@ -88,16 +103,73 @@ class LazyPartitions:
         if not 0 <= partition_id < self._num_partitions:
             raise IndexError(f"partition {partition_id} outside 0..{self._num_partitions - 1}")
         if partition_id not in self._built:
-            rows = self._partitioner.load_partition(partition_id)["row"]
-            self._built[partition_id] = np.sort(np.asarray(rows))
+            cached = _cache_path(self._cache_key, partition_id)
+            rows = _read_cached(cached)
+            if rows is None:
+                rows = np.sort(
+                    np.asarray(self._flwr_partitioner().load_partition(partition_id)["row"])
+                )
+                _write_cached(cached, rows)
+            self._built[partition_id] = rows
         return self._built[partition_id]
+
+    def _flwr_partitioner(self) -> Partitioner:
+        if self._partitioner is None:
+            from datasets import Dataset
+
+            partitioner, alpha, seed = self._params
+            labels = self._labels
+            order = np.random.default_rng(seed).permutation(len(labels))
+            table = Dataset.from_dict({"row": order, "label": labels[order].astype(np.int64)})
+            self._partitioner = make_partitioner(self._num_partitions, partitioner, alpha, seed)
+            self._partitioner.dataset = table
+        return self._partitioner
+
+
+def _cache_dir() -> Path | None:
+    configured = os.environ.get("FEDSILO_CACHE_DIR")
+    if configured == "":
+        return None
+    return Path(configured) if configured else Path.home() / ".cache" / "fedsilo"
+
+
+def _cache_key(labels: np.ndarray, n: int, partitioner: str, alpha: float, seed: int) -> str:
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(labels).astype(np.int64).tobytes())
+    h.update(repr((n, partitioner, float(alpha), int(seed), version("flwr-datasets"))).encode())
+    return h.hexdigest()[:32]
+
+
+def _cache_path(key: str, partition_id: int) -> Path | None:
+    root = _cache_dir()
+    return None if root is None else root / "partitions" / f"{key}-{partition_id}.npy"
+
+
+def _read_cached(path: Path | None) -> np.ndarray | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError):  # a torn or foreign file: recompute
+        return None
+
+
+def _write_cached(path: Path | None, rows: np.ndarray) -> None:
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, rows, allow_pickle=False)
+        os.replace(tmp, path)  # atomic: readers see the old state or the whole file
+    except OSError:  # read-only home etc.: the cache is an optimisation only
+        pass
 
 
 def partition_indices(
     labels: np.ndarray, num_partitions: int, *, partitioner: str, alpha: float, seed: int
 ) -> list[np.ndarray]:
     """Row indices of every partition (see :class:`LazyPartitions`)."""
-    parts = LazyPartitions(
-        labels, num_partitions, partitioner=partitioner, alpha=alpha, seed=seed
-    )
+    parts = LazyPartitions(labels, num_partitions, partitioner=partitioner, alpha=alpha, seed=seed)
     return [parts[i] for i in range(num_partitions)]
