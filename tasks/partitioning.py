@@ -133,10 +133,18 @@ def _cache_dir() -> Path | None:
     return Path(configured) if configured else Path.home() / ".cache" / "fedsilo"
 
 
+#: Bump when the way partitions are computed changes (stale cache entries are then ignored).
+CACHE_VERSION = 1
+
+
 def _cache_key(labels: np.ndarray, n: int, partitioner: str, alpha: float, seed: int) -> str:
     h = hashlib.sha256()
     h.update(np.ascontiguousarray(labels).astype(np.int64).tobytes())
-    h.update(repr((n, partitioner, float(alpha), int(seed), version("flwr-datasets"))).encode())
+    h.update(
+        repr(
+            (CACHE_VERSION, n, partitioner, float(alpha), int(seed), version("flwr-datasets"))
+        ).encode()
+    )
     return h.hexdigest()[:32]
 
 
