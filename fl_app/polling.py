@@ -24,27 +24,12 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 
-class PromptGrid(Grid):
-    """``grid`` with a back-off polling ``send_and_receive`` (see module doc)."""
+class DelegatingGrid(Grid):
+    """A Grid that forwards everything to ``self.grid``; subclasses override
+    ``send_and_receive`` only."""
 
-    def __init__(
-        self,
-        grid: Grid,
-        first_interval: float = 0.02,
-        max_interval: float = 0.5,
-        factor: float = 1.5,
-    ) -> None:
-        if first_interval <= 0 or max_interval < first_interval or factor < 1:
-            raise ValueError(
-                "PromptGrid needs 0 < first_interval ≤ max_interval and factor ≥ 1, got "
-                f"{first_interval}, {max_interval}, {factor}"
-            )
-        self.grid = grid
-        self.first_interval = first_interval
-        self.max_interval = max_interval
-        self.factor = factor
+    grid: Grid
 
-    # --- delegated ------------------------------------------------------------------
     def set_run(self, run) -> None:
         self.grid.set_run(run)
 
@@ -66,6 +51,27 @@ class PromptGrid(Grid):
 
     def __getattr__(self, name: str):
         return getattr(self.__dict__["grid"], name)
+
+
+class PromptGrid(DelegatingGrid):
+    """``grid`` with a back-off polling ``send_and_receive`` (see module doc)."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        first_interval: float = 0.02,
+        max_interval: float = 0.5,
+        factor: float = 1.5,
+    ) -> None:
+        if first_interval <= 0 or max_interval < first_interval or factor < 1:
+            raise ValueError(
+                "PromptGrid needs 0 < first_interval ≤ max_interval and factor ≥ 1, got "
+                f"{first_interval}, {max_interval}, {factor}"
+            )
+        self.grid = grid
+        self.first_interval = first_interval
+        self.max_interval = max_interval
+        self.factor = factor
 
     # --- the one change -------------------------------------------------------------
     def send_and_receive(

@@ -30,6 +30,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore import log
 
 from fl_app.audit import AuditLog, update_sha256
+from fl_app.polling import DelegatingGrid
 from strategies.validation import check_payload_size, default_max_bytes, payload_bytes
 from strategies.wrappers import StrategyWrapper, reply_order_key
 
@@ -336,7 +337,7 @@ def start_rounds(
     return result
 
 
-class StragglerGrid(Grid):
+class StragglerGrid(DelegatingGrid):
     """A Grid whose ``send_and_receive`` stops waiting for stragglers: once a phase has the
     replies it needs (``min-train-nodes`` successful train replies, ``min-evaluate-nodes``
     evaluate replies), it waits at most ``grace`` more seconds for the rest instead of the
@@ -359,28 +360,6 @@ class StragglerGrid(Grid):
         self.needed = dict(needed)
         self.first_interval = first_interval
         self.max_interval = max_interval
-
-    def set_run(self, run) -> None:
-        self.grid.set_run(run)
-
-    @property
-    def run(self):
-        return self.grid.run
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None):
-        return self.grid.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.grid.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.grid.pull_messages(message_ids)
-
-    def __getattr__(self, name: str):
-        return getattr(self.__dict__["grid"], name)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
