@@ -122,7 +122,7 @@ def render(
     except SpecError as exc:
         _fail(str(exc), code=2)
     for path in paths:
-        console.print(f"wrote {path}", highlight=False)
+        console.print(f"wrote {path}", highlight=False, soft_wrap=True)
 
 
 def _status_table(statuses: dict[str, str]) -> Table:
@@ -335,7 +335,7 @@ def provision(
     spec = _provision_spec(spec_path, sandbox, subscription, name)
     if write_spec is not None:
         write_spec.write_text(spec.to_yaml(), encoding="utf-8")
-        console.print(f"wrote {write_spec}", highlight=False)
+        console.print(f"wrote {write_spec}", highlight=False, soft_wrap=True)
     from adapters.azureml.provision import build_plan, format_plan
 
     plan = build_plan(spec)
@@ -431,7 +431,7 @@ def silo_kit(
     except (SiloKitError, SpecError) as exc:
         _fail(str(exc), code=2)
     for path in (kit.start_script, kit.dockerfile, kit.root_cert, kit.private_key, kit.public_key):
-        console.print(f"wrote {path}", highlight=False)
+        console.print(f"wrote {path}", highlight=False, soft_wrap=True)
     console.print(
         f"silo '{silo}' dials {kit.superlink} with TLS + node authentication; register "
         f"{kit.public_key.name} with `flwr supernode register {kit.public_key}`",

@@ -58,6 +58,17 @@ def _in_process(overrides, num_nodes, run_dir):
     return torch.load(out / "model.pt"), json.loads((out / "metrics.json").read_text())
 
 
+#: Metrics that measure the runtime rather than the model: wall-clock seconds, and message
+#: bytes (a serialised message carries run/node/message ids whose lengths differ between
+#: the in-process grid and a real SuperLink).
+RUNTIME_METRICS = ("train-seconds", "evaluate-seconds", "bytes-uploaded", "bytes-uploaded-dense",
+                   "bytes-downloaded")
+
+
+def _deterministic(rows):
+    return [{k: v for k, v in row.items() if k not in RUNTIME_METRICS} for row in rows]
+
+
 def test_same_config_and_seed_give_the_same_model(tmp_path):
     """Sampling 3 of 5 silos a round, Dirichlet split, FedProx, tabular input scaling:
     the real `flwr run` (Ray workers) and two in-process runs give bit-identical weights."""
@@ -78,7 +89,7 @@ def test_same_config_and_seed_give_the_same_model(tmp_path):
         assert weights.keys() == again.keys()
         for key in weights:
             assert torch.equal(weights[key], again[key]), key
-        assert metrics == run.metrics
+        assert _deterministic(metrics) == _deterministic(run.metrics)
     assert run.final("server")["roc-auc"] > 0.9
 
 
