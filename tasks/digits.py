@@ -9,14 +9,13 @@ an image column (``image`` or ``img``) and ``label``.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from sklearn.datasets import load_digits
 from torch import nn
 
 from tasks.base import ArrayDataset, Task
 from tasks.models import SmallCNN
+from tasks.sources import load_hf
 
 
 class DigitsTask(Task):
@@ -51,11 +50,7 @@ def _images_to_arrays(ds) -> ArrayDataset:
 def _load_hf_images(source: str) -> tuple[ArrayDataset, ArrayDataset | None]:
     import datasets
 
-    path = Path(source).expanduser()
-    if path.exists():
-        loaded = datasets.load_from_disk(str(path))
-    else:
-        loaded = datasets.load_dataset(source)
+    loaded = load_hf(source)
     if isinstance(loaded, datasets.DatasetDict):
         test = _images_to_arrays(loaded["test"]) if "test" in loaded else None
         return _images_to_arrays(loaded["train"]), test

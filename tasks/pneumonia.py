@@ -32,7 +32,7 @@ from torch import nn
 
 from tasks.base import ArrayDataset, Task
 from tasks.models import SmallCNN
-from tasks.sources import is_blob_url, resolve_local_path
+from tasks.sources import is_blob_url, load_hf, resolve_local_path
 
 LOG = logging.getLogger(__name__)
 
@@ -192,12 +192,7 @@ def load_hf_pneumonia(source: str) -> tuple[ArrayDataset, ArrayDataset | None]:
     ``train`` (+ ``validation``/``val``) is the pool, ``test`` the server's set."""
     import datasets
 
-    path = Path(source).expanduser()
-    if path.exists():
-        loaded = datasets.load_from_disk(str(path))
-    else:
-        name, _, subset = source.partition(":")
-        loaded = datasets.load_dataset(name, subset or None)
+    loaded = load_hf(source)
     if not isinstance(loaded, datasets.DatasetDict):
         return _hf_split_to_dataset(loaded), None
     if "train" not in loaded:

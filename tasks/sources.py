@@ -28,3 +28,15 @@ def resolve_local_path(source: str) -> Path:
             "URL, or \"\" for the offline default data"
         )
     return path
+
+
+def load_hf(source: str):
+    """A Hugging Face dataset: a ``save_to_disk`` directory, or a hub id written ``<id>`` or
+    ``<id>:<config>``. Returns what ``datasets`` returns (a ``Dataset`` or ``DatasetDict``)."""
+    import datasets
+
+    path = Path(source).expanduser()
+    if path.exists():
+        return datasets.load_from_disk(str(path))
+    name, _, subset = source.partition(":")
+    return datasets.load_dataset(name, subset or None)
