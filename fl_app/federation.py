@@ -33,6 +33,7 @@ from fl_app.sinks import ConsoleSink, MetricsSink, RunDirSink, Sinks
 from strategies import build_strategy
 from strategies.compression import CompressedUpdates
 from strategies.robust.simulation import MODEL_ATTACKS, SimulatedAttack, byzantine_partitions
+from strategies.secagg.client import SECAGG_STEPS
 from strategies.wrappers import META_KEY, RoundReporter, SeededSampling, ValidatedUpdates
 from tasks import Task, get_task
 from tasks.base import MOMENTS_KEY
@@ -99,17 +100,24 @@ def server_evaluator(
     test = task.load_test(cfg)
     model = task.build_model()
     store = open_checkpoint_store(cfg.checkpoint_uri or str(run_dir / "checkpoints"))
+    # End of the previous round (Flower calls this after round 0's evaluation, then after
+    # every round; a resumed run's first call is its first new round).
+    round_ended = [time.perf_counter()]
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         model.load_state_dict(arrays.to_torch_state_dict())
         metrics = task.evaluate(model, test)
         metrics["num-examples"] = len(test)
-        sinks.log_metrics(server_round, "server", metrics)
         digest = store.save(
             CHECKPOINT_NAME, checkpoint_bytes(server_round, arrays, cfg, strategy)
         )
         if audit is not None:
             audit.record("checkpoint", round=server_round, sha256=digest)
+        now = time.perf_counter()
+        if server_round > 0:  # round wall time: both silo phases, aggregation, this, checkpoint
+            metrics["round-seconds"] = now - round_ended[0]
+        round_ended[0] = now
+        sinks.log_metrics(server_round, "server", metrics)
         return MetricRecord(metrics)
 
     return evaluate
@@ -244,6 +252,9 @@ def run_federation(
                 "train": cfg.min_train_nodes,
                 "evaluate": cfg.min_evaluate_nodes,
                 "query": cfg.min_available_nodes,  # the roll call
+                # Secure aggregation's key, share and unmask steps: a silo that died
+                # after round 1 must not hold them for the whole round-timeout.
+                **dict.fromkeys(SECAGG_STEPS, cfg.min_train_nodes),
             },
         )
     resume = find_resume_point(cfg)  # None unless resume = true and a checkpoint exists

@@ -30,6 +30,8 @@ STATE_KEY = "secagg-state"
 CONFIG_KEY = "secagg"  # ConfigRecord name in secagg messages and replies
 MASKED_KEY = "secagg-masked"  # ArrayRecord (and Array) name of the masked vector
 KEYS, SHARES, UNMASK = "query.secagg_keys", "query.secagg_shares", "query.secagg_unmask"
+#: The protocol's query steps, in order (the train round sits between SHARES and UNMASK).
+SECAGG_STEPS = (KEYS, SHARES, UNMASK)
 
 
 def round_context(session: bytes, server_round: int) -> bytes:

@@ -1,138 +1,78 @@
 """A silo dies mid-round on the real deployment runtime and the federation goes on.
 
-flower-superlink + 4 flower-supernode + ``flwr run`` on loopback (the processes the local
-backend, adapters/azureml/local.py, starts). When round 1's training instructions are
-out, one SuperNode is SIGKILLed with its ClientApp; with ``min-train-nodes = 3`` the
-round aggregates the 3 replies that arrive (``straggler-timeout`` = 5 s after the third,
-rather than the generous ``round-timeout``) and the run completes. The audit log names
-the missing silo. Every process started here is stopped by pid.
+flower-superlink + 4 flower-supernode + ``flwr run`` on loopback (tests/e2e/conftest.py:
+the processes the local backend, adapters/azureml/local.py, starts). When round 1's
+training instructions are out, one SuperNode is SIGKILLed with its ClientApp; with
+``min-train-nodes = 3`` the round aggregates the 3 replies that arrive
+(``straggler-timeout`` = 5 s after the third, rather than the generous ``round-timeout``)
+and the run completes. The audit log names the missing silo.
+
+With secure aggregation the victim dies after it took part in the key and share steps, so
+the survivors' masked vectors contain masks shared with it: the server removes them with
+the victim's Shamir-shared key, and the aggregate equals the plain example-weighted mean of
+the 3 survivors' updates (computed by the same code on the in-process grid) within
+quantisation error, while what the server received from each survivor is not its update.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import signal
-import subprocess
-import tempfile
-import time
 from pathlib import Path
 
-import psutil
+import numpy as np
 import pytest
+import torch
+from flwr.app import Error, Message
 
-from adapters.azureml.jobs import FLWR_CONNECTION
-from adapters.azureml.local import _start, _stop_all
-from adapters.azureml.runtime import wait_http_ok, write_flower_config
 from fl_app.audit import read_audit_log, verify_audit_log
-from fl_app.local_run import PROJECT_DIR, _free_port, run_config_arg
+from fl_app.client_app import app as client_app
+from fl_app.config import RunConfig
+from fl_app.federation import run_federation
+from fl_app.inprocess import InProcessGrid
+from strategies.secagg import protocol as P
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
 SILOS = 4
 VICTIM = 3  # partition id of the SuperNode that is killed
 
-
-def _online_nodes(env: dict[str, str]) -> int:
-    """SuperNodes the SuperLink lists as online (``flwr supernode list``; on a loaded
-    machine the CLI can print its answer and then linger, so a timeout keeps the output)."""
-    cmd = ["flwr", "supernode", "list", "--format", "json"]
-    try:
-        out = subprocess.run(cmd, env=env, capture_output=True, timeout=30, check=False).stdout
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout or b""
-    try:
-        nodes = json.loads(out).get("nodes", [])
-    except ValueError:
-        return 0
-    return sum(1 for node in nodes if node.get("status") == "online")
+BASE = {
+    "task": "breast-cancer", "num-server-rounds": 2, "local-epochs": 1, "seed": 3,
+    "fraction-evaluate": 0.0, "min-evaluate-nodes": 0,
+    "min-train-nodes": 3, "min-available-nodes": 3, "round-timeout": 600.0,
+    "straggler-timeout": 5.0,
+}  # fmt: skip
 
 
-def _kill_tree(pid: int) -> None:
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p.send_signal(signal.SIGKILL)
-    psutil.wait_procs(procs, timeout=10)
-
-
-def test_one_of_four_supernodes_killed_mid_round_and_the_run_completes(tmp_path):
-    home = Path(tempfile.mkdtemp(prefix="fedsilo-dropout-"))
-    logs = home / "logs"
-    logs.mkdir()
-    env = {
-        **os.environ,
-        "FLWR_HOME": str(home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-    }
-    overrides = {
-        "task": "breast-cancer", "num-server-rounds": 2, "local-epochs": 1, "seed": 3,
-        "fraction-evaluate": 0.0, "min-evaluate-nodes": 0,
-        "min-train-nodes": 3, "min-available-nodes": 3, "round-timeout": 600.0,
-        "straggler-timeout": 5.0,
-        "run-dir": str(tmp_path / "runs"),
-    }  # fmt: skip
-    procs = []
-    try:
-        port = _free_port()
-        write_flower_config(home, f"127.0.0.1:{port}")
-        superlink = _start(
-            "superlink",
-            ["flower-superlink", "--insecure", "--disable-runtime-dependency-installation",
-             "--host", "127.0.0.1", "--port", str(port)],
-            env, logs,
-        )  # fmt: skip
-        procs.append(superlink)
-        wait_http_ok(f"http://127.0.0.1:{port}/health", superlink.popen, 120)
-        silos = []
-        for pid in range(SILOS):
-            silo = _start(
-                f"silo-{pid}",
-                ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
-                 "--host", "127.0.0.1", "--port", str(_free_port()),
-                 "--node-config", f"partition-id={pid} num-partitions={SILOS}"],
-                env, logs,
-            )  # fmt: skip
-            procs.append(silo)
-            silos.append(silo)
-        deadline = time.monotonic() + 600
-        while _online_nodes(env) < SILOS:
-            assert time.monotonic() < deadline, "SuperNodes did not register"
-            time.sleep(1.0)
-
-        flwr = _start(
-            "flwr-run",
-            ["flwr", "run", str(PROJECT_DIR), FLWR_CONNECTION, "--stream",
-             "--run-config", run_config_arg(overrides)],
-            env, logs,
-        )  # fmt: skip
-        procs.append(flwr)
-        # Kill the victim as soon as round 1's training instructions are sent.
-        deadline = time.monotonic() + 600  # generous: only a loaded machine gets near it
-        while not re.search(r"configure_train: Sampled 4 nodes", flwr.log()):
-            assert flwr.popen.poll() is None, flwr.log()
-            assert time.monotonic() < deadline, flwr.log()
-            time.sleep(0.2)
-        victim = int(re.search(r"SuperNode ID: (\d+)", silos[VICTIM].log()).group(1))
-        _kill_tree(silos[VICTIM].popen.pid)
-
-        code = flwr.popen.wait(timeout=900)
-        output = flwr.log()
-    finally:
-        _stop_all(procs)
-
+def _run_killing_the_victim(deployment, overrides: dict, kill_when: str):
+    """Run ``overrides`` on 4 SuperNodes; SIGKILL the victim's SuperNode (and ClientApp)
+    as soon as the streamed server log matches ``kill_when``; the run must complete.
+    Returns (output, victim node id, run directory)."""
+    fed = deployment(SILOS)
+    flwr = fed.flwr_run(overrides)
+    fed.wait_for(lambda: re.search(kill_when, flwr.log()), kill_when, proc=flwr)
+    victim = fed.kill_silo(VICTIM)
+    code = flwr.popen.wait(timeout=900)
+    output = flwr.log()
     assert code == 0, output[-3000:]
-    (run_dir,) = [p.parent for p in (tmp_path / "runs").glob("*/audit.jsonl")]
+    (run_dir,) = [p.parent for p in Path(overrides["run-dir"]).glob("*/audit.jsonl")]
+    return output, victim, run_dir
+
+
+def _audited_trains(run_dir: Path) -> list[dict]:
     entries = read_audit_log(run_dir / "audit.jsonl")
     assert verify_audit_log(run_dir / "audit.jsonl") == len(entries)
-    trains = [e for e in entries if e["event"] == "train"]
+    assert entries[-1]["event"] == "run-end"  # written only on success
+    return [e for e in entries if e["event"] == "train"]
+
+
+def test_one_of_four_supernodes_killed_mid_round_and_the_run_completes(deployment, tmp_path):
+    overrides = {**BASE, "run-dir": str(tmp_path / "runs")}
+    _, victim, run_dir = _run_killing_the_victim(
+        deployment, overrides, r"configure_train: Sampled 4 nodes"
+    )
+    trains = _audited_trains(run_dir)
     assert [e["round"] for e in trains] == [1, 2]
     # The victim is missing from round 1 (killed before it could reply) and every round
     # still aggregated the others' updates.
@@ -146,5 +86,68 @@ def test_one_of_four_supernodes_killed_mid_round_and_the_run_completes(tmp_path)
     # the SuperLink (heartbeat lapsed) or missing / answered by a "node unavailable" error.
     for entry in trains:
         assert victim not in {u["node-id"] for u in entry["updates"]}
-    assert entries[-1]["event"] == "run-end", output[-3000:]  # written only on success
     assert (run_dir / "model.pt").is_file()
+
+
+class _LosesOneSilo(InProcessGrid):
+    """The in-process grid, where the silo of partition ``VICTIM`` never answers a train
+    instruction (the server gets Flower's error reply instead)."""
+
+    def _deliver(self, msg):
+        victim = min(self.contexts) + VICTIM
+        if msg.metadata.message_type == "train" and msg.metadata.dst_node_id == victim:
+            return Message(Error(1, "silo lost mid-round"), reply_to=msg)
+        return super()._deliver(msg)
+
+
+def _flat(state: dict[str, torch.Tensor]) -> np.ndarray:
+    return np.concatenate([t.numpy().astype(np.float64).ravel() for t in state.values()])
+
+
+def test_secure_aggregation_recovers_a_silo_killed_after_masking(deployment, tmp_path):
+    secure = {**BASE, "num-server-rounds": 1, "secure-aggregation": True,
+              "max-update-norm-ratio": 0.0, "run-dir": str(tmp_path / "runs")}  # fmt: skip
+    output, victim, run_dir = _run_killing_the_victim(
+        deployment, secure, r"round 1: secure aggregation over 4 nodes, threshold 3"
+    )
+    # The victim took part in the key and share steps, then died: a dropout after masking.
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    (train,) = [r for r in metrics if r["phase"] == "train"]
+    assert train["secagg-survivors"] == 3 and train["secagg-dropouts"] == 1, output[-3000:]
+    (entry,) = _audited_trains(run_dir)
+    assert [m["node-id"] for m in entry["missing"]] == [victim]
+    received = {u["partition-id"]: u for u in entry["updates"]}
+    assert sorted(received) == [p for p in range(SILOS) if p != VICTIM]
+
+    # The same round without secure aggregation, on the in-process grid with the same
+    # silo lost: the survivors' plain updates, their hashes and plain FedAvg's result.
+    plain_cfg = RunConfig.from_flower(
+        {
+            **RunConfig().to_flower(),
+            **secure,
+            "secure-aggregation": False,
+            "run-dir": str(tmp_path / "plain"),
+        }
+    )
+    grid = _LosesOneSilo(client_app, plain_cfg.to_flower(), SILOS)
+    _, plain_dir = run_federation(grid, plain_cfg)
+    (plain_entry,) = _audited_trains(plain_dir)
+    plain = {u["partition-id"]: u for u in plain_entry["updates"]}
+    assert sorted(plain) == sorted(received)
+    n_params = sum(t.numel() for t in torch.load(plain_dir / "model.pt").values())
+    for pid, update in received.items():
+        # What the server received from a silo is not that silo's update: a different
+        # byte string (sha256), one uint64 ring element per parameter instead of float32.
+        assert update["sha256"] != plain[pid]["sha256"]
+        assert update["bytes"] >= 8 * n_params > plain[pid]["bytes"]
+
+    # The secure aggregate = plain FedAvg over the 3 survivors, within quantisation error.
+    cfg = RunConfig.from_flower({**RunConfig().to_flower(), **secure})
+    bound = P.quantization_error_bound(cfg.secagg_clip_range, cfg.secagg_quantization_bits)
+    got = _flat(torch.load(run_dir / "model.pt"))
+    expected = _flat(torch.load(plain_dir / "model.pt"))
+    err = np.abs(got - expected)
+    assert err.max() <= bound + 1e-6, (err.max(), bound)
+    # ... and that round did train the model: the server's test loss fell.
+    server = [r["loss"] for r in metrics if r["phase"] == "server"]
+    assert len(server) == 2 and server[1] < server[0]
