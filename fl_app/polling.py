@@ -18,10 +18,51 @@ milliseconds and slow, real-world rounds still poll the SuperLink at most every
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flwr.app import Message
 from flwr.serverapp import Grid
+
+
+def poll_replies(
+    grid: Grid,
+    messages: Iterable[Message],
+    *,
+    timeout: float | None,
+    first_interval: float = 0.02,
+    max_interval: float = 0.5,
+    factor: float = 1.5,
+    cut_after: Callable[[list[Message]], float | None] | None = None,
+) -> tuple[list[Message], set[str]]:
+    """Push ``messages``, then pull their replies with back-off (``first_interval``,
+    growing by ``factor`` up to ``max_interval``) until all arrived or ``timeout`` seconds
+    passed (``None`` = wait for all). ``cut_after(replies)``, asked after every pull, may
+    return seconds after which to stop waiting for the rest (once; e.g. a straggler grace
+    once a quorum is in). Returns the replies and the ids of the messages still pending.
+    The one reply loop of the app: PromptGrid, StragglerGrid, vertical exchanges."""
+    pending = set(grid.push_messages(messages))
+    now = time.monotonic()
+    ends = [] if timeout is None else [now + timeout]
+    interval = first_interval
+    replies: list[Message] = []
+    cut_set = False
+    while pending:
+        if ends:
+            interval = max(0.0, min(interval, min(ends) - time.monotonic()))
+        time.sleep(interval)
+        pulled = list(grid.pull_messages(pending))
+        replies.extend(pulled)
+        pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
+        now = time.monotonic()
+        if pending and not cut_set and cut_after is not None:
+            grace = cut_after(replies)
+            if grace is not None:
+                ends.append(now + grace)
+                cut_set = True
+        if ends and now >= min(ends):
+            break
+        interval = min(max_interval, max(interval, first_interval) * factor)
+    return replies, pending
 
 
 class DelegatingGrid(Grid):
@@ -79,18 +120,8 @@ class PromptGrid(DelegatingGrid):
     ) -> Iterable[Message]:
         """Push ``messages`` and pull their replies until all arrived or ``timeout``
         seconds passed (``None`` = wait for all), polling with back-off."""
-        pending = set(self.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interval = self.first_interval
-        replies: list[Message] = []
-        while pending:
-            if deadline is not None:
-                interval = max(0.0, min(interval, deadline - time.monotonic()))
-            time.sleep(interval)
-            pulled = list(self.pull_messages(pending))
-            replies.extend(pulled)
-            pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
-            if deadline is not None and time.monotonic() >= deadline:
-                break
-            interval = min(self.max_interval, max(interval, self.first_interval) * self.factor)
+        replies, _ = poll_replies(
+            self.grid, messages, timeout=timeout, first_interval=self.first_interval,
+            max_interval=self.max_interval, factor=self.factor,
+        )  # fmt: skip
         return replies

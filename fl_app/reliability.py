@@ -30,7 +30,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from flwr.supercore import log
 
 from fl_app.audit import AuditLog, update_sha256
-from fl_app.polling import DelegatingGrid
+from fl_app.polling import DelegatingGrid, poll_replies
 from strategies.validation import check_payload_size, default_max_bytes, payload_bytes
 from strategies.wrappers import StrategyWrapper, reply_order_key
 
@@ -371,29 +371,18 @@ class StragglerGrid(DelegatingGrid):
         messages = list(messages)
         kinds = {m.metadata.message_type for m in messages}
         needed = min((self.needed[k] for k in kinds if k in self.needed), default=None)
-        pending = set(self.push_messages(messages))
         start = time.monotonic()
-        deadline = None if timeout is None else start + timeout
-        cut: float | None = None
-        interval = self.first_interval
-        replies: list[Message] = []
-        while pending:
-            now = time.monotonic()
-            ends = [t for t in (deadline, cut) if t is not None]
-            if ends:
-                interval = max(0.0, min(interval, min(ends) - now))
-            time.sleep(interval)
-            pulled = list(self.pull_messages(pending))
-            replies.extend(pulled)
-            pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
-            now = time.monotonic()
+
+        def cut_after(replies: list[Message]) -> float | None:
             ok = sum(not m.has_error() for m in replies)
-            if cut is None and needed is not None and pending and ok >= max(needed, 1):
-                cut = now + self.grace
-            if any(t is not None and now >= t for t in (deadline, cut)):
-                if pending and cut is not None and now >= cut:
-                    log(WARNING, "%d replies in after %.1fs; not waiting for %d straggler(s)",
-                        ok, now - start, len(pending))  # fmt: skip
-                break
-            interval = min(self.max_interval, interval * 1.5)
+            return self.grace if needed is not None and ok >= max(needed, 1) else None
+
+        replies, pending = poll_replies(
+            self.grid, messages, timeout=timeout, first_interval=self.first_interval,
+            max_interval=self.max_interval, cut_after=cut_after,
+        )  # fmt: skip
+        if pending and (timeout is None or time.monotonic() - start < timeout):
+            log(WARNING, "%d replies in after %.1fs; not waiting for %d straggler(s)",
+                sum(not m.has_error() for m in replies), time.monotonic() - start,
+                len(pending))  # fmt: skip
         return replies

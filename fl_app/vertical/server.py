@@ -41,6 +41,7 @@ from flwr.serverapp import Grid
 
 from fl_app import LOG
 from fl_app.config import RunConfig
+from fl_app.polling import poll_replies
 from fl_app.sinks import ConsoleSink, RunDirSink, Sinks
 from fl_app.vertical import ALIGN, DATA, EMBED, META, PSI, STEP, VerticalError
 from strategies.vertical.psi import PSIKey, align, label_match, label_round1
@@ -89,28 +90,20 @@ def exchange(
     Polls with a short, growing interval (5 ms → 200 ms) instead of ``send_and_receive``'s
     fixed 3 s: a vertical epoch is many small round trips.
     """
-    pushed = list(grid.push_messages(messages))
-    pending = {m.metadata.dst_node_id: mid for m, mid in zip(messages, pushed, strict=True)}
-    replies: dict[int, Message] = {}
-    deadline = time.monotonic() + timeout
-    pause = 0.005
-    while pending:
-        for reply in grid.pull_messages(list(pending.values())):
-            node = reply.metadata.src_node_id
-            replies[node] = reply
-            pending.pop(node, None)
-        if not pending:
-            break
-        if time.monotonic() > deadline:
-            missing = ", ".join(_who(n, parties) for n in pending)
-            raise VerticalError(
-                f"{what}: no reply from {missing} within vertical-timeout={timeout}s; the "
-                "party dropped out or is too slow. Vertical training needs every party's "
-                "features, so the run stops; restart the party's SuperNode or raise "
-                "vertical-timeout."
-            )
-        time.sleep(pause)
-        pause = min(pause * 1.5, 0.2)
+    pulled, pending = poll_replies(
+        grid, messages, timeout=timeout, first_interval=0.005, max_interval=0.2
+    )
+    if pending:
+        answered = {reply.metadata.src_node_id for reply in pulled}
+        late = sorted({m.metadata.dst_node_id for m in messages} - answered)
+        missing = ", ".join(_who(n, parties) for n in late)
+        raise VerticalError(
+            f"{what}: no reply from {missing} within vertical-timeout={timeout}s; the "
+            "party dropped out or is too slow. Vertical training needs every party's "
+            "features, so the run stops; restart the party's SuperNode or raise "
+            "vertical-timeout."
+        )
+    replies = {reply.metadata.src_node_id: reply for reply in pulled}
     for node, reply in replies.items():
         if reply.has_error():
             raise VerticalError(f"{what}: {_who(node, parties)} failed: {reply.error.reason}")
