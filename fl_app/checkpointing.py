@@ -117,12 +117,12 @@ def _decode(blob: Any) -> Any:
 # --------------------------------------------------------------------------- strategy
 def strategy_layers(strategy: Strategy) -> list[Any]:
     """The wrapper chain of ``strategy``, outermost first (following ``inner`` of our
-    wrappers and ``strategy`` of DP-FedAvg)."""
+    wrappers, DP-FedAvg included)."""
     layers, layer = [], strategy
     while layer is not None and all(layer is not seen for seen in layers):
         layers.append(layer)
         attrs = vars(layer)
-        layer = attrs.get("inner", attrs.get("strategy"))
+        layer = attrs.get("inner")
         if not isinstance(layer, Strategy):
             layer = None
     return layers

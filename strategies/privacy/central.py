@@ -78,6 +78,7 @@ from strategies.privacy.accountant import (
     check_delta,
     check_noise_multiplier,
 )
+from strategies.wrappers import StrategyWrapper
 
 __all__ = [
     "AdaptiveClipping",
@@ -299,7 +300,7 @@ class _RoundPlan:
     sample_rate: float
 
 
-class DPFedAvg(Strategy):
+class DPFedAvg(StrategyWrapper):
     """Central DP-FedAvg around a mean-based Flower strategy, with a privacy accountant.
 
     Parameters
@@ -360,8 +361,7 @@ class DPFedAvg(Strategy):
         sampling_amplification: bool = True,
         num_clients: int | None = None,
     ) -> None:
-        super().__init__()
-        self.strategy = _check_wrappable(strategy)
+        super().__init__(_check_wrappable(strategy))
         self.noise_multiplier = check_noise_multiplier(noise_multiplier)
         self.clip_norm = _check_positive(
             clip_norm, "clip_norm", " It bounds each client's update norm; e.g. 0.1–10."
@@ -395,7 +395,7 @@ class DPFedAvg(Strategy):
         self._plans: dict[int, _RoundPlan] = {}
 
     def __repr__(self) -> str:
-        return f"DPFedAvg({self.strategy!r})"
+        return f"DPFedAvg({self.inner!r})"
 
     # -- helpers
     def _noise_split(self, expected_clients: int) -> tuple[float, float]:
@@ -443,7 +443,7 @@ class DPFedAvg(Strategy):
         log(INFO, "\t│\t├── Accountant: %s, δ = %g", self.accountant.mechanism, self.delta)
         if self.budget is not None:
             log(INFO, "\t│\t└── Budget: ε ≤ %g", self.budget.target_epsilon)
-        self.strategy.summary()
+        self.inner.summary()
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -455,7 +455,7 @@ class DPFedAvg(Strategy):
                 f"trained_keys {missing} are not arrays of the global model; pass names from "
                 "model.named_parameters() of the task's model"
             )
-        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
+        messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self._plans.pop(server_round, None)
         if not messages:
             return []
@@ -492,7 +492,7 @@ class DPFedAvg(Strategy):
         if plan is None:
             # No training was configured (budget spent): nothing released, no ε spent.
             return None, None
-        valid, _ = self.strategy._check_and_log_replies(replies, is_train=True)
+        valid, _ = self.inner._check_and_log_replies(replies, is_train=True)
         global_layout = Layout.of(plan.arrays)
         records = []
         for msg in valid:
@@ -535,8 +535,8 @@ class DPFedAvg(Strategy):
                 {k: (noised[k] if k in noised else current[k]) for k in current}
             )
 
-        metrics = self.strategy.train_metrics_aggr_fn(
-            [msg.content for msg, _ in records], self.strategy.weighted_by_key
+        metrics = self.inner.train_metrics_aggr_fn(
+            [msg.content for msg, _ in records], self.inner.weighted_by_key
         )
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=plan.sample_rate)
         epsilon = self.accountant.epsilon(self.delta)
@@ -574,7 +574,7 @@ class DPFedAvg(Strategy):
     def _server_update(self, server_round: int, noised: ArrayRecord) -> ArrayRecord | None:
         """Let the wrapped strategy turn ``current + noised mean delta`` into the new global
         model (identity for FedAvg/FedProx; server optimiser for FedOpt/FedAvgM)."""
-        strategy = self.strategy
+        strategy = self.inner
         if type(strategy).aggregate_train in (FedAvg.aggregate_train, FedProx.aggregate_train):
             return noised
         content = RecordDict(
@@ -587,17 +587,8 @@ class DPFedAvg(Strategy):
         arrays, _ = strategy.aggregate_train(server_round, [synthetic])
         return arrays
 
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate to the wrapped strategy."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Delegate to the wrapped strategy (evaluation metrics are not privatised)."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
+    # configure_evaluate / aggregate_evaluate: the wrapped strategy's (StrategyWrapper);
+    # evaluation metrics are not privatised.
 
     # -- checkpointing
     def state_dict(self) -> dict[str, float | list[float] | list[int]]:

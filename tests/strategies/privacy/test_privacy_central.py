@@ -408,7 +408,7 @@ def test_refuses_to_wrap_a_wrapper():
     ids=lambda s: type(s).__name__,
 )
 def test_accepts_mean_based_strategies(sound):
-    assert DPFedAvg(sound, noise_multiplier=1.0, clip_norm=1.0, delta=DELTA).strategy is sound
+    assert DPFedAvg(sound, noise_multiplier=1.0, clip_norm=1.0, delta=DELTA).inner is sound
 
 
 def test_constructor_validation():
