@@ -203,17 +203,23 @@ def _submit_local(spec: FederationSpec, run_dir: Path | None) -> None:
         _fail(f"the run did not complete ({run.status}): {run.status_details}")
 
 
-@app.command()
-def status(spec_path: SpecArg, submission: SubmissionOpt = None) -> None:
-    """Show the AzureML status of each job of a submission."""
+def _on_submission(spec_path: Path, submission: str | None, action: str, *args):
+    """``(client.<action>(record, *args), record)`` for the spec's submission (the latest
+    by default); Azure errors end the command with their message."""
     from adapters.azureml.client import load_submission
 
     spec = _spec(spec_path)
     try:
         record = load_submission(spec.name, submission)
-        statuses = _client(spec).status(record)
+        return getattr(_client(spec), action)(record, *args), record
     except _azure_errors() as exc:
         _fail(str(exc))
+
+
+@app.command()
+def status(spec_path: SpecArg, submission: SubmissionOpt = None) -> None:
+    """Show the AzureML status of each job of a submission."""
+    statuses, record = _on_submission(spec_path, submission, "status")
     console.print(f"submission {record.submission_id}", highlight=False)
     console.print(_status_table(statuses))
 
@@ -227,27 +233,13 @@ def logs(
     submission: SubmissionOpt = None,
 ) -> None:
     """Stream one job's logs."""
-    from adapters.azureml.client import load_submission
-
-    spec = _spec(spec_path)
-    try:
-        record = load_submission(spec.name, submission)
-        _client(spec).logs(record, job)
-    except _azure_errors() as exc:
-        _fail(str(exc))
+    _on_submission(spec_path, submission, "logs", job)
 
 
 @app.command()
 def cancel(spec_path: SpecArg, submission: SubmissionOpt = None) -> None:
     """Cancel every job of a submission that is still running."""
-    from adapters.azureml.client import load_submission
-
-    spec = _spec(spec_path)
-    try:
-        record = load_submission(spec.name, submission)
-        done = _client(spec).cancel(record)
-    except _azure_errors() as exc:
-        _fail(str(exc))
+    done, _ = _on_submission(spec_path, submission, "cancel")
     for role, what in done.items():
         console.print(f"{role:<24} {what}", highlight=False)
 
