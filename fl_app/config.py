@@ -223,7 +223,17 @@ class RunConfig(BaseModel):
         "quantisation, top-k sparsification, or both.",
     )
     topk_fraction: float = Field(
-        0.01, gt=0, le=1, description="Share of each tensor's values top-k keeps."
+        0.01, gt=0, le=1, description="Share of the float values top-k keeps per reply."
+    )
+    topk_scope: Literal["model", "tensor"] = Field(
+        "model",
+        description="Top-k picks the largest values of the whole update (model) or of "
+        "each tensor (tensor).",
+    )
+    topk_feedback: Literal["ef21", "residual"] = Field(
+        "ef21",
+        description="Error feedback of top-k: EF21 (silo and server track each silo's "
+        "update; top-k of the change is sent) or the classic residual.",
     )
     error_feedback: bool = Field(
         True,
@@ -353,6 +363,16 @@ class RunConfig(BaseModel):
                 "filter compares each update with the others, which breaks the DP guarantee "
                 "(clipping already bounds every update)."
             )
+        if self.local_dp:
+            from tasks import TASKS
+
+            reason = TASKS[self.task].local_dp_unsupported
+            if reason:
+                raise ConfigError(
+                    f"run-config 'local-dp' = true is not available for task '{self.task}': "
+                    f"{reason}. Use 'central-dp' = true (DP-FedAvg: the server clips and "
+                    "noises the aggregate) or set 'local-dp' = false."
+                )
         if self.local_dp and self.strategy == "fedprox" and self.proximal_mu > 0:
             raise ConfigError(
                 "run-config 'local-dp' = true ignores FedProx's proximal term (Opacus clips "

@@ -64,6 +64,9 @@ class Task(ABC):
     name: str
     #: Number of classes of the label.
     num_classes: int
+    #: Why ``local-dp`` (Opacus DP-SGD in the silo) cannot train this task's model, or
+    #: ``None`` if it can; checked when the run config is validated.
+    local_dp_unsupported: str | None = None
 
     @abstractmethod
     def load_data(self, config: RunConfig) -> tuple[ArrayDataset, ArrayDataset | None]:

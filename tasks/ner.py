@@ -37,7 +37,8 @@ metrics skip.
 bidirectional LSTM (64 per direction, packed so padding never enters it), a linear tag
 head; ~300 k parameters, trained from scratch. Its logits are N × C × L, the layout
 ``nn.CrossEntropyLoss`` takes, so the shared SGD loop (and FedProx) trains it unchanged.
-Opacus' DP-SGD does not support ``nn.LSTM``, so ``local-dp`` is refused for this task.
+Opacus' DP-SGD does not support ``nn.LSTM``, so ``local-dp`` is refused for this task when
+the run config is validated (``Task.local_dp_unsupported``).
 
 **Metrics.** ``loss`` (per token), ``accuracy`` (per non-padding token), and entity-level
 ``entity-precision``, ``entity-recall``, ``entity-f1`` (exact span and type match,
@@ -513,6 +514,10 @@ class NerTask(Task):
 
     name = "ner"
     num_classes = len(TAGS)
+    local_dp_unsupported = (
+        "Opacus DP-SGD cannot compute per-example gradients of its nn.LSTM (opacus' DPLSTM "
+        "would change the model's arrays and train several times slower)"
+    )
 
     def load_data(self, config) -> tuple[ArrayDataset, ArrayDataset | None]:
         source = config.data_source

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fl_app.config import RunConfig
+from fl_app.config import ConfigError, RunConfig
 from tasks import get_task
 from tasks.entity_metrics import entity_scores, entity_spans
 from tasks.ner import (
@@ -207,7 +207,14 @@ def test_model_takes_padding_and_padding_does_not_change_predictions():
     torch.testing.assert_close(long[..., :5], short)
 
 
-def test_local_dp_is_refused_with_a_clear_error():
+def test_local_dp_is_refused_at_config_time_naming_the_alternative():
+    with pytest.raises(ConfigError, match=r"'local-dp' = true is not available for task 'ner'"
+                       r".*nn\.LSTM.*Use 'central-dp' = true"):  # fmt: skip
+        RunConfig.from_flower({"task": "ner", "local-dp": True})
+    assert RunConfig.from_flower({"task": "ner", "central-dp": True, "max-update-norm-ratio": 0.0})
+
+
+def test_opacus_itself_refuses_the_lstm_with_a_clear_error():
     from strategies.privacy.local import make_private_trainer
 
     task = get_task("ner")
