@@ -104,12 +104,8 @@ class SecureAggregation(StrategyWrapper):
         if not sampled:
             return messages
         t = P.threshold_for(len(sampled), self.threshold)
-        masked_bytes = 8 * sum(int(np.prod(a.shape)) for a in arrays.values())
-        model_bytes = sum(len(a.data) for a in arrays.values())
-        if masked_bytes > model_bytes + (1 << 20):
-            log(WARNING, "secure aggregation uploads %d bytes per silo (8 per parameter): "
-                "if 'max-update-bytes' is 0 (model size + 1 MiB), set it to at least that",
-                masked_bytes)  # fmt: skip
+        # Uploads are 8 bytes per parameter: within the automatic 'max-update-bytes'
+        # (twice a float32 model + 1 MiB, strategies.validation.default_max_bytes).
         base = {"round": server_round, "session": os.urandom(16)}
 
         # Step 1: public keys.
