@@ -1,11 +1,12 @@
-"""Per-round overhead of a small simulation vs the same training done directly.
+"""Per-round overhead of a small simulation vs the same training done directly, and the
+same for an earlier revision (``--before REV``), measured in one invocation.
 
 Three ways to run the same federated rounds (digits, 10 silos, FedAvg, 3 local epochs,
 every silo trains and evaluates every round, server-side evaluation after each round):
 
 * **direct** — one process, no Flower: for every silo, load the global weights, train on
-  its partition (the task's own ``train``, same seeds), evaluate on its validation
-  split; average; evaluate on the server's test set. The floor.
+  its partition (the task's own ``train``, same seeds); average; evaluate on the server's
+  test set; every silo evaluates on its validation split. The floor.
 * **in-process** — the app's real ServerApp body and ClientApp on
   ``fl_app.inprocess.InProcessGrid`` (records, wrappers, validation, sinks, checkpoints;
   no transport, no Ray): what *our* code adds.
@@ -13,170 +14,191 @@ every silo trains and evaluates every round, server-side evaluation after each r
   HTTP Grid): what Flower's runtime adds, with Flower's defaults and with ours
   (``reply-poll-interval``, ``client-resources-num-cpus=1``).
 
-Per round: ``train-seconds + evaluate-seconds`` the app logs (wall time from handing a
-phase's instructions to Flower until the replies are back), averaged over rounds 2…n;
-for *direct*, the same silo work timed in the loop.
+Per round, two figures, averaged over rounds 2…n (round 1 pays one-time imports):
+
+* **wall**: round start → round end, both silo phases, aggregation, server evaluation
+  and the checkpoint; from the run's audit log (the ``checkpoint`` entry every round ends
+  with; the app also logs it as ``round-seconds``). For *direct*, the same loop's time.
+* **silo phases**: ``train-seconds + evaluate-seconds`` the app logs (from handing a
+  phase's instructions to Flower until the replies are back).
+
+Each revision is measured by :mod:`benchmarks.overhead_worker` in its own process, run in
+that revision's checkout (``--before REV``: a temporary ``git worktree``, removed
+afterwards), so "before" and "after" rows come from the same machine minutes apart.
 
 Usage::
 
-    python -m benchmarks.overhead                 # writes docs/efficiency.md (overhead section)
-    python -m benchmarks.overhead --quick         # direct + in-process only, 2 rounds
+    python -m benchmarks.overhead                      # this tree; writes docs/efficiency.md
+    python -m benchmarks.overhead --before 6f0250c     # REV and this tree, one table
+    python -m benchmarks.overhead --quick              # direct + in-process only, 2 rounds
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import logging
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.efficiency_doc import DOC, write_section
+from benchmarks.overhead_worker import SILOS, SIM_VARIANTS
 
-SILOS = 10
-
-#: name → (run-config overrides, extra federation config); "flower-defaults" is Flower's
-#: own behaviour (3 s reply polling, 2 CPUs per ClientApp → 1 Ray actor on 2 cores).
-SIM_VARIANTS = {
-    "flower-defaults": ({"reply-poll-interval": 0.0}, {"client-resources-num-cpus": 2}),
-    "prompt-polling+2-actors": ({"reply-poll-interval": 0.02}, {"client-resources-num-cpus": 1}),
-    "prompt-polling": ({"reply-poll-interval": 0.02}, {"client-resources-num-cpus": 2}),
-}
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "overhead_worker.py"
+SKIP = 1  # round 1 pays one-time imports (torch's optimiser pulls in torch._dynamo)
 
 
-def _cfg(rounds: int, **overrides):
-    from fl_app.config import RunConfig
-
-    return RunConfig(num_server_rounds=rounds, min_available_nodes=SILOS, **overrides)
+def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)
 
 
-def direct_rounds(rounds: int) -> list[float]:
-    """Seconds of each round's silo work (training + client evaluation), without Flower."""
-    import torch
-
-    from fl_app.seeding import derive_seed, seed_everything
-    from tasks import get_task
-
-    torch.set_num_threads(1)
-    cfg = _cfg(rounds)
-    task = get_task(cfg.task)
-    seed_everything(derive_seed(cfg.seed, "init"))
-    model = task.build_model()
-    global_state = {k: v.clone() for k, v in model.state_dict().items()}
-    test = task.load_test(cfg)
-    times = []
-    for rnd in range(1, rounds + 1):
-        start = time.perf_counter()
-        states, weights = [], []
-        for pid in range(SILOS):
-            part = task.load_partition(pid, SILOS, cfg)
-            model.load_state_dict(global_state)
-            generator = seed_everything(derive_seed(cfg.seed, "train", pid, rnd))
-            task.train(model, part.train, cfg, generator=generator)
-            states.append({k: v.clone() for k, v in model.state_dict().items()})
-            weights.append(len(part.train))
-        total = sum(weights)
-        global_state = {
-            k: sum(w * s[k] for w, s in zip(weights, states, strict=True)) / total
-            for k in global_state
-        }
-        trained = time.perf_counter()
-        model.load_state_dict(global_state)
-        task.evaluate(model, test)  # server-side evaluation (between the phases)
-        evaluate_start = time.perf_counter()
-        for pid in range(SILOS):
-            task.evaluate(model, task.load_partition(pid, SILOS, cfg).val)
-        times.append((trained - start) + (time.perf_counter() - evaluate_start))
-    return times
+@contextlib.contextmanager
+def git_worktree(rev: str, repo: Path = PROJECT_DIR):
+    """A temporary, detached ``git worktree`` of ``rev`` (removed afterwards; the main
+    work tree and its index are not touched)."""
+    resolved = _run(["git", "rev-parse", "--verify", f"{rev}^{{commit}}"], cwd=repo)
+    if resolved.returncode != 0:
+        raise SystemExit(
+            f"--before {rev!r} is not a commit of {repo}: {resolved.stderr.strip()}; pass a "
+            "revision such as HEAD~1 or a commit hash"
+        )
+    commit = resolved.stdout.strip()
+    path = Path(tempfile.mkdtemp(prefix="fedsilo-before-")) / commit[:12]
+    added = _run(["git", "worktree", "add", "--detach", str(path), commit], cwd=repo)
+    if added.returncode != 0:
+        raise RuntimeError(f"git worktree add failed: {added.stderr.strip()}")
+    try:
+        yield path, commit
+    finally:
+        _run(["git", "worktree", "remove", "--force", str(path)], cwd=repo)
+        _run(["git", "worktree", "prune"], cwd=repo)
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
 
 
-def phase_seconds(metrics: list[dict]) -> list[float]:
-    """``train-seconds + evaluate-seconds`` of every round (the app logs both: wall time
-    from handing a phase's instructions to Flower until its replies are back)."""
-    train = {m["round"]: m["train-seconds"] for m in metrics if m["phase"] == "train"}
-    evaluate = {m["round"]: m["evaluate-seconds"] for m in metrics if m["phase"] == "evaluate"}
-    return [train[r] + evaluate.get(r, 0.0) for r in sorted(train)]
+def measure_checkout(
+    checkout: Path, rounds: int, variants: list[str], timeout: float = 3600.0
+) -> dict[str, dict]:
+    """Run :mod:`benchmarks.overhead_worker` on ``checkout`` (its cwd and PYTHONPATH) and
+    return its rows; every process it started is stopped when it ends or times out."""
+    import psutil
+
+    from fl_app.local_run import stop_process_tree
+
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(checkout),
+        "OMP_NUM_THREADS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
+    with tempfile.TemporaryDirectory(prefix="fedsilo-overhead-") as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, str(WORKER), "--rounds", str(rounds), "--out", str(out)]
+        cmd += ["--variants", *variants] if variants else []
+        proc = subprocess.Popen(cmd, cwd=checkout, env=env, stderr=subprocess.PIPE, text=True)
+        try:
+            _, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                stop_process_tree(psutil.Process(proc.pid))
+            _, err = proc.communicate()
+            raise RuntimeError(f"measuring {checkout} timed out after {timeout} s") from None
+        finally:
+            if proc.poll() is None:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    stop_process_tree(psutil.Process(proc.pid))
+        if proc.returncode != 0 or not out.is_file():
+            raise RuntimeError(f"measuring {checkout} failed:\n{(err or '')[-3000:]}")
+        sys.stderr.write(err or "")
+        saved = json.loads(out.read_text())
+    if Path(saved["cwd"]).resolve() != checkout.resolve():
+        raise RuntimeError(f"the worker ran in {saved['cwd']}, not in {checkout}")
+    return saved["rows"]
 
 
-def inprocess_rounds(rounds: int) -> tuple[list[float], float]:
-    """Per-round phase seconds of an in-process federation, and its total wall time."""
-    from fl_app.client_app import app
-    from fl_app.federation import run_federation
-    from fl_app.inprocess import InProcessGrid
-
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = _cfg(rounds, run_dir=tmp)
-        start = time.perf_counter()
-        _, run_dir = run_federation(InProcessGrid(app, cfg.to_flower(), SILOS), cfg)
-        total = time.perf_counter() - start
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    return phase_seconds(metrics), total
+def summarise(rows: dict[str, dict], skip: int = SKIP) -> dict[str, dict]:
+    """Mean wall and silo-phase seconds per round over rounds ``skip+1``…n."""
+    out = {}
+    for name, row in rows.items():
+        wall, phases = row["wall"][skip:] or row["wall"], row["phases"][skip:] or row["phases"]
+        out[name] = {**row, "per_round": statistics.fmean(wall),
+                     "phases_per_round": statistics.fmean(phases)}  # fmt: skip
+    return out
 
 
-def simulation_rounds(rounds: int, variant: str) -> tuple[list[float], float]:
-    """Per-round phase seconds of ``flwr run``, and its total wall time (start-up
-    included)."""
-    from fl_app.local_run import run_simulation
+def table(revisions: dict[str, dict[str, dict]]) -> str:
+    """One markdown table: every revision's rows, ``× direct`` against the same revision's
+    direct loop, ``after / before`` of the last revision against the first."""
+    labels = list(revisions)
+    first = revisions[labels[0]]
+    lines = [
+        "| revision | mode | wall s / round | × direct | after / before | silo phases s / round "
+        "| wall per round, rounds 1…n | total s |",
+        "|---|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for label, rows in revisions.items():
+        direct = rows["direct"]["per_round"]
+        for mode, row in rows.items():
+            ratio = "–"
+            if label != labels[0] and mode in first:
+                ratio = f"{row['per_round'] / first[mode]['per_round']:.2f}"
+            each = ", ".join(f"{t:.2f}" for t in row["wall"])
+            total = f"{row['total']:.1f}" if row.get("total") is not None else "–"
+            lines.append(
+                f"| {label} | {mode} | {row['per_round']:.2f} | {row['per_round'] / direct:.2f} "
+                f"| {ratio} | {row['phases_per_round']:.2f} | {each} | {total} |"
+            )
+    return "\n".join(lines)
 
-    overrides, federation = SIM_VARIANTS[variant]
-    start = time.perf_counter()
-    run = run_simulation(
-        {"num-server-rounds": rounds, "min-available-nodes": SILOS, **overrides},
-        num_supernodes=SILOS,
-        federation_config=federation,
+
+def accuracies(revisions: dict[str, dict[str, dict]]) -> str:
+    """``label / mode = accuracy`` of every federated row (direct has no server model)."""
+    return "; ".join(
+        f"{label} / {mode} {row['final-accuracy']:.4f}"
+        for label, rows in revisions.items()
+        for mode, row in rows.items()
+        if row.get("final-accuracy") is not None
     )
-    seconds = time.perf_counter() - start
-    if not run.ok or len([m for m in run.metrics if m["phase"] == "server"]) < rounds:
-        raise RuntimeError(f"flwr run failed ({run.status}):\n{run.output[-3000:]}")
-    return phase_seconds(run.metrics), seconds
 
 
 def markdown(result: dict) -> str:
-    rows, rounds = result["rows"], result["rounds"]
-    direct = rows["direct"]["per_round"]
-    lines = [
-        "| mode | s / round (silo phases) | × direct | per round, rounds 1…n | total wall s |",
-        "|---|---:|---:|---|---:|",
-    ]
-    for name, row in rows.items():
-        total = f"{row['total']:.1f}" if "total" in row else "–"
-        each = ", ".join(f"{t:.2f}" for t in row["rounds"])
-        lines.append(
-            f"| {name} | {row['per_round']:.2f} | {row['per_round'] / direct:.2f} "
-            f"| {each} | {total} |"
-        )
+    rounds = result["rounds"]
+    revisions = {label: rev["rows"] for label, rev in result["revisions"].items()}
+    which = ", ".join(
+        f"**{label}** = `{rev['commit'][:12]}`" + (" + uncommitted changes" * rev.get("dirty", 0))
+        for label, rev in result["revisions"].items()
+    )
     return f"""## Simulation overhead (`python -m benchmarks.overhead`)
 
 Digits, {SILOS} silos, FedAvg, 3 local epochs, every silo trains and evaluates every round,
-{rounds} rounds. "s / round" is the mean over rounds 2…{rounds} (round 1 pays one-time
-imports) of the time the silos' work takes as seen by the server: `train-seconds +
-evaluate-seconds`, which the app logs every round (from handing a phase's instructions to
-Flower until its replies are back: transport, queueing, polling and the silos' training
-and evaluation). For **direct** it is the same training and evaluation in one loop.
-Machine: {os.cpu_count()} cores, load average {result["load_before"]:.1f} when started
-(the machine was shared with other jobs: compare rows of one run). Run {result["when"]}.
-On a machine this contended, a federation spread over several processes (Ray actors, the
-SuperLink) gets a larger share of the CPU than one single-threaded process, so "× direct"
-below 1 is an artifact of contention, not a speed-up; the simulation rows, run back to
-back with the same code, are the comparison that matters. Flower's reply loop costs up to
-3 s per phase (it pulls once, then sleeps 3 s); a phase whose replies land before the
-first pull pays nothing, which is why its cost varies.
+{rounds} rounds; {which}. **wall s / round** is the mean over rounds 2…{rounds} (round 1 pays
+one-time imports) of a round's wall time, start to end: both silo phases, aggregation,
+server evaluation and checkpoint (from the audit log's per-round `checkpoint` entries;
+logged as `round-seconds` too). **silo phases** is `train-seconds + evaluate-seconds`
+(instructions handed to Flower → replies back). **direct** is the same training and
+evaluation in one loop without Flower, per revision (the silo work itself got cheaper
+where "after / before" of direct is below 1). Each revision ran in its own process from
+its own checkout, one after the other, in one invocation. Machine: {os.cpu_count()} cores,
+load average {result["load_before"]:.1f} when started. Run {result["when"]}.
 
-{chr(10).join(lines)}
+{table(revisions)}
 
-- **direct**: the same local training/evaluation in one process, no Flower (the floor).
+Final server test accuracy (the same seeded model in every mode and revision when the
+cuts are exact): {accuracies(revisions)}.
+
 - **in-process**: our ServerApp + ClientApp code on the in-process grid (no transport).
 - **simulation / flower-defaults**: `flwr run`, the ServerApp's Grid waiting with Flower's
   own loop (a fixed 3 s between pulls) and Flower's default `client-resources-num-cpus = 2`
   (one Ray actor on 2 cores).
 - **simulation / prompt-polling**: our `PromptGrid` (`reply-poll-interval = 0.02`,
-  back-off ×1.5 to 0.5 s), one actor.
-- **simulation / prompt-polling+2-actors**: the same and `client-resources-num-cpus = 1`
-  (two actors).
+  back-off ×1.5 to 0.5 s), one actor; **+2-actors**: and `client-resources-num-cpus = 1`.
 """
 
 
@@ -184,7 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument(
-        "--variants", nargs="+", default=list(SIM_VARIANTS)[:2], choices=SIM_VARIANTS
+        "--variants", nargs="*", default=list(SIM_VARIANTS)[:1], choices=SIM_VARIANTS,
+        help="flwr-run simulation variants (default: Flower's defaults only)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--before", metavar="REV", help="also measure git revision REV (a temporary worktree)"
     )
     parser.add_argument("--out", type=Path, default=DOC)
     parser.add_argument("--json", type=Path, default=Path("docs/efficiency-overhead.json"))
@@ -193,46 +219,38 @@ def main(argv: list[str] | None = None) -> int:
         "--render-only", action="store_true", help="rewrite the doc section from --json"
     )
     args = parser.parse_args(argv)
-    if args.render_only:  # one result, or {"runs": [result, …]} rendered one after another
+    if args.rounds < 2:
+        parser.error(f"--rounds must be ≥ 2 (round 1 is not averaged), got {args.rounds}")
+    if args.render_only:
         saved = json.loads(args.json.read_text())
-        runs = saved.get("runs", [saved])
-        text = markdown(runs[0])
-        for i, run in enumerate(runs[1:], start=2):
-            text += f"\n### Run {i}\n\n" + markdown(run).split("\n", 2)[2]
-        write_section("overhead", text, args.out)
+        if "revisions" not in saved:
+            parser.error(
+                f"{args.json} was written by an older benchmarks.overhead (no 'revisions'); "
+                "re-run the benchmark to regenerate it"
+            )
+        write_section("overhead", markdown(saved), args.out)
         return 0
     if args.quick:
         args.rounds, args.variants = 2, []
-    logging.getLogger("flwr").setLevel(logging.WARNING)
-    logging.getLogger("fedsilo").setLevel(logging.WARNING)
+    head = _run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR).stdout.strip() or "unknown"
+    dirty = bool(_run(["git", "status", "--porcelain"], cwd=PROJECT_DIR).stdout.strip())
     result = {
         "rounds": args.rounds,
         "load_before": os.getloadavg()[0],
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "rows": {},
+        "revisions": {},
     }
-    skip = 1  # round 1 pays one-time imports (torch's optimiser pulls in torch._dynamo)
-    times = direct_rounds(args.rounds)
-    result["rows"]["direct"] = {"per_round": statistics.fmean(times[skip:]), "rounds": times}
-    print(f"direct: {[round(t, 2) for t in times]}", flush=True)
-    phases, total = inprocess_rounds(args.rounds)
-    result["rows"]["in-process"] = {
-        "per_round": statistics.fmean(phases[skip:]),
-        "rounds": phases,
-        "total": total,
-    }
-    print(f"in-process: {[round(t, 2) for t in phases]} (total {total:.1f} s)", flush=True)
-    for variant in args.variants:
-        phases, total = simulation_rounds(args.rounds, variant)
-        result["rows"][f"simulation / {variant}"] = {
-            "per_round": statistics.fmean(phases[skip:]),
-            "rounds": phases,
-            "total": total,
-        }
-        print(f"simulation {variant}: {[round(t, 2) for t in phases]} (total {total:.1f} s)")
-    print(markdown(result))
+    if args.before:
+        with git_worktree(args.before) as (checkout, commit):
+            rows = measure_checkout(checkout, args.rounds, args.variants)
+        result["revisions"]["before"] = {"commit": commit, "rows": summarise(rows)}
+    rows = measure_checkout(PROJECT_DIR, args.rounds, args.variants)
+    label = "after" if args.before else "this tree"
+    result["revisions"][label] = {"commit": head, "dirty": dirty, "rows": summarise(rows)}
+    text = markdown(result)
+    print(text)
     if not args.quick:
-        write_section("overhead", markdown(result), args.out)
+        write_section("overhead", text, args.out)
         args.json.write_text(json.dumps(result, indent=1))
     return 0
 

@@ -51,12 +51,33 @@ def silo_data(task, cfg: RunConfig, context: Context):
     return task.load_partition(pid, n, cfg)
 
 
+#: One model object per task and process, reused by every message (see :func:`_model`).
+_MODELS: dict[str, torch.nn.Module] = {}
+
+
+def _model(task, cfg: RunConfig) -> torch.nn.Module:
+    """A model of ``task`` to load the received weights into: built once per process and
+    reused (building one cost ~2 ms per message, more for larger models). Reuse is exact:
+    ``load_state_dict`` (strict) overwrites every parameter and buffer, gradients are
+    reset to ``None`` and the mode to training, as on a fresh model; the weights a reply
+    carries are copied into its ArrayRecord. A ClientApp process handles one message at a
+    time (Ray actor, SuperNode, in-process grid), so the model is never shared between two
+    messages in flight. Local DP (Opacus wraps the model it trains) gets a fresh model."""
+    if cfg.local_dp:
+        return task.build_model()
+    model = _MODELS.get(task.name)
+    if model is None:
+        model = _MODELS[task.name] = task.build_model()
+    model.zero_grad(set_to_none=True)
+    return model.train()
+
+
 def _setup(msg: Message, context: Context):
     torch.set_num_threads(1)
     cfg = RunConfig.from_flower(context.run_config)
     task = get_task(cfg.task)
     pid, n = silo_partition(context)
-    model = task.build_model()
+    model = _model(task, cfg)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return cfg, task, pid, n, model
 
@@ -112,24 +133,31 @@ def train(msg: Message, context: Context) -> Message:
         }
     )
     if cfg.compression != "none":
-        content = _compress(content, msg.content["arrays"], cfg, context, pid, server_round)
+        content = _compress(content, msg, cfg, context, pid, server_round)
     return Message(content, reply_to=msg)
 
 
-def _compress(content, received, cfg: RunConfig, context: Context, pid: int, server_round: int):
+def _compress(content, msg: Message, cfg: RunConfig, context: Context, pid: int, server_round: int):
     """The reply with its model delta compressed (strategies.compression); the error
-    feedback residual lives in the node's persistent state."""
+    feedback state (residual, or EF21 estimate for top-k) lives in the node's persistent
+    state."""
     from strategies.compression import CompressionSpec, compress_train_content
+    from strategies.compression.records import ESTIMATE_STEP_KEY
 
-    spec = CompressionSpec(cfg.compression, cfg.topk_fraction, cfg.quantization_chunk)
+    spec = CompressionSpec(
+        cfg.compression, cfg.topk_fraction, cfg.quantization_chunk, cfg.topk_scope
+    )
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "compress", pid, server_round))
+    server_step = msg.content["config"].get(ESTIMATE_STEP_KEY)
     return compress_train_content(
         content,
-        received,
+        msg.content["arrays"],
         spec,
         state=context.state,
         error_feedback=cfg.error_feedback,
         generator=generator,
+        feedback=cfg.topk_feedback,
+        server_step=None if server_step is None else int(server_step),
     )
 
 

@@ -20,9 +20,13 @@ anyone else's data.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 from torch import nn
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from tasks.base import ArrayDataset, Task
 from tasks.models import MLP, signed_log1p
@@ -60,6 +64,8 @@ def generate_bank_frame(
     n_rows: int = 15_000, positive_rate: float = 0.115, seed: int = 0
 ) -> pd.DataFrame:
     """A deterministic frame in the UCI bank-marketing layout (plus an ``id`` column)."""
+    import pandas as pd
+
     rng = np.random.default_rng(seed)
     n = n_rows
     job = _pick(rng, CATEGORIES["job"],
@@ -145,6 +151,8 @@ def generate_bank_frame(
 def read_bank_csv(source: str) -> pd.DataFrame:
     """The CSV at ``source`` (path or Blob URL), ``;`` or ``,`` separated; adds ``id``
     (the row number) when the file has none."""
+    import pandas as pd
+
     path = resolve_local_path(source)
     frame = pd.read_csv(path, sep=None, engine="python")
     frame.columns = [str(c).strip().strip('"') for c in frame.columns]
@@ -175,6 +183,8 @@ def encode_bank_columns(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
     """Fixed, data-independent encoding of ``columns``: one-hot over the UCI category
     lists (an unseen value is an error), log-squashed counts and amounts; pdays becomes
     (was-contacted, log1p(days))."""
+    import pandas as pd
+
     check_columns(frame, columns, "bank-marketing data")
     parts = []
     for column in columns:

@@ -80,8 +80,7 @@ class Task(ABC):
     def feature_moments(self, data: ArrayDataset) -> dict[str, list[float]] | None:
         """Per-feature ``count``, ``sum`` and ``sumsq`` of a silo's training rows, for
         tasks whose model standardises inputs (``None`` otherwise)."""
-        model = self.build_model()
-        if not hasattr(model, "standardize"):
+        if not self.standardizes_inputs():
             return None
         x = data.x.reshape(len(data), -1).astype(np.float64)
         return {
@@ -89,6 +88,17 @@ class Task(ABC):
             "sum": x.sum(axis=0).tolist(),
             "sumsq": (x**2).sum(axis=0).tolist(),
         }
+
+    def standardizes_inputs(self) -> bool:
+        """Whether the model has a ``standardize`` layer (set from the roll call's moments).
+        Asked once per task object: building a model to look cost every roll-call reply
+        ~2 ms (1 000 silos: 2 s)."""
+        known = self.__dict__.get("_standardizes_inputs")
+        if known is None:
+            known = self.__dict__["_standardizes_inputs"] = hasattr(
+                self.build_model(), "standardize"
+            )
+        return known
 
     def set_input_scaling(self, model: nn.Module, moments: list[dict[str, list[float]]]) -> None:
         """Set the model's ``standardize`` buffers from silos' summed moments."""

@@ -8,7 +8,6 @@ log1p, so silos need no shared statistics. Label 1 = malignant.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.datasets import load_breast_cancer
 from torch import nn
 
 from tasks.base import ArrayDataset, Task
@@ -28,6 +27,8 @@ class BreastCancerTask(Task):
                 "task 'breast-cancer' reads scikit-learn's bundled data only; set "
                 "data-source = \"\""
             )
+        from sklearn.datasets import load_breast_cancer
+
         bunch = load_breast_cancer()
         # sklearn codes malignant as 0; make the positive (malignant) class 1.
         y = (bunch.target == 0).astype(np.int64)

@@ -10,7 +10,6 @@ an image column (``image`` or ``img``) and ``label``.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.datasets import load_digits
 from torch import nn
 
 from tasks.base import ArrayDataset, Task
@@ -26,6 +25,8 @@ class DigitsTask(Task):
 
     def load_data(self, config) -> tuple[ArrayDataset, ArrayDataset | None]:
         if not config.data_source:
+            from sklearn.datasets import load_digits
+
             bunch = load_digits()
             x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
             return ArrayDataset(x, bunch.target.astype(np.int64)), None

@@ -10,11 +10,14 @@ meaningless at this imbalance); the loss up-weights the rare class by
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 import torch
-from sklearn.datasets import make_classification
 from torch import nn
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from tasks.base import ArrayDataset, Task
 from tasks.models import MLP, signed_log1p
@@ -34,6 +37,9 @@ def generate_fraud_frame(
     signal is real but not trivial); Time spans two days; Amount is log-normal and a
     little larger for fraud.
     """
+    import pandas as pd
+    from sklearn.datasets import make_classification
+
     x, y = make_classification(
         n_samples=n_rows,
         n_features=28,
@@ -74,6 +80,8 @@ class FraudTask(Task):
     num_classes = 2
 
     def load_data(self, config) -> tuple[ArrayDataset, ArrayDataset | None]:
+        import pandas as pd
+
         if not config.data_source:
             return frame_to_dataset(generate_fraud_frame()), None
         path = resolve_local_path(config.data_source)

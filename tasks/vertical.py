@@ -18,9 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from fl_app.seeding import derive_seed
 
@@ -63,6 +66,8 @@ def _bank_spec() -> VerticalSpec:
 
 
 def _fraud_load(source: str) -> pd.DataFrame:
+    import pandas as pd
+
     from tasks import fraud
     from tasks.sources import resolve_local_path
 

@@ -5,9 +5,20 @@ Client (``fl_app.client_app.train``): :func:`compress_train_content` replaces th
 ``arrays`` ArrayRecord by a ``compressed`` ArrayRecord: one uint8 ``payload`` Array with
 the encoded DELTA of the float tensors w.r.t. the global model the silo received and
 its metadata (see :mod:`.codecs`); non-float arrays travel as they are under
-``raw/<key>``. With error feedback the part of the update that was not sent is kept in the
-node's persistent state (``context.state["compression-residual"]``) and added to the
-next update.
+``raw/<key>``. Error feedback, kept in the node's persistent state:
+
+* quantisation (``int8``/``int4``): the classic residual — the part of the update that
+  was not sent (``context.state["compression-residual"]``) is added to the next update;
+* top-k (``topk``/``topk+int8``, ``topk-feedback = "ef21"``, the default): EF21 — the
+  silo and the server both keep the silo's running ESTIMATE of its update
+  (``context.state["compression-estimate"]`` / :class:`EstimateStore`), the silo sends
+  the top-k of ``update − estimate`` and both add what was sent to the estimate, which
+  the server then aggregates as the silo's update (see :func:`.codecs.ef21_step`).
+  The two copies are kept in step by a counter: the server tells each silo the step
+  it holds (train config ``compression-estimate-step``), a silo whose own step differs
+  (a lost reply, a server restart) restarts from a zero estimate and says so in the
+  payload (``ef21-base = 0``), so a lost message costs accuracy for a round, never a
+  silently wrong model. ``topk-feedback = "residual"`` keeps the classic residual.
 
 Server: :func:`decompress_content` rebuilds the ordinary ``arrays`` record
 (global + decoded delta, original keys, shapes and dtypes), so validation, attack
@@ -23,12 +34,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from strategies.compression.codecs import (
     CompressionSpec,
+    advance_estimate,
     decode,
+    ef21_step,
     encode,
     error_feedback_step,
     pack_payload,
@@ -38,7 +51,11 @@ from strategies.compression.codecs import (
 COMPRESSED_KEY = "compressed"  # ArrayRecord with the encoded update
 PAYLOAD_KEY = "payload"  # its one uint8 Array (codecs.pack_payload)
 RESIDUAL_KEY = "compression-residual"  # ArrayRecord in context.state (error feedback)
+ESTIMATE_KEY = "compression-estimate"  # ArrayRecord + ConfigRecord in context.state (EF21)
+ESTIMATE_STEP_KEY = "compression-estimate-step"  # ConfigRecord in state; train-config key
+EF21_BASE = "ef21-base"  # payload meta: the estimate step the update builds on (0 = none)
 RAW_PREFIX = "raw/"
+FEEDBACKS = ("ef21", "residual")
 
 
 def message_bytes(obj: Message | RecordDict) -> int:
@@ -82,15 +99,30 @@ def compress_train_content(
     generator: torch.Generator,
     entropy_coding: bool = True,
     arrays_key: str = "arrays",
+    feedback: str = "ef21",
+    server_step: int | None = None,
 ) -> RecordDict:
     """The train reply ``content`` with its ``arrays_key`` ArrayRecord compressed as the
-    delta w.r.t. ``received`` (the global model this silo trained from)."""
+    delta w.r.t. ``received`` (the global model this silo trained from).
+
+    ``feedback`` picks the error feedback of the top-k schemes (``"ef21"`` or
+    ``"residual"``; quantisation always uses the residual); ``server_step`` is the EF21
+    estimate step the server holds for this silo (from the train config; ``None`` =
+    none)."""
     if spec.scheme == "none":
         return content
+    if feedback not in FEEDBACKS:
+        raise ValueError(f"topk-feedback '{feedback}' is not one of: {', '.join(FEEDBACKS)}")
     trained: ArrayRecord = content[arrays_key]
     keys, offsets = float_offsets(received)
     delta = _flat(trained, keys, offsets[-1]) - _flat(received, keys, offsets[-1])
-    if error_feedback and state is not None:
+    if error_feedback and state is not None and spec.sparse and feedback == "ef21":
+        estimate, base = _saved_estimate(state, offsets[-1], server_step)
+        arrays, meta, estimate = ef21_step(delta, estimate, offsets, spec, generator)
+        meta[EF21_BASE] = base
+        state[ESTIMATE_KEY] = ArrayRecord({"estimate": Array(estimate.numpy())})
+        state[ESTIMATE_STEP_KEY] = ConfigRecord({"step": base + 1})
+    elif error_feedback and state is not None:
         residual = None
         saved = state.array_records.get(RESIDUAL_KEY)
         if saved is not None and saved["residual"].shape == (offsets[-1],):
@@ -113,17 +145,70 @@ def compress_train_content(
     return out
 
 
+def _saved_estimate(
+    state: RecordDict, size: int, server_step: int | None
+) -> tuple[torch.Tensor | None, int]:
+    """The silo's EF21 estimate and its step, if the server holds the same step;
+    otherwise ``(None, 0)``: start again from a zero estimate."""
+    saved = state.array_records.get(ESTIMATE_KEY)
+    steps = state.config_records.get(ESTIMATE_STEP_KEY)
+    if saved is None or steps is None or server_step is None:
+        return None, 0
+    step = int(steps["step"])
+    if step != int(server_step) or step <= 0 or saved["estimate"].shape != (size,):
+        return None, 0
+    return torch.from_numpy(saved["estimate"].numpy().copy()), step
+
+
+class EstimateStore:
+    """The server's copy of every silo's EF21 estimate (one float32 vector of the
+    model's size per silo, keyed by node id) and its step."""
+
+    def __init__(self) -> None:
+        self._estimates: dict[int, tuple[int, torch.Tensor]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._estimates)
+
+    def step(self, node_id: int) -> int:
+        """The step held for ``node_id`` (0 = no estimate)."""
+        entry = self._estimates.get(node_id)
+        return entry[0] if entry is not None else 0
+
+    def advance(self, node_id: int, base: int, sent: torch.Tensor) -> torch.Tensor:
+        """The silo's new estimate (what the server aggregates as its update): its
+        estimate at step ``base`` (0 = zeros) plus the decoded ``sent``. Raises
+        ``ValueError`` when the server does not hold step ``base``."""
+        if base == 0:
+            estimate = torch.zeros_like(sent, dtype=torch.float32)
+        else:
+            step, estimate = self._estimates.get(node_id, (0, None))
+            if step != base or estimate is None or estimate.shape != sent.shape:
+                raise ValueError(
+                    f"EF21 update of node {node_id} builds on estimate step {base}, the "
+                    f"server holds step {step}"
+                )
+        new = advance_estimate(estimate, sent)
+        self._estimates[node_id] = (base + 1, new)
+        return new
+
+
 def is_compressed(content: RecordDict) -> bool:
     """True when ``content`` carries a compressed update."""
     return COMPRESSED_KEY in content.array_records
 
 
 def decompress_content(
-    content: RecordDict, reference: ArrayRecord, arrays_key: str = "arrays"
+    content: RecordDict,
+    reference: ArrayRecord,
+    arrays_key: str = "arrays",
+    estimates: EstimateStore | None = None,
+    node_id: int = 0,
 ) -> RecordDict:
     """Inverse of :func:`compress_train_content` on the server: ``content`` with the
-    ``arrays_key`` ArrayRecord rebuilt as ``reference + decoded delta``. Raises
-    ``ValueError`` naming what does not fit."""
+    ``arrays_key`` ArrayRecord rebuilt as ``reference + decoded delta`` (for an EF21
+    update: ``reference +`` node ``node_id``'s advanced estimate in ``estimates``).
+    Raises ``ValueError`` naming what does not fit."""
     encoded = content.array_records[COMPRESSED_KEY]
     if PAYLOAD_KEY not in encoded:
         raise ValueError(f"compressed update lacks its '{PAYLOAD_KEY}' array")
@@ -135,6 +220,10 @@ def decompress_content(
         raise ValueError(f"compressed update lacks {exc}") from None
     if not torch.isfinite(delta).all():
         raise ValueError("decoded update contains NaN or Inf")
+    if EF21_BASE in meta:
+        if estimates is None:
+            raise ValueError("EF21 update but the server keeps no estimates")
+        delta = estimates.advance(node_id, int(meta[EF21_BASE]), delta)
     values = (_flat(reference, keys, offsets[-1]) + delta).numpy()
     rebuilt = ArrayRecord()
     position = dict(zip(keys, offsets[:-1], strict=True))

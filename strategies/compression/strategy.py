@@ -9,6 +9,9 @@ the app's wrapper chain. For every training round it
 * decodes compressed replies back into ordinary ``arrays`` records
   (global model + decoded delta), so any FedAvg-family strategy — and validation,
   DP and the robust rules — aggregates them unchanged;
+* keeps each silo's EF21 estimate for top-k updates (:class:`.records.EstimateStore`)
+  and tells every silo, in its train config (``compression-estimate-step``), which
+  step of its estimate the server holds, so both copies stay in step;
 * reports ``bytes-uploaded-dense`` (the serialised size of the decoded replies, i.e.
   what the same replies weigh uncompressed) and drops, with a warning, any reply it
   cannot decode (``undecodable-updates``);
@@ -22,11 +25,17 @@ from __future__ import annotations
 import time
 from logging import WARNING
 
-from flwr.app import MetricRecord
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
-from strategies.compression.records import decompress_content, is_compressed, message_bytes
+from strategies.compression.records import (
+    ESTIMATE_STEP_KEY,
+    EstimateStore,
+    decompress_content,
+    is_compressed,
+    message_bytes,
+)
 from strategies.wrappers import StrategyWrapper, reply_order_key
 
 
@@ -39,10 +48,14 @@ class CompressedUpdates(StrategyWrapper):
         self._global = None
         self._downloaded = 0
         self._sent_at: float | None = None
+        self.estimates = EstimateStore()
 
     def configure_train(self, server_round, arrays, config, grid):
         self._global = arrays
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
+        if self.estimates:  # EF21 in use: each silo learns the step the server holds
+            for msg in messages:
+                _with_config(msg, ESTIMATE_STEP_KEY, self.estimates.step(msg.metadata.dst_node_id))
         self._downloaded = sum(message_bytes(m) for m in messages)
         self._sent_at = time.perf_counter()
         return messages
@@ -60,7 +73,13 @@ class CompressedUpdates(StrategyWrapper):
             uploaded += size
             if self._global is not None and is_compressed(msg.content):
                 try:
-                    msg.content = decompress_content(msg.content, self._global, self.arrays_key)
+                    msg.content = decompress_content(
+                        msg.content,
+                        self._global,
+                        self.arrays_key,
+                        self.estimates,
+                        msg.metadata.src_node_id,
+                    )
                 except (ValueError, KeyError, TypeError) as exc:
                     undecodable += 1
                     log(
@@ -95,3 +114,14 @@ class CompressedUpdates(StrategyWrapper):
         values = dict(metrics.items())
         values["evaluate-seconds"] = waited
         return MetricRecord(values)
+
+
+def _with_config(msg, key: str, value: int, config_key: str = "config") -> None:
+    """Give ``msg`` its own copy of its config record with ``key = value`` (strategies
+    build all of a round's messages on ONE shared RecordDict)."""
+    content = RecordDict(dict(msg.content.items()))
+    old = content.config_records.get(config_key)
+    config = ConfigRecord(dict(old.items())) if old is not None else ConfigRecord()
+    config[key] = value
+    content[config_key] = config
+    msg.content = content

@@ -61,8 +61,8 @@ def _in_process(overrides, num_nodes, run_dir):
 #: Metrics that measure the runtime rather than the model: wall-clock seconds, and message
 #: bytes (a serialised message carries run/node/message ids whose lengths differ between
 #: the in-process grid and a real SuperLink).
-RUNTIME_METRICS = ("train-seconds", "evaluate-seconds", "bytes-uploaded", "bytes-uploaded-dense",
-                   "bytes-downloaded")
+RUNTIME_METRICS = ("train-seconds", "evaluate-seconds", "round-seconds", "bytes-uploaded",
+                   "bytes-uploaded-dense", "bytes-downloaded")
 
 
 def _deterministic(rows):
@@ -70,8 +70,10 @@ def _deterministic(rows):
 
 
 def test_same_config_and_seed_give_the_same_model(tmp_path):
-    """Sampling 3 of 5 silos a round, Dirichlet split, FedProx, tabular input scaling:
-    the real `flwr run` (Ray workers) and two in-process runs give bit-identical weights."""
+    """Sampling 3 of 5 silos a round, Dirichlet split, FedProx, tabular input scaling and
+    top-k + int8 update compression with EF21 error feedback (state in each silo's
+    context and on the server): the real `flwr run` (Ray workers) and two in-process runs
+    give bit-identical weights."""
     overrides = {
         "task": "breast-cancer",
         "num-server-rounds": 2,
@@ -79,10 +81,15 @@ def test_same_config_and_seed_give_the_same_model(tmp_path):
         "fraction-evaluate": 0.4,
         "partitioner": "dirichlet",
         "strategy": "fedprox",
+        "compression": "topk+int8",
+        "topk-fraction": 0.05,
     }
     run = run_simulation(overrides, num_supernodes=5, run_dir=tmp_path / "flwr")
     assert run.ok, run.output[-3000:]
-    assert run.final("train")["replies"] == 3
+    train = run.final("train")
+    assert train["replies"] == 3 and train["undecodable-updates"] == 0
+    # Bytes of the replies as Flower serialised them: compressed vs the same replies dense.
+    assert train["bytes-uploaded"] < 0.25 * train["bytes-uploaded-dense"], train
     weights = torch.load(run.run_dir / "model.pt")
     for name in ("a", "b"):
         again, metrics = _in_process(overrides, 5, tmp_path / name)

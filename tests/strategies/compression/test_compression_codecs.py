@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 
 from strategies.compression.codecs import (
     CompressionSpec,
+    advance_estimate,
     chunk_ids,
     decode,
     dequantize,
+    ef21_step,
     encode,
     error_feedback_step,
     pack_nibbles,
@@ -100,7 +102,8 @@ def test_encode_of_topk_int8_is_unbiased_on_kept_values():
 def test_topk_keeps_exactly_the_largest_per_tensor(sizes, fraction, seed):
     offsets = _offsets(sizes)
     x = torch.randn(offsets[-1], generator=_gen(seed))
-    arrays, meta = encode(x, offsets, CompressionSpec("topk", topk_fraction=fraction), _gen())
+    spec = CompressionSpec("topk", topk_fraction=fraction, topk_scope="tensor")
+    arrays, meta = encode(x, offsets, spec, _gen())
     y = decode(arrays, meta, offsets)
     for start, end in itertools.pairwise(offsets):
         seg_x, seg_y = x[start:end], y[start:end]
@@ -110,6 +113,22 @@ def test_topk_keeps_exactly_the_largest_per_tensor(sizes, fraction, seed):
         assert torch.equal(seg_y[kept], seg_x[kept])  # float32 values travel exactly
         if k < end - start:  # nothing dropped is larger than anything kept
             assert seg_x[~kept].abs().max() <= seg_x[kept].abs().min()
+
+
+@settings(max_examples=25, deadline=None)
+@given(sizes=sizes_strategy, fraction=st.floats(0.001, 1.0), seed=st.integers(0, 1000))
+def test_global_topk_keeps_exactly_the_largest_of_the_whole_update(sizes, fraction, seed):
+    offsets = _offsets(sizes)
+    d = offsets[-1]
+    # tensors on very different scales: a global budget goes where the magnitude is
+    x = torch.cat([torch.randn(n, generator=_gen(seed + i)) * 10.0**i for i, n in enumerate(sizes)])
+    arrays, meta = encode(x, offsets, CompressionSpec("topk", topk_fraction=fraction), _gen())
+    y = decode(arrays, meta, offsets)
+    kept = y != 0
+    assert int(kept.sum()) == min(d, max(1, math.ceil(fraction * d)))
+    assert torch.equal(y[kept], x[kept])
+    if int(kept.sum()) < d:
+        assert x[~kept].abs().max() <= x[kept].abs().min()
 
 
 def test_encoding_is_seeded():
@@ -166,6 +185,48 @@ def test_error_feedback_loses_nothing_only_delays(scheme):
         assert dropped.norm() > 3 * residual.norm()
 
 
+@pytest.mark.parametrize("scheme", ["topk", "topk+int8"])
+def test_ef21_silo_and_server_estimates_are_bit_identical_and_contract(scheme):
+    """EF21 bookkeeping: the silo's new estimate is exactly what the server rebuilds
+    from the payload (estimate + decoded), and for float32 top-k the tracking error
+    contracts: ‖u − g_new‖² ≤ (1 − k/d)·‖u − g‖²."""
+    offsets = [0, 40, 200, 1000]
+    spec = CompressionSpec(scheme, topk_fraction=0.05, chunk=16)
+    k = math.ceil(0.05 * 1000)
+    client = server = None
+    drift = torch.randn(1000, generator=_gen(7))
+    for t in range(30):
+        update = drift + 0.3 * torch.randn(1000, generator=_gen(100 + t))
+        arrays, meta, new = ef21_step(update, client, offsets, spec, _gen(t))
+        parts, meta2 = unpack_payload(pack_payload(arrays, meta))
+        sent = decode(parts, meta2, offsets)
+        server = advance_estimate(torch.zeros(1000) if server is None else server, sent)
+        assert torch.equal(new, server)  # bit-identical copies
+        if scheme == "topk":
+            before = (update - (torch.zeros(1000) if client is None else client)).double()
+            after = (update - new).double()
+            assert after.norm() ** 2 <= (1 - k / 1000) * before.norm() ** 2 + 1e-6
+            assert int((sent != 0).sum()) == k
+        client = new
+
+
+def test_ef21_never_counts_a_repeated_update_twice():
+    """The stale-residual problem of the classic residual: a silo that sends the same
+    update every round (it re-learns it from a global model that barely moved) sees
+    its residual, and what it sends, grow with the rounds. EF21's estimate converges to
+    the update itself and never exceeds it."""
+    offsets = [0, 100, 500]
+    spec = CompressionSpec("topk", topk_fraction=0.01)
+    update = torch.randn(500, generator=_gen(3))
+    residual, estimate = None, None
+    for t in range(100):
+        _, _, residual = error_feedback_step(update, residual, offsets, spec, _gen(t))
+        _, _, estimate = ef21_step(update, estimate, offsets, spec, _gen(t))
+        assert (estimate.abs() <= update.abs()).all()  # each entry is 0 or the update's
+    assert torch.equal(estimate, update)  # 100 rounds × 5 values cover all 500
+    assert residual.norm() > 10 * update.norm()  # the classic residual piles up
+
+
 def test_payload_round_trip_and_entropy_coding():
     arrays = {
         "indices": np.arange(0, 3000, 3, dtype=np.uint16),
@@ -205,5 +266,7 @@ def test_decode_rejects_mismatched_model():
 def test_spec_rejects_bad_values():
     with pytest.raises(ValueError, match="not one of"):
         CompressionSpec("int2")
+    with pytest.raises(ValueError, match="topk-scope 'layer'"):
+        CompressionSpec("topk", topk_scope="layer")
     with pytest.raises(ValueError, match="topk-fraction"):
         CompressionSpec("topk", topk_fraction=0.0)

@@ -3,11 +3,13 @@ the in-process grid): it still learns, and the bytes it logs are the smaller one
 
 from __future__ import annotations
 
+import numpy as np
+
 from fl_app.client_app import app as client_app
 from fl_app.config import RunConfig
 from fl_app.federation import run_federation
 from fl_app.inprocess import InProcessGrid
-from strategies.compression.records import RESIDUAL_KEY
+from strategies.compression.records import ESTIMATE_KEY, ESTIMATE_STEP_KEY, RESIDUAL_KEY
 
 
 def test_int8_federation_learns_and_uploads_a_quarter(tmp_path):
@@ -37,3 +39,32 @@ def test_int8_federation_learns_and_uploads_a_quarter(tmp_path):
     assert all(RESIDUAL_KEY in ctx.state.array_records for ctx in grid.contexts.values())
     # and the metric reaches the run directory's per-round log
     assert "bytes-uploaded" in (run_dir / "metrics.csv").read_text()
+
+
+def test_topk_ef21_federation_keeps_silo_and_server_estimates_in_step(tmp_path):
+    """Top-k 1 % with EF21 (the default) through the real ServerApp body and ClientApp:
+    the server tells every silo the estimate step it holds, so no silo ever restarts
+    (its step equals the round number), nothing is undecodable, replies stay tiny."""
+    cfg = RunConfig(
+        compression="topk",
+        num_server_rounds=3,
+        local_epochs=1,
+        fraction_evaluate=0.0,
+        min_evaluate_nodes=0,
+        min_available_nodes=3,
+        run_dir=str(tmp_path),
+    )
+    assert cfg.topk_feedback == "ef21" and cfg.topk_scope == "model"
+    grid = InProcessGrid(client_app, cfg.to_flower(), 3)
+    result, _ = run_federation(grid, cfg)
+    server = result.evaluate_metrics_serverapp
+    train = result.train_metrics_clientapp
+    for rnd in (1, 2, 3):
+        assert train[rnd]["undecodable-updates"] == 0
+        assert train[rnd]["bytes-uploaded"] < 0.06 * train[rnd]["bytes-uploaded-dense"]
+    assert server[3]["accuracy"] > server[0]["accuracy"] + 0.1  # it learns
+    for ctx in grid.contexts.values():
+        assert RESIDUAL_KEY not in ctx.state.array_records
+        assert int(ctx.state[ESTIMATE_STEP_KEY]["step"]) == 3  # in step for all 3 rounds
+        estimate = ctx.state[ESTIMATE_KEY]["estimate"].numpy()
+        assert 0 < np.count_nonzero(estimate) <= 3 * 100  # ≤ 3 rounds × 1 % of 9 930

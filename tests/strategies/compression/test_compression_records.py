@@ -18,7 +18,14 @@ from strategies.compression import (
     decompress_content,
     message_bytes,
 )
-from strategies.compression.records import COMPRESSED_KEY, PAYLOAD_KEY, RESIDUAL_KEY
+from strategies.compression.records import (
+    COMPRESSED_KEY,
+    ESTIMATE_KEY,
+    ESTIMATE_STEP_KEY,
+    PAYLOAD_KEY,
+    RESIDUAL_KEY,
+    EstimateStore,
+)
 from strategies.wrappers import META_KEY
 from tasks.models import SmallCNN
 
@@ -57,7 +64,9 @@ def _reply(arrays: ArrayRecord, node: int = 7, pid: int = 2) -> tuple[RecordDict
     return content, instruction
 
 
-def _compress(content, received, scheme, state=None, seed=0, **kw):
+def _compress(
+    content, received, scheme, state=None, seed=0, feedback="ef21", server_step=None, **kw
+):
     spec = CompressionSpec(scheme, **kw)
     return compress_train_content(
         content,
@@ -66,6 +75,8 @@ def _compress(content, received, scheme, state=None, seed=0, **kw):
         state=state,
         error_feedback=state is not None,
         generator=torch.Generator().manual_seed(seed),
+        feedback=feedback,
+        server_step=server_step,
     )
 
 
@@ -119,7 +130,9 @@ def test_error_feedback_residual_lives_in_node_state(flower_identity):
     received, trained = _records(SmallCNN(), scale=0.1)
     state = RecordDict()
     content, _ = _reply(trained)
-    first = _compress(content, received, "topk", state=state, topk_fraction=0.01)
+    first = _compress(
+        content, received, "topk", state=state, feedback="residual", topk_fraction=0.01
+    )
     assert RESIDUAL_KEY in state.array_records
     residual = state[RESIDUAL_KEY]["residual"].numpy().copy()
     delta1 = decompress_content(first, received)["arrays"]
@@ -127,13 +140,60 @@ def test_error_feedback_residual_lives_in_node_state(flower_identity):
     sent1 = flat(delta1) - flat(received)
     np.testing.assert_allclose(sent1 + residual, flat(trained) - flat(received), atol=1e-5)
     # next round, the same update again: what is sent now includes last round's leftovers
-    second = _compress(content, received, "topk", state=state, topk_fraction=0.01, seed=1)
+    second = _compress(
+        content, received, "topk", state=state, feedback="residual", topk_fraction=0.01, seed=1
+    )
     sent2 = flat(decompress_content(second, received)["arrays"]) - flat(received)
     total = flat(trained) - flat(received)
     np.testing.assert_allclose(
         sent1 + sent2 + state[RESIDUAL_KEY]["residual"].numpy(), 2 * total, atol=1e-5
     )
     assert not np.array_equal(np.nonzero(sent1)[0], np.nonzero(sent2)[0])
+
+
+def _estimate(state: RecordDict) -> tuple[int, np.ndarray]:
+    return int(state[ESTIMATE_STEP_KEY]["step"]), state[ESTIMATE_KEY]["estimate"].numpy()
+
+
+def test_ef21_estimates_of_silo_and_server_stay_in_step(flower_identity):
+    """EF21 on real records: the silo's estimate (its node state) and the server's copy
+    are bit-identical every round; a lost reply makes both restart from zero instead of
+    silently diverging; an update built on an estimate the server lacks is refused."""
+    received = ArrayRecord(SmallCNN().state_dict())
+    state, store, node = RecordDict(), EstimateStore(), 7
+    flat = lambda rec: np.concatenate([rec[k].numpy().ravel() for k in rec])  # noqa: E731
+
+    def round_trip(seed: int, deliver: bool = True):
+        _, trained = _records(SmallCNN(), seed=seed, scale=0.1)
+        content, _ = _reply(trained)
+        step = store.step(node) if store else None  # what the wrapper's config carries
+        packed = _compress(content, received, "topk", state=state, seed=seed, server_step=step)
+        if deliver:
+            rebuilt = decompress_content(packed, received, estimates=store, node_id=node)
+            return packed, flat(rebuilt["arrays"]) - flat(received)
+        return packed, None
+
+    for rnd in (1, 2, 3):
+        _, applied = round_trip(rnd)
+        step, estimate = _estimate(state)
+        assert step == store.step(node) == rnd
+        assert np.array_equal(store._estimates[node][1].numpy(), estimate)  # bit-identical
+        np.testing.assert_allclose(applied, estimate, atol=1e-6)  # the server applies it
+        assert np.count_nonzero(estimate) <= rnd * 100  # ≤ k = ceil(1 % of 9 930) per round
+    round_trip(4, deliver=False)  # the reply is lost: silo at step 4, server at 3
+    assert _estimate(state)[0] == 4 and store.step(node) == 3
+    _, applied = round_trip(5)  # server says 3, silo holds 4: both restart
+    assert _estimate(state)[0] == store.step(node) == 1
+    assert np.count_nonzero(applied) == 100  # one round's top-k only, from zero
+    assert np.array_equal(store._estimates[node][1].numpy(), _estimate(state)[1])
+    # an update built on step 1 when the server holds none for that node: refused
+    with pytest.raises(ValueError, match="builds on estimate step 1, the server holds step 0"):
+        decompress_content(
+            _compress(_reply(received)[0], received, "topk", state=state, server_step=1),
+            received,
+            estimates=store,
+            node_id=8,
+        )
 
 
 def test_wrapper_decodes_counts_bytes_and_drops_undecodable(flower_identity):
