@@ -10,7 +10,8 @@ missing from the replies (or, on the deployment runtime, answered by the SuperLi
 * counts the successful replies: with at least ``min-train-nodes`` the round goes on with
   them; with fewer, the round's instruction is re-sent to the missing silos that are still
   connected, up to ``round-retries`` times (their training is seeded by seed, partition
-  and round, so a retried silo sends the update it would have sent); still short, it
+  and round, so a retried silo sends the update it would have sent — unless compression's
+  error feedback already advanced its state on the lost attempt); still short, it
   raises :class:`QuorumError` naming the missing silos (node id and partition id), and the
   run ends cleanly with its last complete round checkpointed;
 * writes the round to the audit log (:mod:`fl_app.audit`).
