@@ -13,6 +13,14 @@ from typing import Any, Protocol
 from fl_app import LOG
 
 
+def is_runtime_metric(key: str) -> bool:
+    """Whether metric ``key`` measures the runtime rather than the model — wall-clock
+    seconds (``train-seconds``, ``round-seconds``, …) or serialised message bytes
+    (``bytes-uploaded``, …; ids in a message differ between runtimes) — so it differs
+    between two runs of one seeded config."""
+    return key.endswith("seconds") or key.startswith("bytes-")
+
+
 class MetricsSink(Protocol):
     """Receives a run's parameters, per-round metrics and final artefacts."""
 

@@ -7,3 +7,14 @@ from adapters.blob import store as _store
 from adapters.blob.store import *  # noqa: F403  (the public names listed in store.__all__)
 
 __all__ = list(_store.__all__)
+
+from adapters.blob.checkpoints import (
+    BlobCheckpointStore,
+    CheckpointStore,
+    ChecksumError,
+    LocalCheckpointStore,
+    open_checkpoint_store,
+)
+
+__all__ += ["BlobCheckpointStore", "CheckpointStore", "ChecksumError", "LocalCheckpointStore",
+            "open_checkpoint_store"]  # fmt: skip

@@ -15,6 +15,7 @@ from fl_app.config import RunConfig
 from fl_app.federation import run_federation
 from fl_app.inprocess import InProcessGrid
 from fl_app.local_run import run_simulation
+from fl_app.sinks import is_runtime_metric
 from tasks import get_task
 
 pytestmark = pytest.mark.e2e
@@ -58,15 +59,8 @@ def _in_process(overrides, num_nodes, run_dir):
     return torch.load(out / "model.pt"), json.loads((out / "metrics.json").read_text())
 
 
-#: Metrics that measure the runtime rather than the model: wall-clock seconds, and message
-#: bytes (a serialised message carries run/node/message ids whose lengths differ between
-#: the in-process grid and a real SuperLink).
-RUNTIME_METRICS = ("train-seconds", "evaluate-seconds", "round-seconds", "bytes-uploaded",
-                   "bytes-uploaded-dense", "bytes-downloaded")
-
-
 def _deterministic(rows):
-    return [{k: v for k, v in row.items() if k not in RUNTIME_METRICS} for row in rows]
+    return [{k: v for k, v in row.items() if not is_runtime_metric(k)} for row in rows]
 
 
 def test_same_config_and_seed_give_the_same_model(tmp_path):

@@ -1,9 +1,9 @@
 """SIGKILL of the server-side run on the real deployment runtime, then ``resume = true``.
 
-flower-superlink + 3 flower-supernode on loopback (tests/e2e/conftest.py). A 3-round run
+flower-superlink + 3 flower-supernode on loopback (tests/e2e/conftest.py). A 2-round run
 (FedAdam, central DP with adaptive clipping, seeded sampling of 2 of 3 silos) is killed
-with SIGKILL — the ``flwr-serverapp`` process the SuperLink started for it, mid round 3,
-after round 2's checkpoint. A second ``flwr run`` with ``resume = true`` finds the
+with SIGKILL — the ``flwr-serverapp`` process the SuperLink started for it, mid round 2,
+after round 1's checkpoint. A second ``flwr run`` with ``resume = true`` finds the
 checkpoint (model, FedAdam moments, accountant, clip norm, RNG states), continues in the
 same run directory and ends with the bit-identical model of an uninterrupted run of the
 same config (here: the in-process grid, which the other e2e tests show is bit-identical to
@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
 SILOS = 3
 SETTINGS = {
-    "task": "breast-cancer", "num-server-rounds": 3, "local-epochs": 1, "seed": 11,
+    "task": "breast-cancer", "num-server-rounds": 2, "local-epochs": 1, "seed": 11,
     "strategy": "fedadam", "central-dp": True, "adaptive-clipping": True,
     "noise-multiplier": 0.1, "max-update-norm-ratio": 0.0,
     "fraction-train": 0.67, "min-train-nodes": 2, "min-available-nodes": 3,
@@ -51,12 +51,12 @@ def test_sigkilled_server_run_resumes_to_the_uninterrupted_model(deployment, tmp
     def run_dirs() -> list[Path]:
         return [p.parent for p in runs.glob("*/audit.jsonl")]
 
-    def in_round_3() -> bool:  # round 2 checkpointed, round 3's instructions out
+    def in_round_2() -> bool:  # round 1 checkpointed, round 2's instructions out
         dirs = run_dirs()
-        checkpointed = dirs and [e["round"] for e in _events(dirs[0], "checkpoint")][-1:] == [2]
-        return bool(checkpointed) and "[ROUND 3/3]" in first.log()
+        checkpointed = dirs and [e["round"] for e in _events(dirs[0], "checkpoint")][-1:] == [1]
+        return bool(checkpointed) and "[ROUND 2/2]" in first.log()
 
-    fed.wait_for(in_round_3, "round 3 after round 2's checkpoint", proc=first)
+    fed.wait_for(in_round_2, "round 2 after round 1's checkpoint", proc=first)
     (serverapp,) = fed.serverapps()
     serverapp.kill()  # SIGKILL: no handler runs, nothing is flushed
 
@@ -76,7 +76,7 @@ def test_sigkilled_server_run_resumes_to_the_uninterrupted_model(deployment, tmp
     code = second.popen.wait(timeout=900)
     output = second.log()
     assert code == 0, output[-3000:]
-    assert re.search(r"resuming after round 2 from \S+", output), output[-3000:]
+    assert re.search(r"resuming after round 1 from \S+", output), output[-3000:]
     assert run_dirs() == [run_dir]  # continued in the killed run's directory
     assert psutil.pid_exists(fed.superlink.popen.pid)  # one SuperLink served both runs
 
@@ -90,17 +90,17 @@ def test_sigkilled_server_run_resumes_to_the_uninterrupted_model(deployment, tmp
     for key in want:
         assert torch.equal(got[key], want[key]), key
 
-    # Rounds 1–2 from the killed run, round 3 from the resumed one, ε over all 3 rounds.
+    # Round 1 from the killed run, round 2 from the resumed one, ε over both rounds.
     trains = {e["round"]: e for e in _events(run_dir, "train")}
     reference = {e["round"]: e for e in _events(reference_dir, "train")}
-    assert sorted(trains) == [1, 2, 3]
-    assert trains[3]["epsilon"] == reference[3]["epsilon"] > 0
-    for r in (1, 2, 3):
+    assert sorted(trains) == [1, 2]
+    assert trains[2]["epsilon"] == reference[2]["epsilon"] > 0
+    for r in (1, 2):
         assert [u["sha256"] for u in trains[r]["updates"]] == [
             u["sha256"] for u in reference[r]["updates"]
         ], r
     assert verify_audit_log(run_dir / "audit.jsonl") == len(read_audit_log(run_dir / "audit.jsonl"))
     starts = _events(run_dir, "run-start")
-    assert [s["resumed-after-round"] for s in starts] == [0, 2]
+    assert [s["resumed-after-round"] for s in starts] == [0, 1]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert [r["round"] for r in metrics if r["phase"] == "server"] == [0, 1, 2, 3]
+    assert [r["round"] for r in metrics if r["phase"] == "server"] == [0, 1, 2]

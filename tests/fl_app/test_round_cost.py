@@ -13,6 +13,7 @@ from fl_app import client_app as client_module
 from fl_app.config import RunConfig
 from fl_app.federation import roll_call, run_federation
 from fl_app.inprocess import InProcessGrid
+from fl_app.sinks import is_runtime_metric
 from tasks import get_task
 
 SETTINGS = {
@@ -56,8 +57,7 @@ def test_round_seconds_is_the_rounds_wall_time_and_the_reused_model_changes_noth
     assert all(torch.equal(reused[k], fresh[k]) for k in reused)
 
     def model_metrics(rows):
-        return [{k: v for k, v in r.items() if not k.endswith("seconds")
-                 and not k.startswith("bytes-")} for r in rows]  # fmt: skip
+        return [{k: v for k, v in r.items() if not is_runtime_metric(k)} for r in rows]
 
     assert model_metrics(metrics) == model_metrics(fresh_metrics)
 
