@@ -217,7 +217,7 @@ started (shared with other jobs). Run {r["when"]}.
 | total wall time | {r["total_seconds"]:.1f} s |
 
 No OOM: {quality}. Memory stays flat because a virtual client is a `Context` in the
-SuperLink, not a model; a Ray actor builds one model per message and drops it; each
+SuperLink, not a model; a Ray actor keeps one model object per task and loads each message's weights into it; each
 actor process builds only the partitions of the silos it serves, on demand
 (`tasks.partitioning.LazyPartitions`: building all 1 000 IID partitions eagerly took
 ~17 s per process with flwr-datasets); the server holds one global model.
