@@ -45,7 +45,6 @@ def poll_replies(
     ends = [] if timeout is None else [now + timeout]
     interval = first_interval
     replies: list[Message] = []
-    cut_set = False
     while pending:
         if ends:
             interval = max(0.0, min(interval, min(ends) - time.monotonic()))
@@ -54,11 +53,9 @@ def poll_replies(
         replies.extend(pulled)
         pending.difference_update(m.metadata.reply_to_message_id for m in pulled)
         now = time.monotonic()
-        if pending and not cut_set and cut_after is not None:
-            grace = cut_after(replies)
-            if grace is not None:
-                ends.append(now + grace)
-                cut_set = True
+        if pending and cut_after is not None and (grace := cut_after(replies)) is not None:
+            ends.append(now + grace)
+            cut_after = None  # once
         if ends and now >= min(ends):
             break
         interval = min(max_interval, max(interval, first_interval) * factor)

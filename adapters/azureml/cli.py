@@ -43,6 +43,9 @@ err_console = Console(stderr=True)
 SpecArg = Annotated[
     Path, typer.Argument(help="Federation spec YAML (see examples/federation.yaml).")
 ]
+SpecOrSandboxArg = Annotated[
+    Path | None, typer.Argument(help="Federation spec YAML (or use --sandbox N).")
+]
 SubmissionOpt = Annotated[
     str | None, typer.Option("--submission", help="Submission id; default: the latest.")
 ]
@@ -307,9 +310,7 @@ def _provision_spec(
 
 @app.command()
 def provision(
-    spec_path: Annotated[
-        Path | None, typer.Argument(help="Federation spec YAML (or use --sandbox N).")
-    ] = None,
+    spec_path: SpecOrSandboxArg = None,
     sandbox: SandboxOpt = None,
     subscription: SubscriptionOpt = None,
     name: NameOpt = "fedsilo-sandbox",
@@ -365,9 +366,7 @@ def provision(
 
 @app.command()
 def teardown(
-    spec_path: Annotated[
-        Path | None, typer.Argument(help="Federation spec YAML (or use --sandbox N).")
-    ] = None,
+    spec_path: SpecOrSandboxArg = None,
     sandbox: SandboxOpt = None,
     subscription: SubscriptionOpt = None,
     name: NameOpt = "fedsilo-sandbox",

@@ -6,11 +6,9 @@ stopped by pid when the test ends (SIGTERM, wait, SIGKILL)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -21,24 +19,9 @@ import psutil
 import pytest
 
 from adapters.azureml.jobs import FLWR_CONNECTION
-from adapters.azureml.local import _Proc, _start, _stop_all
+from adapters.azureml.local import _online_nodes, _Proc, _start, _stop_all
 from adapters.azureml.runtime import wait_http_ok, write_flower_config
 from fl_app.local_run import PROJECT_DIR, _free_port, run_config_arg
-
-
-def online_nodes(env: dict[str, str]) -> int:
-    """SuperNodes the SuperLink lists as online (``flwr supernode list``; on a loaded
-    machine the CLI can print its answer and then linger, so a timeout keeps the output)."""
-    cmd = ["flwr", "supernode", "list", "--format", "json"]
-    try:
-        out = subprocess.run(cmd, env=env, capture_output=True, timeout=30, check=False).stdout
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout or b""
-    try:
-        nodes = json.loads(out).get("nodes", [])
-    except ValueError:
-        return 0
-    return sum(1 for node in nodes if node.get("status") == "online")
 
 
 def kill_tree(pid: int) -> None:
@@ -111,7 +94,7 @@ class Deployment:
                     ],
                 )
             )
-        wait_for(lambda: online_nodes(self.env) >= self.num_silos, "the SuperNodes to register")
+        wait_for(lambda: _online_nodes(self.env) >= self.num_silos, "the SuperNodes to register")
         return self
 
     def _start(self, name: str, cmd: list[str]) -> _Proc:
