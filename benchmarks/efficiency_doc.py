@@ -17,8 +17,8 @@ those runs and a cProfile of the in-process federation:
 
 ```bash
 python -m benchmarks.compression   # bytes uploaded per round and accuracy, per codec
-python -m benchmarks.scale         # 1 000 simulated clients, peak RSS, seconds per round
-python -m benchmarks.overhead      # simulation round time vs the same training in one process
+python -m benchmarks.scale         # 10 000 simulated clients, peak RSS, seconds per round
+python -m benchmarks.overhead      # simulation round time vs plain Flower and one process
 ```
 """
 

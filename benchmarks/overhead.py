@@ -51,6 +51,8 @@ from benchmarks.overhead_worker import SILOS, SIM_VARIANTS
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "overhead_worker.py"
+#: Flower's FedAvg and a plain ClientApp doing the same work (benchmarks/plain_flower_app).
+PLAIN_APP = Path(__file__).resolve().parent / "plain_flower_app"
 SKIP = 1  # round 1 pays one-time imports (torch's optimiser pulls in torch._dynamo)
 
 
@@ -83,10 +85,15 @@ def git_worktree(rev: str, repo: Path = PROJECT_DIR):
 
 
 def measure_checkout(
-    checkout: Path, rounds: int, variants: list[str], timeout: float = 3600.0
-) -> dict[str, dict]:
-    """Run :mod:`benchmarks.overhead_worker` on ``checkout`` (its cwd and PYTHONPATH) and
-    return its rows; every process it started is stopped when it ends or times out."""
+    checkout: Path,
+    rounds: int,
+    variants: list[str],
+    timeout: float = 3600.0,
+    extra_args: tuple[str, ...] = (),
+) -> tuple[dict[str, dict], dict | None]:
+    """Run :mod:`benchmarks.overhead_worker` on ``checkout`` (its cwd and PYTHONPATH) with
+    ``extra_args``; return its rows and its feature costs (``--features``; else None).
+    Every process it started is stopped when it ends or times out."""
     import psutil
 
     from fl_app.local_run import stop_process_tree
@@ -102,6 +109,7 @@ def measure_checkout(
         out = Path(tmp) / "rows.json"
         cmd = [sys.executable, str(WORKER), "--rounds", str(rounds), "--out", str(out)]
         cmd += ["--variants", *variants] if variants else []
+        cmd += list(extra_args)
         proc = subprocess.Popen(cmd, cwd=checkout, env=env, stderr=subprocess.PIPE, text=True)
         try:
             _, err = proc.communicate(timeout=timeout)
@@ -120,7 +128,7 @@ def measure_checkout(
         saved = json.loads(out.read_text())
     if Path(saved["cwd"]).resolve() != checkout.resolve():
         raise RuntimeError(f"the worker ran in {saved['cwd']}, not in {checkout}")
-    return saved["rows"]
+    return saved["rows"], saved.get("features")
 
 
 def summarise(rows: dict[str, dict], skip: int = SKIP) -> dict[str, dict]:
@@ -199,7 +207,71 @@ cuts are exact): {accuracies(revisions)}.
   (one Ray actor on 2 cores).
 - **simulation / prompt-polling**: our `PromptGrid` (`reply-poll-interval = 0.02`,
   back-off ×1.5 to 0.5 s), one actor; **+2-actors**: and `client-resources-num-cpus = 1`.
-"""
+- **plain Flower / …**: `benchmarks/plain_flower_app` with the same federation settings:
+  Flower's `FedAvg` run by `Strategy.start`, a plain ClientApp (model built per message),
+  the same digits model, partitions, seeds, 3 local epochs and server-side evaluation
+  (from `tasks/`); no roll call, wrappers, validation, checkpoints, audit log or sinks.
+{plain_flower_section(result)}"""
+
+
+def plain_ratios(rows: dict[str, dict]) -> list[tuple[str, dict, dict]]:
+    """``(variant, ours, plain)`` for every simulation variant measured beside plain Flower."""
+    return [
+        (mode.split(" / ", 1)[1], rows[mode], rows["plain Flower / " + mode.split(" / ", 1)[1]])
+        for mode in rows
+        if mode.startswith("simulation / ") and "plain Flower / " + mode.split(" / ", 1)[1] in rows
+    ]
+
+
+def plain_flower_section(result: dict) -> str:
+    """Ours against plain Flower (seconds per round and their ratio, goal ≤ 1.1×) and, when
+    measured, what each of our features costs per round."""
+    rows = list(result["revisions"].values())[-1]["rows"]
+    pairs = plain_ratios(rows)
+    if not pairs:
+        return ""
+    lines = [
+        "",
+        "### Against plain Flower",
+        "",
+        "| variant | plain Flower s / round | ours s / round | ours / plain | ours − plain s "
+        "| silo phases plain / ours s |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for variant, ours, plain in pairs:
+        lines.append(
+            f"| {variant} | {plain['per_round']:.2f} | {ours['per_round']:.2f} "
+            f"| **{ours['per_round'] / plain['per_round']:.2f}×** "
+            f"| {ours['per_round'] - plain['per_round']:+.2f} "
+            f"| {plain['phases_per_round']:.2f} / {ours['phases_per_round']:.2f} |"
+        )
+    repeats = max(row.get("repeats", 1) for _, *both in pairs for row in both)
+    lines += [
+        "",
+        f"Each figure is the mean over rounds 2…{result['rounds']}"
+        + (f" of {repeats} runs per app, alternating plain and ours" if repeats > 1 else "")
+        + "; goal: ours / plain ≤ 1.10.",
+    ]
+    features = result.get("features")
+    if features:
+        from benchmarks.feature_costs import markdown_rows
+
+        difference = pairs[0][1]["per_round"] - pairs[0][2]["per_round"]
+        share = (
+            f"shares are of ours − plain of the first variant ({difference:+.2f} s)"
+            if difference > 0
+            else "ours was not slower than plain Flower in this run, so no shares"
+        )
+        lines += [
+            "",
+            "**What our features cost.** Exclusive time of each feature's code per round "
+            f"(mean over rounds 2…{result['rounds']}), timed around the real functions in "
+            "an in-process federation of the same settings (`benchmarks/feature_costs.py`); "
+            f"{share}:",
+            "",
+            markdown_rows(features, difference if difference > 0 else None),
+        ]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -215,6 +287,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=DOC)
     parser.add_argument("--json", type=Path, default=Path("docs/efficiency-overhead.json"))
     parser.add_argument("--quick", action="store_true", help="no flwr run; 2 rounds")
+    parser.add_argument(
+        "--plain", action=argparse.BooleanOptionalAction, default=True,
+        help="run the plain Flower app beside every simulation variant (this tree only)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--repeats", type=int, default=1,
+        help="runs of plain Flower and ours per variant, alternating (plain, ours, ours, …)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--features", action=argparse.BooleanOptionalAction, default=True,
+        help="time each of our features in an in-process federation (this tree only)",
+    )  # fmt: skip
     parser.add_argument(
         "--render-only", action="store_true", help="rewrite the doc section from --json"
     )
@@ -242,9 +326,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.before:
         with git_worktree(args.before) as (checkout, commit):
-            rows = measure_checkout(checkout, args.rounds, args.variants)
+            rows, _ = measure_checkout(checkout, args.rounds, args.variants)
         result["revisions"]["before"] = {"commit": commit, "rows": summarise(rows)}
-    rows = measure_checkout(PROJECT_DIR, args.rounds, args.variants)
+    extra = ["--repeats", str(args.repeats), *(["--features"] if args.features else [])]
+    extra += ["--plain-app", str(PLAIN_APP)] if args.plain else []
+    rows, result["features"] = measure_checkout(
+        PROJECT_DIR, args.rounds, args.variants, extra_args=tuple(extra)
+    )
     label = "after" if args.before else "this tree"
     result["revisions"][label] = {"commit": head, "dirty": dirty, "rows": summarise(rows)}
     text = markdown(result)

@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -168,8 +169,56 @@ def simulation_rounds(rounds: int, variant: str) -> dict:
         return _row(run.run_dir, run.metrics, total)
 
 
-def measure(rounds: int, variants: list[str]) -> dict[str, dict]:
-    """Every mode's rows, keyed ``direct``, ``in-process``, ``simulation / <variant>``."""
+def plain_flower_rounds(rounds: int, variant: str, app_dir: Path) -> dict:
+    """``flwr run`` of the plain Flower app at ``app_dir`` (benchmarks/plain_flower_app:
+    Flower's FedAvg and a plain ClientApp doing the same training, evaluation and server
+    evaluation) with ``variant``'s federation settings. Its wall per round is the
+    ``round-seconds`` it logs: end of one server evaluation to the end of the next, as
+    our audit-log figure."""
+    from fl_app.local_run import run_simulation
+
+    _, federation = SIM_VARIANTS[variant]
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        run = run_simulation(
+            {"num-server-rounds": rounds, "min-available-nodes": SILOS},
+            num_supernodes=SILOS,
+            run_dir=Path(tmp),
+            federation_config=federation,
+            project_dir=app_dir,
+        )
+        total = time.perf_counter() - start
+        server = [m for m in run.metrics if m["phase"] == "server"]
+        if not run.ok or len(server) <= rounds:
+            raise RuntimeError(f"plain Flower run failed ({run.status}):\n{run.output[-3000:]}")
+        return {
+            "wall": [m["round-seconds"] for m in server if m["round"] > 0],
+            "phases": phase_seconds(run.metrics),
+            "total": total,
+            "final-accuracy": server[-1]["accuracy"],
+        }
+
+
+def mean_row(runs: list[dict]) -> dict:
+    """Repeated runs of one mode as one row: per-round means, total and accuracy of each."""
+    if len(runs) == 1:
+        return runs[0]
+    return {
+        "wall": [statistics.fmean(r) for r in zip(*(x["wall"] for x in runs), strict=True)],
+        "phases": [statistics.fmean(r) for r in zip(*(x["phases"] for x in runs), strict=True)],
+        "total": statistics.fmean(x["total"] for x in runs),
+        "final-accuracy": runs[-1].get("final-accuracy"),
+        "repeats": len(runs),
+    }
+
+
+def measure(
+    rounds: int, variants: list[str], plain_app: Path | None = None, repeats: int = 1
+) -> dict[str, dict]:
+    """Every mode's rows, keyed ``direct``, ``in-process``, ``simulation / <variant>`` and,
+    with ``plain_app``, ``plain Flower / <variant>``: per variant, the plain app and ours
+    alternate ``repeats`` times (plain, ours, ours, plain, …) so that a drift in the
+    machine's load hits both alike; repeated runs are averaged round by round."""
     logging.getLogger("flwr").setLevel(logging.WARNING)
     logging.getLogger("fedsilo").setLevel(logging.WARNING)
     rows: dict[str, dict] = {}
@@ -180,8 +229,21 @@ def measure(rounds: int, variants: list[str]) -> dict[str, dict]:
     rows["in-process"] = inprocess_rounds(rounds)
     print(f"in-process: {[round(t, 2) for t in rows['in-process']['wall']]}", file=sys.stderr)
     for variant in variants:
-        rows[f"simulation / {variant}"] = row = simulation_rounds(rounds, variant)
-        print(f"simulation {variant}: {[round(t, 2) for t in row['wall']]}", file=sys.stderr)
+        runs: dict[str, list[dict]] = {"simulation": [], "plain Flower": []}
+        for repeat in range(repeats):
+            order = ["plain Flower", "simulation"][:: 1 if repeat % 2 == 0 else -1]
+            for mode in order:
+                if mode == "simulation":
+                    row = simulation_rounds(rounds, variant)
+                elif plain_app is not None:
+                    row = plain_flower_rounds(rounds, variant, plain_app)
+                else:
+                    continue
+                runs[mode].append(row)
+                print(f"{mode} {variant}: {[round(t, 2) for t in row['wall']]}", file=sys.stderr)
+        for mode, done in runs.items():
+            if done:
+                rows[f"{mode} / {variant}"] = mean_row(done)
     return rows
 
 
@@ -190,9 +252,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--variants", nargs="*", default=[], choices=SIM_VARIANTS)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--plain-app", type=Path, help="also run this plain Flower app")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--features", action="store_true", help="time each feature")
     args = parser.parse_args(argv)
-    rows = measure(args.rounds, args.variants)
-    args.out.write_text(json.dumps({"cwd": os.getcwd(), "rows": rows}, indent=1))
+    rows = measure(args.rounds, args.variants, args.plain_app, args.repeats)
+    saved: dict = {"cwd": os.getcwd(), "rows": rows}
+    if args.features:
+        from benchmarks.feature_costs import measure_features
+
+        saved["features"] = measure_features(args.rounds, SILOS)
+    args.out.write_text(json.dumps(saved, indent=1))
     return 0
 
 

@@ -32,7 +32,10 @@ Usage::
                                             # nothing unless --out
 
 Everything is seeded (partitions, init, local training, Poisson sampling and DP noise):
-the same settings give the same metrics; only the seconds vary.
+the same settings give the same metrics; only the seconds vary. The DP noise is seeded
+because every private cell sets the research key ``dp-reproducible-noise = true``: its
+runs are marked ``dp-private = false`` (anyone holding the config could subtract the
+noise), which is right for measuring utility at a given σ and wrong for protecting data.
 """
 
 from __future__ import annotations
@@ -194,6 +197,9 @@ def cell_overrides(task: str, mode: str, epsilon: float, settings: Settings) -> 
         raise ValueError(f"ε must be > 0 or inf; got {epsilon!r}")
     overrides = {**COMMON, "task": task, **settings.overrides()}
     if math.isfinite(epsilon):
+        # Reruns and --resume must reproduce every cell: seed the DP noise (research key;
+        # the runs are marked not private). The non-private baseline has no noise to seed.
+        overrides["dp-reproducible-noise"] = True
         if mode == "central":
             overrides.update({
                 "central-dp": True, "target-epsilon": float(epsilon),
@@ -953,8 +959,8 @@ def discussion(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> li
                     "on every round's mean update"
                     for w in wi
                 )
-                + ". (Amplification assumes Poisson sampling with a secret seed; "
-                "`sampling-amplification = true` accounts that way.)"
+                + ". (Amplification assumes secret Poisson sampling; "
+                "`sampling-amplification = true` samples and accounts that way.)"
             )
         for t in tasks:
             r = _find(rows, t, "central", 2.0)
@@ -1148,9 +1154,15 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
         + ", ".join(f"{t} {i['clients-per-round']}" for t, i in tasks.items())
         + "** — full participation (`fraction-train = 1.0`): every silo trains in every "
         "round, so the accountants use sample rate 1 (`sampling-amplification = false`). "
-        "Sampling a subset would only pay off with amplification by sampling, and that "
-        "accounting (`sampling-amplification = true`) is sound only when the sampling "
-        "seed is secret, which a seeded, reproducible run's is not.",
+        "Sampling a subset would only pay off with amplification by sampling "
+        "(`sampling-amplification = true`: secret Poisson sampling, see *Sampling "
+        "amplification* below), which needs a population much larger than the clients "
+        "per round.",
+        "",
+        "Every private cell sets `dp-reproducible-noise = true` so that reruns and "
+        "`--resume` reproduce it: its noise is seeded from the public seed, so these runs "
+        "measure utility at a given σ, are marked `dp-private = false` and protect nothing; "
+        "a deployment leaves the key off (noise from OS entropy).",
         "",
         "**Why this many silos.** Client-level DP needs many clients per round: the "
         "noise on the averaged update is σC/m. The offline data sets are small ("
@@ -1217,8 +1229,11 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
         "It does not cover the roll call before round 1, where breast-cancer silos send "
         "per-feature count / sum / sum of squares of their rows for input standardisation, "
         "nor the training metrics (`train-loss`) the silos report.",
-        "* The DP noise comes from seeded `torch.Generator`s (Mersenne Twister), fine for a "
-        "reproducible benchmark, not a cryptographically secure source.",
+        "* The private cells' DP noise is seeded from the public seed "
+        "(`dp-reproducible-noise = true`, runs marked `dp-private = false`): right for "
+        "comparing σ and utility, not for protecting data. Without the key the noise comes "
+        "from a Mersenne Twister seeded with 64 bits of OS entropy, not from a "
+        "cryptographically secure generator.",
         "* δ = 1e-5 is far below 1/(number of protected units) in both modes ("
         + "; ".join(
             f"{t}: {i['num-silos']} silos, {i['rows-per-silo']['min']}–"
@@ -1266,12 +1281,22 @@ def load_resumable(path: Path, cells: Sequence[Cell]) -> dict[tuple[str, str, fl
     return out
 
 
+#: Everything from this line on in the Markdown output is hand-written (what each mode's ε
+#: covers, sampling amplification, the threat model): kept when the report is rewritten.
+HAND_WRITTEN = "<!-- hand-written below: kept when benchmarks.privacy rewrites this file -->"
+
+
 def write_outputs(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], out: Path) -> None:
-    """``out`` (Markdown), and the JSON and PNG next to it."""
+    """``out`` (Markdown; its hand-written part from :data:`HAND_WRITTEN` on is kept), and
+    the JSON and PNG next to it."""
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(rows, meta, out.with_suffix(".json"))
     render_png(rows, out.with_suffix(".png"))
-    out.write_text(render_markdown(rows, meta))
+    text = render_markdown(rows, meta)
+    old = out.read_text() if out.is_file() else ""
+    if HAND_WRITTEN in old:
+        text += "\n" + old[old.index(HAND_WRITTEN) :]
+    out.write_text(text)
 
 
 # --------------------------------------------------------------------------- CLI

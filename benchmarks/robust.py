@@ -4,11 +4,11 @@ The matrix: task ``digits``, 20 silos on the in-process grid (the real ServerApp
 :func:`fl_app.federation.run_federation` and the real ClientApp, bit-identical to
 ``flwr run``), partitioner ∈ {Dirichlet α = 0.5, IID}, 20 % of the silos Byzantine
 (``attack-fraction = 0.2``, ``num-byzantine = 4``), every attack (none, sign-flip,
-gaussian, scaling, label-flip, ALIE, IPM) × every aggregator that makes sense under
-attack: Flower's ``fedavg``, ``fedmedian``, ``fedtrimmedavg``, ``krum``, ``multikrum``,
-``bulyan``; ours ``robust-*``, ``geomed``, ``cclip``, ``norm-clip``, ``fltrust``, NNM
-pre-aggregated variants of the strongest and centred clipping with τ at the scale of the
-silos' update norms. Update validation's norm filter is off
+gaussian, scaling, label-flip, ALIE, IPM, weight-inflation) × every aggregator that makes
+sense under attack: Flower's ``fedavg``, ``fedmedian``, ``fedtrimmedavg``, ``krum``,
+``multikrum``, ``bulyan``; ours ``robust-*``, ``geomed``, ``cclip``, ``norm-clip``,
+``fltrust``, NNM pre-aggregated variants of the strongest and centred clipping with τ at
+the scale of the silos' update norms. Update validation's norm filter is off
 (``max-update-norm-ratio = 0``) so the matrix measures the aggregators themselves; one
 extra row shows FedAvg with the default norm filter (10 × the cohort median).
 
@@ -23,12 +23,17 @@ Usage::
     python -m benchmarks.robust --quick         # smoke: 3 aggregators × 3 attacks, 2 rounds
     python -m benchmarks.robust --workers 2 --resume   # reuse finished cells of the JSON
     python -m benchmarks.robust --render-only   # Markdown + PNG again from the JSON
+    python -m benchmarks.robust --attacks weight-inflation --merge   # add one column
 
 Rows are written to the JSON as they finish, so an interrupted run loses nothing
-(``--resume`` continues it; crashed cells are rerun).
+(``--resume`` continues it; crashed cells are rerun). ``--merge`` runs only the selected
+cells (``--attacks``, ``--aggregators``, ``--partitioners``) and merges them into the
+existing JSON (same settings required), replacing the cells it reruns; the Markdown and
+PNG are rendered from the merged rows, and the JSON's meta records every merge.
 
 Model poisoning (sign-flip, gaussian, scaling, ALIE, IPM) is simulated on the server side
-by an omniscient adversary that sees the honest updates of the round; label-flip is data
+by an omniscient adversary that sees the honest updates of the round; weight-inflation
+sends sign-flip updates and claims 1000 × the silo's examples; label-flip is data
 poisoning inside the Byzantine silos' ClientApps. Everything is seeded: same settings →
 same accuracies (only the seconds vary).
 """
@@ -75,9 +80,21 @@ TARGET_POINTS = 3.0
 COLLAPSE_ACCURACY = 0.5
 #: The default norm filter of update validation, shown in the extra row.
 NORM_FILTER = 10.0
+#: Weight-inflation's default factor on the claimed ``num-examples`` (the simulation's
+#: ``strategies.robust.attacks.INFLATION_FACTOR``; kept here to import no torch).
+INFLATION_FACTOR = 1000.0
 
 PARTITIONERS = ("dirichlet", "iid")
-ATTACKS = ("none", "sign-flip", "gaussian", "scaling", "label-flip", "alie", "ipm")
+ATTACKS = (
+    "none", "sign-flip", "gaussian", "scaling", "label-flip", "alie", "ipm", "weight-inflation",
+)  # fmt: skip
+#: Rules whose result depended on the silos' claimed ``num-examples`` before robust rules
+#: defaulted to uniform weights (issue #16); their rows from before carry no
+#: ``robust_weights`` and are marked in the report.
+CLAIM_WEIGHTED_BEFORE_16 = frozenset({
+    "multikrum", "robust-median", "robust-trimmed-mean", "robust-multikrum", "robust-bulyan",
+    "geomed", "cclip", "norm-clip", "fltrust",
+})  # fmt: skip
 #: Run-config keys every cell shares (besides partitioner, attack and the aggregator's).
 COMMON = {
     "task": TASK,
@@ -350,6 +367,14 @@ def _probe_grid(client_app, run_config: dict[str, Any], num_nodes: int, norms: l
     return ProbeGrid(client_app, run_config, num_nodes)
 
 
+def cell_robust_weights(cell: Cell) -> str:
+    """The ``robust-weights`` mode ``cell`` runs with (its override, else the default)."""
+    from fl_app.config import RunConfig
+
+    default = RunConfig.model_fields["robust_weights"].default
+    return dict(cell.overrides).get("robust-weights", default)
+
+
 def run_cell(cell: Cell) -> dict[str, Any]:
     """Run one federation; its result row. Never raises: an error (configuration or
     crash) is recorded in the row's ``error``."""
@@ -367,6 +392,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         "aggregator": cell.aggregator,
         "family": cell.family,
         "strategy": dict(cell.overrides)["strategy"],
+        "robust_weights": cell_robust_weights(cell),
         "accuracy": None,
         "f1_macro": None,
         "loss": None,
@@ -589,9 +615,16 @@ def _present(rows: Sequence[Mapping[str, Any]], key: str, order: Sequence[str]) 
     return [x for x in order if x in seen] + sorted(seen - set(order))
 
 
+def claimed_weights(row: Mapping[str, Any]) -> bool:
+    """True for a row computed before issue #16 by a rule that then weighted the updates by
+    the silos' claimed ``num-examples`` (robust rules now default to uniform weights)."""
+    return row.get("strategy") in CLAIM_WEIGHTED_BEFORE_16 and "robust_weights" not in row
+
+
 def cell_text(row: Mapping[str, Any] | None, clean: float | None, *, bold: bool = True) -> str:
     """A Markdown table cell: accuracy (bold if within the target of ``clean``),
-    ``error`` for a crash, rejected-update count if any."""
+    ``error`` for a crash, rejected-update count if any, ‡ if computed with the claimed
+    weights of before issue #16."""
     if row is None:
         return "·"
     if row["accuracy"] is None:
@@ -603,6 +636,8 @@ def cell_text(row: Mapping[str, Any] | None, clean: float | None, *, bold: bool 
         text += f" ({row['rejected_updates']} rej.)"
     if row.get("warnings"):
         text += " ⚠"
+    if claimed_weights(row):
+        text += " ‡"
     return text
 
 
@@ -764,8 +799,97 @@ def _fedavg_paragraphs(rows, meta, clean, partitioners, attacks) -> list[str]:
         "coordinate. Gaussian noise (σ = 1 per coordinate, "
         f"≈ √d = {math.sqrt(meta.get('model-parameters', 1)):.0f} in norm) and scaling "
         "(×10 the mean) are what break an average; ALIE and IPM are built against robust "
-        "rules, not against FedAvg.",
+        "rules, not against FedAvg. Weight-inflation sends the sign-flip vectors but claims "
+        f"{INFLATION_FACTOR:g} × the examples: FedAvg's mean, weighted by the claims, becomes "
+        f"((n − f) − {INFLATION_FACTOR:g} f)/((n − f) + {INFLATION_FACTOR:g} f) = "
+        f"{_inflated_mean_factor(n, f):.3f} × the honest mean, i.e. the model walks "
+        "backwards.",
     ]
+
+
+def _inflated_mean_factor(n: int, f: int) -> float:
+    """FedAvg's aggregate under weight-inflation, as a multiple of the honest mean (equal
+    true sizes)."""
+    honest, liars = n - f, INFLATION_FACTOR * f
+    return (honest - liars) / (honest + liars)
+
+
+def _weight_inflation_paragraph(rows, clean, partitioners) -> str | None:
+    """Who follows the silos that inflate their claimed example counts: compared with
+    sign-flip, which sends the same vectors with honest claims."""
+    att = "weight-inflation"
+    inflated = [r for r in rows if r["attack"] == att]
+    if not inflated:
+        return None
+    idx = _index(rows)
+
+    def accs(label: str) -> str:
+        found = [(p, idx.get((p, att, label))) for p in partitioners]
+        return ", ".join(
+            f"{p} {_acc(r['accuracy']) if r['accuracy'] is not None else 'error'}"
+            + (f" (clean {clean[p]:.3f})" if p in clean and label == "fedavg" else "")
+            for p, r in found
+            if r is not None
+        )
+
+    trusting = {"fedavg", FILTER[0].label}
+    robust = [r for r in inflated if r["aggregator"] not in trusting]
+    followed, vectors, diffs = [], [], []
+    for r in robust:
+        flip = idx.get((r["partitioner"], "sign-flip", r["aggregator"]))
+        acc, flip_acc = r["accuracy"], None if flip is None else flip["accuracy"]
+        if acc is not None and flip_acc is not None and not claimed_weights(flip):
+            diffs.append(abs(100 * (flip_acc - acc)))
+        if acc is not None and acc >= COLLAPSE_ACCURACY:
+            continue
+        name = f"{r['aggregator']} ({r['partitioner']} {_acc(acc)}, sign-flip {_acc(flip_acc)})"
+        if flip_acc is not None and flip_acc < COLLAPSE_ACCURACY:
+            vectors.append(name)
+        else:
+            followed.append(name)
+    fedavg = [r for r in inflated if r["aggregator"] == "fedavg" and r["accuracy"] is not None]
+    text = (
+        "**Weight inflation.** The Byzantine silos send the sign-flip vectors and claim "
+        f"{INFLATION_FACTOR:g} × their examples. FedAvg weights by the claims"
+        + (
+            " and collapses"
+            if fedavg and all(r["accuracy"] < COLLAPSE_ACCURACY for r in fedavg)
+            else ""
+        )
+        + f": {accs('fedavg')}"
+    )
+    if any(r["aggregator"] == FILTER[0].label for r in inflated):
+        text += (
+            f"; behind the norm filter {accs(FILTER[0].label)} (the vectors have "
+            "honest-sized norms, and the filter does not look at the claims)"
+        )
+    text += ". "
+    if followed:
+        text += (
+            f"Robust configurations that end below {COLLAPSE_ACCURACY:g} although the same "
+            "vectors with honest claims do not (they follow the inflating silos): "
+            + "; ".join(sorted(followed))
+            + ". "
+        )
+    else:
+        text += (
+            f"**No robust configuration follows the inflating silos** ({len(robust)} cells: "
+            f"none ends below {COLLAPSE_ACCURACY:g} unless the same vectors with honest "
+            "claims, sign-flip, do too). "
+        )
+    if diffs:
+        same = sum(d < 0.05 for d in diffs)
+        text += (
+            f"Weight-inflation equals sign-flip in {same} of {len(diffs)} cells computed "
+            f"with the current code (largest difference {max(diffs):.1f} points): with "
+            "uniform weights the claims do not enter the aggregate. "
+        )
+    if vectors:
+        text += (
+            f"Below {COLLAPSE_ACCURACY:g} under both, i.e. beaten by the sign-flip vectors, "
+            "not by the claims: " + "; ".join(sorted(vectors)) + "."
+        )
+    return text.rstrip()
 
 
 def _hardest_attack_paragraph(rows, ranking, clean, partitioners, attacks) -> str | None:
@@ -861,6 +985,45 @@ def _target_paragraphs(ranking) -> list[str]:
     return out
 
 
+def _uniform_weights_paragraph(rows, superseded, partitioners) -> str | None:
+    """What uniform weights cost against the claimed (honest) counts of before issue #16,
+    over the cells recomputed since."""
+    idx = _index(rows)
+    pairs = []
+    for old in superseded:
+        new = idx.get(row_key(old))
+        if new is None or claimed_weights(new) or None in (old["accuracy"], new["accuracy"]):
+            continue
+        pairs.append((old, new))
+    if not pairs:
+        return None
+    per = []
+    for p in partitioners:
+        changes = [100 * (n["accuracy"] - o["accuracy"]) for o, n in pairs if o["partitioner"] == p]
+        if changes:
+            per.append(
+                f"{p}: {len(changes)} cells, median {_median(changes):+.1f} pts, "
+                f"{sum(c < -TARGET_POINTS for c in changes)} lose more than {TARGET_POINTS:g}"
+            )
+    worst = sorted(pairs, key=lambda on: on[1]["accuracy"] - on[0]["accuracy"])[:4]
+    return (
+        "**Uniform against claimed weights.** Cells recomputed with uniform weights, against "
+        "the same cells computed before issue #16 with the silos' claimed (here honest) "
+        "counts — "
+        + "; ".join(per)
+        + ". Largest losses: "
+        + "; ".join(
+            f"{n['aggregator']} under {n['attack']} ({n['partitioner']}) "
+            f"{o['accuracy']:.3f} → {n['accuracy']:.3f}"
+            for o, n in worst
+        )
+        + ". Under Dirichlet label skew the silos' sizes differ and honest counts carry "
+        "information; uniform weights give it up so that no claim can steer a robust rule "
+        "(IID silos differ by at most one row). `robust-weights = "
+        '"capped"` keeps the claims up to the cohort\'s median claim.'
+    )
+
+
 def _same_rule_paragraph(rows) -> str | None:
     idx = _index(rows)
     parts: list[str] = []
@@ -895,9 +1058,16 @@ def _same_rule_paragraph(rows) -> str | None:
             if identical
             else ""
         )
-        + "Where they differ it is by design: ours weight the median, the trimmed mean "
-        "and Bulyan's average by the silos' self-reported `num-examples` and aggregate "
-        "deltas in float64; Flower's median and trimmed mean are unweighted."
+        + (
+            "Where they differ in cells marked ‡ it is by design of the code then: ours "
+            "weighted the median, the trimmed mean and Bulyan's average by the silos' "
+            "self-reported `num-examples`; Flower's median and trimmed mean are unweighted. "
+            if any(claimed_weights(r) for r in rows)
+            else ""
+        )
+        + 'Both now weigh every silo alike (`robust-weights = "uniform"`); ours aggregate '
+        "deltas in float64 and our Bulyan selects by recursive Krum (Flower's by one-shot "
+        "Multi-Krum)."
     )
 
 
@@ -1112,8 +1282,13 @@ def _problem_paragraphs(rows, partitioners, attacks) -> list[str]:
     return out
 
 
-def discussion(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> list[str]:
-    """Data-driven paragraphs of the report's discussion."""
+def discussion(
+    rows: Sequence[Mapping[str, Any]],
+    meta: Mapping[str, Any],
+    superseded: Sequence[Mapping[str, Any]] = (),
+) -> list[str]:
+    """Data-driven paragraphs of the report's discussion (``superseded``: the rows of
+    before issue #16 that merges replaced)."""
     clean = clean_reference(rows)
     partitioners = _present(rows, "partitioner", PARTITIONERS)
     attacks = [a for a in _present(rows, "attack", ATTACKS) if a != "none"]
@@ -1125,6 +1300,12 @@ def discussion(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> li
     hardest = _hardest_attack_paragraph(rows, ranking, clean, partitioners, attacks)
     if hardest:
         out.append(hardest)
+    inflation = _weight_inflation_paragraph(rows, clean, partitioners)
+    if inflation:
+        out.append(inflation)
+    price = _uniform_weights_paragraph(rows, superseded, partitioners)
+    if price:
+        out.append(price)
     same = _same_rule_paragraph(rows)
     if same:
         out.append(same)
@@ -1133,7 +1314,28 @@ def discussion(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> li
     return out
 
 
-def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
+def _merge_text(merge: Mapping[str, Any]) -> str:
+    """One merged session for the report's first paragraph."""
+    code = merge.get("code") or {}
+    commit = (
+        "commit: see git log"
+        if code.get("uncommitted") or not code.get("commit")
+        else f"commit `{code['commit']}`"
+    )
+    reused = f"reusing {merge['reused']} finished cells; " if merge.get("reused") else ""
+    return (
+        f"`{merge.get('command')}` ran {merge.get('cells')} federations ({reused}"
+        f"{merge.get('wall-seconds', 0) / 60:.0f} min wall-clock on {merge.get('workers')} "
+        f"worker processes; {commit}) and merged them in"
+        + ("" if merge.get("complete", True) else " (**incomplete**)")
+    )
+
+
+def render_markdown(
+    rows: Sequence[Mapping[str, Any]],
+    meta: Mapping[str, Any],
+    superseded: Sequence[Mapping[str, Any]] = (),
+) -> str:
     """``docs/robustness.md``: setup, tables, heatmap, ranking, discussion."""
     clean = clean_reference(rows)
     partitioners = _present(rows, "partitioner", PARTITIONERS)
@@ -1142,19 +1344,36 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
     bug = meta.get("default-val-split-failures") or {}
     cpu = sum(r.get("cpu_seconds") or 0.0 for r in rows)
     code = meta.get("code") or {}
+    merges = meta.get("merges") or []
+    claimed = [r for r in rows if claimed_weights(r)]
     lines = [
         "# Byzantine-robust aggregation: every aggregator under every attack",
         "",
         f"Generated by `{meta.get('command', 'python -m benchmarks.robust')}` "
-        f"({meta.get('cells', len(rows))} federations, {meta.get('wall-seconds', 0) / 60:.0f} "
-        f"min wall-clock on {meta.get('workers', '?')} worker processes"
+        f"({meta.get('base-cells', meta.get('cells', len(rows)))} federations, "
+        f"{meta.get('wall-seconds', 0) / 60:.0f} min wall-clock on "
+        f"{meta.get('workers', '?')} worker processes"
         + (f" in {meta['sessions']} sessions (`--resume`)" if meta.get("sessions", 1) > 1 else "")
-        + "; "
-        f"{cpu / 60:.0f} min of CPU in the federations, i.e. ≈ {cpu / 60 / 2:.0f} min on two "
-        "otherwise idle cores"
         + ("" if meta.get("complete", True) else "; **incomplete run**")
-        + "). Machine-readable rows: [robustness.json](robustness.json).",
+        + ")"
+        + "".join(f"; then {_merge_text(m)}" for m in merges)
+        + f". All {len(rows)} cells: {cpu / 60:.0f} min of CPU in the federations, i.e. "
+        f"≈ {cpu / 60 / 2:.0f} min on two otherwise idle cores. Machine-readable rows: "
+        "[robustness.json](robustness.json).",
         "",
+    ]
+    if claimed:
+        lines += [
+            f"**‡ = computed before issue #16** ({len(claimed)} cells): robust rules then "
+            "weighted the updates by the silos' *claimed* `num-examples`; they now weigh "
+            'every silo alike (`robust-weights = "uniform"`, see '
+            "[the threat model](security.md)). Only the rules whose result depends on the "
+            f"weights are marked ({', '.join(sorted(CLAIM_WEIGHTED_BEFORE_16))}); "
+            "unmarked cells are what the current code computes. Rerun them with "
+            "`python -m benchmarks.robust --merge --resume --aggregators …`.",
+            "",
+        ]
+    lines += [
         "## Setup",
         "",
         f"* Task `{meta.get('task', TASK)}` (scikit-learn's 8×8 digits, small CNN of "
@@ -1178,13 +1397,15 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
         f"{len(byz)} silos (partitions {byz}), `num-byzantine` = {meta.get('num-byzantine')} "
         "for the rules that take it (Krum, Multi-Krum, Bulyan, NNM). Under attack `none` "
         "these silos are honest.",
-        "* Threat model: model poisoning (sign-flip, gaussian, scaling, ALIE, IPM) is "
-        "simulated on the server side by an omniscient adversary that sees the round's "
-        "honest updates (`strategies.robust.simulation.SimulatedAttack`); label-flip is data "
-        "poisoning in the Byzantine silos' ClientApps (label y → 9 − y). Attack parameters "
-        "at their defaults: sign-flip −mean, gaussian σ = 1, scaling ×10, ALIE "
-        f"z = {meta.get('alie-z', float('nan')):.3f} (from n = "
-        f"{meta.get('num-clients')}, f = {meta.get('num-byzantine')}), IPM ε = 0.1.",
+        "* Threat model: model poisoning (sign-flip, gaussian, scaling, ALIE, IPM, "
+        "weight-inflation) is simulated on the server side by an omniscient adversary that "
+        "sees the round's honest updates (`strategies.robust.simulation.SimulatedAttack`); "
+        "label-flip is data poisoning in the Byzantine silos' ClientApps (label y → 9 − y). "
+        "Attack parameters at their defaults: sign-flip −mean, gaussian σ = 1, scaling ×10, "
+        f"ALIE z = {meta.get('alie-z', float('nan')):.3f} (from n = "
+        f"{meta.get('num-clients')}, f = {meta.get('num-byzantine')}), IPM ε = 0.1, "
+        f"weight-inflation = the sign-flip vectors with {INFLATION_FACTOR:g} × the silo's "
+        "claimed `num-examples`.",
         f"* Update validation's norm filter is **off** (`max-update-norm-ratio = 0`) so the "
         "matrix measures the aggregators; the last row, "
         f"`{FILTER[0].label}`, is FedAvg with the default filter on.",
@@ -1230,7 +1451,7 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
         "## Discussion",
         "",
     ]
-    for paragraph in discussion(rows, meta):
+    for paragraph in discussion(rows, meta, superseded):
         lines += [paragraph, ""]
     if bug.get("iid") or bug.get("dirichlet"):
         lines += [
@@ -1254,6 +1475,7 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
         "```bash",
         "python -m benchmarks.robust              # full matrix, 2 worker processes",
         "python -m benchmarks.robust --quick      # smoke test, writes nothing",
+        "python -m benchmarks.robust --attacks weight-inflation --merge  # one column, merged",
         "```",
         "",
         f"Settings: {len(aggs)} aggregators × {len(_present(rows, 'attack', ATTACKS))} attacks "
@@ -1263,9 +1485,14 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
     return "\n".join(lines)
 
 
-def to_json(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> dict[str, Any]:
+def to_json(
+    rows: Sequence[Mapping[str, Any]],
+    meta: Mapping[str, Any],
+    superseded: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
     """The JSON document: meta, rows (partitioner, attack, aggregator, accuracy, seconds,
-    …) and the worst-case ranking."""
+    …), the worst-case ranking and the superseded rows (computed before issue #16 with
+    the claimed weights, replaced by a merge; kept for the comparison)."""
 
     def clean(value: Any) -> Any:
         if isinstance(value, float) and not math.isfinite(value):
@@ -1295,6 +1522,7 @@ def to_json(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> dict[
             "target_points": TARGET_POINTS,
             "rows": [dict(r) for r in rows],
             "worst_case": ranking,
+            "superseded_rows": [dict(r) for r in superseded],
         }
     )
 
@@ -1441,17 +1669,82 @@ def load_resumable(path: Path, meta: Mapping[str, Any]) -> list[dict[str, Any]]:
     return [r for r in old.get("rows", []) if r.get("error") is None]
 
 
+def row_key(row: Mapping[str, Any]) -> tuple[str, str, str]:
+    """The (partitioner, attack, aggregator) of a result row."""
+    return (row["partitioner"], row["attack"], row["aggregator"])
+
+
+def matrix_order(key: tuple[str, str, str]) -> tuple[int, int, int, str]:
+    """Sort key of a cell in the matrix's nesting order (partitioner, attack, aggregator);
+    unknown names go last."""
+    labels = [a.label for a in AGGREGATORS]
+
+    def at(seq: Sequence[str], item: str) -> int:
+        return seq.index(item) if item in seq else len(seq)
+
+    p, att, agg = key
+    return (at(PARTITIONERS, p), at(ATTACKS, att), at(labels, agg), agg)
+
+
+def load_merge_base(path: Path, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON document ``--merge`` adds to: it must exist and have the same settings."""
+    if not path.exists():
+        raise SystemExit(
+            f"error: --merge needs an existing {path} to merge into; run the full matrix "
+            "first (python -m benchmarks.robust) or drop --merge"
+        )
+    data = json.loads(path.read_text())
+    old = data.get("meta", {})
+    differ = {k: (old.get(k), meta.get(k)) for k in RESUME_KEYS if old.get(k) != meta.get(k)}
+    if differ:
+        raise SystemExit(
+            f"error: --merge into {path} needs the same settings; these differ "
+            f"(file, this run): {differ}. Use the file's settings or write elsewhere (--out)"
+        )
+    return data
+
+
+def supersede(base: Mapping[str, Any], wanted: set[tuple[str, str, str]]) -> list[dict]:
+    """The base's superseded rows plus its claim-weighted rows (:func:`claimed_weights`)
+    that the cells ``wanted`` replace; one per cell, the first one kept."""
+    out = {row_key(r): r for r in base.get("superseded_rows", [])}
+    for r in base.get("rows", []):
+        if row_key(r) in wanted and claimed_weights(r):
+            out.setdefault(row_key(r), r)
+    return sorted(out.values(), key=lambda r: matrix_order(row_key(r)))
+
+
+def merged_meta(
+    base: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], merge: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The base run's meta, with the matrix's extent recomputed from ``rows`` and ``merge``
+    (command, cells, wall-clock, code, …) appended to its ``merges``."""
+    out = dict(base)
+    out.setdefault("base-cells", base.get("cells"))
+    out["merges"] = [*base.get("merges", []), dict(merge)]
+    out["cells"] = len(rows)
+    out["partitioners"] = _present(rows, "partitioner", PARTITIONERS)
+    out["attacks"] = _present(rows, "attack", ATTACKS)
+    out["aggregators"] = _present(rows, "aggregator", [a.label for a in AGGREGATORS])
+    return out
+
+
 def write_outputs(
-    rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], out: Path, *, final: bool
+    rows: Sequence[Mapping[str, Any]],
+    meta: Mapping[str, Any],
+    out: Path,
+    *,
+    final: bool,
+    superseded: Sequence[Mapping[str, Any]] = (),
 ) -> None:
     """JSON always (partial while running); Markdown and PNG when ``final``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     json_path = out.with_suffix(".json")
     tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(to_json(rows, meta), indent=1, allow_nan=False) + "\n")
+    tmp.write_text(json.dumps(to_json(rows, meta, superseded), indent=1, allow_nan=False) + "\n")
     tmp.replace(json_path)
     if final:
-        out.write_text(render_markdown(rows, meta))
+        out.write_text(render_markdown(rows, meta, superseded))
         render_png(rows, out.with_suffix(".png"))
 
 
@@ -1487,6 +1780,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--resume", action="store_true", help="reuse the finished cells of the JSON next to --out"
     )
     parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="merge the selected cells into the JSON next to --out (same settings), "
+        "replacing the cells rerun, and render the Markdown and PNG from the merged rows",
+    )
+    parser.add_argument(
         "--render-only",
         action="store_true",
         help="re-render the Markdown and PNG from the JSON next to --out (no federations)",
@@ -1510,9 +1809,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("error: --render-only needs --out (or no --quick)", file=sys.stderr)
             return 2
         data = json.loads(args.out.with_suffix(".json").read_text())
-        write_outputs(data["rows"], data["meta"], args.out, final=True)
+        superseded = data.get("superseded_rows", [])
+        write_outputs(data["rows"], data["meta"], args.out, final=True, superseded=superseded)
         print_table(data["rows"])
         return 0
+    if args.merge and args.out is None:
+        print("error: --merge needs --out (or no --quick)", file=sys.stderr)
+        return 2
     command = "python -m benchmarks.robust " + " ".join(sys.argv[1:] if argv is None else argv)
     aggs = [aggregator(a) for a in args.aggregators] if args.aggregators else list(AGGREGATORS)
     cells = plan(
@@ -1525,43 +1828,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
     )
     meta = describe(cells, workers=args.workers, command=command.strip())
+    wanted = {c.key for c in cells}
+    kept: list[dict[str, Any]] = []  # --merge: the base's rows this run does not redo
+    superseded: list[dict[str, Any]] = []  # --merge: claim-weighted rows it replaces
+    merge: dict[str, Any] | None = None
+    base_meta: dict[str, Any] = {}
+    if args.merge:
+        base = load_merge_base(args.out.with_suffix(".json"), meta)
+        base_meta = base["meta"]
+        kept = [r for r in base["rows"] if row_key(r) not in wanted]
+        superseded = supersede(base, wanted)
+        merge = {k: meta[k] for k in ("command", "code", "flwr", "torch", "python", "machine")}
+        merge.update(cells=len(cells), workers=args.workers, complete=False)
     done: dict[tuple[str, str, str], dict[str, Any]] = {}
     if args.resume and args.out is not None:
-        wanted = {c.key for c in cells}
+        weights = {c.key: cell_robust_weights(c) for c in cells}
         for r in load_resumable(args.out.with_suffix(".json"), meta):
-            key = (r["partitioner"], r["attack"], r["aggregator"])
-            if key in wanted:
-                done[key] = r
+            # A row of the code before issue #16 (no robust_weights) is not reused.
+            if row_key(r) in wanted and r.get("robust_weights") == weights[row_key(r)]:
+                done[row_key(r)] = r
         LOG.info("resume: %d of %d cells already done", len(done), len(cells))
-    if done:  # wall-clock of the earlier session(s) counts too
+    if merge is not None:
+        offset = 0.0
+    elif done:  # wall-clock of the earlier session(s) counts too
         earlier = json.loads(args.out.with_suffix(".json").read_text()).get("meta", {})
         offset = float(earlier.get("wall-seconds") or 0.0)
         meta["sessions"] = int(earlier.get("sessions") or 1) + 1
     else:
         offset = 0.0
     todo = [c for c in cells if c.key not in done]
-    order = {c.key: i for i, c in enumerate(cells)}
+    if merge is not None:
+        merge.update(cells=len(todo), reused=len(done))
     started = time.perf_counter()
     LOG.info(
-        "%d federations (%d to run) on %d workers, %d rounds × %d local epochs",
+        "%d federations (%d to run) on %d workers, %d rounds × %d local epochs%s",
         len(cells),
         len(todo),
         args.workers,
         args.rounds,
         args.local_epochs,
+        f", merged into {len(kept)} cells of {args.out.with_suffix('.json')}" if merge else "",
     )
 
     def rows_so_far() -> list[dict[str, Any]]:
-        return sorted(
-            done.values(), key=lambda r: order[(r["partitioner"], r["attack"], r["aggregator"])]
-        )
+        return sorted([*kept, *done.values()], key=lambda r: matrix_order(row_key(r)))
+
+    def current_meta(complete: bool) -> dict[str, Any]:
+        wall = round(offset + time.perf_counter() - started, 1)
+        if merge is None:
+            meta["complete"], meta["wall-seconds"] = complete, wall
+            return meta
+        merge["complete"], merge["wall-seconds"] = complete, wall
+        return merged_meta(base_meta, rows_so_far(), merge)
 
     finished = 0
 
     def on_row(row: dict[str, Any]) -> None:
         nonlocal finished
         finished += 1
-        done[(row["partitioner"], row["attack"], row["aggregator"])] = row
+        done[row_key(row)] = row
         elapsed = time.perf_counter() - started
         eta = elapsed / finished * (len(todo) - finished)
         status = row["error"] if row["error"] else f"acc={row['accuracy']:.3f}"
@@ -1569,9 +1894,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                  finished, len(todo), row["partitioner"], row["attack"], row["aggregator"],
                  status, row["seconds"], elapsed, eta)  # fmt: skip
         if args.out is not None:
-            meta["complete"] = False
-            meta["wall-seconds"] = round(offset + elapsed, 1)
-            write_outputs(rows_so_far(), meta, args.out, final=False)
+            write_outputs(
+                rows_so_far(), current_meta(False), args.out, final=False, superseded=superseded
+            )
 
     # On SIGTERM, unwind normally so that the finished cells are rendered too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
@@ -1579,16 +1904,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_matrix(todo, workers=args.workers, on_row=on_row)
     finally:
         rows = rows_so_far()
-        meta["complete"] = len(rows) == len(cells)
-        meta["wall-seconds"] = round(offset + time.perf_counter() - started, 1)
+        complete = all(c.key in done for c in cells)
         if args.out is not None and rows:
-            write_outputs(rows, meta, args.out, final=True)
+            write_outputs(rows, current_meta(complete), args.out, final=True, superseded=superseded)
     print_table(rows)
     if args.out is not None:
         print(
             f"\nwrote {args.out}, {args.out.with_suffix('.json')}, {args.out.with_suffix('.png')}"
         )
-    return 0 if meta["complete"] else 1
+    return 0 if complete else 1
 
 
 if __name__ == "__main__":

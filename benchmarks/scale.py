@@ -1,8 +1,8 @@
-"""Simulation at scale: 1 000 virtual clients, a few percent sampled each round.
+"""Simulation at scale: 10 000 virtual clients, a fraction of a percent sampled each round.
 
 Runs the app with real ``flwr run`` and the simulation engine
-(``--federation-config num-supernodes=1000 client-resources-num-cpus=1``: two Ray actors
-on this 2-core machine, each running one ClientApp at a time for any of the 1 000 virtual
+(``--federation-config num-supernodes=10000 client-resources-num-cpus=1``: two Ray actors
+on this 2-core machine, each running one ClientApp at a time for any of the virtual
 SuperNodes), samples every process of the federation (``flwr run``, the SuperLink, the
 ServerApp, the simulation engine, Ray's raylet/GCS/workers) each second, and prints:
 
@@ -15,12 +15,20 @@ What keeps memory flat: a virtual client is a ``Context`` in the SuperLink (its 
 config and a small persistent state), not a model; a Ray actor builds one model per
 message and drops it; each actor process builds only the partitions of the silos it
 serves, on demand (``tasks.partitioning.LazyPartitions``); the server holds one global
-model. Sampling draws ``fraction-train`` of the 1 000 silos per round.
+model. Sampling draws ``fraction-train`` of the silos per round. With
+``--rows-per-client`` (fraud) the data grows with the clients (a generated data set of
+that many training rows per silo, written to a CSV the run reads as its data source), so
+a silo's work stays the same at any scale.
+
+``--ray-address HOST:PORT`` runs the simulation on an existing Ray cluster (``ray start
+--head`` / ``ray start --address``; see docs/efficiency.md) instead of the Ray instance
+Flower starts itself; the memory sampled is then only this machine's.
 
 Usage::
 
-    python -m benchmarks.scale                         # fraud, 1 000 clients, 10 rounds, 5 %
-    python -m benchmarks.scale --clients 200 --rounds 3 --fraction-train 0.1
+    python -m benchmarks.scale                  # fraud, 10 000 clients, 50 trained a round
+    python -m benchmarks.scale --clients 1000 --fraction-train 0.05 --fraction-evaluate 0.02
+    python -m benchmarks.scale --clients 200 --rounds 3 --fraction-train 0.1 --no-write
 """
 
 from __future__ import annotations
@@ -41,6 +49,20 @@ import psutil
 from benchmarks.efficiency_doc import DOC, write_section
 
 ROUND_LINE = re.compile(r"\[fedsilo\] round (\d+) server:")
+
+
+def process_name(proc: psutil.Process) -> str:
+    """What a process is: its program (``flwr-simulation``, ``raylet``, …; the script a
+    Python interpreter runs, not the interpreter) or its title (``ray::ClientAppActor``)."""
+    try:
+        cmd = proc.cmdline()
+    except psutil.Error:
+        return "?"
+    parts = [c for c in cmd if c] or ["?"]
+    first = os.path.basename(parts[0])
+    if first.startswith("python") and len(parts) > 1:
+        first = os.path.basename(parts[1]) if parts[1] != "-m" else " ".join(parts[1:3])
+    return first.strip()[:80]
 
 
 class TreeSampler(threading.Thread):
@@ -85,12 +107,26 @@ class TreeSampler(threading.Thread):
                 pss += getattr(info, "pss", info.rss)
                 if info.rss > self.peak_single:
                     self.peak_single = info.rss
-                    with_name = " ".join(p.cmdline()[:3]) if p.is_running() else "?"
-                    self.peak_single_name = with_name[:80]
+                    self.peak_single_name = process_name(p)
             self.peak_rss = max(self.peak_rss, rss)
             self.peak_pss = max(self.peak_pss, pss)
             self.peak_procs = max(self.peak_procs, len(procs))
             self.stop.wait(self.interval)
+
+
+def scaled_data(args, directory: Path) -> Path:
+    """A generated fraud CSV with ``rows-per-client`` training rows per silo (after the
+    server's ``test-fraction`` hold-out), for ``data-source``."""
+    from fl_app.config import RunConfig
+    from tasks.fraud import generate_fraud_frame
+
+    if args.task != "fraud":
+        raise SystemExit(f"--rows-per-client generates fraud data; --task is {args.task!r}")
+    test_fraction = RunConfig().test_fraction
+    rows = round(args.clients * args.rows_per_client / (1 - test_fraction))
+    path = directory / f"fraud-{rows}.csv"
+    generate_fraud_frame(n_rows=rows).to_csv(path, index=False)
+    return path
 
 
 def run_scale(args) -> dict:
@@ -113,6 +149,7 @@ def run_scale(args) -> dict:
         "min-evaluate-nodes": args.min_train if args.fraction_evaluate > 0 else 0,
         "min-available-nodes": args.clients,
         "local-epochs": 1,
+        "round-timeout": args.round_timeout,
     }
     federation = {"num-supernodes": args.clients, "client-resources-num-cpus": args.cpus}
     with tempfile.TemporaryDirectory(prefix="fedsilo-scale-") as home:
@@ -124,7 +161,11 @@ def run_scale(args) -> dict:
             "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
             "MLFLOW_DISABLE_TELEMETRY": "true",
         }
+        if args.ray_address:  # Flower's backend calls ray.init() without an address
+            env["RAY_ADDRESS"] = args.ray_address
         overrides["run-dir"] = str(Path(home) / "runs")
+        if args.rows_per_client:
+            overrides["data-source"] = str(scaled_data(args, Path(home)))
         cmd = [
             "flwr", "run", str(PROJECT_DIR), "--stream",
             "--run-config", run_config_arg(overrides),
@@ -172,6 +213,8 @@ def run_scale(args) -> dict:
         "sampled_per_round": sampled,
         "replies_per_round": [m.get("replies") for m in train],
         "cpus_per_client": args.cpus,
+        "rows_per_client": args.rows_per_client,
+        "ray_address": args.ray_address,
         "seconds_per_round": per_round,
         "round_times": round_times,
         "startup_seconds": round_times[0],
@@ -191,16 +234,70 @@ def run_scale(args) -> dict:
     }
 
 
+def engine_sweep_seconds(nodes: int, outstanding: int, sample: int = 200) -> float:
+    """Seconds one sweep of Flower's simulation engine takes over ``nodes`` virtual nodes
+    while ``outstanding`` instructions wait in its state (each of ``outstanding`` nodes
+    holds one). The engine (``vce_api.add_messages_to_queue``) asks the in-memory
+    LinkState for every node's next instruction every 0.1 s, and each ask scans every
+    stored instruction; this times that ask, on Flower's own classes, for ``sample``
+    nodes holding none (most nodes, in a sampled round) and scales it to ``nodes``."""
+    from uuid import uuid4
+
+    from flwr.app import Message, MessageType, RecordDict
+    from flwr.server.superlink.fleet.vce.vce_api import _register_nodes
+    from flwr.server.superlink.linkstate import LinkStateFactory
+    from flwr.supercore.constant import FLWR_IN_MEMORY_DB_NAME
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supercore.task_identity import TaskIdentity
+    from flwr.superlink.federation import NoOpFederationManager
+    from flwr.superlink.federation.noop_federation_manager import NOOP_FEDERATION_ID
+
+    factory = LinkStateFactory(
+        FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory()
+    )
+    state = factory.state()
+    run_id = state.create_run(
+        "bench/sweep", "1", "0", {}, NOOP_FEDERATION_ID, None, "bench", "serverapp"
+    )
+    node_ids = list(_register_nodes(nodes, factory))
+    # Messages need a task identity (process-wide): set for this run, restored after.
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id = run_id, 0
+    TaskIdentity.task_id = state.run_ids[run_id].run.primary_task_id
+    try:
+        for node in node_ids[:outstanding]:  # what a Grid's push does, minus its checks
+            msg = Message(RecordDict({}), dst_node_id=node, message_type=MessageType.QUERY)
+            msg.metadata.__dict__.update(_message_id=str(uuid4()), _run_id=run_id, _src_node_id=1)
+            state.store_message_ins(msg)
+    finally:
+        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = saved
+    idle = node_ids[outstanding : outstanding + sample] or node_ids[:sample]
+    start = time.perf_counter()
+    for node in idle:
+        state.get_message_ins(node_id=node, limit=1)
+    return (time.perf_counter() - start) / len(idle) * nodes
+
+
 def markdown(r: dict) -> str:
     acc = r["final_server"].get("accuracy")
     auc = r["final_server"].get("roc-auc")
     quality = f"final server accuracy {acc:.4f}" if acc is not None else ""
     if auc is not None:
         quality += f", ROC-AUC {auc:.4f}"
+    data = (
+        f"a generated fraud data set of {r['rows_per_client']} training rows per client"
+        if r.get("rows_per_client")
+        else "the task's offline data set"
+    )
+    where = (
+        f"on the existing Ray cluster at `{r['ray_address']}` (memory: this machine only)"
+        if r.get("ray_address")
+        else "on the Ray instance Flower starts itself"
+    )
     return f"""## Simulation at scale (`python -m benchmarks.scale`)
 
-Real `flwr run` with the simulation engine: **{r["clients"]} virtual clients**, task
-`{r["task"]}`, {r["rounds"]} rounds, `fraction-train = {r["fraction_train"]}`
+Real `flwr run` with the simulation engine {where}: **{r["clients"]:,} virtual clients**,
+task `{r["task"]}` on {data}, {r["rounds"]} rounds, `fraction-train = {r["fraction_train"]}`
 ({r["sampled_per_round"]} silos trained per round, replies per round:
 {r["replies_per_round"]}), `fraction-evaluate = {r["fraction_evaluate"]}`, 1 local epoch,
 `client-resources-num-cpus = {r["cpus_per_client"]}`. Machine: {r["machine"]["cpus"]} cores,
@@ -217,27 +314,44 @@ started (shared with other jobs). Run {r["when"]}.
 | total wall time | {r["total_seconds"]:.1f} s |
 
 No OOM: {quality}. Memory stays flat because a virtual client is a `Context` in the
-SuperLink, not a model; a Ray actor keeps one model object per task and loads each message's weights into it; each
-actor process builds only the partitions of the silos it serves, on demand
-(`tasks.partitioning.LazyPartitions`: building all 1 000 IID partitions eagerly took
-~17 s per process with flwr-datasets); the server holds one global model.
+SuperLink, not a model; a Ray actor keeps one model object per task and loads each
+message's weights into it; each actor process builds only the partitions of the silos it
+serves, on demand (`tasks.partitioning.LazyPartitions`); the server holds one global model
+and, with top-k compression, one EF21 estimate per silo that sent one, memory-mapped
+beyond 256 MiB (`strategies.compression.records.EstimateStore`).
 """
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--clients", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--task", default="fraud")
-    parser.add_argument("--fraction-train", type=float, default=0.05)
-    parser.add_argument("--fraction-evaluate", type=float, default=0.02)
+    parser.add_argument("--fraction-train", type=float, default=0.005)
+    parser.add_argument("--fraction-evaluate", type=float, default=0.002)
     parser.add_argument("--min-train", type=int, default=2)
     parser.add_argument("--cpus", type=float, default=1, help="client-resources-num-cpus")
-    parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument(
+        "--rows-per-client", type=int, default=24,
+        help="fraud training rows per silo, generated (0 = the task's offline data set)",
+    )  # fmt: skip
+    parser.add_argument("--ray-address", default="", help="an existing Ray cluster, HOST:PORT")
+    parser.add_argument("--round-timeout", type=float, default=4 * 3600.0)
+    parser.add_argument("--timeout", type=float, default=6 * 3600.0)
     parser.add_argument("--out", type=Path, default=DOC)
     parser.add_argument("--json", type=Path, default=Path("docs/efficiency-scale.json"))
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument(
+        "--engine-sweep", nargs=2, type=int, metavar=("NODES", "OUTSTANDING"),
+        help="only time one sweep of Flower's simulation engine (see engine_sweep_seconds)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.engine_sweep:
+        nodes, outstanding = args.engine_sweep
+        seconds = engine_sweep_seconds(nodes, outstanding)
+        print(f"{nodes} nodes, {outstanding} outstanding: {seconds:.2f} s per sweep "
+              f"(load average {os.getloadavg()[0]:.1f})")  # fmt: skip
+        return 0
     args.load_before = os.getloadavg()[0]
     result = run_scale(args)
     print(json.dumps({k: v for k, v in result.items() if k != "round_times"}, indent=1))

@@ -7,11 +7,15 @@ After every round the server saves ``latest.pt`` (atomically, verified by sha256
 * ``strategy``: the state of every strategy layer that has one — FedAdam/FedYogi/
   FedAdagrad moments (``m_t``, ``v_t``), FedAvgM's momentum and current model, the robust
   rules' previous aggregate (centred clipping), DP-FedAvg's accountant history and
-  (adaptive) clipping norm and the state of its noise generator;
+  (adaptive) clipping norm and the states of its noise and Poisson-sampling
+  generators (seeded from OS entropy: the checkpoint is where that secret lives);
 * ``rng``: the Python, NumPy and torch generator states of the server process;
 * ``settings``: the run-config keys that determine the model (everything but
   :data:`TRANSIENT_KEYS`), so that a run is only ever resumed with the settings it ran
-  with, and ``config-hash``.
+  with, and ``config-hash``;
+* ``lineage``: the run's public lineage id (:mod:`fl_app.silo_state`), sent to the silos
+  in every train config so that, on resume, they continue their secret local-DP state
+  (absent in checkpoints of older versions: such a resume starts a new lineage).
 
 Everything is a tensor, a number, a string or a list/dict of those, so checkpoints load
 with ``torch.load(weights_only=True)``: a tampered checkpoint cannot run code.
@@ -19,7 +23,8 @@ with ``torch.load(weights_only=True)``: a tampered checkpoint cannot run code.
 ``resume = true`` continues from the newest checkpoint of a run with the same settings
 (:func:`find_resume_point`); client training is seeded by (seed, partition, round) and
 sampling by (seed, round), so the resumed rounds are the rounds the interrupted run would
-have run.
+have run. Local DP's secret batches and noise continue from each silo's state file (same
+lineage): a round a silo had already answered before the crash gets fresh noise.
 """
 
 from __future__ import annotations
@@ -190,7 +195,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- files
 def checkpoint_bytes(
-    server_round: int, arrays: ArrayRecord, cfg: RunConfig, strategy: Strategy | None = None
+    server_round: int,
+    arrays: ArrayRecord,
+    cfg: RunConfig,
+    strategy: Strategy | None = None,
+    lineage: str | None = None,
 ) -> bytes:
     """A resumable checkpoint after ``server_round`` (see module doc)."""
     buffer = io.BytesIO()
@@ -204,6 +213,7 @@ def checkpoint_bytes(
             "state_dict": arrays.to_torch_state_dict(),
             "strategy": capture_strategy_state(strategy) if strategy is not None else [],
             "rng": rng_state(),
+            "lineage": lineage,
         },
         buffer,
     )
@@ -220,6 +230,8 @@ class ResumePoint:
     rng: dict[str, Any]
     source: str
     run_dir: Path | None
+    #: The run's lineage id (None in checkpoints written before lineages existed).
+    lineage: str | None = None
 
     def restore(self, strategy: Strategy) -> None:
         """Restore the strategy layers' and the process's generator states."""
@@ -251,6 +263,7 @@ def load_checkpoint(data: bytes, cfg: RunConfig, source: str, run_dir: Path | No
         rng=blob["rng"],
         source=source,
         run_dir=run_dir,
+        lineage=blob.get("lineage"),
     )
 
 

@@ -3,7 +3,9 @@
 Messages:
 * ``query``   → the silo's partition id (the server's roll call before round 1).
 * ``train``   → local training from the received global model; replies the new weights,
-  ``train-loss``, ``num-examples`` and a ``meta`` record with the partition id.
+  ``train-loss``, ``num-examples`` and a ``meta`` record with the partition id. Under local
+  DP the silo's secret randomness and accounting are kept per the config's ``lineage``
+  (:mod:`fl_app.silo_state`).
 * ``evaluate``→ metrics of the received global model on the silo's validation split.
 """
 
@@ -14,8 +16,10 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from fl_app import LOG
 from fl_app.config import RunConfig
 from fl_app.seeding import derive_seed, seed_everything
+from fl_app.silo_state import SiloStateStore, silo_lineage
 from fl_app.vertical.client import register as register_vertical
 from strategies.robust.simulation import byzantine_partitions
 from strategies.secagg.client import register as register_secagg
@@ -115,7 +119,9 @@ def train(msg: Message, context: Context) -> Message:
         train_data = ArrayDataset(train_data.x, flipped)
     generator = seed_everything(derive_seed(cfg.seed, "train", pid, server_round))
     if cfg.local_dp:
-        metrics = _train_local_dp(model, train_data, task, cfg, context, generator)
+        metrics = _train_local_dp(
+            model, train_data, task, cfg, context, pid, server_round, config, generator
+        )
     else:
         metrics = task.train(
             model,
@@ -161,10 +167,17 @@ def _compress(content, msg: Message, cfg: RunConfig, context: Context, pid: int,
     )
 
 
-def _train_local_dp(model, data, task, cfg: RunConfig, context: Context, generator) -> dict:
-    """DP-SGD with Opacus; the accountant's history lives in the node's persistent state,
-    so the reported ``dp-epsilon`` is cumulative over rounds."""
-    from strategies.privacy.local import LOCAL_DP_STATE_KEY, make_private_trainer
+def _train_local_dp(
+    model, data, task, cfg: RunConfig, context: Context, pid: int, server_round: int, config,
+    seeded: torch.Generator,
+) -> dict:  # fmt: skip
+    """DP-SGD with Opacus. Batches and noise come from the silo's secret generators and
+    the accountant history from its state file (fl_app.silo_state), both per lineage: the
+    reported ``dp-epsilon`` is cumulative over the run, resumes included, and a replayed
+    round gets fresh noise and is accounted again. Under ``dp-reproducible-noise`` the
+    ``seeded`` generator (from seed, partition, round) drives both instead: research only,
+    the server can regenerate the noise."""
+    from strategies.privacy.local import make_private_trainer
 
     budget = (
         {"target_epsilon": cfg.local_target_epsilon,
@@ -172,7 +185,14 @@ def _train_local_dp(model, data, task, cfg: RunConfig, context: Context, generat
         if cfg.local_target_epsilon > 0
         else {"noise_multiplier": cfg.local_noise_multiplier}
     )  # fmt: skip
-    saved = context.state.config_records.get(LOCAL_DP_STATE_KEY)
+    store = SiloStateStore.for_node(context.node_config)
+    state = store.load(silo_lineage(config, context), f"p{pid}")
+    if cfg.dp_reproducible_noise:
+        generators = {"generator": seeded}
+    else:
+        generators = {"generator": state.sampling, "noise_generator": state.noise}
+    if task.class_weights(data) is not None:
+        _note_class_weights_off(task.name)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum)
     with make_private_trainer(
         model,
@@ -181,15 +201,33 @@ def _train_local_dp(model, data, task, cfg: RunConfig, context: Context, generat
         batch_size=cfg.batch_size,
         max_grad_norm=cfg.max_grad_norm,
         delta=cfg.target_delta,
-        accountant_state=dict(saved) if saved else None,
+        accountant_state=state.accountant,
         mechanism=cfg.accountant,
-        generator=generator,
-        class_weights=task.class_weights(data),
+        class_weights=None,  # label counts are outside the DP bound (strategies.privacy.local)
+        **generators,
         **budget,
     ) as trainer:
         metrics = trainer.train(cfg.local_epochs)
-        context.state[LOCAL_DP_STATE_KEY] = ConfigRecord(trainer.accountant_state())
+        state.accountant = trainer.accountant_state()
+    # This silo's own statement; the round reports the minimum over silos.
+    metrics["dp-private"] = 0.0 if cfg.dp_reproducible_noise else 1.0
+    state.rounds.append(server_round)
+    store.save(state)  # before the reply leaves: a lost reply is still accounted
     return metrics
+
+
+_CLASS_WEIGHTS_NOTED: set[str] = set()
+
+
+def _note_class_weights_off(task_name: str) -> None:
+    """Log once per task and process that local DP trains without class weights."""
+    if task_name not in _CLASS_WEIGHTS_NOTED:
+        _CLASS_WEIGHTS_NOTED.add(task_name)
+        LOG.warning(
+            "[fedsilo] local DP: task '%s' trains without its class weights (weights from "
+            "this silo's label counts are not covered by the DP guarantee)",
+            task_name,
+        )
 
 
 @app.evaluate()

@@ -123,6 +123,13 @@ class RunConfig(BaseModel):
         "none", description="Pre-aggregation in front of our robust rules (NNM, bucketing)."
     )
     bucket_size: int = Field(2, ge=1, description="Updates averaged per bucket (bucketing).")
+    robust_weights: Literal["uniform", "capped"] = Field(
+        "uniform",
+        description="Weights of the robust rules. A silo's `num-examples` is a claim a "
+        "Byzantine silo can inflate (one silo claiming 1 000× the examples *is* a weighted "
+        "median), so `uniform` (as Flower's FedMedian, Krum, Bulyan) ignores it; `capped` "
+        "weights by the claims, each capped at the cohort's median claim.",
+    )
     cclip_tau: float = Field(
         0.0,
         ge=0,
@@ -145,16 +152,18 @@ class RunConfig(BaseModel):
         "global model's size + 1 MiB).",
     )
     # Attack simulation (a threat-model tool: simulated Byzantine silos).
-    attack: Literal["none", "sign-flip", "gaussian", "scaling", "label-flip", "alie", "ipm"] = (
-        Field("none", description="Simulated Byzantine behaviour of `attack-fraction` silos.")
-    )
+    attack: Literal[
+        "none", "sign-flip", "gaussian", "scaling", "label-flip", "alie", "ipm",
+        "weight-inflation",
+    ] = Field("none", description="Simulated Byzantine behaviour of `attack-fraction` silos.")
     attack_fraction: float = Field(
         0.2, ge=0, lt=0.5, description="Fraction of silos that are Byzantine when attacking."
     )
     attack_strength: float = Field(
         0.0,
         description="Attack parameter (0 = its default): scaling factor 10 (negative flips "
-        "the direction), noise std 1, IPM ε 0.1, ALIE z from n and f.",
+        "the direction), noise std 1, IPM ε 0.1, ALIE z from n and f, weight-inflation's "
+        "factor on the claimed `num-examples` 1000.",
     )
     # Differential privacy (strategies/privacy).
     central_dp: bool = Field(
@@ -186,8 +195,11 @@ class RunConfig(BaseModel):
     )
     sampling_amplification: bool = Field(
         False,
-        description="Account central DP at rate sampled/total silos (only sound when the "
-        "sampling seed is secret).",
+        description="Central DP only: secret Poisson sampling of silos (each taken with "
+        "probability `fraction-train` from OS entropy; noised sum divided by "
+        "`fraction-train` × silos), accounted as the Poisson-subsampled Gaussian. Needs "
+        "`min-train-nodes` = 1 (the cohort varies, may be empty). false = every round "
+        "accounted at rate 1.",
     )
     local_dp: bool = Field(False, description="DP-SGD inside every silo with Opacus.")
     local_noise_multiplier: float = Field(1.0, ge=0, description="Local DP-SGD noise σ.")
@@ -196,6 +208,13 @@ class RunConfig(BaseModel):
         0.0,
         ge=0,
         description="Per-silo ε budget over all rounds (0 = use `local-noise-multiplier`).",
+    )
+    dp_reproducible_noise: bool = Field(
+        False,
+        description="Research only: seed DP noise and DP sampling (central, local, vertical) "
+        "from `seed`, so reruns are identical. Anyone holding the config can then regenerate "
+        "and subtract the noise: the run is marked `dp-private = false` and its ε protects "
+        "nothing.",
     )
     # Secure aggregation (strategies/secagg): the server sees only the sum of updates.
     secure_aggregation: bool = Field(
@@ -348,6 +367,13 @@ class RunConfig(BaseModel):
         blob = json.dumps(self.to_flower(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
+    def dp_mechanisms(self) -> list[str]:
+        """Run-config keys of the differential-privacy noise this run adds (``[]`` = none)."""
+        if self.mode == "vertical":
+            return ["vertical-noise-multiplier"] if self.vertical_noise_multiplier > 0 else []
+        switches = {"central-dp": self.central_dp, "local-dp": self.local_dp}
+        return [key for key, on in switches.items() if on]
+
     def check_cross_field(self) -> RunConfig:
         """Checks that involve several keys; returns self."""
         mean_based = {"fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm"}
@@ -362,6 +388,28 @@ class RunConfig(BaseModel):
                 "run-config 'central-dp' = true needs 'max-update-norm-ratio' = 0.0: the norm "
                 "filter compares each update with the others, which breaks the DP guarantee "
                 "(clipping already bounds every update)."
+            )
+        if self.dp_reproducible_noise and not self.dp_mechanisms():
+            raise ConfigError(
+                "run-config 'dp-reproducible-noise' = true seeds DP noise from `seed`, but no "
+                "DP mechanism is on ('central-dp', 'local-dp', or in mode 'vertical' "
+                "'vertical-noise-multiplier' > 0). Drop 'dp-reproducible-noise' (it also "
+                "marks the run not private), or turn a DP mechanism on."
+            )
+        if self.sampling_amplification and (not self.central_dp or self.mode == "vertical"):
+            raise ConfigError(
+                "run-config 'sampling-amplification' = true is secret Poisson sampling of "
+                "silos for central DP; it needs 'central-dp' = true (in mode 'horizontal'). "
+                "Set central-dp = true or drop sampling-amplification."
+            )
+        if self.sampling_amplification and self.min_train_nodes != 1:
+            raise ConfigError(
+                f"run-config 'sampling-amplification' = true needs 'min-train-nodes' = 1 "
+                f"(got {self.min_train_nodes}): Poisson sampling takes each silo "
+                "independently with probability 'fraction-train', so a round's cohort "
+                "varies and may be empty; a larger quorum would abort such rounds or force a "
+                "fixed cohort size, which the Poisson accounting does not cover. Set "
+                "min-train-nodes = 1."
             )
         if self.local_dp:
             from tasks import TASKS

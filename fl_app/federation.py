@@ -29,7 +29,15 @@ from fl_app.checkpointing import (
 from fl_app.config import RunConfig
 from fl_app.reliability import QuorumError, ReliableRounds, StragglerGrid, start_rounds
 from fl_app.seeding import derive_seed, seed_everything
-from fl_app.sinks import ConsoleSink, MetricsSink, RunDirSink, Sinks
+from fl_app.silo_state import LINEAGE_KEY, new_lineage
+from fl_app.sinks import (
+    DP_PRIVATE_KEY,
+    ConsoleSink,
+    MetricsSink,
+    RunDirSink,
+    Sinks,
+    privacy_status,
+)
 from strategies import build_strategy
 from strategies.compression import CompressedUpdates
 from strategies.robust.simulation import MODEL_ATTACKS, SimulatedAttack, byzantine_partitions
@@ -90,10 +98,11 @@ def server_evaluator(
     run_dir: Path,
     strategy: Strategy | None = None,
     audit: AuditLog | None = None,
+    lineage: str | None = None,
 ):
     """Flower ``evaluate_fn``, called with the new global model after every round: reports
     its metrics on the server's held-out test set, then checkpoints the round (model,
-    ``strategy``'s state, RNG states; atomically, verified by sha256; see
+    ``strategy``'s state, RNG states, the run's ``lineage``; atomically, verified by sha256; see
     fl_app.checkpointing and adapters.blob.checkpoints) and audits the checkpoint."""
     from adapters.blob.checkpoints import open_checkpoint_store
 
@@ -109,7 +118,7 @@ def server_evaluator(
         metrics = task.evaluate(model, test)
         metrics["num-examples"] = len(test)
         digest = store.save(
-            CHECKPOINT_NAME, checkpoint_bytes(server_round, arrays, cfg, strategy)
+            CHECKPOINT_NAME, checkpoint_bytes(server_round, arrays, cfg, strategy, lineage)
         )
         if audit is not None:
             audit.record("checkpoint", round=server_round, sha256=digest)
@@ -142,13 +151,18 @@ def tracking_sinks(cfg: RunConfig, run_dir: Path) -> list[MetricsSink]:
 
 def central_dp(strategy: Strategy, cfg: RunConfig, num_silos: int, model) -> Strategy:
     """Wrap ``strategy`` in DP-FedAvg with its accountant (and budget) when
-    ``central-dp`` is on; the innermost wrapper, so it sees exactly what is aggregated."""
+    ``central-dp`` is on; the innermost wrapper, so it sees exactly what is aggregated.
+
+    The noise (and, with ``sampling-amplification``, the secret Poisson sampling) comes
+    from OS entropy; its generator state is kept in the server checkpoint only. Under the
+    research key ``dp-reproducible-noise`` both are seeded from the public ``seed``
+    instead, and the run is marked not private (:func:`fl_app.sinks.privacy_status`).
+    """
     if not cfg.central_dp:
         return strategy
     from strategies.privacy import AdaptiveClipping, DPFedAvg, PrivacyBudget
 
-    sampled = max(int(num_silos * cfg.fraction_train), cfg.min_train_nodes)
-    rate = min(1.0, sampled / num_silos) if cfg.sampling_amplification else 1.0
+    rate = cfg.fraction_train if cfg.sampling_amplification else 1.0
     budget = (
         PrivacyBudget(cfg.target_epsilon, cfg.target_delta, n_records=num_silos)
         if cfg.target_epsilon > 0
@@ -175,18 +189,27 @@ def central_dp(strategy: Strategy, cfg: RunConfig, num_silos: int, model) -> Str
         if cfg.adaptive_clipping
         else None
     )
+    noise = sampling = None  # None = DPFedAvg seeds them from os.urandom
+    if cfg.dp_reproducible_noise:
+        noise = torch.Generator().manual_seed(derive_seed(cfg.seed, "dp-noise"))
+        sampling = torch.Generator().manual_seed(derive_seed(cfg.seed, "dp-sampling"))
+    if cfg.sampling_amplification:
+        # DP-FedAvg draws the Poisson cohort itself among all silos the strategy addresses.
+        strategy.fraction_train = 1.0
     return DPFedAvg(
         strategy,
         noise_multiplier=sigma,
         clip_norm=cfg.clip_norm,
         delta=cfg.target_delta,
-        generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "dp-noise")),
+        generator=noise,
         mechanism=cfg.accountant,
         budget=budget,
         adaptive=adaptive,
         trained_keys=[name for name, _ in model.named_parameters()],
         sampling_amplification=cfg.sampling_amplification,
+        sample_rate=cfg.fraction_train if cfg.sampling_amplification else None,
         num_clients=num_silos,
+        sampling_generator=sampling,
     )
 
 
@@ -260,11 +283,15 @@ def run_federation(
     resume = find_resume_point(cfg)  # None unless resume = true and a checkpoint exists
     run_dir = resume.run_dir if resume is not None and resume.run_dir else make_run_dir(cfg)
     done = resume.round if resume is not None else 0
+    # Public id of this run's chain of resumes: silos key their secret local-DP state by it.
+    lineage = resume.lineage if resume is not None and resume.lineage else new_lineage()
+    privacy = privacy_status(cfg)  # None without DP; warns when the noise is reproducible
     sinks = Sinks(
         ConsoleSink(),
-        RunDirSink(run_dir, resume_after=done if resume is not None else None),
+        RunDirSink(run_dir, resume_after=done if resume is not None else None, privacy=privacy),
         *tracking_sinks(cfg, run_dir),
         *extra_sinks,
+        privacy=privacy,
     )
     sinks.log_params({**cfg.to_flower(), "config-hash": cfg.fingerprint()})
     audit = AuditLog(run_dir / AUDIT_FILE, cfg.fingerprint())
@@ -275,7 +302,8 @@ def run_federation(
         rounds=cfg.num_server_rounds,
         seed=cfg.seed,
         **{"settings-hash": settings_hash(cfg), "resumed-from": resume and resume.source,
-           "resumed-after-round": done},
+           "resumed-after-round": done, "lineage": lineage,
+           **({DP_PRIVATE_KEY: privacy.private} if privacy is not None else {})},
     )  # fmt: skip
     LOG.info(
         "[fedsilo] task=%s strategy=%s rounds=%d; outputs in %s",
@@ -291,7 +319,7 @@ def run_federation(
     strategy = central_dp(strategy, cfg, len(roster), model)
 
     wrapped = wrap_strategy(strategy, cfg, roster, sinks, audit)
-    evaluate_fn = server_evaluator(task, cfg, sinks, run_dir, wrapped, audit)
+    evaluate_fn = server_evaluator(task, cfg, sinks, run_dir, wrapped, audit, lineage)
     if resume is not None:  # continue after the checkpointed round, states restored
         LOG.info("[fedsilo] resuming after round %d from %s", done, resume.source)
         initial = resume.arrays
@@ -304,7 +332,7 @@ def run_federation(
             first_round=done + 1,
             num_rounds=cfg.num_server_rounds,
             timeout=cfg.round_timeout,
-            train_config=ConfigRecord({"learning-rate": cfg.learning_rate}),
+            train_config=ConfigRecord({"learning-rate": cfg.learning_rate, LINEAGE_KEY: lineage}),
             evaluate_fn=evaluate_fn,
         )
     except QuorumError as exc:  # end cleanly: checkpoint of the last round stays valid

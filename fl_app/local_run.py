@@ -102,6 +102,7 @@ def run_simulation(
     timeout: float = 900.0,
     project_dir: Path = PROJECT_DIR,
     federation_config: dict[str, Any] | None = None,
+    shell_command: str | None = None,
 ) -> SimulationRun:
     """``flwr run <project> --stream`` with ``overrides``; returns output and metrics.
 
@@ -109,10 +110,18 @@ def run_simulation(
     sub-directory is the run directory. ``federation_config`` adds simulation settings
     to ``num-supernodes`` (e.g. ``{"client-resources-num-cpus": 1}``; see Flower's
     ``SimulationConfig``).
+
+    ``shell_command`` runs that command line verbatim instead (in ``project_dir``, with
+    ``bash -c``; e.g. README's command 1), under the same brand-new ``FLWR_HOME`` and
+    free ports; it writes where its run config says (by default ``outputs/`` of
+    ``project_dir``), and the newest run directory there is the one returned.
     """
     with tempfile.TemporaryDirectory(prefix="fedsilo-flwr-") as home:
         flwr_home = Path(home)
-        out_root = Path(run_dir) if run_dir else flwr_home / "runs"
+        if shell_command is not None:
+            out_root = Path(run_dir) if run_dir else project_dir / "outputs"
+        else:
+            out_root = Path(run_dir) if run_dir else flwr_home / "runs"
         config = {**overrides, "run-dir": str(out_root)}
         env = {
             **os.environ,
@@ -132,11 +141,15 @@ def run_simulation(
                 {"num-supernodes": num_supernodes, **(federation_config or {})}
             ),
         ]  # fmt: skip
+        if shell_command is not None:
+            cmd = ["bash", "-c", shell_command]
+        before = set(out_root.glob("*/metrics.json")) if out_root.exists() else set()
         status: dict[str, Any] = {}
         try:
             _prestart_superlink(env)
             proc = subprocess.run(
-                cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+                cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+                cwd=project_dir,
             )
             output, code = proc.stdout + proc.stderr, proc.returncode
             status = _last_run_status(env)
@@ -146,7 +159,7 @@ def run_simulation(
         finally:
             for superlink in _superlinks_of(flwr_home):
                 stop_process_tree(superlink)
-        runs = sorted(out_root.glob("*/metrics.json")) if out_root.exists() else []
+        runs = sorted(set(out_root.glob("*/metrics.json")) - before) if out_root.exists() else []
         metrics = json.loads(runs[-1].read_text()) if runs else []
         return SimulationRun(
             code,

@@ -11,7 +11,9 @@ missing from the replies (or, on the deployment runtime, answered by the SuperLi
   them; with fewer, the round's instruction is re-sent to the missing silos that are still
   connected, up to ``round-retries`` times (their training is seeded by seed, partition
   and round, so a retried silo sends the update it would have sent — unless compression's
-  error feedback already advanced its state on the lost attempt); still short, it
+  error feedback already advanced its state on the lost attempt, local DP drew fresh noise
+  from the silo's secret state, or secure aggregation already masked an update for the
+  round's session, in which case the silo refuses to mask again); still short, it
   raises :class:`QuorumError` naming the missing silos (node id and partition id), and the
   run ends cleanly with its last complete round checkpointed;
 * writes the round to the audit log (:mod:`fl_app.audit`).

@@ -7,10 +7,72 @@ import csv
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from fl_app import LOG
+
+if TYPE_CHECKING:
+    from fl_app.config import RunConfig
+
+#: Metric (1.0 / 0.0) and audit field (bool) saying whether the run's DP noise is secret.
+DP_PRIVATE_KEY = "dp-private"
+#: ``phase`` of the row at the top of ``metrics.json`` that states the run's privacy.
+PRIVACY_PHASE = "privacy"
+#: Phases whose metrics carry :data:`DP_PRIVATE_KEY`.
+TAGGED_PHASES = ("train", "server")
+
+
+@dataclass(frozen=True)
+class PrivacyStatus:
+    """Whether a run with DP noise is private, and the sentence that says so."""
+
+    mechanisms: tuple[str, ...]
+    private: bool
+
+    @property
+    def statement(self) -> str:
+        """One sentence for ``metrics.json`` and the log."""
+        on = ", ".join(self.mechanisms)
+        if self.private:
+            return (
+                f"DP noise ({on}) and DP sampling come from OS entropy and are kept by the "
+                "party that adds them; the reported epsilon holds under the stated threat "
+                "model (docs/privacy.md)."
+            )
+        return (
+            f"NOT PRIVATE: dp-reproducible-noise = true seeds the DP noise ({on}) and DP "
+            "sampling from the public `seed`, so anyone holding config.json can regenerate "
+            "and subtract the noise; the reported epsilon protects nothing. For research "
+            "reruns only."
+        )
+
+    def row(self) -> dict[str, Any]:
+        """The row at the top of ``metrics.json`` (round 0, phase ``privacy``)."""
+        return {
+            "round": 0,
+            "phase": PRIVACY_PHASE,
+            DP_PRIVATE_KEY: float(self.private),
+            "dp-mechanisms": " ".join(self.mechanisms),
+            "statement": self.statement,
+        }
+
+    def tags(self) -> dict[str, float]:
+        """Metrics added to every train and server row."""
+        return {DP_PRIVATE_KEY: float(self.private)}
+
+
+def privacy_status(cfg: RunConfig) -> PrivacyStatus | None:
+    """The run's :class:`PrivacyStatus` (``None`` without DP noise); logs a warning when
+    ``dp-reproducible-noise`` makes the noise derivable from the public config."""
+    mechanisms = cfg.dp_mechanisms()
+    if not mechanisms:
+        return None
+    status = PrivacyStatus(tuple(mechanisms), private=not cfg.dp_reproducible_noise)
+    if not status.private:
+        LOG.warning("[fedsilo] %s", status.statement)
+    return status
 
 
 def is_runtime_metric(key: str) -> bool:
@@ -75,15 +137,29 @@ class ConsoleSink:
 class RunDirSink:
     """Writes ``config.json``, ``metrics.json`` / ``metrics.csv`` (aggregated and server
     metrics) and ``silo_metrics.json`` into the run directory, rewritten after every round
-    so a crashed run keeps what it had."""
+    so a crashed run keeps what it had.
 
-    def __init__(self, run_dir: Path, resume_after: int | None = None) -> None:
+    ``metrics.json`` is a list of rows ``{"round", "phase", metric: value, …}``. A run with
+    DP noise (``privacy``) starts it with one row of phase ``privacy`` stating whether the
+    run is private (:meth:`PrivacyStatus.row`); readers that select rows by phase are
+    unaffected.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        resume_after: int | None = None,
+        privacy: PrivacyStatus | None = None,
+    ) -> None:
         self.run_dir = run_dir
         self.rows: list[dict[str, Any]] = []
         self.silo_rows: list[dict[str, Any]] = []
         if resume_after is not None:  # a resumed run keeps the rounds it is not redoing
-            self.rows = self._previous("metrics.json", resume_after)
+            previous = self._previous("metrics.json", resume_after)
+            self.rows = [row for row in previous if row.get("phase") != PRIVACY_PHASE]
             self.silo_rows = self._previous("silo_metrics.json", resume_after)
+        if privacy is not None:
+            self.rows.insert(0, privacy.row())
 
     def _previous(self, name: str, last_round: int) -> list[dict[str, Any]]:
         path = self.run_dir / name
@@ -126,16 +202,21 @@ class RunDirSink:
 
 
 class Sinks:
-    """Fans every call out to several sinks."""
+    """Fans every call out to several sinks; ``privacy`` adds ``dp-private`` to every
+    train and server row."""
 
-    def __init__(self, *sinks: MetricsSink) -> None:
+    def __init__(self, *sinks: MetricsSink, privacy: PrivacyStatus | None = None) -> None:
         self.sinks = list(sinks)
+        self.tags = privacy.tags() if privacy is not None else {}
 
     def log_params(self, params):
         for s in self.sinks:
             s.log_params(params)
 
     def log_metrics(self, server_round, phase, metrics):
+        if self.tags and phase in TAGGED_PHASES:
+            # A flag the silos reported (local DP) can only lower the run's: keep the minimum.
+            metrics = {**metrics, **{k: min(v, metrics.get(k, v)) for k, v in self.tags.items()}}
         for s in self.sinks:
             s.log_metrics(server_round, phase, metrics)
 

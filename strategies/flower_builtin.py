@@ -1,13 +1,22 @@
 """Factories for Flower's own strategies (``flwr.serverapp.strategy``), configured from
-the typed run config. Each factory: ``RunConfig -> Strategy``."""
+the typed run config. Each factory: ``RunConfig -> Strategy``.
+
+Flower's FedMedian, FedTrimmedAvg, Krum and Bulyan ignore the silos' claimed
+``num-examples``; its MultiKrum averages the selected updates weighted by them, so a
+selected Byzantine silo claiming 1 000 × the examples would be the average. Ours averages
+them with the weights ``robust-weights`` allows (:mod:`strategies.robust.weights`)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from flwr.serverapp import strategy as fl
+from flwr.serverapp.strategy.multikrum import select_multikrum
 
+from strategies.flatten import stack, unflatten
 from strategies.metrics import weighted_mean_metrics
+from strategies.robust.aggregators import weighted_mean
+from strategies.robust.weights import trusted_weights
 
 if TYPE_CHECKING:
     from fl_app.config import RunConfig
@@ -83,22 +92,53 @@ def krum(cfg: RunConfig) -> fl.Strategy:
     return fl.Krum(num_malicious_nodes=cfg.num_byzantine, **common_kwargs(cfg))
 
 
-class _MultiKrumNMinusF(fl.MultiKrum):
-    """MultiKrum that averages the n − f best-scored of the n replies of each round."""
+class _MultiKrum(fl.MultiKrum):
+    """Flower's MultiKrum selection; the selected updates are averaged with the weights
+    ``weights`` allows (uniform or capped claims, not the raw claims). ``n_minus_f`` keeps
+    the n − f best-scored of the n replies of each round."""
+
+    def __init__(self, *, weights: str = "uniform", n_minus_f: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        trusted_weights([1.0], weights)  # refuse an unknown mode at construction
+        self.weights = weights
+        self.n_minus_f = n_minus_f
 
     def aggregate_train(self, server_round, replies):
-        replies = list(replies)
-        n = sum(not r.has_error() for r in replies)
-        self.num_nodes_to_select = max(1, n - self.num_malicious_nodes)
-        return super().aggregate_train(server_round, replies)
+        valid, _ = self._check_and_log_replies(list(replies), is_train=True)
+        if not valid:
+            return None, None
+        contents = [m.content for m in valid]
+        if self.n_minus_f:
+            self.num_nodes_to_select = max(1, len(contents) - self.num_malicious_nodes)
+        selected = select_multikrum(
+            contents,
+            num_malicious_nodes=self.num_malicious_nodes,
+            num_nodes_to_select=self.num_nodes_to_select,
+        )
+        rows = [next(i for i, c in enumerate(contents) if c is s) for s in selected]
+        claimed = [
+            float(next(iter(c.metric_records.values()))[self.weighted_by_key]) for c in contents
+        ]
+        cohort = trusted_weights(claimed, self.weights)  # capped at the whole cohort's median
+        weights = None if cohort is None else cohort[rows]
+        if weights is not None and float(weights.sum()) <= 0:
+            weights = None
+        matrix, layout = stack([next(iter(c.array_records.values())) for c in selected])
+        arrays = unflatten(weighted_mean(matrix, weights), layout)
+        return arrays, self.train_metrics_aggr_fn(selected, self.weighted_by_key)
 
 
 def multikrum(cfg: RunConfig) -> fl.Strategy:
-    """Multi-Krum (Blanchard et al., 2017); ``num-selected = 0`` keeps n − f updates."""
-    kwargs = {"num_malicious_nodes": cfg.num_byzantine, **common_kwargs(cfg)}
+    """Multi-Krum (Blanchard et al., 2017); ``num-selected = 0`` keeps n − f updates. The
+    selected updates are averaged with ``robust-weights``, not the raw claims."""
+    kwargs = {
+        "num_malicious_nodes": cfg.num_byzantine,
+        "weights": cfg.robust_weights,
+        **common_kwargs(cfg),
+    }
     if cfg.num_selected == 0:
-        return _MultiKrumNMinusF(**kwargs)
-    return fl.MultiKrum(num_nodes_to_select=cfg.num_selected, **kwargs)
+        return _MultiKrum(n_minus_f=True, **kwargs)
+    return _MultiKrum(num_nodes_to_select=cfg.num_selected, **kwargs)
 
 
 def bulyan(cfg: RunConfig) -> fl.Strategy:

@@ -2,7 +2,9 @@
 
 * :class:`SeededSampling` makes a run reproducible: each round's client sample is drawn
   from a generator seeded by (seed, round, phase) over nodes ordered by partition id, and
-  replies are aggregated in partition order (float sums depend on order).
+  replies are aggregated in partition order (float sums depend on order). The seed is
+  public, so this sample is no secret: DP-FedAvg's secret Poisson sampling
+  (``sampling-amplification``) draws its cohort itself, from OS entropy, inside it.
 * :class:`RoundReporter` hands each round's aggregated metrics to a callback (the run's
   metrics sinks) as soon as the round produces them.
 * :class:`ValidatedUpdates` drops malformed or outlying updates before aggregation.
@@ -230,7 +232,10 @@ class ValidatedUpdates(StrategyWrapper):
             )  # fmt: skip
             if self.on_reject is not None:
                 self.on_reject(server_round, rejection)
-        if not any(not r.has_error() for r in replies):
+        # DP-FedAvg under Poisson sampling releases (noise) and accounts even a round without
+        # updates: skipping it would reveal that the secret cohort was empty.
+        empty_ok = getattr(self.inner, "releases_empty_rounds", False)
+        if not any(not r.has_error() for r in replies) and not empty_ok:
             log(WARNING, "round %d: no valid update left; global model unchanged", server_round)
             return None, MetricRecord({"rejected-updates": len(rejected)})
         arrays, metrics = self.inner.aggregate_train(server_round, replies)

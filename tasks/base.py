@@ -109,7 +109,8 @@ class Task(ABC):
         model.standardize.std.copy_(torch.from_numpy(std))
 
     def class_weights(self, train: ArrayDataset) -> torch.Tensor | None:
-        """Loss weights per class (``None`` = unweighted cross-entropy)."""
+        """Loss weights per class (``None`` = unweighted cross-entropy). Not used under
+        local DP: weights computed from ``train``'s labels are outside the DP guarantee."""
         return None
 
     def strata(self, data: ArrayDataset) -> np.ndarray:

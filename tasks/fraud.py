@@ -5,7 +5,8 @@ Class``; 284 807 transactions, 0.17 % fraud) from a local path or an Azure Blob 
 Offline default: :func:`generate_fraud_frame`, a deterministic generated data set with
 the same columns and 1.5 % positives. Reports ROC-AUC and PR-AUC (accuracy alone is
 meaningless at this imbalance); the loss up-weights the rare class by
-``sqrt(#neg/#pos)`` of the silo's own data.
+``sqrt(#neg/#pos)`` of the silo's own data, except under local DP, which trains
+unweighted (those counts are not covered by the DP guarantee).
 """
 
 from __future__ import annotations

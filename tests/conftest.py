@@ -19,3 +19,11 @@ def flower_identity():
 def make_reply(flower_identity):
     """Factory for real train reply Messages (:func:`fl_app.messages.train_reply`)."""
     return train_reply
+
+
+@pytest.fixture(autouse=True)
+def _private_silo_state_dir(tmp_path_factory, monkeypatch):
+    """Each test's silos keep their secret state (local-DP generators and accountant) in a
+    directory of their own, never in the home directory of whoever runs the tests.
+    Subprocesses started by a test (flwr run, SuperNodes) inherit it."""
+    monkeypatch.setenv("FEDSILO_SILO_STATE_DIR", str(tmp_path_factory.mktemp("silo-state")))

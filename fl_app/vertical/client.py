@@ -3,9 +3,16 @@
 A feature party is the SuperNode with ``partition-id = p - 1`` for party ``p`` of
 ``vertical-split``; it holds those columns of its own records (its node config's
 ``data-source``, or its coverage sample of the run's shared ``data-source``) and a bottom
-model. Between messages its state (PSI secret, aligned rows, bottom weights, momentum)
-lives in the node's ``context.state``; nothing but embeddings, PSI points and counts
-leaves the party.
+model. Between messages its state (PSI secret, aligned rows, bottom weights, momentum,
+the embedding-noise generator) lives in the node's ``context.state``; nothing but
+embeddings, PSI points and counts leaves the party.
+
+The embedding noise is drawn from a generator whose state comes from OS entropy
+(:func:`~strategies.privacy.randomness.secret_generator`) and is kept in the party's
+context for the run, never rewound: the label party, which receives the embeddings, can
+neither regenerate the noise from the run config nor cancel it by asking for the same
+batch twice. Only ``dp-reproducible-noise`` seeds it from (seed, party, epoch, batch),
+for research reruns.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from flwr.clientapp import ClientApp
 from fl_app.config import RunConfig
 from fl_app.seeding import derive_seed
 from fl_app.vertical import DATA, META, STATE_KEY, STATE_MODEL, STATE_MOMENTUM
+from strategies.privacy.randomness import generator_state, restore_generator, secret_generator
 from strategies.vertical.psi import PSIKey, party_respond
 from strategies.vertical.split import (
     bottom_step,
@@ -121,11 +129,25 @@ def _load_bottom(cfg: RunConfig, data: PartyData, party: int, context: Context):
     return bottom, optimizer
 
 
-def _embed(cfg, bottom, x, party: int, *tag) -> np.ndarray:
+#: context.state key of the party's secret embedding-noise generator state.
+STATE_NOISE = "vertical-noise-generator"
+
+
+def _embed(cfg, bottom, x, party: int, context: Context, *tag) -> np.ndarray:
     with torch.no_grad():
         e = party_embedding(bottom, x, cfg.vertical_embedding_clip)
-        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "vertical-noise", party, *tag))
+        if cfg.vertical_noise_multiplier <= 0:
+            return e.numpy()
+        if cfg.dp_reproducible_noise:  # research only: the label party can regenerate it
+            gen = torch.Generator().manual_seed(
+                derive_seed(cfg.seed, "vertical-noise", party, *tag)
+            )
+        else:
+            saved = context.state.config_records.get(STATE_NOISE)
+            gen = restore_generator(saved["state"]) if saved else secret_generator()
         e = noisy(e, cfg.vertical_embedding_clip, cfg.vertical_noise_multiplier, gen)
+        if not cfg.dp_reproducible_noise:
+            context.state[STATE_NOISE] = ConfigRecord({"state": generator_state(gen)})
     return e.numpy()
 
 
@@ -150,7 +172,8 @@ def step(msg: Message, context: Context) -> Message:
     if "ids" in arrays:
         ids = arrays["ids"].numpy()
         tag = ("train", int(meta["epoch"]), int(meta["batch"]))
-        out["embedding"] = _embed(cfg, bottom, _features(data, context, ids), party, *tag)
+        x = _features(data, context, ids)
+        out["embedding"] = _embed(cfg, bottom, x, party, context, *tag)
     return _reply(msg, party, out)
 
 
@@ -162,8 +185,8 @@ def embed(msg: Message, context: Context) -> Message:
     bottom, _ = _load_bottom(cfg, data, party, context)
     ids = msg.content[DATA]["ids"].numpy()
     tag = ("eval", int(msg.content[META]["epoch"]))
-    return _reply(msg, party, {"embedding": _embed(cfg, bottom, _features(data, context, ids),
-                                                   party, *tag)})  # fmt: skip
+    x = _features(data, context, ids)
+    return _reply(msg, party, {"embedding": _embed(cfg, bottom, x, party, context, *tag)})
 
 
 def register(app: ClientApp) -> None:

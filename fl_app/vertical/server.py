@@ -42,7 +42,7 @@ from flwr.serverapp import Grid
 from fl_app import LOG
 from fl_app.config import RunConfig
 from fl_app.polling import poll_replies
-from fl_app.sinks import ConsoleSink, RunDirSink, Sinks
+from fl_app.sinks import ConsoleSink, RunDirSink, Sinks, privacy_status
 from fl_app.vertical import ALIGN, DATA, EMBED, META, PSI, STEP, VerticalError
 from strategies.vertical.psi import PSIKey, align, label_match, label_round1
 from strategies.vertical.split import (
@@ -223,8 +223,9 @@ def run_vertical(grid: Grid, cfg: RunConfig, extra_sinks: Sequence = ()) -> Vert
     spec = vertical_spec(cfg.task)
     groups = parse_split(cfg.vertical_split, spec)
     run_dir = _run_dir(cfg)
-    sink = RunDirSink(run_dir)
-    sinks = Sinks(ConsoleSink(), sink, *extra_sinks)
+    privacy = privacy_status(cfg)  # embedding noise: marks the run (not) private
+    sink = RunDirSink(run_dir, privacy=privacy)
+    sinks = Sinks(ConsoleSink(), sink, *extra_sinks, privacy=privacy)
     sinks.log_params({**cfg.to_flower(), "config-hash": cfg.fingerprint()})
     label = party_data(
         cfg.task, cfg.data_source, tuple(groups[0]), party=0,

@@ -32,9 +32,13 @@ object id; we sum exactly those bytes.
 
 from __future__ import annotations
 
+import tempfile
+from logging import INFO
+
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.supercore import log
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from strategies.compression.codecs import (
@@ -160,20 +164,51 @@ def _saved_estimate(
     return torch.from_numpy(saved["estimate"].numpy().copy()), step
 
 
+#: Bytes of EF21 estimates the server keeps in RAM; beyond, they move to a memory-mapped
+#: temporary file (see :class:`EstimateStore`).
+RESIDENT_LIMIT_BYTES = 256 * 2**20
+
+
 class EstimateStore:
     """The server's copy of every silo's EF21 estimate (one float32 vector of the
-    model's size per silo, keyed by node id) and its step."""
+    model's size per silo, keyed by node id) and its step.
 
-    def __init__(self) -> None:
-        self._estimates: dict[int, tuple[int, torch.Tensor]] = {}
+    The vectors are rows of one (silos × model size) float32 buffer, grown as silos
+    send their first top-k update. Up to ``resident_limit`` bytes the buffer lives in
+    RAM; beyond, it is a memory-mapped temporary file in ``spill_dir`` (default: the
+    system's temp directory), unlinked at creation so nothing outlives the store: at
+    10 000 silos a 1 M-parameter model needs 40 GB of estimates, more than the server's
+    RAM, while a round touches only its cohort's rows, which the OS pages in and out.
+    Either way the values are the same float32 numbers (bit-identical).
+    """
+
+    def __init__(
+        self, resident_limit: int = RESIDENT_LIMIT_BYTES, spill_dir: str | None = None
+    ) -> None:
+        self.resident_limit = resident_limit
+        self.spill_dir = spill_dir
+        self._steps: dict[int, int] = {}
+        self._rows: dict[int, int] = {}
+        self._buffer: np.ndarray | None = None  # (capacity, model size) float32
+        self._file = None  # the spill file once the buffer is memory-mapped
 
     def __bool__(self) -> bool:
-        return bool(self._estimates)
+        return bool(self._steps)
+
+    @property
+    def memory_mapped(self) -> bool:
+        """True once the estimates live in the memory-mapped spill file."""
+        return self._file is not None
 
     def step(self, node_id: int) -> int:
         """The step held for ``node_id`` (0 = no estimate)."""
-        entry = self._estimates.get(node_id)
-        return entry[0] if entry is not None else 0
+        return self._steps.get(node_id, 0)
+
+    def estimate(self, node_id: int) -> torch.Tensor | None:
+        """A copy of the estimate held for ``node_id`` (``None`` = none)."""
+        if node_id not in self._steps or self._buffer is None:
+            return None
+        return torch.from_numpy(np.array(self._buffer[self._rows[node_id]]))
 
     def advance(self, node_id: int, base: int, sent: torch.Tensor) -> torch.Tensor:
         """The silo's new estimate (what the server aggregates as its update): its
@@ -182,15 +217,65 @@ class EstimateStore:
         if base == 0:
             estimate = torch.zeros_like(sent, dtype=torch.float32)
         else:
-            step, estimate = self._estimates.get(node_id, (0, None))
+            step, estimate = self.step(node_id), self.estimate(node_id)
             if step != base or estimate is None or estimate.shape != sent.shape:
                 raise ValueError(
                     f"EF21 update of node {node_id} builds on estimate step {base}, the "
                     f"server holds step {step}"
                 )
         new = advance_estimate(estimate, sent)
-        self._estimates[node_id] = (base + 1, new)
+        self._row_for(node_id, new.numel())[:] = new.numpy()
+        self._steps[node_id] = base + 1
         return new
+
+    def _row_for(self, node_id: int, size: int) -> np.ndarray:
+        """The buffer row of ``node_id`` (assigned, and the buffer grown, on first use)."""
+        if self._buffer is not None and self._buffer.shape[1] != size:
+            # Another model size (a new model): estimates of the old one are meaningless.
+            self.close()
+            self._steps.clear()
+            self._rows.clear()
+        row = self._rows.get(node_id)
+        if row is None:
+            row = self._rows[node_id] = len(self._rows)
+            capacity = 0 if self._buffer is None else self._buffer.shape[0]
+            if row >= capacity:
+                self._grow(max(16, 2 * capacity), size)
+        assert self._buffer is not None
+        return self._buffer[row]
+
+    def _grow(self, capacity: int, size: int) -> None:
+        used = len(self._rows) - 1  # rows holding estimates (the new one is not written)
+        nbytes = capacity * size * 4
+        if self._file is None and nbytes <= self.resident_limit:
+            grown = np.zeros((capacity, size), dtype=np.float32)
+            if self._buffer is not None:
+                grown[:used] = self._buffer[:used]
+            self._buffer = grown
+            return
+        if self._file is None:
+            # Open for the store's lifetime; unlinked at once, so it cannot outlive it.
+            self._file = tempfile.TemporaryFile(dir=self.spill_dir)  # noqa: SIM115
+            log(
+                INFO,
+                "EF21 estimates of %d silos need %.0f MiB, over the %.0f MiB kept in RAM: "
+                "kept in a memory-mapped temporary file in %s from now on",
+                capacity, nbytes / 2**20, self.resident_limit / 2**20,
+                self.spill_dir or tempfile.gettempdir(),
+            )  # fmt: skip
+        old = self._buffer
+        self._file.truncate(nbytes)  # sparse: disk blocks only for rows written
+        mapped = np.memmap(self._file, dtype=np.float32, mode="r+", shape=(capacity, size))
+        if old is not None and not isinstance(old, np.memmap):
+            mapped[:used] = old[:used]
+        self._buffer = mapped
+
+    def close(self) -> None:
+        """Drop the estimates' buffer (and the spill file, if any)."""
+        self._buffer = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def is_compressed(content: RecordDict) -> bool:

@@ -4,8 +4,8 @@
   small ``step()`` / ``epsilon(delta)`` object with a serialisable history),
   :func:`calibrate_noise_multiplier` and :class:`PrivacyBudget`.
 * :mod:`.central` — client-level DP-FedAvg: pure tensor functions (clipping, Gaussian noise,
-  the fixed-denominator noised mean, adaptive clipping) and the :class:`DPFedAvg` strategy
-  wrapper that reports ε every round.
+  the fixed-denominator noised mean, adaptive clipping, secret Poisson sampling) and the
+  :class:`DPFedAvg` strategy wrapper that reports ε every round.
 * :mod:`.local` — record-level DP-SGD inside a silo with Opacus
   (:func:`make_private_trainer`), with an accountant state that survives between rounds.
 """
@@ -23,9 +23,11 @@ from strategies.privacy.central import (
     clip_updates,
     dp_fedavg_aggregate,
     gaussian_noise_sum,
+    poisson_cohort,
     unclipped_fraction,
 )
 from strategies.privacy.local import LOCAL_DP_STATE_KEY, PrivateTrainer, make_private_trainer
+from strategies.privacy.randomness import secret_generator
 
 __all__ = [
     "LOCAL_DP_STATE_KEY",
@@ -41,5 +43,7 @@ __all__ = [
     "dp_fedavg_aggregate",
     "gaussian_noise_sum",
     "make_private_trainer",
+    "poisson_cohort",
+    "secret_generator",
     "unclipped_fraction",
 ]

@@ -240,6 +240,14 @@ class FederatedAccountant:
 
     get_epsilon = epsilon  # Opacus' name
 
+    def epsilon_without_sampling(self, delta: float) -> float:
+        """Cumulative ε at ``delta`` for the same steps accounted at sample rate 1: what
+        the releases cost against an adversary who knows who took part in each step (no
+        amplification by sampling), e.g. one who reads the server's records of cohorts."""
+        unsampled = FederatedAccountant(self.mechanism, self.noise_multiplier, 1.0)
+        unsampled._accountant.history = [(s, 1.0, n) for s, _, n in self.history]
+        return unsampled.epsilon(delta)
+
     # -- persistence
     def state_dict(self) -> dict[str, list[float] | list[int]]:
         """The history as flat lists ``{"noise-multiplier": [σ…], "sample-rate": [q…],

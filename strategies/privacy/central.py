@@ -11,25 +11,42 @@ Each round the server
 2. clips each delta to L2 norm ≤ C (:func:`clip_updates`), so one client moves the sum by
    at most C,
 3. adds Gaussian noise N(0, (σC)²) to the sum (:func:`gaussian_noise_sum`),
-4. divides by the *expected* number of clients m — a fixed, public denominator
-   (:func:`dp_fedavg_aggregate`). Dividing by the number of replies instead would make the
-   denominator depend on who took part, and example-count weights would make one client's
-   influence depend on its (unbounded) data size: both break the sensitivity C/m the noise
-   is calibrated to. Every client therefore counts once, whatever its ``num-examples``.
+4. divides by a fixed, public denominator m (:func:`dp_fedavg_aggregate`): the number of
+   clients the round sampled, or q·N, the expected cohort of Poisson sampling. Dividing by
+   the number of replies instead would make the denominator depend on who took part, and
+   example-count weights would make one client's influence depend on its (unbounded) data
+   size: both break the sensitivity C/m the noise is calibrated to. Every client therefore
+   counts once, whatever its ``num-examples``.
 5. adds the noised mean delta to the global model (through the wrapped strategy, so a server
    optimiser such as FedAdam acts on it: post-processing keeps the guarantee),
-6. steps its :class:`~strategies.privacy.accountant.FederatedAccountant` once with
-   ``sample_rate = sampled clients / connected clients`` and reports the cumulative ε.
+6. steps its :class:`~strategies.privacy.accountant.FederatedAccountant` once and reports
+   the cumulative ε.
+
+Sampling and accounting. By default the wrapped strategy samples the clients (Flower draws
+a fixed number without replacement, from a seed that is part of the public run config) and
+every round is accounted at sample rate 1: no amplification by sampling, exact for any
+sampling. With ``sampling_amplification=True`` DPFedAvg draws the cohort itself by *secret
+Poisson sampling*: every one of the N clients is taken independently with probability q,
+from a generator seeded by the OS (``sampling_generator``), so the cohort size varies and
+may be 0; the noised sum is divided by the fixed q·N and each round is accounted as the
+Poisson-subsampled Gaussian mechanism at rate q, which is what the accountants compute. A
+round whose cohort is empty still releases the noise (and is accounted): releasing nothing
+would tell who was (not) sampled.
 
 Privacy unit and caveats: a *client* (silo) and all its data (add/remove one client). The
-accountants assume Poisson sampling of clients; Flower samples a fixed number without
-replacement, for which ``m/N`` Poisson accounting is the usual approximation (McMahan et al.
-2018). Amplification by sampling also assumes the sample is secret: when the sampling seed
-is public (a seeded run), pass ``sampling_amplification=False`` to account every round at
-sample rate 1 (no amplification; exact for any sampling). Training metrics the clients send
-(``train-loss`` …) are aggregated as usual and are *not* protected. The noise comes from a
-``torch.Generator`` (Mersenne Twister), fine for research and seeded reproducibility, not a
-cryptographically secure source.
+released global models are protected; training metrics the clients send (``train-loss`` …)
+are aggregated as usual and are *not*. Amplification also needs the cohort to stay secret
+from the adversary: the server's own records (its log, the audit log, per-silo metrics,
+reply counts) name each round's cohort, so they must stay with the server.
+
+Secret noise. The noise (and the sampling) generators are ``torch.Generator`` (Mersenne
+Twister) whose whole state (19 968 bits) comes from ``os.urandom``
+(:func:`~strategies.privacy.randomness.secret_generator`; torch keeps only 32 bits of a
+``manual_seed``, so a seeded generator would be a 2³² search); the state lives
+only in the strategy and therefore in the server's checkpoint, so a resumed run continues
+the same streams. A generator seeded from the run's public ``seed`` lets anyone holding the
+config regenerate and subtract the noise; the app only does that under the research key
+``dp-reproducible-noise`` and then marks the run ``dp-private = false``.
 
 Not with robust aggregation: FedMedian, FedTrimmedAvg, Krum, Multi-Krum, Bulyan (and
 :mod:`strategies.robust`) select or order *individual* updates. Their output is a
@@ -77,7 +94,9 @@ from strategies.privacy.accountant import (
     PrivacyBudget,
     check_delta,
     check_noise_multiplier,
+    check_sample_rate,
 )
+from strategies.privacy.randomness import secret_generator
 from strategies.wrappers import StrategyWrapper
 
 __all__ = [
@@ -88,11 +107,15 @@ __all__ = [
     "clip_updates",
     "dp_fedavg_aggregate",
     "gaussian_noise_sum",
+    "poisson_cohort",
     "unclipped_fraction",
 ]
 
 #: Metric keys DPFedAvg adds to each round's aggregated train MetricRecord.
 EPSILON_KEY = "epsilon"
+#: With secret Poisson sampling: ε of the same rounds without amplification, the figure
+#: that holds against anyone who learns the cohorts (the server's audit log names them).
+UNAMPLIFIED_KEY = "epsilon-unamplified"
 DELTA_KEY = "delta"
 NOISE_KEY = "noise-multiplier"
 CLIP_KEY = "clip-norm"
@@ -118,6 +141,41 @@ def _check_positive(value: object, name: str, hint: str = "") -> float:
     ):
         raise ValueError(f"{name} must be a finite number > 0; got {value!r}.{hint}")
     return float(value)
+
+
+def _check_denominator(expected_clients: object, n_updates: int, poisson: bool) -> float:
+    if poisson:
+        return _check_positive(
+            expected_clients, "expected_clients", " With Poisson sampling it is q·N."
+        )
+    if isinstance(expected_clients, bool) or not isinstance(expected_clients, int):
+        raise ValueError(f"expected_clients must be an integer ≥ 1; got {expected_clients!r}")
+    if expected_clients < max(1, n_updates):
+        raise ValueError(
+            f"expected_clients = {expected_clients} must be ≥ 1 and ≥ the number of updates "
+            f"({n_updates}): it is the number of clients sampled for the round"
+        )
+    return float(expected_clients)
+
+
+def poisson_cohort(
+    num_candidates: int, sample_rate: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Indices (into ``range(num_candidates)``) of a Poisson sample: each candidate is taken
+    independently with probability ``sample_rate``; the size varies and may be 0.
+
+    ``generator`` must be secret (:func:`secret_generator`) for amplification by sampling
+    to hold: whoever knows the cohort knows whether a client took part.
+    """
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int):
+        raise ValueError(f"num_candidates must be an integer ≥ 0; got {num_candidates!r}")
+    if num_candidates < 0:
+        raise ValueError(f"num_candidates must be ≥ 0; got {num_candidates}")
+    rate = _check_positive(sample_rate, "sample_rate")
+    if rate > 1:
+        raise ValueError(f"sample_rate must be in (0, 1]; got {sample_rate!r}")
+    draws = torch.rand(num_candidates, generator=generator, dtype=torch.float64)
+    return torch.nonzero(draws < rate).flatten()
 
 
 def clip_updates(updates: torch.Tensor, clip_norm: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -160,40 +218,36 @@ def dp_fedavg_aggregate(
     updates: torch.Tensor,
     clip_norm: float,
     noise_multiplier: float,
-    expected_clients: int,
+    expected_clients: float,
     generator: torch.Generator | None = None,
+    *,
+    poisson: bool = False,
 ) -> torch.Tensor:
     """DP-FedAvg's noised mean update: ``(Σ clip(Δᵢ, C) + N(0, (σC)²)) / m``.
 
-    ``m = expected_clients`` is the fixed number of clients the round *sampled* (public,
-    chosen before any client answered), not the number of replies: with a fixed denominator
-    one client changes the result by at most C/m, the sensitivity the noise σC/m is
-    calibrated to. Replies that failed simply contribute nothing.
+    ``m = expected_clients`` is fixed and public, never the number of replies, so one
+    client changes the result by at most C/m, the sensitivity the noise σC/m is calibrated
+    to. With fixed-size sampling it is the number of clients the round *sampled* (an
+    integer ≥ the number of updates; replies that failed simply contribute nothing). With
+    Poisson sampling (``poisson=True``) it is q·N, the expected cohort: the actual cohort
+    varies and may be empty (``updates`` of shape ``(0, d)``: the result is noise only).
     """
     updates = _check_updates(updates)
-    if isinstance(expected_clients, bool) or not isinstance(expected_clients, int):
-        raise ValueError(f"expected_clients must be an integer ≥ 1; got {expected_clients!r}")
-    if expected_clients < max(1, updates.shape[0]):
-        raise ValueError(
-            f"expected_clients = {expected_clients} must be ≥ 1 and ≥ the number of updates "
-            f"({updates.shape[0]}): it is the number of clients sampled for the round"
-        )
+    denominator = _check_denominator(expected_clients, updates.shape[0], poisson)
     clipped, _ = clip_updates(updates, clip_norm)
-    return gaussian_noise_sum(clipped, noise_multiplier, clip_norm, generator) / expected_clients
+    return gaussian_noise_sum(clipped, noise_multiplier, clip_norm, generator) / denominator
 
 
-def unclipped_fraction(norms: torch.Tensor, clip_norm: float, expected_clients: int) -> float:
+def unclipped_fraction(norms: torch.Tensor, clip_norm: float, expected_clients: float) -> float:
     """Fixed-denominator estimate of the fraction of sampled clients whose update was not
     clipped: ``1/2 + Σᵢ (bᵢ − 1/2) / m`` with ``bᵢ = [‖Δᵢ‖ ≤ C]``.
 
     Centring the bits at 1/2 gives the sum a sensitivity of 1/2 (Andrew et al. 2021, as in
     TensorFlow Privacy's quantile estimator), which the ``(2σ_b)⁻²`` term of the noise split
-    assumes. Equals ``count / m`` when all m clients replied.
+    assumes. Equals ``count / m`` when all m clients replied. ``m`` is the round's fixed
+    denominator (q·N under Poisson sampling).
     """
-    if isinstance(expected_clients, bool) or not isinstance(expected_clients, int):
-        raise ValueError(f"expected_clients must be an integer ≥ 1; got {expected_clients!r}")
-    if expected_clients < 1:
-        raise ValueError(f"expected_clients must be ≥ 1; got {expected_clients}")
+    expected_clients = _check_positive(expected_clients, "expected_clients")
     bits = (norms <= clip_norm).double()
     return 0.5 + float((bits - 0.5).sum()) / expected_clients
 
@@ -215,7 +269,7 @@ def adaptive_clip_update(
     noise_std_for_count: float,
     generator: torch.Generator | None = None,
     *,
-    expected_clients: int,
+    expected_clients: float,
 ) -> ClipNormUpdate:
     """Andrew et al. (2021)'s geometric clipping-norm update ``C ← C · exp(−η (b̄ − γ))``.
 
@@ -223,17 +277,15 @@ def adaptive_clip_update(
     update norm was ≤ C (use :func:`unclipped_fraction`), ``γ = target_quantile`` is the
     fraction that should stay unclipped (0.5 = track the median norm), ``η = lr`` (0.2 in
     the paper), ``σ_b = noise_std_for_count`` (the paper suggests m/20) and
-    ``m = expected_clients``. More unclipped than targeted → C shrinks, fewer → C grows.
+    ``m = expected_clients`` (the round's fixed denominator). More unclipped than targeted
+    → C shrinks, fewer → C grows.
     """
     _check_positive(clip_norm, "clip_norm")
     if not 0 <= target_quantile <= 1:
         raise ValueError(f"target_quantile must be in [0, 1]; got {target_quantile!r}")
     _check_positive(lr, "lr", " The paper uses 0.2.")
     noise_std = check_noise_multiplier(noise_std_for_count, "noise_std_for_count")
-    if isinstance(expected_clients, bool) or not isinstance(expected_clients, int):
-        raise ValueError(f"expected_clients must be an integer ≥ 1; got {expected_clients!r}")
-    if expected_clients < 1:
-        raise ValueError(f"expected_clients must be ≥ 1; got {expected_clients}")
+    expected_clients = _check_positive(expected_clients, "expected_clients")
     noise = 0.0
     if noise_std > 0:
         noise = float(torch.randn((), generator=generator, dtype=torch.float64)) * noise_std
@@ -296,7 +348,7 @@ def _check_wrappable(strategy: object) -> FedAvg:
 @dataclass
 class _RoundPlan:
     arrays: ArrayRecord
-    expected_clients: int
+    expected_clients: float  # the fixed denominator m (q·N under Poisson sampling)
     sample_rate: float
 
 
@@ -306,9 +358,9 @@ class DPFedAvg(StrategyWrapper):
     Parameters
     ----------
     strategy : FedAvg
-        FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad or FedAvgM: it samples the clients,
-        and its server update is applied to the noised mean delta. Anything else (robust
-        aggregation) raises ``ValueError``.
+        FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad or FedAvgM: it samples the clients
+        (unless ``sampling_amplification``), and its server update is applied to the
+        noised mean delta. Anything else (robust aggregation) raises ``ValueError``.
     noise_multiplier : float
         σ, the accounted noise multiplier (noise std / clipping norm on the sum), ≥ 0.
     clip_norm : float
@@ -316,8 +368,11 @@ class DPFedAvg(StrategyWrapper):
     delta : float, optional
         δ at which ε is reported; defaults to ``budget.target_delta``.
     generator : torch.Generator, optional
-        Source of the Gaussian noise; pass a seeded one for reproducible runs. ``None``
-        seeds a fresh generator from the OS (never torch's constant default seed).
+        Source of the Gaussian noise (update and, with adaptive clipping, count noise).
+        ``None`` (the default, and the only private choice) = a generator whose whole
+        state is drawn from ``os.urandom``
+        (:func:`~strategies.privacy.randomness.secret_generator`). A generator seeded from
+        anything public makes the noise subtractable: for research reruns only.
     mechanism : {"rdp", "prv"}
         Accountant used when ``accountant`` is not given.
     accountant : FederatedAccountant, optional
@@ -334,11 +389,21 @@ class DPFedAvg(StrategyWrapper):
         arrays (buffers such as input-scaling moments) keep the global value and get no
         noise. ``None`` = every floating-point array.
     sampling_amplification : bool
-        Account each round at ``sampled / connected`` clients (``True``) or at 1 (no
-        amplification by sampling; use it when the sampling seed is public).
+        ``False`` (default): the wrapped strategy samples (fixed size, possibly from a
+        public seed) and every round is accounted at sample rate 1, exact for any
+        sampling. ``True``: secret Poisson sampling — each round DPFedAvg keeps every
+        connected client independently with probability ``sample_rate`` (drawn from
+        ``sampling_generator``), divides the noised sum by ``sample_rate × num_clients``
+        and accounts the round at ``sample_rate``; an empty cohort still releases the
+        noise. The wrapped strategy must then address every client
+        (``fraction_train=1.0``), and the cohort must stay secret (see module doc).
+    sample_rate : float, optional
+        q in (0, 1], with ``sampling_amplification`` (required then).
     num_clients : int, optional
-        Total clients N for the sample rate; ``None`` = nodes connected to the grid at
-        ``configure_train``.
+        N, the size of the population sampled from, with ``sampling_amplification``
+        (required then): the denominator is q·N whoever is connected.
+    sampling_generator : torch.Generator, optional
+        Source of the Poisson draws; ``None`` = :func:`secret_generator`.
 
     After each round the aggregated train MetricRecord carries ``epsilon`` (cumulative, at
     δ), ``delta``, ``noise-multiplier`` (σ), ``clip-norm`` (C used this round) and, with
@@ -358,8 +423,10 @@ class DPFedAvg(StrategyWrapper):
         budget: PrivacyBudget | None = None,
         adaptive: AdaptiveClipping | None = None,
         trained_keys: Collection[str] | None = None,
-        sampling_amplification: bool = True,
+        sampling_amplification: bool = False,
+        sample_rate: float | None = None,
         num_clients: int | None = None,
+        sampling_generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(_check_wrappable(strategy))
         self.noise_multiplier = check_noise_multiplier(noise_multiplier)
@@ -385,20 +452,54 @@ class DPFedAvg(StrategyWrapper):
             self._noise_split(1)  # validate 2σ_b > σ now
         self.trained_keys = None if trained_keys is None else frozenset(trained_keys)
         self.sampling_amplification = bool(sampling_amplification)
-        if num_clients is not None and (isinstance(num_clients, bool) or num_clients < 1):
+        if num_clients is not None and (
+            isinstance(num_clients, bool) or not isinstance(num_clients, int) or num_clients < 1
+        ):
             raise ValueError(f"num_clients must be an integer ≥ 1; got {num_clients!r}")
         self.num_clients = num_clients
-        if generator is None:
-            generator = torch.Generator()
-            generator.seed()
-        self.generator = generator
+        self.sample_rate = None if sample_rate is None else check_sample_rate(sample_rate)
+        if self.sampling_amplification:
+            self._check_poisson(strategy)
+        elif self.sample_rate is not None:
+            raise ValueError(
+                "sample_rate is the probability of secret Poisson sampling and needs "
+                "sampling_amplification=True; without it every round is accounted at rate 1"
+            )
+        # Both streams come from OS entropy unless the caller passes its own; they are
+        # torch.Generator attributes, so the server checkpoint saves and restores them.
+        self.generator = generator if generator is not None else secret_generator()
+        self.sampling_generator = (
+            sampling_generator if sampling_generator is not None else secret_generator()
+        )
         self._plans: dict[int, _RoundPlan] = {}
 
     def __repr__(self) -> str:
         return f"DPFedAvg({self.inner!r})"
 
     # -- helpers
-    def _noise_split(self, expected_clients: int) -> tuple[float, float]:
+    def _check_poisson(self, strategy: FedAvg) -> None:
+        if self.sample_rate is None or self.num_clients is None:
+            raise ValueError(
+                "sampling_amplification=True (secret Poisson sampling) needs sample_rate q "
+                "and num_clients N: each client is taken with probability q and the noised "
+                "sum is divided by q·N; pass both, e.g. sample_rate=0.1, num_clients=100"
+            )
+        if strategy.fraction_train != 1.0:
+            raise ValueError(
+                f"sampling_amplification=True: DPFedAvg draws the cohort itself, so the "
+                f"wrapped {type(strategy).__name__} must address every client; build it "
+                f"with fraction_train=1.0 (got {strategy.fraction_train}) and pass the "
+                "sampling probability as sample_rate"
+            )
+
+    @property
+    def releases_empty_rounds(self) -> bool:
+        """Whether a round without any usable reply still releases (noise only) and is
+        accounted: true under Poisson sampling, where withholding the release would tell
+        that the cohort was empty. Wrappers that skip reply-less rounds consult it."""
+        return self.sampling_amplification
+
+    def _noise_split(self, expected_clients: float) -> tuple[float, float]:
         """``(update noise multiplier σ_Δ, count noise std σ_b)`` for a round."""
         if self.adaptive is None:
             return self.noise_multiplier, 0.0
@@ -440,15 +541,36 @@ class DPFedAvg(StrategyWrapper):
             self.clip_norm,
             " (adaptive)" if self.adaptive else "",
         )
+        if self.sampling_amplification:
+            log(
+                INFO,
+                "\t│\t├── Secret Poisson sampling: q = %g of N = %d (denominator %g)",
+                self.sample_rate,
+                self.num_clients,
+                self._denominator(),
+            )
         log(INFO, "\t│\t├── Accountant: %s, δ = %g", self.accountant.mechanism, self.delta)
         if self.budget is not None:
             log(INFO, "\t│\t└── Budget: ε ≤ %g", self.budget.target_epsilon)
         self.inner.summary()
 
+    def _denominator(self) -> float:
+        """q·N, the fixed denominator of Poisson sampling."""
+        return float(self.sample_rate) * float(self.num_clients)
+
+    def _poisson_sample(self, messages: list[Message], grid: Grid) -> list[Message]:
+        """Keep each client's message independently with probability q (secret draws, one
+        per connected node in the grid's order, so a seeded generator is reproducible)."""
+        by_node = {msg.metadata.dst_node_id: msg for msg in messages}
+        candidates = [node for node in grid.get_node_ids() if node in by_node]
+        chosen = poisson_cohort(len(candidates), self.sample_rate, self.sampling_generator)
+        return [by_node[candidates[i]] for i in chosen.tolist()]
+
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample clients through the wrapped strategy, unless the budget is spent."""
+        """Sample clients (through the wrapped strategy, or by secret Poisson sampling),
+        unless the budget is spent."""
         if self.trained_keys is not None and not self.trained_keys <= set(arrays.keys()):
             missing = sorted(self.trained_keys - set(arrays.keys()))
             raise ValueError(
@@ -459,9 +581,10 @@ class DPFedAvg(StrategyWrapper):
         self._plans.pop(server_round, None)
         if not messages:
             return []
-        expected = len(messages)
-        total = self.num_clients or len(list(grid.get_node_ids()))
-        rate = min(1.0, expected / max(total, 1)) if self.sampling_amplification else 1.0
+        if self.sampling_amplification:
+            expected, rate = self._denominator(), float(self.sample_rate)
+        else:
+            expected, rate = len(messages), 1.0
         self._noise_split(expected)  # fail before sending anything if σ_b is too small
         if self.budget is not None:
             after = self.budget.epsilon_after(
@@ -479,13 +602,16 @@ class DPFedAvg(StrategyWrapper):
                     self.delta,
                 )
                 return []
+        if self.sampling_amplification:
+            # After the budget check: a round that is not run draws nothing.
+            messages = self._poisson_sample(messages, grid)
         self._plans[server_round] = _RoundPlan(arrays, expected, rate)
         return messages
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Clip the replies' deltas, noise their sum, average over the sampled clients,
+        """Clip the replies' deltas, noise their sum, divide by the fixed denominator,
         apply the wrapped strategy's server update and step the accountant."""
         replies = list(replies)
         plan = self._plans.pop(server_round, None)
@@ -507,7 +633,7 @@ class DPFedAvg(StrategyWrapper):
                 )
                 continue
             records.append((msg, record))
-        if not records:
+        if not records and not self.releases_empty_rounds:
             log(
                 WARNING,
                 "DP-FedAvg round %d: no usable replies; model unchanged, no ε spent",
@@ -523,24 +649,38 @@ class DPFedAvg(StrategyWrapper):
         norms = torch.zeros(0, dtype=torch.float64)
         if keys:
             sub = Layout.of(ArrayRecord({k: current[k] for k in keys}))
-            deltas, _ = stack([ArrayRecord({k: r[k] for k in keys}) for _, r in records], sub)
             reference = flatten(ArrayRecord({k: current[k] for k in keys}), sub)
-            deltas -= reference
+            if records:
+                deltas, _ = stack([ArrayRecord({k: r[k] for k in keys}) for _, r in records], sub)
+                deltas -= reference
+            else:  # an empty Poisson cohort: the release is the noise alone
+                deltas = reference.new_zeros((0, reference.numel()))
             norms = torch.linalg.vector_norm(deltas.double(), dim=1)
             mean_delta = dp_fedavg_aggregate(
-                deltas, clip_norm, update_sigma, plan.expected_clients, self.generator
+                deltas,
+                clip_norm,
+                update_sigma,
+                plan.expected_clients,
+                self.generator,
+                poisson=self.sampling_amplification,
             )
             noised = unflatten(reference + mean_delta, sub)
             new_arrays = ArrayRecord(
                 {k: (noised[k] if k in noised else current[k]) for k in current}
             )
 
-        metrics = self.inner.train_metrics_aggr_fn(
-            [msg.content for msg, _ in records], self.inner.weighted_by_key
+        metrics = (
+            self.inner.train_metrics_aggr_fn(
+                [msg.content for msg, _ in records], self.inner.weighted_by_key
+            )
+            if records
+            else MetricRecord()
         )
         self.accountant.step(noise_multiplier=self.noise_multiplier, sample_rate=plan.sample_rate)
         epsilon = self.accountant.epsilon(self.delta)
         metrics[EPSILON_KEY] = epsilon
+        if self.sampling_amplification:
+            metrics[UNAMPLIFIED_KEY] = self.accountant.epsilon_without_sampling(self.delta)
         metrics[DELTA_KEY] = self.delta
         metrics[NOISE_KEY] = self.noise_multiplier
         metrics[CLIP_KEY] = clip_norm
@@ -558,7 +698,7 @@ class DPFedAvg(StrategyWrapper):
             metrics[UNCLIPPED_KEY] = step.noisy_unclipped_fraction
         log(
             INFO,
-            "DP-FedAvg round %d: %d/%d clients, C = %.4g, σ = %.4g, ε = %.4f (δ = %g)",
+            "DP-FedAvg round %d: %d replies / %g, C = %.4g, σ = %.4g, ε = %.4f (δ = %g)",
             server_round,
             len(records),
             plan.expected_clients,

@@ -10,9 +10,16 @@ final model), whatever the server does.
 
 :func:`make_private_trainer` wires ``opacus.PrivacyEngine`` for one round of a ClientApp and
 returns a :class:`PrivateTrainer`. Its accountant state is a dict of three numeric lists
-(:meth:`PrivateTrainer.accountant_state`): store it in the node's persistent
-``context.state`` (as a ``ConfigRecord``) after training and pass it back next round, so the
-reported ``dp-epsilon`` is cumulative over all rounds the silo trained in.
+(:meth:`PrivateTrainer.accountant_state`): persist it after training and pass it back next
+round, so the reported ``dp-epsilon`` is cumulative over all rounds the silo trained in
+(the ClientApp keeps it in the silo's state file, :mod:`fl_app.silo_state`).
+
+Randomness: the guarantee against the server holds only if the server cannot regenerate
+the noise or the Poisson batches. Without ``generator`` both come from
+:func:`~strategies.privacy.randomness.secret_generator` (full MT19937 state from the OS);
+the ClientApp passes the silo's own secret generators, kept across rounds. An int seed or
+a seeded generator makes runs reproducible and the noise public: research only
+(``dp-reproducible-noise``).
 
 Models: Opacus needs per-sample gradients for every trainable layer. Both models of this
 project pass ``opacus.validators.ModuleValidator`` unchanged: ``SmallCNN`` (Conv2d, ReLU,
@@ -23,8 +30,11 @@ automatically, because ``ModuleValidator.fix`` swaps layers and would change the
 keys every silo and the server must share.
 
 Not covered: FedProx's proximal term (its gradient bypasses Opacus' per-sample hooks, so
-Opacus would silently drop it — train without it under local DP); class weights derived
-from the silo's own label counts are a data-dependent hyper-parameter outside the ε.
+Opacus would silently drop it — train without it under local DP). Class weights derived
+from the silo's own label counts would make every row's loss depend on the other rows'
+labels, outside the per-row sensitivity the ε assumes: the ClientApp trains without class
+weights under local DP; ``class_weights`` here is for weights fixed independently of the
+data (e.g. a public prior).
 """
 
 from __future__ import annotations
@@ -53,12 +63,14 @@ from strategies.privacy.accountant import (
     check_epsilon,
     check_noise_multiplier,
 )
+from strategies.privacy.randomness import secret_generator
 
 __all__ = ["LOCAL_DP_STATE_KEY", "PrivateTrainer", "make_private_trainer"]
 
 LOG = logging.getLogger(__name__)
 
-#: Suggested ``context.state`` key for the silo's accountant state (a ConfigRecord).
+#: Suggested record key for a silo's accountant state (a ConfigRecord); the ClientApp
+#: keeps it in the silo's state file instead (fl_app.silo_state), so it survives a resume.
 LOCAL_DP_STATE_KEY = "dp-accountant"
 
 
@@ -78,15 +90,25 @@ def _unpack(data: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _generators(
-    generator: torch.Generator | int | None,
+    generator: torch.Generator | int | None, noise_generator: torch.Generator | None = None
 ) -> tuple[torch.Generator, torch.Generator]:
     """(Poisson-sampling generator, noise generator)."""
     if isinstance(generator, bool):
         raise ValueError("generator must be a torch.Generator, an int seed or None")
+    if noise_generator is not None:
+        if not isinstance(generator, torch.Generator) or not isinstance(
+            noise_generator, torch.Generator
+        ):
+            raise ValueError(
+                "noise_generator needs generator to be a torch.Generator too (the sampling "
+                f"generator); got generator={generator!r}, noise_generator={noise_generator!r}"
+            )
+        if generator is noise_generator:
+            raise ValueError("generator and noise_generator must be two distinct generators")
+        return generator, noise_generator
     if generator is None:
-        sampling = torch.Generator()
-        sampling.seed()  # from the OS, not torch's constant default seed
-    elif isinstance(generator, int):
+        return secret_generator(), secret_generator()
+    if isinstance(generator, int):
         sampling = torch.Generator().manual_seed(generator)
     elif isinstance(generator, torch.Generator):
         sampling = generator
@@ -94,6 +116,7 @@ def _generators(
         raise ValueError(
             f"generator must be a torch.Generator, an int seed or None; got {generator!r}"
         )
+    # Reproducible mode: the noise stream follows from the sampling generator.
     noise_seed = int(torch.randint(0, 2**62, (1,), generator=sampling))
     return sampling, torch.Generator().manual_seed(noise_seed)
 
@@ -250,6 +273,7 @@ def make_private_trainer(
     accountant_state: Mapping[str, Sequence[float] | Sequence[int]] | None = None,
     mechanism: Mechanism = "rdp",
     generator: torch.Generator | int | None = None,
+    noise_generator: torch.Generator | None = None,
     class_weights: torch.Tensor | None = None,
 ) -> PrivateTrainer:
     """DP-SGD for ``model`` on ``data`` with Opacus (Poisson sampling, flat clipping).
@@ -285,10 +309,18 @@ def make_private_trainer(
     mechanism : {"rdp", "prv"}
         Accountant.
     generator : torch.Generator or int, optional
-        Seeds Poisson sampling and (through a derived seed) the noise, for reproducible
-        runs; ``None`` seeds from the OS. Not a cryptographically secure source.
+        ``None`` (the default): Poisson sampling and noise come from two secret generators
+        (:func:`~strategies.privacy.randomness.secret_generator`). A generator draws the
+        batches; with ``noise_generator`` the noise comes from that one, else from a seed
+        drawn from ``generator`` (torch keeps 32 bits of it: never secret, even if
+        ``generator`` is). An int seeds the latter; seeded noise can be regenerated by
+        anyone who knows the seed (research only).
+    noise_generator : torch.Generator, optional
+        The Gaussian noise's generator (with a ``generator``; e.g. the silo's secret
+        generators, persisted between rounds so a replayed round gets fresh noise).
     class_weights : Tensor, optional
-        Per-class loss weights (applied per row, so rows stay independent).
+        Per-class loss weights, applied per row. They must not depend on the silo's data
+        (e.g. its label counts): the ε would not cover them.
     """
     x, y = _unpack(data)
     n = len(y)
@@ -318,7 +350,7 @@ def make_private_trainer(
             + ". Replace the offending layers (e.g. BatchNorm → GroupNorm) in the task's model."
         )
 
-    sampling_gen, noise_gen = _generators(generator)
+    sampling_gen, noise_gen = _generators(generator, noise_generator)
     dataset = TensorDataset(
         torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64))
     )
@@ -369,7 +401,7 @@ def make_private_trainer(
             data_loader=loader,
             noise_multiplier=sigma,
             max_grad_norm=float(max_grad_norm),
-            poisson_sampling=False,  # `loader` already samples Poisson, seeded
+            poisson_sampling=False,  # `loader` already samples Poisson with sampling_gen
             noise_generator=noise_gen,
             wrap_model=False,
         )

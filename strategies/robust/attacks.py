@@ -12,6 +12,10 @@ stack to obtain the ``(h + f, d)`` input of an aggregation rule.
 
 Randomness comes only from an explicit ``torch.Generator`` argument. Data-poisoning attacks
 (e.g. label flipping) act on client data, not on updates, and live with the tasks.
+
+:func:`inflate_claim` attacks the other half of a reply: the ``num-examples`` a silo claims,
+which weighted aggregation rules use as its weight (the weight-inflation attack of the
+simulation sends :func:`sign_flip` updates with inflated claims).
 """
 
 from __future__ import annotations
@@ -25,7 +29,19 @@ import torch
 
 from .aggregators import _check_int, _check_positive, _check_updates
 
-__all__ = ["ATTACKS", "alie", "alie_z", "gaussian_noise", "ipm", "scaling", "sign_flip"]
+__all__ = [
+    "ATTACKS",
+    "alie",
+    "alie_z",
+    "gaussian_noise",
+    "inflate_claim",
+    "ipm",
+    "scaling",
+    "sign_flip",
+]
+
+#: Default factor of :func:`inflate_claim`.
+INFLATION_FACTOR = 1000.0
 
 
 def _prepare(honest_updates: torch.Tensor, num_byzantine: object) -> tuple[torch.Tensor, int]:
@@ -185,6 +201,28 @@ def ipm(honest_updates: torch.Tensor, num_byzantine: int, *, epsilon: float = 0.
     x, f = _prepare(honest_updates, num_byzantine)
     epsilon = _check_positive(epsilon, "epsilon")
     return _repeat(-epsilon * x.to(torch.float64).mean(dim=0), f, x)
+
+
+def inflate_claim(num_examples: float, factor: float = INFLATION_FACTOR) -> float:
+    """Weight inflation: a Byzantine silo claims ``factor`` × its ``num_examples``.
+
+    The claim is the weight of FedAvg and of any rule weighted by it, and the server cannot
+    check it. Integer claims stay integers (a plausible-looking count passes validation).
+
+    Args:
+        num_examples: the silo's true, finite, non-negative example count.
+        factor: finite inflation factor (> 0; default 1000).
+
+    Returns:
+        The inflated claim, an ``int`` if ``num_examples`` is one.
+    """
+    factor = _check_positive(factor, "factor")
+    count = _check_real(num_examples, "num_examples")
+    if count < 0:
+        raise ValueError(f"num_examples must be >= 0; got {num_examples!r}")
+    if isinstance(num_examples, numbers.Integral):
+        return round(count * factor)
+    return count * factor
 
 
 ATTACKS: dict[str, Callable[..., torch.Tensor]] = {

@@ -1,4 +1,7 @@
-"""Factories (RunConfig → Strategy) for our robust aggregation rules."""
+"""Factories (RunConfig → Strategy) for our robust aggregation rules.
+
+Every rule gets the weights ``robust-weights`` allows: uniform by default, or the silos'
+claimed ``num-examples`` capped at the cohort median (:mod:`strategies.robust.weights`)."""
 
 from __future__ import annotations
 
@@ -35,12 +38,14 @@ def _robust(cfg: RunConfig, rule, **rule_params: Any) -> RobustAggregation:
         pre_aggregators=stages,
         rule_params={**params, **rule_params},
         seed=cfg.seed,
+        weights=cfg.robust_weights,
         **common_kwargs(cfg),
     )
 
 
 def robust_median(cfg: RunConfig) -> RobustAggregation:
-    """Coordinate-wise (weighted) median (Yin et al., 2018)."""
+    """Coordinate-wise median (Yin et al., 2018); weighted only with
+    ``robust-weights = "capped"``."""
     return _robust(cfg, agg.coordinate_median)
 
 

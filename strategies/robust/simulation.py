@@ -6,10 +6,15 @@ Data poisoning (``label-flip``) happens in those silos' ClientApps. Model poison
 simulation by :class:`SimulatedAttack`, which replaces the Byzantine silos' updates
 before validation and aggregation: ALIE and IPM need the honest updates of the round,
 i.e. an omniscient adversary, which only the server side of a simulation can play.
+``weight-inflation`` sends sign-flipped updates and also multiplies the silos' claimed
+``num-examples`` by ``attack-strength`` (default 1000): it attacks every rule that
+weights updates by what the silos claim.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 from logging import INFO
 
 import numpy as np
@@ -21,7 +26,9 @@ from strategies.flatten import Layout, flatten, stack, unflatten
 from strategies.robust import attacks
 from strategies.wrappers import StrategyWrapper, reply_order_key
 
-MODEL_ATTACKS = ("sign-flip", "gaussian", "scaling", "alie", "ipm")
+MODEL_ATTACKS = ("sign-flip", "gaussian", "scaling", "alie", "ipm", "weight-inflation")
+#: The key of a train reply's MetricRecord that FedAvg and weighted rules use as the weight.
+WEIGHT_KEY = "num-examples"
 
 
 def byzantine_partitions(num_partitions: int, fraction: float, seed: int) -> frozenset[int]:
@@ -36,7 +43,7 @@ def byzantine_updates(
     attack: str, honest: torch.Tensor, f: int, *, strength: float, generator: torch.Generator
 ) -> torch.Tensor:
     """``f`` Byzantine deltas crafted from the honest deltas of the round."""
-    if attack == "sign-flip":
+    if attack in ("sign-flip", "weight-inflation"):
         return attacks.sign_flip(honest, f)
     if attack == "gaussian":
         return attacks.gaussian_noise(honest, f, std=strength or 1.0, generator=generator)
@@ -50,7 +57,8 @@ def byzantine_updates(
 
 
 class SimulatedAttack(StrategyWrapper):
-    """Replaces the Byzantine silos' train replies with crafted updates (see module doc)."""
+    """Replaces the Byzantine silos' train replies with crafted updates, and under
+    ``weight-inflation`` their claimed ``num-examples`` too (see module doc)."""
 
     def __init__(
         self,
@@ -66,6 +74,14 @@ class SimulatedAttack(StrategyWrapper):
         self.byzantine = byzantine
         self.strength = strength
         self.seed = seed
+        if attack == "weight-inflation" and not (
+            math.isfinite(strength) and strength >= 0
+        ):  # refused before round 1
+            raise ValueError(
+                f"run-config 'attack-strength' = {strength!r} is not a weight-inflation "
+                "factor: use a finite factor > 0 (0 = the default, 1000), e.g. "
+                "attack-strength=1000"
+            )
         self._global = None
 
     def configure_train(self, server_round, arrays, config, grid):
@@ -84,6 +100,14 @@ class SimulatedAttack(StrategyWrapper):
                 [next(iter(m.content.array_records.values())) for m in honest], layout
             )
             deltas -= reference
+            # The adversary crafts from the honest updates validation will accept: a silo
+            # whose training diverged (NaN/Inf, e.g. after FedAvg followed the attack) is
+            # rejected there, and would poison every crafted vector here.
+            deltas = deltas[torch.isfinite(deltas).all(dim=1)]
+            if len(deltas) == 0:
+                log(INFO, "round %d: no finite honest update to craft %s from", server_round,
+                    self.attack)  # fmt: skip
+                return self.inner.aggregate_train(server_round, replies)
             generator = torch.Generator().manual_seed(self.seed * 7919 + server_round)
             crafted = byzantine_updates(
                 self.attack, deltas, len(bad), strength=self.strength, generator=generator
@@ -91,6 +115,8 @@ class SimulatedAttack(StrategyWrapper):
             for msg, delta in zip(bad, crafted, strict=True):
                 key = next(iter(msg.content.array_records.keys()))
                 msg.content[key] = unflatten(reference + delta, layout)
+                if self.attack == "weight-inflation":
+                    self._inflate(msg)
             log(
                 INFO,
                 "round %d: simulated %s attack by partitions %s",
@@ -99,3 +125,13 @@ class SimulatedAttack(StrategyWrapper):
                 sorted(reply_order_key(m)[0] for m in bad),
             )
         return self.inner.aggregate_train(server_round, replies)
+
+    def _inflate(self, msg) -> None:
+        """Multiply the reply's claimed ``num-examples`` by the inflation factor."""
+        metrics = next(iter(msg.content.metric_records.values()), None)
+        if metrics is None or WEIGHT_KEY not in metrics:
+            return
+        with contextlib.suppress(ValueError):  # a malformed claim: validation rejects it
+            metrics[WEIGHT_KEY] = attacks.inflate_claim(
+                metrics[WEIGHT_KEY], self.strength or attacks.INFLATION_FACTOR
+            )

@@ -5,6 +5,10 @@
 the aggregate then added to the global model. Working on deltas makes centred clipping's
 centre (the previous aggregate) and FLTrust's server update meaningful; for the other
 rules it is equivalent to aggregating the models (they are translation-equivariant).
+
+The rules receive uniform weights unless ``robust-weights = "capped"``: a silo's
+``num-examples`` is a claim, and a Byzantine silo that claims 1 000 × the examples would
+otherwise *be* the weighted median (see :mod:`strategies.robust.weights`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from flwr.supercore import log
 
 from strategies.flatten import Layout, flatten, stack, unflatten
 from strategies.robust.preaggregators import compose
+from strategies.robust.weights import RobustWeights, trusted_weights
 
 #: Computes the server's own update (a delta row) from the current global model (FLTrust).
 ServerUpdateFn = Callable[[ArrayRecord, int], ArrayRecord]
@@ -28,6 +33,10 @@ ServerUpdateFn = Callable[[ArrayRecord, int], ArrayRecord]
 
 class RobustAggregation(FedAvg):
     """FedAvg with a robust aggregation rule on stacked updates.
+
+    The silos' ``num-examples`` are claims a Byzantine silo can inflate, so by default the
+    rule gets uniform weights (``None``), as Flower's FedMedian, Krum and Bulyan do;
+    ``weights = "capped"`` passes the claims capped at the cohort's median claim.
 
     Parameters
     ----------
@@ -46,6 +55,9 @@ class RobustAggregation(FedAvg):
         ``server_update``.
     seed : int
         Seeds the generator handed to randomised pre-aggregators (bucketing).
+    weights : {"uniform", "capped"}
+        How the claimed ``num-examples`` weigh in the rule (see
+        :func:`strategies.robust.weights.trusted_weights`).
     **fedavg_kwargs
         Sampling and metric arguments of :class:`flwr.serverapp.strategy.FedAvg`.
     """
@@ -59,20 +71,29 @@ class RobustAggregation(FedAvg):
         use_previous_as_center: bool = False,
         server_update_fn: ServerUpdateFn | None = None,
         seed: int = 0,
+        weights: RobustWeights = "uniform",
         **fedavg_kwargs: Any,
     ) -> None:
+        trusted_weights([1.0], weights)  # refuse an unknown mode at construction
         super().__init__(**fedavg_kwargs)
         self.aggregate = compose(list(pre_aggregators), rule)
         self.rule_params = dict(rule_params or {})
         self.use_previous_as_center = use_previous_as_center
         self.server_update_fn = server_update_fn
         self.seed = seed
+        self.weights = weights
         self._global: ArrayRecord | None = None
         self._previous: torch.Tensor | None = None
 
     def summary(self) -> None:
         """Log the rule and its parameters."""
-        log(INFO, "\t├──> Robust aggregation: %s %s", self.aggregate.__name__, self.rule_params)
+        log(
+            INFO,
+            "\t├──> Robust aggregation: %s %s, %s weights",
+            self.aggregate.__name__,
+            self.rule_params,
+            self.weights,
+        )
         super().summary()
 
     def configure_train(
@@ -101,9 +122,10 @@ class RobustAggregation(FedAvg):
         return new_global, metrics
 
     def aggregate_records(
-        self, server_round: int, records: list[ArrayRecord], weights: list[float]
+        self, server_round: int, records: list[ArrayRecord], claimed: list[float]
     ) -> ArrayRecord:
-        """The new global model from client models ``records`` (the pure-function path)."""
+        """The new global model from client models ``records`` whose silos claim
+        ``claimed`` examples (the pure-function path)."""
         layout = Layout.of(self._global)
         deltas, _ = stack(records, layout)
         reference = flatten(self._global, layout)
@@ -116,7 +138,8 @@ class RobustAggregation(FedAvg):
             params["server_update"] = flatten(trained, layout) - reference
         if "generator" in params:
             params["generator"] = torch.Generator().manual_seed(self.seed * 100_003 + server_round)
-        aggregate = self.aggregate(deltas, torch.tensor(weights, dtype=torch.float32), **params)
+        weights = trusted_weights(claimed, self.weights)
+        aggregate = self.aggregate(deltas, weights, **params)
         self._previous = aggregate
         return unflatten(reference + aggregate, layout)
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from strategies.robust.simulation import MODEL_ATTACKS
+
 if TYPE_CHECKING:
     from fl_app.config import RunConfig
-
-#: Model-poisoning simulations run on the server on individual updates.
-_SERVER_SIDE_ATTACKS = {"sign-flip", "gaussian", "scaling", "alie", "ipm"}
 
 
 def check_secure_aggregation(cfg: RunConfig, mean_based: set[str]) -> None:
@@ -36,7 +35,7 @@ def check_secure_aggregation(cfg: RunConfig, mean_based: set[str]) -> None:
             "cannot be combined with 'central-dp' = true: DP-FedAvg clips each update on "
             "the server. Use 'local-dp' = true (DP-SGD in each silo) with secure aggregation."
         )
-    if cfg.attack in _SERVER_SIDE_ATTACKS:
+    if cfg.attack in MODEL_ATTACKS:  # simulated on the server, on individual updates
         refuse(
             f"cannot simulate attack '{cfg.attack}': it rewrites individual updates on the "
             "server. Use attack = 'label-flip' (data poisoning in the silo) or 'none'."

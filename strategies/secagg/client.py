@@ -13,10 +13,18 @@ Message flow of one round (server side: :mod:`strategies.secagg.strategy`):
    ``PRG(b)`` and ``± PRG(agree(s_sk, s_pk_v))`` for every other node v. The reply carries
    only the masked ring vector, never the weights.
 4. ``query.secagg_unmask`` (survivors, dropped) → this node's share of ``b_u`` for every
-   survivor u and of ``s_sk_v`` for every dropped v — never both for the same node, and
-   only if at least t nodes survived. Then the round's secrets are deleted.
+   survivor u and of ``s_sk_v`` for every dropped v — never both for the same node, only
+   if at least t nodes survived, and only if this node masked and is listed as a
+   survivor. Then the round's secrets are deleted.
 
-Secrets live in the SuperNode's ``context.state`` between the steps of one round.
+Secrets live in the SuperNode's ``context.state`` between the steps of one round, bound to
+the round and to the server's per-round ``session`` nonce. The steps must come in order,
+each once per session: a second ``train`` (a retried or replayed round) would mask another
+update with the same ``b`` and pairwise seeds, so the difference of the two replies would be
+the difference of the two updates in the clear; it is refused, as are a replayed key or
+share step. A retried round needs a fresh key exchange (new session, new secrets). Unmask
+requests are answered once, only by a node that sent its masked input, and only if they
+name it a survivor.
 """
 
 from __future__ import annotations
@@ -54,12 +62,46 @@ def flatten_delta(trained: ArrayRecord, reference: ArrayRecord) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def _state(context: Context, server_round: int) -> ConfigRecord:
+#: What each step needs to find in the node's state (the step the previous one left).
+_AFTER_KEYS, _AFTER_SHARES, _AFTER_MASKING = "keys", "shares", "masked"
+_OUT_OF_ORDER = {
+    # (stage found, stage needed): why the request is refused
+    (_AFTER_SHARES, _AFTER_KEYS): "already shared its keys",
+    (_AFTER_MASKING, _AFTER_KEYS): "already shared its keys",
+    (_AFTER_MASKING, _AFTER_SHARES): "already masked an update",
+    (_AFTER_KEYS, _AFTER_SHARES): "has no relayed shares yet (the share step was skipped)",
+    (_AFTER_KEYS, _AFTER_MASKING): "has not sent a masked update (only survivors unmask)",
+    (_AFTER_SHARES, _AFTER_MASKING): "has not sent a masked update (only survivors unmask)",
+}
+
+
+def session_label(session: bytes) -> str:
+    """Short hex form of a session nonce, for messages."""
+    return bytes(session).hex()[:12]
+
+
+def _state(context: Context, server_round: int, session: bytes, stage: str) -> ConfigRecord:
+    """This node's state for (round, session), which must be at ``stage``."""
     state = context.state.config_records.get(STATE_KEY)
     if state is None or int(state["round"]) != server_round:
         raise P.SecAggError(
             f"no secure-aggregation state for round {server_round} on this node "
-            "(a step was skipped or the node restarted mid-round)"
+            "(a step was skipped, the round was already unmasked, or the node restarted "
+            "mid-round)"
+        )
+    where = f"round {server_round} session {session_label(session)}"
+    if bytes(state["session"]) != bytes(session):
+        raise P.SecAggError(
+            f"{where} is not this node's key exchange (session "
+            f"{session_label(state['session'])}); a new session must start with "
+            "query.secagg_keys"
+        )
+    found = str(state["stage"])
+    if found != stage:
+        reason = _OUT_OF_ORDER.get((found, stage), f"is at step '{found}', not '{stage}'")
+        raise P.SecAggError(
+            f"node {context.node_id} {reason} for {where}; refusing to repeat or skip a step "
+            "(a retried round must start a fresh key exchange)"
         )
     return state
 
@@ -69,14 +111,23 @@ def _ids(values) -> list[int]:
 
 
 def handle_keys(msg: Message, context: Context) -> Message:
-    """Step 1: fresh key pairs and self-mask seed for this round; reply the public keys."""
-    server_round = int(msg.content[CONFIG_KEY]["round"])
+    """Step 1: fresh key pairs and self-mask seed for this round's session; reply the
+    public keys. A new session discards any earlier one's secrets; the same session twice
+    is refused."""
+    cfg = msg.content[CONFIG_KEY]
+    server_round, session = int(cfg["round"]), bytes(cfg["session"])
+    old = context.state.config_records.get(STATE_KEY)
+    if old is not None and int(old["round"]) == server_round and bytes(old["session"]) == session:
+        raise P.SecAggError(
+            f"node {context.node_id} already ran the key exchange for round {server_round} "
+            f"session {session_label(session)}; a retried round needs a fresh session"
+        )
     c_sk, c_pk = P.new_keypair()
     s_sk, s_pk = P.new_keypair()
     context.state[STATE_KEY] = ConfigRecord(
         {
-            "round": server_round, "c-sk": c_sk, "s-sk": s_sk, "b": P.new_seed(),
-            "c-pk": c_pk, "s-pk": s_pk,
+            "round": server_round, "session": session, "stage": _AFTER_KEYS,
+            "c-sk": c_sk, "s-sk": s_sk, "b": P.new_seed(), "c-pk": c_pk, "s-pk": s_pk,
         }
     )  # fmt: skip
     reply = ConfigRecord({"c-pk": c_pk, "s-pk": s_pk})
@@ -87,7 +138,7 @@ def handle_shares(msg: Message, context: Context) -> Message:
     """Step 2: Shamir-share ``s_sk`` and ``b``; seal each node's shares for it."""
     cfg = msg.content[CONFIG_KEY]
     server_round = int(cfg["round"])
-    state = _state(context, server_round)
+    state = _state(context, server_round, cfg["session"], _AFTER_KEYS)
     nodes = _ids(cfg["nodes"])
     c_pks, s_pks = list(cfg["c-pk"]), list(cfg["s-pk"])
     threshold = int(cfg["threshold"])
@@ -122,6 +173,7 @@ def handle_shares(msg: Message, context: Context) -> Message:
     state["s-pks"] = [bytes(k) for k in s_pks]
     state["threshold"] = threshold
     state["held"] = [own]  # shares this node holds: its own, then those relayed to it
+    state["stage"] = _AFTER_SHARES
     context.state[STATE_KEY] = state
     return Message(
         RecordDict({CONFIG_KEY: ConfigRecord({"dst": dst, "sealed": sealed})}), reply_to=msg
@@ -136,7 +188,7 @@ def secagg_mod(msg: Message, context: Context, call_next) -> Message:
         return call_next(msg, context)
     cfg = msg.content[CONFIG_KEY]
     server_round = int(cfg["round"])
-    state = _state(context, server_round)
+    state = _state(context, server_round, cfg["session"], _AFTER_SHARES)
     me = context.node_id
     nodes = _ids(state["nodes"])
     context_bytes = round_context(cfg["session"], server_round)
@@ -158,10 +210,6 @@ def secagg_mod(msg: Message, context: Context, call_next) -> Message:
             f"only {len(members)} nodes share masks with node {me}, fewer than the "
             f"threshold {state['threshold']}: refusing to send an update"
         )
-    state["held"] = held
-    state["members"] = [str(n) for n in members]
-    context.state[STATE_KEY] = state
-
     global_arrays = next(iter(msg.content.array_records.values()))
     reply = call_next(msg, context)
     if reply.has_error():
@@ -181,6 +229,10 @@ def secagg_mod(msg: Message, context: Context, call_next) -> Message:
         if v != me
     }
     masked = P.mask(weighted, bytes(state["b"]), pair_seeds)
+    state["held"] = held
+    state["members"] = [str(n) for n in members]
+    state["stage"] = _AFTER_MASKING  # from here on, this session never masks again
+    context.state[STATE_KEY] = state
     content = RecordDict()
     content[MASKED_KEY] = ArrayRecord({MASKED_KEY: Array(masked)})
     out_metrics = MetricRecord(dict(metrics.items()))
@@ -194,15 +246,27 @@ def secagg_mod(msg: Message, context: Context, call_next) -> Message:
 
 def handle_unmask(msg: Message, context: Context) -> Message:
     """Step 4: reveal shares of survivors' ``b`` and dropped nodes' ``s_sk`` (never both for
-    one node); then forget the round's secrets."""
+    one node); then forget the round's secrets.
+
+    Answered once per session, and only by a node that sent its masked input and is named a
+    survivor: a request naming this node as dropped (after it masked) would ask for its own
+    mask key share beside its masked input, and a node that never masked cannot vouch for
+    the round.
+    """
     cfg = msg.content[CONFIG_KEY]
     server_round = int(cfg["round"])
-    state = _state(context, server_round)
+    state = _state(context, server_round, cfg["session"], _AFTER_MASKING)
     survivors, dropped = set(_ids(cfg["survivors"])), set(_ids(cfg["dropped"]))
     members = set(_ids(state.get("members", [])))
     threshold = int(state["threshold"])
+    me = context.node_id
     if survivors & dropped:
         raise P.SecAggError(f"nodes {sorted(survivors & dropped)} listed as survivor and dropped")
+    if me in dropped or me not in survivors:
+        raise P.SecAggError(
+            f"node {me} sent its masked input in round {server_round} but the unmask request "
+            "does not list it as a survivor; refusing to reveal shares"
+        )
     if not (survivors | dropped) <= members:
         raise P.SecAggError("unmask request names nodes outside this round")
     if len(survivors) < threshold:

@@ -11,9 +11,13 @@ Strategy API, with Flower's own ``Grid`` (no fork of the round loop):
   shares (self-mask seeds of survivors, mask-agreement keys of nodes that dropped after
   the share step), removes the masks, dequantises the weighted sum into the weighted
   mean update and hands the wrapped strategy ONE reply — ``global + mean update`` with
-  the cohort's total ``num-examples`` and example-weighted metrics — so FedAvg, FedProx,
+  the cohort's total ``num-examples`` and the silos' plain metrics combined as without
+  secure aggregation (:func:`strategies.metrics.combine_silo_metrics`: example-weighted
+  means over finite values, ``dp-epsilon`` the maximum over silos) — so FedAvg, FedProx,
   FedAvgM, FedAdam, FedYogi and FedAdagrad aggregate exactly as without secure
   aggregation (up to quantisation error ≤ clip-range / (2^bits − 1) per coordinate).
+  A malformed masked reply is treated as a dropout; a round whose survivors' weights sum
+  to 0 is skipped before any share is revealed.
 
 The server learns the sum of the survivors' updates, each survivor's ``num-examples`` and
 training metrics, and which nodes dropped — not any individual update, as long as it
@@ -31,9 +35,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from strategies.metrics import combine_silo_metrics
 from strategies.secagg import protocol as P
 from strategies.secagg.client import CONFIG_KEY, KEYS, MASKED_KEY, SHARES, UNMASK, round_context
-from strategies.wrappers import StrategyWrapper
+from strategies.wrappers import META_KEY, StrategyWrapper
+
+
+def _ids(values) -> list[int]:
+    return [int(v) for v in values]
 
 
 def _ok(replies) -> list[Message]:
@@ -172,18 +181,36 @@ class SecureAggregation(StrategyWrapper):
         if not state or state["round"] != server_round or self._global is None:
             return None, None
         t, members = state["t"], state["members"]
-        inputs = {
-            r.metadata.src_node_id: r
-            for r in replies
-            if not r.has_error() and MASKED_KEY in r.content.array_records
-            and r.metadata.src_node_id in members
-        }  # fmt: skip
+        size = sum(a.numpy().size for a in self._global.values())
+        inputs, weights_by_node = {}, {}
+        for r in replies:
+            node = r.metadata.src_node_id
+            if r.has_error() or MASKED_KEY not in r.content.array_records or node not in members:
+                continue
+            weight, problem = _check_masked_reply(r, size)
+            if problem is not None:
+                # Its input is not used: like a dropout, its pairwise masks are removed via
+                # its reconstructed key while its self-mask seed stays secret.
+                log(WARNING, "round %d: masked reply of %s is malformed (%s); treated as "
+                    "a dropout", server_round, self._label(r), problem)  # fmt: skip
+                continue
+            inputs[node], weights_by_node[node] = r, weight
         survivors = sorted(inputs)
         dropped = sorted(set(members) - set(survivors))
         self.history[server_round].update(survivors=survivors, dropped=dropped)
         if len(survivors) < t:
             self._abort(server_round, "masked-input", len(survivors), t)
             return None, MetricRecord({"secagg-survivors": len(survivors)})
+        total_weight = sum(weights_by_node.values())
+        if total_weight <= 0:
+            # Checked before the unmask step, so no silo reveals a share for nothing.
+            log(WARNING, "round %d: the %d survivors' weights (num-examples) sum to 0; "
+                "nothing to average, round skipped", server_round, len(survivors))  # fmt: skip
+            return self._skip(len(survivors))
+        if total_weight > P.max_weight_sum(self.bits):
+            log(WARNING, "round %d: total weight %d overflows the ring at %d bits; skipped",
+                server_round, total_weight, self.bits)  # fmt: skip
+            return self._skip(len(survivors))
 
         # Step 4: shares from the survivors.
         record = ConfigRecord(
@@ -196,20 +223,27 @@ class SecureAggregation(StrategyWrapper):
         b_shares: dict[int, list[tuple[int, bytes]]] = {n: [] for n in survivors}
         sk_shares: dict[int, list[tuple[int, bytes]]] = {n: [] for n in dropped}
         for r in unmask_replies:
-            c = r.content[CONFIG_KEY]
-            x = int(c["x"])
-            for node, share in zip(c["b-ids"], c["b-shares"], strict=True):
-                if int(node) in b_shares:
-                    b_shares[int(node)].append((x, bytes(share)))
-            for node, share in zip(c["sk-ids"], c["sk-shares"], strict=True):
-                if int(node) in sk_shares:
-                    sk_shares[int(node)].append((x, bytes(share)))
+            try:
+                c = r.content[CONFIG_KEY]
+                x = int(c["x"])
+                b_got = list(zip(_ids(c["b-ids"]), c["b-shares"], strict=True))
+                sk_got = list(zip(_ids(c["sk-ids"]), c["sk-shares"], strict=True))
+            except (KeyError, TypeError, ValueError) as exc:
+                log(WARNING, "round %d: ignoring malformed unmask reply of node %d (%s)",
+                    server_round, r.metadata.src_node_id, exc)  # fmt: skip
+                continue
+            for node, share in b_got:
+                if node in b_shares:
+                    b_shares[node].append((x, bytes(share)))
+            for node, share in sk_got:
+                if node in sk_shares:
+                    sk_shares[node].append((x, bytes(share)))
         try:
             self_seeds = [P.shamir_reconstruct(b_shares[n], t) for n in survivors]
             dropped_keys = {v: P.shamir_reconstruct(sk_shares[v], t) for v in dropped}
         except P.SecAggError as exc:
             log(WARNING, "round %d: cannot unmask (%s); round skipped", server_round, exc)
-            return None, MetricRecord({"secagg-survivors": len(survivors)})
+            return self._skip(len(survivors))
         context = round_context(state["session"], server_round)
         dropped_pairs = [
             (P.agree(dropped_keys[v], state["s-pk"][u], context), P.pair_sign(u, v))
@@ -217,19 +251,22 @@ class SecureAggregation(StrategyWrapper):
             for v in dropped
         ]
         masked = [inputs[u].content[MASKED_KEY][MASKED_KEY].numpy() for u in survivors]
-        weights = [int(inputs[u].content[CONFIG_KEY]["weight"]) for u in survivors]
-        total_weight = sum(weights)
-        if total_weight > P.max_weight_sum(self.bits):
-            log(WARNING, "round %d: total weight %d overflows the ring at %d bits; skipped",
-                server_round, total_weight, self.bits)  # fmt: skip
-            return None, MetricRecord({"secagg-survivors": len(survivors)})
-        total = P.unmask_sum(masked, self_seeds, dropped_pairs)
-        mean = P.dequantize_mean(total, total_weight, self.clip_range, self.bits)
+        try:
+            total = P.unmask_sum(masked, self_seeds, dropped_pairs)
+            aggregate = self._apply(
+                P.dequantize_mean(total, total_weight, self.clip_range, self.bits)
+            )
+        except P.SecAggError as exc:
+            log(WARNING, "round %d: cannot unmask (%s); round skipped", server_round, exc)
+            return self._skip(len(survivors))
 
-        aggregate = self._apply(mean)
-        metrics = _weighted_metrics(
-            [next(iter(inputs[u].content.metric_records.values())) for u in survivors], weights
-        )
+        # Silo metrics travel in the clear beside the masked vector; combined here with
+        # the same rules as without secure aggregation (dp-epsilon: max over silos).
+        metrics = combine_silo_metrics(
+            [(self._label(inputs[u]), _reply_metrics(inputs[u], weights_by_node[u]))
+             for u in survivors],
+            "num-examples",
+        )  # fmt: skip
         metrics["num-examples"] = total_weight
         content = RecordDict({"arrays": aggregate, "metrics": MetricRecord(metrics)})
         synthetic = Message(content, dst_node_id=0, message_type="train")
@@ -239,6 +276,17 @@ class SecureAggregation(StrategyWrapper):
         agg_metrics["secagg-dropouts"] = len(dropped)
         self._round = {}
         return arrays, agg_metrics
+
+    def _skip(self, survivors: int) -> tuple[None, MetricRecord]:
+        """End the round without a model update."""
+        self._round = {}
+        return None, MetricRecord({"secagg-survivors": survivors})
+
+    def _label(self, reply: Message) -> str:
+        """``"node <id> (partition <p>)"`` of a reply, for warnings."""
+        meta = reply.content.config_records.get(META_KEY)
+        pid = meta.get("partition-id", "?") if meta is not None else "?"
+        return f"node {reply.metadata.src_node_id} (partition {pid})"
 
     def _apply(self, mean: np.ndarray) -> ArrayRecord:
         """``global + mean`` per array, cast back to each array's dtype."""
@@ -257,13 +305,29 @@ class SecureAggregation(StrategyWrapper):
         return out
 
 
-def _weighted_metrics(records: list[MetricRecord], weights: list[int]) -> dict[str, float]:
-    """Example-weighted mean of every numeric metric the replies have in common."""
-    total = sum(weights) or 1
-    keys = set.intersection(*(set(r.keys()) for r in records)) - {"num-examples"}
-    out = {}
-    for key in sorted(keys):
-        values = [r[key] for r in records]
-        if all(isinstance(v, int | float) for v in values):
-            out[key] = float(sum(w * v for w, v in zip(weights, values, strict=True)) / total)
-    return out
+def _check_masked_reply(reply: Message, size: int) -> tuple[int, str | None]:
+    """``(weight, None)`` for a well-formed masked reply, else ``(0, reason)``."""
+    masked = reply.content[MASKED_KEY]
+    if list(masked.keys()) != [MASKED_KEY]:
+        return 0, f"masked record holds arrays {sorted(masked.keys())}"
+    try:
+        vector = masked[MASKED_KEY].numpy()
+    except Exception as exc:  # forged bytes that do not decode to the declared array
+        return 0, f"masked vector does not decode ({type(exc).__name__})"
+    if vector.dtype != np.uint64 or vector.shape != (size,):
+        return 0, f"masked vector is {vector.dtype}{list(vector.shape)}, expected uint64[{size}]"
+    if CONFIG_KEY not in reply.content.config_records:
+        return 0, f"no '{CONFIG_KEY}' record with the weight"
+    weight = reply.content[CONFIG_KEY].get("weight")
+    if not isinstance(weight, int) or isinstance(weight, bool) or weight < 0:
+        return 0, f"weight {weight!r} is not an integer ≥ 0"
+    if len(reply.content.metric_records) != 1:
+        return 0, f"{len(reply.content.metric_records)} metric records, expected 1"
+    return weight, None
+
+
+def _reply_metrics(reply: Message, weight: int) -> dict:
+    """The silo's plain metrics, weighted by the weight its masked vector carries."""
+    metrics = dict(next(iter(reply.content.metric_records.values())).items())
+    metrics["num-examples"] = weight
+    return metrics

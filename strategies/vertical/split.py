@@ -16,10 +16,11 @@ Without clipping and noise this is exactly the gradient of the centralised
 vertical run and a centralised run of :class:`SplitModel` give the same model.
 
 Embedding clipping bounds each record's embedding to L2 norm C; noise adds N(0, (σC)²)
-per coordinate. Gradient clipping bounds each record's gradient row. This limits how
-much one embedding or gradient can reveal, but it is **not** a formal differential
-privacy guarantee: nothing here accounts the privacy loss over steps and epochs, labels
-leak through gradients, and the same record is embedded every epoch.
+per coordinate, from the party's secret generator (not derivable from the run config).
+Gradient clipping bounds each record's gradient row. This limits how much one embedding
+or gradient can reveal, but it is **not** a formal differential privacy guarantee:
+nothing here accounts the privacy loss over steps and epochs, labels leak through
+gradients, and the same record is embedded every epoch.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from fl_app.seeding import derive_seed
+from strategies.privacy.randomness import secret_generator
 
 
 class BottomModel(nn.Module):
@@ -109,9 +111,16 @@ def party_embedding(bottom: nn.Module, x: torch.Tensor, clip: float = 0.0) -> to
 def noisy(
     e: torch.Tensor, clip: float, noise_multiplier: float, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """``e`` plus N(0, (σ·C)²) per coordinate (σ = ``noise_multiplier``, C = ``clip``)."""
+    """``e`` plus N(0, (σ·C)²) per coordinate (σ = ``noise_multiplier``, C = ``clip``).
+
+    The noise protects only while ``generator`` is secret from the receiver: pass one from
+    :func:`~strategies.privacy.randomness.secret_generator` (``None`` draws a fresh one),
+    never one seeded from the run config, except for research reruns.
+    """
     if noise_multiplier <= 0:
         return e
+    if generator is None:  # not torch's global generator: it is seeded from the run seed
+        generator = secret_generator()
     noise = torch.randn(e.shape, generator=generator, dtype=e.dtype)
     return e + noise * (noise_multiplier * clip)
 

@@ -93,3 +93,97 @@ def test_round_wall_times_come_from_the_audit_logs_checkpoint_entries(tmp_path):
         entry["time"] = f"2026-11-26T04:00:{stamp}000+00:00"
     log.path.write_text("".join(json.dumps(e) + "\n" for e in entries))
     assert audit_round_seconds(log.path) == [2.5, 0.75]  # rounds 1 and 2; round 0 = start
+
+
+def test_feature_timers_count_exclusive_time_per_round():
+    """A timed call's time minus the timed calls nested in it, cut per round; on a clock
+    that advances 1 per reading, so the figures are exact."""
+    from benchmarks.feature_costs import Timers, per_round
+
+    ticks = iter(range(1000))
+    timers = Timers(clock=lambda: float(next(ticks)))
+    inner = timers.wrap("inner", lambda: None)  # 2 ticks: start, end
+    outer = timers.wrap("outer", lambda: [inner(), inner()])
+    timers.snapshot()  # round 0 ends
+    for _ in range(3):  # rounds 1..3
+        outer()
+        timers.snapshot()
+    # outer: start, 2 × (inner start, inner end), end = 5 ticks; inner's 2 × 1 excluded
+    assert timers.totals == {"inner": 6.0, "outer": 9.0}
+    assert timers.calls == {"inner": 6, "outer": 3}
+    assert per_round(timers) == {"inner": 2.0, "outer": 3.0}  # rounds 2..3
+
+
+def test_feature_costs_time_the_real_functions_of_a_federation_and_restore_them():
+    """Every timed target still exists (a rename would silently drop a row), the real
+    in-process federation runs under the timers, each feature's code is called every
+    round, and the original functions are back afterwards."""
+    import fl_app.audit
+    import fl_app.config
+    import strategies.wrappers
+    from benchmarks.feature_costs import FEATURES, measure_features
+
+    originals = (fl_app.audit.AuditLog.record, fl_app.config.RunConfig.__dict__["from_flower"],
+                 strategies.wrappers.ValidatedUpdates.aggregate_train)  # fmt: skip
+    costs = measure_features(3, 3)
+    assert costs["missing"] == []
+    assert set(costs["per_round"]) == set(FEATURES)
+    assert all(seconds > 0 for seconds in costs["per_round"].values())
+    # per round: a checkpoint, and one validation, reporting and FedAvg call per phase
+    assert costs["calls"]["checkpoint"] >= 2 * 4  # bytes + save, rounds 0..3
+    assert costs["calls"]["update validation"] >= 3
+    assert costs["calls"]["run config per message"] >= 3 * 3 * 2  # 3 silos × 2 phases
+    assert (fl_app.audit.AuditLog.record, fl_app.config.RunConfig.__dict__["from_flower"],
+            strategies.wrappers.ValidatedUpdates.aggregate_train) == originals  # fmt: skip
+
+
+def test_overhead_doc_sets_ours_against_plain_flower_with_feature_costs():
+    from benchmarks.overhead import plain_flower_section, plain_ratios
+
+    rows = _rows([1.0, 1.0], [1.2, 1.2])
+    rows["simulation / flower-defaults"] = summarise(
+        {"x": {"wall": [9.0, 1.5, 1.7], "phases": [8.0, 1.2, 1.4], "total": 20.0}}
+    )["x"]
+    rows["plain Flower / flower-defaults"] = summarise(
+        {"x": {"wall": [9.0, 1.4, 1.4], "phases": [8.0, 1.3, 1.3], "total": 20.0, "repeats": 2}}
+    )["x"]
+    assert [v for v, _, _ in plain_ratios(rows)] == ["flower-defaults"]
+    features = {"per_round": {"checkpoint": 0.05, "byte counting": 0.1,
+                              "FedAvg aggregation (Flower's, in both apps)": 0.02}}  # fmt: skip
+    text = plain_flower_section({"rounds": 3, "features": features,
+                                 "revisions": {"this tree": {"rows": rows}}})  # fmt: skip
+    line = next(x for x in text.splitlines() if x.startswith("| flower-defaults"))
+    # plain 1.40, ours 1.60: 1.14×, +0.20 s; phases 1.30 / 1.30
+    assert [c.strip() for c in line.split("|")[2:7]] == ["1.40", "1.60", "**1.14×**", "+0.20",
+                                                         "1.30 / 1.30"]  # fmt: skip
+    assert "of 2 runs per app, alternating" in text
+    assert "| checkpoint |" in text and "| 50.0 | 25% |" in text  # 0.05 s of 0.20 s
+    assert "| **our features, summed** | | **150.0** | **75%** |" in text  # FedAvg not ours
+    assert plain_flower_section({"rounds": 3, "revisions": {"t": {"rows": _rows([1], [1])}}}) == ""
+
+
+def test_scale_names_processes_by_program_not_interpreter(tmp_path):
+    import sys
+
+    import psutil
+
+    from benchmarks.scale import process_name
+
+    script = tmp_path / "flwr-simulation"
+    script.write_text("import time\ntime.sleep(30)\n")
+    proc = subprocess.Popen([sys.executable, str(script), "--runtime-api-address", "x"])
+    try:
+        assert process_name(psutil.Process(proc.pid)) == "flwr-simulation"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_flower_engine_sweep_grows_with_the_instructions_in_flight():
+    """The scale benchmark's account of 10 000-client rounds: on Flower's own in-memory
+    state, asking for one node's next instruction scans every stored instruction."""
+    from benchmarks.scale import engine_sweep_seconds
+
+    idle = engine_sweep_seconds(300, 0, sample=100)
+    busy = engine_sweep_seconds(300, 150, sample=100)
+    assert busy > 5 * idle

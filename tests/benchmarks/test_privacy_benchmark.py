@@ -12,6 +12,7 @@ import pytest
 
 from benchmarks.privacy import (
     EPSILONS,
+    HAND_WRITTEN,
     MODES,
     SETTINGS,
     TASKS,
@@ -48,6 +49,8 @@ def test_plan_covers_tasks_modes_and_budgets_with_valid_configs():
         assert cfg.max_update_norm_ratio == 0.0
         assert cfg.central_dp == (cell.mode == "central" and cell.private)
         assert cfg.local_dp == (cell.mode == "local" and cell.private)
+        # Reruns must be comparable: private cells seed their noise (marked not private).
+        assert cfg.dp_reproducible_noise == cell.private
         if cfg.central_dp:
             assert cfg.target_epsilon == cell.target_epsilon and cfg.budget_mode == "calibrate"
             assert cfg.clip_norm == s.clip_norm
@@ -150,3 +153,10 @@ def test_json_markdown_and_png(tiny_grid):
     assert "**Clients per round: breast-cancer 4**" in doc
     assert "privacy.png" in doc and "Against the reference point" in doc
     assert "All 2 private runs report ε ≤ target" in doc
+    assert "`dp-reproducible-noise = true`" in doc and "`dp-private = false`" in doc
+
+    # A rewrite keeps the hand-written part below the marker, and only that.
+    tail = f"{HAND_WRITTEN}\n\n## Sampling amplification\n\nhand-written text\n"
+    out.write_text(doc.replace("Against the reference point", "stale") + "\n" + tail)
+    write_outputs(rows, meta, out)
+    assert out.read_text() == render_markdown(rows, meta) + "\n" + tail

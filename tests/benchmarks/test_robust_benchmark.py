@@ -10,6 +10,7 @@ import math
 
 import pytest
 
+from benchmarks import robust as bench
 from benchmarks.robust import (
     AGGREGATORS,
     ATTACKS,
@@ -20,6 +21,7 @@ from benchmarks.robust import (
     aggregator,
     clean_reference,
     describe,
+    discussion,
     flwr_run_command,
     load_resumable,
     markdown_matrix,
@@ -30,6 +32,8 @@ from benchmarks.robust import (
     write_outputs,
 )
 from strategies import available_strategies
+from strategies.robust.attacks import INFLATION_FACTOR
+from strategies.robust.simulation import MODEL_ATTACKS
 
 ROW_KEYS = {"partitioner", "attack", "aggregator", "accuracy", "seconds"}
 
@@ -162,3 +166,89 @@ def test_json_markdown_png_and_resume(small_matrix):
     resumed = load_resumable(out.with_suffix(".json"), meta)
     assert [r["aggregator"] for r in resumed] == ["fedavg", "fedavg", "cclip"]  # not the crash
     assert load_resumable(out.with_suffix(".json"), {**meta, "num-server-rounds": 2}) == []
+
+
+def test_the_matrix_has_every_simulated_attack_and_the_simulations_inflation_factor():
+    assert set(MODEL_ATTACKS) | {"none", "label-flip"} == set(ATTACKS)
+    assert bench.INFLATION_FACTOR == INFLATION_FACTOR
+
+
+def test_rows_of_claim_weighted_rules_from_before_issue_16_are_marked():
+    rows = _rows({
+        "fedavg": {"none": 0.95, "sign-flip": 0.90, "weight-inflation": 0.10},
+        "robust-median": {"none": 0.94, "sign-flip": 0.80, "weight-inflation": 0.80},
+        "krum": {"none": 0.90, "sign-flip": 0.85, "weight-inflation": 0.85},
+    })  # fmt: skip
+    for r in rows:
+        r["strategy"] = r["aggregator"]
+        if r["attack"] != "sign-flip":  # the sign-flip cells predate the uniform default
+            r["robust_weights"] = "uniform"
+    table = markdown_matrix(rows, "iid")
+    assert "| robust-median | ours | **0.940** | 0.800 ‡ | 0.800 |" in table
+    assert "| krum | ours | 0.900 | 0.850 | 0.850 |" in table  # Krum never used weights
+    meta = {"num-byzantine": 4, "num-clients": 20, "model-parameters": 100}
+    text = "\n".join(discussion(rows, meta))
+    assert "FedAvg weights by the claims and collapses: iid 0.100 (clean 0.950)" in text
+    assert "**No robust configuration follows the inflating silos** (2 cells" in text
+    # krum's two cells are comparable (current code); robust-median's sign-flip is not
+    assert "Weight-inflation equals sign-flip in 1 of 1 cells" in text
+
+    followed = [dict(r) for r in rows]
+    for r in followed:  # a rule that collapses only when the claims are inflated
+        if (r["aggregator"], r["attack"]) == ("krum", "weight-inflation"):
+            r["accuracy"] = 0.2
+    text = "\n".join(discussion(followed, meta))
+    assert "(they follow the inflating silos): krum (iid 0.200, sign-flip 0.850)" in text
+
+    # A merge that reruns robust-median's sign-flip keeps the claim-weighted row it
+    # replaces, and the report prices uniform weights against it.
+    base = {"rows": rows, "superseded_rows": []}
+    wanted = {("iid", "sign-flip", "robust-median"), ("iid", "none", "krum")}
+    [old] = bench.supersede(base, wanted)  # krum's row never depended on the claims
+    assert (old["aggregator"], old["accuracy"]) == ("robust-median", 0.80)
+    rerun = [dict(r) for r in rows]
+    for r in rerun:
+        if bench.row_key(r) == ("iid", "sign-flip", "robust-median"):
+            r.update(accuracy=0.70, robust_weights="uniform")
+    text = "\n".join(discussion(rerun, meta, [old]))
+    assert "iid: 1 cells, median -10.0 pts, 1 lose more than 3" in text
+    assert "robust-median under sign-flip (iid) 0.800 → 0.700" in text
+    assert bench.supersede({"rows": rerun, "superseded_rows": [old]}, wanted) == [old]
+    assert "**‡ = computed before issue #16** (1 cells)" in render_markdown(rows, meta)
+
+
+def test_merge_adds_a_column_to_the_existing_json(small_matrix, monkeypatch):
+    """``--merge`` runs only the selected cells (one real federation here) and renders
+    the report from the earlier rows plus the new ones."""
+    _, rows, _, meta, out_dir = small_matrix
+    out = out_dir / "merge" / "robustness.md"
+    write_outputs(rows, meta, out, final=True)
+    before = json.loads(out.with_suffix(".json").read_text())
+    monkeypatch.setattr(bench.signal, "signal", lambda *args: None)
+    args = ["--merge", "--out", str(out), "--workers", "1", "--clients", "6", "--rounds", "1",
+            "--partitioners", "iid", "--attacks", "weight-inflation", "--aggregators", "fedavg"]
+    assert bench.main(args) == 0
+    data = json.loads(out.with_suffix(".json").read_text())
+    by_key = {bench.row_key(r): r for r in data["rows"]}
+    for row in before["rows"]:  # the earlier rows as they were
+        assert by_key.pop(bench.row_key(row)) == row
+    [new] = by_key.values()
+    assert (new["attack"], new["aggregator"], new["robust_weights"]) == (
+        "weight-inflation", "fedavg", "uniform"
+    )
+    assert new["error"] is None and 0.0 <= new["accuracy"] <= 1.0
+    merged = data["meta"]
+    assert merged["cells"] == len(before["rows"]) + 1 and merged["base-cells"] == meta["cells"]
+    assert merged["attacks"] == ["none", "sign-flip", "weight-inflation"]
+    assert merged["merges"][0]["command"].endswith("--aggregators fedavg")
+    assert merged["merges"][0]["complete"] and merged["merges"][0]["cells"] == 1
+    doc = out.read_text()
+    assert "| aggregator | family | none | sign-flip | weight-inflation | worst drop" in doc
+    assert "--attacks weight-inflation --aggregators fedavg` ran 1 federations" in doc
+    code = merged["merges"][0]["code"]
+    if code["uncommitted"]:
+        assert "commit: see git log" in doc
+
+    with pytest.raises(SystemExit, match="needs the same settings"):
+        bench.main([*args[:-6], "--rounds", "2", "--partitioners", "iid", "--attacks",
+                    "weight-inflation", "--aggregators", "fedavg"])  # fmt: skip

@@ -5,6 +5,8 @@ SuperLink (and every process under it) that `flwr run` leaves behind.
 """
 
 import json
+import re
+import shutil
 
 import psutil
 import pytest
@@ -14,7 +16,7 @@ from fl_app.client_app import app as client_app
 from fl_app.config import RunConfig
 from fl_app.federation import run_federation
 from fl_app.inprocess import InProcessGrid
-from fl_app.local_run import run_simulation
+from fl_app.local_run import PROJECT_DIR, run_simulation
 from fl_app.sinks import is_runtime_metric
 from tasks import get_task
 
@@ -28,10 +30,25 @@ def _no_superlink_left():
     ]
 
 
-def test_default_digits_run_learns_and_writes_its_run_directory(tmp_path):
-    """README command 1: the defaults (10 silos, 5 rounds) reach ≥ 0.90 test accuracy."""
-    run = run_simulation({}, num_supernodes=10, run_dir=tmp_path)
+def _readme_run_command() -> str:
+    """The `flwr run …` part of README command 1, verbatim (after its `pip install … &&`)."""
+    readme = (PROJECT_DIR / "README.md").read_text()
+    command_1 = re.findall(r"```bash\n# 1\..*\n(.*)\n```", readme)[0]
+    return command_1.split("&&", 1)[1].strip()
+
+
+def test_readme_command_1_runs_ten_silos_learns_and_writes_its_run_directory():
+    """README command 1, run literally under a brand-new FLWR_HOME (Flower's own default
+    federation simulates 2 SuperNodes): the promised 10 silos and 5 rounds, ≥ 0.90 test
+    accuracy, and the run directory it describes."""
+    command = _readme_run_command()
+    assert command.startswith("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 flwr run . ")
+    run = run_simulation({}, shell_command=command)
+    if run.run_dir is not None:
+        request_cleanup.append(run.run_dir)
     assert run.ok, run.output[-3000:]
+    assert "(10 simulated SuperNodes)" in run.output
+    assert "roll call: 10 silos" in run.output
     server = [r for r in run.metrics if r["phase"] == "server"]
     assert [r["round"] for r in server] == list(range(6))  # round 0 = initial model
     assert server[0]["accuracy"] < 0.3
@@ -51,6 +68,16 @@ def test_default_digits_run_learns_and_writes_its_run_directory(tmp_path):
     acc = get_task("digits").evaluate(model, test)["accuracy"]
     assert acc == pytest.approx(server[-1]["accuracy"])
     assert _no_superlink_left()
+
+
+request_cleanup: list = []  # run directories README command 1 wrote into outputs/
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _remove_readme_run_dirs():
+    yield
+    for path in request_cleanup:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _in_process(overrides, num_nodes, run_dir):

@@ -7,7 +7,8 @@ after round 1's checkpoint. A second ``flwr run`` with ``resume = true`` finds t
 checkpoint (model, FedAdam moments, accountant, clip norm, RNG states), continues in the
 same run directory and ends with the bit-identical model of an uninterrupted run of the
 same config (here: the in-process grid, which the other e2e tests show is bit-identical to
-``flwr run``).
+``flwr run``). The DP noise is seeded (research key ``dp-reproducible-noise``) so that the
+independent reference run can draw the same noise.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ SETTINGS = {
     "task": "breast-cancer", "num-server-rounds": 2, "local-epochs": 1, "seed": 11,
     "strategy": "fedadam", "central-dp": True, "adaptive-clipping": True,
     "noise-multiplier": 0.1, "max-update-norm-ratio": 0.0,
+    # Research key: the noise is seeded from `seed`, so an independent run can reproduce
+    # it (by default it comes from OS entropy and only the checkpoint carries its state).
+    "dp-reproducible-noise": True,
     "fraction-train": 0.67, "min-train-nodes": 2, "min-available-nodes": 3,
     "fraction-evaluate": 0.0, "min-evaluate-nodes": 0,
 }  # fmt: skip

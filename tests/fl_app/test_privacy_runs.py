@@ -2,13 +2,17 @@
 ClientApp code as `flwr run`): ε reported every round, budgets respected, bad configs
 refused before round 1."""
 
+import json
 import math
+import shutil
 
 import dp_accounting
 import pytest
 import torch
+from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
+from fl_app.audit import read_audit_log
 from fl_app.client_app import app as client_app
 from fl_app.config import ConfigError, RunConfig
 from fl_app.federation import run_federation
@@ -28,24 +32,109 @@ def _run(tmp_path, num_nodes=5, **overrides):
     return cfg, result
 
 
-def test_central_dp_reports_epsilon_each_round_matching_an_independent_accountant(tmp_path):
-    cfg, result = _run(
-        tmp_path,
-        **{
-            "central-dp": True,
-            "noise-multiplier": 1.2,
-            "clip-norm": 2.0,
-            "max-update-norm-ratio": 0.0,
-            "num-server-rounds": 3,
-        },
-    )
-    eps = [result.train_metrics_clientapp[r]["epsilon"] for r in (1, 2, 3)]
-    assert eps == sorted(eps) and eps[0] > 0
-    # Second implementation: Google's dp-accounting RDP over 3 full-participation rounds.
-    independent = RdpAccountant()
-    independent.compose(dp_accounting.GaussianDpEvent(1.2), 3)
-    assert eps[-1] == pytest.approx(independent.get_epsilon(cfg.target_delta), rel=0.01)
+def independent_epsilons(sigma: float, q: float, rounds: int, delta: float, mechanism: str):
+    """ε after each of ``rounds`` rounds from Google's dp-accounting: RDP for our RDP
+    accountant, PLD (the numerical counterpart of PRV) for our PRV accountant."""
+    gaussian = dp_accounting.GaussianDpEvent(sigma)
+    event = gaussian if q == 1.0 else dp_accounting.PoissonSampledDpEvent(q, gaussian)
+    out = []
+    for t in range(1, rounds + 1):
+        accountant = RdpAccountant() if mechanism == "rdp" else PLDAccountant()
+        accountant.compose(event, t)
+        out.append(float(accountant.get_epsilon(delta)))
+    return out
+
+
+@pytest.mark.parametrize("mechanism", ["rdp", "prv"])
+@pytest.mark.parametrize(
+    ("sampling", "silos", "q"),
+    [("full participation", 5, 1.0), ("secret Poisson sampling", 6, 0.5)],
+)
+def test_epsilon_reported_every_round_matches_an_independent_accountant(
+    tmp_path, mechanism, sampling, silos, q
+):
+    overrides = {
+        "central-dp": True, "noise-multiplier": 1.2, "clip-norm": 2.0,
+        "max-update-norm-ratio": 0.0, "num-server-rounds": 3, "local-epochs": 1,
+        "accountant": mechanism, "fraction-evaluate": 0.0, "min-evaluate-nodes": 0,
+    }  # fmt: skip
+    if q < 1:
+        overrides |= {"sampling-amplification": True, "fraction-train": q, "min-train-nodes": 1}
+    cfg, result = _run(tmp_path, num_nodes=silos, **overrides)
+    reported = [result.train_metrics_clientapp[r]["epsilon"] for r in (1, 2, 3)]
+    expected = independent_epsilons(1.2, q, 3, cfg.target_delta, mechanism)
+    assert reported == pytest.approx(expected, rel=0.01), sampling
     assert result.train_metrics_clientapp[3]["clip-norm"] == 2.0
+    if q < 1:  # against whoever learns the cohorts: the same rounds at rate 1
+        unamplified = [result.train_metrics_clientapp[r]["epsilon-unamplified"] for r in (1, 2, 3)]
+        full = independent_epsilons(1.2, 1.0, 3, cfg.target_delta, mechanism)
+        assert unamplified == pytest.approx(full, rel=0.01)
+        assert all(u > e for u, e in zip(unamplified, reported, strict=True))
+    else:
+        assert "epsilon-unamplified" not in result.train_metrics_clientapp[3]
+
+
+def test_a_resumed_run_continues_the_secret_noise_and_sampling_exactly(tmp_path):
+    """Secret noise and secret Poisson sampling (no reproducible key): the generators'
+    states live in the server checkpoint, so resuming after round 2 from a copy of that
+    run's directory ends with the uninterrupted run's model, bit for bit."""
+    settings = {
+        "task": "breast-cancer", "strategy": "fedadam", "central-dp": True,
+        "adaptive-clipping": True, "noise-multiplier": 0.2, "max-update-norm-ratio": 0.0,
+        "sampling-amplification": True, "fraction-train": 0.5, "min-train-nodes": 1,
+        "num-server-rounds": 3, "local-epochs": 1, "fraction-evaluate": 0.0,
+        "min-evaluate-nodes": 0,
+    }  # fmt: skip
+    snapshot = tmp_path / "snapshot"
+
+    class SnapshotAfterRound2:
+        """A sink that copies the run directory once round 2 is checkpointed."""
+
+        def __init__(self, run_dir_of) -> None:
+            self.run_dir_of = run_dir_of
+
+        def log_metrics(self, server_round, phase, metrics) -> None:
+            if (server_round, phase) == (2, "server"):
+                shutil.copytree(self.run_dir_of(), snapshot)
+
+        def log_params(self, params) -> None:
+            pass
+
+        def log_silo_metrics(self, *args) -> None:
+            pass
+
+        def log_artifact(self, path) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    cfg = RunConfig.from_flower({**settings, "run-dir": str(tmp_path / "runs")})
+    runs = tmp_path / "runs"
+    sink = SnapshotAfterRound2(lambda: next(runs.iterdir()))
+    _, run_dir = run_federation(InProcessGrid(client_app, cfg.to_flower(), 6), cfg, (sink,))
+    assert not (snapshot / "model.pt").exists()
+
+    resumed = RunConfig.from_flower(
+        {**settings, "run-dir": str(tmp_path / "elsewhere"), "resume": True,
+         "resume-from": str(snapshot)}
+    )  # fmt: skip
+    result, same_dir = run_federation(InProcessGrid(client_app, resumed.to_flower(), 6), resumed)
+    assert same_dir == snapshot and sorted(result.train_metrics_clientapp) == [3]
+    original = torch.load(run_dir / "model.pt", weights_only=True)
+    continued = torch.load(snapshot / "model.pt", weights_only=True)
+    assert all(torch.equal(original[k], continued[k]) for k in original)
+    # The same secret cohort was drawn for round 3.
+    cohorts = [
+        [e["sampled"] for e in read_audit_log(d / "audit.jsonl") if e["event"] == "train"][-1]
+        for d in (run_dir, snapshot)
+    ]
+    assert cohorts[0] == cohorts[1]
+    rows = json.loads((snapshot / "metrics.json").read_text())
+    assert [r["dp-private"] for r in rows if r["phase"] == "privacy"] == [1.0]  # not repeated
+    state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["strategy"]
+    (dp,) = [layer["state"] for layer in state if layer["class"] == "DPFedAvg"]
+    assert {"generator:generator", "generator:sampling_generator"} <= dp.keys()
 
 
 def test_a_budget_in_stop_mode_is_never_exceeded(tmp_path):
@@ -108,6 +197,12 @@ def test_local_dp_epsilon_is_cumulative_per_silo(tmp_path):
         ({"target-delta": 1.0}, "'target-delta'"),
         ({"clip-norm": 0.0}, "'clip-norm'"),
         ({"target-epsilon": -2.0}, "'target-epsilon'"),
+        ({"dp-reproducible-noise": True}, "'dp-reproducible-noise' = true .* no DP mechanism"),
+        ({"sampling-amplification": True}, "needs 'central-dp' = true"),
+        (
+            {"sampling-amplification": True, "central-dp": True, "max-update-norm-ratio": 0.0},
+            "needs 'min-train-nodes' = 1",
+        ),
     ],
 )
 def test_unsound_or_invalid_dp_configs_are_refused(overrides, fragment):

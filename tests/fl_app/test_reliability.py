@@ -173,6 +173,9 @@ def test_a_sigkilled_run_resumes_to_the_bit_identical_model(tmp_path):
         "strategy": "fedadam", "central-dp": True, "adaptive-clipping": True,
         "noise-multiplier": 0.1, "max-update-norm-ratio": 0.0, "fraction-train": 0.75,
         "min-train-nodes": 2, "min-available-nodes": 2,
+        # Compared with a separate reference run: only reproducible DP noise can match (a
+        # resume with secret noise: tests/fl_app/test_privacy_runs.py).
+        "dp-reproducible-noise": True,
     }  # fmt: skip
     reference = config(tmp_path / "reference", **settings)
     grid = InProcessGrid(client_app, reference.to_flower(), 4)

@@ -167,17 +167,29 @@ def test_vertical_config_errors_name_the_key_and_the_fix(tmp_path):
         run_vertical_inprocess(cfg)
 
 
-def test_fraud_splits_vertically_and_noise_changes_embeddings_reproducibly(tmp_path, fraud_csv):
+def test_fraud_splits_vertically_with_secret_noise_reproducible_only_on_request(
+    tmp_path, fraud_csv
+):
     over = {"num-server-rounds": 3, "vertical-batch-size": 256, "learning-rate": 0.1,
             "vertical-embedding-clip": 1.0,
             "vertical-noise-multiplier": 0.3, "vertical-gradient-clip": 1.0}  # fmt: skip
-    runs = [run_vertical_inprocess(_cfg("fraud", tmp_path / n, fraud_csv, **over))
-            for n in ("a", "b")]  # fmt: skip
-    a, b = (torch.load(r.run_dir / "model.pt") for r in runs)
-    for key in a["top"]:
-        assert torch.equal(a["top"][key], b["top"][key])  # same config → same model
-    assert runs[0].metrics[-1]["roc-auc"] > 0.7
-    assert np.isfinite(runs[0].metrics[-1]["loss"])
+    runs = {
+        (name, reproducible): run_vertical_inprocess(
+            _cfg("fraud", tmp_path / f"{name}-{reproducible}", fraud_csv,
+                 **over, **{"dp-reproducible-noise": reproducible})
+        )
+        for name in ("a", "b") for reproducible in (False, True)
+    }  # fmt: skip
+    model = {k: torch.load(r.run_dir / "model.pt")["top"] for k, r in runs.items()}
+    # Secret noise (the default): the same public config gives two different models …
+    secret_a, secret_b = model["a", False], model["b", False]
+    assert any(not torch.equal(secret_a[k], secret_b[k]) for k in secret_a)
+    # … and identical ones only with the research key.
+    for key in model["a", True]:
+        assert torch.equal(model["a", True][key], model["b", True][key])
+    for run in runs.values():
+        assert run.metrics[-1]["roc-auc"] > 0.7
+        assert np.isfinite(run.metrics[-1]["loss"])
 
 
 def test_too_few_supernodes_is_an_error_naming_the_count(tmp_path, bank_csv):

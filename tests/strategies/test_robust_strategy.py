@@ -158,6 +158,58 @@ def test_simulated_sign_flip_replaces_only_byzantine_updates():
     assert values == {0: 1.0, 1: -1.0, 2: 1.0, 3: -1.0, 4: 1.0}
 
 
+def test_simulated_weight_inflation_flips_updates_and_inflates_only_byzantine_claims():
+    replies = [build_reply(i, 10 + i, _model(1.0), num_examples=70 + i) for i in range(5)]
+    inner_seen = []
+
+    class Capture(ValidatedUpdates):
+        def aggregate_train(self, server_round, replies):
+            inner_seen.extend(replies)
+            return None, None
+
+    for strength, factor in ((0.0, 1000), (50.0, 50)):
+        inner_seen.clear()
+        fresh = [build_reply(i, 10 + i, _model(1.0), num_examples=70 + i) for i in range(5)]
+        attack = SimulatedAttack(Capture(build_strategy(RunConfig())), "weight-inflation",
+                                 frozenset({1, 3}), strength=strength)
+        attack._global = _global()
+        attack.aggregate_train(1, fresh)
+        seen = {int(r.content["meta"]["partition-id"]): r for r in inner_seen}
+        values = {p: float(r.content["arrays"]["b"].numpy()[0]) for p, r in seen.items()}
+        claims = {p: r.content["metrics"]["num-examples"] for p, r in seen.items()}
+        assert values == {0: 1.0, 1: -1.0, 2: 1.0, 3: -1.0, 4: 1.0}  # sign-flip vectors
+        assert claims == {0: 70, 1: 71 * factor, 2: 72, 3: 73 * factor, 4: 74}
+    assert replies[1].content["metrics"]["num-examples"] == 71  # other messages untouched
+
+
+def test_simulated_attacks_craft_only_from_finite_honest_updates():
+    """A diverged honest silo (NaN update, rejected by validation later) must not turn the
+    crafted Byzantine updates into NaN."""
+    replies = [build_reply(i, 10 + i, _model(1.0)) for i in range(4)]
+    replies.append(build_reply(4, 14, _model(float("nan"))))
+    inner_seen = []
+
+    class Capture(ValidatedUpdates):
+        def aggregate_train(self, server_round, replies):
+            inner_seen.extend(replies)
+            return None, None
+
+    attack = SimulatedAttack(Capture(build_strategy(RunConfig())), "sign-flip",
+                             frozenset({1, 3}))
+    attack._global = _global()
+    attack.aggregate_train(1, replies)
+    values = {int(r.content["meta"]["partition-id"]): float(r.content["arrays"]["b"].numpy()[0])
+              for r in inner_seen}
+    assert values[1] == values[3] == -1.0  # −mean of the finite honest updates (all 1.0)
+    assert np.isnan(values[4])  # left for validation to reject
+
+
+def test_weight_inflation_refuses_a_negative_factor_naming_the_key():
+    with pytest.raises(ValueError, match=r"'attack-strength' = -3\.0"):
+        SimulatedAttack(build_strategy(RunConfig()), "weight-inflation", frozenset({1}),
+                        strength=-3.0)
+
+
 def _federate(**overrides):
     cfg = RunConfig.from_flower({**RunConfig().to_flower(), **overrides})
     grid = InProcessGrid(client_app, cfg.to_flower(), 10)
@@ -179,6 +231,21 @@ def test_under_attack_fedavg_collapses_and_robust_rules_hold(tmp_path):
     assert fedavg < 0.3
     assert median > clean - 0.15
     assert cclip > clean - 0.15
+
+
+def test_weight_inflation_sinks_fedavg_but_the_median_ignores_the_claims(tmp_path):
+    """3 of 10 digits silos send sign-flipped updates claiming 1 000 × their examples:
+    FedAvg (weighted by the claims) collapses; the median, which ignores the claims,
+    reaches exactly the accuracy it reaches under plain sign-flip (same vectors, honest
+    claims)."""
+    common = {"num-server-rounds": 3, "run-dir": str(tmp_path), "attack-fraction": 0.3,
+              "num-byzantine": 3, "max-update-norm-ratio": 0.0}
+    fedavg = _federate(**common, attack="weight-inflation")
+    median = _federate(**common, attack="weight-inflation", strategy="robust-median")
+    flipped = _federate(**common, attack="sign-flip", strategy="robust-median")
+    assert fedavg < 0.3
+    assert median > 0.8
+    assert median == flipped
 
 
 def test_norm_validation_alone_stops_a_scaling_attack(tmp_path):

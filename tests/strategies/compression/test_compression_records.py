@@ -177,7 +177,7 @@ def test_ef21_estimates_of_silo_and_server_stay_in_step(flower_identity):
         _, applied = round_trip(rnd)
         step, estimate = _estimate(state)
         assert step == store.step(node) == rnd
-        assert np.array_equal(store._estimates[node][1].numpy(), estimate)  # bit-identical
+        assert np.array_equal(store.estimate(node).numpy(), estimate)  # bit-identical
         np.testing.assert_allclose(applied, estimate, atol=1e-6)  # the server applies it
         assert np.count_nonzero(estimate) <= rnd * 100  # ≤ k = ceil(1 % of 9 930) per round
     round_trip(4, deliver=False)  # the reply is lost: silo at step 4, server at 3
@@ -185,7 +185,7 @@ def test_ef21_estimates_of_silo_and_server_stay_in_step(flower_identity):
     _, applied = round_trip(5)  # server says 3, silo holds 4: both restart
     assert _estimate(state)[0] == store.step(node) == 1
     assert np.count_nonzero(applied) == 100  # one round's top-k only, from zero
-    assert np.array_equal(store._estimates[node][1].numpy(), _estimate(state)[1])
+    assert np.array_equal(store.estimate(node).numpy(), _estimate(state)[1])
     # an update built on step 1 when the server holds none for that node: refused
     with pytest.raises(ValueError, match="builds on estimate step 1, the server holds step 0"):
         decompress_content(
@@ -194,6 +194,35 @@ def test_ef21_estimates_of_silo_and_server_stay_in_step(flower_identity):
             estimates=store,
             node_id=8,
         )
+
+
+def test_ef21_estimates_spill_to_a_memory_mapped_file_bit_identically(tmp_path):
+    """Past its RAM limit the server's estimate store moves to a memory-mapped, unlinked
+    temporary file and keeps growing there; every estimate, step and refusal stays what
+    the in-RAM store gives, and nothing is left in the spill directory."""
+    # 39.7 kB per silo, rows allocated 16, 32, 64: the first 16 fit in 1 MiB of RAM, the
+    # next growth spills (rows copied over), the one after grows the mapped file.
+    size, nodes = 9_930, range(100, 140)
+    in_ram = EstimateStore()
+    spilled = EstimateStore(resident_limit=2**20, spill_dir=str(tmp_path))
+    rng = torch.Generator().manual_seed(3)
+    for rnd in range(3):
+        for i, node in enumerate(nodes):
+            sent = torch.randn(size, generator=rng)
+            base = in_ram.step(node)
+            assert spilled.step(node) == base
+            assert torch.equal(in_ram.advance(node, base, sent), spilled.advance(node, base, sent))
+            assert spilled.memory_mapped == (rnd > 0 or i >= 16)
+    assert not in_ram.memory_mapped
+    assert list(tmp_path.iterdir()) == []  # the spill file has no name
+    for node in nodes:
+        assert spilled.step(node) == 3
+        assert torch.equal(spilled.estimate(node), in_ram.estimate(node))
+    assert spilled.estimate(99) is None
+    with pytest.raises(ValueError, match="builds on estimate step 2, the server holds step 3"):
+        spilled.advance(100, 2, torch.zeros(size))
+    spilled.close()
+    assert spilled.estimate(100) is None
 
 
 def test_wrapper_decodes_counts_bytes_and_drops_undecodable(flower_identity):

@@ -23,11 +23,12 @@ from strategies.privacy.central import (
     clip_updates,
     dp_fedavg_aggregate,
     gaussian_noise_sum,
+    poisson_cohort,
     unclipped_fraction,
 )
 from strategies.robust.aggregators import coordinate_median
 from strategies.robust.strategy import RobustAggregation
-from strategies.wrappers import SeededSampling
+from strategies.wrappers import SeededSampling, ValidatedUpdates
 
 DELTA = 1e-5
 
@@ -264,7 +265,8 @@ def make_replies(messages, current, scale, seed=0, num_examples=None):
                 num_examples=(num_examples or [10] * len(messages))[i],
             )
         )
-    return out, np.stack(deltas)
+    width = sum(current[k].numpy().size for k in TRAINED)
+    return out, np.stack(deltas) if deltas else np.zeros((0, width))
 
 
 def test_dp_fedavg_round_clips_noises_and_reports_epsilon():
@@ -299,20 +301,23 @@ def test_dp_fedavg_round_clips_noises_and_reports_epsilon():
     assert metrics["clip-norm"] == 0.5
     assert metrics["delta"] == DELTA
     assert metrics["train-loss"] == pytest.approx(0.5)  # client metrics still aggregated
+    # Flower's fixed-size sample from a public seed is no secret: accounted at rate 1.
     reference = FederatedAccountant("rdp")
-    reference.step(noise_multiplier=1.2, sample_rate=0.5)
+    reference.step(noise_multiplier=1.2, sample_rate=1.0)
     assert metrics["epsilon"] == pytest.approx(reference.epsilon(DELTA))
-    assert strategy.accountant.history == [(1.2, 0.5, 1)]
+    assert strategy.accountant.history == [(1.2, 1.0, 1)]
 
 
 def test_reported_epsilon_matches_dp_accounting_over_rounds():
     current = global_arrays()
     strategy = DPFedAvg(
-        fedavg(fraction_train=0.3),
+        fedavg(fraction_train=1.0),
         noise_multiplier=0.9,
         clip_norm=1.0,
         delta=DELTA,
-        generator=torch.Generator().manual_seed(0),
+        sampling_amplification=True,
+        sample_rate=0.3,
+        num_clients=10,
     )
     grid = FakeGrid(10)
     independent = RdpAccountant()
@@ -506,7 +511,7 @@ def test_budget_stop_mode_in_flowers_start_loop():
     """Run Flower's own Strategy.start: once the budget is spent, configure_train sends no
     messages, aggregate_train gets no replies, the model stays and no ε is spent."""
     current = global_arrays()
-    budget = PrivacyBudget(target_epsilon=2.0, target_delta=DELTA)
+    budget = PrivacyBudget(target_epsilon=6.0, target_delta=DELTA)
     strategy = DPFedAvg(
         fedavg(fraction_train=0.2),
         noise_multiplier=1.5,
@@ -535,14 +540,14 @@ def test_budget_stop_mode_in_flowers_start_loop():
     assert trained == list(range(1, len(trained) + 1))  # a prefix of rounds trained
     assert 1 <= len(trained) < 12
     epsilons = [result.train_metrics_clientapp[r]["epsilon"] for r in trained]
-    assert max(epsilons) <= 2.0 and epsilons == sorted(epsilons)
+    assert max(epsilons) <= 6.0 and epsilons == sorted(epsilons)
     # After the budget ran out: empty rounds, nothing spent, final model = last release.
     train_rounds = [batch for batch in grid.sent if batch]
     assert len(train_rounds) == len(trained)
     assert strategy.accountant.num_steps == len(trained)
     assert strategy.privacy_spent() == pytest.approx(epsilons[-1])
     assert not budget.can_afford_next_round(
-        strategy.accountant, noise_multiplier=1.5, sample_rate=0.2
+        strategy.accountant, noise_multiplier=1.5, sample_rate=1.0
     )
     last = len(trained)
     assert not np.array_equal(models[last], models[0])
@@ -581,3 +586,105 @@ def test_state_dict_restores_accountant_and_clip_norm():
     resumed.load_state_dict(state)
     assert resumed.accountant.history == strategy.accountant.history
     assert resumed.clip_norm == 0.7
+
+
+# ============================================================================ secret randomness
+def test_default_generators_are_secret_and_distinct():
+    """Unseeded DPFedAvg draws its noise and sampling generators' whole states from
+    os.urandom: two strategies built alike get four different streams, none of them
+    torch's default generator's."""
+    built = [DPFedAvg(fedavg(), noise_multiplier=1.0, clip_norm=1.0, delta=DELTA) for _ in "ab"]
+    gens = [g for s in built for g in (s.generator, s.sampling_generator)]
+    first = [tuple(torch.randn(8, generator=g).tolist()) for g in gens]
+    assert len(set(first)) == 4
+    default = torch.Generator().manual_seed(torch.default_generator.initial_seed())
+    assert tuple(torch.randn(8, generator=default).tolist()) not in first
+
+
+def test_poisson_cohort_takes_each_candidate_independently_with_probability_q():
+    n, q, trials = 40, 0.25, 4000
+    gen = torch.Generator().manual_seed(3)
+    taken = torch.zeros(trials, n)
+    for t in range(trials):
+        taken[t, poisson_cohort(n, q, gen)] = 1.0
+    # Every candidate's inclusion frequency is q (binomial: std sqrt(q(1-q)/trials) ≈ 0.007).
+    assert torch.allclose(taken.mean(0), torch.full((n,), q), atol=0.03)
+    # Inclusions are uncorrelated across candidates, so the cohort size is Binomial(n, q).
+    corr = torch.corrcoef(taken.T)
+    assert float((corr - torch.eye(n)).abs().max()) < 0.08
+    sizes = taken.sum(1)
+    assert float(sizes.var()) == pytest.approx(n * q * (1 - q), rel=0.1)
+    assert len(poisson_cohort(0, q, gen)) == 0
+    with pytest.raises(ValueError, match="sample_rate"):
+        poisson_cohort(5, 1.5, gen)
+
+
+def test_poisson_denominator_is_fixed_and_may_be_exceeded():
+    updates = torch.ones(7, 3)  # 7 clients answered, q·N = 4.5 expected
+    out = dp_fedavg_aggregate(updates, 10.0, 0.0, 4.5, poisson=True)
+    assert torch.allclose(out, torch.full((3,), 7 / 4.5))
+    # An empty cohort releases the noise alone, with std σC/(qN).
+    noise = dp_fedavg_aggregate(
+        torch.zeros(0, 50_000), 2.0, 1.5, 4.5, torch.Generator().manual_seed(0), poisson=True
+    )
+    assert float(noise.double().std()) == pytest.approx(1.5 * 2.0 / 4.5, rel=0.02)
+    with pytest.raises(ValueError, match="expected_clients must be a finite number > 0"):
+        dp_fedavg_aggregate(updates, 1.0, 1.0, 0.0, poisson=True)
+
+
+def poisson_dp(q: float, n: int, **kwargs) -> DPFedAvg:
+    defaults = {"noise_multiplier": 0.0, "clip_norm": 100.0, "delta": DELTA}
+    return DPFedAvg(
+        fedavg(fraction_train=1.0),
+        sampling_amplification=True,
+        sample_rate=q,
+        num_clients=n,
+        trained_keys=TRAINED,
+        **{**defaults, **kwargs},
+    )
+
+
+def test_poisson_rounds_sample_a_variable_cohort_and_divide_by_q_n():
+    current = global_arrays()
+    n, q = 30, 0.2
+    strategy = poisson_dp(q, n)
+    grid = FakeGrid(n)
+    ones = {k: np.ones(current[k].shape) for k in TRAINED}
+    sizes = []
+    for rnd in range(1, 21):
+        messages = list(strategy.configure_train(rnd, current, ConfigRecord(), grid))
+        assert len({m.metadata.dst_node_id for m in messages}) == len(messages)
+        sizes.append(len(messages))
+        replies = [reply(m.metadata.dst_node_id, shifted(current, ones)) for m in messages]
+        arrays, _ = strategy.aggregate_train(rnd, replies)
+        # σ = 0: the release is Σ clip(1) / (qN) = cohort size / 6 on every coordinate.
+        moved = flat_trained(arrays) - flat_trained(current)
+        np.testing.assert_allclose(moved, len(messages) / (q * n), rtol=1e-5)
+    assert len(set(sizes)) > 2  # the cohort size varies
+    assert strategy.accountant.history == [(0.0, q, 20)]
+
+
+def test_an_empty_poisson_cohort_still_releases_noise_and_is_accounted():
+    current = global_arrays()
+    strategy = poisson_dp(0.1, 10, noise_multiplier=1.0, clip_norm=1.0)
+    list(strategy.configure_train(1, current, ConfigRecord(), FakeGrid(10)))
+    arrays, metrics = strategy.aggregate_train(1, [])  # nobody sampled (or answered)
+    assert arrays is not None
+    assert not np.array_equal(flat_trained(arrays), flat_trained(current))
+    assert strategy.accountant.history == [(1.0, 0.1, 1)] and metrics["epsilon"] > 0
+    # Wrappers that skip reply-less rounds let this one through.
+    wrapped = ValidatedUpdates(SeededSampling(poisson_dp(0.1, 10), 0, {}))
+    list(wrapped.configure_train(1, current, ConfigRecord(), FakeGrid(10)))
+    arrays, _ = wrapped.aggregate_train(1, [])
+    assert arrays is not None and wrapped.inner.inner.accountant.num_steps == 1
+
+
+def test_poisson_sampling_needs_its_parameters_and_a_full_inner_sample():
+    with pytest.raises(ValueError, match="needs sample_rate q and num_clients N"):
+        DPFedAvg(fedavg(fraction_train=1.0), noise_multiplier=1.0, clip_norm=1.0,
+                 delta=DELTA, sampling_amplification=True)  # fmt: skip
+    with pytest.raises(ValueError, match=r"fraction_train=1\.0 \(got 0\.5\)"):
+        DPFedAvg(fedavg(), noise_multiplier=1.0, clip_norm=1.0, delta=DELTA,
+                 sampling_amplification=True, sample_rate=0.5, num_clients=10)  # fmt: skip
+    with pytest.raises(ValueError, match="needs sampling_amplification=True"):
+        DPFedAvg(fedavg(), noise_multiplier=1.0, clip_norm=1.0, delta=DELTA, sample_rate=0.5)

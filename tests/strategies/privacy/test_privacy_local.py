@@ -14,6 +14,7 @@ from torch import nn
 from fl_app.config import RunConfig
 from strategies.privacy.accountant import FederatedAccountant
 from strategies.privacy.local import LOCAL_DP_STATE_KEY, make_private_trainer
+from strategies.privacy.randomness import secret_generator
 from tasks import get_task
 from tasks.models import MLP, SmallCNN
 
@@ -233,3 +234,116 @@ def test_empty_data_is_refused():
             delta=1e-3,
             noise_multiplier=1.0,
         )
+
+
+def test_without_a_generator_batches_and_noise_are_secret_and_differ_per_run(silo):
+    """The default draws both generators from OS entropy: the same data, model and
+    settings give different models (a seeded run gives the same one, see above)."""
+    task, part = silo
+    models = []
+    for _ in range(2):
+        model = fresh_model(task, part.train)
+        one_round(task, model, part.train, RecordDict(), seed=None, train_epochs=1)
+        models.append(model.state_dict())
+    assert not torch.equal(models[0]["net.0.weight"], models[1]["net.0.weight"])
+
+
+def test_explicit_noise_generator_drives_the_noise_and_continues_across_rounds(silo):
+    """The ClientApp's path: the silo's own sampling and noise generators, kept between
+    rounds. Restored copies of their states reproduce a round exactly; continuing the
+    live generators gives fresh noise."""
+    from strategies.privacy.randomness import generator_state, restore_generator
+
+    task, part = silo
+    sampling, noise = secret_generator(), secret_generator()
+    saved = [generator_state(sampling), generator_state(noise)]
+    runs = []
+    for gens in ((sampling, noise), tuple(restore_generator(s) for s in saved), (sampling, noise)):
+        model = fresh_model(task, part.train)
+        with make_private_trainer(
+            model, sgd(model), part.train, batch_size=16, max_grad_norm=1.0, delta=DELTA,
+            noise_multiplier=1.0, generator=gens[0], noise_generator=gens[1],
+        ) as trainer:  # fmt: skip
+            trainer.train(1)
+        runs.append(model.state_dict()["net.0.weight"])
+    assert not torch.equal(runs[0], runs[2])  # the live generators moved on: fresh noise
+    # A restored copy of the state before round 1 replays round 1 exactly.
+    assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize(
+    ("generators", "message"),
+    [
+        ({"generator": 3, "noise_generator": "g"}, "noise_generator needs generator"),
+        ({"generator": None, "noise_generator": "g"}, "noise_generator needs generator"),
+        ({"generator": "same", "noise_generator": "same"}, "two distinct generators"),
+    ],
+)
+def test_noise_generator_needs_its_own_sampling_generator(generators, message):
+    model = MLP(4)
+    shared = torch.Generator()
+    resolved = {
+        k: (shared if v == "same" else torch.Generator() if v == "g" else v)
+        for k, v in generators.items()
+    }
+    with pytest.raises(ValueError, match=message):
+        make_private_trainer(
+            model, sgd(model), _data(), batch_size=8, max_grad_norm=1.0, delta=1e-3,
+            noise_multiplier=1.0, **resolved,
+        )  # fmt: skip
+
+
+def test_fraud_trains_without_class_weights_under_local_dp(tmp_path, caplog, monkeypatch):
+    """The ClientApp's local-DP round on a fraud silo equals DP-SGD without class weights
+    on the same batches and noise (dp-reproducible-noise makes both derivable here), not
+    DP-SGD with the weights from the silo's label counts; it says so once."""
+    from flwr.app import ArrayRecord, ConfigRecord, Message
+
+    import fl_app.client_app as client_module
+    from fl_app.inprocess import InProcessGrid
+    from fl_app.seeding import derive_seed, seed_everything
+    from fl_app.silo_state import new_lineage
+
+    cfg = RunConfig.from_flower({
+        **RunConfig().to_flower(), "task": "fraud", "local-dp": True, "local-epochs": 1,
+        "dp-reproducible-noise": True, "num-server-rounds": 1, "seed": 3,
+    })  # fmt: skip
+    task = get_task("fraud")
+    grid = InProcessGrid(client_module.app, cfg.to_flower(), 30,
+                         node_configs=[{"silo-state-dir": str(tmp_path)}] * 30)  # fmt: skip
+    data = client_module.silo_data(task, cfg, grid.contexts[1001]).train
+    assert task.class_weights(data)[1] > 2.0  # the weights the silo would otherwise use
+    torch.manual_seed(0)
+    sent = task.build_model()
+    task.set_input_scaling(sent, [task.feature_moments(data)])
+    arrays = ArrayRecord(sent.state_dict())
+
+    def reference(class_weights):
+        model = task.build_model()
+        model.load_state_dict(arrays.to_torch_state_dict())
+        seeded = seed_everything(derive_seed(cfg.seed, "train", 0, 1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate,
+                                    momentum=cfg.momentum)  # fmt: skip
+        with make_private_trainer(
+            model, optimizer, data, batch_size=cfg.batch_size, max_grad_norm=cfg.max_grad_norm,
+            delta=cfg.target_delta, noise_multiplier=cfg.local_noise_multiplier,
+            generator=seeded, class_weights=class_weights,
+        ) as trainer:  # fmt: skip
+            trainer.train(1)
+        return model.state_dict()
+
+    monkeypatch.setattr(client_module, "_CLASS_WEIGHTS_NOTED", set())
+    config = ConfigRecord({"server-round": 1, "lineage": new_lineage()})
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            message = Message(RecordDict({"arrays": arrays, "config": config}),
+                              dst_node_id=1001, message_type="train")  # fmt: skip
+            (reply,) = grid.send_and_receive([message])
+            assert not reply.has_error(), reply.error.reason
+    trained = reply.content["arrays"].to_torch_state_dict()
+    unweighted, weighted = reference(None), reference(task.class_weights(data))
+    for key, value in unweighted.items():
+        assert torch.equal(trained[key], value), key
+    assert not torch.equal(trained["net.0.weight"], weighted["net.0.weight"])
+    notes = [r for r in caplog.records if "trains without its class weights" in r.getMessage()]
+    assert len(notes) == 1

@@ -18,6 +18,7 @@ from strategies.robust import (
     scaling,
     sign_flip,
 )
+from strategies.robust.attacks import inflate_claim
 
 
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -144,3 +145,25 @@ def test_robust_rules_beat_mean_under_sign_flip() -> None:
     for name, params in (("median", {}), ("krum", {"num_byzantine": 5}), ("geomed", {})):
         err = (AGGREGATORS[name](x, **params) - honest_mean).norm()
         assert err < mean_err, name
+
+
+def test_inflate_claim_multiplies_the_claimed_count() -> None:
+    assert inflate_claim(72) == 72_000 and isinstance(inflate_claim(72), int)
+    assert inflate_claim(72, 3.5) == 252 and isinstance(inflate_claim(72, 3.5), int)
+    assert inflate_claim(2.5, 10.0) == pytest.approx(25.0)
+    assert inflate_claim(0) == 0
+
+
+@pytest.mark.parametrize(
+    ("count", "factor", "message"),
+    [
+        (-1, 10.0, "num_examples must be >= 0"),
+        (math.nan, 10.0, "num_examples must be a finite real number"),
+        (True, 10.0, "num_examples must be a finite real number"),
+        (10, 0.0, r"factor must be in \(0, inf\)"),
+        (10, math.inf, r"factor must be in \(0, inf\)"),
+    ],
+)
+def test_inflate_claim_rejects_bad_inputs(count: object, factor: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        inflate_claim(count, factor)

@@ -8,10 +8,12 @@ import pytest
 import torch
 from flwr.app import Error, Message
 
+from fl_app.audit import read_audit_log
 from fl_app.client_app import app as client_app
 from fl_app.config import ConfigError, RunConfig
 from fl_app.federation import run_federation
 from fl_app.inprocess import InProcessGrid
+from fl_app.reliability import QuorumError
 from strategies.secagg import protocol as P
 from strategies.secagg.client import MASKED_KEY
 
@@ -26,27 +28,41 @@ def _one_thread():
 
 class RecordingGrid(InProcessGrid):
     """Records what the server receives in train replies; ``drop_after_masking`` nodes
-    train and mask, then their reply is lost (the server gets an error)."""
+    train and mask, then their reply is lost (the server gets an error). ``lose_once``
+    = ``(node, "before" | "after")`` loses that node's first train message before it is
+    delivered, or its first reply after it masked; later attempts go through."""
 
-    def __init__(self, *args, drop_after_masking=(), **kwargs):
+    def __init__(self, *args, drop_after_masking=(), lose_once=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.drop = set(drop_after_masking)
+        self.lose_once = lose_once
         self.sent: dict[int, Message] = {}
         self.received: dict[int, Message] = {}
+        self.train_replies: dict[int, list[Message]] = {}
 
     def _deliver(self, msg):
+        node = msg.metadata.dst_node_id
+        lost = (
+            msg.metadata.message_type == "train"
+            and self.lose_once is not None
+            and (self.lose_once[0] == node)
+        )
+        if lost and self.lose_once[1] == "before":
+            self.lose_once = None
+            return Message(Error(1, "instruction lost before delivery"), reply_to=msg)
         reply = super()._deliver(msg)
         if msg.metadata.message_type != "train":
             return reply
-        node = msg.metadata.dst_node_id
         self.sent[node] = msg
-        if node in self.drop:
+        self.train_replies.setdefault(node, []).append(reply)
+        if node in self.drop or lost:
+            self.lose_once = None
             return Message(Error(1, "silo lost after sending nothing"), reply_to=msg)
         self.received[node] = reply
         return reply
 
 
-def _run(tmp_path, secure, drop=(), **overrides):
+def _run(tmp_path, secure, drop=(), lose_once=None, **overrides):
     cfg = RunConfig.from_flower(
         {
             **RunConfig().to_flower(),
@@ -60,7 +76,9 @@ def _run(tmp_path, secure, drop=(), **overrides):
             **overrides,
         }
     )
-    grid = RecordingGrid(client_app, cfg.to_flower(), NODES, drop_after_masking=drop)
+    grid = RecordingGrid(
+        client_app, cfg.to_flower(), NODES, drop_after_masking=drop, lose_once=lose_once
+    )
     result, _ = run_federation(grid, cfg)
     return cfg, grid, result
 
@@ -143,6 +161,34 @@ def test_fewer_survivors_than_the_threshold_leave_the_model_unchanged(tmp_path):
     assert result.train_metrics_clientapp[1]["secagg-survivors"] == 2
 
 
+RETRY = {"round-retries": 1, "min-train-nodes": NODES, "min-available-nodes": NODES}
+
+
+def test_a_retried_round_reaches_a_silo_that_never_got_the_instruction(tmp_path):
+    _, plain, _ = _run(tmp_path / "plain", secure=False)
+    cfg, secure, result = _run(tmp_path / "secure", True, lose_once=(FIRST + 1, "before"),
+                               **RETRY)  # fmt: skip
+    assert len(secure.train_replies[FIRST + 1]) == 1  # masked once, on the retry
+    _check_aggregate(plain, result, list(range(FIRST, FIRST + NODES)), cfg)
+    (entry,) = [e for e in read_audit_log(next(tmp_path.glob("secure/*/audit.jsonl")))
+                if e["event"] == "train"]  # fmt: skip
+    assert entry["retries"] == 1 and entry["outcome"] == "aggregated"
+
+
+def test_a_retried_round_cannot_make_a_silo_mask_twice(tmp_path):
+    """ReliableRounds re-sends the round's train message (same session) to a silo whose
+    masked reply was lost: the silo refuses instead of masking a second update under the
+    same masks, and the short round ends as any quorum failure does."""
+    victim = FIRST + 2
+    with pytest.raises(QuorumError, match="min-train-nodes = 4"):
+        _run(tmp_path, True, lose_once=(victim, "after"), **RETRY)
+    (entry,) = [e for e in read_audit_log(next(tmp_path.glob("*/audit.jsonl")))
+                if e["event"] == "train"]  # fmt: skip
+    assert entry["retries"] == 1 and entry["outcome"] == "quorum-not-reached"
+    (error,) = entry["errors"]
+    assert error["node-id"] == victim and "already masked an update for round 1" in error["reason"]
+
+
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
@@ -151,6 +197,7 @@ def test_fewer_survivors_than_the_threshold_leave_the_model_unchanged(tmp_path):
         ({"max-update-norm-ratio": 10.0}, "max-update-norm-ratio"),
         ({"central-dp": True}, "central-dp"),
         ({"attack": "alie"}, "attack 'alie'"),
+        ({"attack": "weight-inflation"}, "attack 'weight-inflation'"),
         ({"compression": "int8"}, "compression"),
         ({"min-train-nodes": 1}, "min-train-nodes"),
     ],

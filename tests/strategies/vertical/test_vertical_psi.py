@@ -86,3 +86,36 @@ def test_malformed_points_are_rejected():
     double, points, _ = party_respond(sent, _ids("a", range(5)), PSIKey())
     with pytest.raises(PSIError, match="re-blinded 4 points but 5 were sent"):
         label_match(double[:4], order, points, key)
+
+
+def test_an_honest_but_curious_party_cannot_test_guessed_ids_against_the_others_transcript():
+    """Adversary: either PSI party after an honest run, holding its own secret scalar,
+    everything it received and a dictionary that contains the other party's ids outside
+    the intersection. Offline, it blinds each guess with its own key and looks for it in
+    the transcript. Without the other party's scalar no guess matches, so it learns
+    nothing beyond the intersection."""
+    label_ids = _ids("c", range(0, 60))
+    party_ids = _ids("c", range(40, 100))  # common: 40..59
+    common = set(_ids("c", range(40, 60)))
+    dictionary = _ids("c", range(0, 120))  # covers every id of both parties, and more
+    label_key, party_key = PSIKey(), PSIKey()
+    sent, label_order = label_round1(label_ids, label_key)
+    double, points, _ = party_respond(sent, party_ids, party_key)
+    assert {label_ids[r] for r in label_match(double, label_order, points, label_key)} == common
+
+    # The label party sees `double` (its ids under both scalars) and `points` (the
+    # party's ids under the party's scalar only).
+    seen_by_label = {row.tobytes() for row in points} | {row.tobytes() for row in double}
+    guesses = label_key.blind(dictionary)
+    hits = [g for g, row in zip(dictionary, guesses, strict=True) if row.tobytes() in seen_by_label]
+    assert hits == []
+    twice = label_key.reblind(label_key.blind(dictionary))  # a^2 does not reach ab either
+    assert not {row.tobytes() for row in twice} & seen_by_label
+
+    # The feature party sees `sent` (the label party's ids under the label scalar only).
+    seen_by_party = {row.tobytes() for row in sent}
+    assert not {row.tobytes() for row in party_key.blind(dictionary)} & seen_by_party
+    # Sanity: the attack is meaningful — with the other party's scalar it would succeed.
+    stolen = {g for g, row in zip(dictionary, label_key.blind(dictionary), strict=True)
+              if row.tobytes() in seen_by_party}  # fmt: skip
+    assert stolen == set(label_ids)
