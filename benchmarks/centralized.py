@@ -25,7 +25,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import platform
 import shutil
 import subprocess
@@ -42,6 +41,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.provenance import (
+    add_allow_dirty_flag,
+    code_version,
+    cpu_count,
+    guard_docs_write,
+    load_average,
+)
 from fl_app.config import RunConfig
 from fl_app.local_run import PROJECT_DIR, SimulationRun, run_simulation
 from fl_app.seeding import derive_seed, seed_everything
@@ -195,7 +201,7 @@ def train_centralised(cfg: RunConfig, num_silos: int = NUM_SILOS) -> BenchmarkRe
     )  # fmt: skip
     return BenchmarkResult(
         cfg.task, "central", metrics, seconds, len(pooled), epochs,
-        extra={"train-loss": train_metrics["train-loss"], "load-1min": _load()},
+        extra={"train-loss": train_metrics["train-loss"], "load-1min": load_average()},
     )  # fmt: skip
 
 
@@ -322,7 +328,7 @@ def run_federated(
         seconds,
         sum(sizes),
         cfg.num_server_rounds * cfg.local_epochs,
-        extra={"silo-train-rows": sizes, "load-1min": _load()},
+        extra={"silo-train-rows": sizes, "load-1min": load_average()},
     )
 
 
@@ -552,7 +558,7 @@ def render_markdown(results: Sequence[BenchmarkResult], meta: Mapping[str, Any])
         markdown_table(results),
         "",
         *notes(results),
-        load_note(results, meta.get("cpus", _cpu_count())),
+        load_note(results, meta.get("cpus", cpu_count())),
         "",
         provenance_note(meta),
         "",
@@ -760,19 +766,11 @@ def describe(cfg: RunConfig, tasks: Sequence[str], command: str) -> dict[str, An
         "flwr": version("flwr"),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "machine": f"{platform.system()} {platform.machine()}, {_cpu_count()} CPUs",
-        "git": _git_revision(),
-        "cpus": _cpu_count(),
+        "machine": f"{platform.system()} {platform.machine()}, {cpu_count()} CPUs",
+        "git": code_version().short,
+        "cpus": cpu_count(),
         "command": command,
     }
-
-
-def _load() -> float | None:
-    """The machine's 1-minute load average (timings on a busy machine are inflated)."""
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
 
 
 def load_note(results: Sequence[BenchmarkResult], cpus: int) -> str:
@@ -786,29 +784,6 @@ def load_note(results: Sequence[BenchmarkResult], cpus: int) -> str:
         f"The 1-minute load average at the end of each timed run was "
         f"{min(loads):.1f}–{max(loads):.1f} on {cpus} CPUs{busy}."
     )
-
-
-def _git_revision(project_dir: Path = PROJECT_DIR) -> str | None:
-    """``<short commit>`` plus ``+dirty`` when the working tree has changes (read-only)."""
-
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(
-                ["git", "-C", str(project_dir), *args],
-                capture_output=True, text=True, timeout=10, check=True,
-            )  # fmt: skip
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip()
-
-    commit = git("rev-parse", "--short", "HEAD")
-    if commit is None:
-        return None
-    return commit + ("+dirty" if git("status", "--porcelain") else "")
-
-
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 # --------------------------------------------------------------------------- CLI
@@ -843,6 +818,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, default=None,
         help=f"Markdown output; the JSON goes next to it (default: {DEFAULT_OUT})",
     )  # fmt: skip
+    add_allow_dirty_flag(parser)
     args = parser.parse_args(argv)
     if args.quick and args.rounds is None:
         args.rounds = QUICK_ROUNDS
@@ -857,6 +833,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
     command = "python -m benchmarks.centralized " + " ".join(sys.argv[1:] if argv is None else argv)
+    code = code_version(args.allow_dirty)
+    guard_docs_write(args.out, code)
     results: list[BenchmarkResult] = []
     with project_snapshot() as snapshot:
         LOG.info("running the app from a snapshot of %s in %s", PROJECT_DIR, snapshot)
@@ -881,6 +859,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         seed_everything(base.seed)
         meta = describe(base, args.tasks, command.strip())
+        if code.dirty and code.allow_dirty:
+            meta["git"] = f"{code.short} (written with `--allow-dirty`)"
         try:
             for plan in plans:
                 results += benchmark_task(plan, project_dir=snapshot)

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks.efficiency_doc import DOC, write_section
+from benchmarks.provenance import add_allow_dirty_flag, code_version, guard_docs_write
 
 SCHEMES = ("none", "int8", "int4", "topk", "topk+int8")
 #: name → (compression, run-config overrides): the codecs with their defaults, and the
@@ -406,11 +407,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("docs/efficiency-compression.json"))
     parser.add_argument("--quick", action="store_true", help="2 rounds, 3 silos, no files")
     parser.add_argument("--sizes-only", action="store_true", help="one reply per codec only")
+    add_allow_dirty_flag(parser)
     args = parser.parse_args(argv)
+    code = code_version(args.allow_dirty)
+    if not args.quick:
+        guard_docs_write([args.out, args.json], code)
     sizes = reply_sizes(args.topk_fraction)
     print(sizes_markdown(sizes))
     if args.sizes_only:
-        write_section("compression-sizes", sizes_markdown(sizes), args.out)
+        write_section("compression-sizes", sizes_markdown(sizes), args.out, code)
         return 0
     if args.quick:
         args.rounds, args.silos, args.seeds = 2, 3, [args.seeds[0]]
@@ -432,10 +437,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(runs)
     print(table(rows, args.silos))
     if not args.quick:
-        write_section("compression", markdown(rows, args, runs), args.out)
-        write_section("compression-sizes", sizes_markdown(sizes), args.out)
+        write_section("compression", markdown(rows, args, runs), args.out, code)
+        write_section("compression-sizes", sizes_markdown(sizes), args.out, code)
         args.json.write_text(
-            json.dumps({"rows": rows, "runs": [asdict(r) for r in runs]}, indent=1)
+            json.dumps(
+                {"rows": rows, "runs": [asdict(r) for r in runs], "code": code.to_json()},
+                indent=1,
+            )
         )
         print(f"wrote {args.out} and {args.json}")
     return 0

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks.provenance import CodeVersion
+
 DOC = Path("docs/efficiency.md")
 SECTIONS = ("compression", "compression-sizes", "scale", "overhead")
 
@@ -23,8 +25,13 @@ python -m benchmarks.overhead      # simulation round time vs plain Flower and o
 """
 
 
-def write_section(name: str, markdown: str, path: Path = DOC) -> Path:
-    """Replace section ``name`` of ``path`` (created with all sections if missing)."""
+def write_section(
+    name: str, markdown: str, path: Path = DOC, code: CodeVersion | None = None
+) -> Path:
+    """Replace section ``name`` of ``path`` (created with all sections if missing); with
+    ``code``, the section ends by naming the commit it was generated from."""
+    if code is not None:
+        markdown = f"{markdown.rstrip()}\n\n_Generated from {code.label()}._\n"
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     if path.exists():
         text = path.read_text(encoding="utf-8")

@@ -30,6 +30,7 @@ Usage::
 
     python -m benchmarks.overhead                      # this tree; writes docs/efficiency.md
     python -m benchmarks.overhead --before 6f0250c     # REV and this tree, one table
+    python -m benchmarks.overhead --runtime deployment # Flower's SuperNode vs the warm one
     python -m benchmarks.overhead --quick              # direct + in-process only, 2 rounds
 """
 
@@ -48,6 +49,7 @@ from pathlib import Path
 
 from benchmarks.efficiency_doc import DOC, write_section
 from benchmarks.overhead_worker import SILOS, SIM_VARIANTS
+from benchmarks.provenance import add_allow_dirty_flag, code_version, guard_docs_write
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "overhead_worker.py"
@@ -302,9 +304,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--render-only", action="store_true", help="rewrite the doc section from --json"
     )
+    parser.add_argument(
+        "--runtime", choices=("simulation", "deployment"), default="simulation",
+        help="deployment: Flower's default SuperNode vs the warm one, 5 SuperNodes on "
+        "loopback (benchmarks.overhead_deployment; uses --rounds, --repeats, --out)",
+    )  # fmt: skip
+    add_allow_dirty_flag(parser)
     args = parser.parse_args(argv)
     if args.rounds < 2:
         parser.error(f"--rounds must be ≥ 2 (round 1 is not averaged), got {args.rounds}")
+    if args.runtime == "deployment":
+        from benchmarks import overhead_deployment
+
+        return overhead_deployment.main(
+            ["--rounds", str(args.rounds), "--repeats", str(args.repeats), "--out", str(args.out)]
+            + (["--allow-dirty"] if args.allow_dirty else [])
+        )
     if args.render_only:
         saved = json.loads(args.json.read_text())
         if "revisions" not in saved:
@@ -316,8 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.rounds, args.variants = 2, []
-    head = _run(["git", "rev-parse", "HEAD"], cwd=PROJECT_DIR).stdout.strip() or "unknown"
-    dirty = bool(_run(["git", "status", "--porcelain"], cwd=PROJECT_DIR).stdout.strip())
+    code = code_version(args.allow_dirty)
+    if not args.quick:
+        guard_docs_write([args.out, args.json], code)
+    head, dirty = code.commit or "unknown", code.dirty
     result = {
         "rounds": args.rounds,
         "load_before": os.getloadavg()[0],

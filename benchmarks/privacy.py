@@ -56,6 +56,13 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from benchmarks.provenance import (
+    CodeVersion,
+    add_allow_dirty_flag,
+    code_version,
+    guard_docs_write,
+)
+
 LOG = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("docs/privacy.md")
@@ -675,6 +682,10 @@ def describe(
 
 
 # --------------------------------------------------------------------------- output
+def _code_label(meta: Mapping[str, Any]) -> str:
+    return CodeVersion.from_json(meta["code"]).label() if meta.get("code") else "unknown"
+
+
 def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "–" if value is None else format(value, spec)
 
@@ -1118,7 +1129,7 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
             if meta.get("resumed-cells")
             else ""
         )
-        + "). Raw numbers: `docs/privacy.json`.",
+        + f"; code: {_code_label(meta)}). Raw numbers: `docs/privacy.json`.",
         "",
         "## Setup",
         "",
@@ -1337,6 +1348,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--resume", action="store_true",
         help="reuse the finished cells of the JSON next to --out (same run config only)",
     )  # fmt: skip
+    add_allow_dirty_flag(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.silos = args.silos or QUICK_SILOS
@@ -1369,6 +1381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     meta = describe(cells, workers=args.workers, command=command.strip())
     meta["settings"] = {t: asdict(s) for t, s in settings_from_args(args).items()}
+    code = code_version(args.allow_dirty)
+    guard_docs_write(args.out, code)
+    meta["code"] = code.to_json()
     done: dict[tuple[str, str, float], dict[str, Any]] = {}
     if args.resume and args.out is not None:
         done = load_resumable(args.out.with_suffix(".json"), cells)

@@ -59,6 +59,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from benchmarks.provenance import add_allow_dirty_flag, code_version, guard_docs_write
+
 LOG = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path("docs/robustness.md")
@@ -87,6 +89,7 @@ INFLATION_FACTOR = 1000.0
 PARTITIONERS = ("dirichlet", "iid")
 ATTACKS = (
     "none", "sign-flip", "gaussian", "scaling", "label-flip", "alie", "ipm", "weight-inflation",
+    "min-max", "min-sum", "rop", "mimic",
 )  # fmt: skip
 #: Rules whose result depended on the silos' claimed ``num-examples`` before robust rules
 #: defaulted to uniform weights (issue #16); their rows from before carry no
@@ -441,29 +444,6 @@ def resolve_config(overrides: Mapping[str, Any]):
     from fl_app.config import RunConfig
 
     return RunConfig.from_flower({**RunConfig().to_flower(), **overrides})
-
-
-def code_version() -> dict[str, Any]:
-    """The git commit of the code measured and the files of the app that differ from it
-    (read-only git queries; ``None`` outside a git checkout)."""
-    import subprocess
-
-    root = Path(__file__).resolve().parent.parent
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", *args], cwd=root, capture_output=True, text=True, timeout=20, check=True
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.rstrip("\n")
-
-    status = git("status", "--porcelain", "--", "fl_app", "strategies", "tasks", "pyproject.toml")
-    return {
-        "commit": (git("rev-parse", "--short=12", "HEAD") or "").strip() or None,
-        "uncommitted": None if status is None else [line[3:] for line in status.splitlines()],
-    }
 
 
 def _maybe_float(value: Any) -> float | None:
@@ -1385,6 +1365,7 @@ def render_markdown(
         f"* Code: commit `{code.get('commit')}`"
         + (
             f" with uncommitted changes in {', '.join(f'`{p}`' for p in code['uncommitted'])}"
+            + (" (written with `--allow-dirty`)" if code.get("allow-dirty") else "")
             if code.get("uncommitted")
             else ""
         )
@@ -1614,7 +1595,7 @@ def describe(cells: Sequence[Cell], *, workers: int, command: str) -> dict[str, 
         "fraction-evaluate": cfg.fraction_evaluate,
         "model-parameters": sum(p.numel() for p in model.parameters()),
         "default-val-split-failures": validation_split_failures(first.num_clients, cfg.seed),
-        "code": code_version(),
+        "code": code_version().to_json(),
         "cells": len(cells),
         "workers": workers,
         "example-command": flwr_run_command(example),
@@ -1790,6 +1771,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="re-render the Markdown and PNG from the JSON next to --out (no federations)",
     )
+    add_allow_dirty_flag(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds = args.rounds or QUICK_ROUNDS
@@ -1828,6 +1810,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
     )
     meta = describe(cells, workers=args.workers, command=command.strip())
+    code = code_version(args.allow_dirty)
+    guard_docs_write(args.out, code)
+    meta["code"] = code.to_json()
     wanted = {c.key for c in cells}
     kept: list[dict[str, Any]] = []  # --merge: the base's rows this run does not redo
     superseded: list[dict[str, Any]] = []  # --merge: claim-weighted rows it replaces

@@ -47,6 +47,7 @@ from pathlib import Path
 import psutil
 
 from benchmarks.efficiency_doc import DOC, write_section
+from benchmarks.provenance import add_allow_dirty_flag, code_version, guard_docs_write
 
 ROUND_LINE = re.compile(r"\[fedsilo\] round (\d+) server:")
 
@@ -345,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "--engine-sweep", nargs=2, type=int, metavar=("NODES", "OUTSTANDING"),
         help="only time one sweep of Flower's simulation engine (see engine_sweep_seconds)",
     )  # fmt: skip
+    add_allow_dirty_flag(parser)
     args = parser.parse_args(argv)
     if args.engine_sweep:
         nodes, outstanding = args.engine_sweep
@@ -352,11 +354,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{nodes} nodes, {outstanding} outstanding: {seconds:.2f} s per sweep "
               f"(load average {os.getloadavg()[0]:.1f})")  # fmt: skip
         return 0
+    code = code_version(args.allow_dirty)
+    if not args.no_write:
+        guard_docs_write([args.out, args.json], code)
     args.load_before = os.getloadavg()[0]
     result = run_scale(args)
+    result["code"] = code.to_json()
     print(json.dumps({k: v for k, v in result.items() if k != "round_times"}, indent=1))
     if not args.no_write:
-        write_section("scale", markdown(result), args.out)
+        write_section("scale", markdown(result), args.out, code)
         args.json.write_text(json.dumps(result, indent=1))
         print(f"wrote {args.out} and {args.json}")
     return 0

@@ -154,7 +154,7 @@ class RunConfig(BaseModel):
     # Attack simulation (a threat-model tool: simulated Byzantine silos).
     attack: Literal[
         "none", "sign-flip", "gaussian", "scaling", "label-flip", "alie", "ipm",
-        "weight-inflation",
+        "weight-inflation", "min-max", "min-sum", "rop", "mimic",
     ] = Field("none", description="Simulated Byzantine behaviour of `attack-fraction` silos.")
     attack_fraction: float = Field(
         0.2, ge=0, lt=0.5, description="Fraction of silos that are Byzantine when attacking."
@@ -163,7 +163,8 @@ class RunConfig(BaseModel):
         0.0,
         description="Attack parameter (0 = its default): scaling factor 10 (negative flips "
         "the direction), noise std 1, IPM ε 0.1, ALIE z from n and f, weight-inflation's "
-        "factor on the claimed `num-examples` 1000.",
+        "factor on the claimed `num-examples` 1000, min-max/min-sum's first γ 10, ROP's "
+        "perturbation norm 1, Mimic's warm-up rounds 1.",
     )
     # Differential privacy (strategies/privacy).
     central_dp: bool = Field(

@@ -24,6 +24,24 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 
+def prompt_object_pulls(initial: float = 0.02, cap: float = 1.0) -> None:
+    """Make this process retry a reply object that is not there yet after ``initial``
+    seconds (doubling up to ``cap``) instead of Flower's 1 s (up to 10 s).
+
+    A SuperNode pushes its reply message, then the reply's objects; the SuperLink hands the
+    message out at once. A prompt pull therefore often asks for objects that arrive
+    milliseconds later, and Flower's ``pull_objects`` would sleep a whole second (with
+    Flower's own 3 s reply loop the objects are usually in by then). Flower takes these
+    as keyword defaults of ``pull_objects`` and ``pull_and_inflate_object_from_tree``."""
+    from flwr.supercore.inflatable import inflatable_utils
+
+    for fn in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree):
+        defaults = getattr(fn, "__kwdefaults__", None) or {}
+        if {"initial_backoff", "backoff_cap"} <= defaults.keys():
+            defaults["initial_backoff"] = initial
+            defaults["backoff_cap"] = cap
+
+
 def poll_replies(
     grid: Grid,
     messages: Iterable[Message],
@@ -40,6 +58,7 @@ def poll_replies(
     return seconds after which to stop waiting for the rest (once; e.g. a straggler grace
     once a quorum is in). Returns the replies and the ids of the messages still pending.
     The one reply loop of the app: PromptGrid, StragglerGrid, vertical exchanges."""
+    prompt_object_pulls()  # else a prompt pull waits 1 s for objects a moment behind
     pending = set(grid.push_messages(messages))
     now = time.monotonic()
     ends = [] if timeout is None else [now + timeout]

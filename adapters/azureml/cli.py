@@ -196,6 +196,10 @@ def _submit_local(spec: FederationSpec, run_dir: Path | None) -> None:
         _fail("interrupted; every process started was stopped", code=130)
     tail = "\n".join(run.output.splitlines()[-15:])
     console.print(tail, highlight=False, markup=False)
+    for silo, exits in run.restarts.items():
+        codes = ", ".join(str(e["code"]) for e in exits)
+        console.print(f"silo '{silo}': SuperNode restarted {len(exits)}× (exit codes {codes})",
+                      highlight=False, markup=False)  # fmt: skip
     server = run.final("server")
     console.print(
         f"status={run.status} run_dir={run.run_dir} "

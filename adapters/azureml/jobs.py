@@ -53,16 +53,19 @@ __all__ = [
     "ADDRESS_TAG",
     "FLWR_CONNECTION",
     "RUN_STATUS_TAG",
+    "WARM_RUN_CONFIG",
     "FederationJobs",
     "JobScope",
     "build_environment",
     "build_jobs",
     "conda_environment",
     "environment_ref",
+    "flower_run_config",
     "new_submission_id",
     "node_config_arg",
     "render",
     "run_config_arg",
+    "supernode_job_command",
 ]
 
 #: MLflow tag on the SuperLink job's run holding ``<ip>:<port>``.
@@ -79,6 +82,10 @@ BASE_ENV = {
 }
 _RUNTIME = ["python", "-m", "adapters.azureml.runtime"]
 _SUPERNODE_MAX_WAIT_S = 120  # a SuperNode gives up this long after losing its SuperLink
+#: Run-config defaults of the warm runtime (``supernode.executor: warm``) unless the spec's
+#: ``run_config`` sets them: the ServerApp polls for replies with back-off from 20 ms
+#: instead of Flower's fixed 3 s between pulls.
+WARM_RUN_CONFIG: dict[str, float] = {"reply-poll-interval": 0.02}
 
 
 @dataclass(frozen=True)
@@ -217,6 +224,23 @@ def run_config_arg(overrides: Mapping[str, Any]) -> str:
     return node_config_arg(overrides)
 
 
+def flower_run_config(spec: FederationSpec) -> dict[str, Any]:
+    """The ``flwr run --run-config`` overrides of ``spec``: task, strategy, ``run_config``,
+    and with the warm runtime :data:`WARM_RUN_CONFIG` for the keys the spec leaves unset."""
+    overrides = spec.flower_overrides()
+    if spec.supernode.executor == "warm":
+        return {**WARM_RUN_CONFIG, **overrides}
+    return overrides
+
+
+def supernode_job_command(spec: FederationSpec, flower_args: list[str]) -> list[str]:
+    """The SuperNode command of a silo: ``flower-supernode`` with ``flower_args``, or the
+    warm SuperNode (:mod:`adapters.supernode`) around it (``spec.supernode.executor``)."""
+    from adapters.supernode import supernode_command
+
+    return supernode_command(flower_args, spec.supernode.executor, python="python")
+
+
 def _shell(args: list[str]) -> str:
     """Join for the job's shell, leaving ``${{inputs.x}}`` for AzureML to substitute."""
     return shlex.join(args)
@@ -277,9 +301,9 @@ def _silo_job(
             "--superlink-job", names["superlink"],
             "--timeout", str(int(network.discovery_timeout)),
         ]  # fmt: skip
-        flower = ["flower-supernode", "--insecure", "--superlink", "{superlink}"]
+        flower = ["--insecure", "--superlink", "{superlink}"]
     else:
-        flower = ["flower-supernode", "--superlink", network.address]
+        flower = ["--superlink", network.address]
         if network.insecure:
             flower.append("--insecure")
         if network.root_certificates:
@@ -296,12 +320,14 @@ def _silo_job(
         "--max-wait-time", str(_SUPERNODE_MAX_WAIT_S),
         "--node-config", node_config_arg(node_config),
     ]  # fmt: skip
+    if spec.supernode.restart:
+        wrapper += ["--restart-max-delay", f"{spec.supernode.restart_max_delay:g}"]
     env = dict(common["environment_variables"])
     env["FEDSILO_SILO"] = silo.name
     return command(
         name=names[f"silo:{silo.name}"],
         display_name=f"{spec.name} · silo {silo.name}",
-        command=_shell([*wrapper, "--", *flower]),
+        command=_shell([*wrapper, "--", *supernode_job_command(spec, flower)]),
         compute=silo.compute,
         inputs=inputs or None,
         identity=_identity(silo.identity_client_id),
@@ -337,7 +363,7 @@ def _serverapp_job(spec: FederationSpec, names: dict[str, str], common: dict[str
             wrapper += ["--root-certificates", cert]
     flower = [
         "flwr", "run", ".", FLWR_CONNECTION, "--stream",
-        "--run-config", run_config_arg(spec.flower_overrides()),
+        "--run-config", run_config_arg(flower_run_config(spec)),
     ]  # fmt: skip
     return command(
         name=names["serverapp"],

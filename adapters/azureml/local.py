@@ -7,8 +7,18 @@ against that SuperLink. Everything runs in the installed environment with Flower
 dependency installation off, under a private ``FLWR_HOME``; every process started here is
 stopped at the end, also on errors and Ctrl-C.
 
-A silo whose SuperNode exits (before or during the run) raises :class:`SiloFailedError`
-naming the silo, with the end of its log.
+Each silo's SuperNode runs as the spec's ``supernode.executor`` says: ``warm`` (default;
+:mod:`adapters.supernode`: ClientApps forked from a pre-imported process, prompt polling,
+and ``reply-poll-interval`` for the ServerApp) or ``subprocess`` (Flower's default).
+
+A silo whose SuperNode exits before the run raises :class:`SiloFailedError` naming the
+silo, with the end of its log. During the run the SuperNodes are supervised
+(``supernode.restart``, default on): one that exits is restarted after 1, 2, 4 … s (at
+most ``supernode.restart_max_delay``), each restart logged and counted in
+:attr:`LocalRun.restarts`; the federation goes on as long as ``min-train-nodes`` holds
+(the ServerApp decides: it stops, naming the missing silos, only when the quorum is lost
+beyond ``round-retries``), and the restarted silo joins the next round. With
+``restart: false`` a SuperNode that exits during the run raises :class:`SiloFailedError`.
 
 With ``security=LocalSecurity(pki_dir)`` the federation runs with TLS and SuperNode
 authentication: :func:`adapters.pki.make_pki` creates (or reuses) a CA, the SuperLink's
@@ -40,9 +50,15 @@ from typing import IO, Any
 
 import psutil
 
-from adapters.azureml.jobs import FLWR_CONNECTION, node_config_arg, run_config_arg
+from adapters.azureml.jobs import (
+    FLWR_CONNECTION,
+    flower_run_config,
+    node_config_arg,
+    run_config_arg,
+)
 from adapters.azureml.runtime import wait_http_ok, write_flower_config
 from adapters.azureml.spec import FederationSpec, SiloSpec
+from adapters.supernode import RestartPolicy, supernode_command
 from fl_app.local_run import (
     PROJECT_DIR,
     SimulationRun,
@@ -77,6 +93,9 @@ class LocalRun(SimulationRun):
     silo_logs: dict[str, str] = field(default_factory=dict)
     #: Exit codes of the ``unregistered`` silos' SuperNodes (None = still running).
     refused: dict[str, int | None] = field(default_factory=dict)
+    #: Per silo, the SuperNode exits that were followed by a restart during the run:
+    #: ``{"code": exit code, "after": seconds into the run}``.
+    restarts: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -105,14 +124,17 @@ class _Proc:
     log_file: IO[str]
 
     def log(self, tail: int | None = None) -> str:
-        self.log_file.flush()
+        if not self.log_file.closed:
+            self.log_file.flush()
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
         return "\n".join(text.splitlines()[-tail:]) if tail else text
 
 
-def _start(name: str, cmd: list[str], env: dict[str, str], logs: Path) -> _Proc:
+def _start(
+    name: str, cmd: list[str], env: dict[str, str], logs: Path, *, append: bool = False
+) -> _Proc:
     log_path = logs / f"{name}.log"
-    log_file = log_path.open("w", encoding="utf-8")
+    log_file = log_path.open("a" if append else "w", encoding="utf-8")
     popen = subprocess.Popen(
         cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
     )
@@ -166,6 +188,81 @@ def _online_nodes(env: dict[str, str]) -> int:
     except json.JSONDecodeError:
         return 0
     return sum(1 for node in nodes if node.get("status") == "online")
+
+
+@dataclass
+class _Supervised:
+    """A silo's SuperNode under supervision: its current process and restart history."""
+
+    silo: SiloSpec
+    command: Callable[[int], list[str]]  # free port -> the SuperNode's command
+    proc: _Proc
+    started: float
+    failures: int = 0
+    restart_at: float | None = None
+    given_up: bool = False
+    exits: list[dict[str, float]] = field(default_factory=list)
+
+
+class _Supervisor:
+    """Restarts SuperNodes that exit during the run, with :class:`RestartPolicy` back-off;
+    :meth:`poll` is called about once a second by the run loop."""
+
+    def __init__(
+        self,
+        silos: list[_Supervised],
+        policy: RestartPolicy,
+        start: Callable[[str, list[str]], _Proc],
+        free_port: Callable[[], int],
+        notify: Callable[[str], None],
+    ) -> None:
+        self.silos = silos
+        self.policy = policy
+        self.start = start
+        self.free_port = free_port
+        self.notify = notify
+        self.t0 = time.monotonic()
+
+    def _say(self, message: str, error: bool = False) -> None:
+        logger.log(logging.ERROR if error else logging.WARNING, "%s", message)
+        self.notify(message)
+
+    def poll(self) -> None:
+        now = time.monotonic()
+        for entry in self.silos:
+            if entry.given_up:
+                continue
+            if entry.restart_at is None:
+                code = entry.proc.popen.poll()
+                if code is None:
+                    continue
+                self._exited(entry, code, now)
+            elif now >= entry.restart_at:
+                entry.restart_at = None
+                entry.started = now
+                entry.proc = self.start(entry.silo.name, entry.command(self.free_port()))
+                self._say(f"silo '{entry.silo.name}': SuperNode restarted")
+
+    def _exited(self, entry: _Supervised, code: int, now: float) -> None:
+        name = entry.silo.name
+        _stop_all([entry.proc])  # what Flower started for it (SuperExec, ClientApp)
+        entry.failures = self.policy.consecutive(entry.failures, now - entry.started)
+        if entry.failures >= self.policy.give_up_after:
+            entry.given_up = True
+            self._say(
+                f"silo '{name}': flower-supernode exited (code {code}) {entry.failures} times "
+                f"in a row; not restarting it again. Last lines of its log "
+                f"({entry.proc.log_path}):\n{entry.proc.log(25)}",
+                error=True,
+            )
+            return
+        delay = self.policy.delay(entry.failures)
+        entry.exits.append({"code": code, "after": round(now - self.t0, 3)})
+        entry.restart_at = now + delay
+        self._say(
+            f"silo '{name}': flower-supernode exited with code {code} during the run; "
+            f"restart {len(entry.exits)} in {delay:g}s"
+        )
 
 
 def _check_silos(silos: list[_Proc], when: str) -> None:
@@ -292,7 +389,8 @@ def run_local(
             start script), run instead of ``flower-supernode`` (default: like other silos).
 
     Raises:
-        SiloFailedError: a silo's SuperNode exited before or during the run.
+        SiloFailedError: a silo's SuperNode exited before the run (or during it, with
+            ``supernode.restart: false``; otherwise it is restarted, see the module doc).
         LocalFederationError: the SuperLink did not start, or not every SuperNode registered.
     """
     notify = on_event or (lambda message: logger.info("%s", message))
@@ -350,20 +448,35 @@ def run_local(
                 if silo.name not in tls.unregistered:
                     _register_node(silo.name, tls.keys[silo.name].public, env)
 
-        for silo in spec.silos:
-            silo_port = free_port()
-            notify(f"starting silo '{silo.name}' ({node_config_arg(silo.node_config)})")
-            cmd = [
-                "flower-supernode", *(tls.supernode(silo.name) if tls else ["--insecure"]),
-                "--superlink", f"127.0.0.1:{port}",
-                "--host", "127.0.0.1", "--port", str(silo_port),
-                "--node-config", node_config_arg(silo.node_config),
-            ]  # fmt: skip
-            if external is not None and silo.kind == "external":
-                cmd = external(silo, f"127.0.0.1:{port}", silo_port)
-            proc = _start(silo.name, cmd, env, logs)
+        def silo_command(silo: SiloSpec) -> Callable[[int], list[str]]:
+            def command(silo_port: int) -> list[str]:
+                if external is not None and silo.kind == "external":
+                    return external(silo, f"127.0.0.1:{port}", silo_port)
+                flower_args = [
+                    *(tls.supernode(silo.name) if tls else ["--insecure"]),
+                    "--superlink", f"127.0.0.1:{port}",
+                    "--host", "127.0.0.1", "--port", str(silo_port),
+                    "--node-config", node_config_arg(silo.node_config),
+                ]  # fmt: skip
+                return supernode_command(flower_args, spec.supernode.executor)
+
+            return command
+
+        def start_silo(name: str, cmd: list[str], append: bool = False) -> _Proc:
+            proc = _start(name, cmd, env, logs, append=append)
             procs.append(proc)
-            (refused if tls and silo.name in tls.unregistered else silos).append(proc)
+            return proc
+
+        supervised: list[_Supervised] = []
+        for silo in spec.silos:
+            notify(f"starting silo '{silo.name}' ({node_config_arg(silo.node_config)})")
+            command = silo_command(silo)
+            proc = start_silo(silo.name, command(free_port()))
+            if tls and silo.name in tls.unregistered:
+                refused.append(proc)
+            else:
+                silos.append(proc)
+                supervised.append(_Supervised(silo, command, proc, time.monotonic()))
 
         notify(f"waiting for {len(silos)} SuperNodes to register")
         deadline = time.monotonic() + startup_timeout
@@ -380,7 +493,7 @@ def run_local(
             time.sleep(1.0)
 
         before = {p.parent for p in out_root.glob("*/config.json")} if out_root.exists() else set()
-        overrides = {**spec.flower_overrides(), "run-dir": str(out_root)}
+        overrides = {**flower_run_config(spec), "run-dir": str(out_root)}
         cmd = [
             "flwr", "run", str(project), FLWR_CONNECTION, "--stream",
             "--run-config", run_config_arg(overrides),
@@ -392,8 +505,18 @@ def run_local(
         flwr = _start("flwr-run", cmd, env, logs)
         procs.append(flwr)
         started = time.monotonic()
+        supervisor = _Supervisor(
+            supervised,
+            RestartPolicy(maximum=max(1.0, spec.supernode.restart_max_delay)),
+            lambda name, command: start_silo(name, command, append=True),
+            free_port,
+            on_event or (lambda _message: None),
+        )
         while flwr.popen.poll() is None:
-            _check_silos(silos, "during the run")
+            if spec.supernode.restart:
+                supervisor.poll()
+            else:
+                _check_silos(silos, "during the run")
             if time.monotonic() - started > timeout:
                 raise LocalFederationError(
                     f"flwr run did not finish within {timeout:.0f}s. Its output:\n{flwr.log(40)}"
@@ -425,8 +548,9 @@ def run_local(
             status=status.get("status", "unknown"),
             status_details=status.get("status-details", ""),
             superlink_log=superlink.log(),
-            silo_logs={p.name: p.log() for p in silos + refused},
+            silo_logs={p.name: p.log() for p in [*(e.proc for e in supervised), *refused]},
             refused={p.name: p.popen.poll() for p in refused},
+            restarts={e.silo.name: e.exits for e in supervised if e.exits},
         )
     finally:
         _stop_all(procs)

@@ -12,11 +12,15 @@ AzureML sends on cancel):
     (:data:`~adapters.azureml.jobs.RUN_STATUS_TAG`) and stops the SuperLink, so the job ends;
     it also stops (exit 1) when no run arrives within ``--idle-timeout`` seconds, so a failed
     submission does not leave a SuperLink job running.
-``supernode [--superlink-job NAME] [--secret NAME=URL ...]``
+``supernode [--superlink-job NAME] [--secret NAME=URL ...] [--restart-max-delay S]``
     replaces ``{superlink}`` in the command with the address read from the SuperLink job's
     run (the run id of an AzureML job is its name) and ``{NAME}`` with the path of the Key
     Vault secret ``URL`` fetched with the job's managed identity; a SuperNode that exits
-    because its SuperLink stopped after a finished run counts as success.
+    because its SuperLink stopped after a finished run counts as success. With
+    ``--restart-max-delay`` it supervises the SuperNode: one that exits while the
+    federation's run goes on is restarted after 1, 2, 4 … ``S`` seconds, each restart
+    logged (:func:`supervise`); it gives up after ten quick failures in a row, or when the
+    SuperLink job has ended.
 ``serverapp [--superlink-job NAME | --address HOST:PORT] [--insecure] [--root-certificates F]``
     writes a Flower config with the SuperLink connection ``fedsilo``, runs ``flwr run``, and
     exits non-zero unless the SuperLink reports the run ``finished:completed`` (``flwr run
@@ -181,6 +185,20 @@ def run_finished(client: Any, superlink_run: str) -> str | None:
     return found[0].get(RUN_STATUS_TAG) if found else None
 
 
+def superlink_ended(client: Any, superlink_run: str) -> str | None:
+    """Why a SuperNode of this federation need not be restarted: the run finished, or the
+    SuperLink job itself ended; None while it runs."""
+    found = _run_tags(client, superlink_run)
+    if found is None:
+        return None
+    tags, status = found
+    if tags.get(RUN_STATUS_TAG):
+        return f"the federation's run ended ({tags[RUN_STATUS_TAG]})"
+    if status in ("FAILED", "KILLED", "FINISHED"):
+        return f"the SuperLink job {superlink_run} ended ({status})"
+    return None
+
+
 # --------------------------------------------------------------------------- secrets
 
 
@@ -238,6 +256,65 @@ def run_child(command: Sequence[str], env: Mapping[str, str] | None = None) -> i
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def supervise(
+    command: Sequence[str],
+    policy: Any,
+    *,
+    ended: Callable[[], str | None] = lambda: None,
+    env: Mapping[str, str] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Run ``command`` and restart it whenever it exits, after ``policy``'s back-off
+    (:class:`adapters.supernode.RestartPolicy`), until it exits 0, SIGTERM/SIGINT arrives
+    (forwarded, as :func:`run_child`), ``ended()`` names a reason to stop (the federation's
+    SuperLink job ended), or ``policy.give_up_after`` quick failures in a row. Returns the
+    last exit code."""
+    stopping: list[int] = []
+    proc: list[subprocess.Popen] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        stopping.append(signum)
+        if proc and proc[-1].poll() is None:
+            proc[-1].send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    failures = restarts = 0
+    try:
+        while True:
+            started = clock()
+            logger.info("running: %s", " ".join(command))
+            proc.append(subprocess.Popen(list(command), env=dict(env) if env is not None else None))
+            code = proc[-1].wait()
+            ran = clock() - started
+            if code == 0 or stopping:
+                return code
+            reason = ended()
+            if reason:
+                logger.info("SuperNode exited (code %d); not restarted: %s", code, reason)
+                return code
+            failures = policy.consecutive(failures, ran)
+            if failures >= policy.give_up_after:
+                logger.error(
+                    "SuperNode exited (code %d) %d times in a row within %.0fs of starting; "
+                    "giving up (see the log above for why it cannot start)",
+                    code, failures, policy.healthy_after,
+                )  # fmt: skip
+                return code
+            restarts += 1
+            delay = policy.delay(failures)
+            logger.warning(
+                "SuperNode exited with code %d after %.1fs; restart %d in %.0fs",
+                code, ran, restarts, delay,
+            )  # fmt: skip
+            sleep(delay)
+            if stopping:
+                return code
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -321,7 +398,18 @@ def supernode(args: argparse.Namespace, command: list[str]) -> int:
     client = tracking_client() if args.superlink_job else None
     if args.superlink_job:
         values["superlink"] = wait_for_address(client, args.superlink_job, args.timeout)
-    code = run_child(substitute(command, values))
+    if args.restart_max_delay is None:
+        code = run_child(substitute(command, values))
+    else:
+        from adapters.supernode import RestartPolicy
+
+        policy = RestartPolicy(maximum=max(1.0, args.restart_max_delay))
+        ended = (
+            (lambda: superlink_ended(client, args.superlink_job))
+            if args.superlink_job
+            else (lambda: None)
+        )
+        code = supervise(substitute(command, values), policy, ended=ended)
     if code != 0 and args.superlink_job:
         status = run_finished(client, args.superlink_job)
         if status:
@@ -380,6 +468,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
         role.add_argument("--superlink-job")
         role.add_argument("--timeout", type=float, default=1800.0)
         role.add_argument("--secret", action="append", default=[], metavar="NAME=URL")
+        if name == "supernode":
+            role.add_argument("--restart-max-delay", type=float, metavar="SECONDS")
         if name == "serverapp":
             role.add_argument("--address")
             role.add_argument("--insecure", action="store_true")

@@ -5,8 +5,11 @@ to the SuperLink's Fleet address and its node-authentication key, nothing else: 
 port, no VPN, no Azure account. :func:`write_silo_kit` writes, for one ``kind: external``
 silo of a spec::
 
-    <out>/start.sh          flower-supernode --superlink <address> --root-certificates
-                            certs/ca.crt --auth-supernode-private-key keys/<silo> ...
+    <out>/start.sh          the SuperNode (warm: python -m adapters.supernode run -- ...;
+                            or flower-supernode) --superlink <address> --root-certificates
+                            certs/ca.crt --auth-supernode-private-key keys/<silo> ...,
+                            restarted with back-off when it exits
+    <out>/runtime/adapters  the warm SuperNode's code (adapters/supernode; needs only flwr)
     <out>/Dockerfile        python:3.11-slim + the app's dependencies + start.sh
     <out>/requirements.txt  the project's [project].dependencies
     <out>/certs/ca.crt      the CA that signed the SuperLink's certificate
@@ -146,6 +149,9 @@ _START = """#!/usr/bin/env bash
 # SuperNode of silo '{silo}' in federation '{federation}' (written by `fedsilo silo-kit`).
 # It dials OUT to the SuperLink over TLS and signs every request with this silo's node key;
 # it opens no inbound port (the Runtime API below listens on loopback only).
+# A SuperNode that exits with an error is restarted after 1, 2, 4 ... s (at most
+# FEDSILO_RESTART_MAX_DELAY); each restart is logged; after 10 quick failures in a row the
+# script gives up. SIGTERM / Ctrl-C stop it (and the SuperNode).
 # Every default can be overridden from the environment:
 #   FEDSILO_SUPERLINK    SuperLink Fleet API address host:port
 #   FEDSILO_ROOT_CERT    CA certificate (PEM) that signed the SuperLink's certificate
@@ -153,6 +159,10 @@ _START = """#!/usr/bin/env bash
 #   FEDSILO_NODE_CONFIG  node config (partition-id, num-partitions, ...)
 #   FEDSILO_DATA         the silo's data (a path or URL), passed as node config data-source
 #   FEDSILO_PORT         port of the SuperNode's local Runtime API (loopback)
+#   FEDSILO_SUPERNODE_EXECUTOR  warm (ClientApps forked from a pre-imported process) or
+#                        subprocess (Flower's default: one process per message)
+#   FEDSILO_RESTART      1 = restart the SuperNode when it exits with an error, 0 = do not
+#   FEDSILO_RESTART_MAX_DELAY  longest wait between restarts, in seconds
 set -euo pipefail
 KIT_DIR="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
 SUPERLINK="${{FEDSILO_SUPERLINK:-{superlink}}}"
@@ -168,13 +178,57 @@ for file in "$ROOT_CERT" "$NODE_KEY"; do
     exit 2
   fi
 done
-echo "silo '{silo}': dialing $SUPERLINK (TLS, node authentication), node config: $NODE_CONFIG"
-exec flower-supernode \\
-  --superlink "$SUPERLINK" \\
-  --root-certificates "$ROOT_CERT" \\
-  --auth-supernode-private-key "$NODE_KEY" \\
-  --node-config "$NODE_CONFIG" \\
-  --host 127.0.0.1 --port "${{FEDSILO_PORT:-9094}}"
+ARGS=(--superlink "$SUPERLINK" --root-certificates "$ROOT_CERT"
+      --auth-supernode-private-key "$NODE_KEY" --node-config "$NODE_CONFIG"
+      --host 127.0.0.1 --port "${{FEDSILO_PORT:-9094}}")
+EXECUTOR="${{FEDSILO_SUPERNODE_EXECUTOR:-{executor}}}"
+case "$EXECUTOR" in
+  warm)
+    export PYTHONPATH="$KIT_DIR/runtime${{PYTHONPATH:+:$PYTHONPATH}}"
+    CMD=(python -m adapters.supernode run -- "${{ARGS[@]}}") ;;
+  subprocess) CMD=(flower-supernode "${{ARGS[@]}}") ;;
+  *) echo "fedsilo silo-kit: FEDSILO_SUPERNODE_EXECUTOR must be warm or subprocess" >&2
+     exit 2 ;;
+esac
+RESTART="${{FEDSILO_RESTART:-{restart}}}"
+MAX_DELAY="${{FEDSILO_RESTART_MAX_DELAY:-{max_delay}}}"
+log() {{ echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) silo '{silo}': $*" >&2; }}
+child=""
+stopping=0
+trap 'stopping=1; if [ -n "$child" ]; then kill -TERM "$child" 2>/dev/null || true; fi' TERM INT
+log "dialing $SUPERLINK (TLS, node authentication), $EXECUTOR SuperNode, node config: $NODE_CONFIG"
+failures=0
+restarts=0
+while :; do
+  started=$SECONDS
+  "${{CMD[@]}}" &
+  child=$!
+  code=0
+  wait "$child" || code=$?
+  if [ "$stopping" = 1 ]; then
+    code=0
+    wait "$child" || code=$?
+    exit "$code"
+  fi
+  if [ "$code" = 0 ] || [ "$RESTART" != 1 ]; then
+    exit "$code"
+  fi
+  if [ $((SECONDS - started)) -ge 60 ]; then failures=0; fi
+  failures=$((failures + 1))
+  if [ "$failures" -ge 10 ]; then
+    log "SuperNode exited with code $code $failures times in a row; giving up"
+    exit "$code"
+  fi
+  delay=$((1 << (failures - 1)))
+  if [ "$delay" -gt "$MAX_DELAY" ]; then delay=$MAX_DELAY; fi
+  restarts=$((restarts + 1))
+  ran=$((SECONDS - started))
+  log "SuperNode exited with code $code after ${{ran}}s; restart $restarts in ${{delay}}s"
+  sleep "$delay" &
+  child=$!
+  wait "$child" || true
+  if [ "$stopping" = 1 ]; then exit "$code"; fi
+done
 """
 
 _DOCKERFILE = """# SuperNode image of silo '{silo}', federation '{federation}' (`fedsilo silo-kit`).
@@ -189,6 +243,7 @@ COPY requirements.txt /kit/requirements.txt
 RUN pip install -r /kit/requirements.txt \\
  && useradd --create-home --uid 10001 supernode
 COPY --chmod=0755 start.sh /kit/start.sh
+COPY runtime /kit/runtime
 COPY certs/ca.crt /kit/certs/ca.crt
 USER supernode
 WORKDIR /home/supernode
@@ -209,7 +264,8 @@ silo's key: open outbound TCP to that address; nothing inbound.
    - in a container: `docker build -t fedsilo-{silo} .` then
      `docker run --rm -v "$PWD/keys:/kit/keys:ro" -v /path/to/data:/data:ro \\
       -e FEDSILO_DATA=/data fedsilo-{silo}`.
-3. Leave it running: it trains whenever the federation runs, and reconnects on its own.
+3. Leave it running: it trains whenever the federation runs, and reconnects on its own;
+   `start.sh` restarts a SuperNode that dies (after 1, 2, 4 … s, each restart logged).
 
 `keys/{silo}` is this silo's private key: keep it on this machine (mode 0600), never send it.
 Node config: `{node_config}` (override with `FEDSILO_NODE_CONFIG`); see the top of `start.sh`
@@ -225,6 +281,20 @@ def _write(path: Path, text: str | bytes, mode: int = 0o644) -> Path:
         fh.write(data)
     os.chmod(path, mode)
     return path
+
+
+def _copy_runtime(dest: Path) -> None:
+    """The warm SuperNode's code (``adapters/supernode``, which imports only Flower and the
+    standard library) into ``dest``, importable as ``adapters.supernode``."""
+    import adapters.supernode
+
+    source = Path(adapters.supernode.__file__).parent
+    target = dest / "adapters"
+    shutil.rmtree(target, ignore_errors=True)
+    (target / "supernode").mkdir(parents=True)
+    _write(target / "__init__.py", '"""The warm SuperNode of a fedsilo silo kit."""\n')
+    for path in sorted(source.glob("*.py")):
+        shutil.copyfile(path, target / "supernode" / path.name)
 
 
 def write_silo_kit(
@@ -257,12 +327,16 @@ def write_silo_kit(
         "superlink": network.address,
         "node_config": node_config,
         "image": _PYTHON_IMAGE,
+        "executor": spec.supernode.executor,
+        "restart": int(spec.supernode.restart),
+        "max_delay": max(1, int(spec.supernode.restart_max_delay)),
     }
     root_cert = out / "certs" / "ca.crt"
     root_cert.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ca, root_cert)
     private_key = _write(out / "keys" / silo_name, key.read_bytes(), 0o600)
     public_key = _write(out / "keys" / f"{silo_name}.pub", _public_key(key, silo_name))
+    _copy_runtime(out / "runtime")
     start = _write(out / "start.sh", _START.format(**fields), 0o755)
     start.chmod(start.stat().st_mode | stat.S_IXUSR)
     dockerfile = _write(out / "Dockerfile", _DOCKERFILE.format(**fields))

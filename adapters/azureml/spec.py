@@ -58,6 +58,7 @@ __all__ = [
     "SiloData",
     "SiloSpec",
     "SpecError",
+    "SuperNodeSpec",
     "load_spec",
     "parse_secret_ref",
 ]
@@ -562,6 +563,24 @@ class ExistingNetwork(_Strict):
 Network = Annotated[JobNetwork | ExistingNetwork, Field(discriminator="mode")]
 
 
+class SuperNodeSpec(_Strict):
+    """How each silo's SuperNode runs, in the local backend, the silo kit's ``start.sh`` and
+    the AzureML SuperNode job (see adapters/supernode and docs/efficiency.md)."""
+
+    executor: Literal["warm", "subprocess"] = Field(
+        "warm",
+        description="warm: ClientApps fork from a pre-imported process and the SuperNode, "
+        "its SuperExec and the ServerApp (reply-poll-interval) poll promptly; subprocess: "
+        "Flower's default (one cold flwr-clientapp process per message, 3 s polling).",
+    )
+    restart: bool = Field(
+        True, description="Restart a SuperNode that exits during the run, with back-off."
+    )
+    restart_max_delay: float = Field(
+        60.0, gt=0, le=3600, description="Longest wait (s) between restarts (1 s, doubling)."
+    )
+
+
 # --------------------------------------------------------------------------- federation
 
 
@@ -583,6 +602,7 @@ class FederationSpec(_Strict):
         "run in other workspaces (they look the SuperLink's address up there).",
     )
     network: Network = Field(default_factory=JobNetwork)
+    supernode: SuperNodeSpec = Field(default_factory=SuperNodeSpec)
     provision: ProvisionSpec = Field(
         default_factory=ProvisionSpec, description="Settings of `fedsilo provision`."
     )

@@ -8,7 +8,10 @@ before validation and aggregation: ALIE and IPM need the honest updates of the r
 i.e. an omniscient adversary, which only the server side of a simulation can play.
 ``weight-inflation`` sends sign-flipped updates and also multiplies the silos' claimed
 ``num-examples`` by ``attack-strength`` (default 1000): it attacks every rule that
-weights updates by what the silos claim.
+weights updates by what the silos claim. The adaptive attacks (min-max, min-sum, ``rop``,
+``mimic``; :data:`attacks.ADAPTIVE_ATTACKS`) are simulated the same way; ``rop`` reads the
+previous round's aggregate (the change of the global model) and ``mimic`` its online
+direction estimate (:class:`attacks.MimicTracker`), both kept here.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ from strategies.flatten import Layout, flatten, stack, unflatten
 from strategies.robust import attacks
 from strategies.wrappers import StrategyWrapper, reply_order_key
 
-MODEL_ATTACKS = ("sign-flip", "gaussian", "scaling", "alie", "ipm", "weight-inflation")
+MODEL_ATTACKS = (
+    "sign-flip", "gaussian", "scaling", "alie", "ipm", "weight-inflation",
+    *attacks.ADAPTIVE_ATTACKS,
+)  # fmt: skip
 #: The key of a train reply's MetricRecord that FedAvg and weighted rules use as the weight.
 WEIGHT_KEY = "num-examples"
 
@@ -40,9 +46,29 @@ def byzantine_partitions(num_partitions: int, fraction: float, seed: int) -> fro
 
 
 def byzantine_updates(
-    attack: str, honest: torch.Tensor, f: int, *, strength: float, generator: torch.Generator
+    attack: str,
+    honest: torch.Tensor,
+    f: int,
+    *,
+    strength: float,
+    generator: torch.Generator,
+    previous_aggregate: torch.Tensor | None = None,
+    mimic_row: int | None = None,
 ) -> torch.Tensor:
-    """``f`` Byzantine deltas crafted from the honest deltas of the round."""
+    """``f`` Byzantine deltas crafted from the honest deltas of the round (``rop`` also
+    from the previous aggregate; ``mimic`` copies row ``mimic_row``, default: the top
+    principal direction's furthest row)."""
+    if attack in ("min-max", "min-sum"):
+        return attacks.ADAPTIVE_ATTACKS[attack](
+            honest, f, gamma_init=strength or attacks.GAMMA_INIT
+        )
+    if attack == "rop":
+        return attacks.relocated_orthogonal_perturbation(
+            honest, f, previous_aggregate=previous_aggregate, norm=strength or attacks.ROP_NORM
+        )
+    if attack == "mimic":
+        row = attacks.mimic_target(honest) if mimic_row is None else mimic_row
+        return honest[row].unsqueeze(0).expand(f, -1).clone()
     if attack in ("sign-flip", "weight-inflation"):
         return attacks.sign_flip(honest, f)
     if attack == "gaussian":
@@ -83,9 +109,22 @@ class SimulatedAttack(StrategyWrapper):
                 "attack-strength=1000"
             )
         self._global = None
+        self._previous_reference = None  # flat global model of the previous round (rop)
+        self._previous_aggregate = None
+        self._mimic = (
+            attacks.MimicTracker(max(1, round(strength)) if strength else attacks.MIMIC_WARMUP,
+                                 seed=seed)
+            if attack == "mimic" else None
+        )  # fmt: skip
 
     def configure_train(self, server_round, arrays, config, grid):
         self._global = arrays
+        if self.attack == "rop":  # the last aggregate = the change of the global model
+            reference = flatten(arrays, Layout.of(arrays))
+            last = self._previous_reference
+            if last is not None and last.shape == reference.shape:
+                self._previous_aggregate = reference - last
+            self._previous_reference = reference
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round, replies):
@@ -100,17 +139,26 @@ class SimulatedAttack(StrategyWrapper):
                 [next(iter(m.content.array_records.values())) for m in honest], layout
             )
             deltas -= reference
+            ids = [reply_order_key(m)[0] for m in honest]
             # The adversary crafts from the honest updates validation will accept: a silo
             # whose training diverged (NaN/Inf, e.g. after FedAvg followed the attack) is
             # rejected there, and would poison every crafted vector here.
-            deltas = deltas[torch.isfinite(deltas).all(dim=1)]
+            finite = torch.isfinite(deltas).all(dim=1)
+            deltas = deltas[finite]
+            ids = [i for i, ok in zip(ids, finite.tolist(), strict=True) if ok]
             if len(deltas) == 0:
                 log(INFO, "round %d: no finite honest update to craft %s from", server_round,
                     self.attack)  # fmt: skip
                 return self.inner.aggregate_train(server_round, replies)
             generator = torch.Generator().manual_seed(self.seed * 7919 + server_round)
             crafted = byzantine_updates(
-                self.attack, deltas, len(bad), strength=self.strength, generator=generator
+                self.attack,
+                deltas,
+                len(bad),
+                strength=self.strength,
+                generator=generator,
+                previous_aggregate=self._previous_aggregate,
+                mimic_row=self._mimic.choose(deltas, ids) if self._mimic else None,
             )
             for msg, delta in zip(bad, crafted, strict=True):
                 key = next(iter(msg.content.array_records.keys()))

@@ -1,7 +1,9 @@
 """A real deployment runtime on loopback for the e2e tests: ``flower-superlink`` and N
-``flower-supernode`` processes (the processes the local backend, adapters/azureml/local.py,
-starts), an isolated ``FLWR_HOME``, ``flwr run`` against it. Every process started here is
-stopped by pid when the test ends (SIGTERM, wait, SIGKILL)."""
+SuperNodes (the processes the local backend, adapters/azureml/local.py, starts: by default
+the warm SuperNode of adapters/supernode, with the ServerApp's prompt reply polling; or
+Flower's default ``flower-supernode`` with ``executor="subprocess"``), an isolated
+``FLWR_HOME``, ``flwr run`` against it. Every process started here is stopped by pid when
+the test ends (SIGTERM, wait, SIGKILL)."""
 
 from __future__ import annotations
 
@@ -18,9 +20,10 @@ from typing import Any
 import psutil
 import pytest
 
-from adapters.azureml.jobs import FLWR_CONNECTION
+from adapters.azureml.jobs import FLWR_CONNECTION, WARM_RUN_CONFIG
 from adapters.azureml.local import _online_nodes, _Proc, _start, _stop_all
 from adapters.azureml.runtime import wait_http_ok, write_flower_config
+from adapters.supernode import supernode_command
 from fl_app.local_run import PROJECT_DIR, _free_port, run_config_arg
 
 
@@ -50,9 +53,11 @@ def wait_for(predicate, what: str, timeout: float = 600.0, proc: _Proc | None = 
 
 
 class Deployment:
-    """One SuperLink and ``silos`` SuperNodes (partition ids 0…silos−1) on loopback."""
+    """One SuperLink and ``silos`` SuperNodes (partition ids 0…silos−1) on loopback, warm
+    (default) or Flower's own (``executor="subprocess"``)."""
 
-    def __init__(self, silos: int) -> None:
+    def __init__(self, silos: int, executor: str = "warm") -> None:
+        self.executor = executor
         self.home = Path(tempfile.mkdtemp(prefix="fedsilo-deploy-"))
         self.logs = self.home / "logs"
         self.logs.mkdir()
@@ -77,23 +82,13 @@ class Deployment:
         )  # fmt: skip
         wait_http_ok(f"http://127.0.0.1:{port}/health", self.superlink.popen, 120)
         for pid in range(self.num_silos):
-            self.silos.append(
-                self._start(
-                    f"silo-{pid}",
-                    [
-                        "flower-supernode",
-                        "--insecure",
-                        "--superlink",
-                        f"127.0.0.1:{port}",
-                        "--host",
-                        "127.0.0.1",
-                        "--port",
-                        str(_free_port()),
-                        "--node-config",
-                        f"partition-id={pid} num-partitions={self.num_silos}",
-                    ],
-                )
-            )
+            flower_args = [
+                "--insecure", "--superlink", f"127.0.0.1:{port}",
+                "--host", "127.0.0.1", "--port", str(_free_port()),
+                "--node-config", f"partition-id={pid} num-partitions={self.num_silos}",
+            ]  # fmt: skip
+            command = supernode_command(flower_args, self.executor)
+            self.silos.append(self._start(f"silo-{pid}", command))
         wait_for(lambda: _online_nodes(self.env) >= self.num_silos, "the SuperNodes to register")
         return self
 
@@ -103,7 +98,10 @@ class Deployment:
         return proc
 
     def flwr_run(self, overrides: dict[str, Any]) -> _Proc:
-        """``flwr run <project> <connection> --stream`` with ``overrides`` (not waited for)."""
+        """``flwr run <project> <connection> --stream`` with ``overrides`` (not waited for);
+        a warm deployment's ServerApp polls its replies promptly unless they say otherwise."""
+        if self.executor == "warm":
+            overrides = {**WARM_RUN_CONFIG, **overrides}
         self.runs += 1
         return self._start(
             f"flwr-run-{self.runs}",
@@ -138,11 +136,12 @@ class Deployment:
 
 @pytest.fixture
 def deployment() -> Iterator[Any]:
-    """``deployment(silos)`` starts a loopback federation; all of it is stopped afterwards."""
+    """``deployment(silos, executor="warm")`` starts a loopback federation; all of it is
+    stopped afterwards."""
     started: list[Deployment] = []
 
-    def start(silos: int) -> Deployment:
-        fed = Deployment(silos)
+    def start(silos: int, executor: str = "warm") -> Deployment:
+        fed = Deployment(silos, executor)
         started.append(fed)
         return fed.start()
 

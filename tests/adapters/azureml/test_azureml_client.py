@@ -96,9 +96,11 @@ def test_submit_registers_the_environment_then_puts_every_job(spec, credential, 
 
     silo_a = bodies[f"{prefix}-silo-hospital-a"]
     assert silo_a["computeId"] == f"{ARM_WS}/computes/cpu-silo-a"
+    # The default SuperNode is the warm one (adapters.supernode), supervised by the runtime.
     assert silo_a["command"].startswith(
         "python -m adapters.azureml.runtime supernode "
-        f"--superlink-job {prefix}-superlink --timeout 1800 -- flower-supernode --insecure "
+        f"--superlink-job {prefix}-superlink --timeout 1800 --restart-max-delay 60 -- "
+        "python -m adapters.supernode run --app fl_app.client_app -- --insecure "
     )
     assert (
         "--node-config 'partition-id=0 num-partitions=3 data-source=\"${{inputs.silo_data}}\"'"

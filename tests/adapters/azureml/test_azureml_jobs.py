@@ -20,7 +20,7 @@ from adapters.azureml.jobs import (
     render,
 )
 from adapters.azureml.runtime import parse_args
-from adapters.azureml.spec import SpecError, load_spec
+from adapters.azureml.spec import SpecError, SuperNodeSpec, load_spec
 
 SUBMISSION = "20260101-000000-abcd"
 
@@ -81,17 +81,36 @@ def test_the_commands_parse_with_the_runtime_wrapper():
         assert argv[:3] == ["python", "-m", "adapters.azureml.runtime"]
         args, flower = parse_args(argv[3:])
         assert args.role == role.split(":")[0].replace("silo", "supernode")
-        assert flower[0] in ("flower-superlink", "flower-supernode", "flwr")
         if args.role == "supernode":
+            # The warm SuperNode (adapters.supernode) around flower-supernode's arguments,
+            # supervised by the wrapper (restarted with back-off up to 60 s).
+            assert flower[:4] == ["python", "-m", "adapters.supernode", "run"]
+            assert flower[flower.index("--app") + 1] == "fl_app.client_app"
+            assert args.restart_max_delay == 60.0
             assert args.superlink_job == jobs.superlink.name
             assert flower[flower.index("--superlink") + 1] == "{superlink}"
+            assert "--isolation" not in flower  # the warm SuperNode sets it
+        else:
+            assert flower[0] in ("flower-superlink", "flwr")
     args, flower = parse_args(shlex.split(jobs.serverapp.command)[3:])
     assert flower[:5] == ["flwr", "run", ".", "fedsilo", "--stream"]
     overrides = tomllib.loads("\n".join(flower[flower.index("--run-config") + 1].split(" ")))
     assert overrides == {
         "task": "digits", "strategy": "fedavg", "num-server-rounds": 5, "local-epochs": 3,
-        "min-available-nodes": 3,
+        "min-available-nodes": 3, "reply-poll-interval": 0.02,  # the warm runtime's polling
     }  # fmt: skip
+
+
+def test_flowers_default_supernode_and_no_supervision_on_request():
+    spec = load_spec(EXAMPLE).model_copy(
+        update={"supernode": SuperNodeSpec(executor="subprocess", restart=False)}
+    )
+    jobs = build_jobs(spec, SUBMISSION)
+    for job in jobs.silos.values():
+        args, flower = parse_args(shlex.split(job.command)[3:])
+        assert flower[0] == "flower-supernode" and args.restart_max_delay is None
+    _, flower = parse_args(shlex.split(jobs.serverapp.command)[3:])
+    assert "reply-poll-interval" not in flower[flower.index("--run-config") + 1]
 
 
 def test_render_writes_yaml_that_load_job_reads_back_identically(tmp_path):

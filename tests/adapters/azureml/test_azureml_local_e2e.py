@@ -4,8 +4,11 @@ simulation (``fl_app.local_run.run_simulation``) gets with the same overrides an
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
@@ -16,6 +19,7 @@ from typer.testing import CliRunner
 from adapters.azureml.cli import app
 from adapters.azureml.local import LocalFederationError, SiloFailedError, run_local
 from adapters.azureml.spec import parse_spec
+from fl_app.audit import read_audit_log
 from fl_app.local_run import _free_port, run_simulation
 from fl_app.sinks import is_runtime_metric
 
@@ -148,3 +152,101 @@ def test_the_superlink_port_in_use_is_a_clear_error(tmp_path):
     finally:
         ports.blocker.close()
     assert len(ports.given) == 1  # no silo was started
+
+
+SPEC_FIVE = f"""
+name: local-sigkill
+orchestrator: {{subscription_id: s, resource_group: r, workspace: w, compute: c, code: {REPO_ROOT}}}
+silos:
+{chr(10).join(f"  - {{name: s{i}, compute: c}}" for i in range(5))}
+task: breast-cancer
+strategy: fedavg
+run_config: {{num-server-rounds: 8, seed: 7, local-epochs: 1, fraction-evaluate: 0.0,
+             min-evaluate-nodes: 0, min-available-nodes: 5, min-train-nodes: 3,
+             straggler-timeout: 3.0, round-timeout: 600.0}}
+"""
+KILLED = (3, 4)
+
+
+def _supernode_tree(partition: int) -> list[psutil.Process]:
+    """This test's SuperNode of ``partition`` with everything it started."""
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            cmd = proc.cmdline()
+            if (
+                "adapters.supernode" in cmd
+                and "run" in cmd
+                and any(a.startswith(f"partition-id={partition} ") for a in cmd)
+            ):
+                return [proc, *proc.children(recursive=True)]
+    return []
+
+
+def test_two_of_five_supernodes_sigkilled_mid_run_come_back_and_the_run_completes(tmp_path):
+    """``fedsilo submit -b local``: 5 silos, min-train-nodes = 3. After round 1, the
+    SuperNodes of silos s3 and s4 are SIGKILLed with everything they started. The backend
+    restarts them (back-off, logged), the federation goes on with the 3 others, and the two
+    rejoin a later round; the audit log (referenced by metrics.json's rounds) and
+    silo_metrics.json show which rounds they missed."""
+    spec_path = tmp_path / "federation.yaml"
+    spec_path.write_text(SPEC_FIVE)
+    out = tmp_path / "runs"
+
+    def submit():
+        return CliRunner().invoke(
+            app, ["submit", str(spec_path), "-b", "local", "--run-dir", str(out)]
+        )
+
+    def round_done(n: int) -> bool:
+        rows = [json.loads(p.read_text()) for p in out.glob("*/metrics.json")]
+        return any(r["phase"] == "server" and r["round"] >= n for rs in rows for r in rs)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(submit)
+        deadline = time.monotonic() + 900
+        while not round_done(1):
+            assert not future.done(), future.result().output[-3000:]
+            assert time.monotonic() < deadline, "round 1 did not complete"
+            time.sleep(0.5)
+        killed = {p: _supernode_tree(p) for p in KILLED}
+        assert all(killed.values()), killed
+        for procs in killed.values():
+            for proc in procs:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    proc.send_signal(signal.SIGKILL)
+        result = future.result()
+
+    assert result.exit_code == 0, result.output[-3000:]
+    assert "status=finished:completed" in result.output
+    for p in KILLED:  # the backend restarted each killed SuperNode once
+        assert f"silo 's{p}': SuperNode restarted 1× (exit codes -9)" in result.output
+    (run_dir,) = [p.parent for p in out.glob("*/metrics.json")]
+    entries = read_audit_log(run_dir / "audit.jsonl")
+    assert entries[-1]["event"] == "run-end"
+    trained = {
+        e["round"]: {u["partition-id"] for u in e["updates"]}
+        for e in entries if e["event"] == "train"
+    }  # fmt: skip
+    assert sorted(trained) == list(range(1, 9))
+    missed = {p: [r for r, parts in trained.items() if p not in parts] for p in range(5)}
+    print("rounds missed per partition:", missed)  # shown with -rP
+    for p in range(5):
+        if p not in KILLED:
+            assert missed[p] == [], (p, trained)  # the survivors trained every round
+    for p in KILLED:
+        assert 1 not in missed[p] and missed[p], (p, trained)  # in round 1, then gone
+        back = [r for r in trained if r > max(missed[p])]
+        assert back, f"partition {p} never rejoined: {trained}"  # and back afterwards
+    assert all(len(parts) >= 3 for parts in trained.values())  # quorum every round
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    replies = {r["round"]: r["replies"] for r in metrics if r["phase"] == "train"}
+    assert replies == {r: len(parts) for r, parts in trained.items()}
+    silo_rows = json.loads((run_dir / "silo_metrics.json").read_text())
+    per_silo = {(r["round"], r["partition-id"]) for r in silo_rows if r["phase"] == "train"}
+    assert per_silo == {(r, p) for r, parts in trained.items() for p in parts}
+    left = [
+        p for p in psutil.Process().children(recursive=True)
+        if any("flower" in part or "flwr" in part or "adapters.supernode" in part
+               for part in p.cmdline())
+    ]  # fmt: skip
+    assert not left, [p.cmdline() for p in left]

@@ -26,6 +26,7 @@ from adapters.azureml.runtime import (
     publish_tags,
     run_finished,
     substitute,
+    supervise,
     wait_for_address,
     write_flower_config,
 )
@@ -197,3 +198,63 @@ def test_a_superlink_that_gets_no_run_stops_itself(mlflow_client, tracking_uri):
         p for p in psutil.process_iter(["cmdline"])
         if f"--port {port}" in " ".join(p.info.get("cmdline") or [])
     ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- supervision
+
+
+def _exits_with(tmp_path, codes: list[int]) -> list[str]:
+    """A command whose n-th run exits with ``codes[n]`` (the last code from then on)."""
+    counter = tmp_path / "runs"
+    script = tmp_path / "node.py"
+    script.write_text(
+        "import pathlib, sys\n"
+        f"p = pathlib.Path({str(counter)!r})\n"
+        "n = int(p.read_text()) if p.exists() else 0\n"
+        "p.write_text(str(n + 1))\n"
+        f"codes = {codes!r}\n"
+        "sys.exit(codes[min(n, len(codes) - 1)])\n"
+    )
+    return [sys.executable, str(script)]
+
+
+def test_a_supernode_that_exits_is_restarted_with_back_off_until_it_ends_well(tmp_path, caplog):
+    from adapters.supernode import RestartPolicy
+
+    waits: list[float] = []
+    code = supervise(
+        _exits_with(tmp_path, [137, 1, 1, 0]), RestartPolicy(initial=1.0, maximum=3.0),
+        sleep=waits.append,
+    )  # fmt: skip
+    assert code == 0
+    assert (tmp_path / "runs").read_text() == "4"
+    assert waits == [1.0, 2.0, 3.0]  # doubling, capped at the maximum
+    assert caplog.text.count("SuperNode exited with code") == 3
+    assert "restart 1 in 1s" in caplog.text and "restart 3 in 3s" in caplog.text
+
+
+def test_supervision_stops_when_the_federation_ended_or_after_quick_failures(tmp_path, caplog):
+    from adapters.supernode import RestartPolicy
+
+    caplog.set_level("INFO", logger="fedsilo.azureml.runtime")
+    ended = supervise(
+        _exits_with(tmp_path, [1]), RestartPolicy(), ended=lambda: "the run ended (done)",
+        sleep=lambda _s: None,
+    )  # fmt: skip
+    assert ended == 1 and (tmp_path / "runs").read_text() == "1"  # not restarted
+    assert "not restarted: the run ended (done)" in caplog.text
+    (tmp_path / "runs").unlink()
+    gave_up = supervise(
+        _exits_with(tmp_path, [3]), RestartPolicy(give_up_after=4), sleep=lambda _s: None
+    )
+    assert gave_up == 3 and (tmp_path / "runs").read_text() == "4"
+    assert "4 times in a row" in caplog.text and "giving up" in caplog.text
+
+
+def test_the_supernode_role_takes_the_restart_option():
+    args, command = parse_args(
+        ["supernode", "--restart-max-delay", "30", "--", "python", "-m", "adapters.supernode"]
+    )
+    assert args.restart_max_delay == 30.0 and command[:3] == ["python", "-m", "adapters.supernode"]
+    args, _ = parse_args(["supernode", "--", "flower-supernode"])
+    assert args.restart_max_delay is None  # not supervised unless asked

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -90,6 +92,60 @@ def test_start_script_names_a_missing_key(tmp_path):
     )
     assert proc.returncode == 2
     assert f"cannot read {tmp_path / 'nowhere'}" in proc.stderr
+
+
+def test_start_script_restarts_a_supernode_that_exits_with_back_off(tmp_path):
+    """The kit's supervision: a SuperNode (here a stand-in ``flower-supernode`` on PATH,
+    the kit in Flower's default executor mode) that exits with an error is restarted after
+    1 s, then 2 s, each restart logged; it stops when the SuperNode ends cleanly."""
+    make_pki(tmp_path / "pki", nodes=["silo-a"])
+    kit = write_silo_kit(load_spec(_spec_file(tmp_path)), "silo-a", tmp_path / "kit")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    runs = tmp_path / "runs"
+    fake = bin_dir / "flower-supernode"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$@" >> {runs}\n'
+        f'n=$(wc -l < {runs}); [ "$n" -ge 3 ] && exit 0; exit 137\n'
+    )
+    fake.chmod(0o755)
+    env = {
+        **os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "FEDSILO_SUPERNODE_EXECUTOR": "subprocess",
+    }  # fmt: skip
+    started = time.monotonic()
+    proc = subprocess.run(
+        ["bash", str(kit.start_script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started >= 3.0  # waited 1 s, then 2 s
+    calls = runs.read_text().splitlines()
+    assert len(calls) == 3 and "--auth-supernode-private-key" in calls[0]
+    assert "restart 1 in 1s" in proc.stderr and "restart 2 in 2s" in proc.stderr
+    assert proc.stderr.count("SuperNode exited with code 137") == 2
+
+
+def test_start_script_runs_the_warm_supernode_from_the_kit(tmp_path):
+    """The default executor: the kit carries the warm SuperNode's code (runtime/adapters),
+    which needs nothing but Flower, and start.sh runs it."""
+    make_pki(tmp_path / "pki", nodes=["silo-a"])
+    kit = write_silo_kit(load_spec(_spec_file(tmp_path)), "silo-a", tmp_path / "kit")
+    script = kit.start_script.read_text()
+    assert 'EXECUTOR="${FEDSILO_SUPERNODE_EXECUTOR:-warm}"' in script
+    assert "python -m adapters.supernode run --" in script
+    runtime = kit.directory / "runtime"
+    assert (runtime / "adapters" / "supernode" / "executor.py").is_file()
+    assert "COPY runtime /kit/runtime" in kit.dockerfile.read_text()
+    # Importable from the kit alone (not from this checkout), with Flower only.
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c",
+         f"import sys; sys.path.insert(0, {str(runtime)!r}); import adapters.supernode.executor "
+         "as e; print(e.__file__)"],
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().startswith(str(runtime))
 
 
 def test_cli_kit_from_a_pki_dir_makes_the_missing_node_key(tmp_path):

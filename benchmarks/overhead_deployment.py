@@ -1,0 +1,184 @@
+"""Seconds per round on the real deployment runtime: Flower's default SuperNode against the
+warm one (adapters/supernode), side by side in one invocation.
+
+``python -m benchmarks.overhead --runtime deployment`` (or ``python -m
+benchmarks.overhead_deployment``) runs the same federation through the local backend
+(:func:`adapters.azureml.local.run_local`: one ``flower-superlink``, one SuperNode per silo,
+``flwr run`` on loopback) once per mode, alternating modes when ``--repeats`` > 1:
+
+* **subprocess** — ``supernode.executor: subprocess``: Flower's default. One
+  ``flwr-clientapp`` process per message, the SuperNode's 3 s idle poll, SuperExec's 1 s
+  task poll, the ServerApp's 3 s reply loop.
+* **warm** — ``supernode.executor: warm`` (the default of the local backend, the silo kit
+  and the AzureML jobs): ClientApps forked from a pre-imported zygote, prompt polling on
+  the SuperNode, its SuperExec and the ServerApp (``reply-poll-interval``).
+
+Digits, 5 silos, FedAvg, 1 local epoch, every silo trains and evaluates every round,
+server-side evaluation and checkpoint after every round. Per round: the app's
+``round-seconds`` (round start → checkpoint written), averaged over rounds 2…n (round 1
+pays the first imports and the FAB install); and ``train-seconds`` / ``evaluate-seconds``
+(a phase's instructions handed to Flower → replies back). The machine's load average is
+recorded before every run: on a shared machine compare modes within one invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.efficiency_doc import DOC, write_section
+from benchmarks.provenance import add_allow_dirty_flag, code_version, guard_docs_write
+
+SILOS = 5
+MODES = ("subprocess", "warm")
+SECTION = "overhead-deployment"
+
+
+def spec_text(mode: str, rounds: int, silos: int = SILOS, local_epochs: int = 1) -> str:
+    """The federation spec both modes run (only ``supernode.executor`` differs)."""
+    from fl_app.local_run import PROJECT_DIR
+
+    entries = "\n".join(f"  - {{name: silo-{i}, compute: local}}" for i in range(silos))
+    return f"""
+name: overhead-{mode}
+orchestrator: {{subscription_id: s, resource_group: r, workspace: w, compute: local,
+               code: {PROJECT_DIR}}}
+silos:
+{entries}
+task: digits
+strategy: fedavg
+run_config: {{num-server-rounds: {rounds}, local-epochs: {local_epochs}, seed: 5,
+             min-available-nodes: {silos}}}
+supernode: {{executor: {mode}}}
+"""
+
+
+def measure(mode: str, rounds: int, run_dir: Path) -> dict:
+    """One run of the federation in ``mode``; per-round seconds and the final model."""
+    from adapters.azureml.local import run_local
+    from adapters.azureml.spec import parse_spec
+
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    run = run_local(parse_spec(spec_text(mode, rounds)), run_dir=run_dir, timeout=3600)
+    total = time.perf_counter() - started
+    if not run.ok:
+        raise RuntimeError(f"{mode}: the run failed ({run.status}):\n{run.output[-3000:]}")
+    rows = run.metrics
+
+    def per_round(phase: str, key: str) -> list[float]:
+        return [r[key] for r in rows if r["phase"] == phase and key in r]
+
+    server = [r for r in rows if r["phase"] == "server" and r["round"] > 0]
+    return {
+        "mode": mode,
+        "load": load,
+        "total": total,
+        "round": per_round("server", "round-seconds"),
+        "train": per_round("train", "train-seconds"),
+        "evaluate": per_round("evaluate", "evaluate-seconds"),
+        "accuracy": server[-1]["accuracy"],
+        "model": str(run.run_dir / "model.pt"),
+    }
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values[1:] or values)
+
+
+def markdown(result: dict) -> str:
+    """The docs section: one row per run, then the ratio of the modes' means."""
+    rows = result["runs"]
+    lines = [
+        "| run | mode | load avg | s / round (rounds 2…n) | train s | evaluate s "
+        "| s per round, rounds 1…n | accuracy |",
+        "|---:|---|---:|---:|---:|---:|---|---:|",
+    ]
+    for i, row in enumerate(rows, 1):
+        each = ", ".join(f"{t:.2f}" for t in row["round"])
+        lines.append(
+            f"| {i} | {row['mode']} | {row['load']:.1f} | {_mean(row['round']):.2f} "
+            f"| {_mean(row['train']):.2f} | {_mean(row['evaluate']):.2f} | {each} "
+            f"| {row['accuracy']:.4f} |"
+        )
+    means = {
+        mode: statistics.fmean(_mean(r["round"]) for r in rows if r["mode"] == mode)
+        for mode in MODES
+        if any(r["mode"] == mode for r in rows)
+    }
+    summary = ", ".join(f"{mode} {value:.2f} s" for mode, value in means.items())
+    ratio = (
+        f" (**{means['subprocess'] / means['warm']:.1f}×** faster)"
+        if len(means) == len(MODES)
+        else ""
+    )
+    same = "identical" if result.get("identical") else "NOT identical"
+    return f"""### Deployment round cost (`python -m benchmarks.overhead --runtime deployment`)
+
+Digits, {SILOS} silos (SuperNodes) on loopback through the local backend, FedAvg, 1 local
+epoch, every silo trains and evaluates every round, {result["rounds"]} rounds, modes
+alternating; {os.cpu_count()} cores, run {result["when"]}. Mean seconds per round over
+rounds 2…n: {summary}{ratio}. Final models of the runs: {same} (bit for bit).
+
+{chr(10).join(lines)}
+"""
+
+
+def models_identical(paths: list[str]) -> bool:
+    """Whether every run ended with the bit-identical model."""
+    import torch
+
+    states = [torch.load(p) for p in paths]
+    return all(
+        s.keys() == states[0].keys() and all(torch.equal(s[k], states[0][k]) for k in s)
+        for s in states[1:]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point (``--runtime deployment`` of :mod:`benchmarks.overhead`)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per mode, alternating")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--out", type=Path, default=DOC)
+    parser.add_argument("--json", type=Path, default=Path("docs/efficiency-deployment.json"))
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    add_allow_dirty_flag(parser)
+    args = parser.parse_args(argv)
+    code = code_version(args.allow_dirty)
+    if not args.no_write:
+        guard_docs_write([args.out, args.json], code)
+    if args.rounds < 2:
+        parser.error(f"--rounds must be ≥ 2 (round 1 is not averaged), got {args.rounds}")
+    result = {
+        "rounds": args.rounds,
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "runs": [],
+        "code": code.to_json(),
+    }
+    with tempfile.TemporaryDirectory(prefix="fedsilo-overhead-deploy-") as tmp:
+        for i in range(args.repeats):
+            for mode in args.modes:
+                row = measure(mode, args.rounds, Path(tmp) / f"{mode}-{i}")
+                print(f"{mode}: {row['round']} (load {row['load']:.1f})", file=sys.stderr)
+                result["runs"].append(row)
+        result["identical"] = models_identical([r["model"] for r in result["runs"]])
+    for row in result["runs"]:
+        row.pop("model")
+    text = markdown(result)
+    print(text)
+    if not args.no_write:
+        write_section(SECTION, text, args.out, code)
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

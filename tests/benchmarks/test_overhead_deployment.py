@@ -1,0 +1,56 @@
+"""``benchmarks.overhead --runtime deployment`` without running a federation: the spec both
+modes run, the bit-identity check of their models and the docs table. The real runs are
+the benchmark itself; tests/e2e/test_warm_supernode_deployment.py compares the modes."""
+
+from __future__ import annotations
+
+import torch
+
+from adapters.azureml.spec import parse_spec
+from benchmarks.overhead import main as overhead_main
+from benchmarks.overhead_deployment import markdown, models_identical, spec_text
+
+
+def test_both_modes_run_the_same_spec_but_for_the_supernode_executor():
+    flower, warm = (parse_spec(spec_text(mode, rounds=4)) for mode in ("subprocess", "warm"))
+    assert flower.supernode.executor == "subprocess" and warm.supernode.executor == "warm"
+    assert [s.name for s in flower.silos] == [f"silo-{i}" for i in range(5)]
+    assert flower.flower_overrides() == warm.flower_overrides()
+    assert flower.flower_overrides()["num-server-rounds"] == 4
+
+
+def test_models_identical_compares_every_tensor_bit_for_bit(tmp_path):
+    a = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([0.5])}
+    paths = []
+    for name, state in (
+        ("a", a),
+        ("same", {k: v.clone() for k, v in a.items()}),
+        ("off", {"w": torch.tensor([1.0, 2.0000002]), "b": a["b"]}),
+    ):
+        paths.append(str(tmp_path / f"{name}.pt"))
+        torch.save(state, paths[-1])
+    assert models_identical(paths[:2])
+    assert not models_identical(paths)
+
+
+def test_the_table_reports_every_run_and_the_ratio_of_the_modes_means():
+    def row(mode, rounds, load):
+        return {"mode": mode, "load": load, "total": 1.0, "round": rounds,
+                "train": [1.0] * len(rounds), "evaluate": [0.5] * len(rounds),
+                "accuracy": 0.9}  # fmt: skip
+
+    result = {
+        "rounds": 3, "when": "now", "identical": True,
+        "runs": [row("subprocess", [30.0, 24.0, 22.0], 1.5), row("warm", [9.0, 3.0, 2.0], 1.2)],
+    }  # fmt: skip
+    text = markdown(result)
+    assert "subprocess 23.00 s, warm 2.50 s (**9.2×** faster)" in text  # rounds 2…n
+    assert "| 1 | subprocess | 1.5 | 23.00 |" in text and "| 2 | warm | 1.2 | 2.50 |" in text
+    assert "identical (bit for bit)" in text
+
+
+def test_the_overhead_command_hands_the_deployment_runtime_its_options(monkeypatch):
+    seen = []
+    monkeypatch.setattr("benchmarks.overhead_deployment.main", lambda argv: seen.append(argv) or 0)
+    assert overhead_main(["--runtime", "deployment", "--rounds", "3", "--repeats", "2"]) == 0
+    assert seen[0][:4] == ["--rounds", "3", "--repeats", "2"]
