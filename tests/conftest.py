@@ -27,3 +27,15 @@ def _private_silo_state_dir(tmp_path_factory, monkeypatch):
     directory of their own, never in the home directory of whoever runs the tests.
     Subprocesses started by a test (flwr run, SuperNodes) inherit it."""
     monkeypatch.setenv("FEDSILO_SILO_STATE_DIR", str(tmp_path_factory.mktemp("silo-state")))
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models, as in the ClientApp: torch's thread pool only adds contention on a shared
+    2-core machine. ``pytestmark = pytest.mark.usefixtures("one_torch_thread")`` in a module."""
+    import torch
+
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

@@ -14,14 +14,7 @@ from torch import nn
 
 from benchmarks import privacy_attacks as pa
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread, as the benchmark's worker (a shared machine thrashes otherwise)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _digits(n: int = 400):

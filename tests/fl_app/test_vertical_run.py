@@ -20,14 +20,7 @@ from tasks.bank_marketing import generate_bank_frame
 from tasks.fraud import generate_fraud_frame
 from tasks.vertical import VerticalDataError
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny tensors: torch's thread pool only adds contention on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 FAST = {"num-server-rounds": 2, "vertical-batch-size": 512, "learning-rate": 0.2}

@@ -21,13 +21,7 @@ from tasks.models import MLP, SmallCNN
 DELTA = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """As in the ClientApp: tiny models run far faster single-threaded."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
