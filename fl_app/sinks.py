@@ -136,8 +136,9 @@ class ConsoleSink:
 
 class RunDirSink:
     """Writes ``config.json``, ``metrics.json`` / ``metrics.csv`` (aggregated and server
-    metrics) and ``silo_metrics.json`` into the run directory, rewritten after every round
-    so a crashed run keeps what it had.
+    metrics) and ``silo_metrics.json`` into the run directory, rewritten once per round (at
+    the round's ``server`` row, which follows its checkpoint) and at :meth:`close`, so a
+    crashed run keeps every round it finished.
 
     ``metrics.json`` is a list of rows ``{"round", "phase", metric: value, …}``. A run with
     DP noise (``privacy``) starts it with one row of phase ``privacy`` stating whether the
@@ -154,6 +155,7 @@ class RunDirSink:
         self.run_dir = run_dir
         self.rows: list[dict[str, Any]] = []
         self.silo_rows: list[dict[str, Any]] = []
+        self._pending = False  # rows logged since the files were last written
         if resume_after is not None:  # a resumed run keeps the rounds it is not redoing
             previous = self._previous("metrics.json", resume_after)
             self.rows = [row for row in previous if row.get("phase") != PRIVACY_PHASE]
@@ -170,19 +172,27 @@ class RunDirSink:
         self.silo_rows.append(
             {"round": server_round, "phase": phase, "partition-id": partition_id,
              **{k: _json_number(v) for k, v in metrics.items()}}
-        )  # written with the round's aggregate (log_metrics follows): once per phase,
-        # not once per silo, which rewrote a growing file n times a round
+        )  # written with the round's rows (see log_metrics): once per round, not once per
+        # silo or phase, each of which rewrote a growing file
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         (self.run_dir / "config.json").write_text(json.dumps(dict(params), indent=2) + "\n")
 
     def log_metrics(self, server_round, phase, metrics) -> None:
+        # Written once per round, not once per phase: the server row (evaluation and
+        # checkpoint) ends a round; a round without one is written when the next starts.
+        last = next((r["round"] for r in reversed(self.rows) if r["phase"] != PRIVACY_PHASE), 0)
+        if server_round != last and self._pending:
+            self._flush()
         row = {"round": server_round, "phase": phase}
         row.update({k: _json_number(v) for k, v in metrics.items()})
         self.rows.append(row)
-        self._flush()
+        self._pending = True
+        if phase == "server":
+            self._flush()
 
     def _flush(self) -> None:
+        self._pending = False
         (self.run_dir / "metrics.json").write_text(json.dumps(self.rows, indent=1) + "\n")
         if self.silo_rows:
             (self.run_dir / "silo_metrics.json").write_text(json.dumps(self.silo_rows) + "\n")
@@ -195,7 +205,8 @@ class RunDirSink:
             writer.writerows(self.rows)
 
     def log_artifact(self, path: Path) -> None:
-        pass
+        if self._pending:  # the sinks after this one may upload the files: bring them up to date
+            self._flush()
 
     def close(self) -> None:
         self._flush()

@@ -21,9 +21,10 @@ from collections.abc import Iterable, Mapping
 from logging import WARNING
 from typing import Any
 
-from flwr.app import MetricRecord, RecordDict
+from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from flwr.supercore import log
 
+from strategies.flatten import records_of
 from strategies.wrappers import META_KEY
 
 #: Privacy metrics where larger is weaker (non-finite: unbounded loss, +inf).
@@ -87,8 +88,8 @@ def combine_silo_metrics(
 
 def silo_label(record: RecordDict, index: int) -> str:
     """``"partition <p>"`` from a reply's meta record, else ``"reply <index>"``."""
-    meta = record.config_records.get(META_KEY)
-    if meta is not None and "partition-id" in meta:
+    meta = record.get(META_KEY)
+    if isinstance(meta, ConfigRecord) and "partition-id" in meta:
         return f"partition {meta['partition-id']}"
     return f"reply {index}"
 
@@ -102,8 +103,8 @@ def weighted_mean_metrics(records: list[RecordDict], weighting_key: str) -> Metr
     the silos that could compute it, and ``dp-…`` metrics take the maximum.
     """
     silos = [
-        (silo_label(record, i), next(iter(record.metric_records.values())))
+        (silo_label(record, i), metrics[0])
         for i, record in enumerate(records)
-        if record.metric_records
+        if (metrics := records_of(record, MetricRecord))
     ]
     return MetricRecord(combine_silo_metrics(silos, weighting_key))

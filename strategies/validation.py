@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Message
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 
-from strategies.flatten import Layout, stack
+from strategies.flatten import Layout, array_values, records_of, shared_stack
 
 
 @dataclass(frozen=True)
@@ -35,12 +35,24 @@ def check_reply(
     msg: Message, reference: ArrayRecord, weight_key: str = "num-examples"
 ) -> str | None:
     """Why ``msg`` is not a well-formed train reply for ``reference`` (``None`` = fine)."""
+    reason = check_structure(msg, reference, weight_key)
+    if reason is None:
+        reason = non_finite_reason(records_of(msg.content, ArrayRecord)[0], reference)
+    return reason
+
+
+def check_structure(
+    msg: Message, reference: ArrayRecord, weight_key: str = "num-examples"
+) -> str | None:
+    """:func:`check_reply` without the finiteness check: records, metrics, keys, shapes,
+    dtypes, and payloads that decode to the declared dtype and shape (read in place)."""
     content = msg.content
-    if len(content.array_records) != 1:
-        return f"expected exactly one ArrayRecord, got {len(content.array_records)}"
+    array_records = records_of(content, ArrayRecord)
+    if len(array_records) != 1:
+        return f"expected exactly one ArrayRecord, got {len(array_records)}"
     if (reason := check_metrics(msg, weight_key)) is not None:
         return reason
-    arrays = next(iter(content.array_records.values()))
+    arrays = array_records[0]
     if set(arrays.keys()) != set(reference.keys()):
         missing = sorted(set(reference.keys()) - set(arrays.keys()))
         extra = sorted(set(arrays.keys()) - set(reference.keys()))
@@ -52,9 +64,16 @@ def check_reply(
         if arr.dtype != ref.dtype:
             return f"array '{key}' has dtype {arr.dtype}, expected {ref.dtype}"
         try:
-            values = arr.numpy()
+            array_values(arr)
         except Exception as exc:  # undecodable bytes
             return f"array '{key}' cannot be decoded: {exc}"
+    return None
+
+
+def non_finite_reason(arrays: ArrayRecord, reference: ArrayRecord) -> str | None:
+    """Which floating array of ``arrays`` (structurally checked) holds NaN or Inf."""
+    for key in reference:
+        values = array_values(arrays[key])
         if np.issubdtype(values.dtype, np.floating) and not np.isfinite(values).all():
             return f"array '{key}' contains NaN or Inf"
     return None
@@ -62,16 +81,17 @@ def check_reply(
 
 def check_metrics(msg: Message, weight_key: str = "num-examples") -> str | None:
     """Why ``msg`` is not a well-formed evaluate reply (``None`` = fine)."""
-    if len(msg.content.metric_records) != 1:
-        return f"expected exactly one MetricRecord, got {len(msg.content.metric_records)}"
-    weight = next(iter(msg.content.metric_records.values())).get(weight_key)
+    metric_records = records_of(msg.content, MetricRecord)
+    if len(metric_records) != 1:
+        return f"expected exactly one MetricRecord, got {len(metric_records)}"
+    weight = metric_records[0].get(weight_key)
     if not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
         return f"'{weight_key}' must be a finite number ≥ 0, got {weight!r}"
     return None
 
 
 def _metric_keys(msg: Message) -> frozenset[str]:
-    return frozenset(next(iter(msg.content.metric_records.values())).keys())
+    return frozenset(records_of(msg.content, MetricRecord)[0].keys())
 
 
 def consistent_metrics(
@@ -119,7 +139,11 @@ def norm_outliers(
     norm: ``[(row, norm, median), …]``. Needs ≥ 3 rows to have a meaningful median."""
     if max_norm_ratio <= 0 or len(updates) < 3:
         return []
-    norms = torch.linalg.vector_norm(updates - reference, dim=1)
+    return outliers_of(torch.linalg.vector_norm(updates - reference, dim=1), max_norm_ratio)
+
+
+def outliers_of(norms: torch.Tensor, max_norm_ratio: float) -> list[tuple[int, float, float]]:
+    """:func:`norm_outliers` from the update norms themselves."""
     median = float(norms.median())
     limit = max_norm_ratio * max(median, 1e-12)
     return [(i, float(n), median) for i, n in enumerate(norms.tolist()) if n > limit]
@@ -133,25 +157,47 @@ def filter_replies(
     partition_of: Callable[[Message], int] = lambda m: -1,
 ) -> tuple[list[Message], list[Rejection]]:
     """Split train replies into accepted ones and rejections (error replies pass through
-    untouched: Flower's strategies count them as failures)."""
+    untouched: Flower's strategies count them as failures).
+
+    The arrays of the structurally sound replies are decoded once, as deltas against
+    ``reference``, into the round's shared matrix (:func:`strategies.flatten.shared_stack`):
+    each row is checked for NaN/Inf (a non-finite row sum, confirmed array by array in the
+    received dtype) and measured while it is in cache, and a robust strategy aggregates the
+    accepted rows without decoding them again.
+    """
     accepted, rejected = [], []
     for msg in replies:
         if msg.has_error():
             accepted.append(msg)
             continue
-        reason = check_reply(msg, reference)
+        reason = check_structure(msg, reference)
         if reason is None:
             accepted.append(msg)
         else:
             rejected.append(Rejection(msg.metadata.src_node_id, partition_of(msg), reason))
+    good = [m for m in accepted if not m.has_error()]
+    norms: dict[int, float] = {}
+    if good:
+        measure = max_norm_ratio > 0
+        _, put = shared_stack().begin(len(good), Layout.of(reference), reference)
+        drop = set()
+        for i, msg in enumerate(good):
+            arrays = records_of(msg.content, ArrayRecord)[0]
+            row = put(i, arrays)
+            if not bool(torch.isfinite(row.sum())):  # NaN/Inf, or a float32 sum overflow
+                reason = non_finite_reason(arrays, reference)
+                if reason is not None:
+                    drop.add(id(msg))
+                    rejected.append(Rejection(msg.metadata.src_node_id, partition_of(msg), reason))
+                    continue
+            if measure:
+                norms[id(msg)] = float(torch.linalg.vector_norm(row))
+        accepted = [m for m in accepted if id(m) not in drop]
     accepted, inconsistent = consistent_metrics(accepted, partition_of)
     rejected += inconsistent
     good = [m for m in accepted if not m.has_error()]
     if max_norm_ratio > 0 and len(good) >= 3:
-        layout = Layout.of(reference)
-        matrix, _ = stack([next(iter(m.content.array_records.values())) for m in good], layout)
-        ref_row, _ = stack([reference], layout)
-        outliers = norm_outliers(matrix, ref_row[0], max_norm_ratio)
+        outliers = outliers_of(torch.tensor([norms[id(m)] for m in good]), max_norm_ratio)
         drop = {id(good[i]) for i, _, _ in outliers}
         for i, norm, median in outliers:
             msg = good[i]

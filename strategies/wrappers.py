@@ -24,6 +24,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from strategies.flatten import records_of, shared_stack
+
 if TYPE_CHECKING:
     from strategies.validation import Rejection
 
@@ -81,8 +83,8 @@ class _OrderedGrid:
 def reply_order_key(msg: Message) -> tuple[int, int]:
     """Sort key for replies: the silo's partition id (from the reply's meta record)."""
     pid = 1 << 62
-    if not msg.has_error() and META_KEY in msg.content.config_records:
-        pid = int(msg.content.config_records[META_KEY].get("partition-id", pid))
+    if not msg.has_error() and isinstance(meta := msg.content.get(META_KEY), ConfigRecord):
+        pid = int(meta.get("partition-id", pid))
     return (pid, msg.metadata.src_node_id)
 
 
@@ -137,9 +139,9 @@ def silo_metrics(replies: Iterable[Message]) -> list[tuple[int, dict[str, float]
     """``(partition_id, metrics)`` of every successful reply that carries metrics."""
     out = []
     for msg in replies:
-        if msg.has_error() or not msg.content.metric_records:
+        if msg.has_error() or not (records := records_of(msg.content, MetricRecord)):
             continue
-        metrics = next(iter(msg.content.metric_records.values()))
+        metrics = records[0]
         values = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
         out.append((reply_order_key(msg)[0], values))
     return out
@@ -215,7 +217,9 @@ class ValidatedUpdates(StrategyWrapper):
     def aggregate_train(self, server_round, replies):
         from strategies.validation import filter_replies
 
-        replies = list(replies)
+        # Partition order, as SeededSampling hands them on: the rows validation decodes
+        # into the round's matrix are then already in the order a robust rule reads them.
+        replies = sorted(replies, key=reply_order_key)
         rejected = []
         if self._global is not None:
             replies, rejected = filter_replies(
@@ -238,7 +242,10 @@ class ValidatedUpdates(StrategyWrapper):
         if not any(not r.has_error() for r in replies) and not empty_ok:
             log(WARNING, "round %d: no valid update left; global model unchanged", server_round)
             return None, MetricRecord({"rejected-updates": len(rejected)})
-        arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        try:
+            arrays, metrics = self.inner.aggregate_train(server_round, replies)
+        finally:  # rows no strategy took (e.g. FedAvg's) must not keep the replies alive
+            shared_stack().forget()
         if arrays is not None and self._global is not None:
             # Flower's FedAdam/FedYogi/FedAdagrad compute in float64 (NumPy 2 promotes
             # float32 arrays by their float64 bias-correction scalars); the global model

@@ -35,6 +35,7 @@ from strategies.compression.records import (
     decompress_content,
     is_compressed,
     message_bytes,
+    messages_bytes,
 )
 from strategies.wrappers import StrategyWrapper, reply_order_key
 
@@ -56,7 +57,7 @@ class CompressedUpdates(StrategyWrapper):
         if self.estimates:  # EF21 in use: each silo learns the step the server holds
             for msg in messages:
                 _with_config(msg, ESTIMATE_STEP_KEY, self.estimates.step(msg.metadata.dst_node_id))
-        self._downloaded = sum(message_bytes(m) for m in messages)
+        self._downloaded = messages_bytes(messages)
         self._sent_at = time.perf_counter()
         return messages
 

@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from strategies.flatten import Layout, flatten, stack, unflatten
+from strategies.flatten import Layout, flatten, records_of, stack_deltas, unflatten
 from strategies.robust.preaggregators import compose
 from strategies.robust.weights import RobustWeights, trusted_weights
 
@@ -112,11 +112,8 @@ class RobustAggregation(FedAvg):
             return None, None
         new_global = self.aggregate_records(
             server_round,
-            [next(iter(m.content.array_records.values())) for m in valid],
-            [
-                float(next(iter(m.content.metric_records.values()))[self.weighted_by_key])
-                for m in valid
-            ],
+            [records_of(m.content, ArrayRecord)[0] for m in valid],
+            [float(records_of(m.content, MetricRecord)[0][self.weighted_by_key]) for m in valid],
         )
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
         return new_global, metrics
@@ -127,9 +124,9 @@ class RobustAggregation(FedAvg):
         """The new global model from client models ``records`` whose silos claim
         ``claimed`` examples (the pure-function path)."""
         layout = Layout.of(self._global)
-        deltas, _ = stack(records, layout)
+        # Rows the update validation decoded this round are reused, not decoded again.
+        deltas = stack_deltas(records, self._global, layout)
         reference = flatten(self._global, layout)
-        deltas -= reference
         params = dict(self.rule_params)
         if self.use_previous_as_center:
             params["center"] = self._previous
@@ -140,6 +137,8 @@ class RobustAggregation(FedAvg):
             params["generator"] = torch.Generator().manual_seed(self.seed * 100_003 + server_round)
         weights = trusted_weights(claimed, self.weights)
         aggregate = self.aggregate(deltas, weights, **params)
+        if aggregate.untyped_storage().data_ptr() == deltas.untyped_storage().data_ptr():
+            aggregate = aggregate.clone()  # kept across rounds: must not alias the round matrix
         self._previous = aggregate
         return unflatten(reference + aggregate, layout)
 

@@ -25,6 +25,7 @@ from strategies.compression.records import (
     PAYLOAD_KEY,
     RESIDUAL_KEY,
     EstimateStore,
+    messages_bytes,
 )
 from strategies.wrappers import META_KEY
 from tasks.models import SmallCNN
@@ -90,6 +91,26 @@ def test_message_bytes_counts_the_serialised_weights(flower_identity):
     doubled = ArrayRecord({k: Array(np.concatenate([a.numpy()] * 2)) for k, a in trained.items()})
     content2, _ = _reply(doubled)
     assert message_bytes(Message(content2, reply_to=instruction)) - dense > 3.9 * n_params
+
+
+def test_messages_bytes_deflates_a_shared_model_once_and_counts_it_per_message(
+    flower_identity,
+):
+    """A round's train instructions share one global model: counted once per message (what
+    Flower pushes per message), serialised once."""
+    _received, trained = _records(SmallCNN())
+    content = RecordDict({"arrays": trained, "config": ConfigRecord({"server-round": 1})})
+    messages = [Message(content, dst_node_id=n, message_type="train") for n in (1, 2, 3)]
+    own = [
+        Message(
+            RecordDict({"arrays": trained, "config": ConfigRecord({"server-round": n})}),
+            dst_node_id=n, message_type="train",
+        )
+        for n in (1, 2, 3)
+    ]  # fmt: skip
+    assert messages_bytes(messages) == sum(message_bytes(m) for m in messages)
+    assert messages_bytes(own) == sum(message_bytes(m) for m in own)
+    assert messages_bytes([]) == 0
 
 
 @pytest.mark.parametrize(
