@@ -3,7 +3,7 @@ warm one (adapters/supernode), side by side in one invocation.
 
 ``python -m benchmarks.overhead --runtime deployment`` (or ``python -m
 benchmarks.overhead_deployment``) runs the same federation through the local backend
-(:func:`adapters.azureml.local.run_local`: one ``flower-superlink``, one SuperNode per silo,
+(:func:`adapters.local.run.run_local`: one ``flower-superlink``, one SuperNode per silo,
 ``flwr run`` on loopback) once per mode, alternating modes when ``--repeats`` > 1:
 
 * **subprocess** — ``supernode.executor: subprocess``: Flower's default. One
@@ -61,8 +61,8 @@ supernode: {{executor: {mode}}}
 
 def measure(mode: str, rounds: int, run_dir: Path) -> dict:
     """One run of the federation in ``mode``; per-round seconds and the final model."""
-    from adapters.azureml.local import run_local
     from adapters.azureml.spec import parse_spec
+    from adapters.local.run import run_local
 
     load = os.getloadavg()[0]
     started = time.perf_counter()

@@ -32,6 +32,7 @@ from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, 
 
 from adapters.azureml.jobs import FederationJobs, JobScope, build_jobs
 from adapters.azureml.spec import FederationSpec
+from adapters.backends import BackendError, find_record, state_dir
 
 __all__ = [
     "ARM_SCOPE",
@@ -58,7 +59,7 @@ NO_CREDENTIALS_HINT = (
 )
 
 
-class AzureMLError(RuntimeError):
+class AzureMLError(BackendError):
     """An AzureML request failed; the message names what and why."""
 
 
@@ -123,11 +124,6 @@ def _azure_call(what: str) -> Iterator[None]:
 # --------------------------------------------------------------------------- submissions
 
 
-def state_dir() -> Path:
-    """Where submissions are recorded (``FEDSILO_STATE_DIR``, default ``~/.fedsilo``)."""
-    return Path(os.environ.get("FEDSILO_STATE_DIR") or Path.home() / ".fedsilo") / "submissions"
-
-
 @dataclass
 class SubmittedJob:
     """One job of a submission."""
@@ -171,21 +167,8 @@ class Submission:
 
 def load_submission(federation: str, submission_id: str | None = None) -> Submission:
     """A recorded submission of ``federation`` (the latest when no id is given)."""
-    folder = state_dir() / federation
-    if submission_id:
-        path = folder / f"{submission_id}.json"
-    else:
-        found = sorted(folder.glob("*.json")) if folder.is_dir() else []
-        if not found:
-            raise AzureMLError(
-                f"no recorded submission of federation '{federation}' in {folder}; run "
-                "`fedsilo submit SPEC` first (or pass --submission ID)"
-            )
-        path = found[-1]
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AzureMLError(f"no submission {submission_id} of '{federation}' in {folder}") from None
+    path = find_record(state_dir() / federation, federation, submission_id, error=AzureMLError)
+    data = json.loads(path.read_text(encoding="utf-8"))
     jobs = [SubmittedJob(**job) for job in data.pop("jobs")]
     return Submission(jobs=jobs, **data)
 

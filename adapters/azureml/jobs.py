@@ -47,24 +47,25 @@ from adapters.azureml.spec import (
     SpecError,
     parse_secret_ref,
 )
+from adapters.federation.flower import (
+    FLWR_CONNECTION,
+    flower_run_config,
+    node_config_arg,
+    run_config_arg,
+)
 from fl_app.local_run import PROJECT_DIR
 
 __all__ = [
     "ADDRESS_TAG",
-    "FLWR_CONNECTION",
     "RUN_STATUS_TAG",
-    "WARM_RUN_CONFIG",
     "FederationJobs",
     "JobScope",
     "build_environment",
     "build_jobs",
     "conda_environment",
     "environment_ref",
-    "flower_run_config",
     "new_submission_id",
-    "node_config_arg",
     "render",
-    "run_config_arg",
     "supernode_job_command",
 ]
 
@@ -72,8 +73,6 @@ __all__ = [
 ADDRESS_TAG = "fedsilo.superlink.address"
 #: MLflow tag on the SuperLink job's run holding the Flower run's final status.
 RUN_STATUS_TAG = "fedsilo.run.status"
-#: Name of the SuperLink connection the ServerApp job writes into its Flower config.
-FLWR_CONNECTION = "fedsilo"
 #: Environment variables of every job.
 BASE_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
@@ -82,10 +81,6 @@ BASE_ENV = {
 }
 _RUNTIME = ["python", "-m", "adapters.azureml.runtime"]
 _SUPERNODE_MAX_WAIT_S = 120  # a SuperNode gives up this long after losing its SuperLink
-#: Run-config defaults of the warm runtime (``supernode.executor: warm``) unless the spec's
-#: ``run_config`` sets them: the ServerApp polls for replies with back-off from 20 ms
-#: instead of Flower's fixed 3 s between pulls.
-WARM_RUN_CONFIG: dict[str, float] = {"reply-poll-interval": 0.02}
 
 
 @dataclass(frozen=True)
@@ -136,12 +131,6 @@ def new_submission_id(now: datetime | None = None) -> str:
 # --------------------------------------------------------------------------- environment
 
 
-def _project_dir(spec: FederationSpec) -> Path:
-    if spec.orchestrator.code_is_asset:
-        return PROJECT_DIR
-    return spec.resolve_path(spec.orchestrator.code)
-
-
 def conda_environment(spec: FederationSpec) -> dict[str, Any]:
     """The conda file: the spec's own, or Python + pip with the project's dependencies."""
     env = spec.orchestrator.environment
@@ -156,7 +145,7 @@ def conda_environment(spec: FederationSpec) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise SpecError(f"orchestrator.environment.conda_file: {path} is not a conda YAML")
         return data
-    pyproject = _project_dir(spec) / "pyproject.toml"
+    pyproject = (spec.project_dir() or PROJECT_DIR) / "pyproject.toml"
     try:
         project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
     except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:
@@ -204,33 +193,6 @@ def environment_ref(environment: Environment, silo: SiloSpec | None = None) -> s
 
 
 # --------------------------------------------------------------------------- commands
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(value)
-
-
-def node_config_arg(node_config: Mapping[str, Any]) -> str:
-    """``--node-config`` value: space-separated ``key=<TOML value>`` pairs."""
-    return " ".join(f"{key}={_toml(value)}" for key, value in node_config.items())
-
-
-def run_config_arg(overrides: Mapping[str, Any]) -> str:
-    """``flwr run --run-config`` value (TOML strings in double quotes, shell-friendly)."""
-    return node_config_arg(overrides)
-
-
-def flower_run_config(spec: FederationSpec) -> dict[str, Any]:
-    """The ``flwr run --run-config`` overrides of ``spec``: task, strategy, ``run_config``,
-    and with the warm runtime :data:`WARM_RUN_CONFIG` for the keys the spec leaves unset."""
-    overrides = spec.flower_overrides()
-    if spec.supernode.executor == "warm":
-        return {**WARM_RUN_CONFIG, **overrides}
-    return overrides
 
 
 def supernode_job_command(spec: FederationSpec, flower_args: list[str]) -> list[str]:
@@ -394,7 +356,7 @@ def job_names(spec: FederationSpec, submission_id: str) -> dict[str, str]:
 def _code(spec: FederationSpec) -> str:
     if spec.orchestrator.code_is_asset:
         return spec.orchestrator.code
-    path = _project_dir(spec)
+    path = spec.resolve_path(spec.orchestrator.code)
     if not (path / "pyproject.toml").is_file():
         raise SpecError(
             f"orchestrator.code: {path} is not the Flower project directory (no "

@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from adapters.azureml.jobs import ADDRESS_TAG, FLWR_CONNECTION, RUN_STATUS_TAG
+from adapters.azureml.jobs import ADDRESS_TAG, RUN_STATUS_TAG
+from adapters.federation.flower import wait_http_ok, write_flower_config
 
 logger = logging.getLogger("fedsilo.azureml.runtime")
 
@@ -60,33 +61,6 @@ _KEY_VAULT_API = "7.4"
 
 
 # --------------------------------------------------------------------------- Flower config
-
-
-def write_flower_config(
-    flwr_home: Path,
-    address: str,
-    *,
-    connection: str = FLWR_CONNECTION,
-    insecure: bool = True,
-    root_certificates: str | None = None,
-) -> Path:
-    """Write ``$FLWR_HOME/config.toml`` whose default SuperLink connection is ``connection``
-    at ``address`` (the SuperLink's Control API ``host:port``); return its path."""
-    lines = [
-        "[superlink]",
-        f'default = "{connection}"',
-        "",
-        f"[superlink.{connection}]",
-        f'address = "{address}"',
-    ]
-    if insecure:
-        lines.append("insecure = true")
-    if root_certificates:
-        lines.append(f"root-certificates = {json.dumps(str(root_certificates))}")
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    path = flwr_home / "config.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
 
 
 def substitute(command: Sequence[str], values: Mapping[str, str]) -> list[str]:
@@ -318,22 +292,6 @@ def supervise(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-
-
-def wait_http_ok(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    """Wait until ``url`` answers 2xx; fail early if ``proc`` exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with code {proc.returncode} on start")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if 200 <= response.status < 300:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
 
 
 def _flwr_env(flwr_home: Path) -> dict[str, str]:

@@ -35,8 +35,9 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from adapters.azureml.jobs import node_config_arg
 from adapters.azureml.spec import ExistingNetwork, FederationSpec, SpecError, parse_secret_ref
+from adapters.federation.flower import node_config_arg
+from fl_app.local_run import PROJECT_DIR
 
 __all__ = ["SiloKit", "SiloKitError", "write_silo_kit"]
 
@@ -61,16 +62,8 @@ class SiloKit:
     node_config: str
 
 
-def _project_dir(spec: FederationSpec) -> Path:
-    if spec.orchestrator.code_is_asset:
-        from fl_app.local_run import PROJECT_DIR
-
-        return PROJECT_DIR
-    return spec.resolve_path(spec.orchestrator.code)
-
-
 def _requirements(spec: FederationSpec) -> list[str]:
-    pyproject = _project_dir(spec) / "pyproject.toml"
+    pyproject = (spec.project_dir() or PROJECT_DIR) / "pyproject.toml"
     try:
         project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
     except (OSError, KeyError, tomllib.TOMLDecodeError) as exc:

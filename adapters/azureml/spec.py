@@ -1,5 +1,7 @@
-"""The federation spec: one YAML file naming the orchestrator, each silo, the task, the
-strategy and its run config. Both backends (AzureML and local) consume exactly this spec.
+"""The AzureML part of the federation spec: the workspace and compute of the orchestrator,
+each silo's compute, workspace, identity and data, the network the SuperLink is reached on,
+and what ``fedsilo provision`` creates. It extends the backend-neutral spec
+(:mod:`adapters.federation.spec`: silos, task, strategy, run config, SuperNode settings).
 
 Example (see ``examples/federation.yaml`` for a full one)::
 
@@ -19,9 +21,7 @@ Example (see ``examples/federation.yaml`` for a full one)::
 
 :func:`load_spec` validates it (pydantic, unknown keys rejected) and raises
 :class:`SpecError` whose message has one line per problem, naming the field path (e.g.
-``silos[1].compute``) and the fix. ``run_config`` is checked with the app's own
-:class:`fl_app.config.RunConfig`, so a bad key fails at spec load with the same message a
-``flwr run`` would print.
+``silos[1].compute``) and the fix.
 """
 
 from __future__ import annotations
@@ -32,18 +32,10 @@ from pathlib import Path, PurePosixPath
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from fl_app.config import ConfigError, RunConfig
+from adapters.federation import spec as federation
+from adapters.federation.spec import SpecError, StrictModel, SuperNodeSpec
 
 __all__ = [
     "DEFAULT_IMAGE",
@@ -61,13 +53,12 @@ __all__ = [
     "SuperNodeSpec",
     "load_spec",
     "parse_secret_ref",
+    "parse_spec",
 ]
 
 #: AzureML's curated CPU base image (Ubuntu, conda); the conda file adds Python and the app.
 DEFAULT_IMAGE = "mcr.microsoft.com/azureml/openmpi5.0-ubuntu24.04:latest"
 
-_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
-_SILO_RE = re.compile(r"^[a-z][a-z0-9-]{0,29}$")
 _AZ_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 _KV_SECRET_RE = re.compile(
     r"^https://(?P<vault>[A-Za-z0-9-]{3,24})\.vault\.(?P<suffix>[a-z0-9.]+)/secrets/"
@@ -79,21 +70,12 @@ _ARM_CODE_RE = re.compile(
     r"workspaces/[^/]+/codes/[^/]+/versions/[^/]+$",
     re.IGNORECASE,
 )
-_NODE_CONFIG_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-
-
-class SpecError(ValueError):
-    """The federation spec is missing, unreadable or invalid (message names field and fix)."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # --------------------------------------------------------------------------- secrets
 
 
-class KeyVaultSecret(_Strict):
+class KeyVaultSecret(StrictModel):
     """A secret in Azure Key Vault, named by its identifier URL
     ``https://<vault>.vault.azure.net/secrets/<name>[/<version>]``; fetched at job start
     with the job's managed identity (which needs the *Key Vault Secrets User* role)."""
@@ -135,7 +117,7 @@ SecretRef = Annotated[str, Field(description="File path or Key Vault secret iden
 # --------------------------------------------------------------------------- orchestrator
 
 
-class EnvironmentSpec(_Strict):
+class EnvironmentSpec(StrictModel):
     """The AzureML environment every job runs in: a base image plus a conda file generated
     from the project's ``[project].dependencies`` (or your own conda file)."""
 
@@ -172,7 +154,7 @@ class EnvironmentSpec(_Strict):
         return value
 
 
-class OrchestratorSpec(_Strict):
+class OrchestratorSpec(StrictModel):
     """Where the SuperLink and the ServerApp submission run."""
 
     subscription_id: str = Field(description="Azure subscription id of the workspace.")
@@ -220,7 +202,7 @@ class OrchestratorSpec(_Strict):
 # --------------------------------------------------------------------------- silos
 
 
-class SiloData(_Strict):
+class SiloData(StrictModel):
     """A silo's data, mounted into its SuperNode job: an AzureML datastore + path prefix,
     or a Blob URL (``https://<account>.blob.core.windows.net/<container>/<prefix>``) or any
     ``azureml://`` / ``wasbs://`` / ``abfss://`` URI."""
@@ -271,8 +253,6 @@ class SiloData(_Strict):
         return f"azureml://datastores/{self.datastore}/paths/{prefix}{suffix}"
 
 
-NodeValue = bool | int | float | str
-
 _REGION_RE = re.compile(r"^[a-z][a-z0-9]{2,39}$")
 _STORAGE_ACCOUNT_RE = re.compile(r"^[a-z0-9]{3,24}$")
 _ARM_CLUSTER_RE = re.compile(
@@ -291,7 +271,7 @@ def _check_region(value: str | None) -> str | None:
     return value
 
 
-class AttachedCompute(_Strict):
+class AttachedCompute(StrictModel):
     """A Kubernetes cluster (AKS or Azure Arc-enabled) that ``provision`` attaches to the
     workspace as the silo's compute (the AzureML extension must already be installed)."""
 
@@ -313,7 +293,7 @@ class AttachedCompute(_Strict):
         return value
 
 
-class ProvisionSpec(_Strict):
+class ProvisionSpec(StrictModel):
     """What ``fedsilo provision`` creates beyond the names in the spec (see
     docs/provisioning.md)."""
 
@@ -338,12 +318,11 @@ class ProvisionSpec(_Strict):
         return _check_region(value) or value
 
 
-class SiloSpec(_Strict):
+class SiloSpec(federation.SiloSpec):
     """One data silo: a SuperNode job on the silo's own compute (``kind: azureml``), on a
     Kubernetes cluster attached to the workspace (``attached``), or a SuperNode its owner runs
     outside Azure (``external``, see ``fedsilo silo-kit``)."""
 
-    name: str = Field(description="Silo name: lowercase letters, digits and '-'.")
     kind: Literal["azureml", "attached", "external"] = Field(
         "azureml",
         description="azureml (compute cluster in the federation's subscription), attached "
@@ -386,21 +365,6 @@ class SiloSpec(_Strict):
     identity_client_id: str | None = Field(
         None, description="Client id of the user-assigned managed identity the job runs as."
     )
-    node_config: dict[str, NodeValue] = Field(
-        default_factory=dict,
-        description="SuperNode node config; partition-id defaults to the silo's index and "
-        "num-partitions to the number of silos.",
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _silo_name(cls, value: str) -> str:
-        if not _SILO_RE.match(value):
-            raise ValueError(
-                f"'{value}' is not a valid silo name; use 1-30 lowercase letters, digits and "
-                "'-', starting with a letter (it becomes part of AzureML job names)"
-            )
-        return value
 
     @field_validator("region")
     @classmethod
@@ -460,20 +424,10 @@ class SiloSpec(_Strict):
             )
         return self
 
-    @field_validator("node_config")
-    @classmethod
-    def _node_config_keys(cls, value: dict[str, NodeValue]) -> dict[str, NodeValue]:
-        for key, item in value.items():
-            if not _NODE_CONFIG_KEY_RE.match(key):
-                raise ValueError(
-                    f"node_config key '{key}' is not a bare TOML key; use letters, digits, "
-                    "'-' and '_'"
-                )
-            if key in ("partition-id", "num-partitions") and (
-                isinstance(item, bool) or not isinstance(item, int)
-            ):
-                raise ValueError(f"node_config '{key}' = {item!r} must be an integer")
-        return value
+    @property
+    def external(self) -> bool:
+        """True for ``kind: external``: the silo's owner runs its SuperNode."""
+        return self.kind == "external"
 
     def workspace_scope(self, orchestrator: OrchestratorSpec) -> tuple[str, str, str]:
         """``(subscription_id, resource_group, workspace)`` of this silo's jobs."""
@@ -487,24 +441,26 @@ class SiloSpec(_Strict):
 # --------------------------------------------------------------------------- network
 
 
-class JobNetwork(_Strict):
+class JobNetwork(StrictModel):
     """The SuperLink runs as an AzureML job on the orchestrator compute and publishes its
     ``<private ip>:<port>`` as an MLflow tag on its job's run; the silo jobs and the ServerApp
     submission read it from there. Silo computes must reach that address (same or peered
     virtual network); traffic is unencrypted inside it (TLS needs a fixed name: use
     ``existing``)."""
 
-    mode: Literal["azureml-job"] = "azureml-job"
+    mode: Literal["azureml-job"] = Field(
+        "azureml-job", description="the SuperLink runs as an AzureML job"
+    )
     port: int = Field(9091, ge=1024, le=65535, description="SuperLink port (Fleet + Control).")
     discovery_timeout: float = Field(
         1800.0, gt=0, description="Seconds a silo job waits for the SuperLink's address."
     )
 
 
-class ExistingNetwork(_Strict):
+class ExistingNetwork(StrictModel):
     """A SuperLink you already run (VM, AKS, Container Apps) at a fixed address."""
 
-    mode: Literal["existing"] = "existing"
+    mode: Literal["existing"] = Field("existing", description="a SuperLink you run, with address")
     address: str = Field(description="SuperLink Fleet API address host:port.")
     control_address: str | None = Field(
         None, description="Control API address host:port; default: 'address'."
@@ -563,163 +519,22 @@ class ExistingNetwork(_Strict):
 Network = Annotated[JobNetwork | ExistingNetwork, Field(discriminator="mode")]
 
 
-class SuperNodeSpec(_Strict):
-    """How each silo's SuperNode runs, in the local backend, the silo kit's ``start.sh`` and
-    the AzureML SuperNode job (see adapters/supernode and docs/efficiency.md)."""
-
-    executor: Literal["warm", "subprocess"] = Field(
-        "warm",
-        description="warm: ClientApps fork from a pre-imported process and the SuperNode, "
-        "its SuperExec and the ServerApp (reply-poll-interval) poll promptly; subprocess: "
-        "Flower's default (one cold flwr-clientapp process per message, 3 s polling).",
-    )
-    restart: bool = Field(
-        True, description="Restart a SuperNode that exits during the run, with back-off."
-    )
-    restart_max_delay: float = Field(
-        60.0, gt=0, le=3600, description="Longest wait (s) between restarts (1 s, doubling)."
-    )
-
-
 # --------------------------------------------------------------------------- federation
 
 
-class FederationSpec(_Strict):
-    """A whole federation: orchestrator, silos, task, strategy, run config, network."""
+class FederationSpec(federation.FederationSpec):
+    """A federation on AzureML: the neutral spec plus orchestrator, silo computes, network
+    and provisioning settings."""
 
-    name: str = Field(description="Federation name: lowercase letters, digits and '-'.")
     orchestrator: OrchestratorSpec
     silos: list[SiloSpec] = Field(description="At least two silos, uniquely named.")
-    task: str = Field("digits", description="Task to run (see the README's Tasks).")
-    strategy: str = Field("fedavg", description="Aggregation strategy.")
-    run_config: dict[str, bool | int | float | str] = Field(
-        default_factory=dict,
-        description="Run-config overrides (kebab-case keys of [tool.flwr.app.config]).",
-    )
-    mlflow_tracking_uri: str | None = Field(
-        None,
-        description="MLflow tracking URI of the orchestrator workspace; needed when silos "
-        "run in other workspaces (they look the SuperLink's address up there).",
-    )
     network: Network = Field(default_factory=JobNetwork)
-    supernode: SuperNodeSpec = Field(default_factory=SuperNodeSpec)
     provision: ProvisionSpec = Field(
         default_factory=ProvisionSpec, description="Settings of `fedsilo provision`."
     )
 
-    #: Directory the spec was loaded from (relative paths in the spec are resolved there).
-    base_dir: Path = Field(default_factory=Path.cwd, exclude=True, repr=False)
-
-    @field_validator("name")
-    @classmethod
-    def _federation_name(cls, value: str) -> str:
-        if not _NAME_RE.match(value):
-            raise ValueError(
-                f"'{value}' is not a valid federation name; use 1-40 lowercase letters, "
-                "digits and '-', starting with a letter (it prefixes AzureML job names)"
-            )
-        return value
-
-    @field_validator("task")
-    @classmethod
-    def _task(cls, value: str) -> str:
-        _run_config({"task": value})
-        return value
-
-    @field_validator("strategy")
-    @classmethod
-    def _strategy(cls, value: str) -> str:
-        _run_config({"strategy": value})
-        return value
-
-    @field_validator("silos")
-    @classmethod
-    def _silos(cls, silos: list[SiloSpec]) -> list[SiloSpec]:
-        if len(silos) < 2:
-            raise ValueError(
-                f"a federation needs at least 2 silos, got {len(silos)}; add silos (or use "
-                "flwr run's simulation for a single machine)"
-            )
-        seen: set[str] = set()
-        for silo in silos:
-            if silo.name in seen:
-                raise ValueError(f"silo name '{silo.name}' is used twice; names must be unique")
-            seen.add(silo.name)
-        # Fill node-config defaults, then check the partitions are consistent.
-        filled = [
-            silo.model_copy(
-                update={
-                    "node_config": {
-                        "partition-id": index,
-                        "num-partitions": len(silos),
-                        **silo.node_config,
-                    }
-                }
-            )
-            for index, silo in enumerate(silos)
-        ]
-        counts = {s.node_config["num-partitions"] for s in filled}
-        if len(counts) > 1:
-            raise ValueError(
-                f"silos disagree on node_config num-partitions ({sorted(counts)}); every "
-                "silo must split the same data the same way: set one value (or none)"
-            )
-        (num,) = counts
-        owners: dict[int, str] = {}
-        for silo in filled:
-            pid = silo.node_config["partition-id"]
-            if not 0 <= pid < num:
-                raise ValueError(
-                    f"silo '{silo.name}': node_config partition-id = {pid} is outside "
-                    f"0..{num - 1} (num-partitions = {num})"
-                )
-            if pid in owners:
-                raise ValueError(
-                    f"silos '{owners[pid]}' and '{silo.name}' both have partition-id = {pid}; "
-                    "each silo needs its own partition"
-                )
-            owners[pid] = silo.name
-        return filled
-
-    @field_validator("run_config")
-    @classmethod
-    def _run_config_keys(
-        cls, value: dict[str, Any], info: ValidationInfo
-    ) -> dict[str, bool | int | float | str]:
-        for key in ("task", "strategy"):
-            if key in value:
-                raise ValueError(
-                    f"'{key}' is a top-level key of the spec; move '{key}: {value[key]}' out of "
-                    "run_config"
-                )
-        fields = RunConfig.model_fields
-        typed: dict[str, Any] = {}
-        for key, item in value.items():
-            field = fields.get(key.replace("-", "_"))
-            # YAML writes 1 for 1.0; the app's float keys must reach Flower as floats.
-            if (
-                field is not None
-                and field.annotation is float
-                and isinstance(item, int)
-                and not isinstance(item, bool)
-            ):
-                item = float(item)
-            typed[key] = item
-        context = {k: info.data[k] for k in ("task", "strategy") if k in info.data}
-        _run_config({**context, **typed})
-        return typed
-
     @model_validator(mode="after")
-    def _federation(self) -> FederationSpec:
-        cfg = self.resolved_run_config()
-        n = len(self.silos)
-        for key in ("min-available-nodes", "min-train-nodes", "min-evaluate-nodes"):
-            wanted = cfg.to_flower()[key]
-            if wanted > n:
-                raise ValueError(
-                    f"run_config.{key} = {wanted} exceeds the {n} silos of the federation, "
-                    f"which would wait forever; set run_config.{key} to at most {n}"
-                )
+    def _azure(self) -> FederationSpec:
         if isinstance(self.network, ExistingNetwork):
             names = {s.name for s in self.silos}
             for silo_name in self.network.supernode_auth_keys:
@@ -730,7 +545,7 @@ class FederationSpec(_Strict):
                         f"network.supernode_auth_keys names silo '{silo_name}', which is not "
                         f"in silos.{hint} Silos: {', '.join(sorted(names))}"
                     )
-        external = [s.name for s in self.silos if s.kind == "external"]
+        external = [s.name for s in self.silos if s.external]
         if external and (not isinstance(self.network, ExistingNetwork) or self.network.insecure):
             raise ValueError(
                 f"external silos ({', '.join(external)}) dial out to the SuperLink over the "
@@ -741,9 +556,7 @@ class FederationSpec(_Strict):
             orch = self.orchestrator
             home = (orch.subscription_id, orch.resource_group, orch.workspace)
             foreign = [
-                s.name
-                for s in self.silos
-                if s.workspace_scope(orch) != home and s.kind != "external"
+                s.name for s in self.silos if s.workspace_scope(orch) != home and not s.external
             ]
             if foreign:
                 raise ValueError(
@@ -754,156 +567,38 @@ class FederationSpec(_Strict):
                 )
         return self
 
-    # ------------------------------------------------------------------ helpers
-    def resolved_run_config(self) -> RunConfig:
-        """The app's :class:`RunConfig` for this spec (defaults + task, strategy, overrides)."""
-        return RunConfig.from_flower(self.flower_overrides())
+    def project_dir(self) -> Path | None:
+        """``orchestrator.code`` as a directory (None when it names a registered asset)."""
+        if self.orchestrator.code_is_asset:
+            return None
+        return self.resolve_path(self.orchestrator.code)
 
-    def flower_overrides(self) -> dict[str, bool | int | float | str]:
-        """The ``--run-config`` overrides: task, strategy and ``run_config``."""
-        return {"task": self.task, "strategy": self.strategy, **self.run_config}
-
-    def silo(self, name: str) -> SiloSpec:
-        """The silo called ``name``."""
+    def describe(self) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+        """The neutral facts plus network, orchestrator and each silo's workspace, compute
+        and data."""
+        facts, silos = super().describe()
+        orch = self.orchestrator
+        facts.update(network=self.network.mode, orchestrator=f"{orch.workspace}/{orch.compute}")
         for silo in self.silos:
-            if silo.name == name:
-                return silo
-        raise KeyError(f"no silo '{name}'; silos: {', '.join(s.name for s in self.silos)}")
-
-    def resolve_path(self, path: str) -> Path:
-        """``path`` relative to the spec's directory (absolute paths are kept)."""
-        candidate = Path(path).expanduser()
-        return candidate if candidate.is_absolute() else (self.base_dir / candidate).resolve()
-
-    def to_yaml(self) -> str:
-        """The spec as YAML (defaults filled in); :func:`load_spec` reads it back unchanged."""
-        data = self.model_dump(mode="json", exclude={"base_dir"})
-        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
-
-
-def _run_config(raw: dict[str, Any]) -> RunConfig:
-    try:
-        return RunConfig.from_flower(raw)
-    except ConfigError as exc:
-        raise ValueError(str(exc)) from None
-
-
-# --------------------------------------------------------------------------- loading
+            silos[silo.name] = {
+                "workspace": "/".join(silo.workspace_scope(orch)[1:]),
+                "compute": silo.compute or f"({silo.kind})",
+                "data": silo.data.uri if silo.data else "-",
+                **silos[silo.name],
+            }
+        return facts, silos
 
 
 def load_spec(path: str | Path) -> FederationSpec:
-    """Read and validate a federation spec YAML; raise :class:`SpecError` naming each problem."""
-    source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError(
-            f"federation spec {source} does not exist; start from examples/federation.yaml"
-        ) from None
-    except OSError as exc:
-        raise SpecError(f"cannot read federation spec {source}: {exc}") from None
-    return parse_spec(text, base_dir=source.resolve().parent, source=str(source))
+    """Read and validate an AzureML federation spec YAML; raise :class:`SpecError` naming
+    each problem."""
+    return federation.load_spec(path, FederationSpec)  # type: ignore[return-value]
 
 
 def parse_spec(
     text: str, *, base_dir: Path | None = None, source: str = "<spec>"
 ) -> FederationSpec:
-    """Validate a federation spec given as YAML text (see :func:`load_spec`)."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise SpecError(f"{source}: not valid YAML{where}: {problem}") from None
-    if not isinstance(data, dict):
-        raise SpecError(
-            f"{source}: a federation spec is a YAML mapping with name, orchestrator, silos, ...; "
-            f"got {type(data).__name__}"
-        )
-    if "base_dir" in data:
-        raise SpecError(f"{source}: base_dir: unknown key (paths are relative to the spec file).")
-    try:
-        return FederationSpec.model_validate({**data, "base_dir": base_dir or Path.cwd()})
-    except ValidationError as exc:
-        raise SpecError(explain(exc, source)) from None
-
-
-def _location(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("azureml-job", "existing"):  # discriminated-union tag
-            continue
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(spec)"
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model whose field the location's last part is (for key suggestions)."""
-    model: Any = FederationSpec
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        if part == "azureml-job":
-            model = JobNetwork
-            continue
-        if part == "existing":
-            model = ExistingNetwork
-            continue
-        field = model.model_fields.get(part) if isinstance(model, type) else None
-        if field is None:
-            return None
-        annotation = field.annotation
-        for candidate in (
-            OrchestratorSpec, EnvironmentSpec, SiloSpec, SiloData, JobNetwork, ExistingNetwork,
-            ProvisionSpec, AttachedCompute,
-        ):  # fmt: skip
-            if annotation is candidate or candidate in getattr(annotation, "__args__", ()):
-                model = candidate
-                break
-        else:
-            return None
-    return model if isinstance(model, type) else None
-
-
-def explain(exc: ValidationError, source: str = "<spec>") -> str:
-    """One line per error: ``<field path>: <problem>; <fix>``."""
-    lines = []
-    for err in exc.errors():
-        loc = tuple(err["loc"])
-        where = _location(loc)
-        msg = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
-        kind = err["type"]
-        if kind == "extra_forbidden":
-            model = _model_at(loc)
-            known = [k for k in model.model_fields if k != "base_dir"] if model else []
-            close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            allowed = f" Allowed keys here: {', '.join(known)}." if known else ""
-            lines.append(f"{where}: unknown key.{hint}{allowed}")
-        elif kind == "missing":
-            model = _model_at(loc)
-            field = model.model_fields.get(str(loc[-1])) if model else None
-            about = (
-                f" ({field.description.rstrip('.')})"
-                if field is not None and field.description
-                else ""
-            )
-            lines.append(f"{where}: required key is missing; add it{about}.")
-        elif kind == "union_tag_invalid" or kind == "union_tag_not_found":
-            lines.append(
-                f"{where}: network.mode must be 'azureml-job' (SuperLink as an AzureML job) or "
-                "'existing' (a SuperLink you run, with address)."
-            )
-        elif kind.endswith("_type") or kind.endswith("_parsing"):
-            got = err.get("input")
-            lines.append(f"{where}: {msg} (got {got!r}).")
-        elif not loc:  # a check across fields: the message names its fields
-            lines.append(msg)
-        else:
-            lines.append(f"{where}: {msg}")
-    body = "\n  - ".join(line.replace("\n", "\n      ") for line in lines)
-    return f"Invalid federation spec {source}:\n  - {body}"
+    """Validate an AzureML federation spec given as YAML text (see :func:`load_spec`)."""
+    return federation.parse_spec(  # type: ignore[return-value]
+        text, base_dir=base_dir, source=source, model=FederationSpec
+    )

@@ -1,5 +1,5 @@
 """A real deployment runtime on loopback for the e2e tests: ``flower-superlink`` and N
-SuperNodes (the processes the local backend, adapters/azureml/local.py, starts: by default
+SuperNodes (the processes the local backend, adapters/local/run.py, starts: by default
 the warm SuperNode of adapters/supernode, with the ServerApp's prompt reply polling; or
 Flower's default ``flower-supernode`` with ``executor="subprocess"``), an isolated
 ``FLWR_HOME``, ``flwr run`` against it. Every process started here is stopped by pid when
@@ -20,9 +20,13 @@ from typing import Any
 import psutil
 import pytest
 
-from adapters.azureml.jobs import FLWR_CONNECTION, WARM_RUN_CONFIG
-from adapters.azureml.local import _online_nodes, _Proc, _start, _stop_all
-from adapters.azureml.runtime import wait_http_ok, write_flower_config
+from adapters.federation.flower import (
+    FLWR_CONNECTION,
+    WARM_RUN_CONFIG,
+    wait_http_ok,
+    write_flower_config,
+)
+from adapters.local.run import _online_nodes, _Proc, _start, _stop_all
 from adapters.supernode import supernode_command
 from fl_app.local_run import PROJECT_DIR, _free_port, run_config_arg
 

@@ -2,7 +2,7 @@
 the federation goes on.
 
 flower-superlink + 4 flower-supernode + ``flwr run`` on loopback (tests/e2e/conftest.py:
-the processes the local backend, adapters/azureml/local.py, starts). Right after the
+the processes the local backend, adapters/local/run.py, starts). Right after the
 secure-aggregation key and share steps of round 1, one SuperNode is SIGKILLed with its
 ClientApp; with ``min-train-nodes = 3`` the round aggregates the 3 masked replies that
 arrive (``straggler-timeout`` = 5 s after the third, rather than the generous

@@ -10,7 +10,7 @@ from azure.ai.ml import load_job
 from azureml_testkit import EXAMPLE, REPO_ROOT
 from typer.testing import CliRunner
 
-from adapters.azureml.cli import app
+from adapters.cli import app
 
 runner = CliRunner()
 
@@ -76,7 +76,7 @@ def test_watching_before_submitting_explains_what_to_do(command):
 
 def test_the_module_runs_as_a_program():
     proc = subprocess.run(
-        [sys.executable, "-m", "adapters.azureml.cli", "--help"],
+        [sys.executable, "-m", "adapters.cli", "--help"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -16,11 +16,11 @@ from adapters.azureml.jobs import (
     build_environment,
     build_jobs,
     conda_environment,
-    node_config_arg,
     render,
 )
 from adapters.azureml.runtime import parse_args
 from adapters.azureml.spec import SpecError, SuperNodeSpec, load_spec
+from adapters.federation.flower import node_config_arg
 
 SUBMISSION = "20260101-000000-abcd"
 

@@ -12,7 +12,7 @@ from arm_fake import Failure, FakeArm
 from azureml_testkit import FakeCredential
 from typer.testing import CliRunner
 
-from adapters.azureml import cli
+from adapters import cli
 from adapters.azureml.provision import (
     FEDERATION_TAG,
     SANDBOX_REGIONS,

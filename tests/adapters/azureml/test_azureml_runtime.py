@@ -28,8 +28,8 @@ from adapters.azureml.runtime import (
     substitute,
     supervise,
     wait_for_address,
-    write_flower_config,
 )
+from adapters.federation.flower import write_flower_config
 from fl_app.local_run import _free_port, stop_process_tree
 
 

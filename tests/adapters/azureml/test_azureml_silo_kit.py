@@ -17,10 +17,10 @@ from azureml_testkit import REPO_ROOT
 from cryptography.hazmat.primitives import serialization
 from typer.testing import CliRunner
 
-from adapters.azureml.cli import app
-from adapters.azureml.local import LocalSecurity, run_local
 from adapters.azureml.silo_kit import SiloKitError, write_silo_kit
 from adapters.azureml.spec import load_spec
+from adapters.cli import app
+from adapters.local.run import LocalSecurity, run_local
 from adapters.pki import make_pki
 
 SPEC = """

@@ -1,15 +1,15 @@
-"""The local backend's supervision of SuperNodes (adapters/azureml/local.py) with real
+"""The local backend's supervision of SuperNodes (adapters/local/run.py) with real
 processes: a silo whose process exits is restarted with back-off, its log kept across
 restarts, the exits recorded; one that keeps failing at once is given up on. The whole
-backend with real SuperNodes SIGKILLed mid-run: test_azureml_local_e2e.py."""
+backend with real SuperNodes SIGKILLed mid-run: test_local_e2e.py."""
 
 from __future__ import annotations
 
 import sys
 import time
 
-from adapters.azureml.local import _Proc, _start, _stop_all, _Supervised, _Supervisor
-from adapters.azureml.spec import SiloSpec
+from adapters.federation.spec import SiloSpec
+from adapters.local.run import _Proc, _start, _stop_all, _Supervised, _Supervisor
 from adapters.supernode import RestartPolicy
 
 
@@ -45,7 +45,7 @@ def test_exited_silos_are_restarted_with_back_off_and_hopeless_ones_given_up(tmp
     silos = []
     for name, exits_first in (("steady", 0), ("flaky", 2), ("broken", 99)):
         command = _command(tmp_path, name, exits_first)
-        silo = SiloSpec(name=name, compute="c")
+        silo = SiloSpec(name=name)
         silos.append(_Supervised(silo, command, start(name, command(1000)), time.monotonic()))
     ports = iter(range(2000, 2100))
     policy = RestartPolicy(initial=0.2, factor=2.0, maximum=0.4, give_up_after=3)

@@ -9,21 +9,19 @@ import re
 
 import psutil
 import pytest
-from azureml_testkit import REPO_ROOT
 
-from adapters.azureml.local import LocalSecurity, run_local
-from adapters.azureml.spec import parse_spec
+from adapters.federation.spec import parse_spec
+from adapters.local.run import LocalSecurity, run_local
 
 pytestmark = pytest.mark.e2e
 
-SPEC = f"""
+SPEC = """
 name: secure-e2e
-orchestrator: {{subscription_id: s, resource_group: r, workspace: w, compute: c, code: {REPO_ROOT}}}
 silos:
-  - {{name: silo-a, compute: c}}
-  - {{name: silo-b, compute: c}}
-  - {{name: silo-c, compute: c}}
-  - {{name: intruder, compute: c}}
+  - {name: silo-a}
+  - {name: silo-b}
+  - {name: silo-c}
+  - {name: intruder}
 task: breast-cancer
 strategy: fedavg
 run_config:

@@ -1,6 +1,7 @@
-"""The ``local`` backend: run a federation spec as local processes on loopback.
+"""Run a federation spec as local processes on loopback (the ``local`` backend's engine).
 
-The same spec the AzureML backend submits becomes one ``flower-superlink`` and one
+Any federation spec (the neutral one, or an AzureML spec, whose Azure sections are not used)
+becomes one ``flower-superlink`` and one
 ``flower-supernode`` per silo (with the silo's node config), each on free 127.0.0.1 ports,
 then ``flwr run <project> fedsilo --stream --run-config <spec's overrides + run-dir>``
 against that SuperLink. Everything runs in the installed environment with Flower's runtime
@@ -50,14 +51,16 @@ from typing import IO, Any
 
 import psutil
 
-from adapters.azureml.jobs import (
+from adapters.backends import BackendError
+from adapters.federation.flower import (
     FLWR_CONNECTION,
     flower_run_config,
     node_config_arg,
     run_config_arg,
+    wait_http_ok,
+    write_flower_config,
 )
-from adapters.azureml.runtime import wait_http_ok, write_flower_config
-from adapters.azureml.spec import FederationSpec, SiloSpec
+from adapters.federation.spec import FederationSpec, SiloSpec
 from adapters.supernode import RestartPolicy, supernode_command
 from fl_app.local_run import (
     PROJECT_DIR,
@@ -72,7 +75,7 @@ __all__ = ["LocalFederationError", "LocalRun", "LocalSecurity", "SiloFailedError
 logger = logging.getLogger(__name__)
 
 
-class LocalFederationError(RuntimeError):
+class LocalFederationError(BackendError):
     """The local federation could not be started or run."""
 
 
@@ -318,26 +321,6 @@ class _TlsArgs:
         return flags
 
 
-def _wait_https_ok(url: str, cafile: Path, proc: subprocess.Popen, timeout: float) -> None:
-    """Like ``wait_http_ok``, over TLS verified against ``cafile``."""
-    import ssl
-    import urllib.request
-
-    context = ssl.create_default_context(cafile=str(cafile))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args[0]} exited with code {proc.returncode} on start")
-        try:
-            with urllib.request.urlopen(url, timeout=2, context=context) as response:
-                if 200 <= response.status < 300:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
-
-
 def _register_node(silo: str, public_key: Path, env: dict[str, str]) -> None:
     """``flwr supernode register <key>.pub`` on the federation's SuperLink."""
     proc = subprocess.run(
@@ -351,14 +334,6 @@ def _register_node(silo: str, public_key: Path, env: dict[str, str]) -> None:
         )
 
 
-def _project_dir(spec: FederationSpec, project_dir: Path | None) -> Path:
-    if project_dir is not None:
-        return Path(project_dir)
-    if spec.orchestrator.code_is_asset:
-        return PROJECT_DIR
-    return spec.resolve_path(spec.orchestrator.code)
-
-
 def run_local(
     spec: FederationSpec,
     *,
@@ -370,13 +345,15 @@ def run_local(
     on_event: Callable[[str], None] | None = None,
     security: LocalSecurity | None = None,
     external: Callable[[SiloSpec, str, int], list[str]] | None = None,
+    log_dir: Path | None = None,
 ) -> LocalRun:
     """Run ``spec`` on loopback; return the outcome (check ``.ok``).
 
     Args:
-        spec: The federation spec (its network and AzureML settings are not used).
-        project_dir: The Flower project; default: the spec's ``orchestrator.code`` directory
-            (the installed project when ``code`` is a registered asset).
+        spec: The federation spec (sections of other backends, such as AzureML's network
+            and computes, are not used).
+        project_dir: The Flower project; default: the spec's own (``spec.project_dir()``,
+            e.g. an AzureML spec's ``orchestrator.code`` directory), else the installed one.
         run_dir: Where the run directory goes; default: the spec's ``run-dir`` (``outputs``)
             resolved against the current directory.
         timeout: Seconds the whole ``flwr run`` may take.
@@ -384,9 +361,12 @@ def run_local(
         free_port: Picks a free 127.0.0.1 port (one per process).
         on_event: Called with a short progress message at each step.
         security: TLS + SuperNode authentication (default: insecure loopback).
-        external: For ``kind: external`` silos: ``(silo, superlink address, free port)`` ->
-            the command that starts the silo's own SuperNode (e.g. its ``fedsilo silo-kit``
-            start script), run instead of ``flower-supernode`` (default: like other silos).
+        external: For external silos (``silo.external``, e.g. AzureML's ``kind:
+            external``): ``(silo, superlink address, free port)`` -> the command that starts
+            the silo's own SuperNode (e.g. its ``fedsilo silo-kit`` start script), run
+            instead of ``flower-supernode`` (default: like other silos).
+        log_dir: Where the SuperLink's, each silo's and ``flwr run``'s logs go (kept);
+            default: a temporary directory removed at the end.
 
     Raises:
         SiloFailedError: a silo's SuperNode exited before the run (or during it, with
@@ -394,12 +374,12 @@ def run_local(
         LocalFederationError: the SuperLink did not start, or not every SuperNode registered.
     """
     notify = on_event or (lambda message: logger.info("%s", message))
-    project = _project_dir(spec, project_dir).resolve()
+    project = Path(project_dir or spec.project_dir() or PROJECT_DIR).resolve()
     cfg = spec.resolved_run_config()
     out_root = Path(run_dir or cfg.run_dir).expanduser().resolve()
     home = Path(tempfile.mkdtemp(prefix="fedsilo-local-"))
-    logs = home / "logs"
-    logs.mkdir()
+    logs = Path(log_dir) if log_dir is not None else home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
     env = {
         **os.environ,
         "FLWR_HOME": str(home),
@@ -436,9 +416,10 @@ def run_local(
             if tls is None:
                 wait_http_ok(f"http://127.0.0.1:{port}/health", superlink.popen, startup_timeout)
             else:
-                _wait_https_ok(
-                    f"https://127.0.0.1:{port}/health", tls.ca, superlink.popen, startup_timeout
-                )
+                wait_http_ok(
+                    f"https://127.0.0.1:{port}/health", superlink.popen, startup_timeout,
+                    cafile=tls.ca,
+                )  # fmt: skip
         except (RuntimeError, TimeoutError) as exc:
             raise LocalFederationError(
                 f"the SuperLink did not start: {exc}. Its log:\n{superlink.log(25)}"
@@ -450,7 +431,7 @@ def run_local(
 
         def silo_command(silo: SiloSpec) -> Callable[[int], list[str]]:
             def command(silo_port: int) -> list[str]:
-                if external is not None and silo.kind == "external":
+                if external is not None and silo.external:
                     return external(silo, f"127.0.0.1:{port}", silo_port)
                 flower_args = [
                     *(tls.supernode(silo.name) if tls else ["--insecure"]),

@@ -1,6 +1,7 @@
-"""End to end: the local backend runs a 3-silo spec with the real Flower deployment runtime
-(flower-superlink + 3 flower-supernode + flwr run on loopback) and gets exactly what the
-simulation (``fl_app.local_run.run_simulation``) gets with the same overrides and 3 nodes."""
+"""End to end: the local backend (adapters/local) runs a 3-silo spec with the real Flower
+deployment runtime (flower-superlink + 3 flower-supernode + flwr run on loopback) and gets
+exactly what the simulation (``fl_app.local_run.run_simulation``) gets with the same
+overrides and 3 nodes."""
 
 from __future__ import annotations
 
@@ -10,31 +11,32 @@ import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psutil
 import pytest
-from azureml_testkit import REPO_ROOT
 from typer.testing import CliRunner
 
-from adapters.azureml.cli import app
-from adapters.azureml.local import LocalFederationError, SiloFailedError, run_local
-from adapters.azureml.spec import parse_spec
+from adapters.cli import app
+from adapters.federation.spec import parse_spec
+from adapters.local.run import LocalFederationError, SiloFailedError, run_local
 from fl_app.audit import read_audit_log
 from fl_app.local_run import _free_port, run_simulation
 from fl_app.sinks import is_runtime_metric
 
 pytestmark = pytest.mark.e2e
 
-SPEC = f"""
+REPO_ROOT = Path(__file__).resolve().parents[3]
+#: A local-only spec: no Azure section (the project run is the installed one, this repo).
+SPEC = """
 name: local-e2e
-orchestrator: {{subscription_id: s, resource_group: r, workspace: w, compute: c, code: {REPO_ROOT}}}
 silos:
-  - {{name: silo-a, compute: c}}
-  - {{name: silo-b, compute: c}}
-  - {{name: silo-c, compute: c}}
+  - {name: silo-a}
+  - {name: silo-b}
+  - {name: silo-c}
 task: breast-cancer
 strategy: fedavg
-run_config: {{num-server-rounds: 2, seed: 7, local-epochs: 2, fraction-evaluate: 0.0}}
+run_config: {num-server-rounds: 2, seed: 7, local-epochs: 2, fraction-evaluate: 0.0}
 """
 
 
@@ -112,6 +114,13 @@ def test_submit_local_matches_the_simulation(tmp_path):
         if any("flower" in part or "flwr" in part for part in p.cmdline())
     ]  # fmt: skip
     assert not left, [p.cmdline() for p in left]
+    # The submission was recorded: its status and every process's log are there afterwards.
+    status = CliRunner().invoke(app, ["status", str(spec_path), "-b", "local"])
+    assert status.exit_code == 0 and "finished:completed" in status.output, status.output
+    log = CliRunner().invoke(app, ["logs", str(spec_path), "-b", "local", "--job", "silo-b"])
+    assert log.exit_code == 0 and log.output.strip(), log.output
+    done = CliRunner().invoke(app, ["cancel", str(spec_path), "-b", "local"])
+    assert "already finished:completed" in done.output, done.output
 
 
 def test_a_silo_that_cannot_start_is_named_and_everything_is_stopped(tmp_path):
@@ -154,6 +163,7 @@ def test_the_superlink_port_in_use_is_a_clear_error(tmp_path):
     assert len(ports.given) == 1  # no silo was started
 
 
+#: An AzureML spec: the local backend runs it too (its Azure sections are validated, not used).
 SPEC_FIVE = f"""
 name: local-sigkill
 orchestrator: {{subscription_id: s, resource_group: r, workspace: w, compute: c, code: {REPO_ROOT}}}
@@ -161,9 +171,9 @@ silos:
 {chr(10).join(f"  - {{name: s{i}, compute: c}}" for i in range(5))}
 task: breast-cancer
 strategy: fedavg
-run_config: {{num-server-rounds: 8, seed: 7, local-epochs: 1, fraction-evaluate: 0.0,
+run_config: {{num-server-rounds: 10, seed: 7, local-epochs: 1, fraction-evaluate: 0.0,
              min-evaluate-nodes: 0, min-available-nodes: 5, min-train-nodes: 3,
-             straggler-timeout: 3.0, round-timeout: 600.0}}
+             straggler-timeout: 10.0, round-timeout: 600.0}}
 """
 KILLED = (3, 4)
 
@@ -227,7 +237,7 @@ def test_two_of_five_supernodes_sigkilled_mid_run_come_back_and_the_run_complete
         e["round"]: {u["partition-id"] for u in e["updates"]}
         for e in entries if e["event"] == "train"
     }  # fmt: skip
-    assert sorted(trained) == list(range(1, 9))
+    assert sorted(trained) == list(range(1, 11))
     missed = {p: [r for r, parts in trained.items() if p not in parts] for p in range(5)}
     print("rounds missed per partition:", missed)  # shown with -rP
     for p in range(5):

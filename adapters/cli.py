@@ -4,31 +4,37 @@
 
     fedsilo validate SPEC                         # check the spec (and its run config)
     fedsilo render SPEC --out DIR                 # environment + job YAMLs + submit.sh
-    fedsilo submit SPEC [--backend azureml|local] [--wait/--no-wait]
-    fedsilo status SPEC [--submission ID]
-    fedsilo logs SPEC [--job superlink|serverapp|<silo>] [--submission ID]
-    fedsilo cancel SPEC [--submission ID]
+    fedsilo backends                              # the registered launch backends
+    fedsilo submit SPEC [--backend azureml|local|...] [--wait/--no-wait]
+    fedsilo status SPEC [--backend B] [--submission ID]
+    fedsilo logs SPEC [--backend B] [--job superlink|serverapp|<silo>] [--submission ID]
+    fedsilo cancel SPEC [--backend B] [--submission ID]
     fedsilo certs DIR [--host H] [--node NAME]   # CA, SuperLink cert, SuperNode keys
     fedsilo provision SPEC | --sandbox N [--dry-run]   # Azure infrastructure of the spec
     fedsilo teardown SPEC | --sandbox N [--yes]        # remove what provision created
     fedsilo silo-kit SPEC --silo NAME --out DIR        # what an external silo runs
 
-Errors (a bad spec, missing Azure credentials, a failed request, a silo that does not
-start) are printed as one clear message and exit with code 1 (2 for a bad spec).
+Every backend command goes through the backend registry (:mod:`adapters.backends`);
+render, provision, teardown and silo-kit are AzureML's own. Errors (a bad spec, missing
+Azure credentials, a failed request, a silo that does not start) are printed as one clear
+message and exit with code 1 (2 for a bad spec or an unknown backend).
 """
 
 from __future__ import annotations
 
-import enum
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from rich.live import Live
 from rich.table import Table
 
-from adapters.azureml.spec import FederationSpec, SpecError, load_spec
+from adapters.backends import Backend, BackendError, backend_names, get_backend, spec_model_for
+from adapters.federation.spec import FederationSpec, SpecError, load_spec
+
+if TYPE_CHECKING:
+    from adapters.azureml.spec import FederationSpec as AzureFederationSpec
 
 app = typer.Typer(
     name="fedsilo",
@@ -49,13 +55,24 @@ SpecOrSandboxArg = Annotated[
 SubmissionOpt = Annotated[
     str | None, typer.Option("--submission", help="Submission id; default: the latest.")
 ]
+DEFAULT_BACKEND = "azureml"
+T = TypeVar("T")
 
 
-class Backend(enum.StrEnum):
-    """Where ``submit`` runs the federation."""
+def _check_backend(name: str) -> str:
+    if name not in backend_names():
+        raise typer.BadParameter(f"choose one of {', '.join(backend_names())}")
+    return name
 
-    azureml = "azureml"
-    local = "local"
+
+BackendOpt = Annotated[
+    str,
+    typer.Option(
+        "--backend", "-b", callback=_check_backend,
+        help="Where the federation runs; one of the registered backends (azureml: AzureML "
+        "jobs, local: processes on this machine, or one a package adds).",
+    ),
+]  # fmt: skip
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -63,48 +80,54 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _spec(path: Path) -> FederationSpec:
+def _backend(name: str) -> Backend:
     try:
-        return load_spec(path)
+        return get_backend(name)
+    except BackendError as exc:
+        _fail(str(exc), code=2)
+
+
+def _spec(path: Path, backend: Backend | None = None) -> FederationSpec:
+    """The spec at ``path``, validated with ``backend``'s spec model (default: whichever
+    registered model has the document's sections)."""
+    try:
+        return load_spec(path, spec_model_for(backend.spec_model if backend else FederationSpec))
     except SpecError as exc:
         _fail(str(exc), code=2)
 
 
-def _client(spec: FederationSpec):
-    from adapters.azureml.client import AzureMLClient
+def _azure_spec(path: Path) -> AzureFederationSpec:
+    """The spec at ``path`` as an AzureML spec (render, provision, silo-kit)."""
+    from adapters.azureml.spec import load_spec as load_azure_spec
 
-    return AzureMLClient(spec)
+    try:
+        return load_azure_spec(path)
+    except SpecError as exc:
+        _fail(str(exc), code=2)
 
 
-def _azure_errors():
-    from adapters.azureml.client import AzureMLError
-
-    return AzureMLError
+@app.command("backends")
+def list_backends() -> None:
+    """List the registered launch backends (--backend)."""
+    for name in backend_names():
+        factory = type(get_backend(name))
+        doc = (factory.__doc__ or "").strip().splitlines()
+        console.print(f"{name:<12} {doc[0] if doc else ''}", highlight=False, soft_wrap=True)
 
 
 @app.command()
 def validate(spec_path: SpecArg) -> None:
     """Validate a federation spec; print a summary."""
     spec = _spec(spec_path)
-    cfg = spec.resolved_run_config()
+    facts, silos = spec.describe()
+    columns = list(dict.fromkeys(key for row in silos.values() for key in row))
     table = Table(title=f"federation {spec.name}", show_lines=False)
-    for column in ("silo", "workspace", "compute", "data", "node config"):
+    for column in ("silo", *columns):
         table.add_column(column)
-    for silo in spec.silos:
-        table.add_row(
-            silo.name,
-            "/".join(silo.workspace_scope(spec.orchestrator)[1:]),
-            silo.compute or f"({silo.kind})",
-            silo.data.uri if silo.data else "-",
-            " ".join(f"{k}={v}" for k, v in silo.node_config.items()),
-        )
+    for name, row in silos.items():
+        table.add_row(name, *(row.get(column, "") for column in columns))
     console.print(table)
-    console.print(
-        f"task={spec.task} strategy={spec.strategy} rounds={cfg.num_server_rounds} "
-        f"network={spec.network.mode} orchestrator={spec.orchestrator.workspace}/"
-        f"{spec.orchestrator.compute}",
-        highlight=False,
-    )
+    console.print(" ".join(f"{k}={v}" for k, v in facts.items()), highlight=False)
     console.print(f"[green]✓[/] {spec_path} is valid")
 
 
@@ -116,10 +139,11 @@ def render(
     ),
     submission: SubmissionOpt = None,
 ) -> None:
-    """Write the environment and job YAMLs (az ml job create --file ...) and submit.sh."""
+    """Write the AzureML environment and job YAMLs (az ml job create --file ...) and
+    submit.sh."""
     from adapters.azureml.jobs import render as render_jobs
 
-    spec = _spec(spec_path)
+    spec = _azure_spec(spec_path)
     try:
         paths = render_jobs(spec, out, submission)
     except SpecError as exc:
@@ -141,112 +165,81 @@ def _status_table(statuses: dict[str, str]) -> Table:
 @app.command()
 def submit(
     spec_path: SpecArg,
-    backend: Annotated[
-        Backend, typer.Option("--backend", "-b", help="azureml (jobs) or local (processes).")
-    ] = Backend.azureml,
+    backend: BackendOpt = DEFAULT_BACKEND,
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Wait for the federation's run to end.")
     ] = True,
     run_dir: Annotated[
-        Path | None, typer.Option("--run-dir", help="local backend: where the run dir goes.")
+        Path | None,
+        typer.Option("--run-dir", help="Where the run dir goes (backends writing it here)."),
     ] = None,
-    poll: Annotated[float, typer.Option(help="azureml: seconds between status polls.")] = 30.0,
+    poll: Annotated[
+        float, typer.Option(help="Seconds between status polls (backends watching jobs).")
+    ] = 30.0,
 ) -> None:
-    """Run the federation: as AzureML jobs, or as local processes on loopback."""
-    spec = _spec(spec_path)
-    if backend is Backend.local:
-        _submit_local(spec, run_dir)
-        return
-    error = _azure_errors()
-    client = _client(spec)
-    try:
-        with console.status("submitting") as progress:
-            submission = client.submit(on_event=lambda m: progress.update(m))
-        for job in submission.jobs:
-            console.print(f"{job.role:<24} {job.name}  {job.studio_url or ''}", highlight=False)
-        console.print(f"submission {submission.submission_id}", highlight=False)
-        if not wait:
-            return
-        with Live(_status_table({}), console=console, refresh_per_second=1) as live:
-            statuses = client.wait(
-                submission, poll=poll, on_status=lambda s: live.update(_status_table(s))
-            )
-        if statuses.get("serverapp") != "Completed":
-            done = client.cancel(submission)  # nothing should keep running (and billing)
-            cancelled = [role for role, what in done.items() if what == "cancel requested"]
-            _fail(
-                f"the federation did not complete: {statuses}"
-                + (f"; cancelled {', '.join(cancelled)}" if cancelled else "")
-                + f". See `fedsilo logs {spec_path} --job serverapp`."
-            )
-    except error as exc:
-        _fail(str(exc))
-    console.print("[green]✓[/] federation run completed")
+    """Run the federation on a backend: AzureML jobs, local processes on loopback, ..."""
+    runner = _backend(backend)
+    spec = _spec(spec_path, runner)
 
-
-def _submit_local(spec: FederationSpec, run_dir: Path | None) -> None:
-    from adapters.azureml.local import LocalFederationError, run_local
+    def on_event(message: str) -> None:
+        console.print(message, highlight=False, markup=False, soft_wrap=True)
 
     try:
-        with console.status("starting") as progress:
-            run = run_local(spec, run_dir=run_dir, on_event=lambda m: progress.update(m))
-    except LocalFederationError as exc:
+        result = runner.submit(spec, wait=wait, run_dir=run_dir, on_event=on_event, poll=poll)
+    except BackendError as exc:
         _fail(str(exc))
     except KeyboardInterrupt:
-        _fail("interrupted; every process started was stopped", code=130)
-    tail = "\n".join(run.output.splitlines()[-15:])
-    console.print(tail, highlight=False, markup=False)
-    for silo, exits in run.restarts.items():
-        codes = ", ".join(str(e["code"]) for e in exits)
-        console.print(f"silo '{silo}': SuperNode restarted {len(exits)}× (exit codes {codes})",
-                      highlight=False, markup=False)  # fmt: skip
-    server = run.final("server")
-    console.print(
-        f"status={run.status} run_dir={run.run_dir} "
-        + " ".join(f"{k}={v:.4f}" for k, v in server.items() if isinstance(v, float)),
-        highlight=False,
-    )
-    if not run.ok:
-        _fail(f"the run did not complete ({run.status}): {run.status_details}")
+        _fail(f"interrupted; see `fedsilo status {spec_path} --backend {backend}`", code=130)
+    for line in result.summary:
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
+    if result.ok is False:
+        _fail(result.error or "the federation's run did not complete")
+    if result.ok:
+        console.print("[green]✓[/] federation run completed")
+    else:
+        console.print(f"submission {result.submission_id} submitted", highlight=False)
 
 
-def _on_submission(spec_path: Path, submission: str | None, action: str, *args):
-    """``(client.<action>(record, *args), record)`` for the spec's submission (the latest
-    by default); Azure errors end the command with their message."""
-    from adapters.azureml.client import load_submission
-
-    spec = _spec(spec_path)
+def _with_backend(name: str, spec_path: Path, action: Callable[[Backend, FederationSpec], T]) -> T:
+    """``action(backend, spec)`` with the spec validated for the backend; a backend's error
+    ends the command with its message."""
+    backend = _backend(name)
+    spec = _spec(spec_path, backend)
     try:
-        record = load_submission(spec.name, submission)
-        return getattr(_client(spec), action)(record, *args), record
-    except _azure_errors() as exc:
+        return action(backend, spec)
+    except BackendError as exc:
         _fail(str(exc))
 
 
 @app.command()
-def status(spec_path: SpecArg, submission: SubmissionOpt = None) -> None:
-    """Show the AzureML status of each job of a submission."""
-    statuses, record = _on_submission(spec_path, submission, "status")
-    console.print(f"submission {record.submission_id}", highlight=False)
-    console.print(_status_table(statuses))
+def status(
+    spec_path: SpecArg, backend: BackendOpt = DEFAULT_BACKEND, submission: SubmissionOpt = None
+) -> None:
+    """Show the status of each job of a submission."""
+    result = _with_backend(backend, spec_path, lambda b, spec: b.status(spec, submission))
+    console.print(f"submission {result.submission_id}", highlight=False)
+    console.print(_status_table(result.statuses))
 
 
 @app.command()
 def logs(
     spec_path: SpecArg,
+    backend: BackendOpt = DEFAULT_BACKEND,
     job: Annotated[
         str, typer.Option("--job", "-j", help="superlink, serverapp or a silo name.")
     ] = "serverapp",
     submission: SubmissionOpt = None,
 ) -> None:
-    """Stream one job's logs."""
-    _on_submission(spec_path, submission, "logs", job)
+    """Print (stream, while it runs) one job's logs."""
+    _with_backend(backend, spec_path, lambda b, spec: b.logs(spec, submission, job))
 
 
 @app.command()
-def cancel(spec_path: SpecArg, submission: SubmissionOpt = None) -> None:
-    """Cancel every job of a submission that is still running."""
-    done, _ = _on_submission(spec_path, submission, "cancel")
+def cancel(
+    spec_path: SpecArg, backend: BackendOpt = DEFAULT_BACKEND, submission: SubmissionOpt = None
+) -> None:
+    """Stop every job of a submission that is still running."""
+    done = _with_backend(backend, spec_path, lambda b, spec: b.cancel(spec, submission))
     for role, what in done.items():
         console.print(f"{role:<24} {what}", highlight=False)
 
@@ -297,13 +290,13 @@ NameOpt = Annotated[str, typer.Option("--name", help="Federation name of --sandb
 
 def _provision_spec(
     spec_path: Path | None, sandbox: int | None, subscription: str | None, name: str
-) -> FederationSpec:
+) -> AzureFederationSpec:
     from adapters.azureml.provision import sandbox_spec
 
     if (spec_path is None) == (sandbox is None):
         _fail("give a federation spec or --sandbox N (not both)", code=2)
     if spec_path is not None:
-        return _spec(spec_path)
+        return _azure_spec(spec_path)
     if not subscription:
         _fail("--sandbox needs --subscription <id> (or AZURE_SUBSCRIPTION_ID)", code=2)
     try:
@@ -358,7 +351,7 @@ def provision(
             plan,
             on_step=lambda step, outcome: console.print(
                 f"{outcome:<8} {step.kind:<16} {step.name}", highlight=False
-            )
+            ),
         )
     except ProvisionError as exc:
         _fail(str(exc))
@@ -420,7 +413,7 @@ def silo_kit(
     """Write an external silo's kit: start script, Dockerfile, CA certificate and node key."""
     from adapters.azureml.silo_kit import SiloKitError, write_silo_kit
 
-    spec = _spec(spec_path)
+    spec = _azure_spec(spec_path)
     try:
         kit = write_silo_kit(spec, silo, out, pki_dir=pki)
     except (SiloKitError, SpecError) as exc:
