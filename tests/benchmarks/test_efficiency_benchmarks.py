@@ -128,7 +128,7 @@ def test_feature_costs_time_the_real_functions_of_a_federation_and_restore_them(
     costs = measure_features(3, 3)
     assert costs["missing"] == []
     assert set(costs["per_round"]) == set(FEATURES)
-    assert all(seconds > 0 for seconds in costs["per_round"].values())
+    assert all(costs["calls"].get(feature, 0) > 0 for feature in FEATURES)  # each one ran
     # per round: a checkpoint, and one validation, reporting and FedAvg call per phase
     assert costs["calls"]["checkpoint"] >= 2 * 4  # bytes + save, rounds 0..3
     assert costs["calls"]["update validation"] >= 3

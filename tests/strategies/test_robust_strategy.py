@@ -140,14 +140,21 @@ def test_byzantine_set_is_seeded_and_sized():
     assert a != byzantine_partitions(20, 0.2, seed=2)
 
 
-def test_simulated_sign_flip_replaces_only_byzantine_updates():
-    replies = [build_reply(i, 10 + i, _model(1.0)) for i in range(5)]
-    inner_seen = []
+def _capturing(seen: list):
+    """A ValidatedUpdates whose aggregation records the replies it is given in ``seen``."""
 
     class Capture(ValidatedUpdates):
         def aggregate_train(self, server_round, replies):
-            inner_seen.extend(replies)
+            seen.extend(replies)
             return None, None
+
+    return Capture
+
+
+def test_simulated_sign_flip_replaces_only_byzantine_updates():
+    replies = [build_reply(i, 10 + i, _model(1.0)) for i in range(5)]
+    inner_seen = []
+    Capture = _capturing(inner_seen)
 
     attack = SimulatedAttack(Capture(build_strategy(RunConfig())), "sign-flip",
                              frozenset({1, 3}))
@@ -161,11 +168,7 @@ def test_simulated_sign_flip_replaces_only_byzantine_updates():
 def test_simulated_weight_inflation_flips_updates_and_inflates_only_byzantine_claims():
     replies = [build_reply(i, 10 + i, _model(1.0), num_examples=70 + i) for i in range(5)]
     inner_seen = []
-
-    class Capture(ValidatedUpdates):
-        def aggregate_train(self, server_round, replies):
-            inner_seen.extend(replies)
-            return None, None
+    Capture = _capturing(inner_seen)
 
     for strength, factor in ((0.0, 1000), (50.0, 50)):
         inner_seen.clear()
@@ -188,11 +191,7 @@ def test_simulated_attacks_craft_only_from_finite_honest_updates():
     replies = [build_reply(i, 10 + i, _model(1.0)) for i in range(4)]
     replies.append(build_reply(4, 14, _model(float("nan"))))
     inner_seen = []
-
-    class Capture(ValidatedUpdates):
-        def aggregate_train(self, server_round, replies):
-            inner_seen.extend(replies)
-            return None, None
+    Capture = _capturing(inner_seen)
 
     attack = SimulatedAttack(Capture(build_strategy(RunConfig())), "sign-flip",
                              frozenset({1, 3}))
