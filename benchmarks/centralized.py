@@ -50,7 +50,7 @@ from benchmarks.provenance import (
 )
 from fl_app.config import RunConfig
 from fl_app.local_run import PROJECT_DIR, SimulationRun, run_simulation
-from fl_app.seeding import derive_seed, seed_everything
+from fl_core.seeding import derive_seed, seed_everything
 from tasks import get_task
 from tasks.base import ArrayDataset
 

@@ -333,7 +333,7 @@ def reply_sizes(topk_fraction: float = 0.01) -> list[dict]:
 
     from fl_app.config import RunConfig
     from fl_app.messages import offline_identity
-    from fl_app.seeding import derive_seed, seed_everything
+    from fl_core.seeding import derive_seed, seed_everything
     from strategies.compression import CompressionSpec, compress_train_content, message_bytes
     from tasks import get_task
 

@@ -54,7 +54,7 @@ def direct_rounds(rounds: int) -> tuple[list[float], list[float]]:
     the same without the averaging and server evaluation."""
     import torch
 
-    from fl_app.seeding import derive_seed, seed_everything
+    from fl_core.seeding import derive_seed, seed_everything
     from tasks import get_task
 
     torch.set_num_threads(1)

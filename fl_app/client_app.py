@@ -18,13 +18,13 @@ from flwr.clientapp import ClientApp
 
 from fl_app import LOG
 from fl_app.config import RunConfig
-from fl_app.seeding import derive_seed, seed_everything
 from fl_app.silo_state import SiloStateStore, silo_lineage
 from fl_app.vertical.client import register as register_vertical
+from fl_core.records import META_KEY
+from fl_core.seeding import derive_seed, seed_everything
 from strategies.robust.simulation import byzantine_partitions
 from strategies.secagg.client import register as register_secagg
 from strategies.secagg.client import secagg_mod
-from strategies.wrappers import META_KEY
 from tasks import get_task
 from tasks.base import MOMENTS_KEY, ArrayDataset
 

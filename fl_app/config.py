@@ -23,9 +23,7 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-
-class ConfigError(ValueError):
-    """A run-config value is unknown, of the wrong type or out of range."""
+from fl_core.errors import ConfigError
 
 
 def _kebab(name: str) -> str:
@@ -153,8 +151,18 @@ class RunConfig(BaseModel):
     )
     # Attack simulation (a threat-model tool: simulated Byzantine silos).
     attack: Literal[
-        "none", "sign-flip", "gaussian", "scaling", "label-flip", "alie", "ipm",
-        "weight-inflation", "min-max", "min-sum", "rop", "mimic",
+        "none",
+        "sign-flip",
+        "gaussian",
+        "scaling",
+        "label-flip",
+        "alie",
+        "ipm",
+        "weight-inflation",
+        "min-max",
+        "min-sum",
+        "rop",
+        "mimic",
     ] = Field("none", description="Simulated Byzantine behaviour of `attack-fraction` silos.")
     attack_fraction: float = Field(
         0.2, ge=0, lt=0.5, description="Fraction of silos that are Byzantine when attacking."
@@ -322,7 +330,7 @@ class RunConfig(BaseModel):
     # Outputs.
     checkpoint_uri: str = Field(
         "",
-        description='Where the global model is checkpointed after every round: a directory or '
+        description="Where the global model is checkpointed after every round: a directory or "
         'a Blob URL (…/<container>/<prefix>); "" = <run directory>/checkpoints.',
     )
     run_dir: str = Field(

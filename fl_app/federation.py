@@ -28,7 +28,6 @@ from fl_app.checkpointing import (
 )
 from fl_app.config import RunConfig
 from fl_app.reliability import QuorumError, ReliableRounds, StragglerGrid, start_rounds
-from fl_app.seeding import derive_seed, seed_everything
 from fl_app.silo_state import LINEAGE_KEY, new_lineage
 from fl_app.sinks import (
     DP_PRIVATE_KEY,
@@ -38,11 +37,13 @@ from fl_app.sinks import (
     Sinks,
     privacy_status,
 )
+from fl_core.records import META_KEY
+from fl_core.seeding import derive_seed, seed_everything
 from strategies import build_strategy
 from strategies.compression import CompressedUpdates
 from strategies.robust.simulation import MODEL_ATTACKS, SimulatedAttack, byzantine_partitions
 from strategies.secagg.client import SECAGG_STEPS
-from strategies.wrappers import META_KEY, RoundReporter, SeededSampling, ValidatedUpdates
+from strategies.wrappers import RoundReporter, SeededSampling, ValidatedUpdates
 from tasks import Task, get_task
 from tasks.base import MOMENTS_KEY
 

@@ -148,7 +148,12 @@ def run_simulation(
         try:
             _prestart_superlink(env)
             proc = subprocess.run(
-                cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+                cmd,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
                 cwd=project_dir,
             )
             output, code = proc.stdout + proc.stderr, proc.returncode

@@ -10,7 +10,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.supercore.task_identity import TaskIdentity
 
-from strategies.wrappers import META_KEY
+from fl_core.records import META_KEY
 
 
 def offline_identity(run_id: int = 1) -> None:

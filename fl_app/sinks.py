@@ -170,8 +170,12 @@ class RunDirSink:
 
     def log_silo_metrics(self, server_round, phase, partition_id, metrics) -> None:
         self.silo_rows.append(
-            {"round": server_round, "phase": phase, "partition-id": partition_id,
-             **{k: _json_number(v) for k, v in metrics.items()}}
+            {
+                "round": server_round,
+                "phase": phase,
+                "partition-id": partition_id,
+                **{k: _json_number(v) for k, v in metrics.items()},
+            }
         )  # written with the round's rows (see log_metrics): once per round, not once per
         # silo or phase, each of which rewrote a growing file
 

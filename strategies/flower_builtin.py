@@ -51,16 +51,12 @@ def fedprox(cfg: RunConfig) -> fl.Strategy:
 
 def fedadam(cfg: RunConfig) -> fl.Strategy:
     """FedAdam (Reddi et al., 2021)."""
-    return fl.FedAdam(
-        beta_1=cfg.beta1, beta_2=cfg.beta2, **_adaptive(cfg), **common_kwargs(cfg)
-    )
+    return fl.FedAdam(beta_1=cfg.beta1, beta_2=cfg.beta2, **_adaptive(cfg), **common_kwargs(cfg))
 
 
 def fedyogi(cfg: RunConfig) -> fl.Strategy:
     """FedYogi (Reddi et al., 2021)."""
-    return fl.FedYogi(
-        beta_1=cfg.beta1, beta_2=cfg.beta2, **_adaptive(cfg), **common_kwargs(cfg)
-    )
+    return fl.FedYogi(beta_1=cfg.beta1, beta_2=cfg.beta2, **_adaptive(cfg), **common_kwargs(cfg))
 
 
 def fedadagrad(cfg: RunConfig) -> fl.Strategy:

@@ -24,8 +24,8 @@ from typing import Any
 from flwr.app import ConfigRecord, MetricRecord, RecordDict
 from flwr.supercore import log
 
+from fl_core.records import META_KEY
 from strategies.flatten import records_of
-from strategies.wrappers import META_KEY
 
 #: Privacy metrics where larger is weaker (non-finite: unbounded loss, +inf).
 PRIVACY_LOSS_KEYS = frozenset({"dp-epsilon", "dp-delta"})

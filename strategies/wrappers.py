@@ -24,12 +24,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from fl_core.records import META_KEY
 from strategies.flatten import records_of, shared_stack
 
 if TYPE_CHECKING:
     from strategies.validation import Rejection
-
-META_KEY = "meta"  # ConfigRecord in replies carrying the silo's "partition-id"
 
 
 class StrategyWrapper(Strategy):

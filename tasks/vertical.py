@@ -25,7 +25,7 @@ import numpy as np
 if TYPE_CHECKING:
     import pandas as pd
 
-from fl_app.seeding import derive_seed
+from fl_core.seeding import derive_seed
 
 
 class VerticalDataError(ValueError):

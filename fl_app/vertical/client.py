@@ -23,8 +23,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordD
 from flwr.clientapp import ClientApp
 
 from fl_app.config import RunConfig
-from fl_app.seeding import derive_seed
 from fl_app.vertical import DATA, META, STATE_KEY, STATE_MODEL, STATE_MOMENTUM
+from fl_core.seeding import derive_seed
 from strategies.privacy.randomness import generator_state, restore_generator, secret_generator
 from strategies.vertical.psi import PSIKey, party_respond
 from strategies.vertical.split import (

@@ -97,7 +97,7 @@ def fltrust(cfg: RunConfig) -> RobustAggregation:
     """FLTrust (Cao et al., NDSS 2021): the server trains on ``fltrust-root-size`` clean
     rows of its own each round; updates are weighted by ReLU(cosine) to its update and
     rescaled to its norm."""
-    from fl_app.seeding import derive_seed
+    from fl_core.seeding import derive_seed
     from tasks import get_task
 
     task = get_task(cfg.task)

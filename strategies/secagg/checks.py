@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from fl_core.errors import ConfigError
 from strategies.robust.simulation import MODEL_ATTACKS
 
 if TYPE_CHECKING:
@@ -13,7 +14,6 @@ if TYPE_CHECKING:
 def check_secure_aggregation(cfg: RunConfig, mean_based: set[str]) -> None:
     """Raise ``ConfigError`` if ``cfg`` combines secure aggregation with something that must
     see (or changes the shape of) each silo's update."""
-    from fl_app.config import ConfigError
 
     def refuse(message: str) -> None:
         raise ConfigError(f"run-config 'secure-aggregation' = true {message}")

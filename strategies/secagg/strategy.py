@@ -35,10 +35,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from fl_core.records import META_KEY
 from strategies.metrics import combine_silo_metrics
 from strategies.secagg import protocol as P
 from strategies.secagg.client import CONFIG_KEY, KEYS, MASKED_KEY, SHARES, UNMASK, round_context
-from strategies.wrappers import META_KEY, StrategyWrapper
+from strategies.wrappers import StrategyWrapper
 
 
 def _ids(values) -> list[int]:

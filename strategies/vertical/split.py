@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fl_app.seeding import derive_seed
+from fl_core.seeding import derive_seed
 from strategies.privacy.randomness import secret_generator
 
 

@@ -5,7 +5,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fl_app.seeding import derive_seed, seed_everything
+from fl_core.seeding import derive_seed, seed_everything
 from plain_flower import TASK, task_config
 
 app = ClientApp()

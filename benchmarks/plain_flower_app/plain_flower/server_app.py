@@ -13,7 +13,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from fl_app.seeding import derive_seed, seed_everything
+from fl_core.seeding import derive_seed, seed_everything
 from plain_flower import TASK, task_config
 
 app = ServerApp()

@@ -11,6 +11,7 @@ from flwr.serverapp.strategy import FedAvg
 from torch import nn
 
 from fl_app.config import ConfigError, RunConfig
+from fl_core.records import META_KEY
 from strategies.compression import (
     CompressedUpdates,
     CompressionSpec,
@@ -27,7 +28,6 @@ from strategies.compression.records import (
     EstimateStore,
     messages_bytes,
 )
-from strategies.wrappers import META_KEY
 from tasks.models import SmallCNN
 
 

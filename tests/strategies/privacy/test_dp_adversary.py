@@ -32,8 +32,8 @@ from fl_app.client_app import app as client_app
 from fl_app.config import RunConfig
 from fl_app.federation import run_federation
 from fl_app.inprocess import InProcessGrid
-from fl_app.seeding import derive_seed
 from fl_app.sinks import privacy_status
+from fl_core.seeding import derive_seed
 from strategies.flatten import Layout, flatten, stack
 from strategies.privacy.central import clip_updates
 from tasks import get_task

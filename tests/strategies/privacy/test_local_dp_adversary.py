@@ -35,8 +35,8 @@ from fl_app.client_app import app as client_app
 from fl_app.client_app import silo_data
 from fl_app.config import RunConfig
 from fl_app.inprocess import InProcessGrid
-from fl_app.seeding import derive_seed, seed_everything
 from fl_app.silo_state import LINEAGE_KEY, SiloStateStore, new_lineage
+from fl_core.seeding import derive_seed, seed_everything
 from strategies.privacy.randomness import generator_state, restore_generator, secret_generator
 from tasks import get_task
 

@@ -295,8 +295,8 @@ def test_fraud_trains_without_class_weights_under_local_dp(tmp_path, caplog, mon
 
     import fl_app.client_app as client_module
     from fl_app.inprocess import InProcessGrid
-    from fl_app.seeding import derive_seed, seed_everything
     from fl_app.silo_state import new_lineage
+    from fl_core.seeding import derive_seed, seed_everything
 
     cfg = RunConfig.from_flower({
         **RunConfig().to_flower(), "task": "fraud", "local-dp": True, "local-epochs": 1,

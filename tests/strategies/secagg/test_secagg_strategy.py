@@ -16,6 +16,7 @@ from flwr.clientapp import ClientApp
 
 from fl_app.config import RunConfig
 from fl_app.inprocess import InProcessGrid
+from fl_core.records import META_KEY
 from strategies import build_strategy
 from strategies.secagg import SecureAggregation
 from strategies.secagg import protocol as P
@@ -27,7 +28,7 @@ from strategies.secagg.client import (
     register,
     secagg_mod,
 )
-from strategies.wrappers import META_KEY, RoundReporter
+from strategies.wrappers import RoundReporter
 
 NODES = 4
 FIRST = 1001
