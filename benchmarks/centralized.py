@@ -6,8 +6,8 @@ server-side metrics on the server's held-out test set. Against it, train the sam
 centrally, in this process, on the union of exactly the rows the 10 silos train on
 (their IID training splits), with the same batch size, learning rate, momentum, model
 init and input scaling, for the same total number of epochs
-(``num-server-rounds × local-epochs``: in FL every silo passes over its rows
-``local-epochs`` times per round), and evaluate it on the same test set.
+(``num-server-rounds × training.local-epochs``: in FL every silo passes over its rows
+``training.local-epochs`` times per round), and evaluate it on the same test set.
 
 Usage::
 
@@ -50,6 +50,7 @@ from benchmarks.provenance import (
 )
 from fl_app.config import RunConfig
 from fl_app.local_run import PROJECT_DIR, SimulationRun, run_simulation
+from fl_core.config import flatten
 from fl_core.seeding import derive_seed, seed_everything
 from tasks import get_task
 from tasks.base import ArrayDataset
@@ -76,8 +77,9 @@ START_ATTEMPTS = 3
 TAIL_LINES = 80
 #: Run-config keys that must be identical in the FL run and the centralised baseline.
 MATCHED_KEYS = (
-    "task", "data-source", "seed", "test-fraction", "val-fraction", "num-server-rounds",
-    "local-epochs", "batch-size", "learning-rate", "momentum",
+    "task", "data.source", "seed", "data.test-fraction", "data.val-fraction",
+    "num-server-rounds", "training.local-epochs", "training.batch-size",
+    "training.learning-rate", "training.momentum",
 )  # fmt: skip
 
 
@@ -100,9 +102,10 @@ class BenchmarkResult:
 
 # --------------------------------------------------------------------------- configs
 def app_defaults(project_dir: Path = PROJECT_DIR) -> dict[str, Any]:
-    """``[tool.flwr.app.config]`` of the app's pyproject.toml (what ``flwr run`` starts from)."""
+    """``[tool.flwr.app.config]`` of the app's pyproject.toml (what ``flwr run`` starts from),
+    flat with dotted keys as Flower hands it to the app."""
     with (project_dir / "pyproject.toml").open("rb") as fh:
-        return dict(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
+        return flatten(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
 
 
 #: Per-task hyper-parameters, used by the federated runs and the centralised baseline
@@ -111,8 +114,8 @@ def app_defaults(project_dir: Path = PROJECT_DIR) -> dict[str, Any]:
 #: NER: sparse word-embedding updates learn slowly at 0.05; with 5 FedAvg rounds the
 #: federated tagger stays far from the centralised one (entity F1 0.49 vs 0.99).
 TASK_OVERRIDES: dict[str, dict[str, Any]] = {
-    "fraud": {"learning-rate": 0.01},
-    "ner": {"learning-rate": 0.2},
+    "fraud": {"training.learning-rate": 0.01},
+    "ner": {"training.learning-rate": 0.2},
 }
 
 
@@ -134,12 +137,12 @@ def fl_overrides(
     overrides: dict[str, Any] = {
         "task": task,
         "strategy": "fedavg",
-        "partitioner": partitioner,
-        "dirichlet-alpha": float(dirichlet_alpha),
+        "data.partitioner": partitioner,
+        "data.dirichlet-alpha": float(dirichlet_alpha),
         **TASK_OVERRIDES.get(task, {}),
     }
     if not client_eval:
-        overrides["fraction-evaluate"] = 0.0
+        overrides["sampling.fraction-evaluate"] = 0.0
     if rounds is not None:
         overrides["num-server-rounds"] = int(rounds)
     if seed is not None:
@@ -168,7 +171,7 @@ def pooled_silo_train(cfg: RunConfig, num_silos: int = NUM_SILOS) -> tuple[Array
 
 def train_centralised(cfg: RunConfig, num_silos: int = NUM_SILOS) -> BenchmarkResult:
     """Train the task's model on the pooled silo training rows for
-    ``num-server-rounds × local-epochs`` epochs and evaluate it on the server's test set.
+    ``num-server-rounds × training.local-epochs`` epochs and evaluate it on the server's test set.
 
     ``cfg`` should use the IID partitioner (its partitions are the silos' rows). Init is
     seeded like the ServerApp's (``derive_seed(seed, "init")``), input scaling comes from
@@ -179,7 +182,7 @@ def train_centralised(cfg: RunConfig, num_silos: int = NUM_SILOS) -> BenchmarkRe
     task = get_task(cfg.task)
     pooled, moments = pooled_silo_train(cfg, num_silos)
     test = task.load_test(cfg)
-    epochs = cfg.num_server_rounds * cfg.local_epochs
+    epochs = cfg.num_server_rounds * cfg.training.local_epochs
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -189,7 +192,7 @@ def train_centralised(cfg: RunConfig, num_silos: int = NUM_SILOS) -> BenchmarkRe
         task.set_input_scaling(model, [m for m in moments if m is not None])
         generator = seed_everything(derive_seed(cfg.seed, "train", "central"))
         train_metrics = task.train(
-            model, pooled, cfg.model_copy(update={"local_epochs": epochs}), generator=generator
+            model, pooled, cfg.replace({"training.local-epochs": epochs}), generator=generator
         )
         metrics = task.evaluate(model, test)
     finally:
@@ -228,10 +231,10 @@ def check_run(run: SimulationRun, cfg: RunConfig) -> dict[str, Any]:
             k: (used.get(k), expected[k])
             for k in (
                 *MATCHED_KEYS,
-                "partitioner",
-                "dirichlet-alpha",
+                "data.partitioner",
+                "data.dirichlet-alpha",
                 "strategy",
-                "fraction-evaluate",
+                "sampling.fraction-evaluate",
             )
             if used.get(k) != expected[k]
         }
@@ -239,7 +242,7 @@ def check_run(run: SimulationRun, cfg: RunConfig) -> dict[str, Any]:
             problem = f"flwr run used another config (key: (used, expected)): {diff}"
     if problem:
         raise BenchmarkError(
-            f"{cfg.task}/{cfg.partitioner}: {problem}. Last lines of its output:\n"
+            f"{cfg.task}/{cfg.data.partitioner}: {problem}. Last lines of its output:\n"
             f"{_tail(run.output)}"
         )
     return final
@@ -295,7 +298,7 @@ def run_federated(
     LOG.info(
         "federated %s/%s: flwr run with %d silos, %d rounds …",
         cfg.task,
-        cfg.partitioner,
+        cfg.data.partitioner,
         num_silos,
         cfg.num_server_rounds,
     )
@@ -320,14 +323,14 @@ def run_federated(
     }
     task = get_task(cfg.task)
     sizes = [len(task.load_partition(i, num_silos, cfg).train) for i in range(num_silos)]
-    LOG.info("federated %s/%s: %.1fs, test %s", cfg.task, cfg.partitioner, seconds, _fmt(metrics))
+    LOG.info("federated %s/%s: %.1fs, test %s", cfg.task, cfg.data.partitioner, seconds, _fmt(metrics))
     return BenchmarkResult(
         cfg.task,
-        cfg.partitioner,
+        cfg.data.partitioner,
         metrics,
         seconds,
         sum(sizes),
-        cfg.num_server_rounds * cfg.local_epochs,
+        cfg.num_server_rounds * cfg.training.local_epochs,
         extra={"silo-train-rows": sizes, "load-1min": load_average()},
     )
 
@@ -498,7 +501,7 @@ def render_markdown(results: Sequence[BenchmarkResult], meta: Mapping[str, Any])
     client_eval = (
         "silos also score every round's global model on their validation rows"
         if meta.get("client-eval")
-        else "client-side evaluation off, `fraction-evaluate = 0`: it does not change the "
+        else "client-side evaluation off, `sampling.fraction-evaluate = 0`: it does not change the "
         "model and the comparison reads the server's metrics only"
     )
     silos = meta["num-silos"]
@@ -735,8 +738,8 @@ def describe(cfg: RunConfig, tasks: Sequence[str], command: str) -> dict[str, An
     data = {}
     for name in tasks:
         task = get_task(name)
-        iid = cfg.model_copy(update={"task": name, "partitioner": "iid"})
-        skew = cfg.model_copy(update={"task": name, "partitioner": "dirichlet"})
+        iid = cfg.replace({"task": name, "data.partitioner": "iid"})
+        skew = cfg.replace({"task": name, "data.partitioner": "dirichlet"})
         pool, test = task.split(iid)
         iid_rows = [len(task.load_partition(i, NUM_SILOS, iid).train) for i in range(NUM_SILOS)]
         skew_rows = [len(task.load_partition(i, NUM_SILOS, skew).train) for i in range(NUM_SILOS)]
@@ -752,16 +755,16 @@ def describe(cfg: RunConfig, tasks: Sequence[str], command: str) -> dict[str, An
         "num-silos": NUM_SILOS,
         "strategy": cfg.strategy,
         "num-server-rounds": cfg.num_server_rounds,
-        "local-epochs": cfg.local_epochs,
-        "total-epochs": cfg.num_server_rounds * cfg.local_epochs,
-        "batch-size": cfg.batch_size,
-        "learning-rate": cfg.learning_rate,
-        "momentum": cfg.momentum,
+        "local-epochs": cfg.training.local_epochs,
+        "total-epochs": cfg.num_server_rounds * cfg.training.local_epochs,
+        "batch-size": cfg.training.batch_size,
+        "learning-rate": cfg.training.learning_rate,
+        "momentum": cfg.training.momentum,
         "seed": cfg.seed,
-        "test-fraction": cfg.test_fraction,
-        "val-fraction": cfg.val_fraction,
-        "dirichlet-alpha": cfg.dirichlet_alpha,
-        "client-eval": cfg.fraction_evaluate > 0,
+        "test-fraction": cfg.data.test_fraction,
+        "val-fraction": cfg.data.val_fraction,
+        "dirichlet-alpha": cfg.data.dirichlet_alpha,
+        "client-eval": cfg.sampling.fraction_evaluate > 0,
         "data": data,
         "flwr": version("flwr"),
         "torch": torch.__version__,
@@ -807,7 +810,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="run seed (default: the app's)")
     parser.add_argument(
         "--client-eval", action="store_true",
-        help="keep client-side evaluation on (the app's fraction-evaluate); off by default",
+        help="keep client-side evaluation on (the app's sampling.fraction-evaluate); off by default",
     )  # fmt: skip
     parser.add_argument(
         "--merge", action="store_true",
@@ -850,9 +853,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         # The settings every task shares: a task's config without its own overrides.
-        base = plans[0].federated[0][1].model_copy(
-            update={
-                k.replace("-", "_"): v
+        base = plans[0].federated[0][1].replace(
+            {
+                k: v
                 for k, v in app_defaults(snapshot).items()
                 if k in TASK_OVERRIDES.get(plans[0].task, {})
             }

@@ -33,14 +33,14 @@ from benchmarks.efficiency_doc import DOC, write_section
 from benchmarks.provenance import add_allow_dirty_flag, code_version, guard_docs_write
 
 SCHEMES = ("none", "int8", "int4", "topk", "topk+int8")
-#: name → (compression, run-config overrides): the codecs with their defaults, and the
-#: top-k error-feedback variants compared in docs/efficiency.md.
+#: name → (compression.method, other keys of the compression section): the codecs with
+#: their defaults, and the top-k error-feedback variants compared in docs/efficiency.md.
 VARIANTS: dict[str, tuple[str, dict]] = {
     **{s: (s, {}) for s in SCHEMES},
-    "topk-classic": ("topk", {"topk_feedback": "residual", "topk_scope": "tensor"}),
-    "topk-residual-model": ("topk", {"topk_feedback": "residual", "topk_scope": "model"}),
-    "topk-ef21-tensor": ("topk", {"topk_feedback": "ef21", "topk_scope": "tensor"}),
-    "topk-noef": ("topk", {"error_feedback": False}),
+    "topk-classic": ("topk", {"topk-feedback": "residual", "topk-scope": "tensor"}),
+    "topk-residual-model": ("topk", {"topk-feedback": "residual", "topk-scope": "model"}),
+    "topk-ef21-tensor": ("topk", {"topk-feedback": "ef21", "topk-scope": "tensor"}),
+    "topk-noef": ("topk", {"error-feedback": False}),
 }
 DEFAULT_VARIANTS = ("none", "int8", "int4", "topk", "topk-classic")
 LABELS = {
@@ -88,15 +88,16 @@ def run_one(scheme: str, seed: int, rounds: int, silos: int, topk_fraction: floa
         compression, overrides = VARIANTS[scheme]
         cfg = RunConfig(
             task="digits",
-            compression=compression,
-            topk_fraction=topk_fraction,
-            **{"error_feedback": True, **overrides},
             num_server_rounds=rounds,
             seed=seed,
-            fraction_evaluate=0.0,
-            min_evaluate_nodes=0,
-            min_available_nodes=silos,
-            run_dir=tmp,
+            compression={
+                "method": compression,
+                "topk-fraction": topk_fraction,
+                "error-feedback": True,
+                **overrides,
+            },
+            sampling={"fraction-evaluate": 0.0, "min-evaluate-nodes": 0, "min-available-nodes": silos},
+            output={"run-dir": tmp},
         )
         start = time.perf_counter()
         result, _ = run_federation(InProcessGrid(app, cfg.to_flower(), silos), cfg)
@@ -243,7 +244,7 @@ Server test accuracy per round (seed {first_seed}):
 How the codecs work (`strategies/compression/codecs.py`): the delta w.r.t. the received
 global model is quantised per chunk of {args.chunk} values (min–max range, `2^bits` levels,
 stochastic rounding: unbiased, error < one level) or sparsified (top-k by magnitude over the
-whole update, `topk-scope = "model"`, or per tensor; indices as uint16, values float32 or
+whole update, `compression.topk-scope = "model"`, or per tensor; indices as uint16, values float32 or
 int8); the encoded arrays and a small JSON header go into one byte string, deflated with
 zlib when that is smaller (lossless; the quantised codes of a bell-shaped update carry well
 under 8 bits of entropy). Error feedback for int8/int4 keeps `(delta + residual) − decoded`
@@ -356,7 +357,7 @@ def reply_sizes(topk_fraction: float = 0.01) -> list[dict]:
     dense = message_bytes(Message(content, reply_to=instruction))
     rows = [{"scheme": "none", "plain": dense, "zlib": dense}]
     for scheme in SCHEMES[1:]:
-        spec = CompressionSpec(scheme, topk_fraction, RunConfig().quantization_chunk)
+        spec = CompressionSpec(scheme, topk_fraction, RunConfig().compression.quantization_chunk)
         row = {"scheme": scheme}
         for label, entropy in (("plain", False), ("zlib", True)):
             packed = compress_train_content(
@@ -421,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.silos, args.seeds = 2, 3, [args.seeds[0]]
     from fl_app.config import RunConfig
 
-    args.chunk = RunConfig().quantization_chunk
+    args.chunk = RunConfig().compression.quantization_chunk
     logging.getLogger("flwr").setLevel(logging.WARNING)
     logging.getLogger("fedsilo").setLevel(logging.WARNING)
     runs = []

@@ -62,7 +62,7 @@ FEATURES: dict[str, tuple[tuple[str, ...], str]] = {
             "fl_app.reliability:ReliableRounds.configure_evaluate",
             "fl_app.reliability:ReliableRounds.aggregate_evaluate",
         ),
-        "reply size limit, min-train-nodes check, participants to the audit log",
+        "reply size limit, sampling.min-train-nodes check, participants to the audit log",
     ),
     "byte counting": (
         ("strategies.compression.strategy:message_bytes",),
@@ -75,7 +75,7 @@ FEATURES: dict[str, tuple[tuple[str, ...], str]] = {
             "strategies.compression.strategy:CompressedUpdates.configure_evaluate",
             "strategies.compression.strategy:CompressedUpdates.aggregate_evaluate",
         ),
-        "the decoding wrapper's own work with compression = none",
+        "the decoding wrapper's own work with compression.method = none",
     ),
     "metrics reporting + sinks": (
         (
@@ -211,9 +211,11 @@ def per_round(timers: Timers, skip: int = 1) -> dict[str, float]:
     return {k: statistics.fmean(d.get(k, 0.0) for d in deltas) for k in labels} if deltas else {}
 
 
-def measure_features(rounds: int, silos: int, **overrides) -> dict[str, Any]:
-    """Run an in-process federation of ``silos`` silos for ``rounds`` rounds under the
-    timers; returns ``{"per_round": {label: s}, "wall": [s per round], "missing": […]}``."""
+def measure_features(
+    rounds: int, silos: int, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Run an in-process federation of ``silos`` silos for ``rounds`` rounds (run-config
+    ``overrides`` with dotted keys) under the timers; returns ``{"per_round": {label: s}, "wall": [s per round], "missing": […]}``."""
     import torch
 
     from fl_app.client_app import app
@@ -226,8 +228,11 @@ def measure_features(rounds: int, silos: int, **overrides) -> dict[str, Any]:
     restore, missing = install(timers)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            cfg = RunConfig(num_server_rounds=rounds, min_available_nodes=silos, run_dir=tmp,
-                            **overrides)  # fmt: skip
+            cfg = RunConfig(
+                num_server_rounds=rounds,
+                sampling={"min-available-nodes": silos},
+                output={"run-dir": tmp},
+            ).replace(overrides or {})
             start = time.perf_counter()
             run_federation(InProcessGrid(app, cfg.to_flower(), silos), cfg)
             total = time.perf_counter() - start

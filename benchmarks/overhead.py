@@ -12,7 +12,7 @@ every silo trains and evaluates every round, server-side evaluation after each r
   no transport, no Ray): what *our* code adds.
 * **simulation** — real ``flwr run`` with the simulation engine (SuperLink, Ray actors,
   HTTP Grid): what Flower's runtime adds, with Flower's defaults and with ours
-  (``reply-poll-interval``, ``client-resources-num-cpus=1``).
+  (``sampling.reply-poll-interval``, ``client-resources-num-cpus=1``).
 
 Per round, two figures, averaged over rounds 2…n (round 1 pays one-time imports):
 
@@ -207,7 +207,7 @@ cuts are exact): {accuracies(revisions)}.
 - **simulation / flower-defaults**: `flwr run`, the ServerApp's Grid waiting with Flower's
   own loop (a fixed 3 s between pulls) and Flower's default `client-resources-num-cpus = 2`
   (one Ray actor on 2 cores).
-- **simulation / prompt-polling**: our `PromptGrid` (`reply-poll-interval = 0.02`,
+- **simulation / prompt-polling**: our `PromptGrid` (`sampling.reply-poll-interval = 0.02`,
   back-off ×1.5 to 0.5 s), one actor; **+2-actors**: and `client-resources-num-cpus = 1`.
 - **plain Flower / …**: `benchmarks/plain_flower_app` with the same federation settings:
   Flower's `FedAvg` run by `Strategy.start`, a plain ClientApp (model built per message),

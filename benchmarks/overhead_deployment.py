@@ -11,7 +11,7 @@ benchmarks.overhead_deployment``) runs the same federation through the local bac
   task poll, the ServerApp's 3 s reply loop.
 * **warm** — ``supernode.executor: warm`` (the default of the local backend, the silo kit
   and the AzureML jobs): ClientApps forked from a pre-imported zygote, prompt polling on
-  the SuperNode, its SuperExec and the ServerApp (``reply-poll-interval``).
+  the SuperNode, its SuperExec and the ServerApp (``sampling.reply-poll-interval``).
 
 Digits, 5 silos, FedAvg, 1 local epoch, every silo trains and evaluates every round,
 server-side evaluation and checkpoint after every round. Per round: the app's
@@ -53,8 +53,8 @@ silos:
 {entries}
 task: digits
 strategy: fedavg
-run_config: {{num-server-rounds: {rounds}, local-epochs: {local_epochs}, seed: 5,
-             min-available-nodes: {silos}}}
+run_config: {{num-server-rounds: {rounds}, training.local-epochs: {local_epochs}, seed: 5,
+             sampling.min-available-nodes: {silos}}}
 supernode: {{executor: {mode}}}
 """
 

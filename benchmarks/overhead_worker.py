@@ -36,16 +36,20 @@ SILOS = 10
 #: name → (run-config overrides, extra federation config); "flower-defaults" is Flower's
 #: own behaviour (3 s reply polling, 2 CPUs per ClientApp → 1 Ray actor on 2 cores).
 SIM_VARIANTS = {
-    "flower-defaults": ({"reply-poll-interval": 0.0}, {"client-resources-num-cpus": 2}),
-    "prompt-polling+2-actors": ({"reply-poll-interval": 0.02}, {"client-resources-num-cpus": 1}),
-    "prompt-polling": ({"reply-poll-interval": 0.02}, {"client-resources-num-cpus": 2}),
+    "flower-defaults": ({"sampling.reply-poll-interval": 0.0}, {"client-resources-num-cpus": 2}),
+    "prompt-polling+2-actors": ({"sampling.reply-poll-interval": 0.02}, {"client-resources-num-cpus": 1}),
+    "prompt-polling": ({"sampling.reply-poll-interval": 0.02}, {"client-resources-num-cpus": 2}),
 }
 
 
-def _cfg(rounds: int, **overrides):
+def _cfg(rounds: int, run_dir: str = "outputs"):
     from fl_app.config import RunConfig
 
-    return RunConfig(num_server_rounds=rounds, min_available_nodes=SILOS, **overrides)
+    return RunConfig(
+        num_server_rounds=rounds,
+        sampling={"min-available-nodes": SILOS},
+        output={"run-dir": run_dir},
+    )
 
 
 def direct_rounds(rounds: int) -> tuple[list[float], list[float]]:
@@ -158,7 +162,7 @@ def simulation_rounds(rounds: int, variant: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:  # outlives the run: its audit log is read
         start = time.perf_counter()
         run = run_simulation(
-            {"num-server-rounds": rounds, "min-available-nodes": SILOS, **overrides},
+            {"num-server-rounds": rounds, "sampling.min-available-nodes": SILOS, **overrides},
             num_supernodes=SILOS,
             run_dir=Path(tmp),
             federation_config=federation,
@@ -181,7 +185,7 @@ def plain_flower_rounds(rounds: int, variant: str, app_dir: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         run = run_simulation(
-            {"num-server-rounds": rounds, "min-available-nodes": SILOS},
+            {"num-server-rounds": rounds, "sampling.min-available-nodes": SILOS},
             num_supernodes=SILOS,
             run_dir=Path(tmp),
             federation_config=federation,

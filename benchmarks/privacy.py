@@ -5,14 +5,14 @@ Two tasks (``digits``, ``breast-cancer``) × two kinds of differential privacy �
 body :func:`fl_app.federation.run_federation` and the real ClientApp, bit-identical to
 ``flwr run``):
 
-* **central** — client-level DP-FedAvg (``central-dp = true``): the server clips every
-  silo's model delta to ``clip-norm`` C, adds N(0, (σC)²) to their sum and divides by the
-  m sampled silos; ``target-epsilon = ε`` with ``budget-mode = "calibrate"`` picks σ up
+* **central** — client-level DP-FedAvg (``dp.central = true``): the server clips every
+  silo's model delta to ``dp.clip-norm`` C, adds N(0, (σC)²) to their sum and divides by the
+  m sampled silos; ``dp.target-epsilon = ε`` with ``dp.budget-mode = "calibrate"`` picks σ up
   front so the planned rounds end at ε (train metric ``epsilon``). The privacy unit is a
   whole silo.
-* **local** — record-level DP-SGD inside every silo with Opacus (``local-dp = true``,
-  ``local-target-epsilon = ε``): each silo calibrates σ for its own
-  ``local-epochs × num-server-rounds`` epochs; the reported ε is the largest silo's
+* **local** — record-level DP-SGD inside every silo with Opacus (``dp.local = true``,
+  ``dp.local-target-epsilon = ε``): each silo calibrates σ for its own
+  ``training.local-epochs × num-server-rounds`` epochs; the reported ε is the largest silo's
   ``dp-epsilon``. The privacy unit is one training row, and the server is not trusted.
 * **ε = ∞** — the non-private baseline: the same run with DP off and everything else
   equal (when both modes share their hyper-parameters, as here, one run serves both).
@@ -33,7 +33,7 @@ Usage::
 
 Everything is seeded (partitions, init, local training, Poisson sampling and DP noise):
 the same settings give the same metrics; only the seconds vary. The DP noise is seeded
-because every private cell sets the research key ``dp-reproducible-noise = true``: its
+because every private cell sets the research key ``dp.reproducible-noise = true``: its
 runs are marked ``dp-private = false`` (anyone holding the config could subtract the
 noise), which is right for measuring utility at a given σ and wrong for protecting data.
 """
@@ -94,9 +94,9 @@ class Settings:
     def overrides(self) -> dict[str, Any]:
         return {
             "num-server-rounds": self.rounds,
-            "local-epochs": self.local_epochs,
-            "batch-size": self.batch_size,
-            "learning-rate": self.learning_rate,
+            "training.local-epochs": self.local_epochs,
+            "training.batch-size": self.batch_size,
+            "training.learning-rate": self.learning_rate,
         }
 
 
@@ -123,14 +123,14 @@ TUNING_NOTES = {
         "0.1 with 15 × 3 → 0.869 and with 10 × 5 → 0.886 (chosen). Batch 8 trains better "
         "but makes local DP-SGD run at sample rate 1/2, where Opacus' RDP calibration in "
         "every silo and round made one local-DP cell take over 15 minutes. Central C = 1 "
-        "(≈ the median update norm, 0.8–1.3 over the rounds). Local max-grad-norm at "
+        "(≈ the median update norm, 0.8–1.3 over the rounds). Local dp.max-grad-norm at "
         "ε = 8: 0.3 → 0.414, 1 → 0.475 (chosen), 3 → 0.389. With 15 rounds × 3 epochs, "
         "central DP gave 0.139 / 0.500 / 0.817 / 0.850 at ε = 1 / 2 / 4 / 8."
     ),
     "breast-cancer": (
         "non-private, 10 rounds × 3 local epochs, batch 8: lr 0.05 → accuracy 0.921, "
         "lr 0.2 → 0.991 (ROC-AUC 0.999). Central C = 0.5 (median update norm 0.2–0.7); "
-        "local max-grad-norm 1 was kept from digits."
+        "local dp.max-grad-norm 1 was kept from digits."
     ),
 }
 
@@ -144,20 +144,20 @@ QUICK_BATCH = 256
 #: Run-config keys every cell shares.
 COMMON: dict[str, Any] = {
     "strategy": "fedavg",
-    "partitioner": "iid",
+    "data.partitioner": "iid",
     "seed": SEED,
-    "momentum": 0.9,
-    "fraction-train": 1.0,  # full participation: every silo, every round
-    "sampling-amplification": False,  # nothing to amplify at sample rate 1
+    "training.momentum": 0.9,
+    "sampling.fraction-train": 1.0,  # full participation: every silo, every round
+    "dp.sampling-amplification": False,  # nothing to amplify at sample rate 1
     # Server-side test metrics only: no client-side evaluation and no per-silo validation
     # split (a silo of 4-15 rows cannot spare a stratified 10 %).
-    "fraction-evaluate": 0.0,
-    "val-fraction": 0.0,
+    "sampling.fraction-evaluate": 0.0,
+    "data.val-fraction": 0.0,
     # Central DP requires it (the norm filter compares silos with each other); kept off in
     # every cell so the non-private baseline differs from the private runs in DP only.
-    "max-update-norm-ratio": 0.0,
-    "target-delta": DELTA,
-    "accountant": "rdp",
+    "robust.max-update-norm-ratio": 0.0,
+    "dp.target-delta": DELTA,
+    "dp.accountant": "rdp",
 }
 
 
@@ -206,16 +206,16 @@ def cell_overrides(task: str, mode: str, epsilon: float, settings: Settings) -> 
     if math.isfinite(epsilon):
         # Reruns and --resume must reproduce every cell: seed the DP noise (research key;
         # the runs are marked not private). The non-private baseline has no noise to seed.
-        overrides["dp-reproducible-noise"] = True
+        overrides["dp.reproducible-noise"] = True
         if mode == "central":
             overrides.update({
-                "central-dp": True, "target-epsilon": float(epsilon),
-                "budget-mode": "calibrate", "clip-norm": settings.clip_norm,
+                "dp.central": True, "dp.target-epsilon": float(epsilon),
+                "dp.budget-mode": "calibrate", "dp.clip-norm": settings.clip_norm,
             })  # fmt: skip
         else:
             overrides.update({
-                "local-dp": True, "local-target-epsilon": float(epsilon),
-                "max-grad-norm": settings.max_grad_norm,
+                "dp.local": True, "dp.local-target-epsilon": float(epsilon),
+                "dp.max-grad-norm": settings.max_grad_norm,
             })  # fmt: skip
     return overrides
 
@@ -362,6 +362,18 @@ def _number(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def stored_run_config(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A result row's run config under today's dotted keys (rows written before the run
+    config had sections hold flat keys; this grid's ``clip-norm`` was central DP's)."""
+    from fl_app.config import legacy_settings
+
+    stored = row.get("run_config") or {}
+    translated = legacy_settings(stored)
+    if "clip-norm" in stored:
+        del translated["robust.clip-norm"]
+    return translated
+
+
 def empty_row(cell: Cell) -> dict[str, Any]:
     metric, _ = UTILITY.get(cell.task, ("accuracy", "accuracy"))
     cfg = cell.run_config()
@@ -374,7 +386,9 @@ def empty_row(cell: Cell) -> dict[str, Any]:
         "epsilon": None,  # reported ε (central: train metric; local: max over silos)
         "sigma": None,
         "sigma_range": None,
-        "clip_norm": cfg.get("clip-norm") if cell.mode == "central" else cfg.get("max-grad-norm"),
+        "clip_norm": (
+            cfg.get("dp.clip-norm") if cell.mode == "central" else cfg.get("dp.max-grad-norm")
+        ),
         "noise_std_on_mean": None,  # central: σ·C/m per coordinate of the averaged delta
         "within_budget": None,
         "utility_metric": metric,
@@ -412,7 +426,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     silos = _SiloRecorder()
     try:
         with tempfile.TemporaryDirectory(prefix="fedsilo-privacy-") as tmp:
-            cfg = RunConfig.from_flower({**cell.run_config(), "run-dir": tmp})
+            cfg = RunConfig.from_flower({**cell.run_config(), "output.run-dir": tmp})
             grid = _probe_grid(client_app, cfg.to_flower(), cell.num_silos, probe)
             result, _ = run_federation(grid, cfg, extra_sinks=(silos,))
         server = result.evaluate_metrics_serverapp
@@ -438,7 +452,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
             row["epsilon"] = max(eps) if eps else None
             last = train[max(train)] if train else {}
             row["sigma"] = _number(last.get("noise-multiplier"))
-            c = float(cfg.clip_norm)
+            c = float(cfg.dp.clip_norm)
             m = row["clients_per_round"] or cell.num_silos
             if row["sigma"] is not None:
                 row["noise_std_on_mean"] = row["sigma"] * c / m
@@ -471,7 +485,7 @@ def _median(ordered: Sequence[float]) -> float:
 def _cost(cell: Cell) -> float:
     """Rough relative cost (for scheduling the slowest federations first)."""
     cfg = cell.run_config()
-    work = cell.num_silos * cfg["num-server-rounds"] * cfg["local-epochs"]
+    work = cell.num_silos * cfg["num-server-rounds"] * cfg["training.local-epochs"]
     if cell.mode == "local" and cell.private:
         work *= 2.5  # Opacus per-sample gradients, make_private and accounting per silo
     return work * (2.0 if cell.task == "digits" else 1.0)
@@ -640,11 +654,11 @@ def describe(
             "rows-per-silo": rows_per_silo(task, num),
             "model-parameters": model_parameters(task),
             "num-server-rounds": cfg["num-server-rounds"],
-            "local-epochs": cfg["local-epochs"],
-            "batch-size": cfg["batch-size"],
-            "learning-rate": cfg["learning-rate"],
-            "clip-norm": dict(central.overrides).get("clip-norm") if central else None,
-            "max-grad-norm": dict(local.overrides).get("max-grad-norm") if local else None,
+            "local-epochs": cfg["training.local-epochs"],
+            "batch-size": cfg["training.batch-size"],
+            "learning-rate": cfg["training.learning-rate"],
+            "clip-norm": dict(central.overrides).get("dp.clip-norm") if central else None,
+            "max-grad-norm": dict(local.overrides).get("dp.max-grad-norm") if local else None,
             "utility-metric": UTILITY[task][0],
             "command": {
                 f"{c.mode} ε={eps_label(c.target_epsilon)}": flwr_run_command(c)
@@ -668,7 +682,7 @@ def describe(
         "common-run-config": dict(COMMON),
         "seed": SEED,
         "target-delta": DELTA,
-        "sampling": "full participation (fraction-train = 1.0); no amplification by sampling",
+        "sampling": "full participation (sampling.fraction-train = 1.0); no amplification by sampling",
         "central-sigma-for-planned-rounds": sigma_table,
         "amplification-what-if": what_if,
         "workers": workers,
@@ -971,7 +985,7 @@ def discussion(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> li
                     for w in wi
                 )
                 + ". (Amplification assumes secret Poisson sampling; "
-                "`sampling-amplification = true` samples and accounts that way.)"
+                "`dp.sampling-amplification = true` samples and accounts that way.)"
             )
         for t in tasks:
             r = _find(rows, t, "central", 2.0)
@@ -1138,14 +1152,14 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
         "`flwr run` command of every cell). Two kinds of differential privacy, each at "
         "ε ∈ {1, 2, 4, 8} with δ = 1e-5 and Opacus' RDP accountant, plus ε = ∞:",
         "",
-        "* **central** — client-level DP-FedAvg: `central-dp = true`, "
-        '`target-epsilon = ε`, `budget-mode = "calibrate"` (σ is calibrated up front so '
-        "the planned rounds end just below ε), `clip-norm = C` on each silo's model delta, "
-        "`max-update-norm-ratio = 0.0` (required). Reported ε: the train metric `epsilon` "
+        "* **central** — client-level DP-FedAvg: `dp.central = true`, "
+        '`dp.target-epsilon = ε`, `dp.budget-mode = "calibrate"` (σ is calibrated up front so '
+        "the planned rounds end just below ε), `dp.clip-norm = C` on each silo's model delta, "
+        "`robust.max-update-norm-ratio = 0.0` (required). Reported ε: the train metric `epsilon` "
         "after the last round. Protects a whole silo; trusts the server.",
-        "* **local** — record-level DP-SGD with Opacus in every silo: `local-dp = true`, "
-        "`local-target-epsilon = ε` (each silo calibrates σ for its "
-        "`local-epochs × num-server-rounds` epochs), `max-grad-norm = C`. Reported ε: the "
+        "* **local** — record-level DP-SGD with Opacus in every silo: `dp.local = true`, "
+        "`dp.local-target-epsilon = ε` (each silo calibrates σ for its "
+        "`training.local-epochs × num-server-rounds` epochs), `dp.max-grad-norm = C`. Reported ε: the "
         "largest `dp-epsilon` of any silo. Protects one training row; trusts nobody.",
         "* **ε = ∞** — the non-private baseline: the same run with DP off, everything "
         "else equal"
@@ -1163,14 +1177,14 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
         "",
         "**Clients per round: "
         + ", ".join(f"{t} {i['clients-per-round']}" for t, i in tasks.items())
-        + "** — full participation (`fraction-train = 1.0`): every silo trains in every "
-        "round, so the accountants use sample rate 1 (`sampling-amplification = false`). "
+        + "** — full participation (`sampling.fraction-train = 1.0`): every silo trains in every "
+        "round, so the accountants use sample rate 1 (`dp.sampling-amplification = false`). "
         "Sampling a subset would only pay off with amplification by sampling "
-        "(`sampling-amplification = true`: secret Poisson sampling, see *Sampling "
+        "(`dp.sampling-amplification = true`: secret Poisson sampling, see *Sampling "
         "amplification* below), which needs a population much larger than the clients "
         "per round.",
         "",
-        "Every private cell sets `dp-reproducible-noise = true` so that reruns and "
+        "Every private cell sets `dp.reproducible-noise = true` so that reruns and "
         "`--resume` reproduce it: its noise is seeded from the public seed, so these runs "
         "measure utility at a given σ, are marked `dp-private = false` and protect nothing; "
         "a deployment leaves the key off (noise from OS entropy).",
@@ -1241,7 +1255,7 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
         "per-feature count / sum / sum of squares of their rows for input standardisation, "
         "nor the training metrics (`train-loss`) the silos report.",
         "* The private cells' DP noise is seeded from the public seed "
-        "(`dp-reproducible-noise = true`, runs marked `dp-private = false`): right for "
+        "(`dp.reproducible-noise = true`, runs marked `dp-private = false`): right for "
         "comparing σ and utility, not for protecting data. Without the key the noise comes "
         "from a Mersenne Twister seeded with 64 bits of OS entropy, not from a "
         "cryptographically secure generator.",
@@ -1286,7 +1300,7 @@ def load_resumable(path: Path, cells: Sequence[Cell]) -> dict[tuple[str, str, fl
     for r in old.get("rows", []):
         eps = math.inf if r.get("target_epsilon") is None else float(r["target_epsilon"])
         cell = wanted.get((r.get("task"), r.get("mode"), eps))
-        if cell is None or r.get("error") or r.get("run_config") != cell.run_config():
+        if cell is None or r.get("error") or stored_run_config(r) != cell.run_config():
             continue
         out[cell.key] = {**r, "target_epsilon": r.get("target_epsilon")}
     return out

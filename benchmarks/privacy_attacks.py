@@ -7,7 +7,7 @@ Two attacks on the ``digits`` task (8×8 images, the task's own ``SmallCNN``):
   in-process grid (the real ServerApp body and ClientApp, as ``benchmarks.privacy``):
   members are the silos' training rows, non-members the server's held-out rows. Two
   settings (:data:`MEMBERSHIP_SETTINGS`): ``docs``, the recipe of ``benchmarks.privacy``
-  (100 silos, 10 rounds × 5 local epochs, ``test-fraction = 0.5``), which barely overfits;
+  (100 silos, 10 rounds × 5 local epochs, ``data.test-fraction = 0.5``), which barely overfits;
   and ``leaky``, a small consortium (5 silos of ≈ 40 rows, 20 rounds × 20 full-batch
   epochs) whose undefended model fits its members perfectly. Two attacks score every row:
   the **loss threshold** (Yeom et al., CSF 2018: lower loss → member) and the **offline
@@ -43,7 +43,7 @@ Usage::
 
 Everything is seeded (partitions, initialisation, training, the inversion's simulated noise
 and restarts) except the federations' DP noise: it is the production mechanism's secret noise
-(``benchmarks.privacy`` turns on the research key ``dp-reproducible-noise`` for identical
+(``benchmarks.privacy`` turns on the research key ``dp.reproducible-noise`` for identical
 reruns; an attack benchmark attacks what is deployed, so it is off here), so the DP rows of
 the membership tables vary a little between runs.
 """
@@ -261,13 +261,13 @@ class Target:
 
     def overrides(self, setting: MembershipSetting, seed: int) -> dict[str, Any]:
         """The federation's run config. DP noise is the production mechanism's secret noise:
-        ``benchmarks.privacy`` seeds it (``dp-reproducible-noise``, a research key that
+        ``benchmarks.privacy`` seeds it (``dp.reproducible-noise``, a research key that
         marks the run not private) so that its reruns are identical; an attack benchmark
         must attack what is deployed, so the key is dropped here."""
         mode = "central" if self.mode == "none" else self.mode
         o = dp_bench.cell_overrides(TASK, mode, self.epsilon, setting.settings)
         o.pop("dp-reproducible-noise", None)
-        return {**o, "seed": seed, "test-fraction": setting.test_fraction}
+        return {**o, "seed": seed, "data.test-fraction": setting.test_fraction}
 
 
 def targets(central: Sequence[float], local: Sequence[float]) -> list[Target]:
@@ -286,7 +286,7 @@ def train_federation(overrides: Mapping[str, Any], num_silos: int) -> tuple[nn.M
     from tasks import get_task
 
     with tempfile.TemporaryDirectory(prefix="fedsilo-mia-") as tmp:
-        cfg = RunConfig.from_flower({**overrides, "run-dir": tmp})
+        cfg = RunConfig.from_flower({**overrides, "output.run-dir": tmp})
         grid = InProcessGrid(client_app, cfg.to_flower(), num_silos)
         result, _ = run_federation(grid, cfg)
     model = get_task(cfg.task).build_model()
@@ -308,7 +308,7 @@ def membership_of(seed: int, test_fraction: float) -> tuple[torch.Tensor, torch.
     from tasks.partitioning import stratified_split
 
     task = get_task(TASK)
-    data, _ = task.load_data(RunConfig(task=TASK, seed=seed))
+    data, _ = task.load_data(RunConfig(task=TASK, seed=seed).data)
     train_idx, _ = stratified_split(task.strata(data), test_fraction, seed=seed)
     member = np.zeros(len(data), bool)
     member[train_idx] = True
@@ -587,10 +587,10 @@ def run_inversion(
     from tasks import get_task
 
     task = get_task(TASK)
-    data, _ = task.load_data(RunConfig(task=TASK, seed=seed))
+    data, _ = task.load_data(RunConfig(task=TASK, seed=seed).data)
     xs, ys = torch.from_numpy(data.x), torch.from_numpy(data.y)
     mean_image = xs.mean(dim=0, keepdim=True)
-    topk_fraction = float(RunConfig().topk_fraction)
+    topk_fraction = float(RunConfig().compression.topk_fraction)
     rows = []
     for batch in batch_sizes:
         for view in VIEWS:
@@ -784,7 +784,7 @@ def render_markdown(meta: Mapping[str, Any], mia: Sequence[Mapping], inv: Sequen
         "Two settings: the recipe of docs/privacy.md, and a small consortium whose "
         "undefended model overfits, so that there is something for DP to stop. An AUC of "
         "0.5 and a TPR equal to the FPR (1 %) are chance. DP noise is the production "
-        "mechanism's secret noise (`dp-reproducible-noise` off), so the DP rows differ "
+        "mechanism's secret noise (`dp.reproducible-noise` off), so the DP rows differ "
         "from one run to the next; the partitions, initialisations and training are seeded.",
         "",
     ]
@@ -807,7 +807,7 @@ def render_markdown(meta: Mapping[str, Any], mia: Sequence[Mapping], inv: Sequen
         f"{_n(meta.get('restarts'), 'random start')}, keeping the best-matching one. Means "
         f"over {_n(meta.get('trials'), 'batch', 'batches')} per cell. Top-k keeps "
         f"{meta.get('topk_fraction') or 0:.0%} of the coordinates (the config's "
-        f"`topk-fraction`); secure aggregation reveals the sum over {SECAGG_SILOS} silos of B "
+        f"`compression.topk-fraction`); secure aggregation reveals the sum over {SECAGG_SILOS} silos of B "
         "records each (the attacker reconstructs all of them and each of the target's images "
         "is paired with its best match); local DP clips each record's gradient to "
         f"{meta.get('local_dp_clip')} and adds N(0, (σC)²) with σ = "
@@ -937,7 +937,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }  # fmt: skip
     from fl_app.config import RunConfig
 
-    meta["topk_fraction"] = float(RunConfig().topk_fraction)
+    meta["topk_fraction"] = float(RunConfig().compression.topk_fraction)
     mia: list[dict] = []
     inv: list[dict] = []
     if "membership" in args.parts:

@@ -3,13 +3,13 @@
 The matrix: task ``digits``, 20 silos on the in-process grid (the real ServerApp body
 :func:`fl_app.federation.run_federation` and the real ClientApp, bit-identical to
 ``flwr run``), partitioner ∈ {Dirichlet α = 0.5, IID}, 20 % of the silos Byzantine
-(``attack-fraction = 0.2``, ``num-byzantine = 4``), every attack (none, sign-flip,
+(``attack.fraction = 0.2``, ``robust.num-byzantine = 4``), every attack (none, sign-flip,
 gaussian, scaling, label-flip, ALIE, IPM, weight-inflation) × every aggregator that makes
 sense under attack: Flower's ``fedavg``, ``fedmedian``, ``fedtrimmedavg``, ``krum``,
 ``multikrum``, ``bulyan``; ours ``robust-*``, ``geomed``, ``cclip``, ``norm-clip``,
 ``fltrust``, NNM pre-aggregated variants of the strongest and centred clipping with τ at
 the scale of the silos' update norms. Update validation's norm filter is off
-(``max-update-norm-ratio = 0``) so the matrix measures the aggregators themselves; one
+(``robust.max-update-norm-ratio = 0``) so the matrix measures the aggregators themselves; one
 extra row shows FedAvg with the default norm filter (10 × the cohort median).
 
 Each cell records the final server-side test accuracy, the accuracy after every round,
@@ -102,15 +102,15 @@ CLAIM_WEIGHTED_BEFORE_16 = frozenset({
 COMMON = {
     "task": TASK,
     "seed": SEED,
-    "dirichlet-alpha": DIRICHLET_ALPHA,
-    "attack-fraction": ATTACK_FRACTION,
-    "num-byzantine": NUM_BYZANTINE,
-    "max-update-norm-ratio": 0.0,
+    "data.dirichlet-alpha": DIRICHLET_ALPHA,
+    "attack.fraction": ATTACK_FRACTION,
+    "robust.num-byzantine": NUM_BYZANTINE,
+    "robust.max-update-norm-ratio": 0.0,
     # The benchmark reads server-side test accuracy only: no client-side evaluation and
     # no per-silo validation split (with 20 IID digits silos the app's stratified 10 %
     # split asks for 8 rows of 10 classes and the silo fails; see docs/robustness.md).
-    "fraction-evaluate": 0.0,
-    "val-fraction": 0.0,
+    "sampling.fraction-evaluate": 0.0,
+    "data.val-fraction": 0.0,
 }  # fmt: skip
 
 
@@ -129,7 +129,8 @@ class Aggregator:
 
 
 def _agg(label: str, family: str, strategy: str | None = None, **overrides: Any) -> Aggregator:
-    keys = tuple(sorted((k.replace("_", "-"), v) for k, v in overrides.items()))
+    """An aggregator whose ``overrides`` are keys of the run config's ``robust`` section."""
+    keys = tuple(sorted((f"robust.{k.replace('_', '-')}", v) for k, v in overrides.items()))
     return Aggregator(label, strategy or label, family, keys)
 
 
@@ -229,7 +230,7 @@ def plan(
 ) -> list[Cell]:
     """Every (partitioner, attack, aggregator) cell, in that nesting order.
 
-    ``num_byzantine`` defaults to ``round(attack-fraction × num_clients)``, the number of
+    ``num_byzantine`` defaults to ``round(attack.fraction × num_clients)``, the number of
     silos the simulation makes Byzantine."""
     f = round(ATTACK_FRACTION * num_clients) if num_byzantine is None else num_byzantine
     cells = []
@@ -239,11 +240,11 @@ def plan(
                 overrides = {
                     **COMMON,
                     "seed": seed,
-                    "num-byzantine": f,
+                    "robust.num-byzantine": f,
                     "num-server-rounds": rounds,
-                    "local-epochs": local_epochs,
-                    "partitioner": partitioner,
-                    "attack": attack,
+                    "training.local-epochs": local_epochs,
+                    "data.partitioner": partitioner,
+                    "attack.kind": attack,
                     **agg.config(),
                 }
                 cells.append(
@@ -371,11 +372,11 @@ def _probe_grid(client_app, run_config: dict[str, Any], num_nodes: int, norms: l
 
 
 def cell_robust_weights(cell: Cell) -> str:
-    """The ``robust-weights`` mode ``cell`` runs with (its override, else the default)."""
+    """The ``robust.weights`` mode ``cell`` runs with (its override, else the default)."""
     from fl_app.config import RunConfig
 
-    default = RunConfig.model_fields["robust_weights"].default
-    return dict(cell.overrides).get("robust-weights", default)
+    default = RunConfig().robust.weights
+    return dict(cell.overrides).get("robust.weights", default)
 
 
 def run_cell(cell: Cell) -> dict[str, Any]:
@@ -409,7 +410,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     }
     try:
         with tempfile.TemporaryDirectory(prefix="fedsilo-robust-") as tmp:
-            cfg = resolve_config({**cell.run_config(), "run-dir": tmp})
+            cfg = resolve_config({**cell.run_config(), "output.run-dir": tmp})
             grid = _probe_grid(client_app, cfg.to_flower(), cell.num_clients, norms)
             result, _ = run_federation(grid, cfg)
         server = result.evaluate_metrics_serverapp
@@ -999,7 +1000,7 @@ def _uniform_weights_paragraph(rows, superseded, partitioners) -> str | None:
         )
         + ". Under Dirichlet label skew the silos' sizes differ and honest counts carry "
         "information; uniform weights give it up so that no claim can steer a robust rule "
-        "(IID silos differ by at most one row). `robust-weights = "
+        "(IID silos differ by at most one row). `robust.weights = "
         '"capped"` keeps the claims up to the cohort\'s median claim.'
     )
 
@@ -1045,7 +1046,7 @@ def _same_rule_paragraph(rows) -> str | None:
             if any(claimed_weights(r) for r in rows)
             else ""
         )
-        + 'Both now weigh every silo alike (`robust-weights = "uniform"`); ours aggregate '
+        + 'Both now weigh every silo alike (`robust.weights = "uniform"`); ours aggregate '
         "deltas in float64 and our Bulyan selects by recursive Krum (Flower's by one-shot "
         "Multi-Krum)."
     )
@@ -1178,7 +1179,7 @@ def _literature_paragraphs(rows, meta, ranking, partitioners) -> list[str]:
         )
         clip = meta.get("clip-norm", 1.0)
         text += (
-            f" norm-clip's clip-norm = {clip:g} is "
+            f" norm-clip's robust.clip-norm = {clip:g} is "
             + ("below" if clip < norm else "above")
             + " the honest norm"
             + (", so it also shrinks every honest step." if clip < norm else ".")
@@ -1208,7 +1209,7 @@ def _problem_paragraphs(rows, partitioners, attacks) -> list[str]:
         )
         if any("needs exactly one of num_byzantine or beta" in r["error"] for r in errors):
             text += (
-                " Cause: with `pre-aggregator = 'nnm'` the factory adds `num_byzantine` to the "
+                " Cause: with `robust.pre-aggregator = 'nnm'` the factory adds `num_byzantine` to the "
                 "rule parameters for NNM, and `compose` hands every parameter to every stage "
                 "whose signature accepts it; `trimmed_mean` accepts both `num_byzantine` and "
                 "`beta` and refuses to get both, so `robust-trimmed-mean` + NNM fails in "
@@ -1346,7 +1347,7 @@ def render_markdown(
         lines += [
             f"**‡ = computed before issue #16** ({len(claimed)} cells): robust rules then "
             "weighted the updates by the silos' *claimed* `num-examples`; they now weigh "
-            'every silo alike (`robust-weights = "uniform"`, see '
+            'every silo alike (`robust.weights = "uniform"`, see '
             "[the threat model](security.md)). Only the rules whose result depends on the "
             f"weights are marked ({', '.join(sorted(CLAIM_WEIGHTED_BEFORE_16))}); "
             "unmarked cells are what the current code computes. Rerun them with "
@@ -1375,7 +1376,7 @@ def render_markdown(
         f"batch {meta.get('batch-size')}, SGD lr {meta.get('learning-rate')} momentum "
         f"{meta.get('momentum')}; every silo trains every round.",
         f"* Byzantine: attack-fraction {meta.get('attack-fraction')} → "
-        f"{len(byz)} silos (partitions {byz}), `num-byzantine` = {meta.get('num-byzantine')} "
+        f"{len(byz)} silos (partitions {byz}), `robust.num-byzantine` = {meta.get('num-byzantine')} "
         "for the rules that take it (Krum, Multi-Krum, Bulyan, NNM). Under attack `none` "
         "these silos are honest.",
         "* Threat model: model poisoning (sign-flip, gaussian, scaling, ALIE, IPM, "
@@ -1387,7 +1388,7 @@ def render_markdown(
         f"{meta.get('num-clients')}, f = {meta.get('num-byzantine')}), IPM ε = 0.1, "
         f"weight-inflation = the sign-flip vectors with {INFLATION_FACTOR:g} × the silo's "
         "claimed `num-examples`.",
-        f"* Update validation's norm filter is **off** (`max-update-norm-ratio = 0`) so the "
+        f"* Update validation's norm filter is **off** (`robust.max-update-norm-ratio = 0`) so the "
         "matrix measures the aggregators; the last row, "
         f"`{FILTER[0].label}`, is FedAvg with the default filter on.",
         f"* Aggregator parameters at the app's defaults: trim-beta {meta.get('trim-beta')}, "
@@ -1397,10 +1398,10 @@ def render_markdown(
         f"fltrust-root-size {meta.get('fltrust-root-size')}; `+nnm` = nearest-neighbour "
         "mixing (Allouah et al., 2023) in front of the rule.",
         "* Client-side evaluation is off and silos keep no validation split "
-        "(`fraction-evaluate = 0`, `val-fraction = 0`): the benchmark reads the server's "
+        "(`sampling.fraction-evaluate = 0`, `data.val-fraction = 0`): the benchmark reads the server's "
         "held-out test accuracy (360 images) after the last round."
         + (
-            f" With the app's `val-fraction = {bug['val-fraction']:g}`, "
+            f" With the app's `data.val-fraction = {bug['val-fraction']:g}`, "
             f"{bug.get('iid', 0)} of {meta.get('num-clients')} IID silos fail "
             "(see *Bug found* below)."
             if bug.get("iid") or bug.get("dirichlet")
@@ -1441,13 +1442,13 @@ def render_markdown(
             "`tasks.partitioning.stratified_split` stratifies whenever every class has ≥ 2 "
             "members, but scikit-learn's `train_test_split` also needs the held-out count "
             "(⌈fraction · n⌉) and the kept count to be ≥ the number of classes. With the "
-            f"app's `val-fraction = {bug['val-fraction']:g}` and {meta.get('num-clients')} "
+            f"app's `data.val-fraction = {bug['val-fraction']:g}` and {meta.get('num-clients')} "
             f"silos, {bug.get('iid', 0)} IID and {bug.get('dirichlet', 0)} Dirichlet silos "
             f"cannot load their partition (`{bug.get('message')}`): they fail the roll call "
             "and every train message, and the federation silently trains on the rest. Fix: "
             "stratify only if also `ceil(fraction·n) >= n_classes` and "
             "`n − ceil(fraction·n) >= n_classes`, else split unstratified. The benchmark "
-            "sidesteps it with `val-fraction = 0`.",
+            "sidesteps it with `data.val-fraction = 0`.",
             "",
         ]
     lines += [
@@ -1563,8 +1564,8 @@ def describe(cells: Sequence[Cell], *, workers: int, command: str) -> dict[str, 
     from tasks import get_task
 
     first = cells[0]
-    cfg = resolve_config({**first.run_config(), "attack": "none", "strategy": "fedavg"})
-    byz = sorted(byzantine_partitions(first.num_clients, cfg.attack_fraction, cfg.seed))
+    cfg = resolve_config({**first.run_config(), "attack.kind": "none", "strategy": "fedavg"})
+    byz = sorted(byzantine_partitions(first.num_clients, cfg.attack.fraction, cfg.seed))
     model = get_task(cfg.task).build_model()
     example = next((c for c in cells if c.attack == "alie" and c.aggregator == "cclip+nnm"), first)
     return {
@@ -1575,24 +1576,24 @@ def describe(cells: Sequence[Cell], *, workers: int, command: str) -> dict[str, 
         "aggregators": _present(
             [asdict(c) for c in cells], "aggregator", [a.label for a in AGGREGATORS]
         ),
-        "dirichlet-alpha": cfg.dirichlet_alpha,
+        "dirichlet-alpha": cfg.data.dirichlet_alpha,
         "num-server-rounds": cfg.num_server_rounds,
-        "local-epochs": cfg.local_epochs,
-        "batch-size": cfg.batch_size,
-        "learning-rate": cfg.learning_rate,
-        "momentum": cfg.momentum,
+        "local-epochs": cfg.training.local_epochs,
+        "batch-size": cfg.training.batch_size,
+        "learning-rate": cfg.training.learning_rate,
+        "momentum": cfg.training.momentum,
         "seed": cfg.seed,
-        "attack-fraction": cfg.attack_fraction,
-        "num-byzantine": cfg.num_byzantine,
+        "attack-fraction": cfg.attack.fraction,
+        "num-byzantine": cfg.robust.num_byzantine,
         "byzantine-partitions": byz,
         "alie-z": round(alie_z(first.num_clients, len(byz)), 4) if byz else None,
-        "trim-beta": cfg.trim_beta,
-        "cclip-tau": cfg.cclip_tau,
-        "clip-norm": cfg.clip_norm,
-        "fltrust-root-size": cfg.fltrust_root_size,
-        "max-update-norm-ratio": cfg.max_update_norm_ratio,
-        "val-fraction": cfg.val_fraction,
-        "fraction-evaluate": cfg.fraction_evaluate,
+        "trim-beta": cfg.robust.trim_beta,
+        "cclip-tau": cfg.robust.cclip_tau,
+        "clip-norm": cfg.robust.clip_norm,
+        "fltrust-root-size": cfg.robust.fltrust_root_size,
+        "max-update-norm-ratio": cfg.robust.max_update_norm_ratio,
+        "val-fraction": cfg.data.val_fraction,
+        "fraction-evaluate": cfg.sampling.fraction_evaluate,
         "model-parameters": sum(p.numel() for p in model.parameters()),
         "default-val-split-failures": validation_split_failures(first.num_clients, cfg.seed),
         "code": code_version().to_json(),
@@ -1609,14 +1610,14 @@ def describe(cells: Sequence[Cell], *, workers: int, command: str) -> dict[str, 
 
 def validation_split_failures(num_clients: int, seed: int) -> dict[str, Any]:
     """How many silos fail to load their partition with the app's default
-    ``val-fraction`` (per partitioner), and the first error message."""
+    ``data.val-fraction`` (per partitioner), and the first error message."""
     from tasks import get_task
 
     task = get_task(TASK)
     out: dict[str, Any] = {"message": None}
     for partitioner in PARTITIONERS:
-        cfg = resolve_config({"task": TASK, "partitioner": partitioner, "seed": seed,
-                              "dirichlet-alpha": DIRICHLET_ALPHA})  # fmt: skip
+        cfg = resolve_config({"task": TASK, "data.partitioner": partitioner, "seed": seed,
+                              "data.dirichlet-alpha": DIRICHLET_ALPHA})  # fmt: skip
         failures = 0
         for pid in range(num_clients):
             try:
@@ -1625,7 +1626,7 @@ def validation_split_failures(num_clients: int, seed: int) -> dict[str, Any]:
                 failures += 1
                 out["message"] = out["message"] or f"{type(exc).__name__}: {exc}"
         out[partitioner] = failures
-    out["val-fraction"] = resolve_config({"task": TASK}).val_fraction
+    out["val-fraction"] = resolve_config({"task": TASK}).data.val_fraction
     return out
 
 

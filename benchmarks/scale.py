@@ -15,7 +15,7 @@ What keeps memory flat: a virtual client is a ``Context`` in the SuperLink (its 
 config and a small persistent state), not a model; a Ray actor builds one model per
 message and drops it; each actor process builds only the partitions of the silos it
 serves, on demand (``tasks.partitioning.LazyPartitions``); the server holds one global
-model. Sampling draws ``fraction-train`` of the silos per round. With
+model. Sampling draws ``sampling.fraction-train`` of the silos per round. With
 ``--rows-per-client`` (fraud) the data grows with the clients (a generated data set of
 that many training rows per silo, written to a CSV the run reads as its data source), so
 a silo's work stays the same at any scale.
@@ -117,13 +117,13 @@ class TreeSampler(threading.Thread):
 
 def scaled_data(args, directory: Path) -> Path:
     """A generated fraud CSV with ``rows-per-client`` training rows per silo (after the
-    server's ``test-fraction`` hold-out), for ``data-source``."""
+    server's ``data.test-fraction`` hold-out), for ``data-source``."""
     from fl_app.config import RunConfig
     from tasks.fraud import generate_fraud_frame
 
     if args.task != "fraud":
         raise SystemExit(f"--rows-per-client generates fraud data; --task is {args.task!r}")
-    test_fraction = RunConfig().test_fraction
+    test_fraction = RunConfig().data.test_fraction
     rows = round(args.clients * args.rows_per_client / (1 - test_fraction))
     path = directory / f"fraud-{rows}.csv"
     generate_fraud_frame(n_rows=rows).to_csv(path, index=False)
@@ -144,13 +144,13 @@ def run_scale(args) -> dict:
     overrides = {
         "task": args.task,
         "num-server-rounds": args.rounds,
-        "fraction-train": args.fraction_train,
-        "fraction-evaluate": args.fraction_evaluate,
-        "min-train-nodes": args.min_train,
-        "min-evaluate-nodes": args.min_train if args.fraction_evaluate > 0 else 0,
-        "min-available-nodes": args.clients,
-        "local-epochs": 1,
-        "round-timeout": args.round_timeout,
+        "sampling.fraction-train": args.fraction_train,
+        "sampling.fraction-evaluate": args.fraction_evaluate,
+        "sampling.min-train-nodes": args.min_train,
+        "sampling.min-evaluate-nodes": args.min_train if args.fraction_evaluate > 0 else 0,
+        "sampling.min-available-nodes": args.clients,
+        "training.local-epochs": 1,
+        "sampling.round-timeout": args.round_timeout,
     }
     federation = {"num-supernodes": args.clients, "client-resources-num-cpus": args.cpus}
     with tempfile.TemporaryDirectory(prefix="fedsilo-scale-") as home:
@@ -164,7 +164,7 @@ def run_scale(args) -> dict:
         }
         if args.ray_address:  # Flower's backend calls ray.init() without an address
             env["RAY_ADDRESS"] = args.ray_address
-        overrides["run-dir"] = str(Path(home) / "runs")
+        overrides["output.run-dir"] = str(Path(home) / "runs")
         if args.rows_per_client:
             overrides["data-source"] = str(scaled_data(args, Path(home)))
         cmd = [
@@ -298,9 +298,9 @@ def markdown(r: dict) -> str:
     return f"""## Simulation at scale (`python -m benchmarks.scale`)
 
 Real `flwr run` with the simulation engine {where}: **{r["clients"]:,} virtual clients**,
-task `{r["task"]}` on {data}, {r["rounds"]} rounds, `fraction-train = {r["fraction_train"]}`
+task `{r["task"]}` on {data}, {r["rounds"]} rounds, `sampling.fraction-train = {r["fraction_train"]}`
 ({r["sampled_per_round"]} silos trained per round, replies per round:
-{r["replies_per_round"]}), `fraction-evaluate = {r["fraction_evaluate"]}`, 1 local epoch,
+{r["replies_per_round"]}), `sampling.fraction-evaluate = {r["fraction_evaluate"]}`, 1 local epoch,
 `client-resources-num-cpus = {r["cpus_per_client"]}`. Machine: {r["machine"]["cpus"]} cores,
 {r["machine"]["ram_gib"]:.0f} GiB RAM, load average {r["machine"]["load_before"]:.1f} when
 started (shared with other jobs). Run {r["when"]}.

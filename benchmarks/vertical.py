@@ -1,7 +1,7 @@
 """Vertical FL (split learning) vs centralised vs the label party alone → docs/vertical.md.
 
 For each task (bank-marketing over 3 parties, fraud over 3 parties), with partially
-overlapping ids (each party holds a seeded ``vertical-coverage`` share of the records):
+overlapping ids (each party holds a seeded ``vertical.coverage`` share of the records):
 
 * **vertical FL** – the app's real vertical mode (``fl_app.vertical``: PSI alignment, one
   ``train.vertical_step`` message round trip per batch) on the in-process grid, which
@@ -43,15 +43,15 @@ from tasks.vertical import parse_split, party_data, vertical_spec
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SETTINGS = {
-    "bank-marketing": {"num-server-rounds": 10, "vertical-batch-size": 256, "learning-rate": 0.2},
-    "fraud": {"num-server-rounds": 10, "vertical-batch-size": 256, "learning-rate": 0.2},
+    "bank-marketing": {"num-server-rounds": 10, "vertical.batch-size": 256, "training.learning-rate": 0.2},
+    "fraud": {"num-server-rounds": 10, "vertical.batch-size": 256, "training.learning-rate": 0.2},
 }
 
 
 def vertical_config(task: str, run_dir: str, **overrides) -> RunConfig:
     """The run config of a vertical run of ``task`` (kebab-case overrides)."""
     return RunConfig.from_flower(
-        {**RunConfig().to_flower(), "mode": "vertical", "task": task, "run-dir": run_dir,
+        {**RunConfig().to_flower(), "mode": "vertical", "task": task, "output.run-dir": run_dir,
          **SETTINGS[task], **overrides}
     )  # fmt: skip
 
@@ -62,16 +62,16 @@ def run_vertical_inprocess(cfg: RunConfig):
     from fl_app.inprocess import InProcessGrid
     from fl_app.vertical.server import run_vertical
 
-    groups = parse_split(cfg.vertical_split, vertical_spec(cfg.task))
+    groups = parse_split(cfg.vertical.split, vertical_spec(cfg.task))
     return run_vertical(InProcessGrid(app, cfg.to_flower(), len(groups) - 1), cfg)
 
 
 def party_views(cfg: RunConfig) -> list:
     """Every party's :class:`~tasks.vertical.PartyData` (party 0 with labels)."""
-    groups = parse_split(cfg.vertical_split, vertical_spec(cfg.task))
+    groups = parse_split(cfg.vertical.split, vertical_spec(cfg.task))
     return [
-        party_data(cfg.task, cfg.data_source, tuple(g), party=p,
-                   coverage=cfg.vertical_coverage, seed=cfg.seed, with_labels=p == 0)
+        party_data(cfg.task, cfg.data.source, tuple(g), party=p,
+                   coverage=cfg.vertical.coverage, seed=cfg.seed, with_labels=p == 0)
         for p, g in enumerate(groups)
     ]  # fmt: skip
 
@@ -86,7 +86,7 @@ def plaintext_alignment(cfg: RunConfig) -> tuple[np.ndarray, np.ndarray, np.ndar
     common = set(views[0].ids).intersection(*(set(v.ids) for v in views[1:]))
     rows = np.array([r for r, i in enumerate(views[0].ids) if i in common], dtype=np.int64)
     rows = rows[np.random.default_rng(cfg.seed).permutation(len(rows))]
-    train_ids, test_ids = stratified_split(views[0].y[rows], cfg.test_fraction, seed=cfg.seed)
+    train_ids, test_ids = stratified_split(views[0].y[rows], cfg.data.test_fraction, seed=cfg.seed)
     return rows, train_ids, test_ids
 
 
@@ -105,13 +105,13 @@ def aligned_arrays(cfg: RunConfig, label_rows: np.ndarray):
 def centralised(cfg: RunConfig, label_rows, train_ids, test_ids) -> list[dict[str, float]]:
     """The same split model trained in one place; held-out metrics per epoch."""
     xs, y = aligned_arrays(cfg, label_rows)
-    model = build_split_model([x.shape[1] for x in xs], cfg.vertical_embedding_dim, cfg.seed)
+    model = build_split_model([x.shape[1] for x in xs], cfg.vertical.embedding_dim, cfg.seed)
     test = torch.as_tensor(test_ids)
     history: list[dict[str, float]] = []
     train_centralised(
         model, xs, y, torch.as_tensor(train_ids),
-        epochs=cfg.num_server_rounds, batch_size=cfg.vertical_batch_size,
-        learning_rate=cfg.learning_rate, momentum=cfg.momentum, seed=cfg.seed,
+        epochs=cfg.num_server_rounds, batch_size=cfg.vertical.batch_size,
+        learning_rate=cfg.training.learning_rate, momentum=cfg.training.momentum, seed=cfg.seed,
         on_epoch=lambda e: history.append(
             binary_metrics(y[test], split_proba(model, [x[test] for x in xs]))),
     )  # fmt: skip
@@ -129,7 +129,7 @@ def centralised_mlp(cfg: RunConfig, label_rows, train_ids, test_ids) -> dict[str
     split_params = sum(
         p.numel()
         for p in build_split_model(
-            [x.shape[1] for x in xs], cfg.vertical_embedding_dim, cfg.seed
+            [x.shape[1] for x in xs], cfg.vertical.embedding_dim, cfg.seed
         ).parameters()
     )
     x = torch.cat(xs, dim=1)
@@ -144,8 +144,8 @@ def centralised_mlp(cfg: RunConfig, label_rows, train_ids, test_ids) -> dict[str
     test = torch.as_tensor(test_ids)
     train_classifier(
         model, x[train].numpy(), y[train].numpy(), epochs=cfg.num_server_rounds,
-        batch_size=cfg.vertical_batch_size, learning_rate=cfg.learning_rate,
-        momentum=cfg.momentum, class_weights=class_weights_for(y[train]),
+        batch_size=cfg.vertical.batch_size, learning_rate=cfg.training.learning_rate,
+        momentum=cfg.training.momentum, class_weights=class_weights_for(y[train]),
         generator=torch.Generator().manual_seed(cfg.seed),
     )  # fmt: skip
     model.eval()
@@ -162,12 +162,12 @@ def label_party_alone(cfg: RunConfig, label_rows, test_ids) -> list[dict[str, fl
     x, y = torch.from_numpy(label.x), torch.from_numpy(label.y)
     test_rows = torch.as_tensor(np.asarray(label_rows)[np.asarray(test_ids)])
     train_rows = torch.as_tensor(np.setdiff1d(np.arange(len(y)), test_rows.numpy()))
-    model = build_split_model([x.shape[1]], cfg.vertical_embedding_dim, cfg.seed)
+    model = build_split_model([x.shape[1]], cfg.vertical.embedding_dim, cfg.seed)
     history: list[dict[str, float]] = []
     train_centralised(
         model, [x], y, train_rows,
-        epochs=cfg.num_server_rounds, batch_size=cfg.vertical_batch_size,
-        learning_rate=cfg.learning_rate, momentum=cfg.momentum, seed=cfg.seed,
+        epochs=cfg.num_server_rounds, batch_size=cfg.vertical.batch_size,
+        learning_rate=cfg.training.learning_rate, momentum=cfg.training.momentum, seed=cfg.seed,
         on_epoch=lambda e: history.append(
             binary_metrics(y[test_rows], split_proba(model, [x[test_rows]]))),
     )  # fmt: skip
@@ -197,20 +197,21 @@ def bench_task(task: str, run_dir: str, quick: bool = False) -> dict:
     }  # fmt: skip
     if task == "bank-marketing":
         protected = vertical_config(
-            task, run_dir, **extra, **{"vertical-embedding-clip": 1.0,
-                                       "vertical-noise-multiplier": 0.5,
-                                       "vertical-gradient-clip": 1.0},
+            task, run_dir, **extra, **{"vertical.embedding-clip": 1.0,
+                                       "vertical.noise-multiplier": 0.5,
+                                       "vertical.gradient-clip": 1.0},
         )  # fmt: skip
         rows["vertical FL, clip 1 + noise σ=0.5"] = _final(
             [r for r in run_vertical_inprocess(protected).metrics if r["round"] > 0]
         )
-    groups = parse_split(cfg.vertical_split, vertical_spec(task))
+    groups = parse_split(cfg.vertical.split, vertical_spec(task))
     last = server[-1]
     return {
         "task": task,
         "settings": {k: cfg.to_flower()[k] for k in
-                     ("num-server-rounds", "vertical-batch-size", "learning-rate", "momentum",
-                      "vertical-embedding-dim", "vertical-coverage", "test-fraction", "seed")},
+                     ("num-server-rounds", "vertical.batch-size", "training.learning-rate",
+                      "training.momentum", "vertical.embedding-dim", "vertical.coverage",
+                      "data.test-fraction", "seed")},
         "split": groups,
         "records": {"label party": result.label_records,
                     **{f"party {p}": n for p, n in result.party_records.items()},
@@ -238,7 +239,7 @@ def to_markdown(results: list[dict]) -> str:
         "",
         "Generated by `python -m benchmarks.vertical` (see its docstring for the method) "
         f"from {_code_label(results)}. "
-        "Held-out = a stratified share (`test-fraction`) of the records every party holds; "
+        "Held-out = a stratified share (`data.test-fraction`) of the records every party holds; "
         "all rows of a task are evaluated on the same held-out records. ROC-AUC and PR-AUC "
         "are on held-out aligned records; accuracy at threshold 0.5 with the positive class "
         "up-weighted by sqrt(#neg/#pos) in the loss.",

@@ -271,15 +271,14 @@ def federation_spec_schema() -> str:
 
 
 # --------------------------------------------------------------------------- strategies
-_COMMON_KEYS = {
-    "fraction_train", "fraction_evaluate", "min_train_nodes", "min_evaluate_nodes",
-    "min_available_nodes", "task", "seed", "strategy",
-}  # fmt: skip
+#: Top-level keys and sections every strategy reads (the sampling section: common_kwargs).
+_COMMON_KEYS = {"sampling", "task", "seed", "strategy"}
 
 
 def _config_keys(factory: Any, _seen: set[str] | None = None) -> list[str]:
-    """Run-config keys a factory reads (``cfg.<field>``), following the helpers of its own
-    module it passes ``cfg`` to (common sampling keys left out)."""
+    """Run-config keys a factory reads (``cfg.<field>`` or ``cfg.<section>.<field>``, as
+    dotted keys), following the helpers of its own module it passes ``cfg`` to (common
+    sampling keys left out)."""
     seen = _seen if _seen is not None else set()
     seen.add(getattr(factory, "__qualname__", ""))
     try:
@@ -288,9 +287,9 @@ def _config_keys(factory: Any, _seen: set[str] | None = None) -> list[str]:
         return []
     module = sys.modules.get(getattr(factory, "__module__", ""))
     keys: list[str] = []
-    for name in re.findall(r"\bcfg\.([a-z_0-9]+)\b", source):
-        key = name.replace("_", "-")
-        if name not in _COMMON_KEYS and key not in keys:
+    for section, name in re.findall(r"\bcfg\.([a-z_0-9]+)(?:\.([a-z_0-9]+))?\b", source):
+        key = (f"{section}.{name}" if name else section).replace("_", "-")
+        if section not in _COMMON_KEYS and key not in keys:
             keys.append(key)
     for helper_name in re.findall(r"\b([A-Za-z_][A-Za-z_0-9]*)\(cfg\b", source):
         helper = getattr(module, helper_name, None)
@@ -346,7 +345,7 @@ def strategies_page() -> str:
         "(`strategies/registry.py`). Flower's own strategies are configured from the run "
         "config; ours are Byzantine-robust rules on the stacked updates "
         "(`strategies/robust/`, pure torch functions), each of which can run behind a "
-        'pre-aggregator (`pre-aggregator = "nnm" | "bucketing" | "nnm+bucketing"`: '
+        'pre-aggregator (`robust.pre-aggregator = "nnm" | "bucketing" | "nnm+bucketing"`: '
         f"nearest-neighbour mixing, {reference_text(('Allouah', '2023'))}; bucketing, "
         f"{reference_text(('Karimireddy', '2022'))}).",
         "",
@@ -436,10 +435,10 @@ def tasks_page() -> str:
         "`flwr run` need no download; `data-source` names the real data (a Hugging Face id, a "
         "local path or an Azure Blob URL, as each task documents below).",
         "",
-        "Splitting is shared by every task: `test-fraction` of the pooled data is held out "
+        "Splitting is shared by every task: `data.test-fraction` of the pooled data is held out "
         "(stratified, seeded) for the server's evaluation of the global model after every "
         'round; the rest is partitioned across the silos (`partitioner = "iid"` or '
-        '`"dirichlet"` with label skew `dirichlet-alpha`); each silo keeps `val-fraction` of '
+        '`"dirichlet"` with label skew `data.dirichlet-alpha`); each silo keeps `data.val-fraction` of '
         "its partition for client-side evaluation. On a real federation each silo's "
         "SuperNode gets its own `data-source` as node config and trains on its own data only.",
         "",

@@ -10,9 +10,11 @@ After every round the server saves ``latest.pt`` (atomically, verified by sha256
   (adaptive) clipping norm and the states of its noise and Poisson-sampling
   generators (seeded from OS entropy: the checkpoint is where that secret lives);
 * ``rng``: the Python, NumPy and torch generator states of the server process;
-* ``settings``: the run-config keys that determine the model (everything but
-  :data:`TRANSIENT_KEYS`), so that a run is only ever resumed with the settings it ran
-  with, and ``config-hash``;
+* ``settings``: the run-config keys that determine the model (everything but the
+  transient keys, :data:`fl_app.config.TRANSIENT_KEYS`), so that a run is only ever
+  resumed with the settings it ran with, and ``config-hash``. Settings stored by older
+  versions (flat keys) are read under today's dotted keys
+  (:func:`fl_app.config.legacy_settings`);
 * ``lineage``: the run's public lineage id (:mod:`fl_app.silo_state`), sent to the silos
   in every train config so that, on resume, they continue their secret local-DP state
   (absent in checkpoints of older versions: such a resume starts a new lineage).
@@ -20,7 +22,7 @@ After every round the server saves ``latest.pt`` (atomically, verified by sha256
 Everything is a tensor, a number, a string or a list/dict of those, so checkpoints load
 with ``torch.load(weights_only=True)``: a tampered checkpoint cannot run code.
 
-``resume = true`` continues from the newest checkpoint of a run with the same settings
+``output.resume = true`` continues from the newest checkpoint of a run with the same settings
 (:func:`find_resume_point`); client training is seeded by (seed, partition, round) and
 sampling by (seed, round), so the resumed rounds are the rounds the interrupted run would
 have run. Local DP's secret batches and noise continue from each silo's state file (same
@@ -35,7 +37,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,28 +45,38 @@ from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
 from fl_app import LOG
-from fl_app.config import ConfigError, RunConfig
+from fl_core.config import Section, transient
+from fl_core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fl_app.config import RunConfig
 
 CHECKPOINT_NAME = "latest.pt"
 FORMAT = 2
 
-#: Run-config keys that may differ between a run and its resumption: where things are
-#: written, how long to wait, how to track. Every other key must match.
-TRANSIENT_KEYS = frozenset(
-    {
-        "resume",
-        "resume-from",
-        "round-timeout",
-        "round-retries",
-        "straggler-timeout",
-        "min-available-nodes",
-        "checkpoint-uri",
-        "run-dir",
-        "mlflow-tracking-uri",
-        "mlflow-experiment",
-        "mlflow-register-model",
-    }
-)
+
+class OutputSection(Section):
+    """Where a run writes its model, metrics and checkpoints, and what it resumes from."""
+
+    checkpoint_uri: str = transient(
+        "",
+        description="Where the global model is checkpointed after every round: a directory or "
+        'a Blob URL (…/<container>/<prefix>); "" = <run directory>/checkpoints.',
+    )
+    run_dir: str = transient(
+        "outputs", description="Directory under which each run writes model, metrics, config."
+    )
+    resume: bool = transient(
+        False,
+        description="Continue from the last complete round of the newest run with the same "
+        "settings under `output.run-dir` (or `output.resume-from`); starts afresh when there "
+        "is none.",
+    )
+    resume_from: str = transient(
+        "",
+        description="Run directory, checkpoint directory, checkpoint file or Blob URL to "
+        "resume from (needs `output.resume` = true).",
+    )
 
 #: Attributes holding a strategy's state between rounds (Flower's FedOpt family and
 #: FedAvgM; our robust rules' previous aggregate).
@@ -72,8 +84,23 @@ STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector", "current_arrays", "_previou
 
 
 def training_settings(cfg: RunConfig) -> dict[str, Any]:
-    """The run-config keys that determine the model (all but :data:`TRANSIENT_KEYS`)."""
+    """The run-config keys that determine the model (all but the transient ones), dotted."""
+    from fl_app.config import TRANSIENT_KEYS
+
     return {k: v for k, v in cfg.to_flower().items() if k not in TRANSIENT_KEYS}
+
+
+def stored_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings a checkpoint or a run directory's ``config.json`` holds, under today's
+    dotted keys (older versions wrote flat keys), transient keys and the config hash
+    left out: comparable with :func:`training_settings`."""
+    from fl_app.config import TRANSIENT_KEYS, legacy_settings
+
+    return {
+        k: v
+        for k, v in legacy_settings(settings).items()
+        if k not in TRANSIENT_KEYS and k != "config-hash"
+    }
 
 
 def settings_hash(cfg: RunConfig) -> str:
@@ -245,16 +272,16 @@ def load_checkpoint(data: bytes, cfg: RunConfig, source: str, run_dir: Path | No
     if blob.get("format") != FORMAT:
         raise ConfigError(
             f"checkpoint {source} has no resumable state (format {blob.get('format')}); it "
-            "was written by an older version: start the run afresh (resume=false)"
+            "was written by an older version: start the run afresh (output.resume=false)"
         )
     ours = training_settings(cfg)
-    theirs = blob["settings"]
+    theirs = stored_settings(blob["settings"])
     differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     if differ:
         details = ", ".join(f"'{k}': {theirs.get(k)!r} → {ours.get(k)!r}" for k in differ)
         raise ConfigError(
             f"cannot resume from {source}: run-config differs from the checkpoint's in "
-            f"{details}. Resume with the checkpoint's values, or start afresh (resume=false)."
+            f"{details}. Resume with the checkpoint's values, or start afresh (output.resume=false)."
         )
     return ResumePoint(
         round=int(blob["round"]),
@@ -272,12 +299,12 @@ def _settings_of_run(run_dir: Path) -> dict[str, Any] | None:
         params = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    return {k: v for k, v in params.items() if k not in TRANSIENT_KEYS and k != "config-hash"}
+    return stored_settings(params)
 
 
 def matching_runs(cfg: RunConfig) -> list[Path]:
-    """Run directories under ``run-dir`` written with ``cfg``'s settings, newest first."""
-    root = Path(cfg.run_dir).expanduser().resolve()
+    """Run directories under ``output.run-dir`` written with ``cfg``'s settings, newest first."""
+    root = Path(cfg.output.run_dir).expanduser().resolve()
     if not root.is_dir():
         return []
     ours = training_settings(cfg)
@@ -295,10 +322,10 @@ def _load(store_uri: str, name: str) -> bytes | None:
 
 
 def _explicit_source(cfg: RunConfig) -> tuple[str, str, Path | None]:
-    """``(store uri, checkpoint name, run dir)`` for ``resume-from``."""
+    """``(store uri, checkpoint name, run dir)`` for ``output.resume-from``."""
     from adapters.blob.store import is_blob_uri
 
-    src = cfg.resume_from
+    src = cfg.output.resume_from
     if is_blob_uri(src):
         return src, CHECKPOINT_NAME, None
     path = Path(src).expanduser().resolve()
@@ -312,39 +339,39 @@ def _explicit_source(cfg: RunConfig) -> tuple[str, str, Path | None]:
         return str(path.parent), path.name, run_of(path.parent)
     if (path / "config.json").is_file():
         local = path / "checkpoints"
-        store = str(local) if (local / CHECKPOINT_NAME).is_file() else cfg.checkpoint_uri
+        store = str(local) if (local / CHECKPOINT_NAME).is_file() else cfg.output.checkpoint_uri
         return store or str(local), CHECKPOINT_NAME, path
     if (path / CHECKPOINT_NAME).is_file():
         return str(path), CHECKPOINT_NAME, run_of(path)
     raise ConfigError(
-        f"run-config 'resume-from' = {src!r}: no checkpoint there; give a run directory, a "
+        f"run-config 'output.resume-from' = {src!r}: no checkpoint there; give a run directory, a "
         f"checkpoint directory holding {CHECKPOINT_NAME}, a checkpoint file or a Blob URL"
     )
 
 
 def find_resume_point(cfg: RunConfig) -> ResumePoint | None:
-    """The checkpoint ``resume = true`` continues from, or ``None`` (start afresh).
+    """The checkpoint ``output.resume = true`` continues from, or ``None`` (start afresh).
 
-    ``resume-from`` names it explicitly (an error if it holds none). Otherwise: the
-    ``checkpoint-uri`` when set, else the newest run directory under ``run-dir`` with the
+    ``output.resume-from`` names it explicitly (an error if it holds none). Otherwise: the
+    ``output.checkpoint-uri`` when set, else the newest run directory under ``output.run-dir`` with the
     same settings that has a checkpoint; the resumed run continues writing in that run
     directory (metrics, audit log).
     """
-    if not cfg.resume:
+    if not cfg.output.resume:
         return None
-    if cfg.resume_from:
+    if cfg.output.resume_from:
         store, name, run_dir = _explicit_source(cfg)
         data = _load(store, name)
         if data is None:
             raise ConfigError(
-                f"run-config 'resume-from' = {cfg.resume_from!r}: no checkpoint {name} in {store}"
+                f"run-config 'output.resume-from' = {cfg.output.resume_from!r}: no checkpoint {name} in {store}"
             )
         return load_checkpoint(data, cfg, f"{store}/{name}", run_dir)
     runs = matching_runs(cfg)
-    if cfg.checkpoint_uri:
-        data = _load(cfg.checkpoint_uri, CHECKPOINT_NAME)
+    if cfg.output.checkpoint_uri:
+        data = _load(cfg.output.checkpoint_uri, CHECKPOINT_NAME)
         if data is not None:
-            source = f"{cfg.checkpoint_uri}/{CHECKPOINT_NAME}"
+            source = f"{cfg.output.checkpoint_uri}/{CHECKPOINT_NAME}"
             return load_checkpoint(data, cfg, source, runs[0] if runs else None)
     else:
         for run_dir in runs:
@@ -353,8 +380,8 @@ def find_resume_point(cfg: RunConfig) -> ResumePoint | None:
                 source = str(run_dir / "checkpoints" / CHECKPOINT_NAME)
                 return load_checkpoint(data, cfg, source, run_dir)
     LOG.warning(
-        "[fedsilo] resume=true but no checkpoint of a run with these settings under %s; "
+        "[fedsilo] output.resume=true but no checkpoint of a run with these settings under %s; "
         "starting afresh",
-        cfg.checkpoint_uri or cfg.run_dir,
+        cfg.output.checkpoint_uri or cfg.output.run_dir,
     )
     return None

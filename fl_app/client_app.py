@@ -67,7 +67,7 @@ def _model(task, cfg: RunConfig) -> torch.nn.Module:
     carries are copied into its ArrayRecord. A ClientApp process handles one message at a
     time (Ray actor, SuperNode, in-process grid), so the model is never shared between two
     messages in flight. Local DP (Opacus wraps the model it trains) gets a fresh model."""
-    if cfg.local_dp:
+    if cfg.dp.local:
         return task.build_model()
     model = _MODELS.get(task.name)
     if model is None:
@@ -112,13 +112,13 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config.get("server-round", 0))
     data = silo_data(task, cfg, context)
     train_data = data.train
-    if cfg.attack == "label-flip" and pid in byzantine_partitions(n, cfg.attack_fraction, cfg.seed):
+    if cfg.attack.kind == "label-flip" and pid in byzantine_partitions(n, cfg.attack.fraction, cfg.seed):
         # Simulated data poisoning (threat-model tool): this silo learns flipped labels.
         # Padding labels (< 0, sequence tasks) stay padding.
         flipped = np.where(train_data.y >= 0, task.num_classes - 1 - train_data.y, train_data.y)
         train_data = ArrayDataset(train_data.x, flipped)
     generator = seed_everything(derive_seed(cfg.seed, "train", pid, server_round))
-    if cfg.local_dp:
+    if cfg.dp.local:
         metrics = _train_local_dp(
             model, train_data, task, cfg, context, pid, server_round, config, generator
         )
@@ -138,7 +138,7 @@ def train(msg: Message, context: Context) -> Message:
             META_KEY: _meta(pid),
         }
     )
-    if cfg.compression != "none":
+    if cfg.compression.method != "none":
         content = _compress(content, msg, cfg, context, pid, server_round)
     return Message(content, reply_to=msg)
 
@@ -151,7 +151,7 @@ def _compress(content, msg: Message, cfg: RunConfig, context: Context, pid: int,
     from strategies.compression.records import ESTIMATE_STEP_KEY
 
     spec = CompressionSpec(
-        cfg.compression, cfg.topk_fraction, cfg.quantization_chunk, cfg.topk_scope
+        cfg.compression.method, cfg.compression.topk_fraction, cfg.compression.quantization_chunk, cfg.compression.topk_scope
     )
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "compress", pid, server_round))
     server_step = msg.content["config"].get(ESTIMATE_STEP_KEY)
@@ -160,9 +160,9 @@ def _compress(content, msg: Message, cfg: RunConfig, context: Context, pid: int,
         msg.content["arrays"],
         spec,
         state=context.state,
-        error_feedback=cfg.error_feedback,
+        error_feedback=cfg.compression.error_feedback,
         generator=generator,
-        feedback=cfg.topk_feedback,
+        feedback=cfg.compression.topk_feedback,
         server_step=None if server_step is None else int(server_step),
     )
 
@@ -174,43 +174,43 @@ def _train_local_dp(
     """DP-SGD with Opacus. Batches and noise come from the silo's secret generators and
     the accountant history from its state file (fl_app.silo_state), both per lineage: the
     reported ``dp-epsilon`` is cumulative over the run, resumes included, and a replayed
-    round gets fresh noise and is accounted again. Under ``dp-reproducible-noise`` the
+    round gets fresh noise and is accounted again. Under ``dp.reproducible-noise`` the
     ``seeded`` generator (from seed, partition, round) drives both instead: research only,
     the server can regenerate the noise."""
     from strategies.privacy.local import make_private_trainer
 
     budget = (
-        {"target_epsilon": cfg.local_target_epsilon,
-         "epochs": cfg.local_epochs * cfg.num_server_rounds}
-        if cfg.local_target_epsilon > 0
-        else {"noise_multiplier": cfg.local_noise_multiplier}
+        {"target_epsilon": cfg.dp.local_target_epsilon,
+         "epochs": cfg.training.local_epochs * cfg.num_server_rounds}
+        if cfg.dp.local_target_epsilon > 0
+        else {"noise_multiplier": cfg.dp.local_noise_multiplier}
     )  # fmt: skip
     store = SiloStateStore.for_node(context.node_config)
     state = store.load(silo_lineage(config, context), f"p{pid}")
-    if cfg.dp_reproducible_noise:
+    if cfg.dp.reproducible_noise:
         generators = {"generator": seeded}
     else:
         generators = {"generator": state.sampling, "noise_generator": state.noise}
     if task.class_weights(data) is not None:
         _note_class_weights_off(task.name)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate, momentum=cfg.momentum)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.training.learning_rate, momentum=cfg.training.momentum)
     with make_private_trainer(
         model,
         optimizer,
         data,
-        batch_size=cfg.batch_size,
-        max_grad_norm=cfg.max_grad_norm,
-        delta=cfg.target_delta,
+        batch_size=cfg.training.batch_size,
+        max_grad_norm=cfg.dp.max_grad_norm,
+        delta=cfg.dp.target_delta,
         accountant_state=state.accountant,
-        mechanism=cfg.accountant,
+        mechanism=cfg.dp.accountant,
         class_weights=None,  # label counts are outside the DP bound (strategies.privacy.local)
         **generators,
         **budget,
     ) as trainer:
-        metrics = trainer.train(cfg.local_epochs)
+        metrics = trainer.train(cfg.training.local_epochs)
         state.accountant = trainer.accountant_state()
     # This silo's own statement; the round reports the minimum over silos.
-    metrics["dp-private"] = 0.0 if cfg.dp_reproducible_noise else 1.0
+    metrics["dp-private"] = 0.0 if cfg.dp.reproducible_noise else 1.0
     state.rounds.append(server_round)
     store.save(state)  # before the reply leaves: a lost reply is still accounted
     return metrics

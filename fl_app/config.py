@@ -1,13 +1,17 @@
-"""Typed, validated run configuration.
+"""Typed, validated run configuration, in sections.
 
 Flower hands the ServerApp and every ClientApp a flat ``run_config`` dict built from
-``[tool.flwr.app.config]`` in pyproject.toml plus ``flwr run --run-config`` overrides.
-:class:`RunConfig` is the one typed view of it: every key has a type, a default and a
-doc; an unknown key, a wrong type or an out-of-range value raises :class:`ConfigError`
-before round 1, naming the key and what is allowed.
+``[tool.flwr.app.config]`` in pyproject.toml plus ``flwr run --run-config`` overrides; the
+sub-tables of that table (``[tool.flwr.app.config.dp]``) arrive as dotted keys
+(``dp.noise-multiplier``). :class:`RunConfig` is the one typed view of it: a few top-level
+keys plus one :class:`~fl_core.config.Section` per unit of the code base, each declared in
+the file of the unit that reads it (``DPSection`` in ``strategies/privacy/config.py``, …).
+Every key has a type, a default and a doc; an unknown key, a wrong type or an
+out-of-range value raises :class:`ConfigError` before round 1, naming the key and what is
+allowed; so does a key of the flat layout of earlier versions (:data:`LEGACY_KEYS`),
+naming its new dotted key.
 
-``python -m fl_app.config`` prints the reference table (the README's table is this
-output).
+``python -m fl_app.config`` prints the reference tables (the README's are this output).
 """
 
 from __future__ import annotations
@@ -21,35 +25,134 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 
+from fl_app.checkpointing import OutputSection
+from fl_app.sinks import TrackingSection
+from fl_core.config import (
+    Section,
+    flatten,
+    is_section,
+    is_transient,
+    iter_fields,
+    kebab,
+    transient_keys,
+    unflatten,
+)
 from fl_core.errors import ConfigError
+from strategies.compression.codecs import CompressionSection
+from strategies.flower_builtin import ServerSection
+from strategies.privacy.config import DPSection
+from strategies.robust.factories import RobustSection
+from strategies.robust.simulation import AttackSection
+from strategies.secagg.checks import SecAggSection, check_secure_aggregation
+from strategies.vertical.split import VerticalSection
+from strategies.wrappers import SamplingSection
+from tasks.base import DataSection, TrainingSection
+
+__all__ = [
+    "FIELDS",
+    "KEYS",
+    "LEGACY_KEYS",
+    "MEAN_BASED",
+    "TRANSIENT_KEYS",
+    "ConfigError",
+    "RunConfig",
+    "legacy_settings",
+    "reference_table",
+    "update_readme",
+]
+
+#: Strategies that average (the FedAvg family): the only ones central DP, top-k
+#: compression and secure aggregation are sound with.
+MEAN_BASED = frozenset({"fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm"})
 
 
-def _kebab(name: str) -> str:
-    return name.replace("_", "-")
+def _moved(section: str, *keys: str) -> dict[str, tuple[str, ...]]:
+    return {key: (f"{section}.{key}",) for key in keys}
 
 
-class RunConfig(BaseModel):
-    """Every run-config key of the app (keys are written kebab-case in TOML)."""
+#: Every key of the flat layout of earlier versions whose name changed → its dotted
+#: key(s). ``clip-norm`` meant both bounds; it is now ``dp.clip-norm`` (DP clipping) and
+#: ``robust.clip-norm`` (the norm-clip strategy). Used to refuse old keys with the new
+#: name and to read the settings stored by older checkpoints and run directories.
+LEGACY_KEYS: dict[str, tuple[str, ...]] = {
+    "data-source": ("data.source",),
+    **_moved("data", "partitioner", "dirichlet-alpha", "test-fraction", "val-fraction"),
+    **_moved("training", "local-epochs", "batch-size", "learning-rate", "momentum", "proximal-mu"),
+    **_moved(
+        "sampling",
+        "fraction-train", "fraction-evaluate", "min-train-nodes", "min-evaluate-nodes",
+        "min-available-nodes", "round-timeout", "straggler-timeout", "round-retries",
+        "reply-poll-interval",
+    ),  # fmt: skip
+    "server-learning-rate": ("server.learning-rate",),
+    "server-momentum": ("server.momentum",),
+    **_moved("server", "beta1", "beta2", "tau"),
+    **_moved(
+        "robust",
+        "trim-beta", "num-byzantine", "num-selected", "pre-aggregator", "bucket-size",
+        "cclip-tau", "fltrust-root-size", "max-update-norm-ratio", "max-update-bytes",
+    ),  # fmt: skip
+    "robust-weights": ("robust.weights",),
+    "clip-norm": ("dp.clip-norm", "robust.clip-norm"),
+    "attack": ("attack.kind",),
+    "attack-fraction": ("attack.fraction",),
+    "attack-strength": ("attack.strength",),
+    "central-dp": ("dp.central",),
+    "noise-multiplier": ("dp.noise-multiplier",),
+    **_moved(
+        "dp",
+        "adaptive-clipping", "target-quantile", "clip-learning-rate", "target-epsilon",
+        "target-delta", "budget-mode", "accountant", "sampling-amplification",
+    ),  # fmt: skip
+    "local-dp": ("dp.local",),
+    "local-noise-multiplier": ("dp.local-noise-multiplier",),
+    "max-grad-norm": ("dp.max-grad-norm",),
+    "local-target-epsilon": ("dp.local-target-epsilon",),
+    "dp-reproducible-noise": ("dp.reproducible-noise",),
+    "secure-aggregation": ("secagg.enabled",),
+    "secagg-threshold": ("secagg.threshold",),
+    "secagg-clip-range": ("secagg.clip-range",),
+    "secagg-quantization-bits": ("secagg.quantization-bits",),
+    "compression": ("compression.method",),
+    **_moved(
+        "compression",
+        "topk-fraction", "topk-scope", "topk-feedback", "error-feedback", "quantization-chunk",
+    ),  # fmt: skip
+    **{
+        f"vertical-{key}": (f"vertical.{key}",)
+        for key in (
+            "split", "coverage", "embedding-dim", "batch-size", "embedding-clip",
+            "noise-multiplier", "gradient-clip", "timeout",
+        )  # fmt: skip
+    },
+    "mlflow-tracking-uri": ("tracking.mlflow-uri",),
+    "mlflow-experiment": ("tracking.experiment",),
+    "mlflow-register-model": ("tracking.register-model",),
+    **_moved("output", "checkpoint-uri", "run-dir", "resume", "resume-from"),
+}
+#: What each of several new keys of one old key is for (named in the error).
+_LEGACY_ROLES = {"dp.clip-norm": "DP clipping", "robust.clip-norm": "the norm-clip strategy"}
 
-    model_config = ConfigDict(
-        extra="forbid",
-        frozen=True,
-        strict=True,
-        allow_inf_nan=False,
-        alias_generator=_kebab,
-        populate_by_name=True,
-    )
 
-    # What to learn and how.
+class RunConfig(Section):
+    """Every run-config key of the app: a few top-level keys and one section per unit.
+
+    Build it from Flower's flat dict (:meth:`from_flower`, dotted keys) or in Python with
+    nested dicts or section instances (``RunConfig(dp={"central": True}, ...)``); both
+    run the same checks and raise :class:`ConfigError`. Derive a changed config with
+    :meth:`replace`.
+    """
+
     task: str = Field("digits", description="Task to run (see Tasks).")
-    data_source: str = Field(
-        "",
-        description='"" = offline bundled/generated data; otherwise a Hugging Face dataset id, '
-        "a local path, or an Azure Blob URL, as the task documents.",
-    )
     strategy: str = Field("fedavg", description="Aggregation strategy (see Strategies).")
+    mode: Literal["horizontal", "vertical"] = Field(
+        "horizontal",
+        description="horizontal = silos hold rows (FedAvg & co.); vertical = split learning: "
+        "the ServerApp is the label party, each SuperNode a feature party (see Vertical).",
+    )
     num_server_rounds: int = Field(5, ge=1, le=10_000, description="Federated rounds.")
     seed: int = Field(
         42,
@@ -57,295 +160,26 @@ class RunConfig(BaseModel):
         le=2**31 - 1,
         description="Seeds partitions, client sampling, model init and local training.",
     )
-    # Data split.
-    partitioner: Literal["iid", "dirichlet"] = Field(
-        "iid", description="How the training pool is split across silos."
-    )
-    dirichlet_alpha: float = Field(
-        0.5, gt=0, le=1e6, description="Label-skew concentration (smaller = more skewed)."
-    )
-    test_fraction: float = Field(
-        0.2, gt=0, lt=0.9, description="Share of the pooled data held out for the server."
-    )
-    val_fraction: float = Field(
-        0.1, ge=0, lt=0.9, description="Share of each silo's partition kept for its evaluation."
-    )
-    # Client-side training.
-    local_epochs: int = Field(3, ge=1, le=1000, description="Local epochs per round.")
-    batch_size: int = Field(16, ge=1, le=1_000_000, description="Local mini-batch size.")
-    learning_rate: float = Field(0.05, gt=0, le=10, description="Local SGD learning rate.")
-    momentum: float = Field(0.9, ge=0, lt=1, description="Local SGD momentum.")
-    # Sampling.
-    fraction_train: float = Field(
-        1.0, gt=0, le=1, description="Fraction of connected silos sampled for training."
-    )
-    fraction_evaluate: float = Field(
-        1.0, ge=0, le=1, description="Fraction sampled for client-side evaluation (0 = off)."
-    )
-    min_train_nodes: int = Field(2, ge=1, description="Minimum silos per training round.")
-    min_evaluate_nodes: int = Field(2, ge=0, description="Minimum silos per evaluation round.")
-    min_available_nodes: int = Field(2, ge=1, description="Silos to wait for before round 1.")
-    round_timeout: float = Field(
-        3600.0, gt=0, description="Seconds to wait for replies in a round."
-    )
-    straggler_timeout: float = Field(
-        0.0,
-        ge=0,
-        description="Once a round has `min-train-nodes` (`min-evaluate-nodes`) replies, wait "
-        "at most this many more seconds for the rest (0 = wait for all or `round-timeout`).",
-    )
-    round_retries: int = Field(
-        0,
-        ge=0,
-        le=100,
-        description="Times a training round with fewer than `min-train-nodes` replies is "
-        "re-sent to the missing silos before the run stops, naming them.",
-    )
-    # Strategy parameters (each strategy reads the ones it needs).
-    proximal_mu: float = Field(0.01, ge=0, description="FedProx proximal term weight μ.")
-    server_learning_rate: float = Field(
-        0.1, gt=0, description="Server step size η (FedAdam, FedYogi, FedAdagrad, FedAvgM)."
-    )
-    server_momentum: float = Field(0.9, ge=0, lt=1, description="Server momentum (FedAvgM).")
-    beta1: float = Field(0.9, ge=0, lt=1, description="First-moment decay (FedAdam, FedYogi).")
-    beta2: float = Field(0.99, ge=0, lt=1, description="Second-moment decay (FedAdam, FedYogi).")
-    tau: float = Field(1e-3, gt=0, description="Adaptivity ε (FedAdam, FedYogi, FedAdagrad).")
-    trim_beta: float = Field(
-        0.2, ge=0, lt=0.5, description="Fraction trimmed at each end (FedTrimmedAvg)."
-    )
-    num_byzantine: int = Field(
-        0, ge=0, description="Assumed Byzantine silos f (Krum, MultiKrum, Bulyan)."
-    )
-    num_selected: int = Field(0, ge=0, description="Updates MultiKrum averages (0 = n - f).")
-    pre_aggregator: Literal["none", "nnm", "bucketing", "nnm+bucketing"] = Field(
-        "none", description="Pre-aggregation in front of our robust rules (NNM, bucketing)."
-    )
-    bucket_size: int = Field(2, ge=1, description="Updates averaged per bucket (bucketing).")
-    robust_weights: Literal["uniform", "capped"] = Field(
-        "uniform",
-        description="Weights of the robust rules. A silo's `num-examples` is a claim a "
-        "Byzantine silo can inflate (one silo claiming 1 000× the examples *is* a weighted "
-        "median), so `uniform` (as Flower's FedMedian, Krum, Bulyan) ignores it; `capped` "
-        "weights by the claims, each capped at the cohort's median claim.",
-    )
-    cclip_tau: float = Field(
-        0.0,
-        ge=0,
-        description="Clipping radius τ of centred clipping; 0 = per round, the median distance "
-        "of the updates from the previous aggregate (adapts to the update scale).",
-    )
-    clip_norm: float = Field(1.0, gt=0, description="Update-norm bound C (norm-clip; DP clipping).")
-    fltrust_root_size: int = Field(
-        100, ge=1, description="Rows of the server's root data set (FLTrust)."
-    )
-    max_update_norm_ratio: float = Field(
-        10.0,
-        ge=0,
-        description="Reject an update whose norm exceeds this × the cohort median (0 = off).",
-    )
-    max_update_bytes: int = Field(
-        0,
-        ge=0,
-        description="Reject a reply whose payload exceeds this many bytes (0 = twice the "
-        "global model's size + 1 MiB).",
-    )
-    # Attack simulation (a threat-model tool: simulated Byzantine silos).
-    attack: Literal[
-        "none",
-        "sign-flip",
-        "gaussian",
-        "scaling",
-        "label-flip",
-        "alie",
-        "ipm",
-        "weight-inflation",
-        "min-max",
-        "min-sum",
-        "rop",
-        "mimic",
-    ] = Field("none", description="Simulated Byzantine behaviour of `attack-fraction` silos.")
-    attack_fraction: float = Field(
-        0.2, ge=0, lt=0.5, description="Fraction of silos that are Byzantine when attacking."
-    )
-    attack_strength: float = Field(
-        0.0,
-        description="Attack parameter (0 = its default): scaling factor 10 (negative flips "
-        "the direction), noise std 1, IPM ε 0.1, ALIE z from n and f, weight-inflation's "
-        "factor on the claimed `num-examples` 1000, min-max/min-sum's first γ 10, ROP's "
-        "perturbation norm 1, Mimic's warm-up rounds 1.",
-    )
-    # Differential privacy (strategies/privacy).
-    central_dp: bool = Field(
-        False, description="Client-level DP-FedAvg: clip deltas to `clip-norm`, add noise."
-    )
-    noise_multiplier: float = Field(
-        1.0, ge=0, description="Central DP noise σ (noise std = σ·C on the sum)."
-    )
-    adaptive_clipping: bool = Field(
-        False, description="Adapt `clip-norm` towards `target-quantile` (Andrew et al., 2021)."
-    )
-    target_quantile: float = Field(
-        0.5, ge=0, le=1, description="Quantile of update norms adaptive clipping aims for."
-    )
-    clip_learning_rate: float = Field(0.2, gt=0, description="Adaptive clipping step size.")
-    target_epsilon: float = Field(
-        0.0, ge=0, description="Central DP budget ε (0 = no budget; ε is still reported)."
-    )
-    target_delta: float = Field(
-        1e-5, gt=0, lt=1, description="δ of (ε, δ)-DP, central and local; must be < 1/records."
-    )
-    budget_mode: Literal["stop", "calibrate"] = Field(
-        "stop",
-        description="With a budget: stop before the round that would exceed it, or calibrate "
-        "σ up front for the planned rounds.",
-    )
-    accountant: Literal["rdp", "prv"] = Field(
-        "rdp", description="Privacy accountant (Opacus' RDP or PRV)."
-    )
-    sampling_amplification: bool = Field(
-        False,
-        description="Central DP only: secret Poisson sampling of silos (each taken with "
-        "probability `fraction-train` from OS entropy; noised sum divided by "
-        "`fraction-train` × silos), accounted as the Poisson-subsampled Gaussian. Needs "
-        "`min-train-nodes` = 1 (the cohort varies, may be empty). false = every round "
-        "accounted at rate 1.",
-    )
-    local_dp: bool = Field(False, description="DP-SGD inside every silo with Opacus.")
-    local_noise_multiplier: float = Field(1.0, ge=0, description="Local DP-SGD noise σ.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Local DP-SGD per-example clip norm.")
-    local_target_epsilon: float = Field(
-        0.0,
-        ge=0,
-        description="Per-silo ε budget over all rounds (0 = use `local-noise-multiplier`).",
-    )
-    dp_reproducible_noise: bool = Field(
-        False,
-        description="Research only: seed DP noise and DP sampling (central, local, vertical) "
-        "from `seed`, so reruns are identical. Anyone holding the config can then regenerate "
-        "and subtract the noise: the run is marked `dp-private = false` and its ε protects "
-        "nothing.",
-    )
-    # Secure aggregation (strategies/secagg): the server sees only the sum of updates.
-    secure_aggregation: bool = Field(
-        False,
-        description="Mask every update (SecAgg: pairwise + self masks, Shamir-shared keys); "
-        "FedAvg-family strategies only, see docs/security.md.",
-    )
-    secagg_threshold: float = Field(
-        0.6,
-        gt=0.5,
-        le=1,
-        description="Shamir threshold as a fraction of the round's silos (t = ⌈fraction·n⌉, "
-        "≥ 2); up to n − t silos may drop out after the key exchange.",
-    )
-    secagg_clip_range: float = Field(
-        4.0, gt=0, le=1e6, description="Update values are clipped to ±this before quantisation."
-    )
-    secagg_quantization_bits: int = Field(
-        24, ge=8, le=32, description="Fixed-point bits per update value (ring Z_2^64)."
-    )
-    # Communication (strategies/compression).
-    compression: Literal["none", "int8", "int4", "topk", "topk+int8"] = Field(
-        "none",
-        description="Compress each silo's model delta before upload: stochastic 8/4-bit "
-        "quantisation, top-k sparsification, or both.",
-    )
-    topk_fraction: float = Field(
-        0.01, gt=0, le=1, description="Share of the float values top-k keeps per reply."
-    )
-    topk_scope: Literal["model", "tensor"] = Field(
-        "model",
-        description="Top-k picks the largest values of the whole update (model) or of "
-        "each tensor (tensor).",
-    )
-    topk_feedback: Literal["ef21", "residual"] = Field(
-        "ef21",
-        description="Error feedback of top-k: EF21 (silo and server track each silo's "
-        "update; top-k of the change is sent) or the classic residual.",
-    )
-    error_feedback: bool = Field(
-        True,
-        description="Keep what compression dropped in the silo's state and add it to its "
-        "next update.",
-    )
-    quantization_chunk: int = Field(
-        1024, ge=0, description="Values sharing one quantisation scale (0 = one per tensor)."
-    )
-    # Vertical federated learning (fl_app/vertical): parties hold columns, not rows.
-    mode: Literal["horizontal", "vertical"] = Field(
-        "horizontal",
-        description="horizontal = silos hold rows (FedAvg & co.); vertical = split learning: "
-        "the ServerApp is the label party, each SuperNode a feature party (see Vertical).",
-    )
-    vertical_split: str = Field(
-        "",
-        description="Columns per party, label party first, parties separated by ';' and "
-        'columns by "," ("" = the task default 3-party split).',
-    )
-    vertical_coverage: float = Field(
-        0.9,
-        gt=0,
-        le=1,
-        description="With a shared data source: share of the records each party holds "
-        "(seeded, independent per party), so ids overlap partially.",
-    )
-    vertical_embedding_dim: int = Field(
-        8, ge=1, le=1024, description="Width of each party's embedding."
-    )
-    vertical_batch_size: int = Field(
-        512, ge=1, le=1_000_000, description="Aligned records per split-learning step."
-    )
-    vertical_embedding_clip: float = Field(
-        0.0, ge=0, description="Clip each record's embedding to this L2 norm (0 = off)."
-    )
-    vertical_noise_multiplier: float = Field(
-        0.0,
-        ge=0,
-        description="Gaussian noise σ·`vertical-embedding-clip` on sent embeddings (not "
-        "formal DP: unaccounted).",
-    )
-    vertical_gradient_clip: float = Field(
-        0.0, ge=0, description="Clip each record's embedding gradient to this L2 norm (0 = off)."
-    )
-    vertical_timeout: float = Field(
-        120.0, gt=0, description="Seconds to wait for every party's reply to one vertical step."
-    )
-    reply_poll_interval: float = Field(
-        0.0,
-        ge=0,
-        le=10,
-        description="0 = Flower's own reply loop (one pull, then 3 s sleeps); > 0 = poll "
-        "after this many seconds, growing ×1.5 to 0.5 s (see docs/efficiency.md: slower "
-        "for small, fast rounds on a busy machine).",
-    )
-    # Tracking.
-    mlflow_tracking_uri: str = Field(
-        "",
-        description='MLflow tracking URI (file path, sqlite:, http(s)://, azureml://); "" = off.',
-    )
-    mlflow_experiment: str = Field("fedsilo", description="MLflow experiment name.")
-    mlflow_register_model: str = Field(
-        "", description='Register the final model under this name ("" = do not register).'
-    )
-    # Outputs.
-    checkpoint_uri: str = Field(
-        "",
-        description="Where the global model is checkpointed after every round: a directory or "
-        'a Blob URL (…/<container>/<prefix>); "" = <run directory>/checkpoints.',
-    )
-    run_dir: str = Field(
-        "outputs", description="Directory under which each run writes model, metrics, config."
-    )
-    resume: bool = Field(
-        False,
-        description="Continue from the last complete round of the newest run with the same "
-        "settings under `run-dir` (or `resume-from`); starts afresh when there is none.",
-    )
-    resume_from: str = Field(
-        "",
-        description="Run directory, checkpoint directory, checkpoint file or Blob URL to "
-        "resume from (needs `resume` = true).",
-    )
+    data: DataSection = DataSection()
+    training: TrainingSection = TrainingSection()
+    sampling: SamplingSection = SamplingSection()
+    server: ServerSection = ServerSection()
+    robust: RobustSection = RobustSection()
+    attack: AttackSection = AttackSection()
+    dp: DPSection = DPSection()
+    secagg: SecAggSection = SecAggSection()
+    compression: CompressionSection = CompressionSection()
+    vertical: VerticalSection = VerticalSection()
+    tracking: TrackingSection = TrackingSection()
+    output: OutputSection = OutputSection()
+
+    def __init__(self, /, **data: Any) -> None:
+        _refuse_legacy(data)
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, _flat_input(data))) from None
+        self.check_cross_field()
 
     @field_validator("task")
     @classmethod
@@ -364,12 +198,18 @@ class RunConfig(BaseModel):
     # ------------------------------------------------------------------ building
     @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
-        """Validate Flower's flat ``context.run_config``; raise :class:`ConfigError`."""
-        return _from_items(tuple(sorted(run_config.items())))
+        """Validate Flower's flat ``context.run_config`` (dotted keys; nested mappings are
+        flattened first); raise :class:`ConfigError`."""
+        return _from_items(tuple(sorted(flatten(run_config).items())))
 
     def to_flower(self) -> dict[str, Any]:
-        """The config as Flower's flat kebab-case dict (all keys, resolved)."""
-        return self.model_dump(by_alias=True)
+        """The config as Flower's flat dict (dotted keys, all of them, resolved)."""
+        return flatten(self.model_dump(by_alias=True))
+
+    def replace(self, changes: Mapping[str, Any]) -> RunConfig:
+        """A copy with ``changes`` (dotted keys, e.g. ``{"dp.noise-multiplier": 2.0}``),
+        validated again like any config."""
+        return RunConfig.from_flower({**self.to_flower(), **flatten(changes)})
 
     def fingerprint(self) -> str:
         """Short sha256 of the resolved config (identifies a run's settings)."""
@@ -379,85 +219,86 @@ class RunConfig(BaseModel):
     def dp_mechanisms(self) -> list[str]:
         """Run-config keys of the differential-privacy noise this run adds (``[]`` = none)."""
         if self.mode == "vertical":
-            return ["vertical-noise-multiplier"] if self.vertical_noise_multiplier > 0 else []
-        switches = {"central-dp": self.central_dp, "local-dp": self.local_dp}
+            return ["vertical.noise-multiplier"] if self.vertical.noise_multiplier > 0 else []
+        switches = {"dp.central": self.dp.central, "dp.local": self.dp.local}
         return [key for key, on in switches.items() if on]
 
     def check_cross_field(self) -> RunConfig:
         """Checks that involve several keys; returns self."""
-        mean_based = {"fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm"}
-        if self.central_dp and self.strategy not in mean_based:
+        dp, robust, sampling = self.dp, self.robust, self.sampling
+        if dp.central and self.strategy not in MEAN_BASED:
             raise ConfigError(
-                f"run-config 'central-dp' = true is unsound with strategy '{self.strategy}': "
+                f"run-config 'dp.central' = true is unsound with strategy '{self.strategy}': "
                 "robust rules select or order individual updates, so one silo can move the "
-                "result by more than clip-norm / n. Use one of: " + ", ".join(sorted(mean_based))
+                "result by more than dp.clip-norm / n. Use one of: " + ", ".join(sorted(MEAN_BASED))
             )
-        if self.central_dp and self.max_update_norm_ratio > 0:
+        if dp.central and robust.max_update_norm_ratio > 0:
             raise ConfigError(
-                "run-config 'central-dp' = true needs 'max-update-norm-ratio' = 0.0: the norm "
-                "filter compares each update with the others, which breaks the DP guarantee "
-                "(clipping already bounds every update)."
+                "run-config 'dp.central' = true needs 'robust.max-update-norm-ratio' = 0.0: the "
+                "norm filter compares each update with the others, which breaks the DP "
+                "guarantee (clipping already bounds every update)."
             )
-        if self.dp_reproducible_noise and not self.dp_mechanisms():
+        if dp.reproducible_noise and not self.dp_mechanisms():
             raise ConfigError(
-                "run-config 'dp-reproducible-noise' = true seeds DP noise from `seed`, but no "
-                "DP mechanism is on ('central-dp', 'local-dp', or in mode 'vertical' "
-                "'vertical-noise-multiplier' > 0). Drop 'dp-reproducible-noise' (it also "
+                "run-config 'dp.reproducible-noise' = true seeds DP noise from `seed`, but no "
+                "DP mechanism is on ('dp.central', 'dp.local', or in mode 'vertical' "
+                "'vertical.noise-multiplier' > 0). Drop 'dp.reproducible-noise' (it also "
                 "marks the run not private), or turn a DP mechanism on."
             )
-        if self.sampling_amplification and (not self.central_dp or self.mode == "vertical"):
+        if dp.sampling_amplification and (not dp.central or self.mode == "vertical"):
             raise ConfigError(
-                "run-config 'sampling-amplification' = true is secret Poisson sampling of "
-                "silos for central DP; it needs 'central-dp' = true (in mode 'horizontal'). "
-                "Set central-dp = true or drop sampling-amplification."
+                "run-config 'dp.sampling-amplification' = true is secret Poisson sampling of "
+                "silos for central DP; it needs 'dp.central' = true (in mode 'horizontal'). "
+                "Set dp.central = true or drop dp.sampling-amplification."
             )
-        if self.sampling_amplification and self.min_train_nodes != 1:
+        if dp.sampling_amplification and sampling.min_train_nodes != 1:
             raise ConfigError(
-                f"run-config 'sampling-amplification' = true needs 'min-train-nodes' = 1 "
-                f"(got {self.min_train_nodes}): Poisson sampling takes each silo "
-                "independently with probability 'fraction-train', so a round's cohort "
-                "varies and may be empty; a larger quorum would abort such rounds or force a "
-                "fixed cohort size, which the Poisson accounting does not cover. Set "
-                "min-train-nodes = 1."
+                f"run-config 'dp.sampling-amplification' = true needs "
+                f"'sampling.min-train-nodes' = 1 (got {sampling.min_train_nodes}): Poisson "
+                "sampling takes each silo independently with probability "
+                "'sampling.fraction-train', so a round's cohort varies and may be empty; a "
+                "larger quorum would abort such rounds or force a fixed cohort size, which "
+                "the Poisson accounting does not cover. Set sampling.min-train-nodes = 1."
             )
-        if self.local_dp:
+        if dp.local:
             from tasks import TASKS
 
             reason = TASKS[self.task].local_dp_unsupported
             if reason:
                 raise ConfigError(
-                    f"run-config 'local-dp' = true is not available for task '{self.task}': "
-                    f"{reason}. Use 'central-dp' = true (DP-FedAvg: the server clips and "
-                    "noises the aggregate) or set 'local-dp' = false."
+                    f"run-config 'dp.local' = true is not available for task '{self.task}': "
+                    f"{reason}. Use 'dp.central' = true (DP-FedAvg: the server clips and "
+                    "noises the aggregate) or set 'dp.local' = false."
                 )
-        if self.local_dp and self.strategy == "fedprox" and self.proximal_mu > 0:
+        if dp.local and self.strategy == "fedprox" and self.training.proximal_mu > 0:
             raise ConfigError(
-                "run-config 'local-dp' = true ignores FedProx's proximal term (Opacus clips "
-                "per-example gradients of the loss only); set 'proximal-mu' = 0.0 or use "
-                "another strategy."
+                "run-config 'dp.local' = true ignores FedProx's proximal term (Opacus clips "
+                "per-example gradients of the loss only); set 'training.proximal-mu' = 0.0 or "
+                "use another strategy."
             )
-        if self.attack != "none" and self.attack_fraction == 0:
+        if self.attack.kind != "none" and self.attack.fraction == 0:
             raise ConfigError(
-                f"run-config 'attack' = '{self.attack}' needs 'attack-fraction' > 0 "
-                "(e.g. 0.2), or set attack = 'none'."
+                f"run-config 'attack.kind' = '{self.attack.kind}' needs 'attack.fraction' > 0 "
+                "(e.g. 0.2), or set attack.kind = 'none'."
             )
-        if self.resume_from and not self.resume:
+        if self.output.resume_from and not self.output.resume:
             raise ConfigError(
-                f"run-config 'resume-from' = {self.resume_from!r} needs 'resume' = true; "
-                "set resume=true or drop resume-from."
+                f"run-config 'output.resume-from' = {self.output.resume_from!r} needs "
+                "'output.resume' = true; set output.resume=true or drop output.resume-from."
             )
-        if self.compression.startswith("topk") and self.strategy not in mean_based:
+        method = self.compression.method
+        if method.startswith("topk") and self.strategy not in MEAN_BASED:
             raise ConfigError(
-                f"run-config 'compression' = '{self.compression}' is unsound with strategy "
+                f"run-config 'compression.method' = '{method}' is unsound with strategy "
                 f"'{self.strategy}': top-k updates are sparse with different supports, so "
                 "coordinate-wise medians/trimming and Krum-style distances judge the "
                 "sparsity pattern, not the update. Use 'int8'/'int4' or one of: "
-                + ", ".join(sorted(mean_based))
+                + ", ".join(sorted(MEAN_BASED))
             )
-        if self.vertical_noise_multiplier > 0 and self.vertical_embedding_clip == 0:
+        if self.vertical.noise_multiplier > 0 and self.vertical.embedding_clip == 0:
             raise ConfigError(
-                "run-config 'vertical-noise-multiplier' > 0 needs 'vertical-embedding-clip' > 0 "
-                "(noise std is σ × clip); set e.g. vertical-embedding-clip = 1.0"
+                "run-config 'vertical.noise-multiplier' > 0 needs 'vertical.embedding-clip' > 0 "
+                "(noise std is σ × clip); set e.g. vertical.embedding-clip = 1.0"
             )
         if self.mode == "vertical":
             from tasks.vertical import VERTICAL_TASKS
@@ -467,17 +308,64 @@ class RunConfig(BaseModel):
                     f"run-config 'mode' = 'vertical' does not support task '{self.task}'; "
                     f"use task = one of {', '.join(VERTICAL_TASKS)}"
                 )
-        if self.secure_aggregation:
-            from strategies.secagg.checks import check_secure_aggregation
-
-            check_secure_aggregation(self, mean_based)
-        if self.min_train_nodes > self.min_available_nodes:
+        if self.secagg.enabled:
+            check_secure_aggregation(self, MEAN_BASED)
+        if sampling.min_train_nodes > sampling.min_available_nodes:
             raise ConfigError(
-                f"run-config 'min-train-nodes' = {self.min_train_nodes} exceeds "
-                f"'min-available-nodes' = {self.min_available_nodes}; raise "
-                "'min-available-nodes' or lower 'min-train-nodes'."
+                f"run-config 'sampling.min-train-nodes' = {sampling.min_train_nodes} exceeds "
+                f"'sampling.min-available-nodes' = {sampling.min_available_nodes}; raise "
+                "'sampling.min-available-nodes' or lower 'sampling.min-train-nodes'."
             )
         return self
+
+
+#: Every dotted key of :class:`RunConfig` and its field, in declaration order.
+FIELDS: dict[str, FieldInfo] = dict(iter_fields(RunConfig))
+KEYS: tuple[str, ...] = tuple(FIELDS)
+#: Keys that may differ between a run and its resumption (declared with
+#: :func:`fl_core.config.transient`): where things are written, how long to wait, how to
+#: track. Every other key must match.
+TRANSIENT_KEYS: frozenset[str] = transient_keys(RunConfig)
+_SECTIONS = frozenset(
+    kebab(name) for name, field in RunConfig.model_fields.items() if is_section(field.annotation)
+)
+
+
+def _legacy_line(key: str, new: tuple[str, ...]) -> str:
+    if len(new) == 1:
+        return f"run-config key '{key}' is now '{new[0]}'."
+    named = " or ".join(f"'{k}' ({_LEGACY_ROLES.get(k, k)})" for k in new)
+    return f"run-config key '{key}' is now {named}."
+
+
+def _refuse_legacy(data: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` naming the new key of every key of the old flat layout
+    (kebab or snake case) in ``data``; ``attack`` and ``compression`` are sections now, so
+    they are old keys only with a value that is not a mapping."""
+    lines = []
+    for key, value in data.items():
+        name = kebab(key)
+        if name not in LEGACY_KEYS:
+            continue
+        if name in _SECTIONS and isinstance(value, Mapping | BaseModel):
+            continue
+        lines.append(_legacy_line(key, LEGACY_KEYS[name]))
+    if lines:
+        raise ConfigError(
+            "Invalid run config (its keys are grouped in sections now):\n  - "
+            + "\n  - ".join(lines)
+        )
+
+
+def legacy_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings stored by an older version (flat keys) under today's dotted keys (an old
+    ``clip-norm`` fills both ``dp.clip-norm`` and ``robust.clip-norm``); keys already
+    dotted pass through."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        for new in LEGACY_KEYS.get(key, (key,)):
+            out[new] = value
+    return out
 
 
 def _one_of(key: str, value: str, allowed: list[str]) -> str:
@@ -493,27 +381,64 @@ def _one_of(key: str, value: str, allowed: list[str]) -> str:
 
 @lru_cache(maxsize=32)
 def _from_items(items: tuple[tuple[str, Any], ...]) -> RunConfig:
-    raw = dict(items)
-    try:
-        return RunConfig.model_validate(raw).check_cross_field()
-    except ValidationError as exc:
-        raise ConfigError(_explain(exc, raw)) from None
+    flat = dict(items)
+    _refuse_legacy({k: v for k, v in flat.items() if "." not in k})
+    return RunConfig(**unflatten(flat))
+
+
+def _flat_input(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The raw input under dotted kebab-case keys (to quote values in errors)."""
+    return {".".join(kebab(p) for p in k.split(".")): v for k, v in flatten(data).items()}
+
+
+def _field(path: tuple[str, ...]):
+    """The pydantic field at ``path`` (kebab-case parts), or ``None``."""
+    model: Any = RunConfig
+    field = None
+    for part in path:
+        if model is None:
+            return None
+        field = model.model_fields.get(part.replace("-", "_"))
+        if field is None:
+            return None
+        model = field.annotation if is_section(field.annotation) else None
+    return field
+
+
+def _suggest(key: str) -> str:
+    """`` Did you mean …?`` for an unknown key: the keys whose last part is closest to
+    its last part (within its section, if that is one), e.g. ``learning-rate`` →
+    ``training.learning-rate`` or ``server.learning-rate``."""
+    section, _, leaf = key.rpartition(".")
+    pool = [k for k in KEYS if k.startswith(f"{section}.")] if section in _SECTIONS else KEYS
+    leaves: dict[str, list[str]] = {}
+    for known in pool:
+        leaves.setdefault(known.rpartition(".")[2], []).append(known)
+    match = difflib.get_close_matches(leaf, list(leaves), n=1)
+    close = leaves[match[0]] if match else [k for k in pool if k.rpartition(".")[2].startswith(leaf)]
+    close = close or difflib.get_close_matches(key, KEYS, n=1)
+    return " Did you mean " + " or ".join(f"'{k}'" for k in close[:3]) + "?" if close else ""
 
 
 def _explain(exc: ValidationError, raw: Mapping[str, Any]) -> str:
     """Turn pydantic's errors into one line per bad key, naming key, value and fix."""
-    fields = RunConfig.model_fields
-    known = [_kebab(name) for name in fields]
     lines = []
     for err in exc.errors():
-        key = str(err["loc"][0]) if err["loc"] else "?"
+        path = tuple(kebab(str(p)) for p in err["loc"])
+        key = ".".join(path) or "?"
         value = raw.get(key)
         if err["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            lines.append(f"unknown run-config key '{key}'.{hint} Valid keys: {', '.join(known)}.")
+            lines.append(
+                f"unknown run-config key '{key}'.{_suggest(key)} Valid keys: {', '.join(KEYS)}."
+            )
             continue
-        field = fields.get(key.replace("-", "_"))
+        field = _field(path)
+        if field is not None and is_section(field.annotation):
+            lines.append(
+                f"run-config '{key}' = {value!r}: '{key}' is a section; give its keys as "
+                f"'{key}.<key>' (e.g. '{key}.{next(iter(field.annotation.model_fields)).replace('_', '-')}')."
+            )
+            continue
         expected = _type_name(field.annotation) if field else "?"
         default = f"; default {field.default!r}" if field else ""
         msg = err["msg"].removeprefix("Value error, ")
@@ -527,29 +452,73 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-def reference_table() -> str:
-    """Markdown table of every key: name, type, default, allowed values, doc."""
-    rows = ["| key | type | default | allowed | meaning |", "|---|---|---|---|---|"]
-    for name, field in RunConfig.model_fields.items():
-        bounds = []
-        for meta in field.metadata:
-            for attr, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
-                if getattr(meta, attr, None) is not None:
-                    bounds.append(f"{sym} {getattr(meta, attr)}")
-        allowed = ", ".join(bounds)
-        if name == "task":
-            from tasks import available_tasks
+# ------------------------------------------------------------------ reference tables
+def _allowed(key: str, field) -> str:
+    if key == "task":
+        from tasks import available_tasks
 
-            allowed = ", ".join(available_tasks())
-        elif name == "strategy":
-            from strategies import available_strategies
+        return ", ".join(available_tasks())
+    if key == "strategy":
+        from strategies import available_strategies
 
-            allowed = ", ".join(available_strategies())
+        return ", ".join(available_strategies())
+    bounds = []
+    for meta in field.metadata:
+        for attr, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            if getattr(meta, attr, None) is not None:
+                bounds.append(f"{sym} {getattr(meta, attr)}")
+    return ", ".join(bounds)
+
+
+def _rows(fields: list[tuple[str, Any]]) -> list[str]:
+    rows = [
+        "| key | type | default | allowed | meaning | transient |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, field in fields:
+        kind = _type_name(field.annotation).replace("|", "\\|")
         rows.append(
-            f"| `{_kebab(name)}` | {_type_name(field.annotation)} | `{field.default!r}` "
-            f"| {allowed} | {field.description} |"
+            f"| `{key}` | {kind} | `{field.default!r}` | {_allowed(key, field)} "
+            f"| {field.description} | {'yes' if is_transient(field) else ''} |"
         )
-    return "\n".join(rows)
+    return rows
+
+
+def _doc(model: type[BaseModel]) -> str:
+    return " ".join((model.__doc__ or "").split("\n\n")[0].split())
+
+
+def reference_table() -> str:
+    """Markdown: one table per section (top-level keys first), each with a heading and
+    the section's doc; every key with its type, default, allowed values, doc, and whether
+    it is transient (may differ when a run is resumed)."""
+    top = [
+        (kebab(name), field)
+        for name, field in RunConfig.model_fields.items()
+        if not is_section(field.annotation)
+    ]
+    out = [
+        "### Top-level keys",
+        "",
+        "What to learn, how to aggregate, how long and with which seed. Keys marked "
+        "*transient* do not change what a run computes (outputs, waiting, tracking): a run "
+        "may be resumed with other values of them.",
+        "",
+        *_rows(top),
+    ]
+    for name, field in RunConfig.model_fields.items():
+        if not is_section(field.annotation):
+            continue
+        section = kebab(name)
+        out += [
+            "",
+            f"### `{section}`",
+            "",
+            _doc(field.annotation),
+            "",
+            *_rows(list(iter_fields(field.annotation, f"{section}."))),
+        ]
+    return "\n".join(out)
 
 
 README_START = "<!-- config-table:start (generated: python -m fl_app.config --update-readme) -->"
@@ -557,7 +526,7 @@ README_END = "<!-- config-table:end -->"
 
 
 def update_readme(path: str = "README.md") -> None:
-    """Rewrite the config table between the README's markers."""
+    """Rewrite the config tables between the README's markers."""
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
     if README_START not in text or README_END not in text:

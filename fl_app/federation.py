@@ -27,7 +27,13 @@ from fl_app.checkpointing import (
     settings_hash,
 )
 from fl_app.config import RunConfig
-from fl_app.reliability import QuorumError, ReliableRounds, StragglerGrid, start_rounds
+from fl_app.reliability import (
+    QuorumError,
+    ReliableRounds,
+    RollCallError,
+    StragglerGrid,
+    start_rounds,
+)
 from fl_app.silo_state import LINEAGE_KEY, new_lineage
 from fl_app.sinks import (
     DP_PRIVATE_KEY,
@@ -49,18 +55,20 @@ from tasks.base import MOMENTS_KEY
 
 
 def roll_call(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], list[dict]]:
-    """Wait for ``min-available-nodes`` SuperNodes, then ask each for its partition id
+    """Wait for ``sampling.min-available-nodes`` SuperNodes, then ask each for its partition id
     (and, for tabular tasks, its summed feature moments).
 
     Returns ``({node_id: partition_id}, [moments, …])``; the roster makes sampling and
-    aggregation order seeded and independent of node ids.
+    aggregation order seeded and independent of node ids. A silo whose reply is an error
+    is left out (and logged); when no silo answers, raises :class:`RollCallError` with the
+    silos' own reasons (e.g. each refused the run config).
     """
-    deadline = time.monotonic() + cfg.round_timeout
-    while len(node_ids := list(grid.get_node_ids())) < cfg.min_available_nodes:
+    deadline = time.monotonic() + cfg.sampling.round_timeout
+    while len(node_ids := list(grid.get_node_ids())) < cfg.sampling.min_available_nodes:
         if time.monotonic() > deadline:
             raise TimeoutError(
-                f"only {len(node_ids)} SuperNodes connected within round-timeout="
-                f"{cfg.round_timeout}s; min-available-nodes={cfg.min_available_nodes}"
+                f"only {len(node_ids)} SuperNodes connected within sampling.round-timeout="
+                f"{cfg.sampling.round_timeout}s; sampling.min-available-nodes={cfg.sampling.min_available_nodes}"
             )
         time.sleep(0.5)
     messages = [
@@ -69,23 +77,27 @@ def roll_call(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], list[dict]]:
     ]
     roster: dict[int, int] = {}
     moments: list[dict] = []
-    for reply in grid.send_and_receive(messages, timeout=cfg.round_timeout):
+    refusals: dict[str, list[int]] = {}
+    for reply in grid.send_and_receive(messages, timeout=cfg.sampling.round_timeout):
         if reply.has_error():
             LOG.warning(
                 "roll call: node %d failed: %s", reply.metadata.src_node_id, reply.error.reason
             )
+            refusals.setdefault(reply.error.reason, []).append(reply.metadata.src_node_id)
             continue
         roster[reply.metadata.src_node_id] = int(reply.content[META_KEY]["partition-id"])
         if MOMENTS_KEY in reply.content:
             moments.append(dict(reply.content[MOMENTS_KEY]))
+    if not roster:
+        raise RollCallError(refusals, asked=len(messages))
     LOG.info("[fedsilo] roll call: %d silos, partitions %s", len(roster), sorted(roster.values()))
     return roster, moments
 
 
 def make_run_dir(cfg: RunConfig) -> Path:
-    """``<run-dir>/<UTC time>-<task>-<strategy>-<config hash>`` (created)."""
+    """``<output.run-dir>/<UTC time>-<task>-<strategy>-<config hash>`` (created)."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
-    run_dir = Path(cfg.run_dir).expanduser().resolve() / (
+    run_dir = Path(cfg.output.run_dir).expanduser().resolve() / (
         f"{stamp}-{cfg.task}-{cfg.strategy}-{cfg.fingerprint()}"
     )
     run_dir.mkdir(parents=True, exist_ok=False)
@@ -109,7 +121,7 @@ def server_evaluator(
 
     test = task.load_test(cfg)
     model = task.build_model()
-    store = open_checkpoint_store(cfg.checkpoint_uri or str(run_dir / "checkpoints"))
+    store = open_checkpoint_store(cfg.output.checkpoint_uri or str(run_dir / "checkpoints"))
     # End of the previous round (Flower calls this after round 0's evaluation, then after
     # every round; a resumed run's first call is its first new round).
     round_ended = [time.perf_counter()]
@@ -134,81 +146,81 @@ def server_evaluator(
 
 
 def tracking_sinks(cfg: RunConfig, run_dir: Path) -> list[MetricsSink]:
-    """Sinks enabled by the run config (MLflow when ``mlflow-tracking-uri`` is set); the
+    """Sinks enabled by the run config (MLflow when ``tracking.mlflow-uri`` is set); the
     adapter is imported only then."""
-    if not cfg.mlflow_tracking_uri:
+    if not cfg.tracking.mlflow_uri:
         return []
     from adapters.mlflow import MlflowSink
 
     return [
         MlflowSink(
-            cfg.mlflow_tracking_uri,
-            experiment=cfg.mlflow_experiment,
+            cfg.tracking.mlflow_uri,
+            experiment=cfg.tracking.experiment,
             run_name=run_dir.name,
-            register_model_as=cfg.mlflow_register_model,
+            register_model_as=cfg.tracking.register_model,
         )
     ]
 
 
 def central_dp(strategy: Strategy, cfg: RunConfig, num_silos: int, model) -> Strategy:
     """Wrap ``strategy`` in DP-FedAvg with its accountant (and budget) when
-    ``central-dp`` is on; the innermost wrapper, so it sees exactly what is aggregated.
+    ``dp.central`` is on; the innermost wrapper, so it sees exactly what is aggregated.
 
-    The noise (and, with ``sampling-amplification``, the secret Poisson sampling) comes
+    The noise (and, with ``dp.sampling-amplification``, the secret Poisson sampling) comes
     from OS entropy; its generator state is kept in the server checkpoint only. Under the
-    research key ``dp-reproducible-noise`` both are seeded from the public ``seed``
+    research key ``dp.reproducible-noise`` both are seeded from the public ``seed``
     instead, and the run is marked not private (:func:`fl_app.sinks.privacy_status`).
     """
-    if not cfg.central_dp:
+    if not cfg.dp.central:
         return strategy
     from strategies.privacy import AdaptiveClipping, DPFedAvg, PrivacyBudget
 
-    rate = cfg.fraction_train if cfg.sampling_amplification else 1.0
+    rate = cfg.sampling.fraction_train if cfg.dp.sampling_amplification else 1.0
     budget = (
-        PrivacyBudget(cfg.target_epsilon, cfg.target_delta, n_records=num_silos)
-        if cfg.target_epsilon > 0
+        PrivacyBudget(cfg.dp.target_epsilon, cfg.dp.target_delta, n_records=num_silos)
+        if cfg.dp.target_epsilon > 0
         else None
     )
-    sigma = cfg.noise_multiplier
+    sigma = cfg.dp.noise_multiplier
     if budget is not None:
         sigma = budget.plan(
-            cfg.budget_mode,
+            cfg.dp.budget_mode,
             sample_rate=rate,
             rounds=cfg.num_server_rounds,
-            noise_multiplier=None if cfg.budget_mode == "calibrate" else cfg.noise_multiplier,
-            mechanism=cfg.accountant,
+            noise_multiplier=None if cfg.dp.budget_mode == "calibrate" else cfg.dp.noise_multiplier,
+            mechanism=cfg.dp.accountant,
         )
         LOG.info(
             "[fedsilo] central DP: budget ε=%g δ=%g (%s), σ=%.4f",
-            cfg.target_epsilon,
-            cfg.target_delta,
-            cfg.budget_mode,
+            cfg.dp.target_epsilon,
+            cfg.dp.target_delta,
+            cfg.dp.budget_mode,
             sigma,
         )
     adaptive = (
-        AdaptiveClipping(cfg.target_quantile, cfg.clip_learning_rate)
-        if cfg.adaptive_clipping
+        AdaptiveClipping(cfg.dp.target_quantile, cfg.dp.clip_learning_rate)
+        if cfg.dp.adaptive_clipping
         else None
     )
     noise = sampling = None  # None = DPFedAvg seeds them from os.urandom
-    if cfg.dp_reproducible_noise:
+    if cfg.dp.reproducible_noise:
         noise = torch.Generator().manual_seed(derive_seed(cfg.seed, "dp-noise"))
         sampling = torch.Generator().manual_seed(derive_seed(cfg.seed, "dp-sampling"))
-    if cfg.sampling_amplification:
+    if cfg.dp.sampling_amplification:
         # DP-FedAvg draws the Poisson cohort itself among all silos the strategy addresses.
         strategy.fraction_train = 1.0
     return DPFedAvg(
         strategy,
         noise_multiplier=sigma,
-        clip_norm=cfg.clip_norm,
-        delta=cfg.target_delta,
+        clip_norm=cfg.dp.clip_norm,
+        delta=cfg.dp.target_delta,
         generator=noise,
-        mechanism=cfg.accountant,
+        mechanism=cfg.dp.accountant,
         budget=budget,
         adaptive=adaptive,
         trained_keys=[name for name, _ in model.named_parameters()],
-        sampling_amplification=cfg.sampling_amplification,
-        sample_rate=cfg.fraction_train if cfg.sampling_amplification else None,
+        sampling_amplification=cfg.dp.sampling_amplification,
+        sample_rate=cfg.sampling.fraction_train if cfg.dp.sampling_amplification else None,
         num_clients=num_silos,
         sampling_generator=sampling,
     )
@@ -227,32 +239,32 @@ def wrap_strategy(
     simulation (if configured), update validation, seeded sampling."""
     reliable = ReliableRounds(
         strategy,  # re-pointed at the wrapped chain below
-        min_train_nodes=cfg.min_train_nodes,
-        retries=cfg.round_retries,
-        timeout=cfg.round_timeout,
+        min_train_nodes=cfg.sampling.min_train_nodes,
+        retries=cfg.sampling.round_retries,
+        timeout=cfg.sampling.round_timeout,
         roster=roster,
         audit=audit,
-        max_update_bytes=cfg.max_update_bytes,
+        max_update_bytes=cfg.robust.max_update_bytes,
     )
     wrapped: Strategy = ValidatedUpdates(
         SeededSampling(strategy, cfg.seed, roster),
-        max_norm_ratio=cfg.max_update_norm_ratio,
+        max_norm_ratio=cfg.robust.max_update_norm_ratio,
         on_reject=reliable.note_rejection,
     )
-    if cfg.attack in MODEL_ATTACKS:
-        byzantine = byzantine_partitions(len(roster), cfg.attack_fraction, cfg.seed)
+    if cfg.attack.kind in MODEL_ATTACKS:
+        byzantine = byzantine_partitions(len(roster), cfg.attack.fraction, cfg.seed)
         wrapped = SimulatedAttack(
-            wrapped, cfg.attack, byzantine, strength=cfg.attack_strength, seed=cfg.seed
+            wrapped, cfg.attack.kind, byzantine, strength=cfg.attack.strength, seed=cfg.seed
         )
-    if cfg.secure_aggregation:  # receives masked updates; hands validation one aggregate
+    if cfg.secagg.enabled:  # receives masked updates; hands validation one aggregate
         from strategies.secagg import SecureAggregation
 
         wrapped = SecureAggregation(
             wrapped,
-            threshold=cfg.secagg_threshold,
-            clip_range=cfg.secagg_clip_range,
-            bits=cfg.secagg_quantization_bits,
-            timeout=cfg.round_timeout,
+            threshold=cfg.secagg.threshold,
+            clip_range=cfg.secagg.clip_range,
+            bits=cfg.secagg.quantization_bits,
+            timeout=cfg.sampling.round_timeout,
         )
     # Outside validation and attack simulation: they see decoded updates. Always on, as
     # it also measures the serialised bytes of every round (bytes-uploaded).
@@ -268,20 +280,20 @@ def run_federation(
     """Run the federation described by ``cfg`` on ``grid``; returns Flower's Result and
     the run directory."""
     task = get_task(cfg.task)
-    if cfg.straggler_timeout > 0:  # stop waiting for dead silos once the quorum is in
+    if cfg.sampling.straggler_timeout > 0:  # stop waiting for dead silos once the quorum is in
         grid = StragglerGrid(
             grid,
-            grace=cfg.straggler_timeout,
+            grace=cfg.sampling.straggler_timeout,
             needed={
-                "train": cfg.min_train_nodes,
-                "evaluate": cfg.min_evaluate_nodes,
-                "query": cfg.min_available_nodes,  # the roll call
+                "train": cfg.sampling.min_train_nodes,
+                "evaluate": cfg.sampling.min_evaluate_nodes,
+                "query": cfg.sampling.min_available_nodes,  # the roll call
                 # Secure aggregation's key, share and unmask steps: a silo that died
-                # after round 1 must not hold them for the whole round-timeout.
-                **dict.fromkeys(SECAGG_STEPS, cfg.min_train_nodes),
+                # after round 1 must not hold them for the whole sampling.round-timeout.
+                **dict.fromkeys(SECAGG_STEPS, cfg.sampling.min_train_nodes),
             },
         )
-    resume = find_resume_point(cfg)  # None unless resume = true and a checkpoint exists
+    resume = find_resume_point(cfg)  # None unless output.resume = true and a checkpoint exists
     run_dir = resume.run_dir if resume is not None and resume.run_dir else make_run_dir(cfg)
     done = resume.round if resume is not None else 0
     # Public id of this run's chain of resumes: silos key their secret local-DP state by it.
@@ -312,7 +324,14 @@ def run_federation(
     )  # fmt: skip
 
     strategy = build_strategy(cfg)
-    roster, moments = roll_call(grid, cfg)
+    try:
+        roster, moments = roll_call(grid, cfg)
+    except RollCallError as exc:  # stop with the silos' reason, not a later symptom
+        LOG.error("[fedsilo] %s", exc)
+        audit.record("run-aborted", round=done, reason=str(exc))
+        sinks.log_artifact(audit.path)
+        sinks.close()
+        raise
     seed_everything(derive_seed(cfg.seed, "init"))
     model = task.build_model()
     task.set_input_scaling(model, moments)
@@ -332,8 +351,8 @@ def run_federation(
             initial,
             first_round=done + 1,
             num_rounds=cfg.num_server_rounds,
-            timeout=cfg.round_timeout,
-            train_config=ConfigRecord({"learning-rate": cfg.learning_rate, LINEAGE_KEY: lineage}),
+            timeout=cfg.sampling.round_timeout,
+            train_config=ConfigRecord({"learning-rate": cfg.training.learning_rate, LINEAGE_KEY: lineage}),
             evaluate_fn=evaluate_fn,
         )
     except QuorumError as exc:  # end cleanly: checkpoint of the last round stays valid

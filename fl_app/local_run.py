@@ -34,7 +34,7 @@ def _toml_value(value: Any) -> str:
 
 
 def run_config_arg(overrides: dict[str, Any]) -> str:
-    """``--run-config`` string for ``overrides`` (kebab-case keys)."""
+    """``--run-config`` string for ``overrides`` (dotted keys, e.g. ``dp.central``)."""
     return " ".join(f"{k}={_toml_value(v)}" for k, v in overrides.items())
 
 
@@ -122,7 +122,7 @@ def run_simulation(
             out_root = Path(run_dir) if run_dir else project_dir / "outputs"
         else:
             out_root = Path(run_dir) if run_dir else flwr_home / "runs"
-        config = {**overrides, "run-dir": str(out_root)}
+        config = {**overrides, "output.run-dir": str(out_root)}
         env = {
             **os.environ,
             "FLWR_HOME": str(flwr_home),

@@ -3,7 +3,7 @@
 Flower's ``HttpGrid.send_and_receive`` (the Grid a ServerApp gets from ``flwr run``, in
 simulation and deployment alike) pushes the messages, pulls once, and then sleeps a fixed
 **3 s** between pulls: replies that miss the first pull wait up to 3 s more. Opt-in
-(``reply-poll-interval > 0``): measured on a busy 2-core machine with small, fast rounds it
+(``sampling.reply-poll-interval > 0``): measured on a busy 2-core machine with small, fast rounds it
 was *slower* than Flower's loop (each extra pull is an HTTP request and a SuperLink query
 competing for the same cores, and those replies usually made the first pull anyway; see
 docs/efficiency.md); it helps when rounds end between Flower's 3 s pulls.

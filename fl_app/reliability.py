@@ -1,15 +1,15 @@
 """Dropouts, timeouts, retries and the per-round audit, around Flower's own round loop.
 
 :class:`ReliableRounds` is the outermost strategy wrapper of a run. Flower's
-``Strategy.start`` sends each round's messages and waits ``round-timeout`` seconds
+``Strategy.start`` sends each round's messages and waits ``sampling.round-timeout`` seconds
 (``grid.send_and_receive(..., timeout=...)``); silos that died or stalled are simply
 missing from the replies (or, on the deployment runtime, answered by the SuperLink with a
 "node unavailable" error once their heartbeat lapses). This wrapper then
 
-* drops replies larger than ``max-update-bytes`` before anything decodes them;
-* counts the successful replies: with at least ``min-train-nodes`` the round goes on with
+* drops replies larger than ``robust.max-update-bytes`` before anything decodes them;
+* counts the successful replies: with at least ``sampling.min-train-nodes`` the round goes on with
   them; with fewer, the round's instruction is re-sent to the missing silos that are still
-  connected, up to ``round-retries`` times (their training is seeded by seed, partition
+  connected, up to ``sampling.round-retries`` times (their training is seeded by seed, partition
   and round, so a retried silo sends the update it would have sent — unless compression's
   error feedback already advanced its state on the lost attempt, local DP drew fresh noise
   from the silo's secret state, or secure aggregation already masked an update for the
@@ -44,7 +44,7 @@ EPSILON_KEY = "epsilon"
 
 
 class QuorumError(RuntimeError):
-    """Fewer than ``min-train-nodes`` silos replied in a round, after all retries."""
+    """Fewer than ``sampling.min-train-nodes`` silos replied in a round, after all retries."""
 
     def __init__(self, server_round: int, replied: int, needed: int, missing: list[str]) -> None:
         self.server_round = server_round
@@ -52,12 +52,38 @@ class QuorumError(RuntimeError):
         self.needed = needed
         self.missing = missing
         super().__init__(
-            f"round {server_round}: only {replied} of the silos replied within round-timeout, "
-            f"min-train-nodes = {needed}; missing: {', '.join(missing) or 'none'}. The run "
+            f"round {server_round}: only {replied} of the silos replied within sampling.round-timeout, "
+            f"sampling.min-train-nodes = {needed}; missing: {', '.join(missing) or 'none'}. The run "
             "stopped; its last complete round is checkpointed. Bring the silos back and "
-            "rerun with resume=true, or lower 'min-train-nodes' / raise 'round-timeout' or "
-            "'round-retries'."
+            "rerun with output.resume=true, or lower 'sampling.min-train-nodes' / raise 'sampling.round-timeout' or "
+            "'sampling.round-retries'."
         )
+
+
+class RollCallError(RuntimeError):
+    """No silo answered the roll call: every reply was an error (e.g. each silo refused
+    the run config) or none came within ``sampling.round-timeout``. Carries the silos' own
+    reasons, grouped: ``{reason: [node ids]}``."""
+
+    def __init__(self, reasons: Mapping[str, list[int]], asked: int) -> None:
+        self.reasons = dict(reasons)
+        self.asked = asked
+        if not reasons:
+            message = (
+                f"roll call: none of the {asked} SuperNodes answered within "
+                "sampling.round-timeout; the run stopped before round 1."
+            )
+        else:
+            lines = [
+                f"nodes {', '.join(map(str, sorted(nodes)))}: {reason}"
+                for reason, nodes in self.reasons.items()
+            ]
+            message = (
+                f"roll call: every silo that answered ({sum(map(len, reasons.values()))} of "
+                f"{asked}) refused; the run stopped before round 1. The silos' reasons:\n  "
+                + "\n  ".join(lines)
+            )
+        super().__init__(message)
 
 
 class ReliableRounds(StrategyWrapper):
@@ -157,7 +183,7 @@ class ReliableRounds(StrategyWrapper):
             targets = {m.metadata.dst_node_id for m in again}
             log(
                 WARNING,
-                "round %d: %d/%d replies < min-train-nodes = %d; retry %d/%d to %s",
+                "round %d: %d/%d replies < sampling.min-train-nodes = %d; retry %d/%d to %s",
                 server_round, len(ok), len(sent), self.min_train_nodes, attempts,
                 self.retries, ", ".join(self.silo(n) for n in sorted(targets)),
             )  # fmt: skip
@@ -342,9 +368,9 @@ def start_rounds(
 
 class StragglerGrid(DelegatingGrid):
     """A Grid whose ``send_and_receive`` stops waiting for stragglers: once a phase has the
-    replies it needs (``min-train-nodes`` successful train replies, ``min-evaluate-nodes``
+    replies it needs (``sampling.min-train-nodes`` successful train replies, ``sampling.min-evaluate-nodes``
     evaluate replies), it waits at most ``grace`` more seconds for the rest instead of the
-    whole ``round-timeout``. A dead silo then costs a round ``grace`` seconds, not the
+    whole ``sampling.round-timeout``. A dead silo then costs a round ``grace`` seconds, not the
     timeout. Other messages (the roll call) wait for all replies or the timeout, as in
     Flower. Which silos make it becomes timing-dependent, so a run whose stragglers were
     cut is not bit-reproducible (the audit log lists who was left out)."""

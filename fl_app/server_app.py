@@ -31,8 +31,8 @@ def main(grid: Grid, context: Context) -> None:
 
         run_vertical(grid, cfg)
         return
-    if cfg.reply_poll_interval > 0:  # opt-in; Flower's own loop sleeps 3 s between pulls
+    if cfg.sampling.reply_poll_interval > 0:  # opt-in; Flower's own loop sleeps 3 s between pulls
         from fl_app.polling import PromptGrid
 
-        grid = PromptGrid(grid, first_interval=cfg.reply_poll_interval)
+        grid = PromptGrid(grid, first_interval=cfg.sampling.reply_poll_interval)
     run_federation(grid, cfg)

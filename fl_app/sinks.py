@@ -12,9 +12,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fl_app import LOG
+from fl_core.config import Section, transient
 
 if TYPE_CHECKING:
     from fl_app.config import RunConfig
+
+
+class TrackingSection(Section):
+    """Experiment tracking with MLflow (adapters/mlflow): one parent run per federation,
+    one nested run per silo."""
+
+    mlflow_uri: str = transient(
+        "",
+        description='MLflow tracking URI (file path, sqlite:, http(s)://, azureml://); "" = off.',
+    )
+    experiment: str = transient("fedsilo", description="MLflow experiment name.")
+    register_model: str = transient(
+        "", description='Register the final model under this name ("" = do not register).'
+    )
 
 #: Metric (1.0 / 0.0) and audit field (bool) saying whether the run's DP noise is secret.
 DP_PRIVATE_KEY = "dp-private"
@@ -42,7 +57,7 @@ class PrivacyStatus:
                 "model (docs/privacy.md)."
             )
         return (
-            f"NOT PRIVATE: dp-reproducible-noise = true seeds the DP noise ({on}) and DP "
+            f"NOT PRIVATE: dp.reproducible-noise = true seeds the DP noise ({on}) and DP "
             "sampling from the public `seed`, so anyone holding config.json can regenerate "
             "and subtract the noise; the reported epsilon protects nothing. For research "
             "reruns only."
@@ -65,11 +80,11 @@ class PrivacyStatus:
 
 def privacy_status(cfg: RunConfig) -> PrivacyStatus | None:
     """The run's :class:`PrivacyStatus` (``None`` without DP noise); logs a warning when
-    ``dp-reproducible-noise`` makes the noise derivable from the public config."""
+    ``dp.reproducible-noise`` makes the noise derivable from the public config."""
     mechanisms = cfg.dp_mechanisms()
     if not mechanisms:
         return None
-    status = PrivacyStatus(tuple(mechanisms), private=not cfg.dp_reproducible_noise)
+    status = PrivacyStatus(tuple(mechanisms), private=not cfg.dp.reproducible_noise)
     if not status.private:
         LOG.warning("[fedsilo] %s", status.statement)
     return status

@@ -4,7 +4,7 @@ the typed run config. Each factory: ``RunConfig -> Strategy``.
 Flower's FedMedian, FedTrimmedAvg, Krum and Bulyan ignore the silos' claimed
 ``num-examples``; its MultiKrum averages the selected updates weighted by them, so a
 selected Byzantine silo claiming 1 000 × the examples would be the average. Ours averages
-them with the weights ``robust-weights`` allows (:mod:`strategies.robust.weights`)."""
+them with the weights ``robust.weights`` allows (:mod:`strategies.robust.weights`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from flwr.serverapp import strategy as fl
 from flwr.serverapp.strategy.multikrum import select_multikrum
+from pydantic import Field
 
+from fl_core.config import Section
 from strategies.flatten import stack, unflatten
 from strategies.metrics import weighted_mean_metrics
 from strategies.robust.aggregators import weighted_mean
@@ -22,21 +24,33 @@ if TYPE_CHECKING:
     from fl_app.config import RunConfig
 
 
+class ServerSection(Section):
+    """The server-side optimiser of FedAdam, FedYogi, FedAdagrad and FedAvgM."""
+
+    learning_rate: float = Field(
+        0.1, gt=0, description="Server step size η (FedAdam, FedYogi, FedAdagrad, FedAvgM)."
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="Server momentum (FedAvgM).")
+    beta1: float = Field(0.9, ge=0, lt=1, description="First-moment decay (FedAdam, FedYogi).")
+    beta2: float = Field(0.99, ge=0, lt=1, description="Second-moment decay (FedAdam, FedYogi).")
+    tau: float = Field(1e-3, gt=0, description="Adaptivity ε (FedAdam, FedYogi, FedAdagrad).")
+
+
 def common_kwargs(cfg: RunConfig) -> dict[str, Any]:
     """Sampling and metric-aggregation arguments every FedAvg-family strategy takes."""
     return {
-        "fraction_train": cfg.fraction_train,
-        "fraction_evaluate": cfg.fraction_evaluate,
-        "min_train_nodes": cfg.min_train_nodes,
-        "min_evaluate_nodes": cfg.min_evaluate_nodes,
-        "min_available_nodes": cfg.min_available_nodes,
+        "fraction_train": cfg.sampling.fraction_train,
+        "fraction_evaluate": cfg.sampling.fraction_evaluate,
+        "min_train_nodes": cfg.sampling.min_train_nodes,
+        "min_evaluate_nodes": cfg.sampling.min_evaluate_nodes,
+        "min_available_nodes": cfg.sampling.min_available_nodes,
         "train_metrics_aggr_fn": weighted_mean_metrics,
         "evaluate_metrics_aggr_fn": weighted_mean_metrics,
     }
 
 
 def _adaptive(cfg: RunConfig) -> dict[str, Any]:
-    return {"eta": cfg.server_learning_rate, "eta_l": cfg.learning_rate, "tau": cfg.tau}
+    return {"eta": cfg.server.learning_rate, "eta_l": cfg.training.learning_rate, "tau": cfg.server.tau}
 
 
 def fedavg(cfg: RunConfig) -> fl.Strategy:
@@ -45,18 +59,18 @@ def fedavg(cfg: RunConfig) -> fl.Strategy:
 
 
 def fedprox(cfg: RunConfig) -> fl.Strategy:
-    """FedProx (Li et al., 2020); clients add the proximal term with ``proximal-mu``."""
-    return fl.FedProx(proximal_mu=cfg.proximal_mu, **common_kwargs(cfg))
+    """FedProx (Li et al., 2020); clients add the proximal term with ``training.proximal-mu``."""
+    return fl.FedProx(proximal_mu=cfg.training.proximal_mu, **common_kwargs(cfg))
 
 
 def fedadam(cfg: RunConfig) -> fl.Strategy:
     """FedAdam (Reddi et al., 2021)."""
-    return fl.FedAdam(beta_1=cfg.beta1, beta_2=cfg.beta2, **_adaptive(cfg), **common_kwargs(cfg))
+    return fl.FedAdam(beta_1=cfg.server.beta1, beta_2=cfg.server.beta2, **_adaptive(cfg), **common_kwargs(cfg))
 
 
 def fedyogi(cfg: RunConfig) -> fl.Strategy:
     """FedYogi (Reddi et al., 2021)."""
-    return fl.FedYogi(beta_1=cfg.beta1, beta_2=cfg.beta2, **_adaptive(cfg), **common_kwargs(cfg))
+    return fl.FedYogi(beta_1=cfg.server.beta1, beta_2=cfg.server.beta2, **_adaptive(cfg), **common_kwargs(cfg))
 
 
 def fedadagrad(cfg: RunConfig) -> fl.Strategy:
@@ -67,8 +81,8 @@ def fedadagrad(cfg: RunConfig) -> fl.Strategy:
 def fedavgm(cfg: RunConfig) -> fl.Strategy:
     """FedAvgM, server momentum (Hsu et al., 2019)."""
     return fl.FedAvgM(
-        server_learning_rate=cfg.server_learning_rate,
-        server_momentum=cfg.server_momentum,
+        server_learning_rate=cfg.server.learning_rate,
+        server_momentum=cfg.server.momentum,
         **common_kwargs(cfg),
     )
 
@@ -80,12 +94,12 @@ def fedmedian(cfg: RunConfig) -> fl.Strategy:
 
 def fedtrimmedavg(cfg: RunConfig) -> fl.Strategy:
     """Coordinate-wise trimmed mean (Yin et al., 2018)."""
-    return fl.FedTrimmedAvg(beta=cfg.trim_beta, **common_kwargs(cfg))
+    return fl.FedTrimmedAvg(beta=cfg.robust.trim_beta, **common_kwargs(cfg))
 
 
 def krum(cfg: RunConfig) -> fl.Strategy:
     """Krum (Blanchard et al., 2017)."""
-    return fl.Krum(num_malicious_nodes=cfg.num_byzantine, **common_kwargs(cfg))
+    return fl.Krum(num_malicious_nodes=cfg.robust.num_byzantine, **common_kwargs(cfg))
 
 
 class _MultiKrum(fl.MultiKrum):
@@ -125,18 +139,18 @@ class _MultiKrum(fl.MultiKrum):
 
 
 def multikrum(cfg: RunConfig) -> fl.Strategy:
-    """Multi-Krum (Blanchard et al., 2017); ``num-selected = 0`` keeps n − f updates. The
-    selected updates are averaged with ``robust-weights``, not the raw claims."""
+    """Multi-Krum (Blanchard et al., 2017); ``robust.num-selected = 0`` keeps n − f updates. The
+    selected updates are averaged with ``robust.weights``, not the raw claims."""
     kwargs = {
-        "num_malicious_nodes": cfg.num_byzantine,
-        "weights": cfg.robust_weights,
+        "num_malicious_nodes": cfg.robust.num_byzantine,
+        "weights": cfg.robust.weights,
         **common_kwargs(cfg),
     }
-    if cfg.num_selected == 0:
+    if cfg.robust.num_selected == 0:
         return _MultiKrum(n_minus_f=True, **kwargs)
-    return _MultiKrum(num_nodes_to_select=cfg.num_selected, **kwargs)
+    return _MultiKrum(num_nodes_to_select=cfg.robust.num_selected, **kwargs)
 
 
 def bulyan(cfg: RunConfig) -> fl.Strategy:
     """Bulyan (El Mhamdi et al., 2018); needs n ≥ 4f + 3 silos per round."""
-    return fl.Bulyan(num_malicious_nodes=cfg.num_byzantine, **common_kwargs(cfg))
+    return fl.Bulyan(num_malicious_nodes=cfg.robust.num_byzantine, **common_kwargs(cfg))

@@ -32,7 +32,7 @@ STRATEGIES: dict[str, StrategyFactory] = {
     "krum": flower.krum,
     "multikrum": flower.multikrum,
     "bulyan": flower.bulyan,
-    # Ours: robust rules on stacked updates (strategies/robust), `pre-aggregator` applies
+    # Ours: robust rules on stacked updates (strategies/robust), `robust.pre-aggregator` applies
     "robust-median": robust.robust_median,
     "robust-trimmed-mean": robust.robust_trimmed_mean,
     "robust-krum": robust.robust_krum,

@@ -214,7 +214,7 @@ def filter_replies(
 
 
 #: Headroom over the global model's size for metrics and metadata when no explicit
-#: ``max-update-bytes`` is set.
+#: ``robust.max-update-bytes`` is set.
 PAYLOAD_HEADROOM = 1 << 20
 
 
@@ -243,8 +243,8 @@ def check_payload_size(msg: Message, max_bytes: int) -> str | None:
     size = payload_bytes(msg)
     if size > max_bytes:
         return (
-            f"payload of {size} bytes exceeds max-update-bytes = {max_bytes} (raise "
-            "'max-update-bytes' if the silos legitimately send more)"
+            f"payload of {size} bytes exceeds robust.max-update-bytes = {max_bytes} (raise "
+            "'robust.max-update-bytes' if the silos legitimately send more)"
         )
     return None
 

@@ -4,7 +4,7 @@
   from a generator seeded by (seed, round, phase) over nodes ordered by partition id, and
   replies are aggregated in partition order (float sums depend on order). The seed is
   public, so this sample is no secret: DP-FedAvg's secret Poisson sampling
-  (``sampling-amplification``) draws its cohort itself, from OS entropy, inside it.
+  (``dp.sampling-amplification``) draws its cohort itself, from OS entropy, inside it.
 * :class:`RoundReporter` hands each round's aggregated metrics to a callback (the run's
   metrics sinks) as soon as the round produces them.
 * :class:`ValidatedUpdates` drops malformed or outlying updates before aggregation.
@@ -23,12 +23,54 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
+from pydantic import Field
 
+from fl_core.config import Section, transient
 from fl_core.records import META_KEY
 from strategies.flatten import records_of, shared_stack
 
 if TYPE_CHECKING:
     from strategies.validation import Rejection
+
+
+class SamplingSection(Section):
+    """Which silos take part in a round, how many are needed, and how long the server
+    waits for them."""
+
+    fraction_train: float = Field(
+        1.0, gt=0, le=1, description="Fraction of connected silos sampled for training."
+    )
+    fraction_evaluate: float = Field(
+        1.0, ge=0, le=1, description="Fraction sampled for client-side evaluation (0 = off)."
+    )
+    min_train_nodes: int = Field(2, ge=1, description="Minimum silos per training round.")
+    min_evaluate_nodes: int = Field(2, ge=0, description="Minimum silos per evaluation round.")
+    min_available_nodes: int = transient(2, ge=1, description="Silos to wait for before round 1.")
+    round_timeout: float = transient(
+        3600.0, gt=0, description="Seconds to wait for replies in a round."
+    )
+    straggler_timeout: float = transient(
+        0.0,
+        ge=0,
+        description="Once a round has `sampling.min-train-nodes` (`sampling.min-evaluate-nodes`) "
+        "replies, wait at most this many more seconds for the rest (0 = wait for all or "
+        "`sampling.round-timeout`).",
+    )
+    round_retries: int = transient(
+        0,
+        ge=0,
+        le=100,
+        description="Times a training round with fewer than `sampling.min-train-nodes` replies "
+        "is re-sent to the missing silos before the run stops, naming them.",
+    )
+    reply_poll_interval: float = transient(
+        0.0,
+        ge=0,
+        le=10,
+        description="0 = Flower's own reply loop (one pull, then 3 s sleeps); > 0 = poll "
+        "after this many seconds, growing ×1.5 to 0.5 s (see docs/efficiency.md: slower "
+        "for small, fast rounds on a busy machine).",
+    )
 
 
 class StrategyWrapper(Strategy):

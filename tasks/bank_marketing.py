@@ -239,8 +239,8 @@ class BankMarketingTask(Task):
     num_classes = 2
     num_features = sum(column_width(c) for c in FEATURES)
 
-    def load_data(self, config) -> tuple[ArrayDataset, ArrayDataset | None]:
-        frame = load_bank_frame(config.data_source)
+    def load_data(self, data) -> tuple[ArrayDataset, ArrayDataset | None]:
+        frame = load_bank_frame(data.source)
         return ArrayDataset(encode_bank_columns(frame, FEATURES), bank_labels(frame)), None
 
     def build_model(self) -> nn.Module:

@@ -11,12 +11,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
+from fl_core.config import Section
 from tasks.partitioning import LazyPartitions, stratified_split
 from tasks.training import evaluate_classifier, train_classifier
 
@@ -25,6 +27,39 @@ if TYPE_CHECKING:
 
 #: RecordDict key of the feature moments a silo reports in the roll call.
 MOMENTS_KEY = "feature-moments"
+
+
+class DataSection(Section):
+    """Where the data comes from and how it is split into the server's test set and the
+    silos' partitions."""
+
+    source: str = Field(
+        "",
+        description='"" = offline bundled/generated data; otherwise a Hugging Face dataset id, '
+        "a local path, or an Azure Blob URL, as the task documents.",
+    )
+    partitioner: Literal["iid", "dirichlet"] = Field(
+        "iid", description="How the training pool is split across silos."
+    )
+    dirichlet_alpha: float = Field(
+        0.5, gt=0, le=1e6, description="Label-skew concentration (smaller = more skewed)."
+    )
+    test_fraction: float = Field(
+        0.2, gt=0, lt=0.9, description="Share of the pooled data held out for the server."
+    )
+    val_fraction: float = Field(
+        0.1, ge=0, lt=0.9, description="Share of each silo's partition kept for its evaluation."
+    )
+
+
+class TrainingSection(Section):
+    """Local training in every silo (and FLTrust's server-side training)."""
+
+    local_epochs: int = Field(3, ge=1, le=1000, description="Local epochs per round.")
+    batch_size: int = Field(16, ge=1, le=1_000_000, description="Local mini-batch size.")
+    learning_rate: float = Field(0.05, gt=0, le=10, description="Local SGD learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Local SGD momentum.")
+    proximal_mu: float = Field(0.01, ge=0, description="FedProx proximal term weight μ.")
 
 
 @dataclass(frozen=True)
@@ -64,14 +99,14 @@ class Task(ABC):
     name: str
     #: Number of classes of the label.
     num_classes: int
-    #: Why ``local-dp`` (Opacus DP-SGD in the silo) cannot train this task's model, or
+    #: Why ``dp.local`` (Opacus DP-SGD in the silo) cannot train this task's model, or
     #: ``None`` if it can; checked when the run config is validated.
     local_dp_unsupported: str | None = None
 
     @abstractmethod
-    def load_data(self, config: RunConfig) -> tuple[ArrayDataset, ArrayDataset | None]:
+    def load_data(self, data: DataSection) -> tuple[ArrayDataset, ArrayDataset | None]:
         """Return ``(pool, test)``: the pooled training data and, if the source has one,
-        its own test split (``None`` = hold out ``test-fraction`` of the pool)."""
+        its own test split (``None`` = hold out ``data.test-fraction`` of the pool)."""
 
     @abstractmethod
     def build_model(self) -> nn.Module:
@@ -128,7 +163,7 @@ class Task(ABC):
     # ------------------------------------------------------------------ shared
     def split(self, config: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
         """``(train_pool, server_test)``, the same for the same data, seed and fraction."""
-        return _split_cached(self, config.data_source, config.seed, config.test_fraction)
+        return _split_cached(self, config.data.source, config.seed, config.data.test_fraction)
 
     def load_test(self, config: RunConfig) -> ArrayDataset:
         """The server's held-out test set."""
@@ -157,20 +192,20 @@ class Task(ABC):
         pool, _ = self.split(config)
         parts = _partitions_cached(
             self,
-            config.data_source,
+            config.data.source,
             config.seed,
-            config.test_fraction,
+            config.data.test_fraction,
             num_partitions,
-            config.partitioner,
-            config.dirichlet_alpha,
+            config.data.partitioner,
+            config.data.dirichlet_alpha,
         )
         mine = pool.subset(parts[partition_id])
-        if config.val_fraction == 0 or len(mine) < 4:
+        if config.data.val_fraction == 0 or len(mine) < 4:
             return Partition(train=mine, val=mine.subset(np.arange(0)))
-        key = ("val-split", partition_id, config.val_fraction)
+        key = ("val-split", partition_id, config.data.val_fraction)
         if key not in parts.memo:  # sklearn's split costs ~0.1 s; a silo is served often
             parts.memo[key] = stratified_split(
-                self.strata(mine), config.val_fraction, seed=config.seed + 1 + partition_id
+                self.strata(mine), config.data.val_fraction, seed=config.seed + 1 + partition_id
             )
         train_idx, val_idx = parts.memo[key]
         return Partition(train=mine.subset(train_idx), val=mine.subset(val_idx))
@@ -178,8 +213,8 @@ class Task(ABC):
     def load_silo(self, source: str, config: RunConfig) -> Partition:
         """A silo's own data set (a deployment where each silo holds its own file or Blob
         prefix, named in its node config): all of ``source`` is this silo's, split into
-        train and validation by ``val-fraction``."""
-        return _silo_cached(self, source, config.seed, config.val_fraction)
+        train and validation by ``data.val-fraction``."""
+        return _silo_cached(self, source, config.seed, config.data.val_fraction)
 
     def train(
         self,
@@ -195,10 +230,10 @@ class Task(ABC):
             model,
             data.x,
             data.y,
-            epochs=config.local_epochs,
-            batch_size=config.batch_size,
-            learning_rate=config.learning_rate,
-            momentum=config.momentum,
+            epochs=config.training.local_epochs,
+            batch_size=config.training.batch_size,
+            learning_rate=config.training.learning_rate,
+            momentum=config.training.momentum,
             proximal_mu=proximal_mu,
             class_weights=self.class_weights(data),
             generator=generator,
@@ -228,10 +263,7 @@ def pooled_moments(moments: list[dict[str, list[float]]]) -> tuple[np.ndarray, n
 def _split_cached(
     task: Task, data_source: str, seed: int, test_fraction: float
 ) -> tuple[ArrayDataset, ArrayDataset]:
-    from fl_app.config import RunConfig
-
-    config = RunConfig(data_source=data_source, seed=seed, test_fraction=test_fraction)
-    pool, test = task.load_data(config)
+    pool, test = task.load_data(DataSection(source=data_source, test_fraction=test_fraction))
     if test is not None:
         return pool, test
     train_idx, test_idx = stratified_split(task.strata(pool), test_fraction, seed=seed)
@@ -240,9 +272,7 @@ def _split_cached(
 
 @lru_cache(maxsize=8)
 def _silo_cached(task: Task, source: str, seed: int, val_fraction: float) -> Partition:
-    from fl_app.config import RunConfig
-
-    data, test = task.load_data(RunConfig(data_source=source, seed=seed))
+    data, test = task.load_data(DataSection(source=source))
     if test is not None:  # a source with its own test split: the silo keeps both
         data = task.concat(data, test)
     if val_fraction == 0:

@@ -21,11 +21,11 @@ class BreastCancerTask(Task):
     num_classes = 2
     num_features = 30
 
-    def load_data(self, config) -> tuple[ArrayDataset, ArrayDataset | None]:
-        if config.data_source:
+    def load_data(self, data) -> tuple[ArrayDataset, ArrayDataset | None]:
+        if data.source:
             raise ValueError(
                 "task 'breast-cancer' reads scikit-learn's bundled data only; set "
-                "data-source = \"\""
+                "data.source = \"\""
             )
         from sklearn.datasets import load_breast_cancer
 

@@ -1,6 +1,6 @@
 """Image classification: handwritten digits with a small CNN.
 
-Offline default (``data-source = ""``): scikit-learn's bundled 8×8 digits (1 797 images,
+Offline default (``data.source = ""``): scikit-learn's bundled 8×8 digits (1 797 images,
 shipped inside the package, no download). Real data: a Hugging Face dataset id such as
 ``ylecun/mnist`` (downloaded via ``datasets`` on first use, then cached), or a directory
 written by ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``. Columns:
@@ -23,14 +23,14 @@ class DigitsTask(Task):
     name = "digits"
     num_classes = 10
 
-    def load_data(self, config) -> tuple[ArrayDataset, ArrayDataset | None]:
-        if not config.data_source:
+    def load_data(self, data) -> tuple[ArrayDataset, ArrayDataset | None]:
+        if not data.source:
             from sklearn.datasets import load_digits
 
             bunch = load_digits()
             x = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
             return ArrayDataset(x, bunch.target.astype(np.int64)), None
-        return _load_hf_images(config.data_source)
+        return _load_hf_images(data.source)
 
     def build_model(self) -> nn.Module:
         return SmallCNN(num_classes=self.num_classes)

@@ -80,12 +80,12 @@ class FraudTask(Task):
     name = "fraud"
     num_classes = 2
 
-    def load_data(self, config) -> tuple[ArrayDataset, ArrayDataset | None]:
+    def load_data(self, data) -> tuple[ArrayDataset, ArrayDataset | None]:
         import pandas as pd
 
-        if not config.data_source:
+        if not data.source:
             return frame_to_dataset(generate_fraud_frame()), None
-        path = resolve_local_path(config.data_source)
+        path = resolve_local_path(data.source)
         return frame_to_dataset(pd.read_csv(path)), None
 
     def build_model(self) -> nn.Module:

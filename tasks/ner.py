@@ -1,6 +1,6 @@
 """Named-entity recognition (token classification): PER / ORG / LOC / MISC with BIO tags.
 
-**Data.** ``data-source`` may be
+**Data.** ``data.source`` may be
 
 * ``""`` (offline default): :func:`generate_ner_corpus`, 3 000 distinct deterministic
   English sentences from 30 templates (news, sport, business) whose slots are filled from
@@ -37,7 +37,7 @@ metrics skip.
 bidirectional LSTM (64 per direction, packed so padding never enters it), a linear tag
 head; ~300 k parameters, trained from scratch. Its logits are N × C × L, the layout
 ``nn.CrossEntropyLoss`` takes, so the shared SGD loop (and FedProx) trains it unchanged.
-Opacus' DP-SGD does not support ``nn.LSTM``, so ``local-dp`` is refused for this task when
+Opacus' DP-SGD does not support ``nn.LSTM``, so ``dp.local`` is refused for this task when
 the run config is validated (``Task.local_dp_unsupported``).
 
 **Metrics.** ``loss`` (per token), ``accuracy`` (per non-padding token), and entity-level
@@ -237,7 +237,7 @@ def load_conll_source(path: Path) -> tuple[list[Sentence], list[Sentence] | None
     train = path / "train.txt"
     if not train.is_file():
         raise FileNotFoundError(
-            f"NER data-source directory {path} has no train.txt; give a CoNLL file, or a "
+            f"NER data.source directory {path} has no train.txt; give a CoNLL file, or a "
             "directory with train.txt (+ valid.txt/dev.txt, test.txt)"
         )
     pool = read_conll(train)
@@ -519,8 +519,8 @@ class NerTask(Task):
         "would change the model's arrays and train several times slower)"
     )
 
-    def load_data(self, config) -> tuple[ArrayDataset, ArrayDataset | None]:
-        source = config.data_source
+    def load_data(self, data) -> tuple[ArrayDataset, ArrayDataset | None]:
+        source = data.source
         if not source:
             return encode_sentences(generate_ner_corpus()), None
         path = Path(source).expanduser()

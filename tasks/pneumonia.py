@@ -1,7 +1,7 @@
 """Medical imaging: pneumonia vs normal on 28×28 grayscale chest X-rays, small CNN.
 
 Real data: **PneumoniaMNIST** (MedMNIST v2: 5 856 paediatric chest X-rays resized to
-28×28; label 1 = pneumonia, ~74 % of the training split). ``data-source`` may be
+28×28; label 1 = pneumonia, ~74 % of the training split). ``data.source`` may be
 
 * a ``.npz`` file in the ``medmnist`` package layout (``train_images`` N×28×28 uint8,
   ``train_labels`` N×1, and the same for ``val_`` and ``test_``; what
@@ -14,7 +14,7 @@ Real data: **PneumoniaMNIST** (MedMNIST v2: 5 856 paediatric chest X-rays resize
   image column (``image``/``img``) and ``label``; images of another size are resized to
   28×28. Downloaded by ``datasets`` on first use (never in the tests).
 
-Offline default (``data-source = ""``): :func:`generate_pneumonia_images`, a deterministic
+Offline default (``data.source = ""``): :func:`generate_pneumonia_images`, a deterministic
 generated set of 3 000 images of the same shape and class balance: two dark lung fields
 beside a bright mediastinum, ribs, varying exposure and noise; a pneumonia image has one
 to three consolidations (bright Gaussian opacities) or a diffuse basal haze inside a lung,
@@ -233,8 +233,8 @@ class PneumoniaTask(Task):
     name = "pneumonia"
     num_classes = 2
 
-    def load_data(self, config) -> tuple[ArrayDataset, ArrayDataset | None]:
-        source = config.data_source
+    def load_data(self, data) -> tuple[ArrayDataset, ArrayDataset | None]:
+        source = data.source
         if not source:
             return images_to_dataset(*generate_pneumonia_images()), None
         path = Path(source).expanduser()

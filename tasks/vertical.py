@@ -7,7 +7,7 @@ encoding and a default split of the columns over the parties. Party 0 is the lab
 ClientApp whose SuperNode has ``partition-id = p - 1``.
 
 Partial overlap: when all parties read one shared data source (simulation, benchmarks),
-party ``p`` holds each customer independently with probability ``vertical-coverage``
+party ``p`` holds each customer independently with probability ``vertical.coverage``
 (seeded per party), so some customers exist only at some parties and private set
 intersection has real work to do. A party with its own source (node config
 ``data-source``) holds exactly the rows of its file.
@@ -142,7 +142,7 @@ def vertical_spec(task: str) -> VerticalSpec:
 
 
 def parse_split(split: str, spec: VerticalSpec) -> list[list[str]]:
-    """``vertical-split`` (``"a,b;c,d;e"``: parties separated by ``;``, the label party
+    """``vertical.split`` (``"a,b;c,d;e"``: parties separated by ``;``, the label party
     first) → column lists; ``""`` = the task's default split. Every feature column must
     belong to exactly one party, unknown and duplicated columns are errors."""
     if not split.strip():
@@ -150,22 +150,22 @@ def parse_split(split: str, spec: VerticalSpec) -> list[list[str]]:
     groups = [[c.strip() for c in part.split(",") if c.strip()] for part in split.split(";")]
     if len(groups) < 2:
         raise VerticalDataError(
-            f"run-config 'vertical-split' = {split!r} names one party; give the label party's "
+            f"run-config 'vertical.split' = {split!r} names one party; give the label party's "
             "columns, then each feature party's, separated by ';' (e.g. 'age,job;duration')"
         )
     seen: dict[str, int] = {}
     for p, group in enumerate(groups):
         if p > 0 and not group:
-            raise VerticalDataError(f"run-config 'vertical-split': party {p} has no columns")
+            raise VerticalDataError(f"run-config 'vertical.split': party {p} has no columns")
         for column in group:
             if column not in spec.features:
                 raise VerticalDataError(
-                    f"run-config 'vertical-split': unknown column '{column}' for task "
+                    f"run-config 'vertical.split': unknown column '{column}' for task "
                     f"'{spec.name}'; columns are {', '.join(spec.features)}"
                 )
             if column in seen:
                 raise VerticalDataError(
-                    f"run-config 'vertical-split': column '{column}' is given to parties "
+                    f"run-config 'vertical.split': column '{column}' is given to parties "
                     f"{seen[column]} and {p}; each column belongs to one party"
                 )
             seen[column] = p

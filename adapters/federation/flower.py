@@ -30,7 +30,7 @@ FLWR_CONNECTION = "fedsilo"
 #: Run-config defaults of the warm runtime (``supernode.executor: warm``) unless the spec's
 #: ``run_config`` sets them: the ServerApp polls for replies with back-off from 20 ms
 #: instead of Flower's fixed 3 s between pulls.
-WARM_RUN_CONFIG: dict[str, float] = {"reply-poll-interval": 0.02}
+WARM_RUN_CONFIG: dict[str, float] = {"sampling.reply-poll-interval": 0.02}
 
 
 def _toml(value: Any) -> str:

@@ -11,7 +11,11 @@ A spec the local backend runs needs nothing else::
       - {name: hospital-b, node_config: {partition-id: 1}}
     task: digits
     strategy: fedavg
-    run_config: {num-server-rounds: 5}
+    run_config: {num-server-rounds: 5, training.local-epochs: 1}
+
+``run_config`` takes the dotted keys of ``[tool.flwr.app.config]``
+(``dp.noise-multiplier: 1.2``) or their sections as nested mappings
+(``dp: {noise-multiplier: 1.2}``); it is kept flat (dotted).
 
 :func:`load_spec` validates it (pydantic, unknown keys rejected) and raises
 :class:`SpecError` whose message has one line per problem, naming the field path (e.g.
@@ -39,7 +43,8 @@ from pydantic import (
     model_validator,
 )
 
-from fl_app.config import ConfigError, RunConfig
+from fl_app.config import FIELDS, ConfigError, RunConfig
+from fl_core.config import flatten
 
 __all__ = [
     "FederationSpec",
@@ -121,7 +126,7 @@ class SuperNodeSpec(StrictModel):
     executor: Literal["warm", "subprocess"] = Field(
         "warm",
         description="warm: ClientApps fork from a pre-imported process and the SuperNode, "
-        "its SuperExec and the ServerApp (reply-poll-interval) poll promptly; subprocess: "
+        "its SuperExec and the ServerApp (sampling.reply-poll-interval) poll promptly; subprocess: "
         "Flower's default (one cold flwr-clientapp process per message, 3 s polling).",
     )
     restart: bool = Field(
@@ -144,7 +149,9 @@ class FederationSpec(StrictModel):
     strategy: str = Field("fedavg", description="Aggregation strategy.")
     run_config: dict[str, bool | int | float | str] = Field(
         default_factory=dict,
-        description="Run-config overrides (kebab-case keys of [tool.flwr.app.config]).",
+        description="Run-config overrides: dotted keys of [tool.flwr.app.config] "
+        "(`dp.noise-multiplier: 1.2`), or a section as a nested mapping "
+        "(`dp: {noise-multiplier: 1.2}`).",
     )
     mlflow_tracking_uri: str | None = Field(
         None,
@@ -227,6 +234,11 @@ class FederationSpec(StrictModel):
             owners[pid] = silo.name
         return filled
 
+    @field_validator("run_config", mode="before")
+    @classmethod
+    def _flat_run_config(cls, value: Any) -> Any:
+        return flatten(value) if isinstance(value, Mapping) else value
+
     @field_validator("run_config")
     @classmethod
     def _run_config_keys(
@@ -238,10 +250,9 @@ class FederationSpec(StrictModel):
                     f"'{key}' is a top-level key of the spec; move '{key}: {value[key]}' out of "
                     "run_config"
                 )
-        fields = RunConfig.model_fields
         typed: dict[str, Any] = {}
         for key, item in value.items():
-            field = fields.get(key.replace("-", "_"))
+            field = FIELDS.get(key)
             # YAML writes 1 for 1.0; the app's float keys must reach Flower as floats.
             if (
                 field is not None
@@ -259,7 +270,11 @@ class FederationSpec(StrictModel):
     def _quorum(self) -> FederationSpec:
         cfg = self.resolved_run_config()
         n = len(self.silos)
-        for key in ("min-available-nodes", "min-train-nodes", "min-evaluate-nodes"):
+        for key in (
+            "sampling.min-available-nodes",
+            "sampling.min-train-nodes",
+            "sampling.min-evaluate-nodes",
+        ):
             wanted = cfg.to_flower()[key]
             if wanted > n:
                 raise ValueError(

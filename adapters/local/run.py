@@ -10,15 +10,15 @@ stopped at the end, also on errors and Ctrl-C.
 
 Each silo's SuperNode runs as the spec's ``supernode.executor`` says: ``warm`` (default;
 :mod:`adapters.supernode`: ClientApps forked from a pre-imported process, prompt polling,
-and ``reply-poll-interval`` for the ServerApp) or ``subprocess`` (Flower's default).
+and ``sampling.reply-poll-interval`` for the ServerApp) or ``subprocess`` (Flower's default).
 
 A silo whose SuperNode exits before the run raises :class:`SiloFailedError` naming the
 silo, with the end of its log. During the run the SuperNodes are supervised
 (``supernode.restart``, default on): one that exits is restarted after 1, 2, 4 … s (at
 most ``supernode.restart_max_delay``), each restart logged and counted in
-:attr:`LocalRun.restarts`; the federation goes on as long as ``min-train-nodes`` holds
+:attr:`LocalRun.restarts`; the federation goes on as long as ``sampling.min-train-nodes`` holds
 (the ServerApp decides: it stops, naming the missing silos, only when the quorum is lost
-beyond ``round-retries``), and the restarted silo joins the next round. With
+beyond ``sampling.round-retries``), and the restarted silo joins the next round. With
 ``restart: false`` a SuperNode that exits during the run raises :class:`SiloFailedError`.
 
 With ``security=LocalSecurity(pki_dir)`` the federation runs with TLS and SuperNode
@@ -354,7 +354,7 @@ def run_local(
             and computes, are not used).
         project_dir: The Flower project; default: the spec's own (``spec.project_dir()``,
             e.g. an AzureML spec's ``orchestrator.code`` directory), else the installed one.
-        run_dir: Where the run directory goes; default: the spec's ``run-dir`` (``outputs``)
+        run_dir: Where the run directory goes; default: the spec's ``output.run-dir`` (``outputs``)
             resolved against the current directory.
         timeout: Seconds the whole ``flwr run`` may take.
         startup_timeout: Seconds for the SuperLink to answer and every SuperNode to register.
@@ -376,7 +376,7 @@ def run_local(
     notify = on_event or (lambda message: logger.info("%s", message))
     project = Path(project_dir or spec.project_dir() or PROJECT_DIR).resolve()
     cfg = spec.resolved_run_config()
-    out_root = Path(run_dir or cfg.run_dir).expanduser().resolve()
+    out_root = Path(run_dir or cfg.output.run_dir).expanduser().resolve()
     home = Path(tempfile.mkdtemp(prefix="fedsilo-local-"))
     logs = Path(log_dir) if log_dir is not None else home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -474,7 +474,7 @@ def run_local(
             time.sleep(1.0)
 
         before = {p.parent for p in out_root.glob("*/config.json")} if out_root.exists() else set()
-        overrides = {**flower_run_config(spec), "run-dir": str(out_root)}
+        overrides = {**flower_run_config(spec), "output.run-dir": str(out_root)}
         cmd = [
             "flwr", "run", str(project), FLWR_CONNECTION, "--stream",
             "--run-config", run_config_arg(overrides),

@@ -51,7 +51,7 @@ def _probe(tracking_uri: str, timeout: float = 5.0) -> None:
     except OSError as exc:
         raise MlflowUnavailableError(
             f"MLflow tracking server '{tracking_uri}' does not answer ({exc}); start it or fix "
-            "'mlflow-tracking-uri' in the run config (\"\" runs without tracking)"
+            "'tracking.mlflow-uri' in the run config (\"\" runs without tracking)"
         ) from exc
 
 
@@ -87,7 +87,7 @@ class MlflowSink:
         except (MlflowException, OSError) as exc:
             raise MlflowUnavailableError(
                 f"MLflow tracking at '{tracking_uri}' is unavailable ({exc}); check "
-                "'mlflow-tracking-uri' in the run config (or set it to \"\" to run without "
+                "'tracking.mlflow-uri' in the run config (or set it to \"\" to run without "
                 "tracking)"
             ) from exc
         self.experiment_id = experiment_id

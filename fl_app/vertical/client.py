@@ -1,8 +1,8 @@
 """The feature party's side of vertical mode: handlers registered on the app's ClientApp.
 
 A feature party is the SuperNode with ``partition-id = p - 1`` for party ``p`` of
-``vertical-split``; it holds those columns of its own records (its node config's
-``data-source``, or its coverage sample of the run's shared ``data-source``) and a bottom
+``vertical.split``; it holds those columns of its own records (its node config's
+``data-source``, or its coverage sample of the run's shared ``data.source``) and a bottom
 model. Between messages its state (PSI secret, aligned rows, bottom weights, momentum,
 the embedding-noise generator) lives in the node's ``context.state``; nothing but
 embeddings, PSI points and counts leaves the party.
@@ -11,7 +11,7 @@ The embedding noise is drawn from a generator whose state comes from OS entropy
 (:func:`~strategies.privacy.randomness.secret_generator`) and is kept in the party's
 context for the run, never rewound: the label party, which receives the embeddings, can
 neither regenerate the noise from the run config nor cancel it by asking for the same
-batch twice. Only ``dp-reproducible-noise`` seeds it from (seed, party, epoch, batch),
+batch twice. Only ``dp.reproducible-noise`` seeds it from (seed, party, epoch, batch),
 for research reruns.
 """
 
@@ -41,7 +41,7 @@ from tasks.vertical import PartyData, parse_split, party_data, vertical_spec
 
 def _party(context: Context) -> tuple[RunConfig, int, list[list[str]]]:
     cfg = RunConfig.from_flower(context.run_config)
-    groups = parse_split(cfg.vertical_split, vertical_spec(cfg.task))
+    groups = parse_split(cfg.vertical.split, vertical_spec(cfg.task))
     try:
         party = int(context.node_config["partition-id"]) + 1
     except KeyError:
@@ -56,10 +56,10 @@ def _data(cfg: RunConfig, party: int, groups: list[list[str]], context: Context)
     own = context.node_config.get("data-source")
     return party_data(
         cfg.task,
-        str(own) if own else cfg.data_source,
+        str(own) if own else cfg.data.source,
         tuple(groups[party]),
         party=party,
-        coverage=cfg.vertical_coverage,
+        coverage=cfg.vertical.coverage,
         seed=cfg.seed,
         with_labels=False,
         shared=not own,
@@ -105,7 +105,7 @@ def align(msg: Message, context: Context) -> Message:
     if len(positions) and (positions.min() < 0 or positions.max() >= len(order)):
         raise ValueError("alignment names positions outside this party's PSI list")
     rows = order[positions]
-    bottom = build_bottom(data.x.shape[1], cfg.vertical_embedding_dim, cfg.seed, party)
+    bottom = build_bottom(data.x.shape[1], cfg.vertical.embedding_dim, cfg.seed, party)
     context.state["vertical-rows"] = ArrayRecord({"rows": Array(rows.astype(np.int64))})
     context.state[STATE_MODEL] = ArrayRecord(bottom.state_dict())
     context.state[STATE_MOMENTUM] = ArrayRecord({})
@@ -121,9 +121,9 @@ def _features(data: PartyData, context: Context, ids: np.ndarray) -> torch.Tenso
 
 
 def _load_bottom(cfg: RunConfig, data: PartyData, party: int, context: Context):
-    bottom = build_bottom(data.x.shape[1], cfg.vertical_embedding_dim, cfg.seed, party)
+    bottom = build_bottom(data.x.shape[1], cfg.vertical.embedding_dim, cfg.seed, party)
     bottom.load_state_dict(context.state[STATE_MODEL].to_torch_state_dict())
-    optimizer = sgd(bottom, cfg.learning_rate, cfg.momentum)
+    optimizer = sgd(bottom, cfg.training.learning_rate, cfg.training.momentum)
     saved = context.state[STATE_MOMENTUM]
     restore_momentum(bottom, optimizer, saved.to_torch_state_dict() if len(saved) else {})
     return bottom, optimizer
@@ -135,18 +135,18 @@ STATE_NOISE = "vertical-noise-generator"
 
 def _embed(cfg, bottom, x, party: int, context: Context, *tag) -> np.ndarray:
     with torch.no_grad():
-        e = party_embedding(bottom, x, cfg.vertical_embedding_clip)
-        if cfg.vertical_noise_multiplier <= 0:
+        e = party_embedding(bottom, x, cfg.vertical.embedding_clip)
+        if cfg.vertical.noise_multiplier <= 0:
             return e.numpy()
-        if cfg.dp_reproducible_noise:  # research only: the label party can regenerate it
+        if cfg.dp.reproducible_noise:  # research only: the label party can regenerate it
             gen = torch.Generator().manual_seed(
                 derive_seed(cfg.seed, "vertical-noise", party, *tag)
             )
         else:
             saved = context.state.config_records.get(STATE_NOISE)
             gen = restore_generator(saved["state"]) if saved else secret_generator()
-        e = noisy(e, cfg.vertical_embedding_clip, cfg.vertical_noise_multiplier, gen)
-        if not cfg.dp_reproducible_noise:
+        e = noisy(e, cfg.vertical.embedding_clip, cfg.vertical.noise_multiplier, gen)
+        if not cfg.dp.reproducible_noise:
             context.state[STATE_NOISE] = ConfigRecord({"state": generator_state(gen)})
     return e.numpy()
 
@@ -164,7 +164,7 @@ def step(msg: Message, context: Context) -> Message:
         grad = torch.from_numpy(arrays["grad"].numpy())
         optimizer.zero_grad()
         x = _features(data, context, arrays["grad-ids"].numpy())
-        bottom_step(party_embedding(bottom, x, cfg.vertical_embedding_clip), grad)
+        bottom_step(party_embedding(bottom, x, cfg.vertical.embedding_clip), grad)
         optimizer.step()
         context.state[STATE_MODEL] = ArrayRecord(bottom.state_dict())
         context.state[STATE_MOMENTUM] = ArrayRecord(momentum_buffers(bottom, optimizer))

@@ -2,12 +2,12 @@
 
 ``run_vertical(grid, cfg)``:
 
-1. waits for one SuperNode per feature party (``vertical-split`` minus the label party);
+1. waits for one SuperNode per feature party (``vertical.split`` minus the label party);
 2. private set intersection (X25519 DH-PSI, :mod:`strategies.vertical.psi`) of record ids
    with every party, then tells each party which of its records are aligned;
-3. splits the aligned records into training and held-out sets (``test-fraction``,
+3. splits the aligned records into training and held-out sets (``data.test-fraction``,
    stratified by label, seeded);
-4. per epoch (``num-server-rounds`` epochs) and mini-batch (``vertical-batch-size``):
+4. per epoch (``num-server-rounds`` epochs) and mini-batch (``vertical.batch-size``):
    one ``train.vertical_step`` round trip carries the gradient of the previous batch's
    embeddings and the ids of the next batch, and brings back that batch's embeddings;
    the top model (and the label party's own bottom) step on the loss;
@@ -15,7 +15,7 @@
    accuracy, log-loss) and logs per-epoch communication: bytes of embeddings and
    gradients as serialised in the messages.
 
-Every exchange has a deadline (``vertical-timeout``); a party that fails, drops or sends
+Every exchange has a deadline (``vertical.timeout``); a party that fails, drops or sends
 malformed data stops the run with a :class:`~fl_app.vertical.VerticalError` naming the
 party, its node and the step — never a hang. (Degraded training without a party's
 features would silently change the model, so it is not attempted.)
@@ -98,10 +98,10 @@ def exchange(
         late = sorted({m.metadata.dst_node_id for m in messages} - answered)
         missing = ", ".join(_who(n, parties) for n in late)
         raise VerticalError(
-            f"{what}: no reply from {missing} within vertical-timeout={timeout}s; the "
+            f"{what}: no reply from {missing} within vertical.timeout={timeout}s; the "
             "party dropped out or is too slow. Vertical training needs every party's "
             "features, so the run stops; restart the party's SuperNode or raise "
-            "vertical-timeout."
+            "vertical.timeout."
         )
     replies = {reply.metadata.src_node_id: reply for reply in pulled}
     for node, reply in replies.items():
@@ -130,8 +130,8 @@ def wait_for_parties(grid: Grid, needed: int, timeout: float) -> list[int]:
     while len(nodes := sorted(grid.get_node_ids())) < needed:
         if time.monotonic() > deadline:
             raise VerticalError(
-                f"only {len(nodes)} SuperNodes connected within vertical-timeout={timeout}s; "
-                f"vertical-split names {needed} feature parties (one SuperNode each)"
+                f"only {len(nodes)} SuperNodes connected within vertical.timeout={timeout}s; "
+                f"vertical.split names {needed} feature parties (one SuperNode each)"
             )
         time.sleep(0.2)
     return nodes
@@ -139,7 +139,7 @@ def wait_for_parties(grid: Grid, needed: int, timeout: float) -> list[int]:
 
 def _run_dir(cfg: RunConfig) -> Path:
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
-    path = Path(cfg.run_dir).expanduser().resolve() / (
+    path = Path(cfg.output.run_dir).expanduser().resolve() / (
         f"{stamp}-{cfg.task}-vertical-{cfg.fingerprint()}"
     )
     path.mkdir(parents=True, exist_ok=False)
@@ -152,12 +152,12 @@ def private_alignment(
     """PSI with every feature party and alignment. Returns ``({party: node},
     label rows of the aligned records, {party: its record count})``."""
     n_parties = len(groups) - 1
-    nodes = wait_for_parties(grid, n_parties, cfg.vertical_timeout)
+    nodes = wait_for_parties(grid, n_parties, cfg.vertical.timeout)
     key = PSIKey()
     sent, label_order = label_round1(label_ids, key)
     replies = exchange(
         grid, [_message(n, PSI, {"points": sent}) for n in nodes],
-        cfg.vertical_timeout, "private set intersection", {},
+        cfg.vertical.timeout, "private set intersection", {},
     )  # fmt: skip
     party_node: dict[int, int] = {}
     for node, reply in replies.items():
@@ -175,7 +175,7 @@ def private_alignment(
         if columns != groups[party]:
             raise VerticalDataError(
                 f"schema mismatch: party {party} (node {node}) holds columns {columns} but "
-                f"vertical-split assigns it {groups[party]}; use the same run config everywhere"
+                f"vertical.split assigns it {groups[party]}; use the same run config everywhere"
             )
         party_node[party] = node
     missing = [p for p in range(1, len(groups)) if p not in party_node]
@@ -209,7 +209,7 @@ def private_alignment(
         grid,
         [_message(party_node[p], ALIGN, {"positions": positions[p - 1]})
          for p in range(1, len(groups))],
-        cfg.vertical_timeout, "alignment", nodes_of,
+        cfg.vertical.timeout, "alignment", nodes_of,
     )  # fmt: skip
     for node, reply in acks.items():
         if int(reply.content[META]["aligned"]) != len(rows):
@@ -221,15 +221,15 @@ def run_vertical(grid: Grid, cfg: RunConfig, extra_sinks: Sequence = ()) -> Vert
     """Run vertical federated training as the label party; returns the metrics."""
     torch.set_num_threads(1)
     spec = vertical_spec(cfg.task)
-    groups = parse_split(cfg.vertical_split, spec)
+    groups = parse_split(cfg.vertical.split, spec)
     run_dir = _run_dir(cfg)
     privacy = privacy_status(cfg)  # embedding noise: marks the run (not) private
     sink = RunDirSink(run_dir, privacy=privacy)
     sinks = Sinks(ConsoleSink(), sink, *extra_sinks, privacy=privacy)
     sinks.log_params({**cfg.to_flower(), "config-hash": cfg.fingerprint()})
     label = party_data(
-        cfg.task, cfg.data_source, tuple(groups[0]), party=0,
-        coverage=cfg.vertical_coverage, seed=cfg.seed, with_labels=True,
+        cfg.task, cfg.data.source, tuple(groups[0]), party=0,
+        coverage=cfg.vertical.coverage, seed=cfg.seed, with_labels=True,
     )  # fmt: skip
     party_node, rows, counts = private_alignment(grid, cfg, groups, label.ids)
     nodes_of = {v: k for k, v in party_node.items()}
@@ -237,7 +237,7 @@ def run_vertical(grid: Grid, cfg: RunConfig, extra_sinks: Sequence = ()) -> Vert
 
     x0 = torch.from_numpy(label.x[rows])
     y = torch.from_numpy(label.y[rows])
-    train_idx, test_idx = stratified_split(label.y[rows], cfg.test_fraction, seed=cfg.seed)
+    train_idx, test_idx = stratified_split(label.y[rows], cfg.data.test_fraction, seed=cfg.seed)
     train_ids, test_ids = torch.from_numpy(train_idx), torch.from_numpy(test_idx)
     result = VerticalResult(
         run_dir=run_dir, aligned=len(rows), label_records=len(label.ids),
@@ -252,13 +252,13 @@ def run_vertical(grid: Grid, cfg: RunConfig, extra_sinks: Sequence = ()) -> Vert
         "[fedsilo] vertical: %d aligned records (label party %d, parties %s); train %d, "
         "held-out %d; %d epochs of batch %d",
         len(rows), len(label.ids), counts, len(train_ids), len(test_ids),
-        cfg.num_server_rounds, cfg.vertical_batch_size,
+        cfg.num_server_rounds, cfg.vertical.batch_size,
     )  # fmt: skip
 
-    emb = cfg.vertical_embedding_dim
+    emb = cfg.vertical.embedding_dim
     bottom0 = build_bottom(x0.shape[1], emb, cfg.seed, 0)
     top = build_top(len(groups), emb, cfg.seed)
-    optimizer = sgd(torch.nn.ModuleList([bottom0, top]), cfg.learning_rate, cfg.momentum)
+    optimizer = sgd(torch.nn.ModuleList([bottom0, top]), cfg.training.learning_rate, cfg.training.momentum)
     weights = class_weights_for(y[train_ids])
 
     def received(replies: dict[int, Message], n: int, what: str) -> list[torch.Tensor]:
@@ -272,7 +272,7 @@ def run_vertical(grid: Grid, cfg: RunConfig, extra_sinks: Sequence = ()) -> Vert
                 raise VerticalError(
                     f"{what}: party {p} (node {party_node[p]}) sent an embedding of shape "
                     f"{e.shape} {e.dtype} (finite: {bool(np.isfinite(e).all())}); expected "
-                    f"({n}, {emb}) float32 — its vertical-embedding-dim or data differ"
+                    f"({n}, {emb}) float32 — its vertical.embedding-dim or data differ"
                 )
             out.append(torch.from_numpy(e))
         return out
@@ -281,7 +281,7 @@ def run_vertical(grid: Grid, cfg: RunConfig, extra_sinks: Sequence = ()) -> Vert
         replies = exchange(
             grid,
             [_message(party_node[p], EMBED, {"ids": test_idx}, epoch=epoch) for p in parties],
-            cfg.vertical_timeout, f"evaluation after epoch {epoch}", nodes_of,
+            cfg.vertical.timeout, f"evaluation after epoch {epoch}", nodes_of,
         )  # fmt: skip
         with torch.no_grad():
             e = [bottom0(x0[test_ids]), *received(replies, len(test_ids), "evaluation")]
@@ -291,7 +291,7 @@ def run_vertical(grid: Grid, cfg: RunConfig, extra_sinks: Sequence = ()) -> Vert
     sinks.log_metrics(0, "server", {**evaluate(0), "num-examples": len(test_ids)})
     for epoch in range(1, cfg.num_server_rounds + 1):
         started = time.monotonic()
-        batches = epoch_batches(train_ids, cfg.vertical_batch_size, cfg.seed, epoch)
+        batches = epoch_batches(train_ids, cfg.vertical.batch_size, cfg.seed, epoch)
         sent_bytes = recv_bytes = 0
         total_loss = 0.0
         pending: dict[int, np.ndarray] = {}
@@ -307,7 +307,7 @@ def run_vertical(grid: Grid, cfg: RunConfig, extra_sinks: Sequence = ()) -> Vert
                 messages.append(_message(party_node[p], STEP, arrays, epoch=epoch, batch=b))
             sent_bytes += sum(_array_bytes(m.content[DATA], ["grad"]) for m in messages)
             replies = exchange(
-                grid, messages, cfg.vertical_timeout, f"epoch {epoch} batch {b}", nodes_of
+                grid, messages, cfg.vertical.timeout, f"epoch {epoch} batch {b}", nodes_of
             )
             if ids_t is None:
                 break
@@ -320,7 +320,7 @@ def run_vertical(grid: Grid, cfg: RunConfig, extra_sinks: Sequence = ()) -> Vert
             optimizer.step()
             total_loss += float(loss) * len(ids_t)
             pending = {
-                p: clip_rows(grads[i], cfg.vertical_gradient_clip).numpy()
+                p: clip_rows(grads[i], cfg.vertical.gradient_clip).numpy()
                 for i, p in enumerate(parties, start=1)
             }
             prev_ids = ids_t.numpy()

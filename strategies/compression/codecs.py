@@ -33,12 +33,47 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
+
+from fl_core.config import Section
 
 SCHEMES = ("none", "int8", "int4", "topk", "topk+int8")
 TOPK_SCOPES = ("model", "tensor")
+
+
+class CompressionSection(Section):
+    """Compression of every silo's model delta before upload (with error feedback)."""
+
+    method: Literal["none", "int8", "int4", "topk", "topk+int8"] = Field(
+        "none",
+        description="Compress each silo's model delta before upload: stochastic 8/4-bit "
+        "quantisation, top-k sparsification, or both.",
+    )
+    topk_fraction: float = Field(
+        0.01, gt=0, le=1, description="Share of the float values top-k keeps per reply."
+    )
+    topk_scope: Literal["model", "tensor"] = Field(
+        "model",
+        description="Top-k picks the largest values of the whole update (model) or of "
+        "each tensor (tensor).",
+    )
+    topk_feedback: Literal["ef21", "residual"] = Field(
+        "ef21",
+        description="Error feedback of top-k: EF21 (silo and server track each silo's "
+        "update; top-k of the change is sent) or the classic residual.",
+    )
+    error_feedback: bool = Field(
+        True,
+        description="Keep what compression dropped in the silo's state and add it to its "
+        "next update.",
+    )
+    quantization_chunk: int = Field(
+        1024, ge=0, description="Values sharing one quantisation scale (0 = one per tensor)."
+    )
 
 
 @dataclass(frozen=True)
@@ -55,14 +90,14 @@ class CompressionSpec:
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
-            raise ValueError(f"compression '{self.scheme}' is not one of: {', '.join(SCHEMES)}")
+            raise ValueError(f"compression.method '{self.scheme}' is not one of: {', '.join(SCHEMES)}")
         if not 0 < self.topk_fraction <= 1:
-            raise ValueError(f"topk-fraction must be in (0, 1], got {self.topk_fraction}")
+            raise ValueError(f"compression.topk-fraction must be in (0, 1], got {self.topk_fraction}")
         if self.chunk < 0:
-            raise ValueError(f"quantization-chunk must be ≥ 0 (0 = per tensor), got {self.chunk}")
+            raise ValueError(f"compression.quantization-chunk must be ≥ 0 (0 = per tensor), got {self.chunk}")
         if self.topk_scope not in TOPK_SCOPES:
             raise ValueError(
-                f"topk-scope '{self.topk_scope}' is not one of: {', '.join(TOPK_SCOPES)}"
+                f"compression.topk-scope '{self.topk_scope}' is not one of: {', '.join(TOPK_SCOPES)}"
             )
 
     @property

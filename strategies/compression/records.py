@@ -9,7 +9,7 @@ its metadata (see :mod:`.codecs`); non-float arrays travel as they are under
 
 * quantisation (``int8``/``int4``): the classic residual — the part of the update that
   was not sent (``context.state["compression-residual"]``) is added to the next update;
-* top-k (``topk``/``topk+int8``, ``topk-feedback = "ef21"``, the default): EF21 — the
+* top-k (``topk``/``topk+int8``, ``compression.topk-feedback = "ef21"``, the default): EF21 — the
   silo and the server both keep the silo's running ESTIMATE of its update
   (``context.state["compression-estimate"]`` / :class:`EstimateStore`), the silo sends
   the top-k of ``update − estimate`` and both add what was sent to the estimate, which
@@ -18,7 +18,7 @@ its metadata (see :mod:`.codecs`); non-float arrays travel as they are under
   it holds (train config ``compression-estimate-step``), a silo whose own step differs
   (a lost reply, a server restart) restarts from a zero estimate and says so in the
   payload (``ef21-base = 0``), so a lost message costs accuracy for a round, never a
-  silently wrong model. ``topk-feedback = "residual"`` keeps the classic residual.
+  silently wrong model. ``compression.topk-feedback = "residual"`` keeps the classic residual.
 
 Server: :func:`decompress_content` rebuilds the ordinary ``arrays`` record
 (global + decoded delta, original keys, shapes and dtypes), so validation, attack
@@ -131,7 +131,7 @@ def compress_train_content(
     if spec.scheme == "none":
         return content
     if feedback not in FEEDBACKS:
-        raise ValueError(f"topk-feedback '{feedback}' is not one of: {', '.join(FEEDBACKS)}")
+        raise ValueError(f"compression.topk-feedback '{feedback}' is not one of: {', '.join(FEEDBACKS)}")
     trained: ArrayRecord = content[arrays_key]
     keys, offsets = float_offsets(received)
     delta = _flat(trained, keys, offsets[-1]) - _flat(received, keys, offsets[-1])

@@ -46,7 +46,7 @@ Twister) whose whole state (19 968 bits) comes from ``os.urandom``
 only in the strategy and therefore in the server's checkpoint, so a resumed run continues
 the same streams. A generator seeded from the run's public ``seed`` lets anyone holding the
 config regenerate and subtract the noise; the app only does that under the research key
-``dp-reproducible-noise`` and then marks the run ``dp-private = false``.
+``dp.reproducible-noise`` and then marks the run ``dp-private = false``.
 
 Not with robust aggregation: FedMedian, FedTrimmedAvg, Krum, Multi-Krum, Bulyan (and
 :mod:`strategies.robust`) select or order *individual* updates. Their output is a

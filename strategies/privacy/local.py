@@ -19,7 +19,7 @@ the noise or the Poisson batches. Without ``generator`` both come from
 :func:`~strategies.privacy.randomness.secret_generator` (full MT19937 state from the OS);
 the ClientApp passes the silo's own secret generators, kept across rounds. An int seed or
 a seeded generator makes runs reproducible and the noise public: research only
-(``dp-reproducible-noise``).
+(``dp.reproducible-noise``).
 
 Models: Opacus needs per-sample gradients for every trainable layer. Both models of this
 project pass ``opacus.validators.ModuleValidator`` unchanged: ``SmallCNN`` (Conv2d, ReLU,
@@ -297,7 +297,7 @@ def make_private_trainer(
     target_epsilon : float, optional
         Budget ε > 0 for ``epochs`` epochs in total: σ is calibrated so that ``epochs``
         epochs at this sample rate end at ≤ ``target_epsilon``. Across federated rounds
-        pass the whole run's plan (``local-epochs × num-server-rounds``, the epochs of
+        pass the whole run's plan (``training.local-epochs × num-server-rounds``, the epochs of
         earlier rounds included): every round then gets the same σ, the restored history
         plus this round stays on plan, and :meth:`PrivateTrainer.train` skips any round
         that would exceed the budget.
@@ -373,7 +373,7 @@ def make_private_trainer(
         target_epsilon = check_epsilon(target_epsilon)
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise ValueError(
-                "epochs (the planned total of local epochs, e.g. local-epochs × "
+                "epochs (the planned total of local epochs, e.g. training.local-epochs × "
                 f"num-server-rounds) must be an integer ≥ 1 with target_epsilon; got {epochs!r}"
             )
         noise_multiplier = calibrate_noise_multiplier(

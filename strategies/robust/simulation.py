@@ -1,13 +1,13 @@
 """Attack simulation — a threat-model tool, not a feature of a production federation.
 
-A seeded ``attack-fraction`` of the silos is Byzantine (:func:`byzantine_partitions`).
+A seeded ``attack.fraction`` of the silos is Byzantine (:func:`byzantine_partitions`).
 Data poisoning (``label-flip``) happens in those silos' ClientApps. Model poisoning
 (sign-flip, Gaussian, scaling, ALIE, IPM) is simulated on the server side of the
 simulation by :class:`SimulatedAttack`, which replaces the Byzantine silos' updates
 before validation and aggregation: ALIE and IPM need the honest updates of the round,
 i.e. an omniscient adversary, which only the server side of a simulation can play.
 ``weight-inflation`` sends sign-flipped updates and also multiplies the silos' claimed
-``num-examples`` by ``attack-strength`` (default 1000): it attacks every rule that
+``num-examples`` by ``attack.strength`` (default 1000): it attacks every rule that
 weights updates by what the silos claim. The adaptive attacks (min-max, min-sum, ``rop``,
 ``mimic``; :data:`attacks.ADAPTIVE_ATTACKS`) are simulated the same way; ``rop`` reads the
 previous round's aggregate (the change of the global model) and ``mimic`` its online
@@ -20,11 +20,15 @@ import contextlib
 import math
 from logging import INFO
 
+from typing import Literal
+
 import numpy as np
 import torch
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
+from pydantic import Field
 
+from fl_core.config import Section
 from strategies.flatten import Layout, flatten, stack, unflatten
 from strategies.robust import attacks
 from strategies.wrappers import StrategyWrapper, reply_order_key
@@ -33,6 +37,35 @@ MODEL_ATTACKS = (
     "sign-flip", "gaussian", "scaling", "alie", "ipm", "weight-inflation",
     *attacks.ADAPTIVE_ATTACKS,
 )  # fmt: skip
+
+
+class AttackSection(Section):
+    """Attack simulation, a threat-model tool: a seeded share of the silos is Byzantine."""
+
+    kind: Literal[
+        "none",
+        "sign-flip",
+        "gaussian",
+        "scaling",
+        "label-flip",
+        "alie",
+        "ipm",
+        "weight-inflation",
+        "min-max",
+        "min-sum",
+        "rop",
+        "mimic",
+    ] = Field("none", description="Simulated Byzantine behaviour of `attack.fraction` silos.")
+    fraction: float = Field(
+        0.2, ge=0, lt=0.5, description="Fraction of silos that are Byzantine when attacking."
+    )
+    strength: float = Field(
+        0.0,
+        description="Attack parameter (0 = its default): scaling factor 10 (negative flips "
+        "the direction), noise std 1, IPM ε 0.1, ALIE z from n and f, weight-inflation's "
+        "factor on the claimed `num-examples` 1000, min-max/min-sum's first γ 10, ROP's "
+        "perturbation norm 1, Mimic's warm-up rounds 1.",
+    )
 #: The key of a train reply's MetricRecord that FedAvg and weighted rules use as the weight.
 WEIGHT_KEY = "num-examples"
 
@@ -104,9 +137,9 @@ class SimulatedAttack(StrategyWrapper):
             math.isfinite(strength) and strength >= 0
         ):  # refused before round 1
             raise ValueError(
-                f"run-config 'attack-strength' = {strength!r} is not a weight-inflation "
+                f"run-config 'attack.strength' = {strength!r} is not a weight-inflation "
                 "factor: use a finite factor > 0 (0 = the default, 1000), e.g. "
-                "attack-strength=1000"
+                "attack.strength=1000"
             )
         self._global = None
         self._previous_reference = None  # flat global model of the previous round (rop)

@@ -6,7 +6,7 @@ the aggregate then added to the global model. Working on deltas makes centred cl
 centre (the previous aggregate) and FLTrust's server update meaningful; for the other
 rules it is equivalent to aggregating the models (they are translation-equivariant).
 
-The rules receive uniform weights unless ``robust-weights = "capped"``: a silo's
+The rules receive uniform weights unless ``robust.weights = "capped"``: a silo's
 ``num-examples`` is a claim, and a Byzantine silo that claims 1 000 × the examples would
 otherwise *be* the weighted median (see :mod:`strategies.robust.weights`).
 """

@@ -4,10 +4,10 @@ A silo's ``num-examples`` is a *claim*: the server cannot check it, and a Byzant
 claims whatever helps it. A weighted median, trimmed mean or geometric median weighted by
 the claims is only as robust as the largest claim: one silo that claims 1 000 × the
 cohort's examples *is* the weighted median, whatever it sends. So robust rules aggregate
-with uniform weights (``robust-weights = "uniform"``, the default, as Flower's FedMedian,
+with uniform weights (``robust.weights = "uniform"``, the default, as Flower's FedMedian,
 FedTrimmedAvg, Krum and Bulyan do).
 
-``robust-weights = "capped"`` keeps the claims for federations whose silos differ in size,
+``robust.weights = "capped"`` keeps the claims for federations whose silos differ in size,
 each capped at the cohort's lower median claim: a silo claiming more than the median counts
 as a median silo. With at most half of the silos lying the cap is at most the largest
 honest claim, so f liars weigh at most f × the median claim. The weighted rules keep their
@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 
 RobustWeights = Literal["uniform", "capped"]
-#: The values of the ``robust-weights`` run-config key.
+#: The values of the ``robust.weights`` run-config key.
 ROBUST_WEIGHTS: tuple[str, ...] = ("uniform", "capped")
 
 
@@ -59,8 +59,8 @@ def trusted_weights(
         return None
     if mode != "capped":
         raise ValueError(
-            f"robust-weights must be one of {ROBUST_WEIGHTS}; got {mode!r} "
-            "(set run-config robust-weights = 'uniform' or 'capped')"
+            f"robust.weights must be one of {ROBUST_WEIGHTS}; got {mode!r} "
+            "(set run-config robust.weights = 'uniform' or 'capped')"
         )
     capped = capped_at_median(torch.as_tensor(claimed, dtype=torch.float64))
     return capped if float(capped.sum()) > 0 else None

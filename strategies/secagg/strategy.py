@@ -99,7 +99,7 @@ class SecureAggregation(StrategyWrapper):
         log(
             WARNING,
             "round %d: secure aggregation needs %d nodes at the %s step, got %d; "
-            "round skipped (lower secagg-threshold or raise min-train-nodes)",
+            "round skipped (lower secagg.threshold or raise sampling.min-train-nodes)",
             server_round, need, stage, got,
         )  # fmt: skip
         self._round = {}
@@ -114,7 +114,7 @@ class SecureAggregation(StrategyWrapper):
         if not sampled:
             return messages
         t = P.threshold_for(len(sampled), self.threshold)
-        # Uploads are 8 bytes per parameter: within the automatic 'max-update-bytes'
+        # Uploads are 8 bytes per parameter: within the automatic 'robust.max-update-bytes'
         # (twice a float32 model + 1 MiB, strategies.validation.default_max_bytes).
         base = {"round": server_round, "session": os.urandom(16)}
 

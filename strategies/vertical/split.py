@@ -29,10 +29,49 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from pydantic import Field
 from torch import nn
 
+from fl_core.config import Section
 from fl_core.seeding import derive_seed
 from strategies.privacy.randomness import secret_generator
+
+
+class VerticalSection(Section):
+    """Vertical federated learning (split learning, `mode` = "vertical"): parties hold
+    columns of the same records, not rows."""
+
+    split: str = Field(
+        "",
+        description="Columns per party, label party first, parties separated by ';' and "
+        'columns by "," ("" = the task default 3-party split).',
+    )
+    coverage: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="With a shared data source: share of the records each party holds "
+        "(seeded, independent per party), so ids overlap partially.",
+    )
+    embedding_dim: int = Field(8, ge=1, le=1024, description="Width of each party's embedding.")
+    batch_size: int = Field(
+        512, ge=1, le=1_000_000, description="Aligned records per split-learning step."
+    )
+    embedding_clip: float = Field(
+        0.0, ge=0, description="Clip each record's embedding to this L2 norm (0 = off)."
+    )
+    noise_multiplier: float = Field(
+        0.0,
+        ge=0,
+        description="Gaussian noise σ·`vertical.embedding-clip` on sent embeddings (not "
+        "formal DP: unaccounted).",
+    )
+    gradient_clip: float = Field(
+        0.0, ge=0, description="Clip each record's embedding gradient to this L2 norm (0 = off)."
+    )
+    timeout: float = Field(
+        120.0, gt=0, description="Seconds to wait for every party's reply to one vertical step."
+    )
 
 
 class BottomModel(nn.Module):

@@ -43,8 +43,8 @@ def test_a_local_only_spec_validates_without_azure_fields():
     assert spec.silos[1].node_config == {
         "partition-id": 1, "num-partitions": 2, "data-dir": "/data/b",
     }  # fmt: skip
-    assert spec.run_config["learning-rate"] == 1.0 and isinstance(
-        spec.run_config["learning-rate"], float
+    assert spec.run_config["training.learning-rate"] == 1.0 and isinstance(
+        spec.run_config["training.learning-rate"], float
     )
     assert spec.resolved_run_config().num_server_rounds == 3
     assert spec.project_dir() is None  # the installed project

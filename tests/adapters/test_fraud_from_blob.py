@@ -3,6 +3,7 @@
 import numpy as np
 
 from adapters.blob import BlobStore
+from tasks.base import DataSection
 from fl_app.config import RunConfig
 from tasks import get_task
 from tasks.fraud import frame_to_dataset, generate_fraud_frame
@@ -15,7 +16,7 @@ def test_fraud_task_loads_its_csv_from_a_blob_url(azurite_env, blob_container, m
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     with BlobStore.from_uri(url) as store:
         store.write_bytes("silo-a/creditcard.csv", frame.to_csv(index=False).encode())
-    pool, _ = get_task("fraud").load_data(RunConfig(task="fraud", data_source=url))
+    pool, _ = get_task("fraud").load_data(DataSection(source=url))
     expected = frame_to_dataset(frame)
     np.testing.assert_allclose(pool.x, expected.x, rtol=1e-6)
     assert np.array_equal(pool.y, expected.y)

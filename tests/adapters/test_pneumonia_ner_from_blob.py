@@ -3,6 +3,7 @@
 import numpy as np
 
 from adapters.blob import BlobStore
+from tasks.base import DataSection
 from fl_app.config import RunConfig
 from tasks import get_task
 from tasks.ner import encode_sentences, generate_ner_corpus, write_conll
@@ -23,11 +24,11 @@ def test_pneumonia_npz_and_conll_file_load_from_blob_urls(
         store.write_bytes("silo-a/pneumoniamnist.npz", npz.read_bytes())
         store.write_bytes("silo-a/ner.conll", conll.read_bytes())
 
-    pool, test = get_task("pneumonia").load_data(RunConfig(task="pneumonia", data_source=npz_url))
+    pool, test = get_task("pneumonia").load_data(DataSection(source=npz_url))
     expected = images_to_dataset(images, labels)
     np.testing.assert_array_equal(pool.x, expected.x[:40])
     np.testing.assert_array_equal(test.y, expected.y[40:])
 
-    sentences, none = get_task("ner").load_data(RunConfig(task="ner", data_source=conll_url))
+    sentences, none = get_task("ner").load_data(DataSection(source=conll_url))
     assert none is None
     np.testing.assert_array_equal(sentences.y, encode_sentences(corpus).y)

@@ -14,8 +14,8 @@ from fl_app.reliability import QuorumError
 
 SETTINGS = {
     "task": "breast-cancer", "strategy": "fedadam", "num-server-rounds": 3,
-    "local-epochs": 1, "seed": 5, "fraction-evaluate": 0.0, "min-evaluate-nodes": 0,
-    "min-train-nodes": 3, "min-available-nodes": 3,
+    "training.local-epochs": 1, "seed": 5, "sampling.fraction-evaluate": 0.0, "sampling.min-evaluate-nodes": 0,
+    "sampling.min-train-nodes": 3, "sampling.min-available-nodes": 3,
 }  # fmt: skip
 
 
@@ -32,15 +32,15 @@ def _client_failing_in_round(failing_round: int):
 
 def test_a_run_resumes_from_its_blob_checkpoint(azurite_env, blob_container, tmp_path):
     url = azurite_env.url(blob_container, "fed/ckpt")
-    cfg = RunConfig.from_flower({**SETTINGS, "run-dir": str(tmp_path / "a"), "checkpoint-uri": url})
+    cfg = RunConfig.from_flower({**SETTINGS, "output.run-dir": str(tmp_path / "a"), "output.checkpoint-uri": url})
     with pytest.raises(QuorumError, match=r"round 3: .*\(partition 1\)"):
         run_federation(InProcessGrid(_client_failing_in_round(3), cfg.to_flower(), 4), cfg)
 
-    resumed = RunConfig.from_flower({**cfg.to_flower(), "resume": True})
+    resumed = RunConfig.from_flower({**cfg.to_flower(), "output.resume": True})
     result, run_dir = run_federation(InProcessGrid(client_app, cfg.to_flower(), 4), resumed)
     assert sorted(result.train_metrics_clientapp) == [3]  # only the missing round ran
 
-    clean = RunConfig.from_flower({**SETTINGS, "run-dir": str(tmp_path / "b")})
+    clean = RunConfig.from_flower({**SETTINGS, "output.run-dir": str(tmp_path / "b")})
     _, clean_dir = run_federation(InProcessGrid(client_app, clean.to_flower(), 4), clean)
     ours, theirs = (torch.load(d / "model.pt", weights_only=True) for d in (run_dir, clean_dir))
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)

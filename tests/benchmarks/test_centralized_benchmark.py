@@ -40,7 +40,7 @@ def test_centralised_breast_cancer_is_good_and_deterministic(breast_cancer_cfg):
 
     assert first.metrics["roc-auc"] >= 0.9
     assert dict(first.metrics) == dict(second.metrics)
-    assert first.epochs == breast_cancer_cfg.num_server_rounds * breast_cancer_cfg.local_epochs
+    assert first.epochs == breast_cancer_cfg.num_server_rounds * breast_cancer_cfg.training.local_epochs
     assert first.setting == "central"
 
 
@@ -61,8 +61,8 @@ def test_fl_config_matches_the_baseline_config():
     skew = resolve_config(fl_overrides("fraud", "dirichlet", rounds=7, seed=3))
 
     assert (iid.num_server_rounds, iid.seed, iid.strategy) == (7, 3, "fedavg")
-    assert skew.partitioner == "dirichlet" and skew.dirichlet_alpha == 0.5
-    assert iid.model_copy(update={"partitioner": "dirichlet"}) == skew
+    assert skew.data.partitioner == "dirichlet" and skew.data.dirichlet_alpha == 0.5
+    assert iid.replace({"data.partitioner": "dirichlet"}) == skew
 
 
 def test_failed_run_raises_with_output_tail(breast_cancer_cfg):
@@ -150,8 +150,8 @@ def test_project_snapshot_holds_the_app_without_vcs_or_outputs():
         assert not (snapshot / ".git").exists()
         assert not list(snapshot.rglob("__pycache__"))
         plan = plan_task("digits", rounds=3, project_dir=snapshot)
-    assert [cfg.partitioner for _, cfg in plan.federated] == ["iid", "dirichlet"]
-    assert plan.central.num_server_rounds == 3 and plan.central.fraction_evaluate == 0.0
+    assert [cfg.data.partitioner for _, cfg in plan.federated] == ["iid", "dirichlet"]
+    assert plan.central.num_server_rounds == 3 and plan.central.sampling.fraction_evaluate == 0.0
 
 
 def test_load_note_flags_a_busy_machine():

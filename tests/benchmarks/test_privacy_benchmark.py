@@ -44,23 +44,23 @@ def test_plan_covers_tasks_modes_and_budgets_with_valid_configs():
         cfg = RunConfig.from_flower(cell.run_config())  # valid, cross-field checks included
         s = SETTINGS[cell.task]
         assert cell.num_silos == s.num_silos >= 50
-        assert (cfg.num_server_rounds, cfg.learning_rate) == (s.rounds, s.learning_rate)
-        assert cfg.fraction_train == 1.0 and not cfg.sampling_amplification
-        assert cfg.max_update_norm_ratio == 0.0
-        assert cfg.central_dp == (cell.mode == "central" and cell.private)
-        assert cfg.local_dp == (cell.mode == "local" and cell.private)
+        assert (cfg.num_server_rounds, cfg.training.learning_rate) == (s.rounds, s.learning_rate)
+        assert cfg.sampling.fraction_train == 1.0 and not cfg.dp.sampling_amplification
+        assert cfg.robust.max_update_norm_ratio == 0.0
+        assert cfg.dp.central == (cell.mode == "central" and cell.private)
+        assert cfg.dp.local == (cell.mode == "local" and cell.private)
         # Reruns must be comparable: private cells seed their noise (marked not private).
-        assert cfg.dp_reproducible_noise == cell.private
-        if cfg.central_dp:
-            assert cfg.target_epsilon == cell.target_epsilon and cfg.budget_mode == "calibrate"
-            assert cfg.clip_norm == s.clip_norm
-        if cfg.local_dp:
-            assert cfg.local_target_epsilon == cell.target_epsilon
-            assert cfg.max_grad_norm == s.max_grad_norm
+        assert cfg.dp.reproducible_noise == cell.private
+        if cfg.dp.central:
+            assert cfg.dp.target_epsilon == cell.target_epsilon and cfg.dp.budget_mode == "calibrate"
+            assert cfg.dp.clip_norm == s.clip_norm
+        if cfg.dp.local:
+            assert cfg.dp.local_target_epsilon == cell.target_epsilon
+            assert cfg.dp.max_grad_norm == s.max_grad_norm
     central_2 = next(c for c in cells if c.key == ("digits", "central", 2.0))
     command = flwr_run_command(central_2)
-    assert "central-dp=true" in command and "budget-mode='calibrate'" in command
-    assert "target-epsilon=2.0" in command and "num-supernodes=100" in command
+    assert "dp.central=true" in command and "dp.budget-mode='calibrate'" in command
+    assert "dp.target-epsilon=2.0" in command and "num-supernodes=100" in command
 
 
 TINY = {
@@ -153,7 +153,7 @@ def test_json_markdown_and_png(tiny_grid):
     assert "**Clients per round: breast-cancer 4**" in doc
     assert "privacy.png" in doc and "Against the reference point" in doc
     assert "All 2 private runs report ε ≤ target" in doc
-    assert "`dp-reproducible-noise = true`" in doc and "`dp-private = false`" in doc
+    assert "`dp.reproducible-noise = true`" in doc and "`dp-private = false`" in doc
 
     # A rewrite keeps the hand-written part below the marker, and only that.
     tail = f"{HAND_WRITTEN}\n\n## Sampling amplification\n\nhand-written text\n"

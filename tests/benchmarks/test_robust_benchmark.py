@@ -47,15 +47,15 @@ def test_plan_covers_every_attack_and_every_robust_registry_strategy():
     for cell in cells:
         cfg = dict(cell.overrides)
         assert cell.num_clients == 20
-        assert (cfg["attack-fraction"], cfg["num-byzantine"]) == (0.2, NUM_BYZANTINE)
-        assert cfg["partitioner"] == cell.partitioner and cfg["attack"] == cell.attack
+        assert (cfg["attack.fraction"], cfg["robust.num-byzantine"]) == (0.2, NUM_BYZANTINE)
+        assert cfg["data.partitioner"] == cell.partitioner and cfg["attack.kind"] == cell.attack
         expected_filter = 10.0 if cell.aggregator == FILTER[0].label else 0.0
-        assert cfg["max-update-norm-ratio"] == expected_filter
-        assert (cfg.get("pre-aggregator") == "nnm") == ("+nnm" in cell.aggregator)
+        assert cfg["robust.max-update-norm-ratio"] == expected_filter
+        assert (cfg.get("robust.pre-aggregator") == "nnm") == ("+nnm" in cell.aggregator)
     cclip_nnm = next(c for c in cells if c.aggregator == "cclip+nnm" and c.attack == "alie")
     command = flwr_run_command(cclip_nnm)
-    assert "strategy='cclip'" in command and "pre-aggregator='nnm'" in command
-    assert "attack='alie'" in command and "num-supernodes=20" in command
+    assert "strategy='cclip'" in command and "robust.pre-aggregator='nnm'" in command
+    assert "attack.kind='alie'" in command and "num-supernodes=20" in command
 
 
 def _rows(values: dict[str, dict[str, float | None]]) -> list[dict]:

@@ -125,9 +125,11 @@ def test_citations_are_parsed_from_docstrings():
 
 def test_strategy_keys_follow_helpers_of_the_factory_module():
     keys = {e["name"]: e["keys"] for e in hooks.strategy_entries()}
-    assert {"beta1", "beta2", "server-learning-rate", "tau"} <= set(keys["fedadam"])
-    assert keys["fedprox"] == ["proximal-mu"]
-    assert "pre-aggregator" in keys["geomed"]
+    assert {"server.beta1", "server.beta2", "server.learning-rate", "server.tau"} <= set(
+        keys["fedadam"]
+    )
+    assert keys["fedprox"] == ["training.proximal-mu"]
+    assert "robust.pre-aggregator" in keys["geomed"]
 
 
 def test_complete_nav_adds_optional_benchmark_and_other_pages(tmp_path):

@@ -4,9 +4,9 @@ the federation goes on.
 flower-superlink + 4 flower-supernode + ``flwr run`` on loopback (tests/e2e/conftest.py:
 the processes the local backend, adapters/local/run.py, starts). Right after the
 secure-aggregation key and share steps of round 1, one SuperNode is SIGKILLed with its
-ClientApp; with ``min-train-nodes = 3`` the round aggregates the 3 masked replies that
-arrive (``straggler-timeout`` = 5 s after the third, rather than the generous
-``round-timeout``), the run completes and the audit log names the missing silo.
+ClientApp; with ``sampling.min-train-nodes = 3`` the round aggregates the 3 masked replies that
+arrive (``sampling.straggler-timeout`` = 5 s after the third, rather than the generous
+``sampling.round-timeout``), the run completes and the audit log names the missing silo.
 
 The survivors' masked vectors contain masks shared with the dead silo: the server removes
 them with its Shamir-shared key, and the aggregate equals the plain example-weighted mean
@@ -40,10 +40,10 @@ SILOS = 4
 VICTIM = 3  # partition id of the SuperNode that is killed
 
 BASE = {
-    "task": "breast-cancer", "num-server-rounds": 2, "local-epochs": 1, "seed": 3,
-    "fraction-evaluate": 0.0, "min-evaluate-nodes": 0,
-    "min-train-nodes": 3, "min-available-nodes": 3, "round-timeout": 600.0,
-    "straggler-timeout": 5.0,
+    "task": "breast-cancer", "num-server-rounds": 2, "training.local-epochs": 1, "seed": 3,
+    "sampling.fraction-evaluate": 0.0, "sampling.min-evaluate-nodes": 0,
+    "sampling.min-train-nodes": 3, "sampling.min-available-nodes": 3, "sampling.round-timeout": 600.0,
+    "sampling.straggler-timeout": 5.0,
 }  # fmt: skip
 
 
@@ -58,7 +58,7 @@ def _run_killing_the_victim(deployment, overrides: dict, kill_when: str):
     code = flwr.popen.wait(timeout=900)
     output = flwr.log()
     assert code == 0, output[-3000:]
-    (run_dir,) = [p.parent for p in Path(overrides["run-dir"]).glob("*/audit.jsonl")]
+    (run_dir,) = [p.parent for p in Path(overrides["output.run-dir"]).glob("*/audit.jsonl")]
     return output, victim, run_dir
 
 
@@ -85,8 +85,8 @@ def _flat(state: dict[str, torch.Tensor]) -> np.ndarray:
 
 
 def test_secure_aggregation_recovers_a_silo_killed_after_masking(deployment, tmp_path):
-    secure = {**BASE, "num-server-rounds": 1, "secure-aggregation": True,
-              "max-update-norm-ratio": 0.0, "run-dir": str(tmp_path / "runs")}  # fmt: skip
+    secure = {**BASE, "num-server-rounds": 1, "secagg.enabled": True,
+              "robust.max-update-norm-ratio": 0.0, "output.run-dir": str(tmp_path / "runs")}  # fmt: skip
     output, victim, run_dir = _run_killing_the_victim(
         deployment, secure, r"round 1: secure aggregation over 4 nodes, threshold 3"
     )
@@ -111,8 +111,8 @@ def test_secure_aggregation_recovers_a_silo_killed_after_masking(deployment, tmp
         {
             **RunConfig().to_flower(),
             **secure,
-            "secure-aggregation": False,
-            "run-dir": str(tmp_path / "plain"),
+            "secagg.enabled": False,
+            "output.run-dir": str(tmp_path / "plain"),
         }
     )
     grid = _LosesOneSilo(client_app, plain_cfg.to_flower(), SILOS)
@@ -129,7 +129,7 @@ def test_secure_aggregation_recovers_a_silo_killed_after_masking(deployment, tmp
 
     # The secure aggregate = plain FedAvg over the 3 survivors, within quantisation error.
     cfg = RunConfig.from_flower({**RunConfig().to_flower(), **secure})
-    bound = P.quantization_error_bound(cfg.secagg_clip_range, cfg.secagg_quantization_bits)
+    bound = P.quantization_error_bound(cfg.secagg.clip_range, cfg.secagg.quantization_bits)
     got = _flat(torch.load(run_dir / "model.pt"))
     expected = _flat(torch.load(plain_dir / "model.pt"))
     err = np.abs(got - expected)

@@ -81,7 +81,7 @@ def _remove_readme_run_dirs():
 
 
 def _in_process(overrides, num_nodes, run_dir):
-    cfg = RunConfig.from_flower({**RunConfig().to_flower(), **overrides, "run-dir": str(run_dir)})
+    cfg = RunConfig.from_flower({**RunConfig().to_flower(), **overrides, "output.run-dir": str(run_dir)})
     _, out = run_federation(InProcessGrid(client_app, cfg.to_flower(), num_nodes), cfg)
     return torch.load(out / "model.pt"), json.loads((out / "metrics.json").read_text())
 
@@ -98,12 +98,12 @@ def test_same_config_and_seed_give_the_same_model(tmp_path):
     overrides = {
         "task": "breast-cancer",
         "num-server-rounds": 2,
-        "fraction-train": 0.6,
-        "fraction-evaluate": 0.4,
-        "partitioner": "dirichlet",
+        "sampling.fraction-train": 0.6,
+        "sampling.fraction-evaluate": 0.4,
+        "data.partitioner": "dirichlet",
         "strategy": "fedprox",
-        "compression": "topk+int8",
-        "topk-fraction": 0.05,
+        "compression.method": "topk+int8",
+        "compression.topk-fraction": 0.05,
     }
     run = run_simulation(overrides, num_supernodes=5, run_dir=tmp_path / "flwr")
     assert run.ok, run.output[-3000:]
@@ -122,11 +122,11 @@ def test_same_config_and_seed_give_the_same_model(tmp_path):
 
 
 def test_bad_config_fails_before_round_1_with_the_fix(tmp_path):
-    run = run_simulation({"strategy": "nope", "learning-rate": -1.0}, num_supernodes=2,
+    run = run_simulation({"strategy": "nope", "training.learning-rate": -1.0}, num_supernodes=2,
                          run_dir=tmp_path)
     assert run.status == "finished:failed" and not run.ok
     assert "'nope' is not a valid strategy" in run.status_details
     assert "Choose one of: fedavg, fedprox, fedadam" in run.output
-    assert "run-config 'learning-rate' = -1.0" in run.output
+    assert "run-config 'training.learning-rate' = -1.0" in run.output
     assert "[ROUND 1" not in run.output
     assert run.run_dir is None  # nothing half-written

@@ -169,7 +169,7 @@ def test_simulation_runs_its_clientapps_on_an_existing_two_node_ray_cluster(
     watch.start()
     try:
         run = run_simulation(
-            {"num-server-rounds": 2, "min-available-nodes": SILOS},
+            {"num-server-rounds": 2, "sampling.min-available-nodes": SILOS},
             num_supernodes=SILOS,
             federation_config={"client-resources-num-cpus": 1},
             timeout=900,

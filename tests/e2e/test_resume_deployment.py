@@ -7,7 +7,7 @@ after round 1's checkpoint. A second ``flwr run`` with ``resume = true`` finds t
 checkpoint (model, FedAdam moments, accountant, clip norm, RNG states), continues in the
 same run directory and ends with the bit-identical model of an uninterrupted run of the
 same config (here: the in-process grid, which the other e2e tests show is bit-identical to
-``flwr run``). The DP noise is seeded (research key ``dp-reproducible-noise``) so that the
+``flwr run``). The DP noise is seeded (research key ``dp.reproducible-noise``) so that the
 independent reference run can draw the same noise.
 """
 
@@ -31,14 +31,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
 SILOS = 3
 SETTINGS = {
-    "task": "breast-cancer", "num-server-rounds": 2, "local-epochs": 1, "seed": 11,
-    "strategy": "fedadam", "central-dp": True, "adaptive-clipping": True,
-    "noise-multiplier": 0.1, "max-update-norm-ratio": 0.0,
+    "task": "breast-cancer", "num-server-rounds": 2, "training.local-epochs": 1, "seed": 11,
+    "strategy": "fedadam", "dp.central": True, "dp.adaptive-clipping": True,
+    "dp.noise-multiplier": 0.1, "robust.max-update-norm-ratio": 0.0,
     # Research key: the noise is seeded from `seed`, so an independent run can reproduce
     # it (by default it comes from OS entropy and only the checkpoint carries its state).
-    "dp-reproducible-noise": True,
-    "fraction-train": 0.67, "min-train-nodes": 2, "min-available-nodes": 3,
-    "fraction-evaluate": 0.0, "min-evaluate-nodes": 0,
+    "dp.reproducible-noise": True,
+    "sampling.fraction-train": 0.67, "sampling.min-train-nodes": 2, "sampling.min-available-nodes": 3,
+    "sampling.fraction-evaluate": 0.0, "sampling.min-evaluate-nodes": 0,
 }  # fmt: skip
 
 
@@ -50,7 +50,7 @@ def _events(run_dir: Path, event: str) -> list[dict]:
 def test_sigkilled_server_run_resumes_to_the_uninterrupted_model(deployment, tmp_path):
     runs = tmp_path / "runs"
     fed = deployment(SILOS)
-    first = fed.flwr_run({**SETTINGS, "run-dir": str(runs)})
+    first = fed.flwr_run({**SETTINGS, "output.run-dir": str(runs)})
 
     def run_dirs() -> list[Path]:
         return [p.parent for p in runs.glob("*/audit.jsonl")]
@@ -76,7 +76,7 @@ def test_sigkilled_server_run_resumes_to_the_uninterrupted_model(deployment, tmp
     assert not _events(run_dir, "run-end")
     first.popen.kill()  # the CLI streaming the dead run's logs
 
-    second = fed.flwr_run({**SETTINGS, "run-dir": str(runs), "resume": True})
+    second = fed.flwr_run({**SETTINGS, "output.run-dir": str(runs), "output.resume": True})
     code = second.popen.wait(timeout=900)
     output = second.log()
     assert code == 0, output[-3000:]
@@ -86,7 +86,7 @@ def test_sigkilled_server_run_resumes_to_the_uninterrupted_model(deployment, tmp
 
     # The uninterrupted run of the same config.
     cfg = RunConfig.from_flower(
-        {**RunConfig().to_flower(), **SETTINGS, "run-dir": str(tmp_path / "reference")}
+        {**RunConfig().to_flower(), **SETTINGS, "output.run-dir": str(tmp_path / "reference")}
     )
     _, reference_dir = run_federation(InProcessGrid(client_app, cfg.to_flower(), SILOS), cfg)
     got, want = (torch.load(d / "model.pt") for d in (run_dir, reference_dir))

@@ -22,10 +22,10 @@ OVERRIDES = {
     "task": "breast-cancer",
     "strategy": "fedadam",
     "num-server-rounds": 2,
-    "local-epochs": 1,
-    "fraction-evaluate": 0.0,
-    "max-update-norm-ratio": 0.0,
-    "secure-aggregation": True,
+    "training.local-epochs": 1,
+    "sampling.fraction-evaluate": 0.0,
+    "robust.max-update-norm-ratio": 0.0,
+    "secagg.enabled": True,
 }
 
 
@@ -38,7 +38,7 @@ def test_secure_aggregation_on_flwr_run_matches_the_in_process_grid(tmp_path):
     weights = torch.load(run.run_dir / "model.pt")
 
     cfg = RunConfig.from_flower(
-        {**RunConfig().to_flower(), **OVERRIDES, "run-dir": str(tmp_path / "inproc")}
+        {**RunConfig().to_flower(), **OVERRIDES, "output.run-dir": str(tmp_path / "inproc")}
     )
     _, out = run_federation(InProcessGrid(client_app, cfg.to_flower(), 4), cfg)
     again = torch.load(out / "model.pt")

@@ -15,7 +15,7 @@ from tasks.bank_marketing import generate_bank_frame
 
 pytestmark = pytest.mark.e2e
 
-TRAINING = {"num-server-rounds": 2, "vertical-batch-size": 256, "learning-rate": 0.2}
+TRAINING = {"num-server-rounds": 2, "vertical.batch-size": 256, "training.learning-rate": 0.2}
 
 
 def test_three_party_vertical_run_aligns_privately_and_beats_the_label_party_alone(tmp_path):
@@ -23,7 +23,7 @@ def test_three_party_vertical_run_aligns_privately_and_beats_the_label_party_alo
     # (each holds a seeded 90 % of them): a real loader path, and a quick PSI.
     source = tmp_path / "bank.csv"
     generate_bank_frame(n_rows=4000, seed=0).to_csv(source, sep=";", index=False)
-    overrides = {"mode": "vertical", "task": "bank-marketing", "data-source": str(source),
+    overrides = {"mode": "vertical", "task": "bank-marketing", "data.source": str(source),
                  **TRAINING}  # fmt: skip
     run = run_simulation(overrides, num_supernodes=2, run_dir=tmp_path / "runs", timeout=600)
     assert run.ok, run.output[-3000:]
@@ -32,7 +32,7 @@ def test_three_party_vertical_run_aligns_privately_and_beats_the_label_party_alo
 
     # PSI found exactly the records all three parties hold — fewer than any party has.
     cfg = vertical_config(
-        "bank-marketing", str(tmp_path), **{"data-source": str(source), **TRAINING}
+        "bank-marketing", str(tmp_path), **{"data.source": str(source), **TRAINING}
     )
     rows, _, test_ids = plaintext_alignment(cfg)
     alignment = json.loads((run.run_dir / "alignment.json").read_text())

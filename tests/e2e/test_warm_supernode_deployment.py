@@ -4,7 +4,7 @@ deployment runtime: the same federation, bit for bit the same model.
 flower-superlink + 3 SuperNodes + ``flwr run`` on loopback (tests/e2e/conftest.py), once
 with Flower's ``flower-supernode`` (one ``flwr-clientapp`` process per message, 3 s polls)
 and once with the warm one (ClientApps forked from a pre-imported zygote, prompt polling,
-``reply-poll-interval``). Every update the server received has the same sha256 in both
+``sampling.reply-poll-interval``). Every update the server received has the same sha256 in both
 runs, the final models are identical, every metric but wall-clock time agrees, and the
 warm run forked every ClientApp from its zygote instead of starting ``flwr-clientapp``.
 """
@@ -27,14 +27,14 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 SILOS = 3
 ROUNDS = 2  # each round is 2 messages per silo; Flower's mode starts a process for each
 SETTINGS = {
-    "task": "breast-cancer", "num-server-rounds": ROUNDS, "local-epochs": 1, "seed": 17,
-    "min-available-nodes": SILOS, "min-train-nodes": SILOS,
+    "task": "breast-cancer", "num-server-rounds": ROUNDS, "training.local-epochs": 1, "seed": 17,
+    "sampling.min-available-nodes": SILOS, "sampling.min-train-nodes": SILOS,
 }  # fmt: skip
 
 
 def _run(deployment, executor: str, run_dir: Path) -> tuple[Path, str, list[str]]:
     fed = deployment(SILOS, executor)
-    flwr = fed.flwr_run({**SETTINGS, "run-dir": str(run_dir)})
+    flwr = fed.flwr_run({**SETTINGS, "output.run-dir": str(run_dir)})
     code = flwr.popen.wait(timeout=1200)
     assert code == 0, flwr.log()[-3000:]
     (out,) = [p.parent for p in run_dir.glob("*/model.pt")]

@@ -26,7 +26,7 @@ def _one_thread():
 
 def _run(tmp_path, num_nodes=5, **overrides):
     cfg = RunConfig.from_flower(
-        {**RunConfig().to_flower(), "task": "breast-cancer", "run-dir": str(tmp_path), **overrides}
+        {**RunConfig().to_flower(), "task": "breast-cancer", "output.run-dir": str(tmp_path), **overrides}
     )
     result, _ = run_federation(InProcessGrid(client_app, cfg.to_flower(), num_nodes), cfg)
     return cfg, result
@@ -54,20 +54,20 @@ def test_epsilon_reported_every_round_matches_an_independent_accountant(
     tmp_path, mechanism, sampling, silos, q
 ):
     overrides = {
-        "central-dp": True, "noise-multiplier": 1.2, "clip-norm": 2.0,
-        "max-update-norm-ratio": 0.0, "num-server-rounds": 3, "local-epochs": 1,
-        "accountant": mechanism, "fraction-evaluate": 0.0, "min-evaluate-nodes": 0,
+        "dp.central": True, "dp.noise-multiplier": 1.2, "dp.clip-norm": 2.0,
+        "robust.max-update-norm-ratio": 0.0, "num-server-rounds": 3, "training.local-epochs": 1,
+        "dp.accountant": mechanism, "sampling.fraction-evaluate": 0.0, "sampling.min-evaluate-nodes": 0,
     }  # fmt: skip
     if q < 1:
-        overrides |= {"sampling-amplification": True, "fraction-train": q, "min-train-nodes": 1}
+        overrides |= {"dp.sampling-amplification": True, "sampling.fraction-train": q, "sampling.min-train-nodes": 1}
     cfg, result = _run(tmp_path, num_nodes=silos, **overrides)
     reported = [result.train_metrics_clientapp[r]["epsilon"] for r in (1, 2, 3)]
-    expected = independent_epsilons(1.2, q, 3, cfg.target_delta, mechanism)
+    expected = independent_epsilons(1.2, q, 3, cfg.dp.target_delta, mechanism)
     assert reported == pytest.approx(expected, rel=0.01), sampling
     assert result.train_metrics_clientapp[3]["clip-norm"] == 2.0
     if q < 1:  # against whoever learns the cohorts: the same rounds at rate 1
         unamplified = [result.train_metrics_clientapp[r]["epsilon-unamplified"] for r in (1, 2, 3)]
-        full = independent_epsilons(1.2, 1.0, 3, cfg.target_delta, mechanism)
+        full = independent_epsilons(1.2, 1.0, 3, cfg.dp.target_delta, mechanism)
         assert unamplified == pytest.approx(full, rel=0.01)
         assert all(u > e for u, e in zip(unamplified, reported, strict=True))
     else:
@@ -79,11 +79,11 @@ def test_a_resumed_run_continues_the_secret_noise_and_sampling_exactly(tmp_path)
     states live in the server checkpoint, so resuming after round 2 from a copy of that
     run's directory ends with the uninterrupted run's model, bit for bit."""
     settings = {
-        "task": "breast-cancer", "strategy": "fedadam", "central-dp": True,
-        "adaptive-clipping": True, "noise-multiplier": 0.2, "max-update-norm-ratio": 0.0,
-        "sampling-amplification": True, "fraction-train": 0.5, "min-train-nodes": 1,
-        "num-server-rounds": 3, "local-epochs": 1, "fraction-evaluate": 0.0,
-        "min-evaluate-nodes": 0,
+        "task": "breast-cancer", "strategy": "fedadam", "dp.central": True,
+        "dp.adaptive-clipping": True, "dp.noise-multiplier": 0.2, "robust.max-update-norm-ratio": 0.0,
+        "dp.sampling-amplification": True, "sampling.fraction-train": 0.5, "sampling.min-train-nodes": 1,
+        "num-server-rounds": 3, "training.local-epochs": 1, "sampling.fraction-evaluate": 0.0,
+        "sampling.min-evaluate-nodes": 0,
     }  # fmt: skip
     snapshot = tmp_path / "snapshot"
 
@@ -109,15 +109,15 @@ def test_a_resumed_run_continues_the_secret_noise_and_sampling_exactly(tmp_path)
         def close(self) -> None:
             pass
 
-    cfg = RunConfig.from_flower({**settings, "run-dir": str(tmp_path / "runs")})
+    cfg = RunConfig.from_flower({**settings, "output.run-dir": str(tmp_path / "runs")})
     runs = tmp_path / "runs"
     sink = SnapshotAfterRound2(lambda: next(runs.iterdir()))
     _, run_dir = run_federation(InProcessGrid(client_app, cfg.to_flower(), 6), cfg, (sink,))
     assert not (snapshot / "model.pt").exists()
 
     resumed = RunConfig.from_flower(
-        {**settings, "run-dir": str(tmp_path / "elsewhere"), "resume": True,
-         "resume-from": str(snapshot)}
+        {**settings, "output.run-dir": str(tmp_path / "elsewhere"), "output.resume": True,
+         "output.resume-from": str(snapshot)}
     )  # fmt: skip
     result, same_dir = run_federation(InProcessGrid(client_app, resumed.to_flower(), 6), resumed)
     assert same_dir == snapshot and sorted(result.train_metrics_clientapp) == [3]
@@ -142,10 +142,10 @@ def test_a_budget_in_stop_mode_is_never_exceeded(tmp_path):
     _, result = _run(
         tmp_path,
         **{
-            "central-dp": True,
-            "noise-multiplier": 2.0,
-            "target-epsilon": target,
-            "max-update-norm-ratio": 0.0,
+            "dp.central": True,
+            "dp.noise-multiplier": 2.0,
+            "dp.target-epsilon": target,
+            "robust.max-update-norm-ratio": 0.0,
             "num-server-rounds": 6,
         },
     )
@@ -159,10 +159,10 @@ def test_calibrated_noise_spends_the_budget_over_the_planned_rounds(tmp_path):
     _, result = _run(
         tmp_path,
         **{
-            "central-dp": True,
-            "target-epsilon": 4.0,
-            "budget-mode": "calibrate",
-            "max-update-norm-ratio": 0.0,
+            "dp.central": True,
+            "dp.target-epsilon": 4.0,
+            "dp.budget-mode": "calibrate",
+            "robust.max-update-norm-ratio": 0.0,
             "num-server-rounds": 3,
         },
     )
@@ -175,8 +175,8 @@ def test_local_dp_epsilon_is_cumulative_per_silo(tmp_path):
         tmp_path,
         num_nodes=3,
         **{
-            "local-dp": True,
-            "local-noise-multiplier": 1.0,
+            "dp.local": True,
+            "dp.local-noise-multiplier": 1.0,
             "num-server-rounds": 2,
             "strategy": "fedavg",
         },
@@ -190,18 +190,18 @@ def test_local_dp_epsilon_is_cumulative_per_silo(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        ({"central-dp": True, "strategy": "krum", "max-update-norm-ratio": 0.0}, "unsound"),
-        ({"central-dp": True}, "'max-update-norm-ratio' = 0.0"),
-        ({"local-dp": True, "strategy": "fedprox"}, "proximal-mu"),
-        ({"noise-multiplier": -1.0}, "'noise-multiplier'"),
-        ({"target-delta": 1.0}, "'target-delta'"),
-        ({"clip-norm": 0.0}, "'clip-norm'"),
-        ({"target-epsilon": -2.0}, "'target-epsilon'"),
-        ({"dp-reproducible-noise": True}, "'dp-reproducible-noise' = true .* no DP mechanism"),
-        ({"sampling-amplification": True}, "needs 'central-dp' = true"),
+        ({"dp.central": True, "strategy": "krum", "robust.max-update-norm-ratio": 0.0}, "unsound"),
+        ({"dp.central": True}, "'robust.max-update-norm-ratio' = 0.0"),
+        ({"dp.local": True, "strategy": "fedprox"}, "proximal-mu"),
+        ({"dp.noise-multiplier": -1.0}, "'dp.noise-multiplier'"),
+        ({"dp.target-delta": 1.0}, "'dp.target-delta'"),
+        ({"dp.clip-norm": 0.0}, "'dp.clip-norm'"),
+        ({"dp.target-epsilon": -2.0}, "'dp.target-epsilon'"),
+        ({"dp.reproducible-noise": True}, "'dp.reproducible-noise' = true .* no DP mechanism"),
+        ({"dp.sampling-amplification": True}, "needs 'dp.central' = true"),
         (
-            {"sampling-amplification": True, "central-dp": True, "max-update-norm-ratio": 0.0},
-            "needs 'min-train-nodes' = 1",
+            {"dp.sampling-amplification": True, "dp.central": True, "robust.max-update-norm-ratio": 0.0},
+            "needs 'sampling.min-train-nodes' = 1",
         ),
     ],
 )

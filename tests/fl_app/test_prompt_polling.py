@@ -69,7 +69,7 @@ def test_prompt_grid_returns_what_it_has_at_the_timeout():
 
 
 def test_roll_call_through_prompt_grid_sees_every_silo():
-    cfg = RunConfig(min_available_nodes=4)
+    cfg = RunConfig(sampling={"min-available-nodes": 4})
     grid = PromptGrid(InProcessGrid(client_app, cfg.to_flower(), 4))
     roster, _ = roll_call(grid, cfg)
     assert sorted(roster.values()) == [0, 1, 2, 3]

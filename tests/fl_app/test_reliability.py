@@ -20,7 +20,7 @@ from fl_app.client_app import app as client_app
 from fl_app.config import ConfigError, RunConfig
 from fl_app.federation import run_federation
 from fl_app.inprocess import InProcessGrid
-from fl_app.reliability import QuorumError, StragglerGrid
+from fl_app.reliability import QuorumError, RollCallError, StragglerGrid
 from tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,13 +28,13 @@ SILOS = 4
 
 BASE = {
     "task": "breast-cancer", "strategy": "fedavgm", "num-server-rounds": 3,
-    "local-epochs": 1, "seed": 11, "fraction-evaluate": 0.0, "min-evaluate-nodes": 0,
-    "min-train-nodes": 3, "min-available-nodes": 3,
+    "training.local-epochs": 1, "seed": 11, "sampling.fraction-evaluate": 0.0, "sampling.min-evaluate-nodes": 0,
+    "sampling.min-train-nodes": 3, "sampling.min-available-nodes": 3,
 }  # fmt: skip
 
 
 def config(tmp: Path, **overrides) -> RunConfig:
-    return RunConfig.from_flower({**BASE, "run-dir": str(tmp), **overrides})
+    return RunConfig.from_flower({**BASE, "output.run-dir": str(tmp), **overrides})
 
 
 def _round_of(msg: Message) -> int:
@@ -106,9 +106,29 @@ def test_a_dead_silo_is_left_out_and_the_run_completes(tmp_path, clean_run):
     assert trains[2]["updates"][0]["sha256"] == clean[2]["updates"][0]["sha256"]
 
 
+def test_when_every_silo_refuses_the_config_the_run_stops_with_their_reason(tmp_path):
+    """The silos validate the run config they are handed; when all of them refuse it at
+    the roll call (here: a key of the old flat layout), the run stops before round 1 with
+    the silos' own reason, not later with "num_clients must be an integer ≥ 1; got 0"."""
+    cfg = config(tmp_path)
+    refused = {**cfg.to_flower(), "noise-multiplier": 1.0}
+    grid = InProcessGrid(client_app, refused, SILOS)
+    with pytest.raises(RollCallError) as exc:
+        run_federation(grid, cfg)
+    msg = str(exc.value)
+    assert "every silo that answered (4 of 4) refused" in msg
+    assert "nodes 1001, 1002, 1003, 1004: ConfigError:" in msg
+    assert "run-config key 'noise-multiplier' is now 'dp.noise-multiplier'" in msg
+    assert "num_clients" not in msg
+    (run_dir,) = [p.parent for p in tmp_path.glob("*/audit.jsonl")]
+    (aborted,) = [e for e in read_audit_log(run_dir / "audit.jsonl") if e["event"] == "run-aborted"]
+    assert aborted["round"] == 0 and "dp.noise-multiplier" in aborted["reason"]
+    assert verify_audit_log(run_dir / "audit.jsonl") > 0
+
+
 def test_a_retried_silo_sends_the_update_it_would_have_sent(tmp_path, clean_run):
-    cfg = config(tmp_path, **{"min-train-nodes": 4, "min-available-nodes": 4,
-                              "round-retries": 2})  # fmt: skip
+    cfg = config(tmp_path, **{"sampling.min-train-nodes": 4, "sampling.min-available-nodes": 4,
+                              "sampling.round-retries": 2})  # fmt: skip
     _, run_dir = run_federation(FaultyGrid(cfg, fail={(2, 1): 1}), cfg)
     round2 = _trains(run_dir)[2]
     assert round2["retries"] == 1
@@ -119,7 +139,7 @@ def test_a_retried_silo_sends_the_update_it_would_have_sent(tmp_path, clean_run)
 
 
 def test_below_quorum_the_run_stops_naming_the_missing_silos_then_resumes(tmp_path, clean_run):
-    cfg = config(tmp_path, **{"round-retries": 1})
+    cfg = config(tmp_path, **{"sampling.round-retries": 1})
     with pytest.raises(QuorumError) as failed:
         run_federation(FaultyGrid(cfg, dead={2: {1, 3}}), cfg)
     message = str(failed.value)
@@ -134,7 +154,7 @@ def test_below_quorum_the_run_stops_naming_the_missing_silos_then_resumes(tmp_pa
     # The silos come back: resume = true continues after round 1 in the same run
     # directory and ends with the model of the uninterrupted run (FedAvgM momentum
     # restored from the checkpoint).
-    resumed = config(tmp_path, resume=True)
+    resumed = config(tmp_path, **{"output.resume": True})
     _, same_dir = run_federation(FaultyGrid(resumed), resumed)
     assert same_dir == run_dir
     assert_same_model(run_dir, clean_run)
@@ -170,12 +190,12 @@ def test_a_sigkilled_run_resumes_to_the_bit_identical_model(tmp_path):
     """FedAdam moments, DP-FedAvg's accountant, adaptive clip norm and noise generator,
     seeded sampling of 3 of 4 silos: all restored from the checkpoint."""
     settings = {
-        "strategy": "fedadam", "central-dp": True, "adaptive-clipping": True,
-        "noise-multiplier": 0.1, "max-update-norm-ratio": 0.0, "fraction-train": 0.75,
-        "min-train-nodes": 2, "min-available-nodes": 2,
+        "strategy": "fedadam", "dp.central": True, "dp.adaptive-clipping": True,
+        "dp.noise-multiplier": 0.1, "robust.max-update-norm-ratio": 0.0, "sampling.fraction-train": 0.75,
+        "sampling.min-train-nodes": 2, "sampling.min-available-nodes": 2,
         # Compared with a separate reference run: only reproducible DP noise can match (a
         # resume with secret noise: tests/fl_app/test_privacy_runs.py).
-        "dp-reproducible-noise": True,
+        "dp.reproducible-noise": True,
     }  # fmt: skip
     reference = config(tmp_path / "reference", **settings)
     grid = InProcessGrid(client_app, reference.to_flower(), 4)
@@ -191,7 +211,7 @@ def test_a_sigkilled_run_resumes_to_the_bit_identical_model(tmp_path):
     (run_dir,) = (tmp_path / "killed").iterdir()
     assert not (run_dir / "model.pt").exists()
 
-    resumed = config(tmp_path / "killed", resume=True, **settings)
+    resumed = config(tmp_path / "killed", **{"output.resume": True}, **settings)
     point = find_resume_point(resumed)
     assert point is not None and point.round == 2 and point.run_dir == run_dir
     result, same_dir = run_federation(InProcessGrid(client_app, resumed.to_flower(), 4), resumed)
@@ -214,17 +234,17 @@ def test_a_sigkilled_run_resumes_to_the_bit_identical_model(tmp_path):
 
 
 def test_resume_refuses_other_settings_and_names_them(tmp_path, clean_run):
-    cfg = config(tmp_path, resume=True, **{"resume-from": str(clean_run),
-                                           "learning-rate": 0.01})  # fmt: skip
-    with pytest.raises(ConfigError, match=r"'learning-rate': 0.05 → 0.01"):
+    cfg = config(tmp_path, **{"output.resume": True, "output.resume-from": str(clean_run),
+                                           "training.learning-rate": 0.01})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"'training.learning-rate': 0.05 → 0.01"):
         find_resume_point(cfg)
     with pytest.raises(ConfigError, match="no checkpoint there"):
-        find_resume_point(config(tmp_path, resume=True, **{"resume-from": str(tmp_path)}))
-    with pytest.raises(ConfigError, match=r"'resume-from'.*needs 'resume' = true"):
-        config(tmp_path, **{"resume-from": str(clean_run)})
+        find_resume_point(config(tmp_path, **{"output.resume": True, "output.resume-from": str(tmp_path)}))
+    with pytest.raises(ConfigError, match=r"'output.resume-from'.*needs 'output.resume' = true"):
+        config(tmp_path, **{"output.resume-from": str(clean_run)})
     # Transient keys (timeouts, retries, where to write) may change.
-    ok = config(tmp_path, resume=True, **{"resume-from": str(clean_run / "checkpoints"),
-                                          "round-timeout": 10.0})  # fmt: skip
+    ok = config(tmp_path, **{"output.resume": True, "output.resume-from": str(clean_run / "checkpoints"),
+                                          "sampling.round-timeout": 10.0})  # fmt: skip
     assert find_resume_point(ok).round == 3
 
 
@@ -248,7 +268,7 @@ def test_the_audit_log_is_a_hash_chain_that_detects_edits(tmp_path, clean_run):
 
 
 def test_oversized_and_malformed_replies_are_rejected_audited_and_the_run_goes_on(tmp_path):
-    cfg = config(tmp_path, **{"num-server-rounds": 2, "max-update-bytes": 200_000})
+    cfg = config(tmp_path, **{"num-server-rounds": 2, "robust.max-update-bytes": 200_000})
 
     def client(msg, context):
         reply = client_app(msg, context)
@@ -270,7 +290,7 @@ def test_oversized_and_malformed_replies_are_rejected_audited_and_the_run_goes_o
     (oversized,) = trains[1]["oversized"]
     assert (
         oversized["partition-id"] == 2
-        and "exceeds max-update-bytes = 200000" in (oversized["reason"])
+        and "exceeds robust.max-update-bytes = 200000" in (oversized["reason"])
     )
     assert sorted(u["partition-id"] for u in trains[1]["updates"]) == [0, 1, 3]
     (rejected,) = trains[2]["rejected"]
@@ -295,7 +315,7 @@ class SilentGrid(InProcessGrid):
 def test_stragglers_are_cut_after_the_grace_once_the_quorum_is_in(tmp_path):
     import time
 
-    cfg = config(tmp_path, **{"num-server-rounds": 1, "straggler-timeout": 0.2})
+    cfg = config(tmp_path, **{"num-server-rounds": 1, "sampling.straggler-timeout": 0.2})
     grid = StragglerGrid(SilentGrid(client_app, cfg.to_flower(), SILOS), grace=0.2,
                          needed={"train": 3})  # fmt: skip
     arrays = ArrayRecord(get_task("breast-cancer").build_model().state_dict())

@@ -17,13 +17,13 @@ from fl_app.sinks import is_runtime_metric
 from tasks import get_task
 
 SETTINGS = {
-    "task": "breast-cancer", "strategy": "fedprox", "num-server-rounds": 2, "local-epochs": 1,
-    "partitioner": "dirichlet", "min-available-nodes": 3, "min-train-nodes": 3, "seed": 5,
+    "task": "breast-cancer", "strategy": "fedprox", "num-server-rounds": 2, "training.local-epochs": 1,
+    "data.partitioner": "dirichlet", "sampling.min-available-nodes": 3, "sampling.min-train-nodes": 3, "seed": 5,
 }  # fmt: skip
 
 
 def _run(tmp_path, name):
-    cfg = RunConfig.from_flower({**SETTINGS, "run-dir": str(tmp_path / name)})
+    cfg = RunConfig.from_flower({**SETTINGS, "output.run-dir": str(tmp_path / name)})
     _, run_dir = run_federation(InProcessGrid(client_module.app, cfg.to_flower(), 3), cfg)
     return run_dir, json.loads((run_dir / "metrics.json").read_text())
 
@@ -63,7 +63,7 @@ def test_round_seconds_is_the_rounds_wall_time_and_the_reused_model_changes_noth
 
 
 def test_roll_call_moments_equal_the_moments_of_each_silos_training_rows():
-    cfg = RunConfig(task="fraud", min_available_nodes=6, partitioner="iid")
+    cfg = RunConfig(task="fraud", sampling={"min-available-nodes": 6}, data={"partitioner": "iid"})
     task = get_task("fraud")
     roster, moments = roll_call(InProcessGrid(client_module.app, cfg.to_flower(), 6), cfg)
     assert sorted(roster.values()) == list(range(6)) and len(moments) == 6

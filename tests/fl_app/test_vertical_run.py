@@ -23,7 +23,7 @@ from tasks.vertical import VerticalDataError
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-FAST = {"num-server-rounds": 2, "vertical-batch-size": 512, "learning-rate": 0.2}
+FAST = {"num-server-rounds": 2, "vertical.batch-size": 512, "training.learning-rate": 0.2}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def fraud_csv(tmp_path_factory):
 
 
 def _cfg(task, tmp_path, source, **over):
-    return vertical_config(task, str(tmp_path), **{**FAST, "data-source": source, **over})
+    return vertical_config(task, str(tmp_path), **{**FAST, "data.source": source, **over})
 
 
 def test_vertical_run_equals_centralised_training_of_the_same_split_model(tmp_path, bank_csv):
@@ -61,10 +61,10 @@ def test_vertical_run_equals_centralised_training_of_the_same_split_model(tmp_pa
     # Centralised: the same split model, same init, batches and optimizer, all columns of
     # the aligned records in one place.
     xs, y = aligned_arrays(cfg, result.label_rows)
-    central = build_split_model([x.shape[1] for x in xs], cfg.vertical_embedding_dim, cfg.seed)
+    central = build_split_model([x.shape[1] for x in xs], cfg.vertical.embedding_dim, cfg.seed)
     train_centralised(
         central, xs, y, torch.as_tensor(result.train_ids), epochs=2, batch_size=512,
-        learning_rate=0.2, momentum=cfg.momentum, seed=cfg.seed,
+        learning_rate=0.2, momentum=cfg.training.momentum, seed=cfg.seed,
     )  # fmt: skip
     saved = torch.load(result.run_dir / "model.pt")
     for name, value in saved["top"].items():
@@ -134,10 +134,10 @@ class DroppingGrid(InProcessGrid):
 
 
 def test_a_party_that_drops_mid_training_stops_the_run_within_the_timeout(tmp_path, bank_csv):
-    cfg = _cfg("bank-marketing", tmp_path, bank_csv, **{"vertical-timeout": 0.5})
+    cfg = _cfg("bank-marketing", tmp_path, bank_csv, **{"vertical.timeout": 0.5})
     grid = DroppingGrid(app, cfg.to_flower(), 2, alive=4)  # PSI, align, eval 0, 1st batch
     with pytest.raises(VerticalError, match=r"epoch 1 batch 1: no reply from party 2 \(node "
-                       r"\d+\) within vertical-timeout=0.5s"):  # fmt: skip
+                       r"\d+\) within vertical.timeout=0.5s"):  # fmt: skip
         run_vertical(grid, cfg)
 
 
@@ -145,17 +145,17 @@ def test_vertical_config_errors_name_the_key_and_the_fix(tmp_path):
     base = {**RunConfig().to_flower(), "mode": "vertical", "task": "bank-marketing"}
     with pytest.raises(ConfigError, match="does not support task 'digits'"):
         RunConfig.from_flower({**base, "task": "digits"})
-    with pytest.raises(ConfigError, match="'vertical-noise-multiplier' > 0 needs "
-                       "'vertical-embedding-clip' > 0"):  # fmt: skip
-        RunConfig.from_flower({**base, "vertical-noise-multiplier": 1.0})
+    with pytest.raises(ConfigError, match="'vertical.noise-multiplier' > 0 needs "
+                       "'vertical.embedding-clip' > 0"):  # fmt: skip
+        RunConfig.from_flower({**base, "vertical.noise-multiplier": 1.0})
     with pytest.raises(ConfigError, match="run-config 'mode' = 'diagonal'"):
         RunConfig.from_flower({**base, "mode": "diagonal"})
     cfg = vertical_config(
-        "bank-marketing", str(tmp_path), **{"vertical-split": "age,nope;duration"}
+        "bank-marketing", str(tmp_path), **{"vertical.split": "age,nope;duration"}
     )
     with pytest.raises(VerticalDataError, match="unknown column 'nope'"):
         run_vertical_inprocess(cfg)
-    cfg = vertical_config("bank-marketing", str(tmp_path), **{"vertical-split": "age;age"})
+    cfg = vertical_config("bank-marketing", str(tmp_path), **{"vertical.split": "age;age"})
     with pytest.raises(VerticalDataError, match="column 'age' is given to parties 0 and 1"):
         run_vertical_inprocess(cfg)
 
@@ -163,13 +163,13 @@ def test_vertical_config_errors_name_the_key_and_the_fix(tmp_path):
 def test_fraud_splits_vertically_with_secret_noise_reproducible_only_on_request(
     tmp_path, fraud_csv
 ):
-    over = {"num-server-rounds": 3, "vertical-batch-size": 256, "learning-rate": 0.1,
-            "vertical-embedding-clip": 1.0,
-            "vertical-noise-multiplier": 0.3, "vertical-gradient-clip": 1.0}  # fmt: skip
+    over = {"num-server-rounds": 3, "vertical.batch-size": 256, "training.learning-rate": 0.1,
+            "vertical.embedding-clip": 1.0,
+            "vertical.noise-multiplier": 0.3, "vertical.gradient-clip": 1.0}  # fmt: skip
     runs = {
         (name, reproducible): run_vertical_inprocess(
             _cfg("fraud", tmp_path / f"{name}-{reproducible}", fraud_csv,
-                 **over, **{"dp-reproducible-noise": reproducible})
+                 **over, **{"dp.reproducible-noise": reproducible})
         )
         for name in ("a", "b") for reproducible in (False, True)
     }  # fmt: skip
@@ -186,6 +186,6 @@ def test_fraud_splits_vertically_with_secret_noise_reproducible_only_on_request(
 
 
 def test_too_few_supernodes_is_an_error_naming_the_count(tmp_path, bank_csv):
-    cfg = _cfg("bank-marketing", tmp_path, bank_csv, **{"vertical-timeout": 0.5})
+    cfg = _cfg("bank-marketing", tmp_path, bank_csv, **{"vertical.timeout": 0.5})
     with pytest.raises(VerticalError, match=r"only 1 SuperNodes connected .* names 2 feature"):
         run_vertical(InProcessGrid(app, cfg.to_flower(), 1), cfg)

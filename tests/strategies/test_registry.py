@@ -37,8 +37,7 @@ def test_registry_holds_flowers_strategies():
 
 @pytest.mark.parametrize("name", sorted(FLOWER_STRATEGIES))
 def test_each_factory_builds_the_flower_class_configured_from_the_run_config(name):
-    cfg = RunConfig(strategy=name, fraction_train=0.5, min_train_nodes=3, min_available_nodes=4,
-                    num_byzantine=1, proximal_mu=0.3, trim_beta=0.1, server_learning_rate=0.2)
+    cfg = RunConfig(strategy=name, sampling={"fraction-train": 0.5, "min-train-nodes": 3, "min-available-nodes": 4}, robust={"num-byzantine": 1, "trim-beta": 0.1}, training={"proximal-mu": 0.3}, server={"learning-rate": 0.2})
     strategy = build_strategy(cfg)
     assert isinstance(strategy, FLOWER_STRATEGIES[name])
     assert strategy.fraction_train == 0.5 and strategy.min_train_nodes == 3

@@ -204,7 +204,7 @@ def test_simulated_attacks_craft_only_from_finite_honest_updates():
 
 
 def test_weight_inflation_refuses_a_negative_factor_naming_the_key():
-    with pytest.raises(ValueError, match=r"'attack-strength' = -3\.0"):
+    with pytest.raises(ValueError, match=r"'attack.strength' = -3\.0"):
         SimulatedAttack(build_strategy(RunConfig()), "weight-inflation", frozenset({1}),
                         strength=-3.0)
 
@@ -219,13 +219,13 @@ def _federate(**overrides):
 def test_under_attack_fedavg_collapses_and_robust_rules_hold(tmp_path):
     """10 digits silos, 3 of them sending sign-flipped updates (scaled by 3 so FedAvg's
     mean points the wrong way), 3 rounds, on the in-process grid."""
-    common = {"num-server-rounds": 3, "run-dir": str(tmp_path), "attack": "scaling",
-              "attack-strength": -3.0, "attack-fraction": 0.3, "num-byzantine": 3,
-              "max-update-norm-ratio": 0.0}
-    clean = _federate(**{**common, "attack": "none"})
+    common = {"num-server-rounds": 3, "output.run-dir": str(tmp_path), "attack.kind": "scaling",
+              "attack.strength": -3.0, "attack.fraction": 0.3, "robust.num-byzantine": 3,
+              "robust.max-update-norm-ratio": 0.0}
+    clean = _federate(**{**common, "attack.kind": "none"})
     fedavg = _federate(**common)
     median = _federate(**common, strategy="robust-median")
-    cclip = _federate(**common, strategy="cclip", **{"pre-aggregator": "nnm"})
+    cclip = _federate(**common, strategy="cclip", **{"robust.pre-aggregator": "nnm"})
     assert clean > 0.8
     assert fedavg < 0.3
     assert median > clean - 0.15
@@ -237,19 +237,19 @@ def test_weight_inflation_sinks_fedavg_but_the_median_ignores_the_claims(tmp_pat
     FedAvg (weighted by the claims) collapses; the median, which ignores the claims,
     reaches exactly the accuracy it reaches under plain sign-flip (same vectors, honest
     claims)."""
-    common = {"num-server-rounds": 3, "run-dir": str(tmp_path), "attack-fraction": 0.3,
-              "num-byzantine": 3, "max-update-norm-ratio": 0.0}
-    fedavg = _federate(**common, attack="weight-inflation")
-    median = _federate(**common, attack="weight-inflation", strategy="robust-median")
-    flipped = _federate(**common, attack="sign-flip", strategy="robust-median")
+    common = {"num-server-rounds": 3, "output.run-dir": str(tmp_path), "attack.fraction": 0.3,
+              "robust.num-byzantine": 3, "robust.max-update-norm-ratio": 0.0}
+    fedavg = _federate(**common, **{"attack.kind": "weight-inflation"})
+    median = _federate(**common, **{"attack.kind": "weight-inflation"}, strategy="robust-median")
+    flipped = _federate(**common, **{"attack.kind": "sign-flip"}, strategy="robust-median")
     assert fedavg < 0.3
     assert median > 0.8
     assert median == flipped
 
 
 def test_norm_validation_alone_stops_a_scaling_attack(tmp_path):
-    acc = _federate(**{"num-server-rounds": 3, "run-dir": str(tmp_path), "attack": "scaling",
-                       "attack-strength": 100.0, "attack-fraction": 0.2})
+    acc = _federate(**{"num-server-rounds": 3, "output.run-dir": str(tmp_path), "attack.kind": "scaling",
+                       "attack.strength": 100.0, "attack.fraction": 0.2})
     assert acc > 0.8
 
 
@@ -283,8 +283,7 @@ def test_evaluation_of_a_silo_without_validation_rows_keeps_the_round(make_reply
 
 
 def test_trimmed_mean_behind_nnm_builds_and_aggregates():
-    strategy = build_strategy(RunConfig(strategy="robust-trimmed-mean", pre_aggregator="nnm",
-                                        num_byzantine=1))
+    strategy = build_strategy(RunConfig(strategy="robust-trimmed-mean", robust={"pre-aggregator": "nnm", "num-byzantine": 1}))
     strategy._global = _global()
     replies = [build_reply(i, 10 + i, _model(0.1 * i)) for i in range(5)]
     arrays, _ = strategy.aggregate_train(1, replies)

@@ -31,10 +31,10 @@ def test_a_silo_served_again_reuses_its_split():
     task, cfg = get_task("digits"), RunConfig()
     first = task.load_partition(3, 10, cfg)
     parts = _partitions_cached(
-        task, cfg.data_source, cfg.seed, cfg.test_fraction, 10, cfg.partitioner,
-        cfg.dirichlet_alpha,
+        task, cfg.data.source, cfg.seed, cfg.data.test_fraction, 10, cfg.data.partitioner,
+        cfg.data.dirichlet_alpha,
     )  # fmt: skip
-    assert ("val-split", 3, cfg.val_fraction) in parts.memo
+    assert ("val-split", 3, cfg.data.val_fraction) in parts.memo
     again = task.load_partition(3, 10, cfg)
     assert np.array_equal(first.train.y, again.train.y)
     assert np.array_equal(first.val.x, again.val.x)

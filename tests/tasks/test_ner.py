@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from tasks.base import DataSection
 from fl_app.config import ConfigError, RunConfig
 from tasks import get_task
 from tasks.entity_metrics import entity_scores, entity_spans
@@ -107,20 +108,20 @@ def test_conll_directory_round_trips_through_the_task(tmp_path):
     write_conll(tmp_path / "valid.txt", corpus[40:50])
     write_conll(tmp_path / "test.txt", corpus[50:])
     task = get_task("ner")
-    pool, test = task.load_data(RunConfig(task="ner", data_source=str(tmp_path)))
+    pool, test = task.load_data(DataSection(source=str(tmp_path)))
     expected = encode_sentences(corpus)
     assert len(pool) == 50 and len(test) == 10
     assert pool.x.shape[1] == test.x.shape[1] == expected.x.shape[1]
     np.testing.assert_array_equal(pool.x, expected.x[:50])
     np.testing.assert_array_equal(test.y, expected.y[50:])
     # A single file: the pool only (the server holds out test-fraction of it).
-    single, none = task.load_data(RunConfig(task="ner", data_source=str(tmp_path / "train.txt")))
+    single, none = task.load_data(DataSection(source=str(tmp_path / "train.txt")))
     assert none is None and len(single) == 40
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"has no train\.txt"):
-        task.load_data(RunConfig(task="ner", data_source=str(tmp_path / "empty")))
+        task.load_data(DataSection(source=str(tmp_path / "empty")))
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        task.load_data(RunConfig(task="ner", data_source=str(tmp_path / "missing-dir")))
+        task.load_data(DataSection(source=str(tmp_path / "missing-dir")))
 
 
 def test_hugging_face_directory_with_class_label_names(tmp_path):
@@ -141,7 +142,7 @@ def test_hugging_face_directory_with_class_label_names(tmp_path):
     }
     ds = datasets.Dataset.from_dict(rows, features=features)
     datasets.DatasetDict({"train": ds, "test": ds.select([1])}).save_to_disk(tmp_path / "hf")
-    pool, test = get_task("ner").load_data(RunConfig(task="ner", data_source=str(tmp_path / "hf")))
+    pool, test = get_task("ner").load_data(DataSection(source=str(tmp_path / "hf")))
     assert len(pool) == 2 and len(test) == 1  # the German row is dropped
     assert [TAGS[t] for t in pool.y[0] if t != PAD_LABEL] == ["B-PER", "I-PER", "O"]
     assert [TAGS[t] for t in test.y[0] if t != PAD_LABEL] == ["B-LOC", "O"]
@@ -175,7 +176,7 @@ def test_generated_corpus_is_deterministic_distinct_and_covers_every_type():
 @pytest.mark.parametrize("partitioner", ["iid", "dirichlet"])
 def test_partitions_are_deterministic_and_strata_drive_the_skew(partitioner):
     task = get_task("ner")
-    cfg = RunConfig(task="ner", partitioner=partitioner, dirichlet_alpha=0.3)
+    cfg = RunConfig(task="ner", data={"partitioner": partitioner, "dirichlet-alpha": 0.3})
     parts = [task.load_partition(i, 4, cfg) for i in range(4)]
     again = [task.load_partition(i, 4, cfg) for i in range(4)]
     for a, b in zip(parts, again, strict=True):
@@ -208,10 +209,10 @@ def test_model_takes_padding_and_padding_does_not_change_predictions():
 
 
 def test_local_dp_is_refused_at_config_time_naming_the_alternative():
-    with pytest.raises(ConfigError, match=r"'local-dp' = true is not available for task 'ner'"
-                       r".*nn\.LSTM.*Use 'central-dp' = true"):  # fmt: skip
-        RunConfig.from_flower({"task": "ner", "local-dp": True})
-    assert RunConfig.from_flower({"task": "ner", "central-dp": True, "max-update-norm-ratio": 0.0})
+    with pytest.raises(ConfigError, match=r"'dp.local' = true is not available for task 'ner'"
+                       r".*nn\.LSTM.*Use 'dp.central' = true"):  # fmt: skip
+        RunConfig.from_flower({"task": "ner", "dp.local": True})
+    assert RunConfig.from_flower({"task": "ner", "dp.central": True, "robust.max-update-norm-ratio": 0.0})
 
 
 def test_opacus_itself_refuses_the_lstm_with_a_clear_error():
@@ -235,10 +236,7 @@ def test_federation_learns_ner(tmp_path):
     from fl_app.federation import run_federation
     from fl_app.inprocess import InProcessGrid
 
-    cfg = RunConfig(
-        task="ner", num_server_rounds=2, local_epochs=2, learning_rate=0.3, fraction_train=0.3,
-        fraction_evaluate=0.0, run_dir=str(tmp_path / "runs"),
-    )  # fmt: skip
+    cfg = RunConfig(task="ner", num_server_rounds=2, training={"local-epochs": 2, "learning-rate": 0.3}, sampling={"fraction-train": 0.3, "fraction-evaluate": 0.0}, output={"run-dir": str(tmp_path / "runs")})  # fmt: skip
     task = get_task("ner")
     torch.manual_seed(0)
     untrained = task.evaluate(task.build_model(), task.load_test(cfg))

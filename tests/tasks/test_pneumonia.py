@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from tasks.base import DataSection
 from fl_app.config import RunConfig
 from tasks import get_task
 from tasks.pneumonia import (
@@ -29,7 +30,7 @@ def test_generated_default_is_deterministic_and_shaped_like_pneumoniamnist():
     lungs = images[:, 6:22, [6, 7, 8, 19, 20, 21]].astype(float).mean(axis=(1, 2))
     assert lungs[labels == 1].mean() > lungs[labels == 0].mean()
 
-    pool, test = get_task("pneumonia").load_data(RunConfig(task="pneumonia"))
+    pool, test = get_task("pneumonia").load_data(DataSection())
     assert test is None and pool.x.shape == (3000, 1, 28, 28) and pool.x.dtype == np.float32
     assert pool.x.min() >= 0.0 and pool.x.max() <= 1.0
 
@@ -43,13 +44,13 @@ def test_npz_in_the_medmnist_layout_round_trips(tmp_path):
         )
         assert raw["train_images"].shape == (70, 28, 28) and raw["train_labels"].shape == (70, 1)
 
-    pool, test = get_task("pneumonia").load_data(RunConfig(task="pneumonia", data_source=str(path)))
+    pool, test = get_task("pneumonia").load_data(DataSection(source=str(path)))
     expected = images_to_dataset(images, labels)
     assert len(pool) == 80 and len(test) == 20
     np.testing.assert_array_equal(pool.x, expected.x[:80])
     np.testing.assert_array_equal(test.y, labels[80:])
     # The file's own test split is the server's held-out set.
-    cfg = RunConfig(task="pneumonia", data_source=str(path))
+    cfg = RunConfig(task="pneumonia", data={"source": str(path)})
     np.testing.assert_array_equal(get_task("pneumonia").load_test(cfg).x, expected.x[80:])
 
 
@@ -63,9 +64,7 @@ def test_npz_layout_errors_name_the_problem(tmp_path):
     with pytest.raises(ValueError, match="labels must be 0/1"):
         images_to_dataset(np.zeros((3, 28, 28), dtype=np.uint8), np.array([0, 1, 2]))
     with pytest.raises(FileNotFoundError, match=r"data-source '/nonexistent/p\.npz'"):
-        get_task("pneumonia").load_data(
-            RunConfig(task="pneumonia", data_source="/nonexistent/p.npz")
-        )
+        get_task("pneumonia").load_data(DataSection(source="/nonexistent/p.npz"))
 
 
 def test_hugging_face_directory_is_read_and_resized(tmp_path):
@@ -85,9 +84,7 @@ def test_hugging_face_directory_is_read_and_resized(tmp_path):
             "test": datasets.Dataset.from_dict(split, features=features).select(range(3)),
         }
     ).save_to_disk(tmp_path / "pneumonia-hf")
-    pool, test = get_task("pneumonia").load_data(
-        RunConfig(task="pneumonia", data_source=str(tmp_path / "pneumonia-hf"))
-    )
+    pool, test = get_task("pneumonia").load_data(DataSection(source=str(tmp_path / "pneumonia-hf")))
     assert pool.x.shape == (8, 1, 28, 28) and test.x.shape == (3, 1, 28, 28)
     assert pool.y.tolist() == [0, 1, 1, 0, 1, 1, 0, 1]
 
@@ -95,7 +92,7 @@ def test_hugging_face_directory_is_read_and_resized(tmp_path):
 @pytest.mark.parametrize("partitioner", ["iid", "dirichlet"])
 def test_partitions_are_deterministic_and_disjoint(partitioner):
     task = get_task("pneumonia")
-    cfg = RunConfig(task="pneumonia", partitioner=partitioner)
+    cfg = RunConfig(task="pneumonia", data={"partitioner": partitioner})
     parts = [task.load_partition(i, 5, cfg) for i in range(5)]
     again = [task.load_partition(i, 5, cfg) for i in range(5)]
     for a, b in zip(parts, again, strict=True):
@@ -114,10 +111,7 @@ def test_federation_learns_pneumonia(tmp_path):
     from fl_app.federation import run_federation
     from fl_app.inprocess import InProcessGrid
 
-    cfg = RunConfig(
-        task="pneumonia", num_server_rounds=2, local_epochs=1, fraction_train=0.3,
-        fraction_evaluate=0.0, run_dir=str(tmp_path / "runs"),
-    )  # fmt: skip
+    cfg = RunConfig(task="pneumonia", num_server_rounds=2, training={"local-epochs": 1}, sampling={"fraction-train": 0.3, "fraction-evaluate": 0.0}, output={"run-dir": str(tmp_path / "runs")})  # fmt: skip
     task = get_task("pneumonia")
     torch.manual_seed(0)
     untrained = task.evaluate(task.build_model(), task.load_test(cfg))

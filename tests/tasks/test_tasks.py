@@ -8,12 +8,12 @@ import torch
 
 from fl_app.config import RunConfig
 from tasks import available_tasks, get_task
-from tasks.base import pooled_moments
+from tasks.base import DataSection, pooled_moments
 from tasks.fraud import FEATURES, frame_to_dataset, generate_fraud_frame
 
 
-def _trained(task_name: str, epochs: int = 3, **overrides):
-    cfg = RunConfig(task=task_name, local_epochs=epochs, **overrides)
+def _trained(task_name: str, epochs: int = 3, **training):
+    cfg = RunConfig(task=task_name, training={"local-epochs": epochs, **training})
     task = get_task(task_name)
     parts = [task.load_partition(i, 4, cfg) for i in range(4)]
     torch.manual_seed(0)
@@ -65,7 +65,7 @@ def test_fraud_reads_the_csv_layout_from_a_path(tmp_path):
     path = tmp_path / "creditcard.csv"
     generate_fraud_frame(n_rows=3000, seed=5).to_csv(path, index=False)
     task = get_task("fraud")
-    pool, test = task.load_data(RunConfig(task="fraud", data_source=str(path)))
+    pool, test = task.load_data(DataSection(source=str(path)))
     assert test is None and len(pool) == 3000
     expected = frame_to_dataset(generate_fraud_frame(n_rows=3000, seed=5))
     np.testing.assert_allclose(pool.x, expected.x, rtol=1e-6)
@@ -75,12 +75,12 @@ def test_fraud_csv_missing_columns_is_named(tmp_path):
     path = tmp_path / "bad.csv"
     generate_fraud_frame(n_rows=100).drop(columns=["V7", "Amount"]).to_csv(path, index=False)
     with pytest.raises(ValueError, match=r"lacks columns \['V7', 'Amount'\]"):
-        get_task("fraud").load_data(RunConfig(task="fraud", data_source=str(path)))
+        get_task("fraud").load_data(DataSection(source=str(path)))
 
 
 def test_missing_data_source_path_is_a_clear_error():
     with pytest.raises(FileNotFoundError, match=re.escape("data-source '/nonexistent/x.csv'")):
-        get_task("fraud").load_data(RunConfig(task="fraud", data_source="/nonexistent/x.csv"))
+        get_task("fraud").load_data(DataSection(source="/nonexistent/x.csv"))
 
 
 def test_digits_real_loader_reads_a_hugging_face_dataset_directory(tmp_path):
@@ -101,7 +101,7 @@ def test_digits_real_loader_reads_a_hugging_face_dataset_directory(tmp_path):
     )
     dd.save_to_disk(tmp_path / "mnist-like")
     task = get_task("digits")
-    pool, test = task.load_data(RunConfig(data_source=str(tmp_path / "mnist-like")))
+    pool, test = task.load_data(DataSection(source=str(tmp_path / "mnist-like")))
     assert pool.x.shape == (12, 1, 28, 28) and test.x.shape == (4, 1, 28, 28)
     assert pool.x.max() <= 1.0 and pool.y.tolist()[:3] == [0, 1, 2]
     # The same CNN takes 28×28 inputs.
@@ -110,7 +110,7 @@ def test_digits_real_loader_reads_a_hugging_face_dataset_directory(tmp_path):
 
 def test_breast_cancer_rejects_other_sources():
     with pytest.raises(ValueError, match='data-source = ""'):
-        get_task("breast-cancer").load_data(RunConfig(task="breast-cancer", data_source="x"))
+        get_task("breast-cancer").load_data(DataSection(source="x"))
 
 
 def test_pooled_moments_equal_the_global_mean_and_std():
@@ -149,8 +149,7 @@ def test_silos_with_their_own_data_sources_federate(tmp_path):
         path = tmp_path / f"silo-{i}.csv"
         frame.iloc[i * 2000 : (i + 1) * 2000].to_csv(path, index=False)
         sources.append({"data-source": str(path)})
-    cfg = RunConfig(task="fraud", num_server_rounds=2, run_dir=str(tmp_path / "runs"),
-                    learning_rate=0.01)
+    cfg = RunConfig(task="fraud", num_server_rounds=2, output={"run-dir": str(tmp_path / "runs")}, training={"learning-rate": 0.01})
     grid = InProcessGrid(client_app, cfg.to_flower(), 3, node_configs=sources)
     result, _ = run_federation(grid, cfg)
     assert result.train_metrics_clientapp[2]["num-examples"] == pytest.approx(3 * 1800)

@@ -12,6 +12,6 @@ def task_config(run_config) -> RunConfig:
     learning rate, momentum), with this app's seed and local epochs."""
     return RunConfig(
         seed=int(run_config["seed"]),
-        local_epochs=int(run_config["local-epochs"]),
         num_server_rounds=int(run_config["num-server-rounds"]),
+        training={"local-epochs": int(run_config["training.local-epochs"])},
     )

@@ -53,7 +53,7 @@ class TimedFedAvg(FedAvg):
 def main(grid: Grid, context: Context) -> None:
     """FedAvg over every node, every round; server-side evaluation after each round."""
     cfg = task_config(context.run_config)
-    nodes = int(context.run_config["min-available-nodes"])
+    nodes = int(context.run_config["sampling.min-available-nodes"])
     seed_everything(derive_seed(cfg.seed, "init"))
     model = TASK.build_model()
     initial = ArrayRecord(model.state_dict())
@@ -82,10 +82,10 @@ def main(grid: Grid, context: Context) -> None:
         grid,
         initial,
         num_rounds=cfg.num_server_rounds,
-        train_config=ConfigRecord({"learning-rate": cfg.learning_rate}),
+        train_config=ConfigRecord({"learning-rate": cfg.training.learning_rate}),
         evaluate_fn=evaluate,
     )
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
-    run_dir = Path(str(context.run_config["run-dir"]) or "outputs") / f"{stamp}-plain-flower"
+    run_dir = Path(str(context.run_config["output.run-dir"]) or "outputs") / f"{stamp}-plain-flower"
     run_dir.mkdir(parents=True, exist_ok=False)
     (run_dir / "metrics.json").write_text(json.dumps(strategy.rows, indent=1))

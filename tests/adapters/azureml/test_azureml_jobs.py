@@ -96,8 +96,8 @@ def test_the_commands_parse_with_the_runtime_wrapper():
     assert flower[:5] == ["flwr", "run", ".", "fedsilo", "--stream"]
     overrides = tomllib.loads("\n".join(flower[flower.index("--run-config") + 1].split(" ")))
     assert overrides == {
-        "task": "digits", "strategy": "fedavg", "num-server-rounds": 5, "local-epochs": 3,
-        "min-available-nodes": 3, "reply-poll-interval": 0.02,  # the warm runtime's polling
+        "task": "digits", "strategy": "fedavg", "num-server-rounds": 5, "training.local-epochs": 3,
+        "sampling.min-available-nodes": 3, "sampling.reply-poll-interval": 0.02,  # the warm runtime's polling
     }  # fmt: skip
 
 

@@ -39,7 +39,7 @@ def test_the_example_spec_loads_with_defaults_filled_in():
     )  # fmt: skip
     cfg = spec.resolved_run_config()
     assert isinstance(cfg, RunConfig)
-    assert (cfg.task, cfg.num_server_rounds, cfg.min_available_nodes) == ("digits", 5, 3)
+    assert (cfg.task, cfg.num_server_rounds, cfg.sampling.min_available_nodes) == ("digits", 5, 3)
     assert (spec.base_dir / spec.orchestrator.code / "pyproject.toml").is_file()
 
 
@@ -131,7 +131,7 @@ def test_a_bad_run_config_key_fails_with_run_configs_own_message(write_spec):
 
 def test_bad_run_config_values_and_misplaced_keys(write_spec):
     value = _error(write_spec, run_config="run_config: {learning-rate: -1, partitioner: zipf}")
-    assert "run-config 'learning-rate' = -1.0: Input should be greater than 0" in value
+    assert "run-config 'training.learning-rate' = -1.0: Input should be greater than 0" in value
     assert "run-config 'partitioner' = 'zipf'" in value
 
     misplaced = _error(write_spec, run_config="run_config: {task: fraud}")

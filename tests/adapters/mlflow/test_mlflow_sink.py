@@ -11,15 +11,7 @@ from fl_app.inprocess import InProcessGrid
 
 
 def test_federation_is_tracked_with_parent_and_silo_runs(mlflow_server, tmp_path):
-    cfg = RunConfig(
-        task="breast-cancer",
-        num_server_rounds=3,
-        run_dir=str(tmp_path),
-        mlflow_tracking_uri=mlflow_server,
-        mlflow_experiment="test-federation",
-        mlflow_register_model="fedsilo-breast-cancer",
-        strategy="robust-median",
-    )
+    cfg = RunConfig(task="breast-cancer", num_server_rounds=3, strategy="robust-median", output={"run-dir": str(tmp_path)}, tracking={"mlflow-uri": mlflow_server, "experiment": "test-federation", "register-model": "fedsilo-breast-cancer"})
     result, run_dir = run_federation(InProcessGrid(client_app, cfg.to_flower(), 3), cfg)
 
     client = MlflowClient(tracking_uri=mlflow_server)

@@ -9,7 +9,7 @@ seed it, from the public config (``derive_seed(seed, "dp-noise")``), and subtrac
 
 With secret noise the regenerated noise is uncorrelated with the true noise and even the
 best-scaled subtraction leaves the full σC/m of noise on the mean update. Under
-``dp-reproducible-noise`` the attack succeeds, and the test accepts that only because the
+``dp.reproducible-noise`` the attack succeeds, and the test accepts that only because the
 run says so: ``dp-private = 0`` in ``metrics.json`` and ``dp-private = false`` in the audit
 log.
 """
@@ -41,9 +41,9 @@ from tasks import get_task
 SILOS = 5
 SIGMA, CLIP = 1.0, 0.5
 PUBLIC = {
-    "task": "breast-cancer", "central-dp": True, "max-update-norm-ratio": 0.0,
-    "noise-multiplier": SIGMA, "clip-norm": CLIP, "num-server-rounds": 2, "local-epochs": 1,
-    "fraction-evaluate": 0.0, "min-evaluate-nodes": 0, "seed": 7,
+    "task": "breast-cancer", "dp.central": True, "robust.max-update-norm-ratio": 0.0,
+    "dp.noise-multiplier": SIGMA, "dp.clip-norm": CLIP, "num-server-rounds": 2, "training.local-epochs": 1,
+    "sampling.fraction-evaluate": 0.0, "sampling.min-evaluate-nodes": 0, "seed": 7,
 }  # fmt: skip
 
 
@@ -114,7 +114,7 @@ class Run:
 
 
 def run(tmp_path: Path, **overrides) -> Run:
-    cfg = RunConfig.from_flower({**PUBLIC, "run-dir": str(tmp_path), **overrides})
+    cfg = RunConfig.from_flower({**PUBLIC, "output.run-dir": str(tmp_path), **overrides})
     grid, sink = RecordingGrid(cfg), RecordingSink()
     _, run_dir = run_federation(grid, cfg, extra_sinks=(sink,))
     public = {
@@ -133,7 +133,7 @@ def runs(tmp_path_factory) -> dict[str, list[Run]]:
     for kind in out:
         for i in range(2):
             tmp = tmp_path_factory.mktemp(f"{kind}-{i}")
-            out[kind].append(run(tmp, **{"dp-reproducible-noise": kind == "reproducible"}))
+            out[kind].append(run(tmp, **{"dp.reproducible-noise": kind == "reproducible"}))
     return out
 
 
@@ -253,7 +253,7 @@ def test_reproducible_noise_is_announced_at_run_start(caplog):
     try:
         with caplog.at_level(logging.WARNING, logger=LOG.name):
             status = privacy_status(
-                RunConfig.from_flower({**PUBLIC, "dp-reproducible-noise": True})
+                RunConfig.from_flower({**PUBLIC, "dp.reproducible-noise": True})
             )
             assert status is not None and not status.private
             assert "NOT PRIVATE" in caplog.text and "dp-reproducible-noise" in caplog.text
@@ -266,8 +266,8 @@ def test_reproducible_noise_is_announced_at_run_start(caplog):
 
 
 POISSON = {
-    **PUBLIC, "sampling-amplification": True, "fraction-train": 0.5, "min-train-nodes": 1,
-    "num-server-rounds": 4, "noise-multiplier": 0.8,
+    **PUBLIC, "dp.sampling-amplification": True, "sampling.fraction-train": 0.5, "sampling.min-train-nodes": 1,
+    "num-server-rounds": 4, "dp.noise-multiplier": 0.8,
 }  # fmt: skip
 POISSON_SILOS = 12
 
@@ -276,7 +276,7 @@ def predicted_cohorts(public_config: dict, rounds: int) -> list[set[int]]:
     """The attacker's prediction of every round's cohort (partition ids) from the public
     config, drawing as the code would with a generator seeded from ``seed``."""
     generator = torch.Generator().manual_seed(derive_seed(public_config["seed"], "dp-sampling"))
-    q = public_config["fraction-train"]
+    q = public_config["sampling.fraction-train"]
     return [
         set(torch.nonzero(torch.rand(POISSON_SILOS, generator=generator, dtype=torch.float64) < q)
             .flatten().tolist())
@@ -287,7 +287,7 @@ def predicted_cohorts(public_config: dict, rounds: int) -> list[set[int]]:
 @pytest.mark.parametrize("kind", ["secret", "reproducible"])
 def test_the_poisson_cohorts_cannot_be_predicted_unless_the_run_says_so(tmp_path, kind):
     cfg = RunConfig.from_flower(
-        {**POISSON, "run-dir": str(tmp_path), "dp-reproducible-noise": kind == "reproducible"}
+        {**POISSON, "output.run-dir": str(tmp_path), "dp.reproducible-noise": kind == "reproducible"}
     )
     _, run_dir = run_federation(InProcessGrid(client_app, cfg.to_flower(), POISSON_SILOS), cfg)
     r = Run(run_dir, {}, {}, {})
@@ -313,12 +313,12 @@ def test_adaptive_clipping_noise_is_secret_too(tmp_path):
     """The clipping norm's trajectory is released; its count noise comes from the same
     secret generator: two runs of one public config follow different trajectories, and
     only the reproducible key (marked not private) makes them equal."""
-    adaptive = {**PUBLIC, "adaptive-clipping": True, "noise-multiplier": 0.3,
+    adaptive = {**PUBLIC, "dp.adaptive-clipping": True, "dp.noise-multiplier": 0.3,
                 "num-server-rounds": 3}  # fmt: skip
 
     def trajectory(name: str, reproducible: bool) -> tuple[list[float], bool]:
         cfg = RunConfig.from_flower(
-            {**adaptive, "run-dir": str(tmp_path / name), "dp-reproducible-noise": reproducible}
+            {**adaptive, "output.run-dir": str(tmp_path / name), "dp.reproducible-noise": reproducible}
         )
         _, run_dir = run_federation(InProcessGrid(client_app, cfg.to_flower(), SILOS), cfg)
         r = Run(run_dir, {}, {}, {})

@@ -12,7 +12,7 @@ The oracle is the test itself: it records, inside the silo, the noise Opacus add
 silo runs the real ClientApp train path (in-process grid, real Opacus, real data).
 
 With secret noise the attacker's estimate is uncorrelated with the true noise and what
-it cannot remove keeps the full σ·C scale; with ``dp-reproducible-noise`` the same attack
+it cannot remove keeps the full σ·C scale; with ``dp.reproducible-noise`` the same attack
 recovers the noise exactly, and the test passes only because the run says it is not
 private.
 """
@@ -43,9 +43,9 @@ from tasks import get_task
 SIGMA, CLIP, LR, BATCH = 1.0, 1.0, 0.05, 16
 FIRST_NODE = 1001
 BASE = {
-    "task": "breast-cancer", "strategy": "fedavg", "local-dp": True,
-    "local-noise-multiplier": SIGMA, "max-grad-norm": CLIP, "learning-rate": LR,
-    "momentum": 0.0, "local-epochs": 1, "batch-size": BATCH, "seed": 7,
+    "task": "breast-cancer", "strategy": "fedavg", "dp.local": True,
+    "dp.local-noise-multiplier": SIGMA, "dp.max-grad-norm": CLIP, "training.learning-rate": LR,
+    "training.momentum": 0.0, "training.local-epochs": 1, "training.batch-size": BATCH, "seed": 7,
 }  # fmt: skip
 
 
@@ -112,7 +112,7 @@ class Federation:
 
     def send(self, pid: int, arrays: ArrayRecord, server_round: int, lineage: str) -> Message:
         config_record = ConfigRecord(
-            {"server-round": server_round, "learning-rate": LR, LINEAGE_KEY: lineage}
+            {"server-round": server_round, "training.learning-rate": LR, LINEAGE_KEY: lineage}
         )
         message = Message(
             RecordDict({"arrays": arrays, "config": config_record}),
@@ -136,10 +136,10 @@ def attacker_regenerates(cfg: RunConfig, pid: int, server_round: int, n_rows: in
     noise_gen = torch.Generator().manual_seed(
         int(torch.randint(0, 2**62, (1,), generator=sampling))
     )
-    steps = math.ceil(n_rows / cfg.batch_size)
-    std = cfg.local_noise_multiplier * cfg.max_grad_norm
+    steps = math.ceil(n_rows / cfg.training.batch_size)
+    std = cfg.dp.local_noise_multiplier * cfg.dp.max_grad_norm
     batches, noise = [], []
-    for _ in range(cfg.local_epochs):
+    for _ in range(cfg.training.local_epochs):
         # torch's DataLoader iterator first draws its base seed from the loader's generator.
         torch.empty((), dtype=torch.int64).random_(generator=sampling)
         for _ in range(steps):
@@ -184,7 +184,7 @@ def recall(true_batches: list[list[int]], guessed: list[list[int]]) -> float:
 def test_the_server_cannot_regenerate_and_subtract_local_dp_noise(
     tmp_path, monkeypatch, reproducible
 ):
-    cfg = config(**{"dp-reproducible-noise": reproducible})
+    cfg = config(**{"dp.reproducible-noise": reproducible})
     federation = Federation(cfg, tmp_path)
     oracle = Oracle(monkeypatch)
     lineage = new_lineage()
@@ -225,7 +225,7 @@ def test_the_server_cannot_regenerate_and_subtract_local_dp_noise(
         assert true_batches == guessed_batches
         # … and the test passes only because the silo says its noise is not private.
         assert metrics["dp-private"] == 0.0
-        assert cfg.dp_reproducible_noise
+        assert cfg.dp.reproducible_noise
 
 
 @pytest.mark.parametrize("reproducible", [False, True], ids=["secret", "reproducible"])
@@ -233,7 +233,7 @@ def test_replaying_a_round_does_not_cancel_the_noise(tmp_path, monkeypatch, repr
     """The server asks the same round twice, same lineage, the second time with a slightly
     different global model, and differences the replies: with a rewound or re-seeded
     generator the noise would cancel and the difference would expose the gradients."""
-    cfg = config(**{"dp-reproducible-noise": reproducible})
+    cfg = config(**{"dp.reproducible-noise": reproducible})
     federation = Federation(cfg, tmp_path)
     oracle = Oracle(monkeypatch)
     lineage = new_lineage()
@@ -387,9 +387,9 @@ def test_the_label_party_cannot_regenerate_the_embedding_noise(
     noise_multiplier, clip = 0.5, 1.0
     cfg = vertical_config(
         "bank-marketing", str(tmp_path),
-        **{"data-source": bank_csv, "num-server-rounds": 1, "vertical-batch-size": 512,
-           "vertical-embedding-clip": clip, "vertical-noise-multiplier": noise_multiplier,
-           "dp-reproducible-noise": reproducible},
+        **{"data.source": bank_csv, "num-server-rounds": 1, "vertical.batch-size": 512,
+           "vertical.embedding-clip": clip, "vertical.noise-multiplier": noise_multiplier,
+           "dp.reproducible-noise": reproducible},
     )  # fmt: skip
     recorded = []  # (party, tag, true noise) of every embedding a party sent
     real_embed = vertical_client._embed
@@ -397,7 +397,7 @@ def test_the_label_party_cannot_regenerate_the_embedding_noise(
     def embed(cfg_, bottom, x, party, context, *tag):
         sent = real_embed(cfg_, bottom, x, party, context, *tag)
         with torch.no_grad():
-            clean = party_embedding(bottom, x, cfg_.vertical_embedding_clip).numpy()
+            clean = party_embedding(bottom, x, cfg_.vertical.embedding_clip).numpy()
         recorded.append((party, tag, torch.from_numpy(sent - clean)))
         return sent
 
@@ -426,7 +426,7 @@ def test_the_label_party_cannot_regenerate_the_embedding_noise(
         assert r > 0.99
         torch.testing.assert_close(truth_t, guess_t, atol=1e-5, rtol=0)
         rows = json.loads((result.run_dir / "metrics.json").read_text())
-        assert cfg.dp_reproducible_noise and cfg.dp_mechanisms() == ["vertical-noise-multiplier"]
+        assert cfg.dp.reproducible_noise and cfg.dp_mechanisms() == ["vertical.noise-multiplier"]
         flags = [row["dp-private"] for row in rows if "dp-private" in row]
         assert not flags or set(flags) == {0.0}
 
@@ -459,13 +459,13 @@ def test_a_resumed_run_keeps_its_lineage_and_every_silo_its_accounting(tmp_path)
     from fl_app.federation import run_federation
     from fl_app.reliability import QuorumError
 
-    settings = {"num-server-rounds": 2, "min-train-nodes": 3, "min-available-nodes": 3,
-                "fraction-evaluate": 0.0, "min-evaluate-nodes": 0, "round-retries": 0,
-                "run-dir": str(tmp_path / "runs")}  # fmt: skip
+    settings = {"num-server-rounds": 2, "sampling.min-train-nodes": 3, "sampling.min-available-nodes": 3,
+                "sampling.fraction-evaluate": 0.0, "sampling.min-evaluate-nodes": 0, "sampling.round-retries": 0,
+                "output.run-dir": str(tmp_path / "runs")}  # fmt: skip
     cfg = config(**settings)
     with pytest.raises(QuorumError):
         run_federation(DeadInRound(cfg, tmp_path, dead_round=2, dead={1}), cfg)
-    resumed = config(**settings, resume=True)
+    resumed = config(**settings, **{"output.resume": True})
     result, run_dir = run_federation(DeadInRound(resumed, tmp_path), resumed)
 
     starts = [e for e in read_audit_log(run_dir / "audit.jsonl") if e["event"] == "run-start"]
@@ -496,7 +496,7 @@ def test_a_resumed_run_keeps_its_lineage_and_every_silo_its_accounting(tmp_path)
 def test_the_checkpoint_carries_the_lineage_and_older_checkpoints_still_load(tmp_path):
     from fl_app.checkpointing import checkpoint_bytes, load_checkpoint
 
-    cfg = config(**{"run-dir": str(tmp_path)})
+    cfg = config(**{"output.run-dir": str(tmp_path)})
     arrays = Federation(cfg, tmp_path).global_model()
     lineage = new_lineage()
     point = load_checkpoint(checkpoint_bytes(2, arrays, cfg, None, lineage), cfg, "x", None)

@@ -299,8 +299,8 @@ def test_fraud_trains_without_class_weights_under_local_dp(tmp_path, caplog, mon
     from fl_core.seeding import derive_seed, seed_everything
 
     cfg = RunConfig.from_flower({
-        **RunConfig().to_flower(), "task": "fraud", "local-dp": True, "local-epochs": 1,
-        "dp-reproducible-noise": True, "num-server-rounds": 1, "seed": 3,
+        **RunConfig().to_flower(), "task": "fraud", "dp.local": True, "training.local-epochs": 1,
+        "dp.reproducible-noise": True, "num-server-rounds": 1, "seed": 3,
     })  # fmt: skip
     task = get_task("fraud")
     grid = InProcessGrid(client_module.app, cfg.to_flower(), 30,
@@ -316,11 +316,11 @@ def test_fraud_trains_without_class_weights_under_local_dp(tmp_path, caplog, mon
         model = task.build_model()
         model.load_state_dict(arrays.to_torch_state_dict())
         seeded = seed_everything(derive_seed(cfg.seed, "train", 0, 1))
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.learning_rate,
-                                    momentum=cfg.momentum)  # fmt: skip
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.training.learning_rate,
+                                    momentum=cfg.training.momentum)  # fmt: skip
         with make_private_trainer(
-            model, optimizer, data, batch_size=cfg.batch_size, max_grad_norm=cfg.max_grad_norm,
-            delta=cfg.target_delta, noise_multiplier=cfg.local_noise_multiplier,
+            model, optimizer, data, batch_size=cfg.training.batch_size, max_grad_norm=cfg.dp.max_grad_norm,
+            delta=cfg.dp.target_delta, noise_multiplier=cfg.dp.local_noise_multiplier,
             generator=seeded, class_weights=class_weights,
         ) as trainer:  # fmt: skip
             trainer.train(1)

@@ -262,7 +262,7 @@ def test_adaptive_attacks_are_registered_selectable_and_simulated():
     assert set(ADAPTIVE_ATTACKS) == {"min-max", "min-sum", "rop", "mimic"}
     assert not set(ADAPTIVE_ATTACKS) & set(ATTACKS)  # the classic registry is unchanged
     for name in ADAPTIVE_ATTACKS:
-        assert RunConfig(attack=name, attack_fraction=0.2).attack == name
+        assert RunConfig(attack={"kind": name, "fraction": 0.2}).attack.kind == name
         assert name in MODEL_ATTACKS
         out = byzantine_updates(
             name, _t(HONEST), 2, strength=0.0, generator=torch.Generator().manual_seed(0)

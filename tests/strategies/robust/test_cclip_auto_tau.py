@@ -1,4 +1,4 @@
-"""Centred clipping with τ picked per round (``tau=None`` / ``cclip-tau = 0``)."""
+"""Centred clipping with τ picked per round (``tau=None`` / ``robust.cclip-tau = 0``)."""
 
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ from strategies.robust.weights import capped_at_median, trusted_weights
 
 INFLATION = 1000
 #: Every registered rule whose output stays in the honest box with one Byzantine silo
-#: (``num-byzantine = 1``; the trimmed means drop ≥ 1 value at each end).
+#: (``robust.num-byzantine = 1``; the trimmed means drop ≥ 1 value at each end).
 BOX_RULES = [
     "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan", "robust-median",
     "robust-trimmed-mean", "robust-krum", "robust-multikrum", "robust-bulyan",
@@ -52,7 +52,7 @@ def _no_flower_gc(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _strategy(name: str, mode: str):
-    return build_strategy(RunConfig(strategy=name, num_byzantine=1, robust_weights=mode))
+    return build_strategy(RunConfig(strategy=name, robust={"num-byzantine": 1, "weights": mode}))
 
 
 def _aggregate(name: str, mode: str, x: np.ndarray, claims: list[int]):
@@ -85,7 +85,7 @@ def test_bad_weight_modes_and_claims_are_refused_naming_the_key():
     with pytest.raises(ValueError, match="finite and >= 0"):
         capped_at_median(torch.tensor([1.0, -2.0]))
     with pytest.raises(ConfigError, match="robust-weights"):
-        RunConfig.from_flower({**RunConfig().to_flower(), "robust-weights": "claimed"})
+        RunConfig.from_flower({**RunConfig().to_flower(), "robust.weights": "claimed"})
 
 
 @pytest.mark.parametrize("mode", ["uniform", "capped"])

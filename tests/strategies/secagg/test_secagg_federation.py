@@ -67,12 +67,12 @@ def _run(tmp_path, secure, drop=(), lose_once=None, **overrides):
         {
             **RunConfig().to_flower(),
             "task": "breast-cancer",
-            "run-dir": str(tmp_path),
+            "output.run-dir": str(tmp_path),
             "num-server-rounds": 1,
-            "local-epochs": 1,
-            "fraction-evaluate": 0.0,
-            "max-update-norm-ratio": 0.0,
-            "secure-aggregation": secure,
+            "training.local-epochs": 1,
+            "sampling.fraction-evaluate": 0.0,
+            "robust.max-update-norm-ratio": 0.0,
+            "secagg.enabled": secure,
             **overrides,
         }
     )
@@ -100,7 +100,7 @@ def _check_aggregate(plain_grid, secure_result, survivors, cfg):
         for n, w in zip(survivors, weights, strict=True)
     ) / sum(weights)
     got = _flat(secure_result.arrays)
-    bound = P.quantization_error_bound(cfg.secagg_clip_range, cfg.secagg_quantization_bits)
+    bound = P.quantization_error_bound(cfg.secagg.clip_range, cfg.secagg.quantization_bits)
     float32_ulp = np.spacing(np.abs(expected).astype(np.float32)).astype(np.float64)
     err = np.abs(got - expected)
     assert (err <= bound + 2 * float32_ulp).all(), err.max()
@@ -123,12 +123,12 @@ def test_server_sees_masked_values_and_the_aggregate_matches_plain_fedavg(tmp_pa
         )
         # Read as if it were that silo's quantised update, it is noise.
         as_update = P.dequantize_mean(
-            masked, _weight(reply), cfg.secagg_clip_range, cfg.secagg_quantization_bits
+            masked, _weight(reply), cfg.secagg.clip_range, cfg.secagg.quantization_bits
         )
         assert abs(np.corrcoef(as_update, true_delta)[0, 1]) < 0.2
         assert np.abs(as_update - true_delta).mean() > 100 * np.abs(true_delta).mean()
         # Unmasked would have been within quantisation error of the true update.
-        q, _ = P.quantize(true_delta, cfg.secagg_clip_range, cfg.secagg_quantization_bits)
+        q, _ = P.quantize(true_delta, cfg.secagg.clip_range, cfg.secagg.quantization_bits)
         assert not np.array_equal(q * np.uint64(_weight(reply)), masked)
 
     err = _check_aggregate(plain, secure_result, nodes, cfg)
@@ -161,7 +161,7 @@ def test_fewer_survivors_than_the_threshold_leave_the_model_unchanged(tmp_path):
     assert result.train_metrics_clientapp[1]["secagg-survivors"] == 2
 
 
-RETRY = {"round-retries": 1, "min-train-nodes": NODES, "min-available-nodes": NODES}
+RETRY = {"sampling.round-retries": 1, "sampling.min-train-nodes": NODES, "sampling.min-available-nodes": NODES}
 
 
 def test_a_retried_round_reaches_a_silo_that_never_got_the_instruction(tmp_path):
@@ -194,23 +194,23 @@ def test_a_retried_round_cannot_make_a_silo_mask_twice(tmp_path):
     [
         ({"strategy": "krum"}, "robust rules"),
         ({"strategy": "fltrust"}, "robust rules"),
-        ({"max-update-norm-ratio": 10.0}, "max-update-norm-ratio"),
-        ({"central-dp": True}, "central-dp"),
-        ({"attack": "alie"}, "attack 'alie'"),
-        ({"attack": "weight-inflation"}, "attack 'weight-inflation'"),
-        ({"compression": "int8"}, "compression"),
-        ({"min-train-nodes": 1}, "min-train-nodes"),
+        ({"robust.max-update-norm-ratio": 10.0}, "max-update-norm-ratio"),
+        ({"dp.central": True}, "central-dp"),
+        ({"attack.kind": "alie"}, "attack 'alie'"),
+        ({"attack.kind": "weight-inflation"}, "attack 'weight-inflation'"),
+        ({"compression.method": "int8"}, "compression"),
+        ({"sampling.min-train-nodes": 1}, "min-train-nodes"),
     ],
 )
 def test_combinations_needing_individual_updates_are_refused(overrides, match):
-    raw = {"secure-aggregation": True, "max-update-norm-ratio": 0.0, **overrides}
+    raw = {"secagg.enabled": True, "robust.max-update-norm-ratio": 0.0, **overrides}
     with pytest.raises(ConfigError, match=match):
         RunConfig.from_flower(raw)
 
 
 def test_sound_combinations_are_accepted():
-    for extra in ({"strategy": "fedadam"}, {"local-dp": True}, {"attack": "label-flip"}):
+    for extra in ({"strategy": "fedadam"}, {"dp.local": True}, {"attack.kind": "label-flip"}):
         cfg = RunConfig.from_flower(
-            {"secure-aggregation": True, "max-update-norm-ratio": 0.0, **extra}
+            {"secagg.enabled": True, "robust.max-update-norm-ratio": 0.0, **extra}
         )
-        assert cfg.secure_aggregation
+        assert cfg.secagg.enabled
