@@ -4,8 +4,10 @@ real subprocess killed with SIGKILL mid-round."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +16,11 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
+from adapters.blob.checkpoints import open_checkpoint_store
 from fl_app.audit import read_audit_log, verify_audit_log
 from fl_app.checkpointing import find_resume_point
 from fl_app.client_app import app as client_app
-from fl_app.config import ConfigError, RunConfig
+from fl_app.config import LEGACY_KEYS, ConfigError, RunConfig
 from fl_app.federation import run_federation
 from fl_app.inprocess import InProcessGrid
 from fl_app.reliability import QuorumError, RollCallError, StragglerGrid
@@ -246,6 +249,43 @@ def test_resume_refuses_other_settings_and_names_them(tmp_path, clean_run):
     ok = config(tmp_path, **{"output.resume": True, "output.resume-from": str(clean_run / "checkpoints"),
                                           "sampling.round-timeout": 10.0})  # fmt: skip
     assert find_resume_point(ok).round == 3
+
+
+def _flat_layout(settings: dict) -> dict:
+    """Settings as versions before the run config had sections stored them (flat keys)."""
+    old = {new[0]: key for key, new in LEGACY_KEYS.items()}
+    out = {}
+    for key, value in settings.items():
+        if key in ("dp.clip-norm", "robust.clip-norm"):
+            assert out.setdefault("clip-norm", value) == value  # one key for both then
+        else:
+            out[old.get(key, key)] = value
+    return out
+
+
+def test_a_checkpoint_and_run_dir_of_the_flat_layout_still_resume(tmp_path, clean_run):
+    """Checkpoints and run directories written before the run config had sections hold
+    flat keys; they are read through LEGACY_KEYS, so the run resumes when values match,
+    and a differing value is named by its dotted key."""
+    old_run = tmp_path / "runs" / clean_run.name
+    shutil.copytree(clean_run, old_run)
+    store = open_checkpoint_store(str(old_run / "checkpoints"))
+    blob = torch.load(io.BytesIO(store.load("latest.pt")), weights_only=True)
+    blob["settings"] = _flat_layout(blob["settings"])
+    assert "local-epochs" in blob["settings"] and "training.local-epochs" not in blob["settings"]
+    buffer = io.BytesIO()
+    torch.save(blob, buffer)
+    store.save("latest.pt", buffer.getvalue())
+    params = json.loads((old_run / "config.json").read_text())
+    (old_run / "config.json").write_text(json.dumps(_flat_layout(params)))
+
+    same = config(tmp_path / "runs", **{"output.resume": True})
+    point = find_resume_point(same)  # found among the run dirs by its (flat) config.json
+    assert point is not None and point.round == 3 and point.run_dir == old_run
+    other = config(tmp_path, **{"output.resume": True, "output.resume-from": str(old_run),
+                                "training.learning-rate": 0.01})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"'training.learning-rate': 0.05 → 0.01"):
+        find_resume_point(other)
 
 
 def test_the_audit_log_is_a_hash_chain_that_detects_edits(tmp_path, clean_run):
