@@ -63,7 +63,7 @@ def test_npz_layout_errors_name_the_problem(tmp_path):
         images_to_dataset(np.zeros((3, 64, 64), dtype=np.uint8), np.zeros(3))
     with pytest.raises(ValueError, match="labels must be 0/1"):
         images_to_dataset(np.zeros((3, 28, 28), dtype=np.uint8), np.array([0, 1, 2]))
-    with pytest.raises(FileNotFoundError, match=r"data-source '/nonexistent/p\.npz'"):
+    with pytest.raises(FileNotFoundError, match=r"data source '/nonexistent/p\.npz'"):
         get_task("pneumonia").load_data(DataSection(source="/nonexistent/p.npz"))
 
 

@@ -79,7 +79,7 @@ def test_fraud_csv_missing_columns_is_named(tmp_path):
 
 
 def test_missing_data_source_path_is_a_clear_error():
-    with pytest.raises(FileNotFoundError, match=re.escape("data-source '/nonexistent/x.csv'")):
+    with pytest.raises(FileNotFoundError, match=re.escape("data source '/nonexistent/x.csv'")):
         get_task("fraud").load_data(DataSection(source="/nonexistent/x.csv"))
 
 

@@ -53,5 +53,5 @@ def test_federation_is_tracked_with_parent_and_silo_runs(mlflow_server, tmp_path
 
 
 def test_unreachable_tracking_server_is_a_clear_error():
-    with pytest.raises(MlflowUnavailableError, match="mlflow-tracking-uri"):
+    with pytest.raises(MlflowUnavailableError, match="tracking.mlflow-uri"):
         MlflowSink("http://127.0.0.1:9", experiment="x")

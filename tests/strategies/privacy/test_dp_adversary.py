@@ -168,7 +168,7 @@ def true_noise_and_mean(r: Run) -> tuple[list[torch.Tensor], list[torch.Tensor]]
 def attacker_noise(public_config: dict, sizes: list[int]) -> list[torch.Tensor]:
     """The attacker's regeneration of each round's noise from the public config alone,
     exactly as the code seeded it before the noise became secret."""
-    sigma, clip = public_config["noise-multiplier"], public_config["clip-norm"]
+    sigma, clip = public_config["dp.noise-multiplier"], public_config["dp.clip-norm"]
     generator = torch.Generator().manual_seed(derive_seed(public_config["seed"], "dp-noise"))
     return [torch.randn(d, generator=generator, dtype=torch.float64) * sigma * clip for d in sizes]
 
@@ -238,7 +238,7 @@ def test_same_public_config_gives_different_models_unless_reproducible(runs):
         return all(torch.equal(a.model[k], b.model[k]) for k in a.model)
 
     def settings(r: Run) -> dict:  # the public config, less where the run wrote to
-        return {k: v for k, v in r.config.items() if k not in ("run-dir", "config-hash")}
+        return {k: v for k, v in r.config.items() if k not in ("output.run-dir", "config-hash")}
 
     secret, reproducible = runs["secret"], runs["reproducible"]
     assert settings(secret[0]) == settings(secret[1])
@@ -256,7 +256,7 @@ def test_reproducible_noise_is_announced_at_run_start(caplog):
                 RunConfig.from_flower({**PUBLIC, "dp.reproducible-noise": True})
             )
             assert status is not None and not status.private
-            assert "NOT PRIVATE" in caplog.text and "dp-reproducible-noise" in caplog.text
+            assert "NOT PRIVATE" in caplog.text and "dp.reproducible-noise" in caplog.text
             caplog.clear()
             assert privacy_status(RunConfig.from_flower(PUBLIC)).private
             assert privacy_status(RunConfig.from_flower({"task": "breast-cancer"})) is None

@@ -180,7 +180,7 @@ def test_a_retried_round_cannot_make_a_silo_mask_twice(tmp_path):
     masked reply was lost: the silo refuses instead of masking a second update under the
     same masks, and the short round ends as any quorum failure does."""
     victim = FIRST + 2
-    with pytest.raises(QuorumError, match="min-train-nodes = 4"):
+    with pytest.raises(QuorumError, match="sampling.min-train-nodes = 4"):
         _run(tmp_path, True, lose_once=(victim, "after"), **RETRY)
     (entry,) = [e for e in read_audit_log(next(tmp_path.glob("*/audit.jsonl")))
                 if e["event"] == "train"]  # fmt: skip
@@ -194,12 +194,12 @@ def test_a_retried_round_cannot_make_a_silo_mask_twice(tmp_path):
     [
         ({"strategy": "krum"}, "robust rules"),
         ({"strategy": "fltrust"}, "robust rules"),
-        ({"robust.max-update-norm-ratio": 10.0}, "max-update-norm-ratio"),
-        ({"dp.central": True}, "central-dp"),
+        ({"robust.max-update-norm-ratio": 10.0}, "robust.max-update-norm-ratio"),
+        ({"dp.central": True}, "dp.central"),
         ({"attack.kind": "alie"}, "attack 'alie'"),
         ({"attack.kind": "weight-inflation"}, "attack 'weight-inflation'"),
-        ({"compression.method": "int8"}, "compression"),
-        ({"sampling.min-train-nodes": 1}, "min-train-nodes"),
+        ({"compression.method": "int8"}, "compression.method"),
+        ({"sampling.min-train-nodes": 1}, "sampling.min-train-nodes"),
     ],
 )
 def test_combinations_needing_individual_updates_are_refused(overrides, match):
