@@ -109,7 +109,7 @@ def test_digits_real_loader_reads_a_hugging_face_dataset_directory(tmp_path):
 
 
 def test_breast_cancer_rejects_other_sources():
-    with pytest.raises(ValueError, match='data-source = ""'):
+    with pytest.raises(ValueError, match='data.source = ""'):
         get_task("breast-cancer").load_data(DataSection(source="x"))
 
 
