@@ -15,7 +15,7 @@ from flwr.serverapp.strategy.multikrum import select_multikrum
 
 from strategies.flatten import stack, unflatten
 from strategies.metrics import weighted_mean_metrics
-from strategies.robust.aggregators import weighted_mean
+from strategies.robust.rules.mean import weighted_mean
 from strategies.robust.weights import trusted_weights
 
 if TYPE_CHECKING:

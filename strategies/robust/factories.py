@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from flwr.app import ArrayRecord
 
+from strategies import robust as agg
 from strategies.flower_builtin import common_kwargs
-from strategies.robust import aggregators as agg
 from strategies.robust import preaggregators as pre
 from strategies.robust.strategy import RobustAggregation
 
