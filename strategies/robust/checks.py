@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 __all__ = [
+    "check_inputs",
     "check_int",
     "check_num_byzantine",
     "check_positive",
@@ -77,6 +78,15 @@ def check_weights(weights: torch.Tensor | None, n: int, device: torch.device) ->
     if float(w.sum()) <= 0.0:
         raise ValueError(f"weights must have a positive sum (> 0); got {weights.tolist()}")
     return w
+
+
+def check_inputs(
+    updates: torch.Tensor, weights: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`check_updates` then :func:`check_weights`: the validated ``(n, d)`` updates and
+    their float64 ``(n,)`` weights (ones for ``None``) on the updates' device."""
+    x = check_updates(updates)
+    return x, check_weights(weights, x.shape[0], x.device)
 
 
 def check_int(value: object, name: str) -> int:

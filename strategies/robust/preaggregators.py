@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from .checks import check_int, check_num_byzantine, check_updates, check_weights
+from .checks import check_inputs, check_int, check_num_byzantine
 from .kernels import (
     STREAM_BLOCK,
     block_width,
@@ -56,9 +56,8 @@ def nearest_neighbor_mixing(
     Returns:
         ``(mixed_updates (n, d), weights (n,))``.
     """
-    x = check_updates(updates)
+    x, w = check_inputs(updates, weights)
     n = x.shape[0]
-    w = check_weights(weights, n, x.device)
     f = check_num_byzantine(
         num_byzantine, n, "nearest_neighbor_mixing", lambda f: 2 * f + 1, "n > 2*num_byzantine"
     )
@@ -110,9 +109,8 @@ def bucketing(
     Returns:
         ``(bucket_means (ceil(n/s), d), bucket_weights (ceil(n/s),))``.
     """
-    x = check_updates(updates)
+    x, w = check_inputs(updates, weights)
     n = x.shape[0]
-    w = check_weights(weights, n, x.device)
     s = check_int(bucket_size, "bucket_size")
     if not 1 <= s <= n:
         raise ValueError(f"bucket_size must be in [1, {n}] (n clients); got {bucket_size!r}")

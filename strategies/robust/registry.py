@@ -16,14 +16,21 @@ the name of the Flower-app strategy that uses it, with
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import MappingProxyType
 
 import torch
 
 from fl_core.registry import Registry
 
-__all__ = ["RULES"]
+__all__ = ["NEEDS_INDIVIDUAL_UPDATES", "RULES"]
 
 RULES: Registry[Callable[..., torch.Tensor]] = Registry(
     "aggregation rule", group="fedsilo.rules", builtins=("strategies.robust.rules",)
 )
 """Aggregation rules ``rule(updates, weights=None, **params) -> (d,)``, by strategy name."""
+
+#: ``compatible=`` of a rule that selects, orders or clips individual updates: secure
+#: aggregation hides them from the server, central DP bounds one silo's effect on a mean
+#: (clip-norm / n), and top-k updates are sparse with different supports (medians, trimming
+#: and distances would judge the sparsity pattern, not the update).
+NEEDS_INDIVIDUAL_UPDATES = MappingProxyType({"central-dp": False, "secagg": False, "topk": False})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from strategies.robust.checks import check_num_byzantine, check_updates, check_weights
+from strategies.robust.checks import check_inputs, check_num_byzantine
 from strategies.robust.kernels import (
     block_width,
     column_blocks,
@@ -13,7 +13,7 @@ from strategies.robust.kernels import (
     pairwise_sq_distances,
     sorted_rows,
 )
-from strategies.robust.registry import RULES
+from strategies.robust.registry import NEEDS_INDIVIDUAL_UPDATES, RULES
 
 __all__ = ["bulyan"]
 
@@ -26,10 +26,7 @@ _NETWORK_MIN_WIDTH = 16384
 
 
 @RULES.register(
-    "robust-bulyan",
-    family="robust",
-    compatible={"central-dp": False, "secagg": False, "topk": False},
-    params=("num_byzantine",),
+    "robust-bulyan", family="robust", compatible=NEEDS_INDIVIDUAL_UPDATES, params=("num_byzantine",)
 )
 def bulyan(
     updates: torch.Tensor, weights: torch.Tensor | None = None, *, num_byzantine: int
@@ -57,9 +54,8 @@ def bulyan(
     Returns:
         The ``(d,)`` aggregate, in ``updates.dtype``.
     """
-    x = check_updates(updates)
+    x, w = check_inputs(updates, weights)
     n = x.shape[0]
-    w = check_weights(weights, n, x.device)
     f = check_num_byzantine(
         num_byzantine, n, "bulyan", lambda f: 4 * f + 3, "n >= 4*num_byzantine + 3"
     )

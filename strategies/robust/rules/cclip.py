@@ -5,14 +5,13 @@ from __future__ import annotations
 import torch
 
 from strategies.robust.checks import (
+    check_inputs,
     check_int,
     check_positive,
-    check_updates,
     check_vector,
-    check_weights,
 )
 from strategies.robust.kernels import STREAM_BLOCK, block_width, column_blocks
-from strategies.robust.registry import RULES
+from strategies.robust.registry import NEEDS_INDIVIDUAL_UPDATES, RULES
 
 __all__ = ["centered_clipping"]
 
@@ -20,7 +19,7 @@ __all__ = ["centered_clipping"]
 @RULES.register(
     "cclip",
     family="robust",
-    compatible={"central-dp": False, "secagg": False, "topk": False},
+    compatible=NEEDS_INDIVIDUAL_UPDATES,
     params=("tau",),
     uses_previous=True,
 )
@@ -61,9 +60,8 @@ def centered_clipping(
     Returns:
         The ``(d,)`` aggregate, in ``updates.dtype``.
     """
-    x = check_updates(updates)
-    n, d = x.shape
-    w = check_weights(weights, n, x.device)
+    x, w = check_inputs(updates, weights)
+    d = x.shape[1]
     if tau is not None:
         tau = check_positive(tau, "tau", allow_inf=True)
     n_iter = check_int(n_iter, "n_iter")

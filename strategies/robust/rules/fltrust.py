@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from strategies.robust.checks import check_updates, check_vector, check_weights
+from strategies.robust.checks import check_inputs, check_vector
 from strategies.robust.kernels import row_norms_and_dots, weighted_rows_average
-from strategies.robust.registry import RULES
+from strategies.robust.registry import NEEDS_INDIVIDUAL_UPDATES, RULES
 
 __all__ = ["fltrust"]
 
@@ -14,7 +14,7 @@ __all__ = ["fltrust"]
 @RULES.register(
     "fltrust",
     family="robust",
-    compatible={"central-dp": False, "secagg": False, "topk": False},
+    compatible=NEEDS_INDIVIDUAL_UPDATES,
     params=(),
     needs_server_update=True,
 )
@@ -47,9 +47,8 @@ def fltrust(
     Returns:
         The ``(d,)`` aggregate, in ``updates.dtype``.
     """
-    x = check_updates(updates)
-    n, d = x.shape
-    w = check_weights(weights, n, x.device)
+    x, w = check_inputs(updates, weights)
+    d = x.shape[1]
     g0 = check_vector(server_update, d, "server_update", x.device)
     g0_norm = torch.linalg.vector_norm(g0)
     norms, dots = row_norms_and_dots(x, g0)

@@ -8,19 +8,18 @@ from collections.abc import Callable
 
 import torch
 
-from strategies.robust.checks import check_int, check_positive, check_updates, check_weights
+from strategies.robust.checks import (
+    check_inputs,
+    check_int,
+    check_positive,
+)
 from strategies.robust.kernels import STREAM_BLOCK, block_width, centred_gram, column_blocks
-from strategies.robust.registry import RULES
+from strategies.robust.registry import NEEDS_INDIVIDUAL_UPDATES, RULES
 
 __all__ = ["geometric_median"]
 
 
-@RULES.register(
-    "geomed",
-    family="robust",
-    compatible={"central-dp": False, "secagg": False, "topk": False},
-    params=(),
-)
+@RULES.register("geomed", family="robust", compatible=NEEDS_INDIVIDUAL_UPDATES, params=())
 def geometric_median(
     updates: torch.Tensor,
     weights: torch.Tensor | None = None,
@@ -70,8 +69,7 @@ def geometric_median(
     Returns:
         The ``(d,)`` geometric median, in ``updates.dtype``.
     """
-    x = check_updates(updates)
-    w = check_weights(weights, x.shape[0], x.device)
+    x, w = check_inputs(updates, weights)
     max_iter = check_int(max_iter, "max_iter")
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1; got {max_iter}")

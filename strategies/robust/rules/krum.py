@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import torch
 
-from strategies.robust.checks import check_int, check_num_byzantine, check_updates, check_weights
+from strategies.robust.checks import (
+    check_inputs,
+    check_int,
+    check_num_byzantine,
+)
 from strategies.robust.kernels import (
     krum_scores,
     pairwise_sq_distances,
     stable_argsort,
     weighted_average,
 )
-from strategies.robust.registry import RULES
+from strategies.robust.registry import NEEDS_INDIVIDUAL_UPDATES, RULES
 
 __all__ = ["krum", "multi_krum"]
 
 
 @RULES.register(
-    "robust-krum",
-    family="robust",
-    compatible={"central-dp": False, "secagg": False, "topk": False},
-    params=("num_byzantine",),
+    "robust-krum", family="robust", compatible=NEEDS_INDIVIDUAL_UPDATES, params=("num_byzantine",)
 )
 def krum(
     updates: torch.Tensor, weights: torch.Tensor | None = None, *, num_byzantine: int
@@ -44,9 +45,8 @@ def krum(
     Returns:
         The selected ``(d,)`` update, in ``updates.dtype``.
     """
-    x = check_updates(updates)
+    x, _ = check_inputs(updates, weights)
     n = x.shape[0]
-    check_weights(weights, n, x.device)
     f = check_num_byzantine(
         num_byzantine, n, "krum", lambda f: 2 * f + 3, "n > 2*num_byzantine + 2"
     )
@@ -57,7 +57,7 @@ def krum(
 @RULES.register(
     "robust-multikrum",
     family="robust",
-    compatible={"central-dp": False, "secagg": False, "topk": False},
+    compatible=NEEDS_INDIVIDUAL_UPDATES,
     params=("num_byzantine", "num_selected"),
 )
 def multi_krum(
@@ -89,9 +89,8 @@ def multi_krum(
     Returns:
         The ``(d,)`` aggregate, in ``updates.dtype``.
     """
-    x = check_updates(updates)
+    x, w = check_inputs(updates, weights)
     n = x.shape[0]
-    w = check_weights(weights, n, x.device)
     f = check_num_byzantine(
         num_byzantine, n, "multi_krum", lambda f: 2 * f + 3, "n > 2*num_byzantine + 2"
     )

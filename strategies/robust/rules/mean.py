@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from strategies.robust.checks import check_updates, check_weights
+from strategies.robust.checks import check_inputs
 from strategies.robust.kernels import weighted_average
 from strategies.robust.registry import RULES
 
@@ -33,6 +33,5 @@ def weighted_mean(updates: torch.Tensor, weights: torch.Tensor | None = None) ->
     Returns:
         The ``(d,)`` weighted mean, in ``updates.dtype``.
     """
-    x = check_updates(updates)
-    w = check_weights(weights, x.shape[0], x.device)
+    x, w = check_inputs(updates, weights)
     return weighted_average(x, w)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from strategies.robust.checks import check_updates, check_weights
+from strategies.robust.checks import check_inputs
 from strategies.robust.kernels import (
     STREAM_BLOCK,
     block_width,
@@ -12,17 +12,12 @@ from strategies.robust.kernels import (
     is_uniform,
     map_order_statistics,
 )
-from strategies.robust.registry import RULES
+from strategies.robust.registry import NEEDS_INDIVIDUAL_UPDATES, RULES
 
 __all__ = ["coordinate_median"]
 
 
-@RULES.register(
-    "robust-median",
-    family="robust",
-    compatible={"central-dp": False, "secagg": False, "topk": False},
-    params=(),
-)
+@RULES.register("robust-median", family="robust", compatible=NEEDS_INDIVIDUAL_UPDATES, params=())
 def coordinate_median(updates: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Coordinate-wise (weighted) median.
 
@@ -42,9 +37,8 @@ def coordinate_median(updates: torch.Tensor, weights: torch.Tensor | None = None
     Returns:
         The ``(d,)`` coordinate-wise median, in ``updates.dtype``.
     """
-    x = check_updates(updates)
+    x, w = check_inputs(updates, weights)
     n, d = x.shape
-    w = check_weights(weights, n, x.device)
     out = torch.empty(d, dtype=x.dtype, device=x.device)
     if is_uniform(w):  # ordinary median: the middle order statistic(s), by a network
 

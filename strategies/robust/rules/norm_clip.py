@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from strategies.robust.checks import check_positive, check_updates, check_weights
+from strategies.robust.checks import check_inputs, check_positive
 from strategies.robust.kernels import row_norms_and_dots, weighted_rows_average
-from strategies.robust.registry import RULES
+from strategies.robust.registry import NEEDS_INDIVIDUAL_UPDATES, RULES
 
 __all__ = ["norm_clipping"]
 
 
 @RULES.register(
-    "norm-clip",
-    family="robust",
-    compatible={"central-dp": False, "secagg": False, "topk": False},
-    params=("max_norm",),
+    "norm-clip", family="robust", compatible=NEEDS_INDIVIDUAL_UPDATES, params=("max_norm",)
 )
 def norm_clipping(
     updates: torch.Tensor, weights: torch.Tensor | None = None, *, max_norm: float
@@ -36,8 +33,7 @@ def norm_clipping(
     Returns:
         The ``(d,)`` aggregate, in ``updates.dtype``.
     """
-    x = check_updates(updates)
-    w = check_weights(weights, x.shape[0], x.device)
+    x, w = check_inputs(updates, weights)
     max_norm = check_positive(max_norm, "max_norm", allow_inf=True)
     scale = (max_norm / row_norms_and_dots(x)[0]).clamp_max(1.0)
     return weighted_rows_average(x, (w / w.sum()) * scale)

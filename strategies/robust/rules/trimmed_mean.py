@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from strategies.robust.checks import check_num_byzantine, check_updates, check_weights
+from strategies.robust.checks import check_inputs, check_num_byzantine
 from strategies.robust.kernels import (
     STREAM_BLOCK,
     block_width,
@@ -19,7 +19,7 @@ from strategies.robust.kernels import (
     map_order_statistics,
     weighted_average,
 )
-from strategies.robust.registry import RULES
+from strategies.robust.registry import NEEDS_INDIVIDUAL_UPDATES, RULES
 
 __all__ = ["trimmed_mean"]
 
@@ -27,10 +27,7 @@ __all__ = ["trimmed_mean"]
 # The factory passes beta from the run config's trim-beta; behind NNM it passes no beta and
 # num_byzantine (which NNM takes too) reaches this rule instead.
 @RULES.register(
-    "robust-trimmed-mean",
-    family="robust",
-    compatible={"central-dp": False, "secagg": False, "topk": False},
-    params=("beta",),
+    "robust-trimmed-mean", family="robust", compatible=NEEDS_INDIVIDUAL_UPDATES, params=("beta",)
 )
 def trimmed_mean(
     updates: torch.Tensor,
@@ -60,9 +57,8 @@ def trimmed_mean(
     Returns:
         The ``(d,)`` trimmed mean, in ``updates.dtype``.
     """
-    x = check_updates(updates)
+    x, w = check_inputs(updates, weights)
     n = x.shape[0]
-    w = check_weights(weights, n, x.device)
     if (num_byzantine is None) == (beta is None):
         raise ValueError(
             "trimmed_mean needs exactly one of num_byzantine or beta; got "
