@@ -61,7 +61,7 @@ from torch import nn
 
 from tasks.base import ArrayDataset, Task
 from tasks.entity_metrics import entity_scores
-from tasks.sources import is_blob_url, load_hf, resolve_local_path
+from tasks.sources import is_remote, load_hf, resolve_local_path
 
 LOG = logging.getLogger(__name__)
 
@@ -525,7 +525,7 @@ class NerTask(Task):
             return encode_sentences(generate_ner_corpus()), None
         path = Path(source).expanduser()
         local = path.exists() or source.startswith(("/", ".", "~")) or path.suffix != ""
-        if is_blob_url(source) or (local and not _is_hf_directory(path)):
+        if is_remote(source) or (local and not _is_hf_directory(path)):
             pool, test = load_conll_source(resolve_local_path(source))
         else:
             pool, test = load_hf_ner(source)
