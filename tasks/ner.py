@@ -61,6 +61,7 @@ from torch import nn
 
 from tasks.base import ArrayDataset, Task
 from tasks.entity_metrics import entity_scores
+from tasks.registry import TASKS
 from tasks.sources import is_remote, load_hf, resolve_local_path
 
 LOG = logging.getLogger(__name__)
@@ -509,6 +510,7 @@ def evaluate_tagger(model: nn.Module, data: ArrayDataset) -> dict[str, float]:
     }
 
 
+@TASKS.register("ner", family="text")
 class NerTask(Task):
     """Named-entity recognition: one BIO tag per token."""
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from tasks.base import ArrayDataset, Task
 from tasks.models import SmallCNN
+from tasks.registry import TASKS
 from tasks.sources import is_remote, load_hf, resolve_local_path
 
 LOG = logging.getLogger(__name__)
@@ -227,6 +228,7 @@ class PneumoniaCNN(nn.Module):
         return self.cnn(self.normalize(x))
 
 
+@TASKS.register("pneumonia", family="image")
 class PneumoniaTask(Task):
     """Pneumonia / normal from a 28×28 chest X-ray."""
 
