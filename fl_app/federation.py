@@ -43,7 +43,7 @@ from fl_core.records import META_KEY
 from fl_core.seeding import derive_seed, seed_everything
 from strategies import build_strategy
 from strategies.compression import CompressedUpdates
-from strategies.robust.simulation import MODEL_ATTACKS, SimulatedAttack, byzantine_partitions
+from strategies.robust.simulation import SimulatedAttack, byzantine_partitions, model_attacks
 from strategies.secagg.client import SECAGG_STEPS
 from strategies.wrappers import RoundReporter, SeededSampling, ValidatedUpdates
 from tasks import Task, get_task
@@ -222,7 +222,7 @@ def wrap_strategy(
         max_norm_ratio=cfg.max_update_norm_ratio,
         on_reject=reliable.note_rejection,
     )
-    if cfg.attack in MODEL_ATTACKS:
+    if cfg.attack in model_attacks():
         byzantine = byzantine_partitions(len(roster), cfg.attack_fraction, cfg.seed)
         wrapped = SimulatedAttack(
             wrapped, cfg.attack, byzantine, strength=cfg.attack_strength, seed=cfg.seed
