@@ -219,6 +219,10 @@ class Registry(Generic[T]):
     def __len__(self) -> int:
         return len(self._all())
 
+    def items(self) -> list[tuple[str, T]]:
+        """``(name, object)`` pairs, in registration order (imports lazy entries)."""
+        return list(self.mapping().items())
+
     def entries(self) -> list[Entry[T]]:
         """Every entry, in registration order."""
         return list(self._all().values())
