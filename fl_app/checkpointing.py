@@ -44,6 +44,7 @@ from flwr.serverapp.strategy import Strategy
 
 from fl_app import LOG
 from fl_app.config import ConfigError, RunConfig
+from fl_app.stores import open_checkpoint_store, uri_scheme
 
 CHECKPOINT_NAME = "latest.pt"
 FORMAT = 2
@@ -286,8 +287,6 @@ def matching_runs(cfg: RunConfig) -> list[Path]:
 
 
 def _load(store_uri: str, name: str) -> bytes | None:
-    from adapters.blob.checkpoints import open_checkpoint_store
-
     try:
         return open_checkpoint_store(store_uri).load(name)
     except FileNotFoundError:
@@ -296,10 +295,8 @@ def _load(store_uri: str, name: str) -> bytes | None:
 
 def _explicit_source(cfg: RunConfig) -> tuple[str, str, Path | None]:
     """``(store uri, checkpoint name, run dir)`` for ``resume-from``."""
-    from adapters.blob.store import is_blob_uri
-
     src = cfg.resume_from
-    if is_blob_uri(src):
+    if uri_scheme(src) != "file":
         return src, CHECKPOINT_NAME, None
     path = Path(src).expanduser().resolve()
 

@@ -70,6 +70,7 @@ class Entry(Generic[T]):
     doc: str = ""
     origin: str = ""  # "builtin", "entry-point:<dist>" or "add"
     extra: Mapping[str, Any] = field(default_factory=dict)
+    ref: str = ""  # "module:attr" of a lazy entry, imported on first get()
 
     def supports(self, feature: str) -> bool:
         """Whether the unit declared itself compatible with ``feature`` (default: no)."""
@@ -107,8 +108,10 @@ class Registry(Generic[T]):
         group: str,
         builtins: Iterable[str] = (),
         config_key: str = "",
+        lazy: bool = False,
     ) -> None:
         self.kind = kind
+        self.lazy = lazy
         self.group = group
         self.config_key = config_key or kind
         self._builtins = tuple(builtins)
@@ -166,6 +169,8 @@ class Registry(Generic[T]):
         )
         with self._lock:
             old = self._entries.get(name)
+            if old is not None and old.ref and old.obj is None:
+                old = None  # a lazy placeholder: the real object registers itself
             if old is not None and old.obj is not obj:
                 raise RegistryError(
                     f"{self.kind} '{name}' is registered twice: by {_where(old.obj)} and by "
@@ -174,13 +179,26 @@ class Registry(Generic[T]):
             self._entries[name] = entry
         return entry
 
+    def add_lazy(self, name: str, ref: str, *, origin: str = "", **meta: Any) -> None:
+        """Register ``name`` as ``"module:attr"``, imported only when :meth:`get` asks for
+        it (adapters whose import is heavy: Azure, MLflow). Does not replace an entry."""
+        module, _, attr = ref.partition(":")
+        if not module or not attr:
+            raise RegistryError(f"{self.kind} '{name}': reference {ref!r} is not 'module:attr'")
+        with self._lock:
+            if name not in self._entries:
+                self._entries[name] = Entry(
+                    name=name, obj=None, ref=ref, origin=origin or "lazy", **meta
+                )
+
     # -------------------------------------------------------------------- reading
     def get(self, name: str) -> Entry[T]:
         """The entry registered as ``name``; an unknown name is an error listing the known
         ones and the closest match."""
         entries = self._all()
         if name in entries:
-            return entries[name]
+            entry = entries[name]
+            return self._resolve(entry) if entry.ref and entry.obj is None else entry
         known = list(entries)
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -200,6 +218,10 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._all())
+
+    def items(self) -> list[tuple[str, T]]:
+        """``(name, object)`` pairs, in registration order (imports lazy entries)."""
+        return list(self.mapping().items())
 
     def entries(self) -> list[Entry[T]]:
         """Every entry, in registration order."""
@@ -227,8 +249,23 @@ class Registry(Generic[T]):
         return out
 
     def mapping(self) -> Mapping[str, T]:
-        """A read-only name → object view (a snapshot)."""
-        return MappingProxyType({name: e.obj for name, e in self._all().items()})
+        """A read-only name → object view (a snapshot; imports lazy entries)."""
+        return MappingProxyType({name: self.get(name).obj for name in self._all()})
+
+    def _resolve(self, entry: Entry[T]) -> Entry[T]:
+        module, _, attr = entry.ref.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise RegistryError(
+                f"{self.kind} '{entry.name}' is provided by {entry.ref}, which failed to "
+                f"import: {type(exc).__name__}: {exc}. Install what it needs or choose "
+                "another."
+            ) from exc
+        with self._lock:
+            resolved = Entry(**{**entry.__dict__, "obj": obj})
+            self._entries[entry.name] = resolved
+        return resolved
 
     # -------------------------------------------------------------------- loading
     def _all(self) -> dict[str, Entry[T]]:
@@ -254,6 +291,9 @@ class Registry(Generic[T]):
     def _load_entry_points(self) -> None:
         for ep in entry_points(group=self.group):
             dist = getattr(getattr(ep, "dist", None), "name", "?")
+            if self.lazy and ":" in ep.value:
+                self.add_lazy(ep.name, ep.value, origin=f"entry-point:{dist}")
+                continue
             try:
                 obj = ep.load()
             except Exception as exc:  # a broken plugin must say which one

@@ -12,8 +12,10 @@ from torch import nn
 
 from tasks.base import ArrayDataset, Task
 from tasks.models import MLP, signed_log1p
+from tasks.registry import TASKS
 
 
+@TASKS.register("breast-cancer", family="tabular")
 class BreastCancerTask(Task):
     """Binary diagnosis from 30 tabular features."""
 
@@ -25,7 +27,7 @@ class BreastCancerTask(Task):
         if config.data_source:
             raise ValueError(
                 "task 'breast-cancer' reads scikit-learn's bundled data only; set "
-                "data-source = \"\""
+                'data-source = ""'
             )
         from sklearn.datasets import load_breast_cancer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fl_core.errors import ConfigError
-from strategies.robust.simulation import MODEL_ATTACKS
+from strategies.robust.simulation import model_attacks
 
 if TYPE_CHECKING:
     from fl_app.config import RunConfig
@@ -35,7 +35,7 @@ def check_secure_aggregation(cfg: RunConfig, mean_based: set[str]) -> None:
             "cannot be combined with 'central-dp' = true: DP-FedAvg clips each update on "
             "the server. Use 'local-dp' = true (DP-SGD in each silo) with secure aggregation."
         )
-    if cfg.attack in MODEL_ATTACKS:  # simulated on the server, on individual updates
+    if cfg.attack in model_attacks():  # simulated on the server, on individual updates
         refuse(
             f"cannot simulate attack '{cfg.attack}': it rewrites individual updates on the "
             "server. Use attack = 'label-flip' (data poisoning in the silo) or 'none'."
