@@ -30,7 +30,7 @@ FEATURES: dict[str, tuple[tuple[str, ...], str]] = {
     "checkpoint": (
         (
             "fl_app.federation:checkpoint_bytes",
-            "adapters.blob.checkpoints:LocalCheckpointStore.save",
+            "fl_app.stores:LocalCheckpointStore.save",
         ),
         "serialise the model + strategy/RNG state, sha256, atomic write, every round",
     ),

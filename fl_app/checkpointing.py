@@ -45,6 +45,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
 from fl_app import LOG
+from fl_app.stores import open_checkpoint_store, uri_scheme
 from fl_core.config import Section, transient
 from fl_core.errors import ConfigError
 
@@ -313,8 +314,6 @@ def matching_runs(cfg: RunConfig) -> list[Path]:
 
 
 def _load(store_uri: str, name: str) -> bytes | None:
-    from adapters.blob.checkpoints import open_checkpoint_store
-
     try:
         return open_checkpoint_store(store_uri).load(name)
     except FileNotFoundError:
@@ -323,10 +322,8 @@ def _load(store_uri: str, name: str) -> bytes | None:
 
 def _explicit_source(cfg: RunConfig) -> tuple[str, str, Path | None]:
     """``(store uri, checkpoint name, run dir)`` for ``output.resume-from``."""
-    from adapters.blob.store import is_blob_uri
-
     src = cfg.output.resume_from
-    if is_blob_uri(src):
+    if uri_scheme(src) != "file":
         return src, CHECKPOINT_NAME, None
     path = Path(src).expanduser().resolve()
 

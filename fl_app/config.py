@@ -186,14 +186,14 @@ class RunConfig(Section):
     def _known_task(cls, value: str) -> str:
         from tasks import available_tasks
 
-        return _one_of("task", value, available_tasks())
+        return one_of("task", value, available_tasks())
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
         from strategies import available_strategies
 
-        return _one_of("strategy", value, available_strategies())
+        return one_of("strategy", value, available_strategies())
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -366,17 +366,6 @@ def legacy_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
         for new in LEGACY_KEYS.get(key, (key,)):
             out[new] = value
     return out
-
-
-def _one_of(key: str, value: str, allowed: list[str]) -> str:
-    if value in allowed:
-        return value
-    close = difflib.get_close_matches(value, allowed, n=1)
-    hint = f" Did you mean '{close[0]}'?" if close else ""
-    raise ValueError(
-        f"'{value}' is not a valid {key}.{hint} Choose one of: {', '.join(allowed)}. "
-        f"Example: flwr run . --run-config \"{key}='{allowed[0]}'\""
-    )
 
 
 @lru_cache(maxsize=32)

@@ -42,12 +42,14 @@ from fl_app.sinks import (
     RunDirSink,
     Sinks,
     privacy_status,
+    tracking_sinks,
 )
+from fl_app.stores import open_checkpoint_store
 from fl_core.records import META_KEY
 from fl_core.seeding import derive_seed, seed_everything
 from strategies import build_strategy
 from strategies.compression import CompressedUpdates
-from strategies.robust.simulation import MODEL_ATTACKS, SimulatedAttack, byzantine_partitions
+from strategies.robust.simulation import SimulatedAttack, byzantine_partitions, model_attacks
 from strategies.secagg.client import SECAGG_STEPS
 from strategies.wrappers import RoundReporter, SeededSampling, ValidatedUpdates
 from tasks import Task, get_task
@@ -116,9 +118,7 @@ def server_evaluator(
     """Flower ``evaluate_fn``, called with the new global model after every round: reports
     its metrics on the server's held-out test set, then checkpoints the round (model,
     ``strategy``'s state, RNG states, the run's ``lineage``; atomically, verified by sha256; see
-    fl_app.checkpointing and adapters.blob.checkpoints) and audits the checkpoint."""
-    from adapters.blob.checkpoints import open_checkpoint_store
-
+    fl_app.checkpointing and fl_app.stores) and audits the checkpoint."""
     test = task.load_test(cfg)
     model = task.build_model()
     store = open_checkpoint_store(cfg.output.checkpoint_uri or str(run_dir / "checkpoints"))
@@ -143,23 +143,6 @@ def server_evaluator(
         return MetricRecord(metrics)
 
     return evaluate
-
-
-def tracking_sinks(cfg: RunConfig, run_dir: Path) -> list[MetricsSink]:
-    """Sinks enabled by the run config (MLflow when ``tracking.mlflow-uri`` is set); the
-    adapter is imported only then."""
-    if not cfg.tracking.mlflow_uri:
-        return []
-    from adapters.mlflow import MlflowSink
-
-    return [
-        MlflowSink(
-            cfg.tracking.mlflow_uri,
-            experiment=cfg.tracking.experiment,
-            run_name=run_dir.name,
-            register_model_as=cfg.tracking.register_model,
-        )
-    ]
 
 
 def central_dp(strategy: Strategy, cfg: RunConfig, num_silos: int, model) -> Strategy:
@@ -251,7 +234,7 @@ def wrap_strategy(
         max_norm_ratio=cfg.robust.max_update_norm_ratio,
         on_reject=reliable.note_rejection,
     )
-    if cfg.attack.kind in MODEL_ATTACKS:
+    if cfg.attack.kind in model_attacks():
         byzantine = byzantine_partitions(len(roster), cfg.attack.fraction, cfg.seed)
         wrapped = SimulatedAttack(
             wrapped, cfg.attack.kind, byzantine, strength=cfg.attack.strength, seed=cfg.seed

@@ -6,13 +6,15 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from fl_app import LOG
 from fl_core.config import Section, transient
+from fl_core.errors import ConfigError
+from fl_core.registry import Registry, RegistryError
 
 if TYPE_CHECKING:
     from fl_app.config import RunConfig
@@ -261,3 +263,30 @@ class Sinks:
     def close(self):
         for s in self.sinks:
             s.close()
+
+
+#: Metrics sink name → factory ``(cfg, run_dir) -> MetricsSink`` (imported on first use).
+#: The MLflow sink registers as ``mlflow`` (:mod:`adapters.mlflow.sink`, wired by the
+#: app's composition root :mod:`adapters.app`); a separate package adds one through the
+#: entry-point group ``fedsilo.sinks``.
+SINKS: Registry[Callable[[RunConfig, Path], MetricsSink]] = Registry(
+    "metrics sink", group="fedsilo.sinks", lazy=True
+)
+
+
+def tracking_sinks(cfg: RunConfig, run_dir: Path) -> list[MetricsSink]:
+    """Sinks the run config turns on: ``mlflow`` when ``mlflow-tracking-uri`` is set. A
+    sink that is asked for but not registered is a :class:`ConfigError`."""
+    wanted = ["mlflow"] if cfg.mlflow_tracking_uri else []
+    sinks = []
+    for name in wanted:
+        try:
+            factory = SINKS.get(name).obj
+        except RegistryError as exc:
+            raise ConfigError(
+                f"run-config asks for metrics sink '{name}', which is not available ({exc}). "
+                "The MLflow sink is wired by adapters.app (the app's components in "
+                "pyproject.toml); in Python, import adapters.app first."
+            ) from None
+        sinks.append(factory(cfg, run_dir))
+    return sinks

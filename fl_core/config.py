@@ -13,6 +13,7 @@ value of it (:func:`transient_keys`).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -120,3 +121,16 @@ def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
             )
         node[leaf] = value
     return out
+
+
+def one_of(key: str, value: str, allowed: list[str]) -> str:
+    """``value`` if it is one of ``allowed``; else a ``ValueError`` naming ``key``, the
+    closest match and an example (a field validator's message, explained per key)."""
+    if value in allowed:
+        return value
+    close = difflib.get_close_matches(value, allowed, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ValueError(
+        f"'{value}' is not a valid {key}.{hint} Choose one of: {', '.join(allowed)}. "
+        f"Example: flwr run . --run-config \"{key}='{allowed[0]}'\""
+    )

@@ -17,7 +17,8 @@ from pydantic import Field
 from fl_core.config import Section
 from strategies.flatten import stack, unflatten
 from strategies.metrics import weighted_mean_metrics
-from strategies.robust.aggregators import weighted_mean
+from strategies.registry import MEAN_COMPATIBLE, STRATEGIES
+from strategies.robust.rules.mean import weighted_mean
 from strategies.robust.weights import trusted_weights
 
 if TYPE_CHECKING:
@@ -53,31 +54,37 @@ def _adaptive(cfg: RunConfig) -> dict[str, Any]:
     return {"eta": cfg.server.learning_rate, "eta_l": cfg.training.learning_rate, "tau": cfg.server.tau}
 
 
+@STRATEGIES.register("fedavg", family="mean-based", compatible=MEAN_COMPATIBLE)
 def fedavg(cfg: RunConfig) -> fl.Strategy:
     """FedAvg (McMahan et al., 2017)."""
     return fl.FedAvg(**common_kwargs(cfg))
 
 
+@STRATEGIES.register("fedprox", family="mean-based", compatible=MEAN_COMPATIBLE)
 def fedprox(cfg: RunConfig) -> fl.Strategy:
     """FedProx (Li et al., 2020); clients add the proximal term with ``training.proximal-mu``."""
     return fl.FedProx(proximal_mu=cfg.training.proximal_mu, **common_kwargs(cfg))
 
 
+@STRATEGIES.register("fedadam", family="mean-based", compatible=MEAN_COMPATIBLE)
 def fedadam(cfg: RunConfig) -> fl.Strategy:
     """FedAdam (Reddi et al., 2021)."""
     return fl.FedAdam(beta_1=cfg.server.beta1, beta_2=cfg.server.beta2, **_adaptive(cfg), **common_kwargs(cfg))
 
 
+@STRATEGIES.register("fedyogi", family="mean-based", compatible=MEAN_COMPATIBLE)
 def fedyogi(cfg: RunConfig) -> fl.Strategy:
     """FedYogi (Reddi et al., 2021)."""
     return fl.FedYogi(beta_1=cfg.server.beta1, beta_2=cfg.server.beta2, **_adaptive(cfg), **common_kwargs(cfg))
 
 
+@STRATEGIES.register("fedadagrad", family="mean-based", compatible=MEAN_COMPATIBLE)
 def fedadagrad(cfg: RunConfig) -> fl.Strategy:
     """FedAdagrad (Reddi et al., 2021)."""
     return fl.FedAdagrad(**_adaptive(cfg), **common_kwargs(cfg))
 
 
+@STRATEGIES.register("fedavgm", family="mean-based", compatible=MEAN_COMPATIBLE)
 def fedavgm(cfg: RunConfig) -> fl.Strategy:
     """FedAvgM, server momentum (Hsu et al., 2019)."""
     return fl.FedAvgM(
@@ -87,16 +94,19 @@ def fedavgm(cfg: RunConfig) -> fl.Strategy:
     )
 
 
+@STRATEGIES.register("fedmedian", family="robust")
 def fedmedian(cfg: RunConfig) -> fl.Strategy:
     """Coordinate-wise median (Yin et al., 2018)."""
     return fl.FedMedian(**common_kwargs(cfg))
 
 
+@STRATEGIES.register("fedtrimmedavg", family="robust")
 def fedtrimmedavg(cfg: RunConfig) -> fl.Strategy:
     """Coordinate-wise trimmed mean (Yin et al., 2018)."""
     return fl.FedTrimmedAvg(beta=cfg.robust.trim_beta, **common_kwargs(cfg))
 
 
+@STRATEGIES.register("krum", family="robust")
 def krum(cfg: RunConfig) -> fl.Strategy:
     """Krum (Blanchard et al., 2017)."""
     return fl.Krum(num_malicious_nodes=cfg.robust.num_byzantine, **common_kwargs(cfg))
@@ -138,6 +148,7 @@ class _MultiKrum(fl.MultiKrum):
         return arrays, self.train_metrics_aggr_fn(selected, self.weighted_by_key)
 
 
+@STRATEGIES.register("multikrum", family="robust")
 def multikrum(cfg: RunConfig) -> fl.Strategy:
     """Multi-Krum (Blanchard et al., 2017); ``robust.num-selected = 0`` keeps n − f updates. The
     selected updates are averaged with ``robust.weights``, not the raw claims."""
@@ -151,6 +162,7 @@ def multikrum(cfg: RunConfig) -> fl.Strategy:
     return _MultiKrum(num_nodes_to_select=cfg.robust.num_selected, **kwargs)
 
 
+@STRATEGIES.register("bulyan", family="robust")
 def bulyan(cfg: RunConfig) -> fl.Strategy:
     """Bulyan (El Mhamdi et al., 2018); needs n ≥ 4f + 3 silos per round."""
     return fl.Bulyan(num_malicious_nodes=cfg.robust.num_byzantine, **common_kwargs(cfg))

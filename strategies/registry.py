@@ -1,48 +1,47 @@
-"""Strategy registry: name → factory(RunConfig) → Flower ``Strategy``.
+"""Strategy registry: name → factory(RunConfig) → Flower ``Strategy``, with metadata.
 
-Add a strategy: write ``strategies/<name>.py`` (a pure aggregation function plus a thin
-Flower ``Strategy`` and a factory taking the run config), then add one line below.
+A strategy registers itself in its own file::
+
+    from strategies.registry import MEAN_COMPATIBLE, STRATEGIES
+
+    @STRATEGIES.register("my-avg", family="mean-based", compatible=MEAN_COMPATIBLE)
+    def my_avg(cfg): ...
+
+``family`` is ``"mean-based"`` (a weighted mean of the updates, as FedAvg) or ``"robust"``
+(selects, orders or reweights individual updates). ``compatible`` says which
+cross-cutting features the strategy works with: ``central-dp`` (DP-FedAvg's clipping
+and noise bound one silo's influence only under a mean), ``secagg`` (the server sees
+only the sum) and ``topk`` (sparse updates with different supports). The run-config
+checks ask this metadata instead of listing names.
+
+Built-ins: Flower's strategies (:mod:`strategies.flower_builtin`) and ours
+(:mod:`strategies.robust.factories`); a separate package registers through the
+entry-point group ``fedsilo.strategies``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from flwr.serverapp.strategy import Strategy
 
-from strategies import flower_builtin as flower
-from strategies.robust import factories as robust
+from fl_core.registry import Registry
 
 if TYPE_CHECKING:
     from fl_app.config import RunConfig
 
 StrategyFactory = Callable[["RunConfig"], Strategy]
 
-STRATEGIES: dict[str, StrategyFactory] = {
-    # Flower's own (flwr.serverapp.strategy)
-    "fedavg": flower.fedavg,
-    "fedprox": flower.fedprox,
-    "fedadam": flower.fedadam,
-    "fedyogi": flower.fedyogi,
-    "fedadagrad": flower.fedadagrad,
-    "fedavgm": flower.fedavgm,
-    "fedmedian": flower.fedmedian,
-    "fedtrimmedavg": flower.fedtrimmedavg,
-    "krum": flower.krum,
-    "multikrum": flower.multikrum,
-    "bulyan": flower.bulyan,
-    # Ours: robust rules on stacked updates (strategies/robust), `robust.pre-aggregator` applies
-    "robust-median": robust.robust_median,
-    "robust-trimmed-mean": robust.robust_trimmed_mean,
-    "robust-krum": robust.robust_krum,
-    "robust-multikrum": robust.robust_multikrum,
-    "robust-bulyan": robust.robust_bulyan,
-    "geomed": robust.geomed,
-    "cclip": robust.cclip,
-    "norm-clip": robust.norm_clip,
-    "fltrust": robust.fltrust,
-}
+#: Features a mean-based strategy works with (see module doc).
+MEAN_COMPATIBLE = MappingProxyType({"central-dp": True, "secagg": True, "topk": True})
+
+STRATEGIES: Registry[StrategyFactory] = Registry(
+    "strategy",
+    group="fedsilo.strategies",
+    builtins=("strategies.flower_builtin", "strategies.robust.factories"),
+)
 
 
 def available_strategies() -> list[str]:
@@ -52,10 +51,4 @@ def available_strategies() -> list[str]:
 
 def build_strategy(cfg: RunConfig) -> Strategy:
     """The strategy named by ``cfg.strategy``, configured from ``cfg``."""
-    try:
-        factory = STRATEGIES[cfg.strategy]
-    except KeyError:
-        raise KeyError(
-            f"unknown strategy '{cfg.strategy}'; choose one of: {', '.join(STRATEGIES)}"
-        ) from None
-    return factory(cfg)
+    return STRATEGIES[cfg.strategy](cfg)

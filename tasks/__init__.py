@@ -1,27 +1,14 @@
-"""Tasks: the use cases (data, model, metrics). One registry maps names to tasks.
+"""Tasks: the use cases (data, model, metrics), each registered in its own file.
 
-Add a task: write ``tasks/<name>.py`` with a :class:`tasks.base.Task` subclass, then add
-one line to ``TASKS`` below.
+Add a task: write ``tasks/<name>.py`` with a :class:`tasks.base.Task` subclass decorated
+with ``@TASKS.register("<name>")`` (:mod:`tasks.registry`); nothing else to edit. A
+separate package registers through the entry-point group ``fedsilo.tasks``.
 """
 
 from __future__ import annotations
 
-from tasks.bank_marketing import BankMarketingTask
 from tasks.base import ArrayDataset, Partition, Task
-from tasks.breast_cancer import BreastCancerTask
-from tasks.digits import DigitsTask
-from tasks.fraud import FraudTask
-from tasks.ner import NerTask
-from tasks.pneumonia import PneumoniaTask
-
-TASKS: dict[str, type[Task]] = {
-    "digits": DigitsTask,
-    "breast-cancer": BreastCancerTask,
-    "fraud": FraudTask,
-    "pneumonia": PneumoniaTask,
-    "ner": NerTask,
-    "bank-marketing": BankMarketingTask,
-}
+from tasks.registry import TASKS
 
 _INSTANCES: dict[str, Task] = {}
 
@@ -33,8 +20,6 @@ def available_tasks() -> list[str]:
 
 def get_task(name: str) -> Task:
     """The (shared, stateless) task instance registered as ``name``."""
-    if name not in TASKS:
-        raise KeyError(f"unknown task '{name}'; choose one of: {', '.join(TASKS)}")
     if name not in _INSTANCES:
         _INSTANCES[name] = TASKS[name]()
     return _INSTANCES[name]

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 from tasks.base import ArrayDataset, Task
 from tasks.models import MLP, signed_log1p
+from tasks.registry import TASKS
 from tasks.sources import resolve_local_path
 
 ID = "id"
@@ -231,6 +232,7 @@ def load_bank_frame(source: str) -> pd.DataFrame:
     return generate_bank_frame() if not source else read_bank_csv(source)
 
 
+@TASKS.register("bank-marketing", family="tabular")
 class BankMarketingTask(Task):
     """Term-deposit subscription from the 16 UCI bank-marketing features (horizontal
     mode; see :mod:`tasks.vertical` for the column-split vertical mode)."""

@@ -12,8 +12,10 @@ from torch import nn
 
 from tasks.base import ArrayDataset, Task
 from tasks.models import MLP, signed_log1p
+from tasks.registry import TASKS
 
 
+@TASKS.register("breast-cancer", family="tabular")
 class BreastCancerTask(Task):
     """Binary diagnosis from 30 tabular features."""
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 from tasks.base import ArrayDataset, Task
 from tasks.models import MLP, signed_log1p
+from tasks.registry import TASKS
 from tasks.sources import resolve_local_path
 
 FEATURES = ["Time", *[f"V{i}" for i in range(1, 29)], "Amount"]
@@ -74,6 +75,7 @@ def frame_to_dataset(frame: pd.DataFrame) -> ArrayDataset:
     return ArrayDataset(x, frame[LABEL].to_numpy(dtype=np.int64))
 
 
+@TASKS.register("fraud", family="tabular")
 class FraudTask(Task):
     """Fraud / not-fraud from 30 transaction features."""
 

@@ -61,7 +61,8 @@ from torch import nn
 
 from tasks.base import ArrayDataset, Task
 from tasks.entity_metrics import entity_scores
-from tasks.sources import is_blob_url, load_hf, resolve_local_path
+from tasks.registry import TASKS
+from tasks.sources import is_remote, load_hf, resolve_local_path
 
 LOG = logging.getLogger(__name__)
 
@@ -509,6 +510,7 @@ def evaluate_tagger(model: nn.Module, data: ArrayDataset) -> dict[str, float]:
     }
 
 
+@TASKS.register("ner", family="text")
 class NerTask(Task):
     """Named-entity recognition: one BIO tag per token."""
 
@@ -525,7 +527,7 @@ class NerTask(Task):
             return encode_sentences(generate_ner_corpus()), None
         path = Path(source).expanduser()
         local = path.exists() or source.startswith(("/", ".", "~")) or path.suffix != ""
-        if is_blob_url(source) or (local and not _is_hf_directory(path)):
+        if is_remote(source) or (local and not _is_hf_directory(path)):
             pool, test = load_conll_source(resolve_local_path(source))
         else:
             pool, test = load_hf_ner(source)

@@ -32,7 +32,8 @@ from torch import nn
 
 from tasks.base import ArrayDataset, Task
 from tasks.models import SmallCNN
-from tasks.sources import is_blob_url, load_hf, resolve_local_path
+from tasks.registry import TASKS
+from tasks.sources import is_remote, load_hf, resolve_local_path
 
 LOG = logging.getLogger(__name__)
 
@@ -227,6 +228,7 @@ class PneumoniaCNN(nn.Module):
         return self.cnn(self.normalize(x))
 
 
+@TASKS.register("pneumonia", family="image")
 class PneumoniaTask(Task):
     """Pneumonia / normal from a 28×28 chest X-ray."""
 
@@ -239,7 +241,7 @@ class PneumoniaTask(Task):
             return images_to_dataset(*generate_pneumonia_images()), None
         path = Path(source).expanduser()
         local = path.is_file() or source.endswith(".npz") or source.startswith(("/", ".", "~"))
-        if is_blob_url(source) or (local and not path.is_dir()):
+        if is_remote(source) or (local and not path.is_dir()):
             return load_medmnist_npz(resolve_local_path(source))
         return load_hf_pneumonia(source)
 

@@ -1,26 +1,50 @@
-"""Resolve a task's ``data.source`` (or a silo's node-config ``data-source``) to something loadable: a local file or directory.
+"""Resolve a task's ``data.source`` to something loadable: a local file or directory.
 
-Blob URLs (``https://<account>.blob.core.windows.net/…``, Azurite URLs, ``az://…``) are
-fetched through :mod:`adapters.blob` into a local cache; the adapter is imported only
-when such a URL is given, so the core runs without Azure.
+A source written ``scheme://…`` is fetched into a local cache by the data source
+registered for its scheme in :data:`DATA_SOURCES`: the Azure Blob adapter registers
+``https``, ``http`` (Azurite) and ``az`` (:func:`adapters.blob.fetch_to_cache`, wired by the
+app's composition root :mod:`adapters.app`, imported only when such a URL is given, so
+the core runs without Azure); a separate package adds a scheme through the entry-point
+group ``fedsilo.data_sources`` (name = scheme, value = a callable ``url -> Path``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+from fl_core.errors import ConfigError
+from fl_core.registry import Registry, RegistryError
 
-def is_blob_url(source: str) -> bool:
-    """True when ``source`` names an Azure Blob object."""
-    return source.startswith(("az://", "https://", "http://"))
+#: URI scheme → callable ``url -> local Path`` (imported on first use).
+DATA_SOURCES: Registry[Callable[[str], Path]] = Registry(
+    "data source", group="fedsilo.data_sources", lazy=True
+)
+
+
+def source_scheme(source: str) -> str:
+    """The scheme of a ``scheme://…`` source, or ``""`` for a path or a dataset id."""
+    scheme, sep, _ = source.partition("://")
+    return scheme.lower() if sep and scheme.isidentifier() else ""
+
+
+def is_remote(source: str) -> bool:
+    """True when ``source`` is a ``scheme://…`` URL that a data source fetches."""
+    return bool(source_scheme(source))
 
 
 def resolve_local_path(source: str) -> Path:
-    """A local path for ``source``: the path itself, or a cached copy of the blob."""
-    if is_blob_url(source):
-        from adapters.blob import fetch_to_cache
-
-        return fetch_to_cache(source)
+    """A local path for ``source``: the path itself, or a cached copy of the remote object."""
+    scheme = source_scheme(source)
+    if scheme:
+        try:
+            fetch = DATA_SOURCES.get(scheme).obj
+        except RegistryError as exc:
+            raise ConfigError(
+                f"run-config 'data.source' = {source!r}: no data source for scheme "
+                f"'{scheme}' ({exc}). Blob URLs need the Azure adapter wired by adapters.app."
+            ) from None
+        return fetch(source)
     path = Path(source).expanduser()
     if not path.exists():
         raise FileNotFoundError(

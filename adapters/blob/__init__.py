@@ -13,8 +13,8 @@ from adapters.blob.checkpoints import (
     CheckpointStore,
     ChecksumError,
     LocalCheckpointStore,
-    open_checkpoint_store,
+    open_blob_checkpoint_store,
 )
 
 __all__ += ["BlobCheckpointStore", "CheckpointStore", "ChecksumError", "LocalCheckpointStore",
-            "open_checkpoint_store"]  # fmt: skip
+            "open_blob_checkpoint_store"]  # fmt: skip

@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
@@ -31,6 +31,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 LOG = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from fl_app.config import RunConfig
+
 _PARAM_LIMIT = 100  # MLflow's log_batch limit on params per call
 
 
@@ -159,3 +162,14 @@ class MlflowSink:
                 registered_model_name=self.register_model_as or None,
             )
         LOG.info("MLflow model logged: %s", info.model_uri)
+
+
+def sink_from_config(cfg: RunConfig, run_dir: Path) -> MlflowSink:
+    """The ``mlflow`` metrics sink of :data:`fl_app.sinks.SINKS`: tracks the run under
+    ``mlflow-tracking-uri`` and ``mlflow-experiment``, named after its run directory."""
+    return MlflowSink(
+        cfg.mlflow_tracking_uri,
+        experiment=cfg.mlflow_experiment,
+        run_name=run_dir.name,
+        register_model_as=cfg.mlflow_register_model,
+    )

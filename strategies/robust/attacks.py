@@ -1,7 +1,7 @@
 """Model-poisoning attacks for *simulating* the Byzantine threat model.
 
 This module is a threat-model simulation tool for evaluating the robust aggregators in
-:mod:`strategies.robust.aggregators`; it is not a defense. Every attack is a pure function
+:mod:`strategies.robust.rules`; it is not a defense. Every attack is a pure function
 
     attack(honest_updates, num_byzantine, **params) -> byzantine_updates
 
@@ -41,7 +41,7 @@ from statistics import NormalDist
 
 import torch
 
-from .aggregators import _check_int, _check_positive, _check_updates
+from .checks import check_int, check_positive, check_updates
 
 __all__ = [
     "ADAPTIVE_ATTACKS",
@@ -70,8 +70,8 @@ INFLATION_FACTOR = 1000.0
 
 
 def _prepare(honest_updates: torch.Tensor, num_byzantine: object) -> tuple[torch.Tensor, int]:
-    x = _check_updates(honest_updates, "honest_updates")
-    f = _check_int(num_byzantine, "num_byzantine")
+    x = check_updates(honest_updates, "honest_updates")
+    f = check_int(num_byzantine, "num_byzantine")
     if f < 0:
         raise ValueError(f"num_byzantine must be >= 0; got {f}")
     return x, f
@@ -129,7 +129,7 @@ def gaussian_noise(
         ``(f, d)`` Byzantine updates.
     """
     x, f = _prepare(honest_updates, num_byzantine)
-    std = _check_positive(std, "std")
+    std = check_positive(std, "std")
     if not isinstance(generator, torch.Generator):
         raise ValueError(
             "generator must be a seeded torch.Generator (no global RNG is used); "
@@ -167,8 +167,8 @@ def alie_z(num_clients: int, num_byzantine: int) -> float:
     ``s = floor(n / 2 + 1) - f`` honest clients must be "won over"; ``z_max`` is the normal
     quantile ``Phi^{-1}((n - s) / n)``. Requires ``0 <= f <= floor(n / 2)`` (so ``s >= 1``).
     """
-    n = _check_int(num_clients, "num_clients")
-    f = _check_int(num_byzantine, "num_byzantine")
+    n = check_int(num_clients, "num_clients")
+    f = check_int(num_byzantine, "num_byzantine")
     s = math.floor(n / 2 + 1) - f
     if n < 1 or f < 0 or s < 1:
         raise ValueError(
@@ -224,7 +224,7 @@ def ipm(honest_updates: torch.Tensor, num_byzantine: int, *, epsilon: float = 0.
         ``(f, d)`` Byzantine updates.
     """
     x, f = _prepare(honest_updates, num_byzantine)
-    epsilon = _check_positive(epsilon, "epsilon")
+    epsilon = check_positive(epsilon, "epsilon")
     return _repeat(-epsilon * x.to(torch.float64).mean(dim=0), f, x)
 
 
@@ -241,7 +241,7 @@ def inflate_claim(num_examples: float, factor: float = INFLATION_FACTOR) -> floa
     Returns:
         The inflated claim, an ``int`` if ``num_examples`` is one.
     """
-    factor = _check_positive(factor, "factor")
+    factor = check_positive(factor, "factor")
     count = _check_real(num_examples, "num_examples")
     if count < 0:
         raise ValueError(f"num_examples must be >= 0; got {num_examples!r}")
@@ -291,7 +291,7 @@ def perturbation_direction(honest_updates: torch.Tensor, direction: str = "std")
     These are the "inverse std / inverse unit vector / inverse sign" perturbations of
     Shejwalkar & Houmansadr (NDSS 2021). A zero mean gives a zero ``unit-vec`` direction.
     """
-    x = _check_updates(honest_updates, "honest_updates").to(torch.float64)
+    x = check_updates(honest_updates, "honest_updates").to(torch.float64)
     mean = x.mean(dim=0)
     if direction == "std":
         return x.std(dim=0, correction=1 if x.shape[0] > 1 else 0)
@@ -332,8 +332,8 @@ def _min_max_or_sum(
     reduce: str,
 ) -> torch.Tensor:
     x, f = _prepare(honest_updates, num_byzantine)
-    gamma_init = _check_positive(gamma_init, "gamma_init")
-    tol = _check_positive(tol, "tol")
+    gamma_init = check_positive(gamma_init, "gamma_init")
+    tol = check_positive(tol, "tol")
     x64 = x.to(torch.float64)
     mean = x64.mean(dim=0)
     p = perturbation_direction(x64, direction)
@@ -447,7 +447,7 @@ def relocated_orthogonal_perturbation(
         ``(f, d)`` Byzantine updates.
     """
     x, f = _prepare(honest_updates, num_byzantine)
-    norm = _check_positive(norm, "norm")
+    norm = check_positive(norm, "norm")
     lam = _check_real(reference_momentum, "reference_momentum")
     pi = _check_real(relocation, "relocation")
     for name, value in (("reference_momentum", lam), ("relocation", pi)):
@@ -459,9 +459,9 @@ def relocated_orthogonal_perturbation(
     if previous_aggregate is None:
         v, ref = torch.zeros_like(mu), mu
     else:
-        v = _check_updates(
-            torch.as_tensor(previous_aggregate).reshape(1, -1), "previous_aggregate"
-        )[0].to(device=x.device, dtype=torch.float64)
+        v = check_updates(torch.as_tensor(previous_aggregate).reshape(1, -1), "previous_aggregate")[
+            0
+        ].to(device=x.device, dtype=torch.float64)
         if v.shape != mu.shape:
             raise ValueError(
                 f"previous_aggregate must have shape ({mu.shape[0]},); got {tuple(v.shape)}"
@@ -489,7 +489,7 @@ def mimic_direction_init(
     """Mimic's first-round estimate ``(mu, z)``: the honest mean and one power-iteration
     step of the honest covariance from a random Gaussian ``z`` (authors' ``_init_callback``).
     Both are ``(d,)`` float64."""
-    x = _check_updates(honest_updates, "honest_updates").to(torch.float64)
+    x = check_updates(honest_updates, "honest_updates").to(torch.float64)
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a seeded torch.Generator; got {type(generator)}")
     mu = x.mean(dim=0)
@@ -506,8 +506,8 @@ def mimic_direction_update(
     ``z <- unit((t z + unit(sum_i <x_i - mu, z> (x_i - mu))) / (t + 1))``: a running average
     of power-iteration steps, which tracks the top principal direction of the honest
     updates across rounds at ``O(h d)`` cost per round."""
-    x = _check_updates(honest_updates, "honest_updates").to(torch.float64)
-    t = _check_int(rounds, "rounds")
+    x = check_updates(honest_updates, "honest_updates").to(torch.float64)
+    t = check_int(rounds, "rounds")
     if t < 1:
         raise ValueError(f"rounds must be >= 1 for an update (use mimic_direction_init); got {t}")
     mu = (t * mean.to(torch.float64) + x.mean(dim=0)) / (t + 1)
@@ -519,7 +519,7 @@ def mimic_direction_update(
 def top_principal_direction(honest_updates: torch.Tensor) -> torch.Tensor:
     """The unit ``(d,)`` top right-singular vector of the centred honest updates (exact PCA;
     sign as returned by the SVD). Zero if every update equals the mean."""
-    x = _check_updates(honest_updates, "honest_updates").to(torch.float64)
+    x = check_updates(honest_updates, "honest_updates").to(torch.float64)
     centred = x - x.mean(dim=0)
     if not bool(centred.any()):
         return torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
@@ -559,7 +559,7 @@ def mimic(
 
 def mimic_target(honest_updates: torch.Tensor, direction: torch.Tensor | None = None) -> int:
     """The row :func:`mimic` copies: ``argmax_i <x_i, z>`` (first on ties)."""
-    x = _check_updates(honest_updates, "honest_updates").to(torch.float64)
+    x = check_updates(honest_updates, "honest_updates").to(torch.float64)
     z = top_principal_direction(x) if direction is None else direction.to(x.device, torch.float64)
     if z.shape != (x.shape[1],):
         raise ValueError(f"direction must have shape ({x.shape[1]},); got {tuple(z.shape)}")
@@ -578,7 +578,7 @@ class MimicTracker:
     """
 
     def __init__(self, warmup: int = MIMIC_WARMUP, seed: int = 0) -> None:
-        self.warmup = _check_int(warmup, "warmup")
+        self.warmup = check_int(warmup, "warmup")
         if self.warmup < 1:
             raise ValueError(f"warmup must be >= 1; got {self.warmup}")
         self.seed = seed
@@ -589,7 +589,7 @@ class MimicTracker:
 
     def choose(self, honest_updates: torch.Tensor, ids: list) -> int:
         """The row of ``honest_updates`` (whose silo ids are ``ids``) to copy this round."""
-        x = _check_updates(honest_updates, "honest_updates")
+        x = check_updates(honest_updates, "honest_updates")
         if len(ids) != x.shape[0]:
             raise ValueError(f"ids has {len(ids)} entries for {x.shape[0]} honest updates")
         if self.rounds < self.warmup:

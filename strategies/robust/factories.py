@@ -12,8 +12,9 @@ from flwr.app import ArrayRecord
 from pydantic import Field
 
 from fl_core.config import Section
+from strategies import robust as agg
 from strategies.flower_builtin import common_kwargs
-from strategies.robust import aggregators as agg
+from strategies.registry import STRATEGIES
 from strategies.robust import preaggregators as pre
 from strategies.robust.strategy import RobustAggregation
 
@@ -91,12 +92,14 @@ def _robust(cfg: RunConfig, rule, **rule_params: Any) -> RobustAggregation:
     )
 
 
+@STRATEGIES.register("robust-median", family="robust")
 def robust_median(cfg: RunConfig) -> RobustAggregation:
     """Coordinate-wise median (Yin et al., 2018); weighted only with
     ``robust.weights = "capped"``."""
     return _robust(cfg, agg.coordinate_median)
 
 
+@STRATEGIES.register("robust-trimmed-mean", family="robust")
 def robust_trimmed_mean(cfg: RunConfig) -> RobustAggregation:
     """Coordinate-wise trimmed mean dropping ``robust.trim-beta`` at each end (Yin et al., 2018);
     behind NNM, which takes ``robust.num-byzantine``, it trims ``robust.num-byzantine`` at each end."""
@@ -105,11 +108,13 @@ def robust_trimmed_mean(cfg: RunConfig) -> RobustAggregation:
     return _robust(cfg, agg.trimmed_mean, beta=cfg.robust.trim_beta)
 
 
+@STRATEGIES.register("robust-krum", family="robust")
 def robust_krum(cfg: RunConfig) -> RobustAggregation:
     """Krum (Blanchard et al., 2017)."""
     return _robust(cfg, agg.krum, num_byzantine=cfg.robust.num_byzantine)
 
 
+@STRATEGIES.register("robust-multikrum", family="robust")
 def robust_multikrum(cfg: RunConfig) -> RobustAggregation:
     """Multi-Krum (Blanchard et al., 2017); ``robust.num-selected = 0`` keeps n − f."""
     params: dict[str, Any] = {"num_byzantine": cfg.robust.num_byzantine}
@@ -118,16 +123,19 @@ def robust_multikrum(cfg: RunConfig) -> RobustAggregation:
     return _robust(cfg, agg.multi_krum, **params)
 
 
+@STRATEGIES.register("robust-bulyan", family="robust")
 def robust_bulyan(cfg: RunConfig) -> RobustAggregation:
     """Bulyan (El Mhamdi et al., 2018); needs n ≥ 4f + 3."""
     return _robust(cfg, agg.bulyan, num_byzantine=cfg.robust.num_byzantine)
 
 
+@STRATEGIES.register("geomed", family="robust")
 def geomed(cfg: RunConfig) -> RobustAggregation:
     """Geometric median by smoothed Weiszfeld / RFA (Pillutla et al., 2022)."""
     return _robust(cfg, agg.geometric_median)
 
 
+@STRATEGIES.register("cclip", family="robust")
 def cclip(cfg: RunConfig) -> RobustAggregation:
     """Centred clipping around the previous aggregate (Karimireddy et al., 2021);
     ``robust.cclip-tau = 0`` takes τ = the median distance of the round's updates from it."""
@@ -136,11 +144,13 @@ def cclip(cfg: RunConfig) -> RobustAggregation:
     return strategy
 
 
+@STRATEGIES.register("norm-clip", family="robust")
 def norm_clip(cfg: RunConfig) -> RobustAggregation:
     """Clip each update to ``robust.clip-norm``, then average."""
     return _robust(cfg, agg.norm_clipping, max_norm=cfg.robust.clip_norm)
 
 
+@STRATEGIES.register("fltrust", family="robust")
 def fltrust(cfg: RunConfig) -> RobustAggregation:
     """FLTrust (Cao et al., NDSS 2021): the server trains on ``robust.fltrust-root-size`` clean
     rows of its own each round; updates are weighted by ReLU(cosine) to its update and

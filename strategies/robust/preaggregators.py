@@ -21,16 +21,13 @@ from typing import Any
 
 import torch
 
-from .aggregators import (
-    _STREAM_BLOCK,
-    _block_width,
-    _check_int,
-    _check_num_byzantine,
-    _check_updates,
-    _check_weights,
-    _column_blocks,
-    _pairwise_sq_distances,
-    _stable_argsort,
+from .checks import check_inputs, check_int, check_num_byzantine
+from .kernels import (
+    STREAM_BLOCK,
+    block_width,
+    column_blocks,
+    pairwise_sq_distances,
+    stable_argsort,
 )
 
 __all__ = ["bucketing", "compose", "nearest_neighbor_mixing"]
@@ -59,22 +56,21 @@ def nearest_neighbor_mixing(
     Returns:
         ``(mixed_updates (n, d), weights (n,))``.
     """
-    x = _check_updates(updates)
+    x, w = check_inputs(updates, weights)
     n = x.shape[0]
-    w = _check_weights(weights, n, x.device)
-    f = _check_num_byzantine(
+    f = check_num_byzantine(
         num_byzantine, n, "nearest_neighbor_mixing", lambda f: 2 * f + 1, "n > 2*num_byzantine"
     )
     k = n - f
-    sq_dist = _pairwise_sq_distances(x)
+    sq_dist = pairwise_sq_distances(x)
     # Self-distance is exactly 0; ensure self sorts first among zero-distance ties.
     sq_dist.fill_diagonal_(-1.0)
-    neighbours = _stable_argsort(sq_dist, dim=1)[:, :k]  # (n, k)
+    neighbours = stable_argsort(sq_dist, dim=1)[:, :k]  # (n, k)
     mixing = torch.zeros(n, n, dtype=torch.float64, device=x.device)
     mixing.scatter_(1, neighbours, 1.0 / k)
     d = x.shape[1]
     mixed = torch.empty_like(x, memory_format=torch.contiguous_format)
-    for cols in _column_blocks(d, _block_width(n, d, _STREAM_BLOCK)):
+    for cols in column_blocks(d, block_width(n, d, STREAM_BLOCK)):
         mixed[:, cols] = mixing @ x[:, cols].to(torch.float64)
     return mixed, w.to(x.dtype)
 
@@ -113,10 +109,9 @@ def bucketing(
     Returns:
         ``(bucket_means (ceil(n/s), d), bucket_weights (ceil(n/s),))``.
     """
-    x = _check_updates(updates)
+    x, w = check_inputs(updates, weights)
     n = x.shape[0]
-    w = _check_weights(weights, n, x.device)
-    s = _check_int(bucket_size, "bucket_size")
+    s = check_int(bucket_size, "bucket_size")
     if not 1 <= s <= n:
         raise ValueError(f"bucket_size must be in [1, {n}] (n clients); got {bucket_size!r}")
     if generator is not None and not isinstance(generator, torch.Generator):

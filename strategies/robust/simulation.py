@@ -18,44 +18,33 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from logging import INFO
 
-from typing import Literal
 
 import numpy as np
 import torch
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from fl_core.config import Section
+from fl_core.config import Section, one_of
+from fl_core.registry import Registry
 from strategies.flatten import Layout, flatten, stack, unflatten
 from strategies.robust import attacks
 from strategies.wrappers import StrategyWrapper, reply_order_key
 
-MODEL_ATTACKS = (
-    "sign-flip", "gaussian", "scaling", "alie", "ipm", "weight-inflation",
-    *attacks.ADAPTIVE_ATTACKS,
-)  # fmt: skip
 
 
 class AttackSection(Section):
     """Attack simulation, a threat-model tool: a seeded share of the silos is Byzantine."""
 
-    kind: Literal[
+    kind: str = Field(
         "none",
-        "sign-flip",
-        "gaussian",
-        "scaling",
-        "label-flip",
-        "alie",
-        "ipm",
-        "weight-inflation",
-        "min-max",
-        "min-sum",
-        "rop",
-        "mimic",
-    ] = Field("none", description="Simulated Byzantine behaviour of `attack.fraction` silos.")
+        description="Simulated Byzantine behaviour of `attack.fraction` silos: 'none' or a "
+        "registered attack (model poisoning simulated on the server, or 'label-flip' in the "
+        "silos; see `ATTACKS` in strategies/robust/simulation.py).",
+    )
     fraction: float = Field(
         0.2, ge=0, lt=0.5, description="Fraction of silos that are Byzantine when attacking."
     )
@@ -66,6 +55,11 @@ class AttackSection(Section):
         "factor on the claimed `num-examples` 1000, min-max/min-sum's first γ 10, ROP's "
         "perturbation norm 1, Mimic's warm-up rounds 1.",
     )
+
+    @field_validator("kind")
+    @classmethod
+    def _known_attack(cls, value: str) -> str:
+        return one_of("attack.kind", value, ["none", *ATTACKS.names()])
 #: The key of a train reply's MetricRecord that FedAvg and weighted rules use as the weight.
 WEIGHT_KEY = "num-examples"
 
@@ -76,6 +70,91 @@ def byzantine_partitions(num_partitions: int, fraction: float, seed: int) -> fro
     count = round(fraction * num_partitions)
     rng = np.random.default_rng([seed, 0xB1A5])
     return frozenset(int(p) for p in rng.choice(num_partitions, size=count, replace=False))
+
+
+#: Simulated attack name → its crafting function. ``family="model"``: model poisoning,
+#: simulated on the server on the round's individual updates (the function takes the honest
+#: deltas ``(n, d)``, ``f`` and keyword arguments ``strength`` (0 = its default),
+#: ``generator``, ``previous_aggregate`` and ``mimic_row``, and returns ``f`` Byzantine
+#: deltas); ``family="data"``: data poisoning in the Byzantine silos' ClientApps. A
+#: separate package adds one through the entry-point group ``fedsilo.attacks``. The
+#: secure-aggregation check and the server-side wrapper ask ``ATTACKS.names(family=…)``.
+ATTACKS: Registry[Callable[..., torch.Tensor]] = Registry("attack", group="fedsilo.attacks")
+
+
+def model_attacks() -> list[str]:
+    """Names of the attacks simulated on the server (model poisoning)."""
+    return ATTACKS.names(family="model")
+
+
+@ATTACKS.register("sign-flip", family="model")
+def _sign_flip(honest, f, *, strength, generator, previous_aggregate, mimic_row):
+    """Sign flip: −(mean of the honest updates)."""
+    return attacks.sign_flip(honest, f)
+
+
+@ATTACKS.register("gaussian", family="model")
+def _gaussian(honest, f, *, strength, generator, previous_aggregate, mimic_row):
+    """Gaussian noise of std ``strength`` (default 1)."""
+    return attacks.gaussian_noise(honest, f, std=strength or 1.0, generator=generator)
+
+
+@ATTACKS.register("scaling", family="model")
+def _scaling(honest, f, *, strength, generator, previous_aggregate, mimic_row):
+    """The honest mean scaled by ``strength`` (default 10; negative flips it)."""
+    return attacks.scaling(honest, f, factor=strength or 10.0)
+
+
+@ATTACKS.register("alie", family="model")
+def _alie(honest, f, *, strength, generator, previous_aggregate, mimic_row):
+    """A little is enough (Baruch et al., 2019): z from n and f unless ``strength``."""
+    return attacks.alie(honest, f, z=strength or None)
+
+
+@ATTACKS.register("ipm", family="model")
+def _ipm(honest, f, *, strength, generator, previous_aggregate, mimic_row):
+    """Inner-product manipulation (Xie et al., 2020), ε = ``strength`` (default 0.1)."""
+    return attacks.ipm(honest, f, epsilon=strength or 0.1)
+
+
+@ATTACKS.register("weight-inflation", family="model", inflates_claims=True)
+def _weight_inflation(honest, f, *, strength, generator, previous_aggregate, mimic_row):
+    """Sign-flipped updates whose claimed ``num-examples`` is multiplied by ``strength``
+    (default 1000): attacks every rule that weights by claims."""
+    return attacks.sign_flip(honest, f)
+
+
+@ATTACKS.register("min-max", family="model", adaptive=True)
+def _min_max(honest, f, *, strength, generator, previous_aggregate, mimic_row):
+    """Min-max (Shejwalkar & Houmansadr, 2021), first γ = ``strength`` (default 10)."""
+    return attacks.min_max(honest, f, gamma_init=strength or attacks.GAMMA_INIT)
+
+
+@ATTACKS.register("min-sum", family="model", adaptive=True)
+def _min_sum(honest, f, *, strength, generator, previous_aggregate, mimic_row):
+    """Min-sum (Shejwalkar & Houmansadr, 2021), first γ = ``strength`` (default 10)."""
+    return attacks.min_sum(honest, f, gamma_init=strength or attacks.GAMMA_INIT)
+
+
+@ATTACKS.register("rop", family="model", adaptive=True, reads_previous_aggregate=True)
+def _rop(honest, f, *, strength, generator, previous_aggregate, mimic_row):
+    """Relocated orthogonal perturbation, norm ``strength`` (default 1)."""
+    return attacks.relocated_orthogonal_perturbation(
+        honest, f, previous_aggregate=previous_aggregate, norm=strength or attacks.ROP_NORM
+    )
+
+
+@ATTACKS.register("mimic", family="model", adaptive=True, tracks_direction=True)
+def _mimic(honest, f, *, strength, generator, previous_aggregate, mimic_row):
+    """Mimic (Karimireddy et al., 2022): every Byzantine silo copies one honest silo."""
+    row = attacks.mimic_target(honest) if mimic_row is None else mimic_row
+    return honest[row].unsqueeze(0).expand(f, -1).clone()
+
+
+@ATTACKS.register("label-flip", family="data")
+def _label_flip(*_args, **_kwargs):
+    """Data poisoning: the Byzantine silos train on flipped labels (in their ClientApps)."""
+    raise ValueError("'label-flip' poisons data in the silos' ClientApps, not updates")
 
 
 def byzantine_updates(
@@ -91,28 +170,18 @@ def byzantine_updates(
     """``f`` Byzantine deltas crafted from the honest deltas of the round (``rop`` also
     from the previous aggregate; ``mimic`` copies row ``mimic_row``, default: the top
     principal direction's furthest row)."""
-    if attack in ("min-max", "min-sum"):
-        return attacks.ADAPTIVE_ATTACKS[attack](
-            honest, f, gamma_init=strength or attacks.GAMMA_INIT
+    if attack not in model_attacks():
+        raise ValueError(
+            f"'{attack}' is not a model-poisoning attack; use one of {model_attacks()}"
         )
-    if attack == "rop":
-        return attacks.relocated_orthogonal_perturbation(
-            honest, f, previous_aggregate=previous_aggregate, norm=strength or attacks.ROP_NORM
-        )
-    if attack == "mimic":
-        row = attacks.mimic_target(honest) if mimic_row is None else mimic_row
-        return honest[row].unsqueeze(0).expand(f, -1).clone()
-    if attack in ("sign-flip", "weight-inflation"):
-        return attacks.sign_flip(honest, f)
-    if attack == "gaussian":
-        return attacks.gaussian_noise(honest, f, std=strength or 1.0, generator=generator)
-    if attack == "scaling":
-        return attacks.scaling(honest, f, factor=strength or 10.0)
-    if attack == "alie":
-        return attacks.alie(honest, f, z=strength or None)
-    if attack == "ipm":
-        return attacks.ipm(honest, f, epsilon=strength or 0.1)
-    raise ValueError(f"'{attack}' is not a model-poisoning attack; use one of {MODEL_ATTACKS}")
+    return ATTACKS[attack](
+        honest,
+        f,
+        strength=strength,
+        generator=generator,
+        previous_aggregate=previous_aggregate,
+        mimic_row=mimic_row,
+    )
 
 
 class SimulatedAttack(StrategyWrapper):
@@ -133,7 +202,10 @@ class SimulatedAttack(StrategyWrapper):
         self.byzantine = byzantine
         self.strength = strength
         self.seed = seed
-        if attack == "weight-inflation" and not (
+        meta = ATTACKS.get(attack).extra
+        self.inflates_claims = bool(meta.get("inflates_claims"))
+        self.reads_previous_aggregate = bool(meta.get("reads_previous_aggregate"))
+        if self.inflates_claims and not (
             math.isfinite(strength) and strength >= 0
         ):  # refused before round 1
             raise ValueError(
@@ -147,12 +219,12 @@ class SimulatedAttack(StrategyWrapper):
         self._mimic = (
             attacks.MimicTracker(max(1, round(strength)) if strength else attacks.MIMIC_WARMUP,
                                  seed=seed)
-            if attack == "mimic" else None
+            if meta.get("tracks_direction") else None
         )  # fmt: skip
 
     def configure_train(self, server_round, arrays, config, grid):
         self._global = arrays
-        if self.attack == "rop":  # the last aggregate = the change of the global model
+        if self.reads_previous_aggregate:  # the last aggregate = the global model's change
             reference = flatten(arrays, Layout.of(arrays))
             last = self._previous_reference
             if last is not None and last.shape == reference.shape:
@@ -196,7 +268,7 @@ class SimulatedAttack(StrategyWrapper):
             for msg, delta in zip(bad, crafted, strict=True):
                 key = next(iter(msg.content.array_records.keys()))
                 msg.content[key] = unflatten(reference + delta, layout)
-                if self.attack == "weight-inflation":
+                if self.inflates_claims:
                     self._inflate(msg)
             log(
                 INFO,

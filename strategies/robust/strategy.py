@@ -41,8 +41,8 @@ class RobustAggregation(FedAvg):
     Parameters
     ----------
     rule : callable
-        ``rule(updates (n×d), weights (n,), **params) -> (d,)`` from
-        :mod:`strategies.robust.aggregators`.
+        ``rule(updates (n×d), weights (n,), **params) -> (d,)``, e.g. one of
+        :data:`strategies.robust.registry.RULES`.
     pre_aggregators : sequence of callables
         Applied in order before ``rule`` (e.g. NNM, bucketing).
     rule_params : dict

@@ -8,7 +8,7 @@ from pydantic import Field
 
 from fl_core.config import Section
 from fl_core.errors import ConfigError
-from strategies.robust.simulation import MODEL_ATTACKS
+from strategies.robust.simulation import model_attacks
 
 if TYPE_CHECKING:
     from fl_app.config import RunConfig
@@ -61,7 +61,7 @@ def check_secure_aggregation(cfg: RunConfig, mean_based: set[str]) -> None:
             "cannot be combined with 'dp.central' = true: DP-FedAvg clips each update on "
             "the server. Use 'dp.local' = true (DP-SGD in each silo) with secure aggregation."
         )
-    if cfg.attack.kind in MODEL_ATTACKS:  # simulated on the server, on individual updates
+    if cfg.attack.kind in model_attacks():  # simulated on the server, on individual updates
         refuse(
             f"cannot simulate attack '{cfg.attack.kind}': it rewrites individual updates on the "
             "server. Use attack.kind = 'label-flip' (data poisoning in the silo) or 'none'."

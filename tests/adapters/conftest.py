@@ -29,6 +29,8 @@ import pytest
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 
+import adapters.app  # noqa: F401  (the app as shipped: Blob and MLflow wired into the registries)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # let a bare `pytest` import the repo's packages
     sys.path.insert(0, str(REPO_ROOT))

@@ -1,14 +1,13 @@
 """Atomic, checksummed checkpoints on real Azurite and on a local directory."""
 
+import subprocess
+import sys
+
 import pytest
 
-from adapters.blob import (
-    BlobCheckpointStore,
-    BlobStore,
-    ChecksumError,
-    LocalCheckpointStore,
-    open_checkpoint_store,
-)
+import adapters.app
+from adapters.blob import BlobCheckpointStore, BlobStore, LocalCheckpointStore
+from fl_app.stores import CHECKPOINT_STORES, ChecksumError, open_checkpoint_store
 
 
 def _failing_stream(first: bytes):
@@ -91,3 +90,29 @@ def test_a_federation_checkpoints_its_global_model_to_blob(azurite_env, blob_con
     final = torch.load(run_dir / "model.pt")
     for key, value in final.items():
         assert torch.equal(checkpoint["state_dict"][key], value)
+
+
+def test_the_core_alone_names_the_missing_store_and_the_wiring():
+    """fl_app never imports adapters: without the composition root a Blob URL is a
+    ConfigError naming the key, the scheme and where the Blob store comes from."""
+    code = (
+        "from fl_app.stores import open_checkpoint_store\n"
+        "import sys\n"
+        "try:\n"
+        "    open_checkpoint_store('https://acct.blob.core.windows.net/c/p')\n"
+        "except Exception as exc:\n"
+        "    print(type(exc).__name__, exc)\n"
+        "print('adapters' in {m.split('.')[0] for m in sys.modules})\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.startswith("ConfigError run-config 'output.checkpoint-uri'")
+    assert "scheme 'https'" in out and "adapters.app" in out
+    assert out.strip().endswith("False")  # nothing under adapters/ was imported
+
+
+def test_blob_schemes_are_registered_lazily_by_the_composition_root():
+    for scheme in adapters.app.BLOB_SCHEMES:
+        assert CHECKPOINT_STORES.get(scheme).obj.__module__ == "adapters.blob.checkpoints"
+    assert CHECKPOINT_STORES.get("file").obj is LocalCheckpointStore

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fl_app.client_app import app as client_app
+from adapters.app import client_app  # the app as shipped: Blob checkpoints wired
 from fl_app.config import RunConfig
 from fl_app.federation import run_federation
 from fl_app.inprocess import InProcessGrid

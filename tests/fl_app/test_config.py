@@ -182,7 +182,7 @@ def test_close_strategy_name_gets_a_suggestion():
 
 
 def test_bad_task_lists_tasks():
-    with pytest.raises(ConfigError, match="digits, breast-cancer, fraud"):
+    with pytest.raises(ConfigError, match="bank-marketing, breast-cancer, digits, fraud"):
         RunConfig.from_flower({"task": "mnist"})
 
 

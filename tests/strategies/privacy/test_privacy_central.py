@@ -26,7 +26,7 @@ from strategies.privacy.central import (
     poisson_cohort,
     unclipped_fraction,
 )
-from strategies.robust.aggregators import coordinate_median
+from strategies.robust import coordinate_median
 from strategies.robust.strategy import RobustAggregation
 from strategies.wrappers import SeededSampling, ValidatedUpdates
 

@@ -29,7 +29,7 @@ from strategies.robust.attacks import (
     relocated_orthogonal_perturbation,
     top_principal_direction,
 )
-from strategies.robust.simulation import MODEL_ATTACKS, SimulatedAttack, byzantine_updates
+from strategies.robust.simulation import SimulatedAttack, byzantine_updates, model_attacks
 from strategies.wrappers import ValidatedUpdates
 
 #: Fixed small honest updates (5 silos × 4 coordinates), no RNG involved.
@@ -263,7 +263,7 @@ def test_adaptive_attacks_are_registered_selectable_and_simulated():
     assert not set(ADAPTIVE_ATTACKS) & set(ATTACKS)  # the classic registry is unchanged
     for name in ADAPTIVE_ATTACKS:
         assert RunConfig(attack={"kind": name, "fraction": 0.2}).attack.kind == name
-        assert name in MODEL_ATTACKS
+        assert name in model_attacks()
         out = byzantine_updates(
             name, _t(HONEST), 2, strength=0.0, generator=torch.Generator().manual_seed(0)
         )

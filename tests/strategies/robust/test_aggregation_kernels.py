@@ -16,7 +16,7 @@ import torch
 from flwr.app import Array, ArrayRecord
 
 from strategies import flatten as fl
-from strategies.robust import aggregators as agg
+from strategies.robust import coordinate_median, kernels, trimmed_mean
 
 
 def _inputs(n: int, d: int, seed: int, ties: bool) -> torch.Tensor:
@@ -37,40 +37,40 @@ def network_only(monkeypatch):
 
     def run(fn, *args, **kwargs):
         with monkeypatch.context() as m:
-            m.setattr(agg, "_NUMPY_SORTABLE", ())
+            m.setattr(kernels, "NUMPY_SORTABLE", ())
             return fn(*args, **kwargs)
 
     return run
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 7, 20, 33])
-@pytest.mark.parametrize("d", [1, 5, agg._SORT_WIDTH + 3])
+@pytest.mark.parametrize("d", [1, 5, kernels.SORT_WIDTH + 3])
 @pytest.mark.parametrize("ties", [False, True])
 def test_sorted_blocks_equal_the_network(n, d, ties, network_only):
     x = _inputs(n, d, seed=n * 1000 + d, ties=ties)
-    median = agg.coordinate_median(x)
-    assert torch.equal(median, network_only(agg.coordinate_median, x))
+    median = coordinate_median(x)
+    assert torch.equal(median, network_only(coordinate_median, x))
     assert torch.equal(median, x.median(dim=0).values) or n % 2 == 0
     if n >= 3:
         k = (n - 1) // 2
-        trimmed = agg.trimmed_mean(x, num_byzantine=k)
-        assert torch.equal(trimmed, network_only(agg.trimmed_mean, x, num_byzantine=k))
+        trimmed = trimmed_mean(x, num_byzantine=k)
+        assert torch.equal(trimmed, network_only(trimmed_mean, x, num_byzantine=k))
         ref = x.double().sort(dim=0).values[k : n - k].mean(dim=0).float()
         torch.testing.assert_close(trimmed, ref, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("ties", [False, True])
 def test_sorted_blocks_float64_and_threads(ties, network_only):
-    x = _inputs(21, 3 * agg._SORT_WIDTH + 1, seed=5, ties=ties).double()
+    x = _inputs(21, 3 * kernels.SORT_WIDTH + 1, seed=5, ties=ties).double()
     if not ties:  # float64 values whose sums round: the summation order must be the same
         x = x * torch.exp(torch.randn(x.shape, generator=torch.Generator().manual_seed(1)) * 8)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        fast = agg.trimmed_mean(x, beta=0.2)
+        fast = trimmed_mean(x, beta=0.2)
     finally:
         torch.set_num_threads(threads)
-    assert torch.equal(fast, network_only(agg.trimmed_mean, x, beta=0.2))
+    assert torch.equal(fast, network_only(trimmed_mean, x, beta=0.2))
 
 
 def test_weighted_paths_unchanged():
@@ -83,7 +83,7 @@ def test_weighted_paths_unchanged():
     lower = (cum < half - 1e-9 * 2 * half).sum(dim=0)
     upper = (cum <= half + 1e-9 * 2 * half).sum(dim=0)
     ref = 0.5 * (order.values.gather(0, lower[None])[0] + order.values.gather(0, upper[None])[0])
-    assert torch.equal(agg.coordinate_median(x, w), ref.float())
+    assert torch.equal(coordinate_median(x, w), ref.float())
 
 
 # ------------------------------------------------------------------------- the round matrix

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from strategies.robust.aggregators import centered_clipping
+from strategies.robust import centered_clipping
 
 
 def _honest(n: int, d: int, seed: int = 0) -> torch.Tensor:

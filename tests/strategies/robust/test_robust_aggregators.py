@@ -1,4 +1,4 @@
-"""Tests for strategies.robust.aggregators (hand-computed examples, properties, validation)."""
+"""Tests for the rules in strategies.robust.rules (hand-computed examples, properties, checks)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from scipy.optimize import minimize
 
 from strategies.robust import (
     AGGREGATORS,
+    RULES,
     bulyan,
     centered_clipping,
     coordinate_median,
@@ -35,14 +36,21 @@ def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> tor
 # Parameters making every registered rule runnable on 15 clients with 3 Byzantine.
 RULE_PARAMS: dict[str, dict[str, object]] = {
     "mean": {},
-    "median": {},
-    "trimmed-mean": {"num_byzantine": 3},
-    "krum": {"num_byzantine": 3},
-    "multi-krum": {"num_byzantine": 3},
-    "bulyan": {"num_byzantine": 3},
+    "robust-median": {},
+    "robust-trimmed-mean": {"num_byzantine": 3},
+    "robust-krum": {"num_byzantine": 3},
+    "robust-multikrum": {"num_byzantine": 3},
+    "robust-bulyan": {"num_byzantine": 3},
     "geomed": {},
     "cclip": {"tau": 1.0},
     "norm-clip": {"max_norm": 1.0},
+}
+#: The rules called as ``rule(updates, weights, **params)``: all but FLTrust, which also needs
+#: the server's own update (``needs_server_update``) and is tested on its own.
+ROWWISE = {
+    name: rule
+    for name, rule in AGGREGATORS.items()
+    if not RULES.get(name).extra.get("needs_server_update")
 }
 
 
@@ -50,9 +58,10 @@ RULE_PARAMS: dict[str, dict[str, object]] = {
 
 
 def test_registry_names_and_shapes() -> None:
-    assert set(AGGREGATORS) == set(RULE_PARAMS)
+    assert set(ROWWISE) == set(RULE_PARAMS)
+    assert set(AGGREGATORS) - set(ROWWISE) == {"fltrust"}
     x = randn(15, 7)
-    for name, rule in AGGREGATORS.items():
+    for name, rule in ROWWISE.items():
         out = rule(x, None, **RULE_PARAMS[name])
         assert out.shape == (7,), name
         assert out.dtype == torch.float32, name
@@ -64,10 +73,10 @@ def test_registry_names_and_shapes() -> None:
 def test_rules_are_deterministic_and_do_not_touch_global_rng() -> None:
     x = randn(15, 6, seed=3)
     state = torch.random.get_rng_state()
-    first = {name: rule(x, **RULE_PARAMS[name]) for name, rule in AGGREGATORS.items()}
-    second = {name: rule(x, **RULE_PARAMS[name]) for name, rule in AGGREGATORS.items()}
+    first = {name: rule(x, **RULE_PARAMS[name]) for name, rule in ROWWISE.items()}
+    second = {name: rule(x, **RULE_PARAMS[name]) for name, rule in ROWWISE.items()}
     assert torch.equal(torch.random.get_rng_state(), state)
-    for name in AGGREGATORS:
+    for name in ROWWISE:
         assert torch.equal(first[name], second[name]), name
 
 
@@ -339,7 +348,13 @@ def test_robust_rules_resist_huge_byzantine_updates(byzantine_first: bool) -> No
     mean = AGGREGATORS["mean"](x)
     assert (mean - honest_mean).norm() > 1e5
 
-    for name in ("median", "trimmed-mean", "krum", "multi-krum", "bulyan"):
+    for name in (
+        "robust-median",
+        "robust-trimmed-mean",
+        "robust-krum",
+        "robust-multikrum",
+        "robust-bulyan",
+    ):
         out = AGGREGATORS[name](x, **RULE_PARAMS[name])
         assert bool(((out >= low - 1e-6) & (out <= high + 1e-6)).all()), name
 
@@ -414,7 +429,7 @@ def test_invalid_weights_raise(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "too_many"),
-    [("trimmed-mean", 8), ("krum", 7), ("multi-krum", 7), ("bulyan", 4)],
+    [("robust-trimmed-mean", 8), ("robust-krum", 7), ("robust-multikrum", 7), ("robust-bulyan", 4)],
 )
 def test_too_many_byzantine_raise(name: str, too_many: int) -> None:
     x = randn(15, 3)

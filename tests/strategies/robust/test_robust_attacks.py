@@ -116,8 +116,8 @@ def test_alie_stays_inside_honest_spread_and_shifts_median() -> None:
     mean, std = honest.mean(dim=0), honest.std(dim=0)
     assert bool(((byz - mean).abs() <= std + 1e-6).all())
     # ... yet it shifts the coordinate-wise median in the attack direction.
-    clean = AGGREGATORS["median"](honest)
-    attacked = AGGREGATORS["median"](torch.cat([honest, byz]))
+    clean = AGGREGATORS["robust-median"](honest)
+    attacked = AGGREGATORS["robust-median"](torch.cat([honest, byz]))
     assert float(((attacked - clean) * -std).sum()) > 0
 
 
@@ -142,7 +142,11 @@ def test_robust_rules_beat_mean_under_sign_flip() -> None:
     x = torch.cat([honest, sign_flip(honest, 5) * 10])
     honest_mean = honest.mean(dim=0)
     mean_err = (AGGREGATORS["mean"](x) - honest_mean).norm()
-    for name, params in (("median", {}), ("krum", {"num_byzantine": 5}), ("geomed", {})):
+    for name, params in (
+        ("robust-median", {}),
+        ("robust-krum", {"num_byzantine": 5}),
+        ("geomed", {}),
+    ):
         err = (AGGREGATORS[name](x, **params) - honest_mean).norm()
         assert err < mean_err, name
 

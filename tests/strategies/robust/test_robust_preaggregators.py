@@ -160,12 +160,12 @@ def test_compose_nnm_krum_forwards_num_byzantine_to_both() -> None:
 
 def test_compose_forwards_only_accepted_params() -> None:
     x = randn(12, 3, seed=5)
-    rule = compose([PRE_AGGREGATORS["bucketing"]], AGGREGATORS["median"])
+    rule = compose([PRE_AGGREGATORS["bucketing"]], AGGREGATORS["robust-median"])
     out = rule(x, bucket_size=3, generator=torch.Generator().manual_seed(1))
     means, _ = bucketing(x, bucket_size=3, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(out, coordinate_median(means))
     # Two pre-aggregators in sequence, weights threaded through.
-    rule2 = compose([nearest_neighbor_mixing, bucketing], AGGREGATORS["trimmed-mean"])
+    rule2 = compose([nearest_neighbor_mixing, bucketing], AGGREGATORS["robust-trimmed-mean"])
     out2 = rule2(x, torch.ones(12), num_byzantine=1, bucket_size=2)
     assert out2.shape == (3,)
 

@@ -35,6 +35,7 @@ from strategies.robust import (
     coordinate_median,
     fltrust,
     geometric_median,
+    kernels,
     krum,
     multi_krum,
     nearest_neighbor_mixing,
@@ -42,7 +43,6 @@ from strategies.robust import (
     trimmed_mean,
     weighted_mean,
 )
-from strategies.robust import aggregators as agg_module
 
 PROPERTY = settings(
     max_examples=30,
@@ -202,9 +202,9 @@ def krum_family_tie_free(x: np.ndarray, f: int) -> dict[str, bool]:
     dist = ref_sq_dist(x)
     ranked = sorted(ref_krum_scores(dist, list(range(n)), n - f - 2))
     result = {
-        "krum": n == 1 or distinct(ranked[0], ranked[1]),
-        "multi-krum": f == 0 or distinct(ranked[n - f - 1], ranked[n - f]),
-        "bulyan": True,
+        "robust-krum": n == 1 or distinct(ranked[0], ranked[1]),
+        "robust-multikrum": f == 0 or distinct(ranked[n - f - 1], ranked[n - f]),
+        "robust-bulyan": True,
     }
     remaining = list(range(n))
     for _ in range(n - 2 * f):
@@ -212,7 +212,7 @@ def krum_family_tie_free(x: np.ndarray, f: int) -> dict[str, bool]:
         scores = ref_krum_scores(dist, remaining, max(1, min(r - f - 2, r - 1)))
         best = argmin_first(scores)
         if any(not distinct(scores[best], s) for i, s in enumerate(scores) if i != best):
-            result["bulyan"] = False
+            result["robust-bulyan"] = False
         remaining.pop(best)
     return result
 
@@ -444,7 +444,7 @@ def test_float32_distance_path_selects_near_optimal_clients(
     best, slack = min(scores), 1e-5 * max(scores)
     m = max(1, n // 2)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(agg_module, "_FLOAT64_GRAM_MAX_ENTRIES", 0)
+        patch.setattr(kernels, "FLOAT64_GRAM_MAX_ENTRIES", 0)
         out = krum(as_tensor(x), num_byzantine=f).double().numpy()
         mk = multi_krum(as_tensor(x), num_byzantine=f, num_selected=m).double().numpy()
     chosen = [i for i in range(n) if np.array_equal(x[i], out)]
@@ -482,7 +482,7 @@ def test_float32_distance_path_breaks_duplicate_ties_by_index(
     f = data.draw(st.integers(0, (n - 3) // 2))
     m = data.draw(st.integers(1, n))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(agg_module, "_FLOAT64_GRAM_MAX_ENTRIES", 0)
+        patch.setattr(kernels, "FLOAT64_GRAM_MAX_ENTRIES", 0)
         ours = multi_krum(as_tensor(x), as_weights(w), num_byzantine=f, num_selected=m)
     scores = ref_krum_scores(ref_sq_dist(x), list(range(n)), n - f - 2)
     ranked = sorted(scores)
@@ -518,11 +518,11 @@ def test_permuting_clients_does_not_change_the_output(
     f = (n - 3) // 4
     rules: dict[str, dict[str, Any]] = {
         "mean": {},
-        "median": {},
-        "trimmed-mean": {"num_byzantine": (n - 1) // 2},
-        "krum": {"num_byzantine": f},
-        "multi-krum": {"num_byzantine": f},
-        "bulyan": {"num_byzantine": f},
+        "robust-median": {},
+        "robust-trimmed-mean": {"num_byzantine": (n - 1) // 2},
+        "robust-krum": {"num_byzantine": f},
+        "robust-multikrum": {"num_byzantine": f},
+        "robust-bulyan": {"num_byzantine": f},
         "geomed": {},
         "cclip": {"tau": 0.5, "n_iter": 2},
         "norm-clip": {"max_norm": 1.0},
@@ -575,13 +575,13 @@ def test_huge_byzantine_updates_stay_in_the_honest_box(
         v = out.double().numpy()
         return bool(np.all(v >= lo) and np.all(v <= hi))
 
-    assert in_box(coordinate_median(xt)), "median"
+    assert in_box(coordinate_median(xt)), "robust-median"
     assert in_box(trimmed_mean(xt, num_byzantine=f)), "trimmed mean"
     if n > 2 * f + 2:
-        assert in_box(krum(xt, num_byzantine=f)), "krum"
-        assert in_box(multi_krum(xt, num_byzantine=f)), "multi-krum"
+        assert in_box(krum(xt, num_byzantine=f)), "robust-krum"
+        assert in_box(multi_krum(xt, num_byzantine=f)), "robust-multikrum"
     if n >= 4 * f + 3:
-        assert in_box(bulyan(xt, num_byzantine=f)), "bulyan"
+        assert in_box(bulyan(xt, num_byzantine=f)), "robust-bulyan"
 
     center = honest.mean(0)
     r = float(np.sqrt(((honest - center) ** 2).sum(1)).max())
@@ -604,11 +604,11 @@ def test_huge_byzantine_updates_stay_in_the_honest_box(
 
 RULE_PARAMS: dict[str, dict[str, Any]] = {
     "mean": {},
-    "median": {},
-    "trimmed-mean": {"num_byzantine": 1},
-    "krum": {"num_byzantine": 1},
-    "multi-krum": {"num_byzantine": 1},
-    "bulyan": {"num_byzantine": 1},
+    "robust-median": {},
+    "robust-trimmed-mean": {"num_byzantine": 1},
+    "robust-krum": {"num_byzantine": 1},
+    "robust-multikrum": {"num_byzantine": 1},
+    "robust-bulyan": {"num_byzantine": 1},
     "geomed": {},
     "cclip": {"tau": 1.0},
     "norm-clip": {"max_norm": 1.0},

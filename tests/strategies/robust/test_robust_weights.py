@@ -23,8 +23,7 @@ from hypothesis import strategies as st
 from fl_app.config import ConfigError, RunConfig
 from fl_app.messages import train_reply
 from strategies import build_strategy
-from strategies.robust import aggregators as agg
-from strategies.robust import coordinate_median, geometric_median, multi_krum
+from strategies.robust import coordinate_median, fltrust, geometric_median, multi_krum
 from strategies.robust.strategy import RobustAggregation
 from strategies.robust.weights import capped_at_median, trusted_weights
 
@@ -96,7 +95,7 @@ def test_bad_weight_modes_and_claims_are_refused_naming_the_key():
 )  # fmt: skip
 def test_every_robust_rule_receives_uniform_or_capped_weights(name, mode, monkeypatch):
     if name == "fltrust":  # its factory loads the task's root data; the class is the same
-        strategy = RobustAggregation(agg.fltrust, weights=mode)
+        strategy = RobustAggregation(fltrust, weights=mode)
         strategy.server_update_fn = lambda arrays, server_round: arrays
     else:
         strategy = _strategy(name, mode)
@@ -240,9 +239,7 @@ def test_registered_multikrum_averages_its_selection_without_the_raw_claims():
         train_reply(i, 100 + i, {"w": row.astype(np.float32)}, num_examples=c)
         for i, (row, c) in enumerate(zip(x, claims, strict=True))
     ]
-    flower, _ = MultiKrum(num_malicious_nodes=1, num_nodes_to_select=10).aggregate_train(
-        1, replies
-    )
+    flower, _ = MultiKrum(num_malicious_nodes=1, num_nodes_to_select=10).aggregate_train(1, replies)
     assert np.abs(flower["w"].numpy() - attacker).max() < 0.01  # follows the claim
     ours = _aggregate("multikrum", "uniform", x, claims)
     expected = multi_krum(torch.tensor(x, dtype=torch.float32), num_byzantine=1).numpy()
