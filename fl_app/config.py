@@ -37,6 +37,7 @@ from fl_core.config import (
     is_transient,
     iter_fields,
     kebab,
+    one_of,
     transient_keys,
     unflatten,
 )
@@ -44,18 +45,20 @@ from fl_core.errors import ConfigError
 from strategies.compression.codecs import CompressionSection
 from strategies.flower_builtin import ServerSection
 from strategies.privacy.config import DPSection
+from strategies.registry import STRATEGIES
 from strategies.robust.factories import RobustSection
-from strategies.robust.simulation import AttackSection
+from strategies.robust.simulation import ATTACKS, AttackSection
 from strategies.secagg.checks import SecAggSection, check_secure_aggregation
 from strategies.vertical.split import VerticalSection
 from strategies.wrappers import SamplingSection
+from tasks import TASKS
 from tasks.base import DataSection, TrainingSection
+from tasks.vertical import VERTICAL_SPECS
 
 __all__ = [
     "FIELDS",
     "KEYS",
     "LEGACY_KEYS",
-    "MEAN_BASED",
     "TRANSIENT_KEYS",
     "ConfigError",
     "RunConfig",
@@ -63,10 +66,6 @@ __all__ = [
     "reference_table",
     "update_readme",
 ]
-
-#: Strategies that average (the FedAvg family): the only ones central DP, top-k
-#: compression and secure aggregation are sound with.
-MEAN_BASED = frozenset({"fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm"})
 
 
 def _moved(section: str, *keys: str) -> dict[str, tuple[str, ...]]:
@@ -83,8 +82,14 @@ LEGACY_KEYS: dict[str, tuple[str, ...]] = {
     **_moved("training", "local-epochs", "batch-size", "learning-rate", "momentum", "proximal-mu"),
     **_moved(
         "sampling",
-        "fraction-train", "fraction-evaluate", "min-train-nodes", "min-evaluate-nodes",
-        "min-available-nodes", "round-timeout", "straggler-timeout", "round-retries",
+        "fraction-train",
+        "fraction-evaluate",
+        "min-train-nodes",
+        "min-evaluate-nodes",
+        "min-available-nodes",
+        "round-timeout",
+        "straggler-timeout",
+        "round-retries",
         "reply-poll-interval",
     ),  # fmt: skip
     "server-learning-rate": ("server.learning-rate",),
@@ -92,8 +97,15 @@ LEGACY_KEYS: dict[str, tuple[str, ...]] = {
     **_moved("server", "beta1", "beta2", "tau"),
     **_moved(
         "robust",
-        "trim-beta", "num-byzantine", "num-selected", "pre-aggregator", "bucket-size",
-        "cclip-tau", "fltrust-root-size", "max-update-norm-ratio", "max-update-bytes",
+        "trim-beta",
+        "num-byzantine",
+        "num-selected",
+        "pre-aggregator",
+        "bucket-size",
+        "cclip-tau",
+        "fltrust-root-size",
+        "max-update-norm-ratio",
+        "max-update-bytes",
     ),  # fmt: skip
     "robust-weights": ("robust.weights",),
     "clip-norm": ("dp.clip-norm", "robust.clip-norm"),
@@ -104,8 +116,14 @@ LEGACY_KEYS: dict[str, tuple[str, ...]] = {
     "noise-multiplier": ("dp.noise-multiplier",),
     **_moved(
         "dp",
-        "adaptive-clipping", "target-quantile", "clip-learning-rate", "target-epsilon",
-        "target-delta", "budget-mode", "accountant", "sampling-amplification",
+        "adaptive-clipping",
+        "target-quantile",
+        "clip-learning-rate",
+        "target-epsilon",
+        "target-delta",
+        "budget-mode",
+        "accountant",
+        "sampling-amplification",
     ),  # fmt: skip
     "local-dp": ("dp.local",),
     "local-noise-multiplier": ("dp.local-noise-multiplier",),
@@ -119,13 +137,23 @@ LEGACY_KEYS: dict[str, tuple[str, ...]] = {
     "compression": ("compression.method",),
     **_moved(
         "compression",
-        "topk-fraction", "topk-scope", "topk-feedback", "error-feedback", "quantization-chunk",
+        "topk-fraction",
+        "topk-scope",
+        "topk-feedback",
+        "error-feedback",
+        "quantization-chunk",
     ),  # fmt: skip
     **{
         f"vertical-{key}": (f"vertical.{key}",)
         for key in (
-            "split", "coverage", "embedding-dim", "batch-size", "embedding-clip",
-            "noise-multiplier", "gradient-clip", "timeout",
+            "split",
+            "coverage",
+            "embedding-dim",
+            "batch-size",
+            "embedding-clip",
+            "noise-multiplier",
+            "gradient-clip",
+            "timeout",
         )  # fmt: skip
     },
     "mlflow-tracking-uri": ("tracking.mlflow-uri",),
@@ -184,16 +212,12 @@ class RunConfig(Section):
     @field_validator("task")
     @classmethod
     def _known_task(cls, value: str) -> str:
-        from tasks import available_tasks
-
-        return one_of("task", value, available_tasks())
+        return one_of("task", value, list(TASKS))
 
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
-        from strategies import available_strategies
-
-        return one_of("strategy", value, available_strategies())
+        return one_of("strategy", value, list(STRATEGIES))
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -226,11 +250,12 @@ class RunConfig(Section):
     def check_cross_field(self) -> RunConfig:
         """Checks that involve several keys; returns self."""
         dp, robust, sampling = self.dp, self.robust, self.sampling
-        if dp.central and self.strategy not in MEAN_BASED:
+        if dp.central and not STRATEGIES.get(self.strategy).supports("central-dp"):
             raise ConfigError(
                 f"run-config 'dp.central' = true is unsound with strategy '{self.strategy}': "
                 "robust rules select or order individual updates, so one silo can move the "
-                "result by more than dp.clip-norm / n. Use one of: " + ", ".join(sorted(MEAN_BASED))
+                "result by more than dp.clip-norm / n. Use one of: "
+                + ", ".join(STRATEGIES.names(compatible="central-dp"))
             )
         if dp.central and robust.max_update_norm_ratio > 0:
             raise ConfigError(
@@ -261,8 +286,6 @@ class RunConfig(Section):
                 "the Poisson accounting does not cover. Set sampling.min-train-nodes = 1."
             )
         if dp.local:
-            from tasks import TASKS
-
             reason = TASKS[self.task].local_dp_unsupported
             if reason:
                 raise ConfigError(
@@ -287,29 +310,26 @@ class RunConfig(Section):
                 "'output.resume' = true; set output.resume=true or drop output.resume-from."
             )
         method = self.compression.method
-        if method.startswith("topk") and self.strategy not in MEAN_BASED:
+        if method.startswith("topk") and not STRATEGIES.get(self.strategy).supports("topk"):
             raise ConfigError(
                 f"run-config 'compression.method' = '{method}' is unsound with strategy "
                 f"'{self.strategy}': top-k updates are sparse with different supports, so "
                 "coordinate-wise medians/trimming and Krum-style distances judge the "
                 "sparsity pattern, not the update. Use 'int8'/'int4' or one of: "
-                + ", ".join(sorted(MEAN_BASED))
+                + ", ".join(STRATEGIES.names(compatible="topk"))
             )
         if self.vertical.noise_multiplier > 0 and self.vertical.embedding_clip == 0:
             raise ConfigError(
                 "run-config 'vertical.noise-multiplier' > 0 needs 'vertical.embedding-clip' > 0 "
                 "(noise std is σ × clip); set e.g. vertical.embedding-clip = 1.0"
             )
-        if self.mode == "vertical":
-            from tasks.vertical import VERTICAL_TASKS
-
-            if self.task not in VERTICAL_TASKS:
-                raise ConfigError(
-                    f"run-config 'mode' = 'vertical' does not support task '{self.task}'; "
-                    f"use task = one of {', '.join(VERTICAL_TASKS)}"
-                )
+        if self.mode == "vertical" and self.task not in VERTICAL_SPECS:
+            raise ConfigError(
+                f"run-config 'mode' = 'vertical' does not support task '{self.task}'; "
+                f"use task = one of {', '.join(VERTICAL_SPECS)}"
+            )
         if self.secagg.enabled:
-            check_secure_aggregation(self, MEAN_BASED)
+            check_secure_aggregation(self)
         if sampling.min_train_nodes > sampling.min_available_nodes:
             raise ConfigError(
                 f"run-config 'sampling.min-train-nodes' = {sampling.min_train_nodes} exceeds "
@@ -404,7 +424,9 @@ def _suggest(key: str) -> str:
     for known in pool:
         leaves.setdefault(known.rpartition(".")[2], []).append(known)
     match = difflib.get_close_matches(leaf, list(leaves), n=1)
-    close = leaves[match[0]] if match else [k for k in pool if k.rpartition(".")[2].startswith(leaf)]
+    close = (
+        leaves[match[0]] if match else [k for k in pool if k.rpartition(".")[2].startswith(leaf)]
+    )
     close = close or difflib.get_close_matches(key, KEYS, n=1)
     return " Did you mean " + " or ".join(f"'{k}'" for k in close[:3]) + "?" if close else ""
 
@@ -444,13 +466,11 @@ def _type_name(annotation: Any) -> str:
 # ------------------------------------------------------------------ reference tables
 def _allowed(key: str, field) -> str:
     if key == "task":
-        from tasks import available_tasks
-
-        return ", ".join(available_tasks())
+        return ", ".join(TASKS)
     if key == "strategy":
-        from strategies import available_strategies
-
-        return ", ".join(available_strategies())
+        return ", ".join(STRATEGIES)
+    if key == "attack.kind":
+        return ", ".join(["none", *ATTACKS.names()])
     bounds = []
     for meta in field.metadata:
         for attr, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):

@@ -35,7 +35,6 @@ from strategies.robust import attacks
 from strategies.wrappers import StrategyWrapper, reply_order_key
 
 
-
 class AttackSection(Section):
     """Attack simulation, a threat-model tool: a seeded share of the silos is Byzantine."""
 
@@ -60,6 +59,8 @@ class AttackSection(Section):
     @classmethod
     def _known_attack(cls, value: str) -> str:
         return one_of("attack.kind", value, ["none", *ATTACKS.names()])
+
+
 #: The key of a train reply's MetricRecord that FedAvg and weighted rules use as the weight.
 WEIGHT_KEY = "num-examples"
 

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from fl_core.config import Section
 from fl_core.errors import ConfigError
+from strategies.registry import STRATEGIES
 from strategies.robust.simulation import model_attacks
 
 if TYPE_CHECKING:
@@ -37,18 +38,18 @@ class SecAggSection(Section):
     )
 
 
-def check_secure_aggregation(cfg: RunConfig, mean_based: set[str]) -> None:
+def check_secure_aggregation(cfg: RunConfig) -> None:
     """Raise ``ConfigError`` if ``cfg`` combines secure aggregation with something that must
     see (or changes the shape of) each silo's update."""
 
     def refuse(message: str) -> None:
         raise ConfigError(f"run-config 'secagg.enabled' = true {message}")
 
-    if cfg.strategy not in mean_based:
+    if not STRATEGIES.get(cfg.strategy).supports("secagg"):
         refuse(
             f"cannot run strategy '{cfg.strategy}': robust rules (median, trimming, Krum, "
             "FLTrust, clipping, …) need every individual update, which secure aggregation "
-            "hides from the server. Use one of: " + ", ".join(sorted(mean_based))
+            "hides from the server. Use one of: " + ", ".join(STRATEGIES.names(compatible="secagg"))
         )
     if cfg.robust.max_update_norm_ratio > 0:
         refuse(
