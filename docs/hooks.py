@@ -315,15 +315,16 @@ def strategy_entries() -> list[dict[str, Any]]:
     from strategies.registry import STRATEGIES
 
     entries = []
-    for name, factory in STRATEGIES.items():
+    for entry in STRATEGIES.entries():
+        name, factory = entry.name, entry.obj
         doc = inspect.getdoc(factory) or ""
-        keys = _config_keys(factory)
+        keys = list(entry.extra.get("config_keys", ())) or _config_keys(factory)
         cited = citations(doc)
         cited += [c for c in EXTRA_CITATIONS.get(name, []) if c not in cited]
         entries.append(
             {
                 "name": name,
-                "family": _family(factory),
+                "family": f"{entry.family}, {_family(factory)}",
                 "module": getattr(factory, "__module__", ""),
                 "doc": escape_html(rst_to_markdown(doc)),
                 "keys": keys,

@@ -32,6 +32,13 @@ class TrackingSection(Section):
     register_model: str = transient(
         "", description='Register the final model under this name ("" = do not register).'
     )
+    sinks: str = transient(
+        "",
+        description="More metrics sinks by registered name, comma-separated (entry-point "
+        "group `fedsilo.sinks`, see docs/extending.md); `mlflow` is on whenever "
+        "`tracking.mlflow-uri` is set.",
+    )
+
 
 #: Metric (1.0 / 0.0) and audit field (bool) saying whether the run's DP noise is secret.
 DP_PRIVATE_KEY = "dp-private"
@@ -275,16 +282,19 @@ SINKS: Registry[Callable[[RunConfig, Path], MetricsSink]] = Registry(
 
 
 def tracking_sinks(cfg: RunConfig, run_dir: Path) -> list[MetricsSink]:
-    """Sinks the run config turns on: ``mlflow`` when ``mlflow-tracking-uri`` is set. A
-    sink that is asked for but not registered is a :class:`ConfigError`."""
-    wanted = ["mlflow"] if cfg.mlflow_tracking_uri else []
+    """Sinks the run config turns on: ``mlflow`` when ``tracking.mlflow-uri`` is set, and
+    every name in ``tracking.sinks``. A sink that is asked for but not registered is a
+    :class:`ConfigError` naming the key."""
+    wanted = ["mlflow"] if cfg.tracking.mlflow_uri else []
+    wanted += [n.strip() for n in cfg.tracking.sinks.split(",") if n.strip() not in ("", *wanted)]
     sinks = []
     for name in wanted:
         try:
             factory = SINKS.get(name).obj
         except RegistryError as exc:
             raise ConfigError(
-                f"run-config asks for metrics sink '{name}', which is not available ({exc}). "
+                f"run-config 'tracking.sinks' / 'tracking.mlflow-uri' ask for metrics sink "
+                f"'{name}', which is not available ({exc}). "
                 "The MLflow sink is wired by adapters.app (the app's components in "
                 "pyproject.toml); in Python, import adapters.app first."
             ) from None

@@ -119,6 +119,8 @@ class Registry(Generic[T]):
         self._loaded = False
         self._loading = False
         self._lock = threading.RLock()
+        self._sources: list[Callable[[Registry[T]], None]] = []
+        self._in_source = False
 
     # ----------------------------------------------------------------- registering
     def register(
@@ -267,10 +269,27 @@ class Registry(Generic[T]):
             self._entries[entry.name] = resolved
         return resolved
 
+    def registered(self, name: str) -> bool:
+        """Whether ``name`` is registered so far (no loading; for sources)."""
+        return name in self._entries
+
+    def add_source(self, source: Callable[[Registry[T]], None]) -> None:
+        """Call ``source(self)`` before every read, after loading, so it can add entries
+        derived from another registry (e.g. one strategy for every aggregation rule that
+        has none); it must be idempotent."""
+        self._sources.append(source)
+
     # -------------------------------------------------------------------- loading
     def _all(self) -> dict[str, Entry[T]]:
         if not self._loaded:
             self.load()
+        if not self._in_source:
+            self._in_source = True
+            try:
+                for source in self._sources:
+                    source(self)
+            finally:
+                self._in_source = False
         return self._entries
 
     def load(self) -> None:

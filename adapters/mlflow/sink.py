@@ -166,10 +166,10 @@ class MlflowSink:
 
 def sink_from_config(cfg: RunConfig, run_dir: Path) -> MlflowSink:
     """The ``mlflow`` metrics sink of :data:`fl_app.sinks.SINKS`: tracks the run under
-    ``mlflow-tracking-uri`` and ``mlflow-experiment``, named after its run directory."""
+    ``tracking.mlflow-uri`` and ``tracking.experiment``, named after its run directory."""
     return MlflowSink(
-        cfg.mlflow_tracking_uri,
-        experiment=cfg.mlflow_experiment,
+        cfg.tracking.mlflow_uri,
+        experiment=cfg.tracking.experiment,
         run_name=run_dir.name,
-        register_model_as=cfg.mlflow_register_model,
+        register_model_as=cfg.tracking.register_model,
     )

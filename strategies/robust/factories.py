@@ -1,10 +1,18 @@
 """Factories (RunConfig → Strategy) for our robust aggregation rules.
 
 Every rule gets the weights ``robust.weights`` allows: uniform by default, or the silos'
-claimed ``num-examples`` capped at the cohort median (:mod:`strategies.robust.weights`)."""
+claimed ``num-examples`` capped at the cohort median (:mod:`strategies.robust.weights`).
+
+The built-in rules have a factory each below (their documented mapping from the
+``robust`` section). Any other rule in :data:`strategies.robust.registry.RULES`, a new file
+in ``strategies/robust/rules/`` or a rule from another package's ``fedsilo.rules`` entry
+point, becomes a strategy of the same name through :func:`rule_strategy`: its declared
+``params`` are read from the ``robust`` section (:data:`ROBUST_PARAMS`), and its metadata
+(family, compatibility) is the strategy's."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -12,10 +20,12 @@ from flwr.app import ArrayRecord
 from pydantic import Field
 
 from fl_core.config import Section
+from fl_core.registry import Entry, Registry, RegistryError
 from strategies import robust as agg
 from strategies.flower_builtin import common_kwargs
 from strategies.registry import STRATEGIES
 from strategies.robust import preaggregators as pre
+from strategies.robust.registry import RULES
 from strategies.robust.strategy import RobustAggregation
 
 if TYPE_CHECKING:
@@ -78,6 +88,64 @@ def _pre(cfg: RunConfig) -> tuple[list, dict[str, Any]]:
         params["bucket_size"] = cfg.robust.bucket_size
         params["generator"] = None  # replaced by a per-round seeded generator
     return stages, params
+
+
+#: How a rule's keyword parameter (as declared in its ``params``) is read from the robust
+#: section; ``None`` from the reader = leave the rule's default.
+ROBUST_PARAMS: dict[str, tuple[str, Callable[[RobustSection], Any]]] = {
+    "num_byzantine": ("robust.num-byzantine", lambda r: r.num_byzantine),
+    "num_selected": ("robust.num-selected", lambda r: r.num_selected or None),
+    "beta": ("robust.trim-beta", lambda r: r.trim_beta),
+    "tau": ("robust.cclip-tau", lambda r: r.cclip_tau or None),
+    "max_norm": ("robust.clip-norm", lambda r: r.clip_norm),
+}
+
+
+def rule_strategy(entry: Entry) -> Callable[[RunConfig], RobustAggregation]:
+    """A strategy factory for the registered rule ``entry`` (see module doc)."""
+    unknown = [p for p in entry.extra.get("params", ()) if p not in ROBUST_PARAMS]
+    if unknown:
+        raise RegistryError(
+            f"aggregation rule '{entry.name}' declares params {unknown} that the robust "
+            f"section does not provide; known: {', '.join(ROBUST_PARAMS)}"
+        )
+
+    def factory(cfg: RunConfig) -> RobustAggregation:
+        params = {}
+        for name in entry.extra.get("params", ()):
+            value = ROBUST_PARAMS[name][1](cfg.robust)
+            if value is not None:
+                params[name] = value
+        strategy = _robust(cfg, entry.obj, **params)
+        strategy.use_previous_as_center = bool(entry.extra.get("uses_previous"))
+        return strategy
+
+    factory.__doc__ = entry.doc
+    factory.__name__ = factory.__qualname__ = entry.name.replace("-", "_")
+    factory.__module__ = getattr(entry.obj, "__module__", __name__)
+    return factory
+
+
+def _rule_strategies(strategies: Registry) -> None:
+    """Add a strategy for every rule that has none (:meth:`Registry.add_source`)."""
+    for entry in RULES.entries():
+        if strategies.registered(entry.name) or not entry.extra.get("strategy", True):
+            continue
+        if entry.extra.get("needs_server_update"):
+            continue  # needs the server's own training: only FLTrust's factory provides it
+        strategies.add(
+            entry.name,
+            rule_strategy(entry),
+            family=entry.family,
+            compatible=entry.compatible,
+            doc=entry.doc,
+            origin=entry.origin,
+            rule=entry.name,
+            config_keys=tuple(ROBUST_PARAMS[p][0] for p in entry.extra.get("params", ())),
+        )
+
+
+STRATEGIES.add_source(_rule_strategies)
 
 
 def _robust(cfg: RunConfig, rule, **rule_params: Any) -> RobustAggregation:

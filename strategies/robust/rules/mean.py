@@ -16,6 +16,7 @@ __all__ = ["weighted_mean"]
     family="mean-based",
     compatible={"central-dp": True, "secagg": True, "topk": True},
     params=(),
+    strategy=False,  # FedAvg is its strategy: no generated "mean" strategy
 )
 def weighted_mean(updates: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Weighted arithmetic mean ``sum_i w_i x_i / sum_i w_i`` (FedAvg; not robust).
