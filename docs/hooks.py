@@ -379,11 +379,11 @@ def strategies_page() -> str:
     lines += [
         "## Add a strategy",
         "",
-        "Write `strategies/<name>.py` with the aggregation as a pure function on an "
-        "`(n_clients × n_params)` tensor, a thin Flower `Strategy` (usually a `FedAvg` subclass "
-        "overriding `aggregate_train`) and a factory `def make(cfg: RunConfig) -> Strategy` "
-        "whose docstring cites the paper as *(Author et al., year)*, then add one line to "
-        "`STRATEGIES` in `strategies/registry.py`; this page picks it up on the next build.",
+        "A new aggregation rule is one file in `strategies/robust/rules/` (or a function in "
+        "your own package, declared under the entry-point group `fedsilo.rules`) registered "
+        "with its family and compatibility; it becomes a strategy of the same name. A "
+        "strategy with its own Flower logic registers with `@STRATEGIES.register`. See "
+        "[Extending](extending.md).",
         "",
     ]
     return "\n".join(lines)
@@ -462,10 +462,10 @@ def tasks_page() -> str:
         "## Add a task",
         "",
         "Write `tasks/<name>.py` with a subclass of `tasks.base.Task` implementing "
-        "`load_data(config) -> (pool, test | None)` and `build_model()` (override "
-        "`class_weights` or `evaluate` if needed), describe its real source and offline default "
-        "in the module docstring, then add one line to `TASKS` in `tasks/__init__.py`; this "
-        "page picks it up on the next build.",
+        "`load_data(data) -> (pool, test | None)` and `build_model()`, decorated with "
+        "`@TASKS.register(\"<name>\")`; describe its real source and offline default in the "
+        "module docstring. Nothing else to edit: this page picks it up on the next build. "
+        "See [Extending](extending.md).",
         "",
     ]
     return "\n".join(lines)
