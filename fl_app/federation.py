@@ -10,6 +10,7 @@ server-side evaluation after every round, and the run directory.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,7 +48,7 @@ from fl_app.sinks import (
 from fl_app.stores import open_checkpoint_store
 from fl_core.records import META_KEY
 from fl_core.seeding import derive_seed, seed_everything
-from strategies import build_strategy
+from strategies import STRATEGIES, build_strategy
 from strategies.compression import CompressedUpdates
 from strategies.robust.simulation import SimulatedAttack, byzantine_partitions, model_attacks
 from strategies.secagg.client import SECAGG_STEPS
@@ -143,6 +144,22 @@ def server_evaluator(
         return MetricRecord(metrics)
 
     return evaluate
+
+
+def root_update_fn(task: Task, cfg: RunConfig) -> Callable[[ArrayRecord, int], ArrayRecord]:
+    """The server's own update for FLTrust: the global model trained by the task on
+    ``robust.fltrust-root-size`` clean rows the server holds (:meth:`Task.load_root`),
+    seeded by (seed, round), not by a counter, so a resumed run trains the same."""
+    root = task.load_root(cfg, cfg.robust.fltrust_root_size)
+
+    def server_update(global_arrays: ArrayRecord, server_round: int) -> ArrayRecord:
+        model = task.build_model()
+        model.load_state_dict(global_arrays.to_torch_state_dict())
+        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "fltrust", server_round))
+        task.train(model, root, cfg, generator=generator)
+        return ArrayRecord(model.state_dict())
+
+    return server_update
 
 
 def central_dp(strategy: Strategy, cfg: RunConfig, num_silos: int, model) -> Strategy:
@@ -307,6 +324,8 @@ def run_federation(
     )  # fmt: skip
 
     strategy = build_strategy(cfg)
+    if STRATEGIES.get(cfg.strategy).extra.get("needs_server_update"):
+        strategy.server_update_fn = root_update_fn(task, cfg)
     try:
         roster, moments = roll_call(grid, cfg)
     except RollCallError as exc:  # stop with the silos' reason, not a later symptom

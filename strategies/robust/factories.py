@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-from flwr.app import ArrayRecord
 from pydantic import Field
 
 from fl_core.config import Section
@@ -218,25 +216,10 @@ def norm_clip(cfg: RunConfig) -> RobustAggregation:
     return _robust(cfg, agg.norm_clipping, max_norm=cfg.robust.clip_norm)
 
 
-@STRATEGIES.register("fltrust", family="robust")
+@STRATEGIES.register("fltrust", family="robust", needs_server_update=True)
 def fltrust(cfg: RunConfig) -> RobustAggregation:
     """FLTrust (Cao et al., NDSS 2021): the server trains on ``robust.fltrust-root-size`` clean
     rows of its own each round; updates are weighted by ReLU(cosine) to its update and
-    rescaled to its norm."""
-    from fl_core.seeding import derive_seed
-    from tasks import get_task
-
-    task = get_task(cfg.task)
-    root = task.load_root(cfg, cfg.robust.fltrust_root_size)
-
-    def server_update(global_arrays: ArrayRecord, server_round: int) -> ArrayRecord:
-        model = task.build_model()
-        model.load_state_dict(global_arrays.to_torch_state_dict())
-        # Seeded by (seed, round), not by a counter: a resumed run trains the same.
-        generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "fltrust", server_round))
-        task.train(model, root, cfg, generator=generator)
-        return ArrayRecord(model.state_dict())
-
-    strategy = _robust(cfg, agg.fltrust)
-    strategy.server_update_fn = server_update
-    return strategy
+    rescaled to its norm. The server's training (``server_update_fn``) is the task's, so
+    the app provides it (``needs_server_update``: :func:`fl_app.federation.root_update_fn`)."""
+    return _robust(cfg, agg.fltrust)

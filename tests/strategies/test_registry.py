@@ -100,7 +100,13 @@ def test_metric_average_is_weighted_and_skips_nan_per_metric():
     assert "roc-auc" not in nan_only and nan_only["acc"] == pytest.approx(0.5)
 
 
-def test_registry_is_a_plain_mapping_of_factories():
-    assert all(callable(f) for f in STRATEGIES.values())
-    with pytest.raises(KeyError, match="choose one of"):
+def test_registry_maps_names_to_factories_with_metadata():
+    assert all(callable(f) for f in STRATEGIES.mapping().values())
+    assert set(STRATEGIES.names(family="mean-based")) == {
+        "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm"
+    }  # fmt: skip
+    for feature in ("central-dp", "secagg", "topk"):
+        assert STRATEGIES.names(compatible=feature) == STRATEGIES.names(family="mean-based")
+    assert STRATEGIES.get("fltrust").extra["needs_server_update"] is True
+    with pytest.raises(KeyError, match="Choose one of"):
         build_strategy(RunConfig.model_construct(strategy="nope"))
