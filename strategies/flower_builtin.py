@@ -1,5 +1,5 @@
 """Factories for Flower's own strategies (``flwr.serverapp.strategy``), configured from
-the typed run config. Each factory: ``RunConfig -> Strategy``.
+the typed run config. Each factory: ``StrategyConfig -> Strategy``.
 
 Flower's FedMedian, FedTrimmedAvg, Krum and Bulyan ignore the silos' claimed
 ``num-examples``; its MultiKrum averages the selected updates weighted by them, so a
@@ -22,7 +22,7 @@ from strategies.robust.rules.mean import weighted_mean
 from strategies.robust.weights import trusted_weights
 
 if TYPE_CHECKING:
-    from fl_app.config import RunConfig
+    from strategies.config import StrategyConfig
 
 
 class ServerSection(Section):
@@ -37,7 +37,7 @@ class ServerSection(Section):
     tau: float = Field(1e-3, gt=0, description="Adaptivity ε (FedAdam, FedYogi, FedAdagrad).")
 
 
-def common_kwargs(cfg: RunConfig) -> dict[str, Any]:
+def common_kwargs(cfg: StrategyConfig) -> dict[str, Any]:
     """Sampling and metric-aggregation arguments every FedAvg-family strategy takes."""
     return {
         "fraction_train": cfg.sampling.fraction_train,
@@ -50,42 +50,42 @@ def common_kwargs(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def _adaptive(cfg: RunConfig) -> dict[str, Any]:
+def _adaptive(cfg: StrategyConfig) -> dict[str, Any]:
     return {"eta": cfg.server.learning_rate, "eta_l": cfg.training.learning_rate, "tau": cfg.server.tau}
 
 
 @STRATEGIES.register("fedavg", family="mean-based", compatible=MEAN_COMPATIBLE)
-def fedavg(cfg: RunConfig) -> fl.Strategy:
+def fedavg(cfg: StrategyConfig) -> fl.Strategy:
     """FedAvg (McMahan et al., 2017)."""
     return fl.FedAvg(**common_kwargs(cfg))
 
 
 @STRATEGIES.register("fedprox", family="mean-based", compatible=MEAN_COMPATIBLE)
-def fedprox(cfg: RunConfig) -> fl.Strategy:
+def fedprox(cfg: StrategyConfig) -> fl.Strategy:
     """FedProx (Li et al., 2020); clients add the proximal term with ``training.proximal-mu``."""
     return fl.FedProx(proximal_mu=cfg.training.proximal_mu, **common_kwargs(cfg))
 
 
 @STRATEGIES.register("fedadam", family="mean-based", compatible=MEAN_COMPATIBLE)
-def fedadam(cfg: RunConfig) -> fl.Strategy:
+def fedadam(cfg: StrategyConfig) -> fl.Strategy:
     """FedAdam (Reddi et al., 2021)."""
     return fl.FedAdam(beta_1=cfg.server.beta1, beta_2=cfg.server.beta2, **_adaptive(cfg), **common_kwargs(cfg))
 
 
 @STRATEGIES.register("fedyogi", family="mean-based", compatible=MEAN_COMPATIBLE)
-def fedyogi(cfg: RunConfig) -> fl.Strategy:
+def fedyogi(cfg: StrategyConfig) -> fl.Strategy:
     """FedYogi (Reddi et al., 2021)."""
     return fl.FedYogi(beta_1=cfg.server.beta1, beta_2=cfg.server.beta2, **_adaptive(cfg), **common_kwargs(cfg))
 
 
 @STRATEGIES.register("fedadagrad", family="mean-based", compatible=MEAN_COMPATIBLE)
-def fedadagrad(cfg: RunConfig) -> fl.Strategy:
+def fedadagrad(cfg: StrategyConfig) -> fl.Strategy:
     """FedAdagrad (Reddi et al., 2021)."""
     return fl.FedAdagrad(**_adaptive(cfg), **common_kwargs(cfg))
 
 
 @STRATEGIES.register("fedavgm", family="mean-based", compatible=MEAN_COMPATIBLE)
-def fedavgm(cfg: RunConfig) -> fl.Strategy:
+def fedavgm(cfg: StrategyConfig) -> fl.Strategy:
     """FedAvgM, server momentum (Hsu et al., 2019)."""
     return fl.FedAvgM(
         server_learning_rate=cfg.server.learning_rate,
@@ -95,19 +95,19 @@ def fedavgm(cfg: RunConfig) -> fl.Strategy:
 
 
 @STRATEGIES.register("fedmedian", family="robust")
-def fedmedian(cfg: RunConfig) -> fl.Strategy:
+def fedmedian(cfg: StrategyConfig) -> fl.Strategy:
     """Coordinate-wise median (Yin et al., 2018)."""
     return fl.FedMedian(**common_kwargs(cfg))
 
 
 @STRATEGIES.register("fedtrimmedavg", family="robust")
-def fedtrimmedavg(cfg: RunConfig) -> fl.Strategy:
+def fedtrimmedavg(cfg: StrategyConfig) -> fl.Strategy:
     """Coordinate-wise trimmed mean (Yin et al., 2018)."""
     return fl.FedTrimmedAvg(beta=cfg.robust.trim_beta, **common_kwargs(cfg))
 
 
 @STRATEGIES.register("krum", family="robust")
-def krum(cfg: RunConfig) -> fl.Strategy:
+def krum(cfg: StrategyConfig) -> fl.Strategy:
     """Krum (Blanchard et al., 2017)."""
     return fl.Krum(num_malicious_nodes=cfg.robust.num_byzantine, **common_kwargs(cfg))
 
@@ -149,7 +149,7 @@ class _MultiKrum(fl.MultiKrum):
 
 
 @STRATEGIES.register("multikrum", family="robust")
-def multikrum(cfg: RunConfig) -> fl.Strategy:
+def multikrum(cfg: StrategyConfig) -> fl.Strategy:
     """Multi-Krum (Blanchard et al., 2017); ``robust.num-selected = 0`` keeps n − f updates. The
     selected updates are averaged with ``robust.weights``, not the raw claims."""
     kwargs = {
@@ -163,6 +163,6 @@ def multikrum(cfg: RunConfig) -> fl.Strategy:
 
 
 @STRATEGIES.register("bulyan", family="robust")
-def bulyan(cfg: RunConfig) -> fl.Strategy:
+def bulyan(cfg: StrategyConfig) -> fl.Strategy:
     """Bulyan (El Mhamdi et al., 2018); needs n ≥ 4f + 3 silos per round."""
     return fl.Bulyan(num_malicious_nodes=cfg.robust.num_byzantine, **common_kwargs(cfg))

@@ -1,4 +1,4 @@
-"""Strategy registry: name → factory(RunConfig) → Flower ``Strategy``, with metadata.
+"""Strategy registry: name → factory(StrategyConfig) → Flower ``Strategy``, with metadata.
 
 A strategy registers itself in its own file::
 
@@ -30,9 +30,9 @@ from flwr.serverapp.strategy import Strategy
 from fl_core.registry import Registry
 
 if TYPE_CHECKING:
-    from fl_app.config import RunConfig
+    from strategies.config import StrategyConfig
 
-StrategyFactory = Callable[["RunConfig"], Strategy]
+StrategyFactory = Callable[["StrategyConfig"], Strategy]
 
 #: Features a mean-based strategy works with (see module doc).
 MEAN_COMPATIBLE = MappingProxyType({"central-dp": True, "secagg": True, "topk": True})
@@ -49,6 +49,6 @@ def available_strategies() -> list[str]:
     return list(STRATEGIES)
 
 
-def build_strategy(cfg: RunConfig) -> Strategy:
+def build_strategy(cfg: StrategyConfig) -> Strategy:
     """The strategy named by ``cfg.strategy``, configured from ``cfg``."""
     return STRATEGIES[cfg.strategy](cfg)

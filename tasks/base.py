@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -21,9 +21,6 @@ from torch import nn
 from fl_core.config import Section
 from tasks.partitioning import LazyPartitions, stratified_split
 from tasks.training import evaluate_classifier, train_classifier
-
-if TYPE_CHECKING:
-    from fl_app.config import RunConfig
 
 #: RecordDict key of the feature moments a silo reports in the roll call.
 MOMENTS_KEY = "feature-moments"
@@ -89,6 +86,15 @@ class Partition:
 
     train: ArrayDataset
     val: ArrayDataset
+
+
+class TaskConfig(Protocol):
+    """The part of the run config a task reads: the run seed, the ``data`` section and the
+    ``training`` section (``fl_app.config.RunConfig`` has them; tasks never import it)."""
+
+    seed: int
+    data: DataSection
+    training: TrainingSection
 
 
 class Task(ABC):
@@ -161,15 +167,15 @@ class Task(ABC):
         )
 
     # ------------------------------------------------------------------ shared
-    def split(self, config: RunConfig) -> tuple[ArrayDataset, ArrayDataset]:
+    def split(self, config: TaskConfig) -> tuple[ArrayDataset, ArrayDataset]:
         """``(train_pool, server_test)``, the same for the same data, seed and fraction."""
         return _split_cached(self, config.data.source, config.seed, config.data.test_fraction)
 
-    def load_test(self, config: RunConfig) -> ArrayDataset:
+    def load_test(self, config: TaskConfig) -> ArrayDataset:
         """The server's held-out test set."""
         return self.split(config)[1]
 
-    def load_root(self, config: RunConfig, size: int) -> ArrayDataset:
+    def load_root(self, config: TaskConfig, size: int) -> ArrayDataset:
         """A small clean data set the server holds (FLTrust's root data): a seeded,
         stratified sample of ``size`` rows of the training pool (these rows may also sit
         in some silo's partition, as in practice)."""
@@ -181,7 +187,7 @@ class Task(ABC):
         return pool.subset(root_idx)
 
     def load_partition(
-        self, partition_id: int, num_partitions: int, config: RunConfig
+        self, partition_id: int, num_partitions: int, config: TaskConfig
     ) -> Partition:
         """Silo ``partition_id`` of ``num_partitions``: its train and validation data."""
         if not 0 <= partition_id < num_partitions:
@@ -210,7 +216,7 @@ class Task(ABC):
         train_idx, val_idx = parts.memo[key]
         return Partition(train=mine.subset(train_idx), val=mine.subset(val_idx))
 
-    def load_silo(self, source: str, config: RunConfig) -> Partition:
+    def load_silo(self, source: str, config: TaskConfig) -> Partition:
         """A silo's own data set (a deployment where each silo holds its own file or Blob
         prefix, named in its node config): all of ``source`` is this silo's, split into
         train and validation by ``data.val-fraction``."""
@@ -220,7 +226,7 @@ class Task(ABC):
         self,
         model: nn.Module,
         data: ArrayDataset,
-        config: RunConfig,
+        config: TaskConfig,
         *,
         proximal_mu: float = 0.0,
         generator: torch.Generator | None = None,

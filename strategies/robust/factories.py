@@ -1,4 +1,4 @@
-"""Factories (RunConfig → Strategy) for our robust aggregation rules.
+"""Factories (StrategyConfig → Strategy) for our robust aggregation rules.
 
 Every rule gets the weights ``robust.weights`` allows: uniform by default, or the silos'
 claimed ``num-examples`` capped at the cohort median (:mod:`strategies.robust.weights`).
@@ -27,7 +27,7 @@ from strategies.robust.registry import RULES
 from strategies.robust.strategy import RobustAggregation
 
 if TYPE_CHECKING:
-    from fl_app.config import RunConfig
+    from strategies.config import StrategyConfig
 
 
 class RobustSection(Section):
@@ -76,7 +76,7 @@ class RobustSection(Section):
     )
 
 
-def _pre(cfg: RunConfig) -> tuple[list, dict[str, Any]]:
+def _pre(cfg: StrategyConfig) -> tuple[list, dict[str, Any]]:
     stages, params = [], {}
     if "nnm" in cfg.robust.pre_aggregator:
         stages.append(pre.nearest_neighbor_mixing)
@@ -99,7 +99,7 @@ ROBUST_PARAMS: dict[str, tuple[str, Callable[[RobustSection], Any]]] = {
 }
 
 
-def rule_strategy(entry: Entry) -> Callable[[RunConfig], RobustAggregation]:
+def rule_strategy(entry: Entry) -> Callable[[StrategyConfig], RobustAggregation]:
     """A strategy factory for the registered rule ``entry`` (see module doc)."""
     unknown = [p for p in entry.extra.get("params", ()) if p not in ROBUST_PARAMS]
     if unknown:
@@ -108,7 +108,7 @@ def rule_strategy(entry: Entry) -> Callable[[RunConfig], RobustAggregation]:
             f"section does not provide; known: {', '.join(ROBUST_PARAMS)}"
         )
 
-    def factory(cfg: RunConfig) -> RobustAggregation:
+    def factory(cfg: StrategyConfig) -> RobustAggregation:
         params = {}
         for name in entry.extra.get("params", ()):
             value = ROBUST_PARAMS[name][1](cfg.robust)
@@ -146,7 +146,7 @@ def _rule_strategies(strategies: Registry) -> None:
 STRATEGIES.add_source(_rule_strategies)
 
 
-def _robust(cfg: RunConfig, rule, **rule_params: Any) -> RobustAggregation:
+def _robust(cfg: StrategyConfig, rule, **rule_params: Any) -> RobustAggregation:
     stages, params = _pre(cfg)
     return RobustAggregation(
         rule,
@@ -159,14 +159,14 @@ def _robust(cfg: RunConfig, rule, **rule_params: Any) -> RobustAggregation:
 
 
 @STRATEGIES.register("robust-median", family="robust")
-def robust_median(cfg: RunConfig) -> RobustAggregation:
+def robust_median(cfg: StrategyConfig) -> RobustAggregation:
     """Coordinate-wise median (Yin et al., 2018); weighted only with
     ``robust.weights = "capped"``."""
     return _robust(cfg, agg.coordinate_median)
 
 
 @STRATEGIES.register("robust-trimmed-mean", family="robust")
-def robust_trimmed_mean(cfg: RunConfig) -> RobustAggregation:
+def robust_trimmed_mean(cfg: StrategyConfig) -> RobustAggregation:
     """Coordinate-wise trimmed mean dropping ``robust.trim-beta`` at each end (Yin et al., 2018);
     behind NNM, which takes ``robust.num-byzantine``, it trims ``robust.num-byzantine`` at each end."""
     if "nnm" in cfg.robust.pre_aggregator:
@@ -175,13 +175,13 @@ def robust_trimmed_mean(cfg: RunConfig) -> RobustAggregation:
 
 
 @STRATEGIES.register("robust-krum", family="robust")
-def robust_krum(cfg: RunConfig) -> RobustAggregation:
+def robust_krum(cfg: StrategyConfig) -> RobustAggregation:
     """Krum (Blanchard et al., 2017)."""
     return _robust(cfg, agg.krum, num_byzantine=cfg.robust.num_byzantine)
 
 
 @STRATEGIES.register("robust-multikrum", family="robust")
-def robust_multikrum(cfg: RunConfig) -> RobustAggregation:
+def robust_multikrum(cfg: StrategyConfig) -> RobustAggregation:
     """Multi-Krum (Blanchard et al., 2017); ``robust.num-selected = 0`` keeps n − f."""
     params: dict[str, Any] = {"num_byzantine": cfg.robust.num_byzantine}
     if cfg.robust.num_selected:
@@ -190,19 +190,19 @@ def robust_multikrum(cfg: RunConfig) -> RobustAggregation:
 
 
 @STRATEGIES.register("robust-bulyan", family="robust")
-def robust_bulyan(cfg: RunConfig) -> RobustAggregation:
+def robust_bulyan(cfg: StrategyConfig) -> RobustAggregation:
     """Bulyan (El Mhamdi et al., 2018); needs n ≥ 4f + 3."""
     return _robust(cfg, agg.bulyan, num_byzantine=cfg.robust.num_byzantine)
 
 
 @STRATEGIES.register("geomed", family="robust")
-def geomed(cfg: RunConfig) -> RobustAggregation:
+def geomed(cfg: StrategyConfig) -> RobustAggregation:
     """Geometric median by smoothed Weiszfeld / RFA (Pillutla et al., 2022)."""
     return _robust(cfg, agg.geometric_median)
 
 
 @STRATEGIES.register("cclip", family="robust")
-def cclip(cfg: RunConfig) -> RobustAggregation:
+def cclip(cfg: StrategyConfig) -> RobustAggregation:
     """Centred clipping around the previous aggregate (Karimireddy et al., 2021);
     ``robust.cclip-tau = 0`` takes τ = the median distance of the round's updates from it."""
     strategy = _robust(cfg, agg.centered_clipping, tau=cfg.robust.cclip_tau or None)
@@ -211,13 +211,13 @@ def cclip(cfg: RunConfig) -> RobustAggregation:
 
 
 @STRATEGIES.register("norm-clip", family="robust")
-def norm_clip(cfg: RunConfig) -> RobustAggregation:
+def norm_clip(cfg: StrategyConfig) -> RobustAggregation:
     """Clip each update to ``robust.clip-norm``, then average."""
     return _robust(cfg, agg.norm_clipping, max_norm=cfg.robust.clip_norm)
 
 
 @STRATEGIES.register("fltrust", family="robust", needs_server_update=True)
-def fltrust(cfg: RunConfig) -> RobustAggregation:
+def fltrust(cfg: StrategyConfig) -> RobustAggregation:
     """FLTrust (Cao et al., NDSS 2021): the server trains on ``robust.fltrust-root-size`` clean
     rows of its own each round; updates are weighted by ReLU(cosine) to its update and
     rescaled to its norm. The server's training (``server_update_fn``) is the task's, so

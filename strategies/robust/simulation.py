@@ -21,7 +21,6 @@ import math
 from collections.abc import Callable
 from logging import INFO
 
-
 import numpy as np
 import torch
 from flwr.serverapp.strategy import Strategy

@@ -12,7 +12,7 @@ from strategies.registry import STRATEGIES
 from strategies.robust.simulation import model_attacks
 
 if TYPE_CHECKING:
-    from fl_app.config import RunConfig
+    from strategies.config import StrategyConfig
 
 
 class SecAggSection(Section):
@@ -38,7 +38,7 @@ class SecAggSection(Section):
     )
 
 
-def check_secure_aggregation(cfg: RunConfig) -> None:
+def check_secure_aggregation(cfg: StrategyConfig) -> None:
     """Raise ``ConfigError`` if ``cfg`` combines secure aggregation with something that must
     see (or changes the shape of) each silo's update."""
 
