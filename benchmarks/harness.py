@@ -712,7 +712,11 @@ class Table:
         return [c.name for c in self.columns]
 
     def add(self, *cells: Any) -> Table:
-        """One row: a cell per column that is not computed."""
+        """One row: a cell per column that is not computed, or a cell per column (a row's
+        own cell for a computed column replaces the computed one unless it is ``None``)."""
+        if len(cells) == len(self.columns):
+            self.rows.append(list(cells))
+            return self
         if len(cells) != len(self._inputs):
             raise ValueError(f"{len(cells)} cells for {len(self._inputs)} columns")
         row: list[Any] = [None] * len(self.columns)
@@ -756,8 +760,8 @@ class Table:
             cells = []
             for column, value in zip(self.columns, row, strict=True):
                 v = column.versus
-                if v is None:
-                    cells.append(_format(value, column.fmt))
+                if v is None or value is not None:
+                    cells.append(_format(value, column.fmt if v is None else v.fmt))
                     continue
                 base, is_base = self._baseline(v, row)
                 result = v.compare(_number(row[self._index(v.of)]), base)

@@ -33,10 +33,12 @@ def test_values_over_seeds_read_mean_plus_minus_std_and_a_ratio_to_the_baseline_
     table.add("plain", [1.0, 3.0])  # mean 2, sample sd √2
     table.add("secure", [6.0, 10.0])  # mean 8: 4 × plain
     table.add("one seed", [5.0])
+    table.add("own cell", 1.0, "n/a")  # a row may give its own cell for a computed column
     assert table.cells() == [
         ["plain", "2.00 ± 1.41", "1.0"],
         ["secure", "8.00 ± 2.83", "4.0"],
         ["one seed", "5.00", "2.5"],
+        ["own cell", "1.00", "n/a"],
     ]
     assert table.markdown().splitlines() == [
         "| run | seconds | × plain |",
@@ -44,6 +46,7 @@ def test_values_over_seeds_read_mean_plus_minus_std_and_a_ratio_to_the_baseline_
         "| plain | 2.00 ± 1.41 | 1.0 |",
         "| secure | 8.00 ± 2.83 | 4.0 |",
         "| one seed | 5.00 | 2.5 |",
+        "| own cell | 1.00 | n/a |",
     ]
 
 
