@@ -90,11 +90,14 @@ __all__ = [
     "machine",
     "mean_std",
     "parser",
+    "memory_gib",
     "peak_rss",
     "prepare_worker",
+    "processes_with",
     "probe_grid",
     "quiet",
     "repeat",
+    "rss",
     "resolve_out",
     "run_json_child",
     "start",
@@ -516,6 +519,17 @@ def versions(*packages: str) -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def processes_with(marker: str) -> list[Any]:
+    """The running processes (``psutil.Process``) whose command line mentions ``marker``."""
+    import psutil
+
+    return [
+        proc
+        for proc in psutil.process_iter(["cmdline"])
+        if any(marker in part for part in proc.info.get("cmdline") or [])
+    ]
 
 
 def utc_now() -> str:
