@@ -789,11 +789,12 @@ class Table:
     def markdown(self) -> str:
         """A Markdown table (pipes, one alignment row)."""
         rule = {"l": "---", "r": "---:", "c": ":---:", "": "---"}
-        lines = [
-            "| " + " | ".join(self.header) + " |",
-            "|" + "|".join(rule[a] for a in self.align) + "|",
-        ]
-        lines += ["| " + " | ".join(cells) + " |" for cells in self.cells()]
+
+        def line(cells: Sequence[str]) -> str:
+            return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
+
+        lines = [line(self.header), "|" + "|".join(rule[a] for a in self.align) + "|"]
+        lines += [line(cells) for cells in self.cells()]
         return "\n".join(lines)
 
     def text(self, sep: str = "  ", rule: bool = True) -> str:
