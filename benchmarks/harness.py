@@ -89,16 +89,16 @@ __all__ = [
     "log_to_console",
     "machine",
     "mean_std",
-    "parser",
     "memory_gib",
+    "parser",
     "peak_rss",
     "prepare_worker",
-    "processes_with",
     "probe_grid",
+    "processes_with",
     "quiet",
     "repeat",
-    "rss",
     "resolve_out",
+    "rss",
     "run_json_child",
     "start",
     "stop_tree",
@@ -577,14 +577,17 @@ def probe_grid(
 
 
 # =================================================================== child processes
-def stop_tree(proc: subprocess.Popen | int) -> None:
-    """SIGTERM a process and its descendants, then SIGKILL what is left."""
+def stop_tree(proc: Any) -> None:
+    """SIGTERM a process (a ``Popen``, a ``psutil.Process`` or a pid) and its descendants,
+    then SIGKILL what is left."""
     import psutil
 
     from fl_app.local_run import stop_process_tree
 
     with contextlib.suppress(psutil.NoSuchProcess):
-        stop_process_tree(psutil.Process(proc if isinstance(proc, int) else proc.pid))
+        if not isinstance(proc, psutil.Process):
+            proc = psutil.Process(proc if isinstance(proc, int) else proc.pid)
+        stop_process_tree(proc)
 
 
 @contextlib.contextmanager
