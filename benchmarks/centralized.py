@@ -596,15 +596,6 @@ def notes(results: Sequence[BenchmarkResult]) -> list[str]:
 def to_json(results: Sequence[BenchmarkResult], meta: Mapping[str, Any]) -> dict[str, Any]:
     """Machine-readable form: ``{"meta": …, "rows": […]}`` (NaN → null)."""
 
-    def clean(value: Any) -> Any:
-        if isinstance(value, float):
-            return None if math.isnan(value) else value
-        if isinstance(value, Mapping):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        return value
-
     rows = []
     for r, gap, ratio in zip(results, gaps(results), time_ratios(results), strict=True):
         row = asdict(r)
@@ -617,8 +608,8 @@ def to_json(results: Sequence[BenchmarkResult], meta: Mapping[str, Any]) -> dict
             metrics=dict(r.metrics),
             extra=dict(r.extra),
         )
-        rows.append(clean(row))
-    return {"meta": clean(dict(meta)), "rows": rows}
+        rows.append(harness.json_safe(row, infinity=True))
+    return {"meta": harness.json_safe(dict(meta), infinity=True), "rows": rows}
 
 
 #: Meta keys every row of one report shares (one header describes them all).

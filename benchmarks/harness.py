@@ -83,6 +83,7 @@ __all__ = [
     "common_parser",
     "cpu_count",
     "guard_docs_write",
+    "json_safe",
     "limit_threads",
     "load_average",
     "load_averages",
@@ -100,6 +101,7 @@ __all__ = [
     "resolve_out",
     "rss",
     "run_json_child",
+    "run_workers",
     "start",
     "stop_tree",
     "torch_threads",
@@ -602,6 +604,53 @@ def child(cmd: Sequence[str], **popen: Any) -> Iterator[subprocess.Popen]:
             stop_tree(proc)
 
 
+def run_workers(
+    fn: Callable[[Any], Any],
+    items: Iterable[Any],
+    *,
+    workers: int,
+    initializer: Callable[[], Any] | None = None,
+    inline: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+    on_error: Callable[[Any, BaseException], Any] | None = None,
+) -> Iterator[tuple[Any, Any]]:
+    """``(item, fn(item))`` for every item: with ``workers`` > 1 from a pool of that many
+    spawned processes (each set up by ``initializer``, e.g. :func:`prepare_worker`) as the
+    calls finish; else in this process, in order, inside the ``inline()`` context.
+
+    The pool is ``concurrent.futures``' rather than ``multiprocessing.Pool``: when a worker
+    dies (killed from outside), ``Pool`` replaces it and waits forever for its task; here
+    its pending calls fail, and ``on_error(item, exception)`` gives their result (without
+    it the exception is raised). When the caller stops early (an exception, ``SIGTERM``
+    turned into ``SystemExit``), pending calls are cancelled and the workers terminated."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    if workers <= 1:
+        with inline() if inline is not None else contextlib.nullcontext():
+            for item in items:
+                yield item, fn(item)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=initializer)
+    try:
+        futures = {pool.submit(fn, item): item for item in items}
+        for future in as_completed(futures):
+            item = futures[future]
+            try:
+                result = future.result()
+            except Exception as exc:  # BrokenProcessPool: a worker died
+                if on_error is None:
+                    raise
+                result = on_error(item, exc)
+            yield item, result
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in list((getattr(pool, "_processes", None) or {}).values()):
+            proc.terminate()
+        raise
+    pool.shutdown()
+
+
 def run_json_child(
     module: str, *args: str, env: Mapping[str, str] | None = None, cwd: Path | None = None
 ) -> Any | None:
@@ -841,6 +890,20 @@ class Table:
         if width is not None:
             console = Console(file=file, width=max(width, console.width))
         console.print(table)
+
+
+def json_safe(value: Any, *, infinity: bool = False) -> Any:
+    """``value`` with NaN (and ±inf, unless ``infinity``) replaced by ``None``, recursively
+    through mappings (keys as text), lists and tuples: what ``json.dumps(allow_nan=False)``
+    accepts and any JSON reader parses."""
+    if isinstance(value, float) and (math.isnan(value) or (math.isinf(value) and not infinity)):
+        return None
+    if isinstance(value, Mapping):
+        return {k if isinstance(k, str) else str(k): json_safe(v, infinity=infinity)
+                for k, v in value.items()}  # fmt: skip
+    if isinstance(value, list | tuple):
+        return [json_safe(v, infinity=infinity) for v in value]
+    return value
 
 
 # ======================================================================== provenance

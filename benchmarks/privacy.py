@@ -41,14 +41,13 @@ noise), which is right for measuring utility at a given σ and wrong for protect
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
-import multiprocessing
 import statistics
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -462,35 +461,35 @@ def run_grid(
             if on_row is not None:
                 on_row(mine)
 
-    if workers <= 1:
-        flwr_log = logging.getLogger("flwr")
-        level = flwr_log.level
-        silence_flower()
-        try:
-            with harness.torch_threads(1):
-                for cell in unique:
-                    done(run_cell(cell), cell)
-        finally:
-            flwr_log.setLevel(level)
-            for f in [f for f in flwr_log.filters if isinstance(f, _BenignFilter)]:
-                flwr_log.removeFilter(f)
-    else:
-        # concurrent.futures rather than multiprocessing.Pool: when a worker process dies
-        # (killed from outside), Pool silently replaces it and waits forever for its task;
-        # the executor fails the pending cells instead, which are then recorded as errors
-        # (and rerun by --resume).
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=prepare_process) as pool:
-            futures = {pool.submit(run_cell, cell): cell for cell in unique}
-            for future in as_completed(futures):
-                cell = futures[future]
-                try:
-                    row = future.result()
-                except Exception as exc:  # BrokenProcessPool: a worker died
-                    row = empty_row(cell)
-                    row["error"] = f"{type(exc).__name__}: {exc}"[:500]
-                done(row, cell)
+    # A worker that dies (killed from outside) fails its pending cells: they are recorded
+    # as errors (and rerun by --resume).
+    for cell, row in harness.run_workers(
+        run_cell, unique, workers=workers, initializer=prepare_process, inline=_inline,
+        on_error=_error_row,
+    ):  # fmt: skip
+        done(row, cell)
     return [rows[c.key] for c in cells if c.key in rows]
+
+
+@contextlib.contextmanager
+def _inline() -> Iterator[None]:
+    """Cells in this process: Flower silenced and one torch thread, restored afterwards."""
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    silence_flower()
+    try:
+        with harness.torch_threads(1):
+            yield
+    finally:
+        flwr_log.setLevel(level)
+        for f in [f for f in flwr_log.filters if isinstance(f, _BenignFilter)]:
+            flwr_log.removeFilter(f)
+
+
+def _error_row(cell: Cell, exc: BaseException) -> dict[str, Any]:
+    row = empty_row(cell)
+    row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+    return row
 
 
 # --------------------------------------------------------------------------- checks
@@ -683,19 +682,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return Table(head, left=2).extend(body).markdown()
 
 
-def _plain(value: Any) -> Any:
-    """JSON-safe: inf/nan → None, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
 def to_json(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> dict[str, Any]:
-    return _plain({
+    return harness.json_safe({
         "meta": dict(meta),
         "rows": [dict(r) for r in rows],
         "budget_violations": budget_violations(rows),

@@ -45,7 +45,6 @@ import contextlib
 import json
 import logging
 import math
-import multiprocessing
 import platform
 import re
 import signal
@@ -434,15 +433,11 @@ def run_matrix(
         if on_row is not None:
             on_row(row)
 
-    if workers <= 1:
-        with quiet_process():
-            for cell in cells:
-                done(run_cell(cell))
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(processes=workers, initializer=prepare_process) as pool:
-            for row in pool.imap_unordered(run_cell, _interleave(cells), chunksize=1):
-                done(row)
+    order = cells if workers <= 1 else _interleave(cells)
+    for _, row in harness.run_workers(
+        run_cell, order, workers=workers, initializer=prepare_process, inline=quiet_process
+    ):
+        done(row)
     return [by_key[c.key] for c in cells if c.key in by_key]
 
 
@@ -1427,16 +1422,6 @@ def to_json(
     """The JSON document: meta, rows (partitioner, attack, aggregator, accuracy, seconds,
     …), the worst-case ranking and the superseded rows (computed before issue #16 with
     the claimed weights, replaced by a merge; kept for the comparison)."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        return value
-
     ranking = [
         {
             "aggregator": w.aggregator,
@@ -1449,7 +1434,7 @@ def to_json(
         }
         for w in worst_case(rows)
     ]
-    return clean(
+    return harness.json_safe(
         {
             "meta": dict(meta),
             "clean_fedavg": clean_reference(rows),

@@ -103,8 +103,8 @@ def test_print_falls_back_to_text(capsys):
 # ---------------------------------------------------------------------------- the CLI
 def test_the_parent_parser_has_only_the_options_asked_for_with_their_defaults():
     parser = harness.parser(
-        "First paragraph,\nsecond line.\n\nMore.", prog="python -m benchmarks.x", quick="smoke test",
-        rounds=harness.opt(20, "rounds"), seeds=[42, 43], out=Path("docs/x.md"),
+        "First paragraph,\nsecond line.\n\nMore.", prog="python -m benchmarks.x",
+        quick="smoke test", rounds=harness.opt(20, "rounds"), seeds=[42, 43], out=Path("docs/x.md"),
         json=Path("docs/x.json"),
     )  # fmt: skip
     assert parser.description == "First paragraph,\nsecond line."
@@ -212,3 +212,31 @@ def test_a_child_is_stopped_with_its_tree_and_a_json_child_answers(tmp_path):
     (tmp_path / "answer.py").write_text("print('noise'); print('{\"x\": 1}')\n")
     assert harness.run_json_child("answer", cwd=tmp_path) == {"x": 1}
     assert harness.run_json_child("no_such_module_xyz", cwd=tmp_path) is None
+
+
+def test_workers_run_in_a_pool_or_inline_and_a_failed_call_gets_its_error_result():
+    import contextlib
+
+    entered = []
+
+    @contextlib.contextmanager
+    def inline():
+        entered.append(True)
+        yield
+
+    inline_run = list(harness.run_workers(math.sqrt, [4, 9], workers=1, inline=inline))
+    assert inline_run == [(4, 2.0), (9, 3.0)] and entered == [True]
+    pooled = harness.run_workers(
+        math.sqrt, [4, -1, 9], workers=2, on_error=lambda item, exc: type(exc).__name__
+    )
+    assert dict(pooled) == {4: 2.0, -1: "ValueError", 9: 3.0}
+    with pytest.raises(ValueError):
+        list(harness.run_workers(math.sqrt, [-1], workers=2))
+    died = dict(harness.run_workers(os._exit, [3], workers=2, on_error=lambda i, e: repr(e)))
+    assert "BrokenProcessPool" in died[3]  # a dead worker fails its call, no hang
+
+
+def test_json_safe_replaces_nan_and_optionally_infinity():
+    value = {"a": [1.0, math.nan, (math.inf, -math.inf)], 2: {"b": math.nan}}
+    assert harness.json_safe(value) == {"a": [1.0, None, [None, None]], "2": {"b": None}}
+    assert harness.json_safe(value, infinity=True)["a"][2] == [math.inf, -math.inf]
