@@ -806,16 +806,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         # The settings every task shares: a task's config without its own overrides.
-        base = (
-            plans[0]
-            .federated[0][1]
-            .model_copy(
-                update={
-                    k.replace("-", "_"): v
-                    for k, v in app_defaults(snapshot).items()
-                    if k in TASK_OVERRIDES.get(plans[0].task, {})
-                }
-            )
+        base = plans[0].federated[0][1].model_copy(
+            update={
+                k.replace("-", "_"): v
+                for k, v in app_defaults(snapshot).items()
+                if k in TASK_OVERRIDES.get(plans[0].task, {})
+            }
         )
         seed_everything(base.seed)
         meta = describe(base, args.tasks, command.strip())

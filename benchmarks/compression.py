@@ -20,6 +20,7 @@ Usage::
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -415,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     from fl_app.config import RunConfig
 
     args.chunk = RunConfig().quantization_chunk
-    harness.quiet("flwr", "fedsilo")
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    logging.getLogger("fedsilo").setLevel(logging.WARNING)
     runs = []
     for seed in args.seeds:
         for scheme in args.schemes:
