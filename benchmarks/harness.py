@@ -17,11 +17,12 @@ processes, tables and provenance.
   :func:`utc_now` and :func:`probe_grid` (the silos' own update norms in an in-process
   federation).
 * **Child processes** — :func:`child` (a process whose whole tree is stopped when the block
-  ends) and :func:`run_json_child` (a ``python -m`` child that prints a JSON line).
+  ends), :func:`run_json_child` (a ``python -m`` child that prints a JSON line) and
+  :func:`run_workers` (calls in a pool of spawned workers, or inline).
 * **Tables** — :class:`Table`: rows under a header as Markdown, aligned text or a rich table,
   with :class:`Versus` columns (a value ÷ or − its baseline: another column of the row, or
   the baseline row of its group) and ``mean ± std`` cells for values over seeds;
-  :func:`mean_std`.
+  :func:`mean_std`; :func:`json_safe` for the JSON next to a report.
 * **Provenance** — :func:`start` opens a :class:`Session` (the command, the code version
   after :func:`~benchmarks.provenance.guard_docs_write`, the clock and load average at the
   start); :func:`code_label`. The commit and dirty-tree rules themselves are
