@@ -43,23 +43,19 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
-import logging
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.app.message import arrayrecord as flwr_arrayrecord
@@ -69,12 +65,8 @@ from flwr.serverapp.strategy.multikrum import select_multikrum
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore.task_identity import TaskIdentity
 
-from benchmarks.provenance import (
-    CodeVersion,
-    add_allow_dirty_flag,
-    code_version,
-    guard_docs_write,
-)
+from benchmarks import harness
+from benchmarks.harness import Table
 from strategies.flatten import shared_stack, stack
 from strategies.robust import (
     bulyan,
@@ -409,48 +401,41 @@ class _TimedGC:
             self.calls += 1
 
 
+@contextlib.contextmanager
+def _counting_gc(probes: list[_TimedGC]) -> Iterator[None]:
+    """Flower's ``gc.collect()`` calls counted by a fresh :class:`_TimedGC` for the block."""
+    probe = _TimedGC()
+    flwr_arrayrecord.gc = probe  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        flwr_arrayrecord.gc = gc  # type: ignore[attr-defined]
+        probes.append(probe)
+
+
 def time_case(case: Case, reps: int) -> tuple[float, np.ndarray, float, int]:
     """Median wall time (s) of ``reps`` calls after one warm-up call, the last output, and the
     median time (s) and count of the ``gc.collect()`` calls Flower made inside those calls."""
-    start = time.perf_counter()
-    out = case.run(case.prepare())
-    if time.perf_counter() - start > SLOW_CALL:  # keeps a full run within ~10 minutes
-        reps = 1
-    times, gc_times, gc_calls = [], [], 0
-    for _ in range(reps):
-        arg = case.prepare()
-        gc.collect()
-        time.sleep(SETTLE)
-        probe = _TimedGC()
-        flwr_arrayrecord.gc = probe  # type: ignore[attr-defined]
-        try:
-            start = time.perf_counter()
-            out = case.run(arg)
-            times.append(time.perf_counter() - start)
-        finally:
-            flwr_arrayrecord.gc = gc  # type: ignore[attr-defined]
-        gc_times.append(probe.seconds)
-        gc_calls = probe.calls
-        del arg
-    return statistics.median(times), out, statistics.median(gc_times), gc_calls
+    probes: list[_TimedGC] = []
+    timing = harness.repeat(
+        case.run, reps, prepare=case.prepare, collect=True, settle=SETTLE,
+        slow=SLOW_CALL,  # a slow warm-up is timed once: keeps a full run within ~10 minutes
+        around=lambda: _counting_gc(probes),
+    )  # fmt: skip
+    return (
+        timing.median, timing.result, statistics.median(p.seconds for p in probes),
+        probes[-1].calls,
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ memory
-
-
-def _status_kib(field_name: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field_name} not in /proc/self/status")
 
 
 def _child_peak(size: Size, group: str, index: int) -> float:
     """In a fresh process: build the inputs, warm the call up, then measure one call's peak
     resident memory above the resident memory just before it (MiB)."""
     _set_task_identity()
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    harness.quiet("flwr")
     x, num_examples = make_updates(size)
     pairs, extras, stacking = build_cases(size, x, num_examples)
     cases = {
@@ -471,25 +456,9 @@ def _child_peak(size: Size, group: str, index: int) -> float:
     arg = case.prepare()
     shared_stack().release()  # the round matrix counts: a first round allocates it
     gc.collect()
-    before = psutil.Process().memory_info().rss
-    with open("/proc/self/clear_refs", "w") as clear:  # reset VmHWM to the current RSS
-        clear.write("5")
-    case.run(arg)
-    peak = _status_kib("VmHWM") * 1024
-    return max(0.0, (peak - before) / 2**20)
-
-
-def limit_threads(threads: int) -> None:
-    """Run torch and numpy's BLAS on ``threads`` threads (children inherit it via env)."""
-    torch.set_num_threads(threads)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    try:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(threads)
-    except ImportError:
-        logging.warning("threadpoolctl missing: numpy's BLAS keeps its default threads")
+    with harness.PeakMemory() as peak:  # VmHWM reset to the current RSS, read after
+        case.run(arg)
+    return peak.mib
 
 
 def measure_peak(size: Size, group: str, index: int) -> float | None:
@@ -503,16 +472,12 @@ def measure_peak(size: Size, group: str, index: int) -> float | None:
     measured call's temporaries. Inputs (the tensor, or Flower's serialised replies) are built
     before the reset and are not counted; outputs are. ``None`` if the measurement failed.
     """
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
-    cmd = [
-        sys.executable, "-m", "benchmarks.aggregation", "--memory-child",
-        json.dumps({"n": size.n, "d": size.d, "f": size.f, "group": group, "index": index}),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if proc.returncode != 0:
-        logging.warning("memory child failed: %s", proc.stderr.strip().splitlines()[-1:])
-        return None
-    return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mib"])
+    env = harness.child_env(MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    spec = {"n": size.n, "d": size.d, "f": size.f, "group": group, "index": index}
+    answer = harness.run_json_child(
+        "benchmarks.aggregation", "--memory-child", json.dumps(spec), env=env
+    )
+    return None if answer is None else float(answer["peak_mib"])
 
 
 # ------------------------------------------------------------------------------------ report
@@ -723,35 +688,17 @@ def extra_rows(result: SizeResult) -> list[list[str]]:
 
 
 def print_tables(results: list[SizeResult]) -> None:
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # plain text
-        for r in results:
-            print(f"\n{r.size.label}")
-            rows = [E2E_HEADER, *e2e_rows(r), PAIR_HEADER, *pair_rows(r)]
-            for row in [*rows, EXTRA_HEADER, *extra_rows(r)]:
-                print(" | ".join(row))
-        return
-    console = Console(width=max(120, Console().width))
     for r in results:
         for title, header, rows in (
             (f"{r.size.label}: end to end, replies → aggregate", E2E_HEADER, e2e_rows(r)),
             (f"{r.size.label}: rules on a stacked tensor", PAIR_HEADER, pair_rows(r)),
             (f"{r.size.label}: cost vs a plain weighted mean", EXTRA_HEADER, extra_rows(r)),
         ):
-            table = Table(title=title)
-            for i, col in enumerate(header):
-                table.add_column(col, justify="left" if i == 0 else "right")
-            for row in rows:
-                table.add_row(*row)
-            console.print(table)
+            Table(header, title=title).extend(rows).print(width=120)
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    align = ["---"] + ["---:"] * (len(header) - 1)
-    lines = [header, align, *rows]
-    return "\n".join("| " + " | ".join(line) + " |" for line in lines)
+    return Table(header).extend(rows).markdown()
 
 
 def environment() -> dict[str, str]:
@@ -775,15 +722,15 @@ def environment() -> dict[str, str]:
     except ImportError:
         pass
     return {
-        "CPU": f"{cpu}, {os.cpu_count()} logical cores",
-        "memory": f"{psutil.virtual_memory().total / 2**30:.0f} GiB",
+        "CPU": f"{cpu}, {harness.cpu_count()} logical cores",
+        "memory": f"{harness.memory_gib():.0f} GiB",
         "OS": platform.platform(),
         "Python": platform.python_version(),
         "torch": f"{torch.__version__}: {torch.get_num_threads()} intra-op threads, "
         f"{torch.get_num_interop_threads()} inter-op threads",
         "numpy": f"{np.__version__} (Flower's kernels)",
         "native thread pools": blas,
-        "flwr": version("flwr"),
+        **harness.versions("flwr"),
     }
 
 
@@ -792,16 +739,14 @@ def write_markdown(
     results: list[SizeResult],
     reps: int,
     load: tuple[tuple[float, ...], ...],
-    command: str,
+    session: harness.Session,
     threads: int | None,
-    code: CodeVersion | None = None,
 ) -> None:
     env = environment()
     parts = [
         "# Aggregation speed: ours vs Flower's built-in robust aggregation",
         "",
-        f"Generated by `{command}` from {code.label() if code else 'an unknown commit'} "
-        "(do not edit by hand). Our rules "
+        f"{session.header()} (do not edit by hand). Our rules "
         "(`strategies/robust`) and Flower's counterparts aggregate the **same** float32 "
         "updates in one process; every output is checked against Flower's before timing is "
         "reported (✅ = at least "
@@ -908,9 +853,11 @@ def write_markdown(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--quick", action="store_true", help="small sizes, 2 repetitions")
-    parser.add_argument("--reps", type=int, default=None, help="timed repetitions (default 3)")
+    parser = harness.parser(
+        __doc__, quick="small sizes, 2 repetitions",
+        reps=harness.opt(None, "timed repetitions (default 3)"),
+        out=harness.opt(None, "markdown report path"),
+    )  # fmt: skip
     parser.add_argument("--no-memory", action="store_true", help="skip peak-memory children")
     parser.add_argument(
         "--threads",
@@ -918,13 +865,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="limit torch and numpy's BLAS to this many threads (default: their defaults)",
     )
-    parser.add_argument("--out", type=Path, default=None, help="markdown report path")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
-    add_allow_dirty_flag(parser)
     args = parser.parse_args(argv)
 
     if args.threads is not None:
-        limit_threads(args.threads)
+        harness.limit_threads(args.threads)
     if args.memory_child is not None:
         spec = json.loads(args.memory_child)
         size = Size(spec["n"], spec["d"], spec["f"])
@@ -932,27 +877,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     _set_task_identity()
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    harness.quiet("flwr")
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
     reps = args.reps or (2 if args.quick else 3)
-    out = args.out if args.out is not None else (None if args.quick else DEFAULT_OUT)
-    code = code_version(args.allow_dirty)
-    guard_docs_write(out, code)
-    load_start = tuple(round(v, 2) for v in os.getloadavg())
-    busy = sum(
-        "flwr" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])
-    )
+    out = harness.resolve_out(args, DEFAULT_OUT)
+    session = harness.start("aggregation", argv, out, allow_dirty=args.allow_dirty)
+    load_start = harness.load_averages()
+    busy = len(harness.processes_with("flwr"))
     print(f"load average {load_start}; {busy} other flwr processes running")
-    started = time.perf_counter()
     results = [run_size(size, reps, memory=not args.no_memory) for size in sizes]
-    load_end = tuple(round(v, 2) for v in os.getloadavg())
+    load_end = harness.load_averages()
     print_tables(results)
-    print(f"total {time.perf_counter() - started:.0f} s; load average at end {load_end}")
+    print(f"total {session.seconds:.0f} s; load average at end {load_end}")
     if out is not None:
-        command = "python -m benchmarks.aggregation" + " ".join(
-            ["", *(argv if argv is not None else sys.argv[1:])]
-        )
-        write_markdown(out, results, reps, (load_start, load_end), command, args.threads, code)
+        write_markdown(out, results, reps, (load_start, load_end), session, args.threads)
     return 0
 
 

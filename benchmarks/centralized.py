@@ -41,13 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.provenance import (
-    add_allow_dirty_flag,
-    code_version,
-    cpu_count,
-    guard_docs_write,
-    load_average,
-)
+from benchmarks import harness
+from benchmarks.harness import Table, code_version, cpu_count, load_average
 from fl_app.config import RunConfig
 from fl_app.local_run import PROJECT_DIR, SimulationRun, run_simulation
 from fl_core.config import flatten
@@ -478,12 +473,7 @@ def table_rows(results: Sequence[BenchmarkResult], *, bold: bool = False) -> lis
 
 def markdown_table(results: Sequence[BenchmarkResult]) -> str:
     """The results as a Markdown table (primary metrics in bold)."""
-    lines = [
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "|".join(["---", "---"] + ["---:"] * (len(COLUMNS) - 2)) + "|",
-    ]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(results, bold=True)]
-    return "\n".join(lines)
+    return Table(COLUMNS, left=2).extend(table_rows(results, bold=True)).markdown()
 
 
 def render_markdown(results: Sequence[BenchmarkResult], meta: Mapping[str, Any]) -> str:
@@ -609,15 +599,6 @@ def notes(results: Sequence[BenchmarkResult]) -> list[str]:
 def to_json(results: Sequence[BenchmarkResult], meta: Mapping[str, Any]) -> dict[str, Any]:
     """Machine-readable form: ``{"meta": …, "rows": […]}`` (NaN → null)."""
 
-    def clean(value: Any) -> Any:
-        if isinstance(value, float):
-            return None if math.isnan(value) else value
-        if isinstance(value, Mapping):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        return value
-
     rows = []
     for r, gap, ratio in zip(results, gaps(results), time_ratios(results), strict=True):
         row = asdict(r)
@@ -630,8 +611,8 @@ def to_json(results: Sequence[BenchmarkResult], meta: Mapping[str, Any]) -> dict
             metrics=dict(r.metrics),
             extra=dict(r.extra),
         )
-        rows.append(clean(row))
-    return {"meta": clean(dict(meta)), "rows": rows}
+        rows.append(harness.json_safe(row, infinity=True))
+    return {"meta": harness.json_safe(dict(meta), infinity=True), "rows": rows}
 
 
 #: Meta keys every row of one report shares (one header describes them all).
@@ -718,18 +699,8 @@ def provenance_note(meta: Mapping[str, Any]) -> str:
 
 def print_table(results: Sequence[BenchmarkResult]) -> None:
     """The results as a table on stdout (rich if available)."""
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # pragma: no cover - rich comes with flwr
-        print(markdown_table(results))
-        return
-    table = Table(title="Federated vs centralised (server test set)")
-    for i, col in enumerate(COLUMNS):
-        table.add_column(col, justify="left" if i < 2 else "right")
-    for row in table_rows(results):
-        table.add_row(*row)
-    Console(width=max(160, Console().width)).print(table)
+    table = Table(COLUMNS, left=2, title="Federated vs centralised (server test set)")
+    table.extend(table_rows(results)).print(width=160)
 
 
 # --------------------------------------------------------------------------- metadata
@@ -769,7 +740,7 @@ def describe(cfg: RunConfig, tasks: Sequence[str], command: str) -> dict[str, An
         "flwr": version("flwr"),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "machine": f"{platform.system()} {platform.machine()}, {cpu_count()} CPUs",
+        "machine": harness.machine(),
         "git": code_version().short,
         "cpus": cpu_count(),
         "command": command,
@@ -791,53 +762,38 @@ def load_note(results: Sequence[BenchmarkResult], cpus: int) -> str:
 
 # --------------------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = harness.parser(
+        "Federated (flwr run, 10 silos) vs centralised training, same total epochs.",
         prog="python -m benchmarks.centralized",
-        description="Federated (flwr run, 10 silos) vs centralised training, same total epochs.",
+        quick=f"smoke test: {QUICK_ROUNDS} rounds unless --rounds; writes files only with --out",
+        rounds=harness.opt(None, "num-server-rounds (default: the app's, from pyproject.toml)"),
+        seed=harness.opt(None, "run seed (default: the app's)"),
+        merge="keep the other tasks' rows of the existing report (--out and its .json) and "
+        "replace only the rows of --tasks",
+        out=harness.opt(
+            None, f"Markdown output; the JSON goes next to it (default: {DEFAULT_OUT})"
+        ),
     )
     parser.add_argument(
         "--tasks", nargs="+", default=list(DEFAULT_TASKS), metavar="TASK",
         help=f"tasks to benchmark (default: {' '.join(DEFAULT_TASKS)})",
     )  # fmt: skip
     parser.add_argument(
-        "--rounds", type=int, default=None,
-        help="num-server-rounds (default: the app's, from pyproject.toml)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--quick", action="store_true",
-        help=f"smoke test: {QUICK_ROUNDS} rounds unless --rounds; writes files only with --out",
-    )  # fmt: skip
-    parser.add_argument("--seed", type=int, default=None, help="run seed (default: the app's)")
-    parser.add_argument(
         "--client-eval", action="store_true",
         help="keep client-side evaluation on (the app's sampling.fraction-evaluate); off by default",
     )  # fmt: skip
-    parser.add_argument(
-        "--merge", action="store_true",
-        help="keep the other tasks' rows of the existing report (--out and its .json) and "
-        "replace only the rows of --tasks",
-    )  # fmt: skip
-    parser.add_argument(
-        "--out", type=Path, default=None,
-        help=f"Markdown output; the JSON goes next to it (default: {DEFAULT_OUT})",
-    )  # fmt: skip
-    add_allow_dirty_flag(parser)
     args = parser.parse_args(argv)
     if args.quick and args.rounds is None:
         args.rounds = QUICK_ROUNDS
-    if args.out is None and not args.quick:
-        args.out = DEFAULT_OUT
-    if args.merge and args.out is None:
-        parser.error("--merge needs a report to merge into: give --out (or drop --quick)")
+    harness.resolve_out(args, DEFAULT_OUT, parser)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    harness.log_to_console()
     args = parse_args(argv)
-    command = "python -m benchmarks.centralized " + " ".join(sys.argv[1:] if argv is None else argv)
-    code = code_version(args.allow_dirty)
-    guard_docs_write(args.out, code)
+    session = harness.start("centralized", argv, args.out, allow_dirty=args.allow_dirty)
+    command, code = session.command, session.code
     results: list[BenchmarkResult] = []
     with project_snapshot() as snapshot:
         LOG.info("running the app from a snapshot of %s in %s", PROJECT_DIR, snapshot)

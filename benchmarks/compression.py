@@ -19,7 +19,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import statistics
@@ -29,8 +28,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from benchmarks import harness
 from benchmarks.efficiency_doc import DOC, write_section
-from benchmarks.provenance import add_allow_dirty_flag, code_version, guard_docs_write
+from benchmarks.harness import Column, Table
 
 SCHEMES = ("none", "int8", "int4", "topk", "topk+int8")
 #: name → (compression.method, other keys of the compression section): the codecs with
@@ -142,26 +142,24 @@ def summarise(runs: list[Run]) -> list[dict]:
 
 
 def table(rows: list[dict], silos: int) -> str:
-    lines = [
-        "| codec | bytes uploaded / round | per reply | cut vs none | final accuracy "
-        "| Δ accuracy vs none | s / run |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
+    out = Table([
+        "codec", Column("bytes uploaded / round", ",.0f"), Column("per reply", ",.0f"),
+        Column("cut vs none", lambda cut: f"{100 * cut:.1f} %"), "final accuracy",
+        Column("Δ accuracy vs none", lambda delta: f"{delta:+.2f} pt"), Column("s / run", ".0f"),
+    ])  # fmt: skip
     for row in rows:
-        cut = f"{100 * row['cut']:.1f} %" if "cut" in row else "–"
-        delta = f"{row['accuracy_delta_pt']:+.2f} pt" if "accuracy_delta_pt" in row else "–"
         accs = ", ".join(f"{a:.4f}" for a in row["accuracies"])
-        lines.append(
-            f"| {LABELS.get(row['scheme'], row['scheme'])} | {row['bytes_per_round']:,.0f} "
-            f"| {row['bytes_per_round'] / silos:,.0f} | {cut} "
-            f"| {row['final_accuracy']:.4f} ({accs}) | {delta} | {row['seconds']:.0f} |"
-        )
-    return "\n".join(lines)
+        out.add(
+            LABELS.get(row["scheme"], row["scheme"]), row["bytes_per_round"],
+            row["bytes_per_round"] / silos, row.get("cut"),
+            f"{row['final_accuracy']:.4f} ({accs})", row.get("accuracy_delta_pt"),
+            row["seconds"],
+        )  # fmt: skip
+    return out.markdown()
 
 
 def markdown(rows: list[dict], args, runs: list[Run]) -> str:
-    from importlib.metadata import version
-
+    versions = harness.versions("flwr", "torch")
     targets = []
     for row in rows:
         if row["scheme"] == "int8" and "cut" in row:
@@ -195,7 +193,7 @@ def markdown(rows: list[dict], args, runs: list[Run]) -> str:
         if ("topk", seed) in by_key and ("topk-classic", seed) in by_key
     ]
     if len(paired) >= 2:
-        mean, sd = statistics.fmean(paired), statistics.stdev(paired)
+        mean, sd = harness.mean_std(paired)
         if mean <= 0:
             verdict = "no gain on these seeds."
         elif mean < 2 * sd / len(paired) ** 0.5:
@@ -207,14 +205,15 @@ def markdown(rows: list[dict], args, runs: list[Run]) -> str:
             + ", ".join(f"{d:+.2f}" for d in paired)
             + f" pt (mean {mean:+.2f}, sd {sd:.2f}; one test image = 0.28 pt): {verdict}"
         )
-    curve_rows = ["| round | " + " | ".join(LABELS.get(r["scheme"], r["scheme"]) for r in rows)
-                  + " |", "|---:|" + "---:|" * len(rows)]  # fmt: skip
+    curves = Table(
+        ["round", *(Column(LABELS.get(r["scheme"], r["scheme"]), ".4f") for r in rows)],
+        align="r" * (len(rows) + 1),
+    )
     dense_reply = rows[0]["bytes_per_round"] / args.silos
     first_seed = runs[0].seed
     by_scheme = {r.scheme: r for r in runs if r.seed == first_seed}
     for i in range(args.rounds):
-        cells = [f"{by_scheme[r['scheme']].accuracy[i]:.4f}" for r in rows]
-        curve_rows.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+        curves.add(i + 1, *(by_scheme[r["scheme"]].accuracy[i] for r in rows))
     return f"""## Update compression (`python -m benchmarks.compression`)
 
 Digits (bundled 8×8 images, SmallCNN, 9 930 float32 parameters), {args.silos} silos, IID,
@@ -224,7 +223,7 @@ model, 360 images: one image = 0.28 pt; Δ accuracy is paired by seed). Top-k ke
 {100 * args.topk_fraction:g} % of the model's float values per reply. Error feedback on: the
 residual for int8/int4, EF21 for top-k (the default since issue #9; the "before" row is the
 previous default, classic residual with a per-tensor top-k). In-process grid (the real
-ServerApp body and ClientApp, no transport); flwr {version("flwr")}, torch {version("torch")}.
+ServerApp body and ClientApp, no transport); flwr {versions["flwr"]}, torch {versions["torch"]}.
 
 **Bytes are measured, not estimated**: `bytes-uploaded` is the sum, over the round's train
 replies, of the bytes Flower serialises for each reply (every inflatable object of the
@@ -239,7 +238,7 @@ bytes per message. That fixed part is why the compressed codecs travel as one ui
 
 Server test accuracy per round (seed {first_seed}):
 
-{chr(10).join(curve_rows)}
+{curves.markdown()}
 
 How the codecs work (`strategies/compression/codecs.py`): the delta w.r.t. the received
 global model is quantised per chunk of {args.chunk} values (min–max range, `2^bits` levels,
@@ -275,18 +274,16 @@ EXPLORATION = (
 
 
 def _exploration_table() -> str:
-    lines = [
-        "| top-k 1 % variant | seeds 42 / 43 / 44 / 45 | mean | Δ vs none |",
-        "|---|---|---:|---:|",
-    ]
+    out = Table(
+        ["top-k 1 % variant", "seeds 42 / 43 / 44 / 45", Column("mean", ".4f"),
+         Column("Δ vs none", lambda d: f"{100 * d:+.2f} pt")],
+        align="llrr",
+    )  # fmt: skip
     base = statistics.fmean(EXPLORATION_NONE)
     for label, accs in EXPLORATION:
         mean = statistics.fmean(accs)
-        lines.append(
-            f"| {label} | {' / '.join(f'{a:.4f}' for a in accs)} | {mean:.4f} "
-            f"| {100 * (mean - base):+.2f} pt |"
-        )
-    return "\n".join(lines)
+        out.add(label, " / ".join(f"{a:.4f}" for a in accs), mean, mean - base)
+    return out.markdown()
 
 
 DIAGNOSIS = """### Why top-k 1 % lagged, and what was tried (issue #9)
@@ -376,6 +373,14 @@ def reply_sizes(topk_fraction: float = 0.01) -> list[dict]:
 
 def sizes_markdown(rows: list[dict]) -> str:
     dense = rows[0]["plain"]
+    cut = Column("cut", lambda c: f"{100 * c:.1f} %")
+    out = Table(["codec", Column("bytes (codes as is)", ","), cut,
+                 Column("bytes (zlib-deflated payload)", ","), cut])  # fmt: skip
+    for r in rows:
+        out.add(
+            LABELS.get(r["scheme"], r["scheme"]), r["plain"], 1 - r["plain"] / dense, r["zlib"],
+            1 - r["zlib"] / dense,
+        )  # fmt: skip
     lines = [
         "## One reply on the wire, with and without the lossless stage",
         "",
@@ -383,36 +388,25 @@ def sizes_markdown(rows: list[dict]) -> str:
         "seeded initial model), serialised as Flower sends it; `python -m "
         "benchmarks.compression --sizes-only`.",
         "",
-        "| codec | bytes (codes as is) | cut | bytes (zlib-deflated payload) | cut |",
-        "|---|---:|---:|---:|---:|",
+        out.markdown(),
     ]
-    for r in rows:
-        lines.append(
-            f"| {LABELS.get(r['scheme'], r['scheme'])} | {r['plain']:,} "
-            f"| {100 * (1 - r['plain'] / dense):.1f} % | {r['zlib']:,} "
-            f"| {100 * (1 - r['zlib'] / dense):.1f} % |"
-        )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--rounds", type=int, default=20)
+    parser = harness.parser(
+        __doc__, quick="2 rounds, 3 silos, no files", rounds=20, seeds=[42, 43, 44, 45, 46, 47],
+        out=DOC, json=Path("docs/efficiency-compression.json"),
+    )  # fmt: skip
     parser.add_argument("--silos", type=int, default=10)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44, 45, 46, 47])
     parser.add_argument(
         "--schemes", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS)
     )
     parser.add_argument("--topk-fraction", type=float, default=0.01)
-    parser.add_argument("--out", type=Path, default=DOC)
-    parser.add_argument("--json", type=Path, default=Path("docs/efficiency-compression.json"))
-    parser.add_argument("--quick", action="store_true", help="2 rounds, 3 silos, no files")
     parser.add_argument("--sizes-only", action="store_true", help="one reply per codec only")
-    add_allow_dirty_flag(parser)
     args = parser.parse_args(argv)
-    code = code_version(args.allow_dirty)
-    if not args.quick:
-        guard_docs_write([args.out, args.json], code)
+    outputs = [] if args.quick else [args.out, args.json]
+    code = harness.start("compression", argv, outputs, allow_dirty=args.allow_dirty).code
     sizes = reply_sizes(args.topk_fraction)
     print(sizes_markdown(sizes))
     if args.sizes_only:

@@ -24,6 +24,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from benchmarks import harness
+from benchmarks.harness import Column, Table
+
 #: label → targets (``module:attribute`` or ``module:Class.method``) and what it is.
 #: Targets missing from a revision are reported as such, not an error.
 FEATURES: dict[str, tuple[tuple[str, ...], str]] = {
@@ -215,15 +218,14 @@ def measure_features(
     rounds: int, silos: int, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Run an in-process federation of ``silos`` silos for ``rounds`` rounds (run-config
-    ``overrides`` with dotted keys) under the timers; returns ``{"per_round": {label: s}, "wall": [s per round], "missing": […]}``."""
-    import torch
-
+    ``overrides`` with dotted keys) under the timers; returns ``{"per_round": {label: s},
+    "wall": [s per round], "missing": […]}``."""
     from fl_app.client_app import app
     from fl_app.config import RunConfig
     from fl_app.federation import run_federation
     from fl_app.inprocess import InProcessGrid
 
-    torch.set_num_threads(1)
+    harness.limit_threads(1, native=False)
     timers = Timers()
     restore, missing = install(timers)
     try:
@@ -245,19 +247,19 @@ def measure_features(
 def markdown_rows(costs: dict[str, Any], difference: float | None) -> str:
     """A markdown table of the features' ms per round (and share of ``difference``, the
     seconds per round our app takes beyond plain Flower, when given)."""
-    lines = ["| feature | what it does | ms / round | share of ours − plain |",
-             "|---|---|---:|---:|"]  # fmt: skip
+    table = Table(["feature", "what it does", Column("ms / round", ".1f"),
+                   Column("share of ours − plain", ".0%")], align="llrr")  # fmt: skip
     ours = 0.0
     for label, (_, what) in FEATURES.items():
         seconds = costs["per_round"].get(label)
         if seconds is None:
             continue
-        share = "–"
+        share = None
         if difference and "in both apps" not in label:
-            share = f"{seconds / difference:.0%}"
+            share = seconds / difference
             ours += seconds
-        lines.append(f"| {label} | {what} | {seconds * 1e3:.1f} | {share} |")
+        table.add(label, what, seconds * 1e3, share)
     if difference:
-        lines.append(f"| **our features, summed** | | **{ours * 1e3:.1f}** "
-                     f"| **{ours / difference:.0%}** |")  # fmt: skip
-    return "\n".join(lines)
+        table.add("**our features, summed**", "", f"**{ours * 1e3:.1f}**",
+                  f"**{ours / difference:.0%}**")  # fmt: skip
+    return table.markdown()

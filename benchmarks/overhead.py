@@ -39,17 +39,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from benchmarks import harness
 from benchmarks.efficiency_doc import DOC, write_section
+from benchmarks.harness import Column, Table, Versus
 from benchmarks.overhead_worker import SILOS, SIM_VARIANTS
-from benchmarks.provenance import add_allow_dirty_flag, code_version, guard_docs_write
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 WORKER = Path(__file__).resolve().parent / "overhead_worker.py"
@@ -96,34 +95,20 @@ def measure_checkout(
     """Run :mod:`benchmarks.overhead_worker` on ``checkout`` (its cwd and PYTHONPATH) with
     ``extra_args``; return its rows and its feature costs (``--features``; else None).
     Every process it started is stopped when it ends or times out."""
-    import psutil
-
-    from fl_app.local_run import stop_process_tree
-
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(checkout),
-        "OMP_NUM_THREADS": "1",
-        "MLFLOW_DISABLE_TELEMETRY": "true",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    }
+    env = harness.child_env(PYTHONPATH=str(checkout), OMP_NUM_THREADS="1")
     with tempfile.TemporaryDirectory(prefix="fedsilo-overhead-") as tmp:
         out = Path(tmp) / "rows.json"
         cmd = [sys.executable, str(WORKER), "--rounds", str(rounds), "--out", str(out)]
         cmd += ["--variants", *variants] if variants else []
         cmd += list(extra_args)
-        proc = subprocess.Popen(cmd, cwd=checkout, env=env, stderr=subprocess.PIPE, text=True)
-        try:
-            _, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                stop_process_tree(psutil.Process(proc.pid))
-            _, err = proc.communicate()
-            raise RuntimeError(f"measuring {checkout} timed out after {timeout} s") from None
-        finally:
-            if proc.poll() is None:
-                with contextlib.suppress(psutil.NoSuchProcess):
-                    stop_process_tree(psutil.Process(proc.pid))
+        popen = {"cwd": checkout, "env": env, "stderr": subprocess.PIPE, "text": True}
+        with harness.child(cmd, **popen) as proc:
+            try:
+                _, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                harness.stop_tree(proc)
+                _, err = proc.communicate()
+                raise RuntimeError(f"measuring {checkout} timed out after {timeout} s") from None
         if proc.returncode != 0 or not out.is_file():
             raise RuntimeError(f"measuring {checkout} failed:\n{(err or '')[-3000:]}")
         sys.stderr.write(err or "")
@@ -146,26 +131,25 @@ def summarise(rows: dict[str, dict], skip: int = SKIP) -> dict[str, dict]:
 def table(revisions: dict[str, dict[str, dict]]) -> str:
     """One markdown table: every revision's rows, ``× direct`` against the same revision's
     direct loop, ``after / before`` of the last revision against the first."""
-    labels = list(revisions)
-    first = revisions[labels[0]]
-    lines = [
-        "| revision | mode | wall s / round | × direct | after / before | silo phases s / round "
-        "| wall per round, rounds 1…n | total s |",
-        "|---|---|---:|---:|---:|---:|---|---:|",
-    ]
+    wall = "wall s / round"
+    out = Table(
+        [
+            "revision", "mode", Column(wall, ".2f"),
+            Column("× direct", versus=Versus(wall, row="direct", label="mode", group="revision")),
+            Column("after / before", versus=Versus(
+                wall, row=next(iter(revisions)), label="revision", group="mode",
+                show_baseline=False,
+            )),
+            Column("silo phases s / round", ".2f"), "wall per round, rounds 1…n",
+            Column("total s", ".1f"),
+        ],
+        align="llrrrrlr",
+    )  # fmt: skip
     for label, rows in revisions.items():
-        direct = rows["direct"]["per_round"]
         for mode, row in rows.items():
-            ratio = "–"
-            if label != labels[0] and mode in first:
-                ratio = f"{row['per_round'] / first[mode]['per_round']:.2f}"
             each = ", ".join(f"{t:.2f}" for t in row["wall"])
-            total = f"{row['total']:.1f}" if row.get("total") is not None else "–"
-            lines.append(
-                f"| {label} | {mode} | {row['per_round']:.2f} | {row['per_round'] / direct:.2f} "
-                f"| {ratio} | {row['phases_per_round']:.2f} | {each} | {total} |"
-            )
-    return "\n".join(lines)
+            out.add(label, mode, row["per_round"], row["phases_per_round"], each, row.get("total"))
+    return out.markdown()
 
 
 def accuracies(revisions: dict[str, dict[str, dict]]) -> str:
@@ -195,7 +179,7 @@ logged as `round-seconds` too). **silo phases** is `train-seconds + evaluate-sec
 (instructions handed to Flower → replies back). **direct** is the same training and
 evaluation in one loop without Flower, per revision (the silo work itself got cheaper
 where "after / before" of direct is below 1). Each revision ran in its own process from
-its own checkout, one after the other, in one invocation. Machine: {os.cpu_count()} cores,
+its own checkout, one after the other, in one invocation. Machine: {harness.cpu_count()} cores,
 load average {result["load_before"]:.1f} when started. Run {result["when"]}.
 
 {table(revisions)}
@@ -232,21 +216,21 @@ def plain_flower_section(result: dict) -> str:
     pairs = plain_ratios(rows)
     if not pairs:
         return ""
-    lines = [
-        "",
-        "### Against plain Flower",
-        "",
-        "| variant | plain Flower s / round | ours s / round | ours / plain | ours − plain s "
-        "| silo phases plain / ours s |",
-        "|---|---:|---:|---:|---:|---|",
-    ]
+    plain_s, ours_s = "plain Flower s / round", "ours s / round"
+    table = Table(
+        ["variant", Column(plain_s, ".2f"), Column(ours_s, ".2f"),
+         Column("ours / plain",
+                versus=Versus(ours_s, column=plain_s, fmt=lambda r: f"**{r:.2f}×**")),
+         Column("ours − plain s", versus=Versus(ours_s, column=plain_s, diff=True, fmt="+.2f")),
+         "silo phases plain / ours s"],
+        align="lrrrrl",
+    )  # fmt: skip
     for variant, ours, plain in pairs:
-        lines.append(
-            f"| {variant} | {plain['per_round']:.2f} | {ours['per_round']:.2f} "
-            f"| **{ours['per_round'] / plain['per_round']:.2f}×** "
-            f"| {ours['per_round'] - plain['per_round']:+.2f} "
-            f"| {plain['phases_per_round']:.2f} / {ours['phases_per_round']:.2f} |"
-        )
+        table.add(
+            variant, plain["per_round"], ours["per_round"],
+            f"{plain['phases_per_round']:.2f} / {ours['phases_per_round']:.2f}",
+        )  # fmt: skip
+    lines = ["", "### Against plain Flower", "", table.markdown()]
     repeats = max(row.get("repeats", 1) for _, *both in pairs for row in both)
     lines += [
         "",
@@ -277,8 +261,13 @@ def plain_flower_section(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--rounds", type=int, default=4)
+    parser = harness.parser(
+        __doc__, quick="no flwr run; 2 rounds", rounds=4, out=DOC,
+        json=Path("docs/efficiency-overhead.json"),
+        repeats=harness.opt(
+            1, "runs of plain Flower and ours per variant, alternating (plain, ours, ours, …)"
+        ),
+    )  # fmt: skip
     parser.add_argument(
         "--variants", nargs="*", default=list(SIM_VARIANTS)[:1], choices=SIM_VARIANTS,
         help="flwr-run simulation variants (default: Flower's defaults only)",
@@ -286,16 +275,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--before", metavar="REV", help="also measure git revision REV (a temporary worktree)"
     )
-    parser.add_argument("--out", type=Path, default=DOC)
-    parser.add_argument("--json", type=Path, default=Path("docs/efficiency-overhead.json"))
-    parser.add_argument("--quick", action="store_true", help="no flwr run; 2 rounds")
     parser.add_argument(
         "--plain", action=argparse.BooleanOptionalAction, default=True,
         help="run the plain Flower app beside every simulation variant (this tree only)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--repeats", type=int, default=1,
-        help="runs of plain Flower and ours per variant, alternating (plain, ours, ours, …)",
     )  # fmt: skip
     parser.add_argument(
         "--features", action=argparse.BooleanOptionalAction, default=True,
@@ -309,7 +291,6 @@ def main(argv: list[str] | None = None) -> int:
         help="deployment: Flower's default SuperNode vs the warm one, 5 SuperNodes on "
         "loopback (benchmarks.overhead_deployment; uses --rounds, --repeats, --out)",
     )  # fmt: skip
-    add_allow_dirty_flag(parser)
     args = parser.parse_args(argv)
     if args.rounds < 2:
         parser.error(f"--rounds must be ≥ 2 (round 1 is not averaged), got {args.rounds}")
@@ -331,14 +312,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.rounds, args.variants = 2, []
-    code = code_version(args.allow_dirty)
-    if not args.quick:
-        guard_docs_write([args.out, args.json], code)
+    outputs = [] if args.quick else [args.out, args.json]
+    code = harness.start("overhead", argv, outputs, allow_dirty=args.allow_dirty).code
     head, dirty = code.commit or "unknown", code.dirty
     result = {
         "rounds": args.rounds,
-        "load_before": os.getloadavg()[0],
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_before": harness.load_average(None),
+        "when": harness.utc_now(),
         "revisions": {},
     }
     if args.before:

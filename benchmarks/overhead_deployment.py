@@ -23,17 +23,15 @@ recorded before every run: on a shared machine compare modes within one invocati
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
+from benchmarks import harness
 from benchmarks.efficiency_doc import DOC, write_section
-from benchmarks.provenance import add_allow_dirty_flag, code_version, guard_docs_write
+from benchmarks.harness import Column, Table
 
 SILOS = 5
 MODES = ("subprocess", "warm")
@@ -64,10 +62,10 @@ def measure(mode: str, rounds: int, run_dir: Path) -> dict:
     from adapters.azureml.spec import parse_spec
     from adapters.local.run import run_local
 
-    load = os.getloadavg()[0]
-    started = time.perf_counter()
+    load = harness.load_average(None)
+    clock = harness.Stopwatch()
     run = run_local(parse_spec(spec_text(mode, rounds)), run_dir=run_dir, timeout=3600)
-    total = time.perf_counter() - started
+    total = clock.seconds
     if not run.ok:
         raise RuntimeError(f"{mode}: the run failed ({run.status}):\n{run.output[-3000:]}")
     rows = run.metrics
@@ -95,18 +93,18 @@ def _mean(values: list[float]) -> float:
 def markdown(result: dict) -> str:
     """The docs section: one row per run, then the ratio of the modes' means."""
     rows = result["runs"]
-    lines = [
-        "| run | mode | load avg | s / round (rounds 2…n) | train s | evaluate s "
-        "| s per round, rounds 1…n | accuracy |",
-        "|---:|---|---:|---:|---:|---:|---|---:|",
-    ]
+    table = Table(
+        ["run", "mode", Column("load avg", ".1f"), Column("s / round (rounds 2…n)", ".2f"),
+         Column("train s", ".2f"), Column("evaluate s", ".2f"), "s per round, rounds 1…n",
+         Column("accuracy", ".4f")],
+        align="rlrrrrlr",
+    )  # fmt: skip
     for i, row in enumerate(rows, 1):
         each = ", ".join(f"{t:.2f}" for t in row["round"])
-        lines.append(
-            f"| {i} | {row['mode']} | {row['load']:.1f} | {_mean(row['round']):.2f} "
-            f"| {_mean(row['train']):.2f} | {_mean(row['evaluate']):.2f} | {each} "
-            f"| {row['accuracy']:.4f} |"
-        )
+        table.add(
+            i, row["mode"], row["load"], _mean(row["round"]), _mean(row["train"]),
+            _mean(row["evaluate"]), each, row["accuracy"],
+        )  # fmt: skip
     means = {
         mode: statistics.fmean(_mean(r["round"]) for r in rows if r["mode"] == mode)
         for mode in MODES
@@ -123,10 +121,10 @@ def markdown(result: dict) -> str:
 
 Digits, {SILOS} silos (SuperNodes) on loopback through the local backend, FedAvg, 1 local
 epoch, every silo trains and evaluates every round, {result["rounds"]} rounds, modes
-alternating; {os.cpu_count()} cores, run {result["when"]}. Mean seconds per round over
+alternating; {harness.cpu_count()} cores, run {result["when"]}. Mean seconds per round over
 rounds 2…n: {summary}{ratio}. Final models of the runs: {same} (bit for bit).
 
-{chr(10).join(lines)}
+{table.markdown()}
 """
 
 
@@ -143,23 +141,19 @@ def models_identical(paths: list[str]) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point (``--runtime deployment`` of :mod:`benchmarks.overhead`)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=1, help="runs per mode, alternating")
+    parser = harness.parser(
+        __doc__, rounds=4, repeats=harness.opt(1, "runs per mode, alternating"), out=DOC,
+        json=Path("docs/efficiency-deployment.json"), no_write="print only",
+    )  # fmt: skip
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
-    parser.add_argument("--out", type=Path, default=DOC)
-    parser.add_argument("--json", type=Path, default=Path("docs/efficiency-deployment.json"))
-    parser.add_argument("--no-write", action="store_true", help="print only")
-    add_allow_dirty_flag(parser)
     args = parser.parse_args(argv)
-    code = code_version(args.allow_dirty)
-    if not args.no_write:
-        guard_docs_write([args.out, args.json], code)
+    outputs = [] if args.no_write else [args.out, args.json]
+    code = harness.start("overhead_deployment", argv, outputs, allow_dirty=args.allow_dirty).code
     if args.rounds < 2:
         parser.error(f"--rounds must be ≥ 2 (round 1 is not averaged), got {args.rounds}")
     result = {
         "rounds": args.rounds,
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "when": harness.utc_now(),
         "runs": [],
         "code": code.to_json(),
     }

@@ -41,27 +41,19 @@ noise), which is right for measuring utility at a given σ and wrong for protect
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
-import multiprocessing
-import os
-import platform
+import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from benchmarks.provenance import (
-    CodeVersion,
-    add_allow_dirty_flag,
-    code_version,
-    guard_docs_write,
-)
+from benchmarks import harness
+from benchmarks.harness import Table
 
 LOG = logging.getLogger(__name__)
 
@@ -281,16 +273,11 @@ def silence_flower() -> None:
 
 def prepare_process() -> None:
     """Initialiser of a worker process: one torch thread, Flower silenced, the app, Opacus
-    and torch's optimiser machinery imported once."""
-    import torch
-
-    import fl_app.client_app  # (the app, imported once per process)
-    import fl_app.federation  # noqa: F401
-    import strategies.privacy  # noqa: F401  (Opacus: seconds to import, once per process)
-
-    torch.set_num_threads(1)
-    silence_flower()
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)  # imports torch._dynamo
+    (seconds to import) and torch's optimiser machinery imported once."""
+    harness.prepare_worker(
+        imports=("fl_app.client_app", "fl_app.federation", "strategies.privacy"),
+        silence=silence_flower,
+    )
 
 
 class _SiloRecorder:
@@ -327,32 +314,8 @@ class _SiloRecorder:
 def _probe_grid(client_app, run_config: dict[str, Any], num_nodes: int, probe: dict):
     """An :class:`~fl_app.inprocess.InProcessGrid` that also records, per training round,
     how many silos were sent the model and the L2 norm of each silo's own update (reply −
-    sent model, before any server-side clipping or noise)."""
-    import torch
-    from flwr.app import MessageType
-
-    from fl_app.inprocess import InProcessGrid
-    from strategies.flatten import Layout, flatten
-
-    class ProbeGrid(InProcessGrid):
-        def send_and_receive(self, messages, *, timeout=None):
-            messages = list(messages)
-            if any(m.metadata.message_type == MessageType.TRAIN for m in messages):
-                probe["clients"].append(len(messages))
-            return super().send_and_receive(messages, timeout=timeout)
-
-        def _deliver(self, msg):
-            reply = super()._deliver(msg)
-            if msg.metadata.message_type == MessageType.TRAIN and not reply.has_error():
-                sent = msg.content.array_records.get("arrays")
-                got = reply.content.array_records.get("arrays")
-                if sent is not None and got is not None:
-                    layout = Layout.of(sent)
-                    delta = flatten(got, layout) - flatten(sent, layout)
-                    probe["norms"].append(float(torch.linalg.vector_norm(delta.double())))
-            return reply
-
-    return ProbeGrid(client_app, run_config, num_nodes)
+    sent model, before any server-side clipping or noise): :func:`harness.probe_grid`."""
+    return harness.probe_grid(client_app, run_config, num_nodes, probe["norms"], probe["clients"])
 
 
 def _number(value: Any) -> float | None:
@@ -420,7 +383,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     from fl_app.config import RunConfig
     from fl_app.federation import run_federation
 
-    started = time.perf_counter()
+    clock = harness.Stopwatch()
     row = empty_row(cell)
     probe: dict[str, list] = {"clients": [], "norms": []}
     silos = _SiloRecorder()
@@ -472,14 +435,11 @@ def run_cell(cell: Cell) -> dict[str, Any]:
             )
     except Exception as exc:  # recorded in the cell, the grid goes on
         row["error"] = f"{type(exc).__name__}: {exc}"[:500]
-    row["seconds"] = round(time.perf_counter() - started, 2)
+    row["seconds"] = round(clock.seconds, 2)
     return row
 
 
-def _median(ordered: Sequence[float]) -> float:
-    ordered = sorted(ordered)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+_median = statistics.median
 
 
 def _cost(cell: Cell) -> float:
@@ -515,39 +475,35 @@ def run_grid(
             if on_row is not None:
                 on_row(mine)
 
-    if workers <= 1:
-        import torch
-
-        threads = torch.get_num_threads()
-        flwr_log = logging.getLogger("flwr")
-        level = flwr_log.level
-        torch.set_num_threads(1)
-        silence_flower()
-        try:
-            for cell in unique:
-                done(run_cell(cell), cell)
-        finally:
-            flwr_log.setLevel(level)
-            for f in [f for f in flwr_log.filters if isinstance(f, _BenignFilter)]:
-                flwr_log.removeFilter(f)
-            torch.set_num_threads(threads)
-    else:
-        # concurrent.futures rather than multiprocessing.Pool: when a worker process dies
-        # (killed from outside), Pool silently replaces it and waits forever for its task;
-        # the executor fails the pending cells instead, which are then recorded as errors
-        # (and rerun by --resume).
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=prepare_process) as pool:
-            futures = {pool.submit(run_cell, cell): cell for cell in unique}
-            for future in as_completed(futures):
-                cell = futures[future]
-                try:
-                    row = future.result()
-                except Exception as exc:  # BrokenProcessPool: a worker died
-                    row = empty_row(cell)
-                    row["error"] = f"{type(exc).__name__}: {exc}"[:500]
-                done(row, cell)
+    # A worker that dies (killed from outside) fails its pending cells: they are recorded
+    # as errors (and rerun by --resume).
+    for cell, row in harness.run_workers(
+        run_cell, unique, workers=workers, initializer=prepare_process, inline=_inline,
+        on_error=_error_row,
+    ):  # fmt: skip
+        done(row, cell)
     return [rows[c.key] for c in cells if c.key in rows]
+
+
+@contextlib.contextmanager
+def _inline() -> Iterator[None]:
+    """Cells in this process: Flower silenced and one torch thread, restored afterwards."""
+    flwr_log = logging.getLogger("flwr")
+    level = flwr_log.level
+    silence_flower()
+    try:
+        with harness.torch_threads(1):
+            yield
+    finally:
+        flwr_log.setLevel(level)
+        for f in [f for f in flwr_log.filters if isinstance(f, _BenignFilter)]:
+            flwr_log.removeFilter(f)
+
+
+def _error_row(cell: Cell, exc: BaseException) -> dict[str, Any]:
+    row = empty_row(cell)
+    row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+    return row
 
 
 # --------------------------------------------------------------------------- checks
@@ -687,17 +643,14 @@ def describe(
         "amplification-what-if": what_if,
         "workers": workers,
         "threads-per-worker": 1,
-        "python": platform.python_version(),
-        "flwr": version("flwr"),
-        "torch": version("torch"),
-        "opacus": version("opacus"),
-        "machine": f"{platform.machine()}, {multiprocessing.cpu_count()} CPUs",
+        **harness.versions("python", "flwr", "torch", "opacus"),
+        "machine": harness.machine(system=False),
     }
 
 
 # --------------------------------------------------------------------------- output
 def _code_label(meta: Mapping[str, Any]) -> str:
-    return CodeVersion.from_json(meta["code"]).label() if meta.get("code") else "unknown"
+    return harness.code_label(meta.get("code"))
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
@@ -734,38 +687,17 @@ def table_rows(rows: Sequence[Mapping[str, Any]]) -> list[list[str]]:
 
 
 def print_table(rows: Sequence[Mapping[str, Any]]) -> None:
-    table = table_rows(rows)
-    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    for i, line in enumerate(table):
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    head, *body = table_rows(rows)
+    print(Table(head, align="l" * len(head)).extend(body).text())
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    table = table_rows(rows)
-    head, body = table[0], table[1:]
-    lines = [
-        "| " + " | ".join(head) + " |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    lines += ["| " + " | ".join(line) + " |" for line in body]
-    return "\n".join(lines)
-
-
-def _plain(value: Any) -> Any:
-    """JSON-safe: inf/nan → None, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
+    head, *body = table_rows(rows)
+    return Table(head, left=2).extend(body).markdown()
 
 
 def to_json(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> dict[str, Any]:
-    return _plain({
+    return harness.json_safe({
         "meta": dict(meta),
         "rows": [dict(r) for r in rows],
         "budget_violations": budget_violations(rows),
@@ -1335,13 +1267,14 @@ def _epsilon(text: str) -> float:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.privacy", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke test: {QUICK_SILOS} silos, {QUICK_ROUNDS} rounds, ε ∈ "
-                        "{2, ∞}; writes nothing unless --out")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (1 = inline)")
+    parser = harness.parser(
+        __doc__, prog="python -m benchmarks.privacy",
+        quick=f"smoke test: {QUICK_SILOS} silos, {QUICK_ROUNDS} rounds, ε ∈ "
+        "{2, ∞}; writes nothing unless --out",
+        workers=harness.opt(2, "worker processes (1 = inline)"),
+        out=harness.opt(None, f"Markdown output; JSON and PNG go next to it ({DEFAULT_OUT})"),
+        resume="reuse the finished cells of the JSON next to --out (same run config only)",
+    )  # fmt: skip
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--epsilons", nargs="+", type=_epsilon, default=None,
@@ -1354,23 +1287,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     tune.add_argument("--lr", type=float, default=None)
     tune.add_argument("--clip-norm", type=float, default=None)
     tune.add_argument("--max-grad-norm", type=float, default=None)
-    parser.add_argument(
-        "--out", type=Path, default=None,
-        help=f"Markdown output; JSON and PNG go next to it ({DEFAULT_OUT})",
-    )  # fmt: skip
-    parser.add_argument(
-        "--resume", action="store_true",
-        help="reuse the finished cells of the JSON next to --out (same run config only)",
-    )  # fmt: skip
-    add_allow_dirty_flag(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.silos = args.silos or QUICK_SILOS
         args.rounds = args.rounds or QUICK_ROUNDS
         args.batch_size = args.batch_size or QUICK_BATCH
         args.epsilons = args.epsilons or list(QUICK_EPSILONS)
-    elif args.out is None:
-        args.out = DEFAULT_OUT
+    harness.resolve_out(args, DEFAULT_OUT)
     args.epsilons = args.epsilons or list(EPSILONS)
     return args
 
@@ -1386,17 +1309,16 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Settings]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    harness.log_to_console("%(asctime)s %(message)s")
     args = parse_args(argv)
-    command = "python -m benchmarks.privacy " + " ".join(sys.argv[1:] if argv is None else argv)
+    session = harness.start("privacy", argv, args.out, allow_dirty=args.allow_dirty)
+    command, code = session.command, session.code
     cells = plan(
         tasks=args.tasks, modes=args.modes, epsilons=args.epsilons,
         settings=settings_from_args(args),
     )  # fmt: skip
     meta = describe(cells, workers=args.workers, command=command.strip())
     meta["settings"] = {t: asdict(s) for t, s in settings_from_args(args).items()}
-    code = code_version(args.allow_dirty)
-    guard_docs_write(args.out, code)
     meta["code"] = code.to_json()
     done: dict[tuple[str, str, float], dict[str, Any]] = {}
     if args.resume and args.out is not None:
@@ -1406,7 +1328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta["resumed-cells"] = len(done)
     runs = len({c.run_key for c in todo})
     LOG.info("%d cells (%d federations) on %d workers", len(todo), runs, args.workers)
-    started = time.perf_counter()
+    clock = harness.Stopwatch()
     finished = 0
 
     def rows_so_far() -> list[dict[str, Any]]:
@@ -1426,13 +1348,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         LOG.info("[%d/%d] %-13s %-7s ε=%-3s %s  %.0fs  (elapsed %.0fs)", finished, len(todo),
                  row["task"], row["mode"], row["epsilon_label"], status, row["seconds"],
-                 time.perf_counter() - started)  # fmt: skip
+                 clock.seconds)  # fmt: skip
 
     run_grid(todo, workers=args.workers, on_row=on_row)
     rows = rows_so_far()
     meta["complete"] = len(rows) == len(cells) and not any(r["error"] for r in rows)
-    meta["wall-seconds"] = round(time.perf_counter() - started, 1)
-    meta["load-average-at-end"] = [round(x, 2) for x in os.getloadavg()]
+    meta["wall-seconds"] = round(clock.seconds, 1)
+    meta["load-average-at-end"] = list(harness.load_averages())
     print()
     print_table(rows)
     if args.out is not None:

@@ -60,7 +60,6 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +68,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmarks import harness
 from benchmarks import privacy as dp_bench
-from benchmarks.provenance import (
-    add_allow_dirty_flag,
-    code_version,
-    cpu_count,
-    guard_docs_write,
-    load_average,
-)
+from benchmarks.harness import Table
 
 LOG = logging.getLogger(__name__)
 
@@ -741,20 +735,20 @@ def _mia_section(meta: Mapping[str, Any], setting: Mapping[str, Any],
         f"LiRA (offline) uses {_n(setting['shadows'], 'non-private shadow federation')} trained "
         "with this same recipe, each on another seeded split of the data.",
         "",
-        "| released model | ε reported | train acc. | test acc. | loss attack AUC | "
-        "loss TPR @ 1 % FPR | LiRA AUC | LiRA TPR @ 1 % FPR |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    table = Table([
+        "released model", "ε reported", "train acc.", "test acc.", "loss attack AUC",
+        "loss TPR @ 1 % FPR", "LiRA AUC", "LiRA TPR @ 1 % FPR",
+    ])  # fmt: skip
     for r in rows:
         eps = r.get("epsilon_reported")
         eps_text = "∞" if r["mode"] == "none" else (_f(eps) if eps is not None else
                                                      f"≤ {r['epsilon']:g}")  # fmt: skip
-        lines.append(
-            f"| {r['target']} | {eps_text} | {_f(r['train_accuracy'])} | "
-            f"{_f(r['test_accuracy'])} | {_f(r['loss_auc'])} | {_f(r['loss_tpr'])} | "
-            f"{_f(r['lira_auc'])} | {_f(r['lira_tpr'])} |"
-        )
-    return [*lines, ""]
+        table.add(
+            r["target"], eps_text, _f(r["train_accuracy"]), _f(r["test_accuracy"]),
+            _f(r["loss_auc"]), _f(r["loss_tpr"]), _f(r["lira_auc"]), _f(r["lira_tpr"]),
+        )  # fmt: skip
+    return [*lines, table.markdown(), ""]
 
 
 def _settings_of(meta: Mapping[str, Any], mia: Sequence[Mapping]) -> list[Mapping[str, Any]]:
@@ -817,17 +811,18 @@ def render_markdown(meta: Mapping[str, Any], mia: Sequence[Mapping], inv: Sequen
         'attacker gets without looking at the update. "Recovered": the share of the '
         f"target's images reconstructed at SSIM ≥ {RECOVERED_SSIM:g}.",
         "",
-        "| what the server sees | B | records behind it | PSNR (dB) | SSIM | MSE | "
-        "recovered | labels recovered | mean-image PSNR (dB) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    table = Table([
+        "what the server sees", "B", "records behind it", "PSNR (dB)", "SSIM", "MSE",
+        "recovered", "labels recovered", "mean-image PSNR (dB)",
+    ])  # fmt: skip
     for r in inv:
-        lines.append(
-            f"| {r['view']} | {r['batch']} | {r['records_behind']} | {_f(r['psnr'], '.1f')} | "
-            f"{_f(r['ssim'], '.2f')} | {_f(r['mse'], '.4f')} | {r.get('recovered', 0):.0%} | "
-            f"{r['labels']:.0%} | {_f(r['baseline'], '.1f')} |"
-        )
-    lines += ["", "## What each defence stopped and what it did not", ""]
+        table.add(
+            r["view"], r["batch"], r["records_behind"], _f(r["psnr"], ".1f"), _f(r["ssim"], ".2f"),
+            _f(r["mse"], ".4f"), f"{r.get('recovered', 0):.0%}", f"{r['labels']:.0%}",
+            _f(r["baseline"], ".1f"),
+        )  # fmt: skip
+    lines += [table.markdown(), "", "## What each defence stopped and what it did not", ""]
     for setting in settings:
         rows = [r for r in mia if r.get("setting", "docs") == setting["key"]]
         lines += [f"Membership inference, setting `{setting['key']}`:", ""]
@@ -858,13 +853,12 @@ def render_markdown(meta: Mapping[str, Any], mia: Sequence[Mapping], inv: Sequen
 
 # ================================================================================= CLI
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.privacy_attacks",
-                                description=__doc__.split("\n\n")[0])  # fmt: skip
-    p.add_argument(
-        "--quick",
-        action="store_true",
-        help="smoke test (small federations and inversions); writes only with --out",
-    )
+    p = harness.parser(
+        __doc__, prog="python -m benchmarks.privacy_attacks",
+        quick="smoke test (small federations and inversions); writes only with --out",
+        merge="keep the other parts' rows of the existing report (--out's .json)",
+        out=harness.opt(None, f"Markdown output, JSON next to it (default {DEFAULT_OUT})"),
+    )  # fmt: skip
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     p.add_argument(
         "--shadows",
@@ -881,36 +875,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=[m.key for m in MEMBERSHIP_SETTINGS],
         help="membership-inference settings to run (default: all)",
     )
-    p.add_argument(
-        "--merge",
-        action="store_true",
-        help="keep the other parts' rows of the existing report (--out's .json)",
-    )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help=f"Markdown output, JSON next to it (default {DEFAULT_OUT})",
-    )
-    add_allow_dirty_flag(p)
     args = p.parse_args(argv)
-    if args.out is None and not args.quick:
-        args.out = DEFAULT_OUT
-    if args.merge and args.out is None:
-        p.error("--merge needs a report to merge into: give --out (or drop --quick)")
+    harness.resolve_out(args, DEFAULT_OUT, p)
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    harness.log_to_console()
     args = parse_args(argv)
-    command = "python -m benchmarks.privacy_attacks " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    code = code_version(args.allow_dirty)
-    guard_docs_write(args.out, code)
+    session = harness.start("privacy_attacks", argv, args.out, allow_dirty=args.allow_dirty)
+    command, code = session.command, session.code
     dp_bench.prepare_process()
-    started, load_start = time.perf_counter(), load_average()
+    session.restart()  # the clock and the load average start after the warm-up
     q = args.quick
     all_settings = QUICK["membership"] if q else MEMBERSHIP_SETTINGS
     if args.shadows:
@@ -921,9 +897,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sigma = local_dp_sigma(settings, local_eps[0])
     meta: dict[str, Any] = {
         "command": command.strip(), "git": code.short, "code": code.to_json(),
-        "code-label": code.label(), "flwr": version("flwr"),
+        "code-label": code.label(), **harness.versions("flwr"),
         "torch": torch.__version__, "python": platform.python_version(),
-        "machine": f"{platform.system()} {platform.machine()}, {cpu_count()} CPUs",
+        "machine": harness.machine(),
         "membership_settings": [{
             "key": m.key, "title": m.title, "why": m.why, "test_fraction": m.test_fraction,
             "shadows": m.shadows,
@@ -950,8 +926,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             iterations=meta["iterations"], sigma=sigma, clip=settings.max_grad_norm,
             restarts=1 if q else RESTARTS,
         )  # fmt: skip
-    meta["seconds"] = round(time.perf_counter() - started, 1)
-    meta["load-start"], meta["load-end"] = load_start, load_average()
+    meta["seconds"] = round(session.seconds, 1)
+    meta["load-start"], meta["load-end"] = session.load_start, harness.load_average()
     if args.merge and args.out is not None:
         previous = args.out.with_suffix(".json")
         if not previous.is_file():

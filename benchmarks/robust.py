@@ -45,21 +45,20 @@ import contextlib
 import json
 import logging
 import math
-import multiprocessing
 import platform
 import re
 import signal
+import statistics
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from benchmarks.provenance import add_allow_dirty_flag, code_version, guard_docs_write
+from benchmarks import harness
+from benchmarks.harness import Table, code_version
 
 LOG = logging.getLogger(__name__)
 
@@ -309,20 +308,16 @@ def silence_flower() -> tuple[int, list[logging.Handler], bool]:
 def quiet_process() -> Iterator[None]:
     """Flower silenced and one torch thread for the block; restored afterwards (for
     running cells inside another process, e.g. a test session)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     level, handlers, propagate = silence_flower()
     try:
-        yield
+        with harness.torch_threads(1):
+            yield
     finally:
         flwr_log = logging.getLogger("flwr")
         flwr_log.setLevel(level)
         for handler in handlers:
             flwr_log.addHandler(handler)
         flwr_log.propagate = propagate
-        torch.set_num_threads(threads)
 
 
 def prepare_process() -> None:
@@ -332,43 +327,12 @@ def prepare_process() -> None:
     (used by its Bulyan, 12 × per round) calls ``gc.collect()``, which costs ≈ 0.5 s per
     call over torch's import-time heap; frozen objects are skipped. Results are
     unaffected."""
-    import gc
-
-    import torch
-
-    import fl_app.client_app
-    import fl_app.federation  # noqa: F401  (import the app once per process)
-
-    torch.set_num_threads(1)
-    silence_flower()
-    # The first optimizer imports torch._dynamo (seconds, once per process).
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    gc.collect()
-    gc.freeze()
+    harness.prepare_worker(silence=silence_flower, freeze_gc=True)
 
 
-def _probe_grid(client_app, run_config: dict[str, Any], num_nodes: int, norms: list[float]):
-    """An :class:`~fl_app.inprocess.InProcessGrid` that also records the L2 norm of every
-    silo's own update (reply − sent model) before the server-side attack simulation."""
-    import torch
-    from flwr.app import MessageType
-
-    from fl_app.inprocess import InProcessGrid
-    from strategies.flatten import Layout, flatten
-
-    class ProbeGrid(InProcessGrid):
-        def _deliver(self, msg):
-            reply = super()._deliver(msg)
-            if msg.metadata.message_type == MessageType.TRAIN and not reply.has_error():
-                sent = msg.content.array_records.get("arrays")
-                got = reply.content.array_records.get("arrays")
-                if sent is not None and got is not None:
-                    layout = Layout.of(sent)
-                    delta = flatten(got, layout) - flatten(sent, layout)
-                    norms.append(float(torch.linalg.vector_norm(delta.double())))
-            return reply
-
-    return ProbeGrid(client_app, run_config, num_nodes)
+#: An in-process grid that also records the L2 norm of every silo's own update (reply −
+#: sent model) before the server-side attack simulation.
+_probe_grid = harness.probe_grid
 
 
 def cell_robust_weights(cell: Cell) -> str:
@@ -385,7 +349,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     from fl_app.client_app import app as client_app
     from fl_app.federation import run_federation
 
-    started, cpu_started = time.perf_counter(), time.process_time()
+    clock = harness.Stopwatch()
     flwr_log = logging.getLogger("flwr")
     capture = _WarningLog()
     flwr_log.addHandler(capture)
@@ -432,8 +396,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     if norms:
         row["client_update_norm_median"] = round(float(_median(norms)), 4)
     row["warnings"] = dict(capture.messages.most_common(5))
-    row["seconds"] = round(time.perf_counter() - started, 2)
-    row["cpu_seconds"] = round(time.process_time() - cpu_started, 2)
+    row["seconds"] = round(clock.seconds, 2)
+    row["cpu_seconds"] = round(clock.cpu_seconds, 2)
     return row
 
 
@@ -451,10 +415,7 @@ def _maybe_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-def _median(values: Sequence[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+_median = statistics.median
 
 
 def run_matrix(
@@ -473,15 +434,11 @@ def run_matrix(
         if on_row is not None:
             on_row(row)
 
-    if workers <= 1:
-        with quiet_process():
-            for cell in cells:
-                done(run_cell(cell))
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(processes=workers, initializer=prepare_process) as pool:
-            for row in pool.imap_unordered(run_cell, _interleave(cells), chunksize=1):
-                done(row)
+    order = cells if workers <= 1 else _interleave(cells)
+    for _, row in harness.run_workers(
+        run_cell, order, workers=workers, initializer=prepare_process, inline=quiet_process
+    ):
+        done(row)
     return [by_key[c.key] for c in cells if c.key in by_key]
 
 
@@ -630,10 +587,7 @@ def markdown_matrix(rows: Sequence[Mapping[str, Any]], partitioner: str) -> str:
     aggs = _present(sub, "aggregator", [a.label for a in AGGREGATORS])
     family = {r["aggregator"]: r["family"] for r in sub}
     idx = _index(sub)
-    lines = [
-        "| aggregator | family | " + " | ".join(attacks) + " | worst drop (pts) |",
-        "|---|---|" + "---:|" * len(attacks) + "---:|",
-    ]
+    table = Table(["aggregator", "family", *attacks, "worst drop (pts)"], left=2)
     for agg in aggs:
         cells = [cell_text(idx.get((partitioner, att, agg)), clean) for att in attacks]
         drops = [
@@ -642,35 +596,29 @@ def markdown_matrix(rows: Sequence[Mapping[str, Any]], partitioner: str) -> str:
             if (partitioner, att, agg) in idx and clean is not None
         ]
         worst = max(drops) if drops else None
-        lines.append(
-            f"| {agg} | {FAMILY_LABELS.get(family[agg], family[agg])} | "
-            + " | ".join(cells)
-            + f" | {_pts(worst)} |"
-        )
-    return "\n".join(lines)
+        table.add(agg, FAMILY_LABELS.get(family[agg], family[agg]), *cells, _pts(worst))
+    return table.markdown()
 
 
 def markdown_ranking(rows: Sequence[Mapping[str, Any]]) -> str:
     """The worst-case-drop ranking as a Markdown table."""
     partitioners = _present(rows, "partitioner", PARTITIONERS)
-    head = " | ".join(f"worst drop, {p} (attack)" for p in partitioners)
-    lines = [
-        f"| rank | aggregator | family | {head} | **worst drop overall** | mean drop | "
-        f"within {TARGET_POINTS:g} pts everywhere |",
-        "|---:|---|---|" + "---:|" * len(partitioners) + "---:|---:|:---:|",
-    ]
+    table = Table(
+        ["rank", "aggregator", "family", *(f"worst drop, {p} (attack)" for p in partitioners),
+         "**worst drop overall**", "mean drop", f"within {TARGET_POINTS:g} pts everywhere"],
+        align="rll" + "r" * len(partitioners) + "rrc",
+    )  # fmt: skip
     for i, wc in enumerate(worst_case(rows), 1):
         per = []
         for p in partitioners:
             drop, attack = wc.per_partitioner.get(p, (None, ""))
             per.append("–" if drop is None else f"{_pts(drop)} ({attack})")
         worst = f"crash ({wc.crashed}/{wc.cells} cells)" if math.isinf(wc.worst) else _pts(wc.worst)
-        lines.append(
-            f"| {i} | {wc.aggregator} | {FAMILY_LABELS.get(wc.family, wc.family)} | "
-            + " | ".join(per)
-            + f" | **{worst}** | {_pts(wc.mean)} | {'yes' if wc.holds else 'no'} |"
-        )
-    return "\n".join(lines)
+        table.add(
+            i, wc.aggregator, FAMILY_LABELS.get(wc.family, wc.family), *per, f"**{worst}**",
+            _pts(wc.mean), "yes" if wc.holds else "no",
+        )  # fmt: skip
+    return table.markdown()
 
 
 def render_png(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
@@ -1475,16 +1423,6 @@ def to_json(
     """The JSON document: meta, rows (partitioner, attack, aggregator, accuracy, seconds,
     …), the worst-case ranking and the superseded rows (computed before issue #16 with
     the claimed weights, replaced by a merge; kept for the comparison)."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [clean(v) for v in value]
-        return value
-
     ranking = [
         {
             "aggregator": w.aggregator,
@@ -1497,7 +1435,7 @@ def to_json(
         }
         for w in worst_case(rows)
     ]
-    return clean(
+    return harness.json_safe(
         {
             "meta": dict(meta),
             "clean_fedavg": clean_reference(rows),
@@ -1518,13 +1456,8 @@ def print_table(rows: Sequence[Mapping[str, Any]], out=None) -> None:
         attacks = _present(sub, "attack", ATTACKS)
         aggs = _present(sub, "aggregator", [a.label for a in AGGREGATORS])
         idx = _index(sub)
-        width = max(len(a) for a in aggs) + 2
         print(f"\n{p} (clean fedavg {_acc(clean.get(p))})", file=out)
-        print(
-            "aggregator".ljust(width) + "".join(a[:10].rjust(11) for a in attacks)
-            + "  worst drop",
-            file=out,
-        )  # fmt: skip
+        table = Table(["aggregator", *(a[:10] for a in attacks), "worst drop"])
         for agg in aggs:
             vals, drops = [], []
             for att in attacks:
@@ -1539,10 +1472,8 @@ def print_table(rows: Sequence[Mapping[str, Any]], out=None) -> None:
                 if r is not None and p in clean:
                     drops.append(drop_points(r, clean))
             worst = max(drops) if drops else None
-            print(
-                agg.ljust(width) + "".join(v.rjust(11) for v in vals) + f"  {_pts(worst):>9}",
-                file=out,
-            )
+            table.add(agg, *vals, _pts(worst))
+        print(table.text(rule=False), file=out)
     ranking = worst_case(rows)
     if ranking:
         print("\nworst-case drop vs clean fedavg (points, best first):", file=out)
@@ -1600,10 +1531,10 @@ def describe(cells: Sequence[Cell], *, workers: int, command: str) -> dict[str, 
         "cells": len(cells),
         "workers": workers,
         "example-command": flwr_run_command(example),
-        "flwr": version("flwr"),
+        **harness.versions("flwr"),
         "torch": torch.__version__,
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {multiprocessing.cpu_count()} cores",
+        "machine": harness.machine(system=False, unit="cores"),
         "command": command,
     }
 
@@ -1731,18 +1662,19 @@ def write_outputs(
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.robust", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--quick", action="store_true",
-                        help=f"smoke test: {', '.join(QUICK_AGGREGATORS)} × "
-                        f"{', '.join(QUICK_ATTACKS)}, {QUICK_ROUNDS} rounds; writes nothing "
-                        "unless --out")  # fmt: skip
-    parser.add_argument("--workers", type=int, default=2, help="worker processes (1 = inline)")
-    parser.add_argument("--rounds", type=int, default=None, help=f"default {ROUNDS}")
+    parser = harness.parser(
+        __doc__, prog="python -m benchmarks.robust",
+        quick=f"smoke test: {', '.join(QUICK_AGGREGATORS)} × {', '.join(QUICK_ATTACKS)}, "
+        f"{QUICK_ROUNDS} rounds; writes nothing unless --out",
+        workers=harness.opt(2, "worker processes (1 = inline)"),
+        rounds=harness.opt(None, f"default {ROUNDS}"), seed=SEED,
+        out=harness.opt(None, f"Markdown output; JSON and PNG go next to it ({DEFAULT_OUT})"),
+        resume="reuse the finished cells of the JSON next to --out",
+        merge="merge the selected cells into the JSON next to --out (same settings), "
+        "replacing the cells rerun, and render the Markdown and PNG from the merged rows",
+    )  # fmt: skip
     parser.add_argument("--local-epochs", type=int, default=LOCAL_EPOCHS)
     parser.add_argument("--clients", type=int, default=NUM_CLIENTS)
-    parser.add_argument("--seed", type=int, default=SEED)
     parser.add_argument("--partitioners", nargs="+", choices=PARTITIONERS, default=None)
     parser.add_argument("--attacks", nargs="+", choices=ATTACKS, default=None)
     parser.add_argument(
@@ -1753,39 +1685,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="LABEL",
     )
     parser.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help=f"Markdown output; JSON and PNG go next to it ({DEFAULT_OUT})",
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="reuse the finished cells of the JSON next to --out"
-    )
-    parser.add_argument(
-        "--merge",
-        action="store_true",
-        help="merge the selected cells into the JSON next to --out (same settings), "
-        "replacing the cells rerun, and render the Markdown and PNG from the merged rows",
-    )
-    parser.add_argument(
         "--render-only",
         action="store_true",
         help="re-render the Markdown and PNG from the JSON next to --out (no federations)",
     )
-    add_allow_dirty_flag(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.rounds = args.rounds or QUICK_ROUNDS
         args.attacks = args.attacks or list(QUICK_ATTACKS)
         args.aggregators = args.aggregators or list(QUICK_AGGREGATORS)
-    elif args.out is None:
-        args.out = DEFAULT_OUT
+    harness.resolve_out(args, DEFAULT_OUT)
     args.rounds = args.rounds or ROUNDS
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    harness.log_to_console("%(asctime)s %(message)s")
     args = parse_args(argv)
     if args.render_only:
         if args.out is None:
@@ -1799,7 +1714,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.merge and args.out is None:
         print("error: --merge needs --out (or no --quick)", file=sys.stderr)
         return 2
-    command = "python -m benchmarks.robust " + " ".join(sys.argv[1:] if argv is None else argv)
+    session = harness.start("robust", argv, args.out, allow_dirty=args.allow_dirty)
+    command, code = session.command, session.code
     aggs = [aggregator(a) for a in args.aggregators] if args.aggregators else list(AGGREGATORS)
     cells = plan(
         partitioners=args.partitioners or PARTITIONERS,
@@ -1811,8 +1727,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
     )
     meta = describe(cells, workers=args.workers, command=command.strip())
-    code = code_version(args.allow_dirty)
-    guard_docs_write(args.out, code)
     meta["code"] = code.to_json()
     wanted = {c.key for c in cells}
     kept: list[dict[str, Any]] = []  # --merge: the base's rows this run does not redo
@@ -1845,7 +1759,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     todo = [c for c in cells if c.key not in done]
     if merge is not None:
         merge.update(cells=len(todo), reused=len(done))
-    started = time.perf_counter()
+    clock = harness.Stopwatch()
     LOG.info(
         "%d federations (%d to run) on %d workers, %d rounds × %d local epochs%s",
         len(cells),
@@ -1860,7 +1774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sorted([*kept, *done.values()], key=lambda r: matrix_order(row_key(r)))
 
     def current_meta(complete: bool) -> dict[str, Any]:
-        wall = round(offset + time.perf_counter() - started, 1)
+        wall = round(offset + clock.seconds, 1)
         if merge is None:
             meta["complete"], meta["wall-seconds"] = complete, wall
             return meta
@@ -1873,7 +1787,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nonlocal finished
         finished += 1
         done[row_key(row)] = row
-        elapsed = time.perf_counter() - started
+        elapsed = clock.seconds
         eta = elapsed / finished * (len(todo) - finished)
         status = row["error"] if row["error"] else f"acc={row['accuracy']:.3f}"
         LOG.info("[%d/%d] %-9s %-10s %-34s %s  %.1fs  (elapsed %.0fs, eta %.0fs)",

@@ -33,7 +33,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -46,8 +45,9 @@ from pathlib import Path
 
 import psutil
 
+from benchmarks import harness
 from benchmarks.efficiency_doc import DOC, write_section
-from benchmarks.provenance import add_allow_dirty_flag, code_version, guard_docs_write
+from benchmarks.harness import Table
 
 ROUND_LINE = re.compile(r"\[fedsilo\] round (\d+) server:")
 
@@ -80,11 +80,7 @@ class TreeSampler(threading.Thread):
         self.peak_procs = 0
 
     def _procs(self) -> list[psutil.Process]:
-        roots = [psutil.Process()]
-        for proc in psutil.process_iter(["cmdline"]):
-            cmd = proc.info.get("cmdline") or []
-            if any(self.marker in c for c in cmd):
-                roots.append(proc)
+        roots = [psutil.Process(), *harness.processes_with(self.marker)]
         found = {}
         for root in roots:
             try:
@@ -137,7 +133,6 @@ def run_scale(args) -> dict:
         _prestart_superlink,
         _superlinks_of,
         run_config_arg,
-        stop_process_tree,
     )
 
     sampled = max(args.min_train, int(args.clients * args.fraction_train))
@@ -154,14 +149,11 @@ def run_scale(args) -> dict:
     }
     federation = {"num-supernodes": args.clients, "client-resources-num-cpus": args.cpus}
     with tempfile.TemporaryDirectory(prefix="fedsilo-scale-") as home:
-        env = {
-            **os.environ,
-            "FLWR_HOME": home,
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-            "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
-            "MLFLOW_DISABLE_TELEMETRY": "true",
-        }
+        env = harness.child_env(
+            FLWR_HOME=home,
+            FLWR_LOCAL_SUPERLINK_HTTP_API_PORT=str(_free_port()),
+            FLWR_LOCAL_CONTROL_API_PORT=str(_free_port()),
+        )
         if args.ray_address:  # Flower's backend calls ray.init() without an address
             env["RAY_ADDRESS"] = args.ray_address
         overrides["output.run-dir"] = str(Path(home) / "runs")
@@ -178,23 +170,20 @@ def run_scale(args) -> dict:
         round_times: dict[int, float] = {}
         tail: list[str] = []
         _prestart_superlink(env)  # flwr run alone gives it 15 s, too few on a busy machine
-        proc = subprocess.Popen(
-            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        popen = {"env": env, "stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
         try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                tail = [*tail[-200:], line]
-                if (match := ROUND_LINE.search(line)) is not None:
-                    rnd = int(match.group(1))
-                    round_times.setdefault(rnd, time.monotonic() - start)
-                    print(f"  round {rnd} at {round_times[rnd]:.1f} s", flush=True)
-            proc.wait(timeout=args.timeout)
+            with harness.child(cmd, **popen) as proc:  # its tree is stopped when done
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    tail = [*tail[-200:], line]
+                    if (match := ROUND_LINE.search(line)) is not None:
+                        rnd = int(match.group(1))
+                        round_times.setdefault(rnd, time.monotonic() - start)
+                        print(f"  round {rnd} at {round_times[rnd]:.1f} s", flush=True)
+                proc.wait(timeout=args.timeout)
         finally:
-            if proc.poll() is None:
-                stop_process_tree(psutil.Process(proc.pid))
             for superlink in _superlinks_of(Path(home)):
-                stop_process_tree(superlink)
+                harness.stop_tree(superlink)
             sampler.stop.set()
             sampler.join()
         total = time.monotonic() - start
@@ -227,11 +216,11 @@ def run_scale(args) -> dict:
         "processes": sampler.peak_procs,
         "final_server": {k: v for k, v in (server[-1] if server else {}).items()},
         "machine": {
-            "cpus": os.cpu_count(),
-            "ram_gib": psutil.virtual_memory().total / 2**30,
+            "cpus": harness.cpu_count(),
+            "ram_gib": harness.memory_gib(),
             "load_before": args.load_before,
         },
-        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "when": harness.utc_now(),
     }
 
 
@@ -273,10 +262,10 @@ def engine_sweep_seconds(nodes: int, outstanding: int, sample: int = 200) -> flo
     finally:
         TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = saved
     idle = node_ids[outstanding : outstanding + sample] or node_ids[:sample]
-    start = time.perf_counter()
-    for node in idle:
-        state.get_message_ins(node_id=node, limit=1)
-    return (time.perf_counter() - start) / len(idle) * nodes
+    with harness.Stopwatch() as clock:
+        for node in idle:
+            state.get_message_ins(node_id=node, limit=1)
+    return clock.seconds / len(idle) * nodes
 
 
 def markdown(r: dict) -> str:
@@ -295,6 +284,16 @@ def markdown(r: dict) -> str:
         if r.get("ray_address")
         else "on the Ray instance Flower starts itself"
     )
+    table = Table(["measure", "value"]).extend([
+        [f"peak RSS, all {r['processes']} processes summed", f"{r['peak_rss_mib']:,.0f} MiB"],
+        ["peak PSS, summed (shared pages once)", f"{r['peak_pss_mib']:,.0f} MiB"],
+        ["largest single process",
+         f"{r['peak_single_mib']:,.0f} MiB (`{r['peak_single_process']}`)"],
+        ["seconds per round", f"{r['seconds_per_round']:.1f}"],
+        ["start-up until round 0 (SuperLink, Ray, roll call of all silos)",
+         f"{r['startup_seconds']:.1f} s"],
+        ["total wall time", f"{r['total_seconds']:.1f} s"],
+    ])  # fmt: skip
     return f"""## Simulation at scale (`python -m benchmarks.scale`)
 
 Real `flwr run` with the simulation engine {where}: **{r["clients"]:,} virtual clients**,
@@ -305,14 +304,7 @@ task `{r["task"]}` on {data}, {r["rounds"]} rounds, `sampling.fraction-train = {
 {r["machine"]["ram_gib"]:.0f} GiB RAM, load average {r["machine"]["load_before"]:.1f} when
 started (shared with other jobs). Run {r["when"]}.
 
-| measure | value |
-|---|---:|
-| peak RSS, all {r["processes"]} processes summed | {r["peak_rss_mib"]:,.0f} MiB |
-| peak PSS, summed (shared pages once) | {r["peak_pss_mib"]:,.0f} MiB |
-| largest single process | {r["peak_single_mib"]:,.0f} MiB (`{r["peak_single_process"]}`) |
-| seconds per round | {r["seconds_per_round"]:.1f} |
-| start-up until round 0 (SuperLink, Ray, roll call of all silos) | {r["startup_seconds"]:.1f} s |
-| total wall time | {r["total_seconds"]:.1f} s |
+{table.markdown()}
 
 No OOM: {quality}. Memory stays flat because a virtual client is a `Context` in the
 SuperLink, not a model; a Ray actor keeps one model object per task and loads each
@@ -324,9 +316,10 @@ beyond 256 MiB (`strategies.compression.records.EstimateStore`).
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser = harness.parser(
+        __doc__, rounds=10, out=DOC, json=Path("docs/efficiency-scale.json"), no_write=None
+    )
     parser.add_argument("--clients", type=int, default=10_000)
-    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--task", default="fraud")
     parser.add_argument("--fraction-train", type=float, default=0.005)
     parser.add_argument("--fraction-evaluate", type=float, default=0.002)
@@ -339,25 +332,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ray-address", default="", help="an existing Ray cluster, HOST:PORT")
     parser.add_argument("--round-timeout", type=float, default=4 * 3600.0)
     parser.add_argument("--timeout", type=float, default=6 * 3600.0)
-    parser.add_argument("--out", type=Path, default=DOC)
-    parser.add_argument("--json", type=Path, default=Path("docs/efficiency-scale.json"))
-    parser.add_argument("--no-write", action="store_true")
     parser.add_argument(
         "--engine-sweep", nargs=2, type=int, metavar=("NODES", "OUTSTANDING"),
         help="only time one sweep of Flower's simulation engine (see engine_sweep_seconds)",
     )  # fmt: skip
-    add_allow_dirty_flag(parser)
     args = parser.parse_args(argv)
     if args.engine_sweep:
         nodes, outstanding = args.engine_sweep
         seconds = engine_sweep_seconds(nodes, outstanding)
         print(f"{nodes} nodes, {outstanding} outstanding: {seconds:.2f} s per sweep "
-              f"(load average {os.getloadavg()[0]:.1f})")  # fmt: skip
+              f"(load average {harness.load_average(None):.1f})")  # fmt: skip
         return 0
-    code = code_version(args.allow_dirty)
-    if not args.no_write:
-        guard_docs_write([args.out, args.json], code)
-    args.load_before = os.getloadavg()[0]
+    outputs = [] if args.no_write else [args.out, args.json]
+    code = harness.start("scale", argv, outputs, allow_dirty=args.allow_dirty).code
+    args.load_before = harness.load_average(None)
     result = run_scale(args)
     result["code"] = code.to_json()
     print(json.dumps({k: v for k, v in result.items() if k != "round_times"}, indent=1))

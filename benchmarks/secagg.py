@@ -24,25 +24,18 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-
 import numpy as np
 
+from benchmarks import harness
+from benchmarks.harness import Column, Table, Versus
 from strategies.secagg import protocol as P
 
 CLIP, BITS = 4.0, 24
+BASELINE = "plain weighted mean (server)"
 
 
 def _median_time(fn, reps: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return harness.repeat(fn, reps).median  # after one warm-up call
 
 
 def run(n: int, d: int, reps: int) -> list[tuple[str, float]]:
@@ -98,7 +91,7 @@ def run(n: int, d: int, reps: int) -> list[tuple[str, float]]:
     assert np.abs(unmask([1]) - expected).max() <= bound
 
     return [
-        ("plain weighted mean (server)", _median_time(plain, reps)),
+        (BASELINE, _median_time(plain, reps)),
         ("silo: mask own update", _median_time(lambda: mask_one(1), reps)),
         ("silo: share + seal keys", _median_time(share_one, reps)),
         ("server: unmask, 0 dropped", _median_time(lambda: unmask([]), reps)),
@@ -107,20 +100,22 @@ def run(n: int, d: int, reps: int) -> list[tuple[str, float]]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, quick="small sizes (smoke test)", reps=5, allow_dirty=False)
     parser.add_argument("--silos", type=int, default=10)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     args = parser.parse_args(argv)
     sizes = [1_000, 10_000] if args.quick else [10_000, 100_000, 1_000_000]
     print(f"secure aggregation, n = {args.silos} silos, {BITS} bits, clip ±{CLIP}")
-    print(f"{'d':>9}  {'step':<30} {'time [ms]':>10} {'× plain':>9}")
+    table = Table(
+        ["d", "step", Column("time [ms]", ".2f"),
+         Column("× plain", versus=Versus("time [ms]", row=BASELINE, label="step", group="d",
+                                         fmt=".1f"))],
+        align="rlrr",
+    )  # fmt: skip
     for d in sizes:
-        rows = run(args.silos, d, args.reps)
-        base = rows[0][1]
-        for name, seconds in rows:
-            print(f"{d:>9}  {name:<30} {seconds * 1e3:>10.2f} {seconds / base:>9.1f}")
-        print(f"{d:>9}  {'upload bytes per silo':<30} {8 * d:>10} {2.0:>9.1f}  (float32: {4 * d})")
+        for name, seconds in run(args.silos, d, args.reps):
+            table.add(d, name, seconds * 1e3)
+        table.add(d, f"upload bytes per silo (float32: {4 * d})", str(8 * d), 2.0)
+    print(table.text())
 
 
 if __name__ == "__main__":

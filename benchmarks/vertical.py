@@ -22,7 +22,6 @@ serialised embedding and gradient arrays of one epoch (``Array.data`` of the mes
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -30,7 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.provenance import CodeVersion, add_allow_dirty_flag, code_version, guard_docs_write
+from benchmarks import harness
+from benchmarks.harness import Column, Table, Versus
 from fl_app.config import RunConfig
 from strategies.vertical.split import (
     binary_metrics,
@@ -229,7 +229,7 @@ def bench_task(task: str, run_dir: str, quick: bool = False) -> dict:
 
 def _code_label(results: list[dict]) -> str:
     code = next((r["code"] for r in results if r.get("code")), None)
-    return CodeVersion.from_json(code).label() if code else "code of unknown commit"
+    return harness.code_label(code, "code of unknown commit")
 
 
 def to_markdown(results: list[dict]) -> str:
@@ -251,12 +251,16 @@ def to_markdown(results: list[dict]) -> str:
             f"party {p}: {', '.join(g)}" for p, g in enumerate(r["split"])))  # fmt: skip
         out += ["", "Records: " + ", ".join(f"{k} {v}" for k, v in r["records"].items()), ""]
         out += ["Settings: " + ", ".join(f"`{k}={v}`" for k, v in r["settings"].items()), ""]
-        out += ["| model | ROC-AUC | PR-AUC | accuracy | Δ ROC-AUC vs centralised |",
-                "|---|---|---|---|---|"]  # fmt: skip
-        ref = r["results"]["centralised (same split model)"]["roc-auc"]
+        table = Table(
+            ["model", Column("ROC-AUC", ".4f"), Column("PR-AUC", ".4f"), Column("accuracy", ".4f"),
+             Column("Δ ROC-AUC vs centralised", versus=Versus(
+                 "ROC-AUC", row="centralised (same split model)", diff=True,
+                 fmt=lambda d: f"{100 * d:+.2f} pt"))],
+            align="lllll",
+        )  # fmt: skip
         for name, m in r["results"].items():
-            out.append(f"| {name} | {m['roc-auc']:.4f} | {m['pr-auc']:.4f} | "
-                       f"{m['accuracy']:.4f} | {100 * (m['roc-auc'] - ref):+.2f} pt |")  # fmt: skip
+            table.add(name, m["roc-auc"], m["pr-auc"], m["accuracy"])
+        out.append(table.markdown())
         c = r["per-epoch communication"]
         total = c["embedding bytes"] + c["gradient bytes"]
         out += [
@@ -289,17 +293,16 @@ def to_markdown(results: list[dict]) -> str:
     return "\n".join(out)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 epochs (smoke test)")
-    parser.add_argument("--out", default=str(DOCS), help="directory for vertical.md/.json")
+def main(argv: list[str] | None = None) -> None:
+    parser = harness.parser(
+        __doc__, quick="2 epochs (smoke test)",
+        out=harness.opt(str(DOCS), "directory for vertical.md/.json"),
+    )  # fmt: skip
     parser.add_argument(
         "--markdown-only", action="store_true", help="rewrite vertical.md from vertical.json"
     )
-    add_allow_dirty_flag(parser)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = Path(args.out)
-    code = code_version(args.allow_dirty)
     if args.markdown_only:
         markdown = to_markdown(json.loads((out / "vertical.json").read_text()))
         (out / "vertical.md").write_text(markdown)
@@ -307,8 +310,8 @@ def main() -> None:
         return
     import tempfile
 
-    guard_docs_write([out / "vertical.md"], code)
-    torch.set_num_threads(1)
+    code = harness.start("vertical", argv, [out / "vertical.md"], allow_dirty=args.allow_dirty).code
+    harness.limit_threads(1, native=False)
     with tempfile.TemporaryDirectory(prefix="fedsilo-vertical-") as run_dir:
         results = [bench_task(t, run_dir, args.quick) for t in ("bank-marketing", "fraud")]
     for result in results:
