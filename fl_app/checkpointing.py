@@ -45,7 +45,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
 from fl_app import LOG
-from fl_app.stores import open_checkpoint_store, uri_scheme
+from fl_app.stores import open_checkpoint_store, store_scheme
 from fl_core.config import Section, transient
 from fl_core.errors import ConfigError
 
@@ -323,7 +323,7 @@ def _load(store_uri: str, name: str) -> bytes | None:
 def _explicit_source(cfg: RunConfig) -> tuple[str, str, Path | None]:
     """``(store uri, checkpoint name, run dir)`` for ``output.resume-from``."""
     src = cfg.output.resume_from
-    if uri_scheme(src) != "file":
+    if store_scheme(src) != "file":
         return src, CHECKPOINT_NAME, None
     path = Path(src).expanduser().resolve()
 

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from fl_app import LOG
 from fl_core.config import Section, transient
-from fl_core.errors import ConfigError
-from fl_core.registry import Registry, RegistryError
+from fl_core.registry import Registry
 
 if TYPE_CHECKING:
     from fl_app.config import RunConfig
@@ -289,14 +288,13 @@ def tracking_sinks(cfg: RunConfig, run_dir: Path) -> list[MetricsSink]:
     wanted += [n.strip() for n in cfg.tracking.sinks.split(",") if n.strip() not in ("", *wanted)]
     sinks = []
     for name in wanted:
-        try:
-            factory = SINKS.get(name).obj
-        except RegistryError as exc:
-            raise ConfigError(
-                f"run-config 'tracking.sinks' / 'tracking.mlflow-uri' ask for metrics sink "
-                f"'{name}', which is not available ({exc}). "
-                "The MLflow sink is wired by adapters.app (the app's components in "
-                "pyproject.toml); in Python, import adapters.app first."
-            ) from None
+        key = "tracking.mlflow-uri" if name == "mlflow" else "tracking.sinks"
+        factory = SINKS.for_config(
+            name,
+            key=key,
+            value=cfg.tracking.mlflow_uri if name == "mlflow" else cfg.tracking.sinks,
+            hint="The MLflow sink is wired by adapters.app (the app's components in "
+            "pyproject.toml); in Python, import adapters.app first.",
+        )
         sinks.append(factory(cfg, run_dir))
     return sinks

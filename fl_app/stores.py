@@ -18,8 +18,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Protocol
 
-from fl_core.errors import ConfigError
-from fl_core.registry import Registry, RegistryError
+from fl_core.registry import Registry, uri_scheme
 
 BLOCK_SIZE = 4 * 1024 * 1024
 
@@ -91,22 +90,19 @@ class LocalCheckpointStore:
         return data
 
 
-def uri_scheme(uri: str) -> str:
+def store_scheme(uri: str) -> str:
     """``"file"`` for a local path, else the URI's scheme (``https``, ``az``, …)."""
-    scheme, sep, _ = uri.partition("://")
-    return scheme.lower() if sep and scheme.isidentifier() else "file"
+    return uri_scheme(uri) or "file"
 
 
 def open_checkpoint_store(uri: str, *, key: str = "output.checkpoint-uri") -> CheckpointStore:
     """The store for ``uri``, chosen by its scheme; an unknown scheme is a
     :class:`ConfigError` naming ``key`` and the schemes there are."""
-    scheme = uri_scheme(uri)
-    try:
-        opener = CHECKPOINT_STORES.get(scheme).obj
-    except RegistryError as exc:
-        raise ConfigError(
-            f"run-config '{key}' = {uri!r}: no checkpoint store for scheme '{scheme}' "
-            f"({exc}). Use a local directory, or a Blob URL with the Azure adapter "
-            "(adapters.blob) installed and wired by adapters.app."
-        ) from None
+    opener = CHECKPOINT_STORES.for_config(
+        store_scheme(uri),
+        key=key,
+        value=uri,
+        hint="Use a local directory, or a Blob URL with the Azure adapter wired by "
+        "adapters.app (the app's components in pyproject.toml).",
+    )
     return opener(uri)

@@ -40,7 +40,9 @@ from importlib.metadata import entry_points
 from types import MappingProxyType, ModuleType
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Entry", "Registry", "RegistryError", "describe"]
+from fl_core.errors import ConfigError
+
+__all__ = ["Entry", "Registry", "RegistryError", "describe", "uri_scheme"]
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +211,18 @@ class Registry(Generic[T]):
             f"(or register one: see docs/extending.md, entry-point group '{self.group}')"
         )
 
+    def for_config(self, name: str, *, key: str, value: object, hint: str = "") -> T:
+        """The object registered as ``name``, which the run-config ``key`` = ``value`` asks
+        for; an unknown name is a :class:`~fl_core.errors.ConfigError` naming the key, the
+        known names and ``hint`` (how to make one available)."""
+        try:
+            return self.get(name).obj
+        except RegistryError as exc:
+            raise ConfigError(
+                f"run-config '{key}' = {value!r} needs {self.kind} '{name}': {exc}"
+                + (f". {hint}" if hint else "")
+            ) from None
+
     def __getitem__(self, name: str) -> T:
         return self.get(name).obj
 
@@ -354,3 +368,10 @@ def _first_line(text: str) -> str:
 
 def _where(obj: object) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def uri_scheme(uri: str) -> str:
+    """The lower-case scheme of ``scheme://…``, or ``""`` for a path or a plain name (the key
+    by which checkpoint stores and data sources are registered)."""
+    scheme, sep, _ = uri.partition("://")
+    return scheme.lower() if sep and scheme.isidentifier() else ""

@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from fl_core.errors import ConfigError
-from fl_core.registry import Registry, RegistryError
+from fl_core.registry import Registry, uri_scheme
 
 #: URI scheme → callable ``url -> local Path`` (imported on first use).
 DATA_SOURCES: Registry[Callable[[str], Path]] = Registry(
@@ -22,28 +21,21 @@ DATA_SOURCES: Registry[Callable[[str], Path]] = Registry(
 )
 
 
-def source_scheme(source: str) -> str:
-    """The scheme of a ``scheme://…`` source, or ``""`` for a path or a dataset id."""
-    scheme, sep, _ = source.partition("://")
-    return scheme.lower() if sep and scheme.isidentifier() else ""
-
-
 def is_remote(source: str) -> bool:
     """True when ``source`` is a ``scheme://…`` URL that a data source fetches."""
-    return bool(source_scheme(source))
+    return bool(uri_scheme(source))
 
 
 def resolve_local_path(source: str) -> Path:
     """A local path for ``source``: the path itself, or a cached copy of the remote object."""
-    scheme = source_scheme(source)
+    scheme = uri_scheme(source)
     if scheme:
-        try:
-            fetch = DATA_SOURCES.get(scheme).obj
-        except RegistryError as exc:
-            raise ConfigError(
-                f"run-config 'data.source' = {source!r}: no data source for scheme "
-                f"'{scheme}' ({exc}). Blob URLs need the Azure adapter wired by adapters.app."
-            ) from None
+        fetch = DATA_SOURCES.for_config(
+            scheme,
+            key="data.source",
+            value=source,
+            hint="Blob URLs need the Azure adapter wired by adapters.app.",
+        )
         return fetch(source)
     path = Path(source).expanduser()
     if not path.exists():

@@ -108,7 +108,7 @@ def test_the_core_alone_names_the_missing_store_and_the_wiring():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout
     assert out.startswith("ConfigError run-config 'output.checkpoint-uri'")
-    assert "scheme 'https'" in out and "adapters.app" in out
+    assert "checkpoint store 'https'" in out and "adapters.app" in out
     assert out.strip().endswith("False")  # nothing under adapters/ was imported
 
 
