@@ -45,8 +45,9 @@ from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
 from fl_app import LOG
+from fl_app.legacy import legacy_settings
 from fl_app.stores import open_checkpoint_store, store_scheme
-from fl_core.config import Section, transient
+from fl_core.config import Section, transient, transient_keys
 from fl_core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -86,21 +87,19 @@ STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector", "current_arrays", "_previou
 
 def training_settings(cfg: RunConfig) -> dict[str, Any]:
     """The run-config keys that determine the model (all but the transient ones), dotted."""
-    from fl_app.config import TRANSIENT_KEYS
+    transient = transient_keys(type(cfg))
+    return {k: v for k, v in cfg.to_flower().items() if k not in transient}
 
-    return {k: v for k, v in cfg.to_flower().items() if k not in TRANSIENT_KEYS}
 
-
-def stored_settings(settings: dict[str, Any]) -> dict[str, Any]:
+def stored_settings(settings: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
     """Settings a checkpoint or a run directory's ``config.json`` holds, under today's
     dotted keys (older versions wrote flat keys), transient keys and the config hash
-    left out: comparable with :func:`training_settings`."""
-    from fl_app.config import TRANSIENT_KEYS, legacy_settings
-
+    left out: comparable with ``cfg``'s :func:`training_settings`."""
+    transient = transient_keys(type(cfg))
     return {
         k: v
         for k, v in legacy_settings(settings).items()
-        if k not in TRANSIENT_KEYS and k != "config-hash"
+        if k not in transient and k != "config-hash"
     }
 
 
@@ -276,7 +275,7 @@ def load_checkpoint(data: bytes, cfg: RunConfig, source: str, run_dir: Path | No
             "was written by an older version: start the run afresh (output.resume=false)"
         )
     ours = training_settings(cfg)
-    theirs = stored_settings(blob["settings"])
+    theirs = stored_settings(blob["settings"], cfg)
     differ = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
     if differ:
         details = ", ".join(f"'{k}': {theirs.get(k)!r} → {ours.get(k)!r}" for k in differ)
@@ -295,12 +294,12 @@ def load_checkpoint(data: bytes, cfg: RunConfig, source: str, run_dir: Path | No
     )
 
 
-def _settings_of_run(run_dir: Path) -> dict[str, Any] | None:
+def _settings_of_run(run_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
     try:
         params = json.loads((run_dir / "config.json").read_text())
     except (OSError, ValueError):
         return None
-    return stored_settings(params)
+    return stored_settings(params, cfg)
 
 
 def matching_runs(cfg: RunConfig) -> list[Path]:
@@ -309,7 +308,7 @@ def matching_runs(cfg: RunConfig) -> list[Path]:
     if not root.is_dir():
         return []
     ours = training_settings(cfg)
-    runs = [p for p in root.iterdir() if p.is_dir() and _settings_of_run(p) == ours]
+    runs = [p for p in root.iterdir() if p.is_dir() and _settings_of_run(p, cfg) == ours]
     return sorted(runs, key=lambda p: p.name, reverse=True)
 
 

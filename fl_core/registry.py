@@ -111,9 +111,11 @@ class Registry(Generic[T]):
         builtins: Iterable[str] = (),
         config_key: str = "",
         lazy: bool = False,
+        sort: bool = False,
     ) -> None:
         self.kind = kind
         self.lazy = lazy
+        self.sort = sort  # list names alphabetically (else in registration order)
         self.group = group
         self.config_key = config_key or kind
         self._builtins = tuple(builtins)
@@ -304,7 +306,7 @@ class Registry(Generic[T]):
                     source(self)
             finally:
                 self._in_source = False
-        return self._entries
+        return dict(sorted(self._entries.items())) if self.sort else self._entries
 
     def load(self) -> None:
         """Import the built-in modules and the entry points of :attr:`group` (once)."""

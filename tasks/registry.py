@@ -23,4 +23,8 @@ if TYPE_CHECKING:
     from tasks.base import Task
 
 #: Task name → :class:`tasks.base.Task` subclass.
-TASKS: Registry[type[Task]] = Registry("task", group="fedsilo.tasks", builtins=("tasks",))
+#: Listed alphabetically: tasks register on import, whose order depends on who imports
+#: what first.
+TASKS: Registry[type[Task]] = Registry(
+    "task", group="fedsilo.tasks", builtins=("tasks",), sort=True
+)
