@@ -47,7 +47,7 @@ from strategies.compression.codecs import CompressionSection
 from strategies.flower_builtin import ServerSection
 from strategies.privacy.config import DPSection
 from strategies.registry import STRATEGIES
-from strategies.robust.factories import RobustSection
+from strategies.robust.section import RobustSection
 from strategies.robust.simulation import ATTACKS, AttackSection
 from strategies.secagg.checks import SecAggSection, check_secure_aggregation
 from strategies.vertical.split import VerticalSection

@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from strategies.compression.codecs import CompressionSection
     from strategies.flower_builtin import ServerSection
     from strategies.privacy.config import DPSection
-    from strategies.robust.factories import RobustSection
+    from strategies.robust.section import RobustSection
     from strategies.robust.simulation import AttackSection
     from strategies.secagg.checks import SecAggSection
     from strategies.vertical.split import VerticalSection

@@ -19,6 +19,7 @@ from strategies.flatten import stack, unflatten
 from strategies.metrics import weighted_mean_metrics
 from strategies.registry import MEAN_COMPATIBLE, STRATEGIES
 from strategies.robust.rules.mean import weighted_mean
+from strategies.robust.section import RobustSection
 from strategies.robust.weights import trusted_weights
 
 if TYPE_CHECKING:
@@ -66,25 +67,33 @@ def fedprox(cfg: StrategyConfig) -> fl.Strategy:
     return fl.FedProx(proximal_mu=cfg.training.proximal_mu, **common_kwargs(cfg))
 
 
-@STRATEGIES.register("fedadam", family="mean-based", compatible=MEAN_COMPATIBLE)
+@STRATEGIES.register(
+    "fedadam", family="mean-based", compatible=MEAN_COMPATIBLE, section=ServerSection
+)
 def fedadam(cfg: StrategyConfig) -> fl.Strategy:
     """FedAdam (Reddi et al., 2021)."""
     return fl.FedAdam(beta_1=cfg.server.beta1, beta_2=cfg.server.beta2, **_adaptive(cfg), **common_kwargs(cfg))
 
 
-@STRATEGIES.register("fedyogi", family="mean-based", compatible=MEAN_COMPATIBLE)
+@STRATEGIES.register(
+    "fedyogi", family="mean-based", compatible=MEAN_COMPATIBLE, section=ServerSection
+)
 def fedyogi(cfg: StrategyConfig) -> fl.Strategy:
     """FedYogi (Reddi et al., 2021)."""
     return fl.FedYogi(beta_1=cfg.server.beta1, beta_2=cfg.server.beta2, **_adaptive(cfg), **common_kwargs(cfg))
 
 
-@STRATEGIES.register("fedadagrad", family="mean-based", compatible=MEAN_COMPATIBLE)
+@STRATEGIES.register(
+    "fedadagrad", family="mean-based", compatible=MEAN_COMPATIBLE, section=ServerSection
+)
 def fedadagrad(cfg: StrategyConfig) -> fl.Strategy:
     """FedAdagrad (Reddi et al., 2021)."""
     return fl.FedAdagrad(**_adaptive(cfg), **common_kwargs(cfg))
 
 
-@STRATEGIES.register("fedavgm", family="mean-based", compatible=MEAN_COMPATIBLE)
+@STRATEGIES.register(
+    "fedavgm", family="mean-based", compatible=MEAN_COMPATIBLE, section=ServerSection
+)
 def fedavgm(cfg: StrategyConfig) -> fl.Strategy:
     """FedAvgM, server momentum (Hsu et al., 2019)."""
     return fl.FedAvgM(
@@ -94,19 +103,19 @@ def fedavgm(cfg: StrategyConfig) -> fl.Strategy:
     )
 
 
-@STRATEGIES.register("fedmedian", family="robust")
+@STRATEGIES.register("fedmedian", family="robust", section=RobustSection)
 def fedmedian(cfg: StrategyConfig) -> fl.Strategy:
     """Coordinate-wise median (Yin et al., 2018)."""
     return fl.FedMedian(**common_kwargs(cfg))
 
 
-@STRATEGIES.register("fedtrimmedavg", family="robust")
+@STRATEGIES.register("fedtrimmedavg", family="robust", section=RobustSection)
 def fedtrimmedavg(cfg: StrategyConfig) -> fl.Strategy:
     """Coordinate-wise trimmed mean (Yin et al., 2018)."""
     return fl.FedTrimmedAvg(beta=cfg.robust.trim_beta, **common_kwargs(cfg))
 
 
-@STRATEGIES.register("krum", family="robust")
+@STRATEGIES.register("krum", family="robust", section=RobustSection)
 def krum(cfg: StrategyConfig) -> fl.Strategy:
     """Krum (Blanchard et al., 2017)."""
     return fl.Krum(num_malicious_nodes=cfg.robust.num_byzantine, **common_kwargs(cfg))
@@ -148,7 +157,7 @@ class _MultiKrum(fl.MultiKrum):
         return arrays, self.train_metrics_aggr_fn(selected, self.weighted_by_key)
 
 
-@STRATEGIES.register("multikrum", family="robust")
+@STRATEGIES.register("multikrum", family="robust", section=RobustSection)
 def multikrum(cfg: StrategyConfig) -> fl.Strategy:
     """Multi-Krum (Blanchard et al., 2017); ``robust.num-selected = 0`` keeps n − f updates. The
     selected updates are averaged with ``robust.weights``, not the raw claims."""
@@ -162,7 +171,7 @@ def multikrum(cfg: StrategyConfig) -> fl.Strategy:
     return _MultiKrum(num_nodes_to_select=cfg.robust.num_selected, **kwargs)
 
 
-@STRATEGIES.register("bulyan", family="robust")
+@STRATEGIES.register("bulyan", family="robust", section=RobustSection)
 def bulyan(cfg: StrategyConfig) -> fl.Strategy:
     """Bulyan (El Mhamdi et al., 2018); needs n ≥ 4f + 3 silos per round."""
     return fl.Bulyan(num_malicious_nodes=cfg.robust.num_byzantine, **common_kwargs(cfg))

@@ -13,67 +13,19 @@ point, becomes a strategy of the same name through :func:`rule_strategy`: its de
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
-
-from fl_core.config import Section
 from fl_core.registry import Entry, Registry, RegistryError
 from strategies import robust as agg
 from strategies.flower_builtin import common_kwargs
 from strategies.registry import STRATEGIES
 from strategies.robust import preaggregators as pre
 from strategies.robust.registry import RULES
+from strategies.robust.section import RobustSection
 from strategies.robust.strategy import RobustAggregation
 
 if TYPE_CHECKING:
     from strategies.config import StrategyConfig
-
-
-class RobustSection(Section):
-    """Robust aggregation (Flower's and ours) and the checks every update passes."""
-
-    trim_beta: float = Field(
-        0.2, ge=0, lt=0.5, description="Fraction trimmed at each end (FedTrimmedAvg)."
-    )
-    num_byzantine: int = Field(
-        0, ge=0, description="Assumed Byzantine silos f (Krum, MultiKrum, Bulyan)."
-    )
-    num_selected: int = Field(0, ge=0, description="Updates MultiKrum averages (0 = n - f).")
-    pre_aggregator: Literal["none", "nnm", "bucketing", "nnm+bucketing"] = Field(
-        "none", description="Pre-aggregation in front of our robust rules (NNM, bucketing)."
-    )
-    bucket_size: int = Field(2, ge=1, description="Updates averaged per bucket (bucketing).")
-    weights: Literal["uniform", "capped"] = Field(
-        "uniform",
-        description="Weights of the robust rules. A silo's `num-examples` is a claim a "
-        "Byzantine silo can inflate (one silo claiming 1 000× the examples *is* a weighted "
-        "median), so `uniform` (as Flower's FedMedian, Krum, Bulyan) ignores it; `capped` "
-        "weights by the claims, each capped at the cohort's median claim.",
-    )
-    cclip_tau: float = Field(
-        0.0,
-        ge=0,
-        description="Clipping radius τ of centred clipping; 0 = per round, the median distance "
-        "of the updates from the previous aggregate (adapts to the update scale).",
-    )
-    clip_norm: float = Field(
-        1.0, gt=0, description="Update-norm bound C of norm-clip (DP clipping: `dp.clip-norm`)."
-    )
-    fltrust_root_size: int = Field(
-        100, ge=1, description="Rows of the server's root data set (FLTrust)."
-    )
-    max_update_norm_ratio: float = Field(
-        10.0,
-        ge=0,
-        description="Reject an update whose norm exceeds this × the cohort median (0 = off).",
-    )
-    max_update_bytes: int = Field(
-        0,
-        ge=0,
-        description="Reject a reply whose payload exceeds this many bytes (0 = twice the "
-        "global model's size + 1 MiB).",
-    )
 
 
 def _pre(cfg: StrategyConfig) -> tuple[list, dict[str, Any]]:
@@ -135,6 +87,7 @@ def _rule_strategies(strategies: Registry) -> None:
             entry.name,
             rule_strategy(entry),
             family=entry.family,
+            section=RobustSection,
             compatible=entry.compatible,
             doc=entry.doc,
             origin=entry.origin,
@@ -158,14 +111,14 @@ def _robust(cfg: StrategyConfig, rule, **rule_params: Any) -> RobustAggregation:
     )
 
 
-@STRATEGIES.register("robust-median", family="robust")
+@STRATEGIES.register("robust-median", family="robust", section=RobustSection)
 def robust_median(cfg: StrategyConfig) -> RobustAggregation:
     """Coordinate-wise median (Yin et al., 2018); weighted only with
     ``robust.weights = "capped"``."""
     return _robust(cfg, agg.coordinate_median)
 
 
-@STRATEGIES.register("robust-trimmed-mean", family="robust")
+@STRATEGIES.register("robust-trimmed-mean", family="robust", section=RobustSection)
 def robust_trimmed_mean(cfg: StrategyConfig) -> RobustAggregation:
     """Coordinate-wise trimmed mean dropping ``robust.trim-beta`` at each end (Yin et al., 2018);
     behind NNM, which takes ``robust.num-byzantine``, it trims ``robust.num-byzantine`` at each end."""
@@ -174,13 +127,13 @@ def robust_trimmed_mean(cfg: StrategyConfig) -> RobustAggregation:
     return _robust(cfg, agg.trimmed_mean, beta=cfg.robust.trim_beta)
 
 
-@STRATEGIES.register("robust-krum", family="robust")
+@STRATEGIES.register("robust-krum", family="robust", section=RobustSection)
 def robust_krum(cfg: StrategyConfig) -> RobustAggregation:
     """Krum (Blanchard et al., 2017)."""
     return _robust(cfg, agg.krum, num_byzantine=cfg.robust.num_byzantine)
 
 
-@STRATEGIES.register("robust-multikrum", family="robust")
+@STRATEGIES.register("robust-multikrum", family="robust", section=RobustSection)
 def robust_multikrum(cfg: StrategyConfig) -> RobustAggregation:
     """Multi-Krum (Blanchard et al., 2017); ``robust.num-selected = 0`` keeps n − f."""
     params: dict[str, Any] = {"num_byzantine": cfg.robust.num_byzantine}
@@ -189,19 +142,19 @@ def robust_multikrum(cfg: StrategyConfig) -> RobustAggregation:
     return _robust(cfg, agg.multi_krum, **params)
 
 
-@STRATEGIES.register("robust-bulyan", family="robust")
+@STRATEGIES.register("robust-bulyan", family="robust", section=RobustSection)
 def robust_bulyan(cfg: StrategyConfig) -> RobustAggregation:
     """Bulyan (El Mhamdi et al., 2018); needs n ≥ 4f + 3."""
     return _robust(cfg, agg.bulyan, num_byzantine=cfg.robust.num_byzantine)
 
 
-@STRATEGIES.register("geomed", family="robust")
+@STRATEGIES.register("geomed", family="robust", section=RobustSection)
 def geomed(cfg: StrategyConfig) -> RobustAggregation:
     """Geometric median by smoothed Weiszfeld / RFA (Pillutla et al., 2022)."""
     return _robust(cfg, agg.geometric_median)
 
 
-@STRATEGIES.register("cclip", family="robust")
+@STRATEGIES.register("cclip", family="robust", section=RobustSection)
 def cclip(cfg: StrategyConfig) -> RobustAggregation:
     """Centred clipping around the previous aggregate (Karimireddy et al., 2021);
     ``robust.cclip-tau = 0`` takes τ = the median distance of the round's updates from it."""
@@ -210,13 +163,13 @@ def cclip(cfg: StrategyConfig) -> RobustAggregation:
     return strategy
 
 
-@STRATEGIES.register("norm-clip", family="robust")
+@STRATEGIES.register("norm-clip", family="robust", section=RobustSection)
 def norm_clip(cfg: StrategyConfig) -> RobustAggregation:
     """Clip each update to ``robust.clip-norm``, then average."""
     return _robust(cfg, agg.norm_clipping, max_norm=cfg.robust.clip_norm)
 
 
-@STRATEGIES.register("fltrust", family="robust", needs_server_update=True)
+@STRATEGIES.register("fltrust", family="robust", section=RobustSection, needs_server_update=True)
 def fltrust(cfg: StrategyConfig) -> RobustAggregation:
     """FLTrust (Cao et al., NDSS 2021): the server trains on ``robust.fltrust-root-size`` clean
     rows of its own each round; updates are weighted by ReLU(cosine) to its update and
