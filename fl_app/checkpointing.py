@@ -49,12 +49,15 @@ from fl_app.legacy import legacy_settings
 from fl_app.stores import open_checkpoint_store, store_scheme
 from fl_core.config import Section, transient, transient_keys
 from fl_core.errors import ConfigError
+from strategies.wrappers import load_strategy_state, strategy_state
 
 if TYPE_CHECKING:
     from fl_app.config import RunConfig
 
 CHECKPOINT_NAME = "latest.pt"
-FORMAT = 2
+FORMAT = 3
+#: Formats :func:`load_checkpoint` reads (2: strategy layers as a list, see above).
+READABLE_FORMATS = (2, 3)
 
 
 class OutputSection(Section):
@@ -79,10 +82,6 @@ class OutputSection(Section):
         description="Run directory, checkpoint directory, checkpoint file or Blob URL to "
         "resume from (needs `output.resume` = true).",
     )
-
-#: Attributes holding a strategy's state between rounds (Flower's FedOpt family and
-#: FedAvgM; our robust rules' previous aggregate).
-STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector", "current_arrays", "_previous")
 
 
 def training_settings(cfg: RunConfig) -> dict[str, Any]:
@@ -147,56 +146,83 @@ def _decode(blob: Any) -> Any:
 
 
 # --------------------------------------------------------------------------- strategy
-def strategy_layers(strategy: Strategy) -> list[Any]:
-    """The wrapper chain of ``strategy``, outermost first (following ``inner`` of our
-    wrappers, DP-FedAvg included)."""
-    layers, layer = [], strategy
-    while layer is not None and all(layer is not seen for seen in layers):
-        layers.append(layer)
-        attrs = vars(layer)
-        layer = attrs.get("inner")
-        if not isinstance(layer, Strategy):
-            layer = None
+# A checkpoint's "strategy" entry is the outermost wrapper's state_dict()
+# ({"class", "state", "inner"}, see strategies.wrappers.strategy_state), each layer's own
+# state values encoded by _encode. Format 2 held a list of layers, outermost first, with
+# keys "state-dict", "generator:<attribute>" and "attr:<attribute>"; it is read as the
+# same layers (_format2_layers).
+Layers = list[tuple[str, dict[str, Any]]]
+
+
+def _flatten(state: dict[str, Any]) -> Layers:
+    """A nested strategy state as ``[(class, own state), …]``, outermost first."""
+    layers: Layers = []
+    node: dict[str, Any] | None = state
+    while node is not None:
+        layers.append((node["class"], node["state"]))
+        node = node.get("inner")
     return layers
 
 
-def capture_strategy_state(strategy: Strategy) -> list[dict[str, Any]]:
-    """``[{"class": name, "state": {...}}, …]`` for every layer, outermost first."""
-    out = []
-    for layer in strategy_layers(strategy):
-        attrs = vars(layer)
-        state: dict[str, Any] = {}
-        if callable(getattr(type(layer), "state_dict", None)):
-            state["state-dict"] = _encode(layer.state_dict())
-        for name, value in attrs.items():
-            if isinstance(value, torch.Generator):
-                state[f"generator:{name}"] = value.get_state()
-        for name in STATE_ATTRIBUTES:
-            if name in attrs:
-                state[f"attr:{name}"] = _encode(attrs[name])
-        out.append({"class": type(layer).__qualname__, "state": state})
-    return out
+def _nest(layers: Layers) -> dict[str, Any]:
+    node: dict[str, Any] | None = None
+    for name, own in reversed(layers):
+        node = {"class": name, "state": own, **({"inner": node} if node is not None else {})}
+    assert node is not None
+    return node
 
 
-def restore_strategy_state(strategy: Strategy, saved: list[dict[str, Any]]) -> None:
-    """Load :func:`capture_strategy_state` output into an identically built strategy."""
-    layers = strategy_layers(strategy)
-    have = [type(layer).__qualname__ for layer in layers]
-    want = [entry["class"] for entry in saved]
+def _format2_layers(saved: list[dict[str, Any]]) -> Layers:
+    """Format 2's layer list in today's terms: the layer's own state_dict merged, and
+    every "generator:NAME" / "attr:NAME" entry under NAME."""
+    layers = []
+    for entry in saved:
+        own: dict[str, Any] = {}
+        for key, value in entry["state"].items():
+            kind, _, name = key.partition(":")
+            if key == "state-dict":
+                own.update(_decode(value))
+            elif kind == "generator":
+                own[name] = value
+            elif kind == "attr":
+                own[name] = _decode(value)
+        layers.append((entry["class"], own))
+    return layers
+
+
+def capture_strategy_state(strategy: Strategy) -> dict[str, Any]:
+    """The state of every layer of ``strategy`` (its ``state_dict()``), encoded."""
+    return _nest([(name, {k: _encode(v) for k, v in own.items()})
+                  for name, own in _flatten(strategy_state(strategy))])  # fmt: skip
+
+
+def saved_layers(saved: dict[str, Any] | list[dict[str, Any]]) -> Layers:
+    """A checkpoint's ``strategy`` entry (any format) as ``[(class, own state), …]``,
+    outermost first, values decoded."""
+    if isinstance(saved, list):
+        return _format2_layers(saved)
+    return [(name, {k: _decode(v) for k, v in own.items()}) for name, own in _flatten(saved)]
+
+
+def restore_strategy_state(
+    strategy: Strategy, saved: dict[str, Any] | list[dict[str, Any]]
+) -> None:
+    """Load :func:`capture_strategy_state` output (or format 2's) into an identically
+    built strategy. Layers that keep state must match class by class; layers that keep
+    none may differ (a wrapper split in two still reads an older checkpoint)."""
+    live = _flatten(strategy_state(strategy))
+    layers = saved_layers(saved)
+    have = [name for name, own in live if own]
+    want = [name for name, own in layers if own]
     if have != want:
         raise ConfigError(
             f"the checkpoint's strategy layers {want} differ from this run's {have}; resume "
             "with the settings the checkpoint was written with"
         )
-    for layer, entry in zip(layers, saved, strict=True):
-        for key, value in entry["state"].items():
-            kind, _, name = key.partition(":")
-            if key == "state-dict":
-                layer.load_state_dict(_decode(value))
-            elif kind == "generator":
-                getattr(layer, name).set_state(value)
-            elif kind == "attr":
-                setattr(layer, name, _decode(value))
+    states = iter(own for _, own in layers if own)
+    load_strategy_state(
+        strategy, _nest([(name, next(states) if own else {}) for name, own in live])
+    )
 
 
 # --------------------------------------------------------------------------- RNG
@@ -238,7 +264,7 @@ def checkpoint_bytes(
             "settings-hash": settings_hash(cfg),
             "settings": training_settings(cfg),
             "state_dict": arrays.to_torch_state_dict(),
-            "strategy": capture_strategy_state(strategy) if strategy is not None else [],
+            "strategy": capture_strategy_state(strategy) if strategy is not None else None,
             "rng": rng_state(),
             "lineage": lineage,
         },
@@ -253,7 +279,7 @@ class ResumePoint:
 
     round: int
     arrays: ArrayRecord
-    strategy_state: list[dict[str, Any]]
+    strategy_state: dict[str, Any] | list[dict[str, Any]] | None
     rng: dict[str, Any]
     source: str
     run_dir: Path | None
@@ -262,14 +288,15 @@ class ResumePoint:
 
     def restore(self, strategy: Strategy) -> None:
         """Restore the strategy layers' and the process's generator states."""
-        restore_strategy_state(strategy, self.strategy_state)
+        if self.strategy_state:
+            restore_strategy_state(strategy, self.strategy_state)
         set_rng_state(self.rng)
 
 
 def load_checkpoint(data: bytes, cfg: RunConfig, source: str, run_dir: Path | None):
     """Parse a checkpoint and check it was written with ``cfg``'s settings."""
     blob = torch.load(io.BytesIO(data), weights_only=True)
-    if blob.get("format") != FORMAT:
+    if blob.get("format") not in READABLE_FORMATS:
         raise ConfigError(
             f"checkpoint {source} has no resumable state (format {blob.get('format')}); it "
             "was written by an older version: start the run afresh (output.resume=false)"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Mapping
 from logging import WARNING
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -105,6 +105,88 @@ class StrategyWrapper(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         return self.inner.aggregate_evaluate(server_round, replies)
+
+    # -- state between rounds (checkpoints)
+    def own_state(self) -> dict[str, Any]:
+        """What this layer itself keeps between rounds (nothing, unless overridden)."""
+        return {}
+
+    def load_own_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`own_state`."""
+        if state:
+            raise ValueError(f"{type(self).__qualname__} keeps no state; got {sorted(state)}")
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"class": name, "state": own state, "inner": inner strategy's state}``: the
+        whole chain's state from here inwards (see :func:`strategy_state`)."""
+        return {
+            "class": type(self).__qualname__,
+            "state": self.own_state(),
+            "inner": strategy_state(self.inner),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` into an identically built chain."""
+        _check_class(self, state)
+        self.load_own_state(state["state"])
+        load_strategy_state(self.inner, state["inner"])
+
+
+def _inner_state_attributes() -> tuple[tuple[type, tuple[str, ...]], ...]:
+    """The attributes the innermost strategies keep between rounds, by class: the one
+    place that knows them (Flower's FedOpt family and FedAvgM; our robust rules'
+    previous aggregate, centred clipping's centre)."""
+    from flwr.serverapp.strategy import FedAvgM
+    from flwr.serverapp.strategy.fedopt import FedOpt
+
+    from strategies.robust.strategy import RobustAggregation
+
+    return (
+        (FedOpt, ("m_t", "v_t", "current_arrays")),
+        (FedAvgM, ("momentum_vector", "current_arrays")),
+        (RobustAggregation, ("_previous",)),
+    )
+
+
+def _state_names(strategy: Strategy) -> tuple[str, ...]:
+    names: dict[str, None] = {}
+    for cls, attributes in _inner_state_attributes():
+        if isinstance(strategy, cls):
+            names.update(dict.fromkeys(attributes))
+    return tuple(names)
+
+
+def _check_class(strategy: Strategy, state: Mapping[str, Any]) -> None:
+    if state.get("class") != type(strategy).__qualname__:
+        raise ValueError(
+            f"state of a {state.get('class')!r} cannot be loaded into a "
+            f"{type(strategy).__qualname__!r}"
+        )
+
+
+def strategy_state(strategy: Strategy) -> dict[str, Any]:
+    """``{"class": name, "state": {...}}`` (and ``"inner"`` for a wrapper): what
+    ``strategy`` keeps between rounds, for a checkpoint. Wrappers answer for themselves
+    (:meth:`StrategyWrapper.state_dict`); an innermost strategy by
+    :func:`_inner_state_attributes`."""
+    if isinstance(strategy, StrategyWrapper):
+        return strategy.state_dict()
+    attrs = vars(strategy)
+    state = {name: attrs[name] for name in _state_names(strategy) if name in attrs}
+    return {"class": type(strategy).__qualname__, "state": state}
+
+
+def load_strategy_state(strategy: Strategy, state: Mapping[str, Any]) -> None:
+    """Restore :func:`strategy_state` into an identically built strategy."""
+    if isinstance(strategy, StrategyWrapper):
+        strategy.load_state_dict(state)
+        return
+    _check_class(strategy, state)
+    names = _state_names(strategy)
+    if unknown := sorted(set(state["state"]) - set(names)):
+        raise ValueError(f"{type(strategy).__qualname__} keeps no state {unknown}")
+    for name, value in state["state"].items():
+        setattr(strategy, name, value)
 
 
 class _OrderedGrid:

@@ -59,10 +59,10 @@ aggregate. :class:`DPFedAvg` therefore refuses them.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from logging import INFO, WARNING
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -731,11 +731,20 @@ class DPFedAvg(StrategyWrapper):
     # evaluation metrics are not privatised.
 
     # -- checkpointing
-    def state_dict(self) -> dict[str, float | list[float] | list[int]]:
-        """Accountant history and current clipping norm (ConfigRecord-friendly)."""
-        return {**self.accountant.state_dict(), "clip-norm": self.clip_norm}
+    def own_state(self) -> dict[str, Any]:
+        """Accountant history, current clipping norm and the noise and sampling
+        generators' states (the secret: it lives in the server checkpoint only)."""
+        return {
+            **self.accountant.state_dict(),
+            "clip-norm": self.clip_norm,
+            "generator": self.generator.get_state(),
+            "sampling_generator": self.sampling_generator.get_state(),
+        }
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict` (e.g. when resuming a run)."""
+    def load_own_state(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`own_state` (e.g. when resuming a run)."""
         self.accountant.load_state_dict(state)
         self.clip_norm = _check_positive(state.get("clip-norm", self.clip_norm), "clip-norm")
+        for name in ("generator", "sampling_generator"):
+            if name in state:
+                getattr(self, name).set_state(state[name])

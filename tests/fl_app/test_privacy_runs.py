@@ -13,6 +13,7 @@ from dp_accounting.pld import PLDAccountant
 from dp_accounting.rdp import RdpAccountant
 
 from fl_app.audit import read_audit_log
+from fl_app.checkpointing import saved_layers
 from fl_app.client_app import app as client_app
 from fl_app.config import ConfigError, RunConfig
 from fl_app.federation import run_federation
@@ -133,8 +134,8 @@ def test_a_resumed_run_continues_the_secret_noise_and_sampling_exactly(tmp_path)
     rows = json.loads((snapshot / "metrics.json").read_text())
     assert [r["dp-private"] for r in rows if r["phase"] == "privacy"] == [1.0]  # not repeated
     state = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)["strategy"]
-    (dp,) = [layer["state"] for layer in state if layer["class"] == "DPFedAvg"]
-    assert {"generator:generator", "generator:sampling_generator"} <= dp.keys()
+    (dp,) = [own for name, own in saved_layers(state) if name == "DPFedAvg"]
+    assert {"generator", "sampling_generator"} <= dp.keys()
 
 
 def test_a_budget_in_stop_mode_is_never_exceeded(tmp_path):

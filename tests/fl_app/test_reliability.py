@@ -24,6 +24,7 @@ from fl_app.config import LEGACY_KEYS, ConfigError, RunConfig
 from fl_app.federation import run_federation
 from fl_app.inprocess import InProcessGrid
 from fl_app.reliability import QuorumError, RollCallError, StragglerGrid
+from fl_app.stores import open_checkpoint_store
 from tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -286,6 +287,51 @@ def test_a_checkpoint_and_run_dir_of_the_flat_layout_still_resume(tmp_path, clea
                                 "training.learning-rate": 0.01})  # fmt: skip
     with pytest.raises(ConfigError, match=r"'training.learning-rate': 0.05 → 0.01"):
         find_resume_point(other)
+
+
+def _format2(layers: list[tuple[str, dict]]) -> list[dict]:
+    """Strategy state in checkpoint format 2's layout: a list of layers, outermost first,
+    FedAvgM's attributes under "attr:<name>" (tagged values), DP-FedAvg's state dict
+    under "state-dict" and generators under "generator:<name>"."""
+    out = []
+    for name, own in layers:
+        state = {}
+        for key, value in own.items():
+            if isinstance(value, torch.Tensor) and value.dtype == torch.uint8:
+                state[f"generator:{key}"] = value
+            elif name == "DPFedAvg":
+                state.setdefault("state-dict", {"kind": "dict", "value": {}})["value"][key] = value
+            else:
+                state[f"attr:{key}"] = value
+        out.append({"class": name, "state": state})
+    return out
+
+
+def test_a_checkpoint_of_format_2_still_resumes(tmp_path, clean_run):
+    """Format 2 held the strategy state as a list of layers keyed by attribute names; it
+    is read into today's per-layer state_dict()s and the run resumes bit for bit."""
+    cfg = config(tmp_path)
+    with pytest.raises(QuorumError):
+        run_federation(FaultyGrid(cfg, dead={2: {1, 3}}), cfg)
+    (run_dir,) = tmp_path.iterdir()
+    store = open_checkpoint_store(str(run_dir / "checkpoints"))
+    blob = torch.load(io.BytesIO(store.load("latest.pt")), weights_only=True)
+    assert blob["format"] == 3 and blob["round"] == 1
+    nested, layers = blob["strategy"], []
+    while nested is not None:
+        layers.append((nested["class"], nested["state"]))
+        nested = nested.get("inner")
+    assert layers[-1][0] == "FedAvgM" and "momentum_vector" in layers[-1][1]
+    blob["format"], blob["strategy"] = 2, _format2(layers)
+    assert "attr:momentum_vector" in blob["strategy"][-1]["state"]
+    buffer = io.BytesIO()
+    torch.save(blob, buffer)
+    store.save("latest.pt", buffer.getvalue())
+
+    resumed = config(tmp_path, **{"output.resume": True})
+    _, same_dir = run_federation(FaultyGrid(resumed), resumed)
+    assert same_dir == run_dir
+    assert_same_model(run_dir, clean_run)
 
 
 def test_the_audit_log_is_a_hash_chain_that_detects_edits(tmp_path, clean_run):

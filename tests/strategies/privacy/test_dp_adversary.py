@@ -28,6 +28,7 @@ from flwr.app import ArrayRecord, Message
 
 from fl_app import LOG
 from fl_app.audit import read_audit_log
+from fl_app.checkpointing import saved_layers
 from fl_app.client_app import app as client_app
 from fl_app.config import RunConfig
 from fl_app.federation import run_federation
@@ -220,10 +221,10 @@ def test_the_noise_cannot_be_regenerated_unless_the_run_says_it_is_not_private(r
 def test_the_noise_secret_is_kept_in_the_server_checkpoint_only(runs):
     r = runs["secret"][0]
     ckpt = torch.load(r.run_dir / "checkpoints" / "latest.pt", weights_only=True)
-    (dp_layer,) = [layer for layer in ckpt["strategy"] if layer["class"] == "DPFedAvg"]
+    (dp_state,) = [own for name, own in saved_layers(ckpt["strategy"]) if name == "DPFedAvg"]
     public_seeded = torch.Generator().manual_seed(derive_seed(PUBLIC["seed"], "dp-noise"))
     for name in ("generator", "sampling_generator"):
-        state = dp_layer["state"][f"generator:{name}"]
+        state = dp_state[name]
         assert not torch.equal(state, public_seeded.get_state())
         words = state.numpy()[24:].tobytes()  # the MT19937 state words: the secret
         assert len(set(words)) > 200  # drawn from the OS, not a small seed's expansion

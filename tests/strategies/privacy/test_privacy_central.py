@@ -578,14 +578,17 @@ def test_sampling_amplification_off_accounts_at_rate_one():
     assert strategy.accountant.history == [(1.0, 1.0, 1)]
 
 
-def test_state_dict_restores_accountant_and_clip_norm():
+def test_state_dict_restores_accountant_clip_norm_and_generators():
     strategy = DPFedAvg(fedavg(), noise_multiplier=1.0, clip_norm=0.7, delta=DELTA)
     strategy.accountant.step(3, sample_rate=0.5)
-    state = dict(ConfigRecord(strategy.state_dict()))
+    state = strategy.state_dict()
+    assert state["class"] == "DPFedAvg" and state["inner"] == {"class": "FedAvg", "state": {}}
     resumed = DPFedAvg(fedavg(), noise_multiplier=1.0, clip_norm=1.0, delta=DELTA)
     resumed.load_state_dict(state)
     assert resumed.accountant.history == strategy.accountant.history
     assert resumed.clip_norm == 0.7
+    for name in ("generator", "sampling_generator"):
+        assert torch.equal(getattr(resumed, name).get_state(), getattr(strategy, name).get_state())
 
 
 # ============================================================================ secret randomness
