@@ -16,7 +16,6 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 
-from fl_app.stores import open_checkpoint_store
 from fl_app.audit import read_audit_log, verify_audit_log
 from fl_app.checkpointing import find_resume_point
 from fl_app.client_app import app as client_app
