@@ -23,7 +23,7 @@ ROBUST = {"central-dp": False, "secagg": False, "topk": False}
 
 #: name → (function, family, compatible, params, extra metadata beyond ``params``).
 EXPECTED = {
-    "mean": ("weighted_mean", "mean-based", dict.fromkeys(ROBUST, True), (), {}),
+    "mean": ("weighted_mean", "mean-based", dict.fromkeys(ROBUST, True), (), {"strategy": False}),
     "robust-median": ("coordinate_median", "robust", ROBUST, (), {}),
     "robust-trimmed-mean": ("trimmed_mean", "robust", ROBUST, ("beta",), {}),
     "robust-krum": ("krum", "robust", ROBUST, ("num_byzantine",), {}),
