@@ -153,17 +153,22 @@ def run_config_page() -> str:
             GENERATED_NOTE.format(source="fl_app.config.reference_table()"),
             "",
             "Every key of `[tool.flwr.app.config]` in `pyproject.toml`, typed and validated by "
-            "`fl_app/config.py` before round 1. Override any of them on the command line:",
+            "`fl_app/config.py` before round 1: a few top-level keys, and one section (a "
+            "sub-table, e.g. `[tool.flwr.app.config.dp]`) per unit of the code that reads "
+            "it. Flower hands the sections to the app as dotted keys; override any key by its "
+            "dotted name on the command line:",
             "",
             "```bash",
-            "flwr run . --stream --run-config \"task='fraud' num-server-rounds=10\"",
+            "flwr run . --stream --run-config \"task='fraud' num-server-rounds=10 "
+            "training.local-epochs=1 dp.noise-multiplier=1.2\"",
             "```",
             "",
             "or in a federation spec's `run_config:` (see the "
             "[federation spec reference](federation-spec.md)). An unknown key, a wrong type or "
             "an out-of-range value stops the run with a message naming the key, the value and "
-            "what is allowed. `python -m fl_app.config` prints this table; the README carries "
-            "the same one.",
+            "what is allowed; a key of the flat layout of earlier versions names its new "
+            "dotted key. *Transient* keys may differ when a run is resumed. "
+            "`python -m fl_app.config` prints these tables; the README carries the same ones.",
             "",
             escape_html(reference_table()),
             "",
