@@ -266,7 +266,7 @@ class Target:
         must attack what is deployed, so the key is dropped here."""
         mode = "central" if self.mode == "none" else self.mode
         o = dp_bench.cell_overrides(TASK, mode, self.epsilon, setting.settings)
-        o.pop("dp-reproducible-noise", None)
+        o.pop("dp.reproducible-noise", None)
         return {**o, "seed": seed, "data.test-fraction": setting.test_fraction}
 
 
