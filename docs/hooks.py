@@ -436,13 +436,13 @@ def tasks_page() -> str:
         "",
         '`task = "<name>"` picks the use case: where the data comes from, the model, the '
         "metrics. Every task ships an **offline default** (bundled or deterministically "
-        'generated data, used when `data-source = ""`), so tests, notebooks and a first '
-        "`flwr run` need no download; `data-source` names the real data (a Hugging Face id, a "
+        'generated data, used when `data.source = ""`), so tests, notebooks and a first '
+        "`flwr run` need no download; `data.source` names the real data (a Hugging Face id, a "
         "local path or an Azure Blob URL, as each task documents below).",
         "",
         "Splitting is shared by every task: `data.test-fraction` of the pooled data is held out "
         "(stratified, seeded) for the server's evaluation of the global model after every "
-        'round; the rest is partitioned across the silos (`partitioner = "iid"` or '
+        'round; the rest is partitioned across the silos (`data.partitioner = "iid"` or '
         '`"dirichlet"` with label skew `data.dirichlet-alpha`); each silo keeps `data.val-fraction` of '
         "its partition for client-side evaluation. On a real federation each silo's "
         "SuperNode gets its own `data-source` as node config and trains on its own data only.",

@@ -1,9 +1,9 @@
-"""SIGKILL of the server-side run on the real deployment runtime, then ``resume = true``.
+"""SIGKILL of the server-side run on the real deployment runtime, then ``output.resume = true``.
 
 flower-superlink + 3 flower-supernode on loopback (tests/e2e/conftest.py). A 2-round run
 (FedAdam, central DP with adaptive clipping, seeded sampling of 2 of 3 silos) is killed
 with SIGKILL — the ``flwr-serverapp`` process the SuperLink started for it, mid round 2,
-after round 1's checkpoint. A second ``flwr run`` with ``resume = true`` finds the
+after round 1's checkpoint. A second ``flwr run`` with ``output.resume = true`` finds the
 checkpoint (model, FedAdam moments, accountant, clip norm, RNG states), continues in the
 same run directory and ends with the bit-identical model of an uninterrupted run of the
 same config (here: the in-process grid, which the other e2e tests show is bit-identical to

@@ -192,7 +192,7 @@ def test_local_dp_epsilon_is_cumulative_per_silo(tmp_path):
     [
         ({"dp.central": True, "strategy": "krum", "robust.max-update-norm-ratio": 0.0}, "unsound"),
         ({"dp.central": True}, "'robust.max-update-norm-ratio' = 0.0"),
-        ({"dp.local": True, "strategy": "fedprox"}, "proximal-mu"),
+        ({"dp.local": True, "strategy": "fedprox"}, "training.proximal-mu"),
         ({"dp.noise-multiplier": -1.0}, "'dp.noise-multiplier'"),
         ({"dp.target-delta": 1.0}, "'dp.target-delta'"),
         ({"dp.clip-norm": 0.0}, "'dp.clip-norm'"),

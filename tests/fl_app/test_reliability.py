@@ -146,7 +146,7 @@ def test_below_quorum_the_run_stops_naming_the_missing_silos_then_resumes(tmp_pa
     with pytest.raises(QuorumError) as failed:
         run_federation(FaultyGrid(cfg, dead={2: {1, 3}}), cfg)
     message = str(failed.value)
-    assert "round 2" in message and "min-train-nodes = 3" in message
+    assert "round 2" in message and "sampling.min-train-nodes = 3" in message
     assert "(partition 1)" in message and "(partition 3)" in message
     (run_dir,) = tmp_path.iterdir()
     events = read_audit_log(run_dir / "audit.jsonl")
