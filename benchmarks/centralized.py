@@ -323,7 +323,9 @@ def run_federated(
     }
     task = get_task(cfg.task)
     sizes = [len(task.load_partition(i, num_silos, cfg).train) for i in range(num_silos)]
-    LOG.info("federated %s/%s: %.1fs, test %s", cfg.task, cfg.data.partitioner, seconds, _fmt(metrics))
+    LOG.info(
+        "federated %s/%s: %.1fs, test %s", cfg.task, cfg.data.partitioner, seconds, _fmt(metrics)
+    )
     return BenchmarkResult(
         cfg.task,
         cfg.data.partitioner,
@@ -810,7 +812,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="run seed (default: the app's)")
     parser.add_argument(
         "--client-eval", action="store_true",
-        help="keep client-side evaluation on (the app's sampling.fraction-evaluate); off by default",
+        help="keep client-side evaluation on (the app's sampling.fraction-evaluate); "
+             "off by default",
     )  # fmt: skip
     parser.add_argument(
         "--merge", action="store_true",
@@ -853,12 +856,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         # The settings every task shares: a task's config without its own overrides.
-        base = plans[0].federated[0][1].replace(
-            {
-                k: v
-                for k, v in app_defaults(snapshot).items()
-                if k in TASK_OVERRIDES.get(plans[0].task, {})
-            }
+        base = (
+            plans[0]
+            .federated[0][1]
+            .replace(
+                {
+                    k: v
+                    for k, v in app_defaults(snapshot).items()
+                    if k in TASK_OVERRIDES.get(plans[0].task, {})
+                }
+            )
         )
         seed_everything(base.seed)
         meta = describe(base, args.tasks, command.strip())

@@ -96,7 +96,11 @@ def run_one(scheme: str, seed: int, rounds: int, silos: int, topk_fraction: floa
                 "error-feedback": True,
                 **overrides,
             },
-            sampling={"fraction-evaluate": 0.0, "min-evaluate-nodes": 0, "min-available-nodes": silos},
+            sampling={
+                "fraction-evaluate": 0.0,
+                "min-evaluate-nodes": 0,
+                "min-available-nodes": silos,
+            },
             output={"run-dir": tmp},
         )
         start = time.perf_counter()
@@ -244,8 +248,8 @@ Server test accuracy per round (seed {first_seed}):
 How the codecs work (`strategies/compression/codecs.py`): the delta w.r.t. the received
 global model is quantised per chunk of {args.chunk} values (min–max range, `2^bits` levels,
 stochastic rounding: unbiased, error < one level) or sparsified (top-k by magnitude over the
-whole update, `compression.topk-scope = "model"`, or per tensor; indices as uint16, values float32 or
-int8); the encoded arrays and a small JSON header go into one byte string, deflated with
+whole update, `compression.topk-scope = "model"`, or per tensor; indices as uint16, values
+float32 or int8); the encoded arrays and a small JSON header go into one byte string, deflated with
 zlib when that is smaller (lossless; the quantised codes of a bell-shaped update carry well
 under 8 bits of entropy). Error feedback for int8/int4 keeps `(delta + residual) − decoded`
 in the silo's `context.state` for its next round. For top-k it is EF21 (Richtárik, Sokolov &

@@ -215,7 +215,8 @@ def measure_features(
     rounds: int, silos: int, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """Run an in-process federation of ``silos`` silos for ``rounds`` rounds (run-config
-    ``overrides`` with dotted keys) under the timers; returns ``{"per_round": {label: s}, "wall": [s per round], "missing": […]}``."""
+    ``overrides`` with dotted keys) under the timers; returns ``{"per_round": {label: s},
+    "wall": [s per round], "missing": […]}``."""
     import torch
 
     from fl_app.client_app import app

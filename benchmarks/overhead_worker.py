@@ -37,7 +37,10 @@ SILOS = 10
 #: own behaviour (3 s reply polling, 2 CPUs per ClientApp → 1 Ray actor on 2 cores).
 SIM_VARIANTS = {
     "flower-defaults": ({"sampling.reply-poll-interval": 0.0}, {"client-resources-num-cpus": 2}),
-    "prompt-polling+2-actors": ({"sampling.reply-poll-interval": 0.02}, {"client-resources-num-cpus": 1}),
+    "prompt-polling+2-actors": (
+        {"sampling.reply-poll-interval": 0.02},
+        {"client-resources-num-cpus": 1},
+    ),
     "prompt-polling": ({"sampling.reply-poll-interval": 0.02}, {"client-resources-num-cpus": 2}),
 }
 

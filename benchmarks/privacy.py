@@ -682,7 +682,9 @@ def describe(
         "common-run-config": dict(COMMON),
         "seed": SEED,
         "target-delta": DELTA,
-        "sampling": "full participation (sampling.fraction-train = 1.0); no amplification by sampling",
+        "sampling": (
+            "full participation (sampling.fraction-train = 1.0); no amplification by sampling"
+        ),
         "central-sigma-for-planned-rounds": sigma_table,
         "amplification-what-if": what_if,
         "workers": workers,
@@ -1155,12 +1157,13 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
         "* **central** — client-level DP-FedAvg: `dp.central = true`, "
         '`dp.target-epsilon = ε`, `dp.budget-mode = "calibrate"` (σ is calibrated up front so '
         "the planned rounds end just below ε), `dp.clip-norm = C` on each silo's model delta, "
-        "`robust.max-update-norm-ratio = 0.0` (required). Reported ε: the train metric `epsilon` "
-        "after the last round. Protects a whole silo; trusts the server.",
+        "`robust.max-update-norm-ratio = 0.0` (required). Reported ε: the train metric "
+        "`epsilon` after the last round. Protects a whole silo; trusts the server.",
         "* **local** — record-level DP-SGD with Opacus in every silo: `dp.local = true`, "
         "`dp.local-target-epsilon = ε` (each silo calibrates σ for its "
-        "`training.local-epochs × num-server-rounds` epochs), `dp.max-grad-norm = C`. Reported ε: the "
-        "largest `dp-epsilon` of any silo. Protects one training row; trusts nobody.",
+        "`training.local-epochs × num-server-rounds` epochs), `dp.max-grad-norm = C`. "
+        "Reported ε: the largest `dp-epsilon` of any silo. Protects one training row; trusts "
+        "nobody.",
         "* **ε = ∞** — the non-private baseline: the same run with DP off, everything "
         "else equal"
         + (

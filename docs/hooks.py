@@ -160,7 +160,7 @@ def run_config_page() -> str:
             "",
             "```bash",
             "flwr run . --stream --run-config \"task='fraud' num-server-rounds=10 "
-            "training.local-epochs=1 dp.noise-multiplier=1.2\"",
+            'training.local-epochs=1 dp.noise-multiplier=1.2"',
             "```",
             "",
             "or in a federation spec's `run_config:` (see the "
@@ -443,8 +443,9 @@ def tasks_page() -> str:
         "Splitting is shared by every task: `data.test-fraction` of the pooled data is held out "
         "(stratified, seeded) for the server's evaluation of the global model after every "
         'round; the rest is partitioned across the silos (`data.partitioner = "iid"` or '
-        '`"dirichlet"` with label skew `data.dirichlet-alpha`); each silo keeps `data.val-fraction` of '
-        "its partition for client-side evaluation. On a real federation each silo's "
+        '`"dirichlet"` with label skew `data.dirichlet-alpha`); each silo keeps '
+        "`data.val-fraction` of its partition for client-side evaluation. On a real "
+        "federation each silo's "
         "SuperNode gets its own `data-source` as node config and trains on its own data only.",
         "",
         "| task | class | classes | summary |",

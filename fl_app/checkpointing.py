@@ -78,6 +78,7 @@ class OutputSection(Section):
         "resume from (needs `output.resume` = true).",
     )
 
+
 #: Attributes holding a strategy's state between rounds (Flower's FedOpt family and
 #: FedAvgM; our robust rules' previous aggregate).
 STATE_ATTRIBUTES = ("m_t", "v_t", "momentum_vector", "current_arrays", "_previous")
@@ -281,7 +282,8 @@ def load_checkpoint(data: bytes, cfg: RunConfig, source: str, run_dir: Path | No
         details = ", ".join(f"'{k}': {theirs.get(k)!r} → {ours.get(k)!r}" for k in differ)
         raise ConfigError(
             f"cannot resume from {source}: run-config differs from the checkpoint's in "
-            f"{details}. Resume with the checkpoint's values, or start afresh (output.resume=false)."
+            f"{details}. Resume with the checkpoint's values, or start afresh "
+            "(output.resume=false)."
         )
     return ResumePoint(
         round=int(blob["round"]),
@@ -353,9 +355,9 @@ def find_resume_point(cfg: RunConfig) -> ResumePoint | None:
     """The checkpoint ``output.resume = true`` continues from, or ``None`` (start afresh).
 
     ``output.resume-from`` names it explicitly (an error if it holds none). Otherwise: the
-    ``output.checkpoint-uri`` when set, else the newest run directory under ``output.run-dir`` with the
-    same settings that has a checkpoint; the resumed run continues writing in that run
-    directory (metrics, audit log).
+    ``output.checkpoint-uri`` when set, else the newest run directory under
+    ``output.run-dir`` with the same settings that has a checkpoint; the resumed run
+    continues writing in that run directory (metrics, audit log).
     """
     if not cfg.output.resume:
         return None
@@ -364,7 +366,8 @@ def find_resume_point(cfg: RunConfig) -> ResumePoint | None:
         data = _load(store, name)
         if data is None:
             raise ConfigError(
-                f"run-config 'output.resume-from' = {cfg.output.resume_from!r}: no checkpoint {name} in {store}"
+                f"run-config 'output.resume-from' = {cfg.output.resume_from!r}: no checkpoint "
+                f"{name} in {store}"
             )
         return load_checkpoint(data, cfg, f"{store}/{name}", run_dir)
     runs = matching_runs(cfg)

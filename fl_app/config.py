@@ -69,32 +69,44 @@ __all__ = [
 MEAN_BASED = frozenset({"fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm"})
 
 
-def _moved(section: str, *keys: str) -> dict[str, tuple[str, ...]]:
-    return {key: (f"{section}.{key}",) for key in keys}
-
-
 #: Every key of the flat layout of earlier versions whose name changed → its dotted
 #: key(s). ``clip-norm`` meant both bounds; it is now ``dp.clip-norm`` (DP clipping) and
 #: ``robust.clip-norm`` (the norm-clip strategy). Used to refuse old keys with the new
 #: name and to read the settings stored by older checkpoints and run directories.
 LEGACY_KEYS: dict[str, tuple[str, ...]] = {
     "data-source": ("data.source",),
-    **_moved("data", "partitioner", "dirichlet-alpha", "test-fraction", "val-fraction"),
-    **_moved("training", "local-epochs", "batch-size", "learning-rate", "momentum", "proximal-mu"),
-    **_moved(
-        "sampling",
-        "fraction-train", "fraction-evaluate", "min-train-nodes", "min-evaluate-nodes",
-        "min-available-nodes", "round-timeout", "straggler-timeout", "round-retries",
-        "reply-poll-interval",
-    ),  # fmt: skip
+    "partitioner": ("data.partitioner",),
+    "dirichlet-alpha": ("data.dirichlet-alpha",),
+    "test-fraction": ("data.test-fraction",),
+    "val-fraction": ("data.val-fraction",),
+    "local-epochs": ("training.local-epochs",),
+    "batch-size": ("training.batch-size",),
+    "learning-rate": ("training.learning-rate",),
+    "momentum": ("training.momentum",),
+    "proximal-mu": ("training.proximal-mu",),
+    "fraction-train": ("sampling.fraction-train",),
+    "fraction-evaluate": ("sampling.fraction-evaluate",),
+    "min-train-nodes": ("sampling.min-train-nodes",),
+    "min-evaluate-nodes": ("sampling.min-evaluate-nodes",),
+    "min-available-nodes": ("sampling.min-available-nodes",),
+    "round-timeout": ("sampling.round-timeout",),
+    "straggler-timeout": ("sampling.straggler-timeout",),
+    "round-retries": ("sampling.round-retries",),
+    "reply-poll-interval": ("sampling.reply-poll-interval",),
     "server-learning-rate": ("server.learning-rate",),
     "server-momentum": ("server.momentum",),
-    **_moved("server", "beta1", "beta2", "tau"),
-    **_moved(
-        "robust",
-        "trim-beta", "num-byzantine", "num-selected", "pre-aggregator", "bucket-size",
-        "cclip-tau", "fltrust-root-size", "max-update-norm-ratio", "max-update-bytes",
-    ),  # fmt: skip
+    "beta1": ("server.beta1",),
+    "beta2": ("server.beta2",),
+    "tau": ("server.tau",),
+    "trim-beta": ("robust.trim-beta",),
+    "num-byzantine": ("robust.num-byzantine",),
+    "num-selected": ("robust.num-selected",),
+    "pre-aggregator": ("robust.pre-aggregator",),
+    "bucket-size": ("robust.bucket-size",),
+    "cclip-tau": ("robust.cclip-tau",),
+    "fltrust-root-size": ("robust.fltrust-root-size",),
+    "max-update-norm-ratio": ("robust.max-update-norm-ratio",),
+    "max-update-bytes": ("robust.max-update-bytes",),
     "robust-weights": ("robust.weights",),
     "clip-norm": ("dp.clip-norm", "robust.clip-norm"),
     "attack": ("attack.kind",),
@@ -102,11 +114,14 @@ LEGACY_KEYS: dict[str, tuple[str, ...]] = {
     "attack-strength": ("attack.strength",),
     "central-dp": ("dp.central",),
     "noise-multiplier": ("dp.noise-multiplier",),
-    **_moved(
-        "dp",
-        "adaptive-clipping", "target-quantile", "clip-learning-rate", "target-epsilon",
-        "target-delta", "budget-mode", "accountant", "sampling-amplification",
-    ),  # fmt: skip
+    "adaptive-clipping": ("dp.adaptive-clipping",),
+    "target-quantile": ("dp.target-quantile",),
+    "clip-learning-rate": ("dp.clip-learning-rate",),
+    "target-epsilon": ("dp.target-epsilon",),
+    "target-delta": ("dp.target-delta",),
+    "budget-mode": ("dp.budget-mode",),
+    "accountant": ("dp.accountant",),
+    "sampling-amplification": ("dp.sampling-amplification",),
     "local-dp": ("dp.local",),
     "local-noise-multiplier": ("dp.local-noise-multiplier",),
     "max-grad-norm": ("dp.max-grad-norm",),
@@ -117,21 +132,26 @@ LEGACY_KEYS: dict[str, tuple[str, ...]] = {
     "secagg-clip-range": ("secagg.clip-range",),
     "secagg-quantization-bits": ("secagg.quantization-bits",),
     "compression": ("compression.method",),
-    **_moved(
-        "compression",
-        "topk-fraction", "topk-scope", "topk-feedback", "error-feedback", "quantization-chunk",
-    ),  # fmt: skip
-    **{
-        f"vertical-{key}": (f"vertical.{key}",)
-        for key in (
-            "split", "coverage", "embedding-dim", "batch-size", "embedding-clip",
-            "noise-multiplier", "gradient-clip", "timeout",
-        )  # fmt: skip
-    },
+    "topk-fraction": ("compression.topk-fraction",),
+    "topk-scope": ("compression.topk-scope",),
+    "topk-feedback": ("compression.topk-feedback",),
+    "error-feedback": ("compression.error-feedback",),
+    "quantization-chunk": ("compression.quantization-chunk",),
+    "vertical-split": ("vertical.split",),
+    "vertical-coverage": ("vertical.coverage",),
+    "vertical-embedding-dim": ("vertical.embedding-dim",),
+    "vertical-batch-size": ("vertical.batch-size",),
+    "vertical-embedding-clip": ("vertical.embedding-clip",),
+    "vertical-noise-multiplier": ("vertical.noise-multiplier",),
+    "vertical-gradient-clip": ("vertical.gradient-clip",),
+    "vertical-timeout": ("vertical.timeout",),
     "mlflow-tracking-uri": ("tracking.mlflow-uri",),
     "mlflow-experiment": ("tracking.experiment",),
     "mlflow-register-model": ("tracking.register-model",),
-    **_moved("output", "checkpoint-uri", "run-dir", "resume", "resume-from"),
+    "checkpoint-uri": ("output.checkpoint-uri",),
+    "run-dir": ("output.run-dir",),
+    "resume": ("output.resume",),
+    "resume-from": ("output.resume-from",),
 }
 #: What each of several new keys of one old key is for (named in the error).
 _LEGACY_ROLES = {"dp.clip-norm": "DP clipping", "robust.clip-norm": "the norm-clip strategy"}
@@ -415,7 +435,9 @@ def _suggest(key: str) -> str:
     for known in pool:
         leaves.setdefault(known.rpartition(".")[2], []).append(known)
     match = difflib.get_close_matches(leaf, list(leaves), n=1)
-    close = leaves[match[0]] if match else [k for k in pool if k.rpartition(".")[2].startswith(leaf)]
+    close = (
+        leaves[match[0]] if match else [k for k in pool if k.rpartition(".")[2].startswith(leaf)]
+    )
     close = close or difflib.get_close_matches(key, KEYS, n=1)
     return " Did you mean " + " or ".join(f"'{k}'" for k in close[:3]) + "?" if close else ""
 
@@ -434,9 +456,10 @@ def _explain(exc: ValidationError, raw: Mapping[str, Any]) -> str:
             continue
         field = _field(path)
         if field is not None and is_section(field.annotation):
+            example = kebab(next(iter(field.annotation.model_fields)))
             lines.append(
                 f"run-config '{key}' = {value!r}: '{key}' is a section; give its keys as "
-                f"'{key}.<key>' (e.g. '{key}.{next(iter(field.annotation.model_fields)).replace('_', '-')}')."
+                f"'{key}.<key>' (e.g. '{key}.{example}')."
             )
             continue
         expected = _type_name(field.annotation) if field else "?"

@@ -68,7 +68,8 @@ def roll_call(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], list[dict]]:
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"only {len(node_ids)} SuperNodes connected within sampling.round-timeout="
-                f"{cfg.sampling.round_timeout}s; sampling.min-available-nodes={cfg.sampling.min_available_nodes}"
+                f"{cfg.sampling.round_timeout}s; sampling.min-available-nodes="
+                f"{cfg.sampling.min_available_nodes}"
             )
         time.sleep(0.5)
     messages = [
@@ -352,7 +353,9 @@ def run_federation(
             first_round=done + 1,
             num_rounds=cfg.num_server_rounds,
             timeout=cfg.sampling.round_timeout,
-            train_config=ConfigRecord({"learning-rate": cfg.training.learning_rate, LINEAGE_KEY: lineage}),
+            train_config=ConfigRecord(
+                {"learning-rate": cfg.training.learning_rate, LINEAGE_KEY: lineage}
+            ),
             evaluate_fn=evaluate_fn,
         )
     except QuorumError as exc:  # end cleanly: checkpoint of the last round stays valid

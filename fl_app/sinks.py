@@ -31,6 +31,7 @@ class TrackingSection(Section):
         "", description='Register the final model under this name ("" = do not register).'
     )
 
+
 #: Metric (1.0 / 0.0) and audit field (bool) saying whether the run's DP noise is secret.
 DP_PRIVATE_KEY = "dp-private"
 #: ``phase`` of the row at the top of ``metrics.json`` that states the run's privacy.

@@ -50,7 +50,11 @@ def common_kwargs(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _adaptive(cfg: RunConfig) -> dict[str, Any]:
-    return {"eta": cfg.server.learning_rate, "eta_l": cfg.training.learning_rate, "tau": cfg.server.tau}
+    return {
+        "eta": cfg.server.learning_rate,
+        "eta_l": cfg.training.learning_rate,
+        "tau": cfg.server.tau,
+    }
 
 
 def fedavg(cfg: RunConfig) -> fl.Strategy:
@@ -65,12 +69,16 @@ def fedprox(cfg: RunConfig) -> fl.Strategy:
 
 def fedadam(cfg: RunConfig) -> fl.Strategy:
     """FedAdam (Reddi et al., 2021)."""
-    return fl.FedAdam(beta_1=cfg.server.beta1, beta_2=cfg.server.beta2, **_adaptive(cfg), **common_kwargs(cfg))
+    return fl.FedAdam(
+        beta_1=cfg.server.beta1, beta_2=cfg.server.beta2, **_adaptive(cfg), **common_kwargs(cfg)
+    )
 
 
 def fedyogi(cfg: RunConfig) -> fl.Strategy:
     """FedYogi (Reddi et al., 2021)."""
-    return fl.FedYogi(beta_1=cfg.server.beta1, beta_2=cfg.server.beta2, **_adaptive(cfg), **common_kwargs(cfg))
+    return fl.FedYogi(
+        beta_1=cfg.server.beta1, beta_2=cfg.server.beta2, **_adaptive(cfg), **common_kwargs(cfg)
+    )
 
 
 def fedadagrad(cfg: RunConfig) -> fl.Strategy:

@@ -187,7 +187,7 @@ class Task(ABC):
         if not 0 <= partition_id < num_partitions:
             raise ValueError(
                 f"partition-id {partition_id} is outside 0..{num_partitions - 1}; check the "
-                "SuperNode's --node-config \"partition-id=… num-partitions=…\""
+                'SuperNode\'s --node-config "partition-id=… num-partitions=…"'
             )
         pool, _ = self.split(config)
         parts = _partitions_cached(

@@ -40,8 +40,7 @@ def _images_to_arrays(ds) -> ArrayDataset:
     column = "image" if "image" in ds.column_names else "img"
     if column not in ds.column_names or "label" not in ds.column_names:
         raise ValueError(
-            f"dataset columns {ds.column_names} lack an image column ('image'/'img') or "
-            "'label'"
+            f"dataset columns {ds.column_names} lack an image column ('image'/'img') or 'label'"
         )
     images = np.stack([np.asarray(img.convert("L"), dtype=np.float32) for img in ds[column]])
     x = (images / 255.0)[:, None, :, :].astype(np.float32)

@@ -1,4 +1,5 @@
-"""Resolve a task's ``data.source`` (or a silo's node-config ``data-source``) to something loadable: a local file or directory.
+"""Resolve a task's ``data.source`` (or a silo's node-config ``data-source``) to something
+loadable: a local file or directory.
 
 Blob URLs (``https://<account>.blob.core.windows.net/…``, Azurite URLs, ``az://…``) are
 fetched through :mod:`adapters.blob` into a local cache; the adapter is imported only
@@ -25,7 +26,7 @@ def resolve_local_path(source: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(
             f"data source '{source}' does not exist; give an existing file/directory, a Blob "
-            "URL, or \"\" for the offline default data"
+            'URL, or "" for the offline default data'
         )
     return path
 

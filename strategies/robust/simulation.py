@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 from logging import INFO
-
 from typing import Literal
 
 import numpy as np
@@ -66,6 +65,8 @@ class AttackSection(Section):
         "factor on the claimed `num-examples` 1000, min-max/min-sum's first γ 10, ROP's "
         "perturbation norm 1, Mimic's warm-up rounds 1.",
     )
+
+
 #: The key of a train reply's MetricRecord that FedAvg and weighted rules use as the weight.
 WEIGHT_KEY = "num-examples"
 

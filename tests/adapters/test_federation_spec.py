@@ -66,7 +66,9 @@ def test_azure_keys_in_a_local_spec_are_unknown_keys_naming_the_allowed_ones():
 def test_neutral_checks_name_the_field_and_the_fix():
     quorum = _error(LOCAL_SPEC.replace("num-server-rounds: 3", "sampling.min-available-nodes: 3"))
     assert "run_config.sampling.min-available-nodes = 3 exceeds the 2 silos" in quorum
-    nested = _error(LOCAL_SPEC.replace("num-server-rounds: 3", "sampling: {min-available-nodes: 3}"))
+    nested = _error(
+        LOCAL_SPEC.replace("num-server-rounds: 3", "sampling: {min-available-nodes: 3}")
+    )
     assert "run_config.sampling.min-available-nodes = 3 exceeds the 2 silos" in nested
     old = _error(LOCAL_SPEC.replace("num-server-rounds: 3", "min-available-nodes: 3"))
     assert "run-config key 'min-available-nodes' is now 'sampling.min-available-nodes'" in old

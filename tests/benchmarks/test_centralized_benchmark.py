@@ -40,7 +40,10 @@ def test_centralised_breast_cancer_is_good_and_deterministic(breast_cancer_cfg):
 
     assert first.metrics["roc-auc"] >= 0.9
     assert dict(first.metrics) == dict(second.metrics)
-    assert first.epochs == breast_cancer_cfg.num_server_rounds * breast_cancer_cfg.training.local_epochs
+    assert (
+        first.epochs
+        == breast_cancer_cfg.num_server_rounds * breast_cancer_cfg.training.local_epochs
+    )
     assert first.setting == "central"
 
 

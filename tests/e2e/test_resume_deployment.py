@@ -31,15 +31,24 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
 SILOS = 3
 SETTINGS = {
-    "task": "breast-cancer", "num-server-rounds": 2, "training.local-epochs": 1, "seed": 11,
-    "strategy": "fedadam", "dp.central": True, "dp.adaptive-clipping": True,
-    "dp.noise-multiplier": 0.1, "robust.max-update-norm-ratio": 0.0,
+    "task": "breast-cancer",
+    "num-server-rounds": 2,
+    "training.local-epochs": 1,
+    "seed": 11,
+    "strategy": "fedadam",
+    "dp.central": True,
+    "dp.adaptive-clipping": True,
+    "dp.noise-multiplier": 0.1,
+    "robust.max-update-norm-ratio": 0.0,
     # Research key: the noise is seeded from `seed`, so an independent run can reproduce
     # it (by default it comes from OS entropy and only the checkpoint carries its state).
     "dp.reproducible-noise": True,
-    "sampling.fraction-train": 0.67, "sampling.min-train-nodes": 2, "sampling.min-available-nodes": 3,
-    "sampling.fraction-evaluate": 0.0, "sampling.min-evaluate-nodes": 0,
-}  # fmt: skip
+    "sampling.fraction-train": 0.67,
+    "sampling.min-train-nodes": 2,
+    "sampling.min-available-nodes": 3,
+    "sampling.fraction-evaluate": 0.0,
+    "sampling.min-evaluate-nodes": 0,
+}
 
 
 def _events(run_dir: Path, event: str) -> list[dict]:

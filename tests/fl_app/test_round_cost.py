@@ -17,9 +17,15 @@ from fl_app.sinks import is_runtime_metric
 from tasks import get_task
 
 SETTINGS = {
-    "task": "breast-cancer", "strategy": "fedprox", "num-server-rounds": 2, "training.local-epochs": 1,
-    "data.partitioner": "dirichlet", "sampling.min-available-nodes": 3, "sampling.min-train-nodes": 3, "seed": 5,
-}  # fmt: skip
+    "task": "breast-cancer",
+    "strategy": "fedprox",
+    "num-server-rounds": 2,
+    "training.local-epochs": 1,
+    "data.partitioner": "dirichlet",
+    "sampling.min-available-nodes": 3,
+    "sampling.min-train-nodes": 3,
+    "seed": 5,
+}
 
 
 def _run(tmp_path, name):

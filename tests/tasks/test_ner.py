@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.base import DataSection
 from fl_app.config import ConfigError, RunConfig
 from tasks import get_task
+from tasks.base import DataSection
 from tasks.entity_metrics import entity_scores, entity_spans
 from tasks.ner import (
     PAD_LABEL,
@@ -212,7 +212,9 @@ def test_local_dp_is_refused_at_config_time_naming_the_alternative():
     with pytest.raises(ConfigError, match=r"'dp.local' = true is not available for task 'ner'"
                        r".*nn\.LSTM.*Use 'dp.central' = true"):  # fmt: skip
         RunConfig.from_flower({"task": "ner", "dp.local": True})
-    assert RunConfig.from_flower({"task": "ner", "dp.central": True, "robust.max-update-norm-ratio": 0.0})
+    assert RunConfig.from_flower(
+        {"task": "ner", "dp.central": True, "robust.max-update-norm-ratio": 0.0}
+    )
 
 
 def test_opacus_itself_refuses_the_lstm_with_a_clear_error():
@@ -236,7 +238,13 @@ def test_federation_learns_ner(tmp_path):
     from fl_app.federation import run_federation
     from fl_app.inprocess import InProcessGrid
 
-    cfg = RunConfig(task="ner", num_server_rounds=2, training={"local-epochs": 2, "learning-rate": 0.3}, sampling={"fraction-train": 0.3, "fraction-evaluate": 0.0}, output={"run-dir": str(tmp_path / "runs")})  # fmt: skip
+    cfg = RunConfig(
+        task="ner",
+        num_server_rounds=2,
+        training={"local-epochs": 2, "learning-rate": 0.3},
+        sampling={"fraction-train": 0.3, "fraction-evaluate": 0.0},
+        output={"run-dir": str(tmp_path / "runs")},
+    )
     task = get_task("ner")
     torch.manual_seed(0)
     untrained = task.evaluate(task.build_model(), task.load_test(cfg))

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.base import DataSection
 from fl_app.config import RunConfig
 from tasks import get_task
+from tasks.base import DataSection
 from tasks.pneumonia import (
     PNEUMONIA_RATE,
     generate_pneumonia_images,
@@ -111,7 +111,13 @@ def test_federation_learns_pneumonia(tmp_path):
     from fl_app.federation import run_federation
     from fl_app.inprocess import InProcessGrid
 
-    cfg = RunConfig(task="pneumonia", num_server_rounds=2, training={"local-epochs": 1}, sampling={"fraction-train": 0.3, "fraction-evaluate": 0.0}, output={"run-dir": str(tmp_path / "runs")})  # fmt: skip
+    cfg = RunConfig(
+        task="pneumonia",
+        num_server_rounds=2,
+        training={"local-epochs": 1},
+        sampling={"fraction-train": 0.3, "fraction-evaluate": 0.0},
+        output={"run-dir": str(tmp_path / "runs")},
+    )
     task = get_task("pneumonia")
     torch.manual_seed(0)
     untrained = task.evaluate(task.build_model(), task.load_test(cfg))

@@ -109,7 +109,7 @@ def test_digits_real_loader_reads_a_hugging_face_dataset_directory(tmp_path):
 
 
 def test_breast_cancer_rejects_other_sources():
-    with pytest.raises(ValueError, match='data.source = ""'):
+    with pytest.raises(ValueError, match=r'data.source = ""'):
         get_task("breast-cancer").load_data(DataSection(source="x"))
 
 
@@ -121,8 +121,10 @@ def test_pooled_moments_equal_the_global_mean_and_std():
     allx = np.concatenate([p.x for p in parts]).astype(np.float64)
     np.testing.assert_allclose(mean, allx.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(std, allx.std(axis=0), rtol=1e-4)
-    assert task.feature_moments(get_task("digits").load_partition(0, 2, RunConfig()).train) \
-        is not None or get_task("digits").feature_moments(parts[0]) is None
+    assert (
+        task.feature_moments(get_task("digits").load_partition(0, 2, RunConfig()).train) is not None
+        or get_task("digits").feature_moments(parts[0]) is None
+    )
 
 
 def test_partition_id_out_of_range_names_the_node_config():
@@ -149,7 +151,12 @@ def test_silos_with_their_own_data_sources_federate(tmp_path):
         path = tmp_path / f"silo-{i}.csv"
         frame.iloc[i * 2000 : (i + 1) * 2000].to_csv(path, index=False)
         sources.append({"data-source": str(path)})
-    cfg = RunConfig(task="fraud", num_server_rounds=2, output={"run-dir": str(tmp_path / "runs")}, training={"learning-rate": 0.01})
+    cfg = RunConfig(
+        task="fraud",
+        num_server_rounds=2,
+        output={"run-dir": str(tmp_path / "runs")},
+        training={"learning-rate": 0.01},
+    )
     grid = InProcessGrid(client_app, cfg.to_flower(), 3, node_configs=sources)
     result, _ = run_federation(grid, cfg)
     assert result.train_metrics_clientapp[2]["num-examples"] == pytest.approx(3 * 1800)

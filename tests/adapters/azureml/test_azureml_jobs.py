@@ -99,9 +99,13 @@ def test_the_commands_parse_with_the_runtime_wrapper():
         tomllib.loads("\n".join(flower[flower.index("--run-config") + 1].split(" ")))
     )
     assert overrides == {
-        "task": "digits", "strategy": "fedavg", "num-server-rounds": 5, "training.local-epochs": 3,
-        "sampling.min-available-nodes": 3, "sampling.reply-poll-interval": 0.02,  # the warm runtime's polling
-    }  # fmt: skip
+        "task": "digits",
+        "strategy": "fedavg",
+        "num-server-rounds": 5,
+        "training.local-epochs": 3,
+        "sampling.min-available-nodes": 3,
+        "sampling.reply-poll-interval": 0.02,  # the warm runtime's polling
+    }
 
 
 def test_flowers_default_supernode_and_no_supervision_on_request():

@@ -31,7 +31,8 @@ silos:
   - {{name: silo-b, kind: external}}
 {third}task: breast-cancer
 run_config: {{num-server-rounds: 1, training.local-epochs: 1, sampling.fraction-evaluate: 0.0,
-              sampling.min-available-nodes: 2, sampling.min-train-nodes: 2, sampling.min-evaluate-nodes: 0}}
+              sampling.min-available-nodes: 2, sampling.min-train-nodes: 2,
+              sampling.min-evaluate-nodes: 0}}
 network:
   mode: existing
   address: {address}

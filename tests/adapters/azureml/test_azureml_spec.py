@@ -130,7 +130,9 @@ def test_a_bad_run_config_key_fails_with_run_configs_own_message(write_spec):
 
 
 def test_bad_run_config_values_and_misplaced_keys(write_spec):
-    value = _error(write_spec, run_config="run_config: {training.learning-rate: -1, data.partitioner: zipf}")
+    value = _error(
+        write_spec, run_config="run_config: {training.learning-rate: -1, data.partitioner: zipf}"
+    )
     assert "run-config 'training.learning-rate' = -1.0: Input should be greater than 0" in value
     assert "run-config 'data.partitioner' = 'zipf'" in value
 

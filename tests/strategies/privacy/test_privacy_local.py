@@ -316,13 +316,20 @@ def test_fraud_trains_without_class_weights_under_local_dp(tmp_path, caplog, mon
         model = task.build_model()
         model.load_state_dict(arrays.to_torch_state_dict())
         seeded = seed_everything(derive_seed(cfg.seed, "train", 0, 1))
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.training.learning_rate,
-                                    momentum=cfg.training.momentum)  # fmt: skip
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=cfg.training.learning_rate, momentum=cfg.training.momentum
+        )
         with make_private_trainer(
-            model, optimizer, data, batch_size=cfg.training.batch_size, max_grad_norm=cfg.dp.max_grad_norm,
-            delta=cfg.dp.target_delta, noise_multiplier=cfg.dp.local_noise_multiplier,
-            generator=seeded, class_weights=class_weights,
-        ) as trainer:  # fmt: skip
+            model,
+            optimizer,
+            data,
+            batch_size=cfg.training.batch_size,
+            max_grad_norm=cfg.dp.max_grad_norm,
+            delta=cfg.dp.target_delta,
+            noise_multiplier=cfg.dp.local_noise_multiplier,
+            generator=seeded,
+            class_weights=class_weights,
+        ) as trainer:
             trainer.train(1)
         return model.state_dict()
 

@@ -80,11 +80,11 @@ def test_capped_weights_are_the_claims_capped_at_the_lower_median():
 
 
 def test_bad_weight_modes_and_claims_are_refused_naming_the_key():
-    with pytest.raises(ValueError, match="robust.weights must be one of"):
+    with pytest.raises(ValueError, match=r"robust.weights must be one of"):
         trusted_weights([1.0], "claimed")
     with pytest.raises(ValueError, match="finite and >= 0"):
         capped_at_median(torch.tensor([1.0, -2.0]))
-    with pytest.raises(ConfigError, match="robust.weights"):
+    with pytest.raises(ConfigError, match=r"robust.weights"):
         RunConfig.from_flower({**RunConfig().to_flower(), "robust.weights": "claimed"})
 
 
@@ -240,9 +240,7 @@ def test_registered_multikrum_averages_its_selection_without_the_raw_claims():
         train_reply(i, 100 + i, {"w": row.astype(np.float32)}, num_examples=c)
         for i, (row, c) in enumerate(zip(x, claims, strict=True))
     ]
-    flower, _ = MultiKrum(num_malicious_nodes=1, num_nodes_to_select=10).aggregate_train(
-        1, replies
-    )
+    flower, _ = MultiKrum(num_malicious_nodes=1, num_nodes_to_select=10).aggregate_train(1, replies)
     assert np.abs(flower["w"].numpy() - attacker).max() < 0.01  # follows the claim
     ours = _aggregate("multikrum", "uniform", x, claims)
     expected = multi_krum(torch.tensor(x, dtype=torch.float32), num_byzantine=1).numpy()
