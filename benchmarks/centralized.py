@@ -162,7 +162,7 @@ def pooled_silo_train(cfg: RunConfig, num_silos: int = NUM_SILOS) -> tuple[Array
     """The union of the ``num_silos`` silos' training splits under ``cfg`` and each silo's
     feature moments (``None`` for tasks that do not standardise inputs)."""
     task = get_task(cfg.task)
-    parts = [task.load_partition(i, num_silos, cfg) for i in range(num_silos)]
+    parts = [task.load_partition(i, num_silos, cfg.data, cfg.seed) for i in range(num_silos)]
     pooled = ArrayDataset(
         np.concatenate([p.train.x for p in parts]), np.concatenate([p.train.y for p in parts])
     )
@@ -181,7 +181,7 @@ def train_centralised(cfg: RunConfig, num_silos: int = NUM_SILOS) -> BenchmarkRe
     started = time.perf_counter()
     task = get_task(cfg.task)
     pooled, moments = pooled_silo_train(cfg, num_silos)
-    test = task.load_test(cfg)
+    test = task.load_test(cfg.data, cfg.seed)
     epochs = cfg.num_server_rounds * cfg.training.local_epochs
 
     threads = torch.get_num_threads()
@@ -192,7 +192,10 @@ def train_centralised(cfg: RunConfig, num_silos: int = NUM_SILOS) -> BenchmarkRe
         task.set_input_scaling(model, [m for m in moments if m is not None])
         generator = seed_everything(derive_seed(cfg.seed, "train", "central"))
         train_metrics = task.train(
-            model, pooled, cfg.replace({"training.local-epochs": epochs}), generator=generator
+            model,
+            pooled,
+            cfg.replace({"training.local-epochs": epochs}).training,
+            generator=generator,
         )
         metrics = task.evaluate(model, test)
     finally:
@@ -322,7 +325,9 @@ def run_federated(
         if k not in ("round", "phase", "num-examples")
     }
     task = get_task(cfg.task)
-    sizes = [len(task.load_partition(i, num_silos, cfg).train) for i in range(num_silos)]
+    sizes = [
+        len(task.load_partition(i, num_silos, cfg.data, cfg.seed).train) for i in range(num_silos)
+    ]
     LOG.info(
         "federated %s/%s: %.1fs, test %s", cfg.task, cfg.data.partitioner, seconds, _fmt(metrics)
     )
@@ -742,9 +747,15 @@ def describe(cfg: RunConfig, tasks: Sequence[str], command: str) -> dict[str, An
         task = get_task(name)
         iid = cfg.replace({"task": name, "data.partitioner": "iid"})
         skew = cfg.replace({"task": name, "data.partitioner": "dirichlet"})
-        pool, test = task.split(iid)
-        iid_rows = [len(task.load_partition(i, NUM_SILOS, iid).train) for i in range(NUM_SILOS)]
-        skew_rows = [len(task.load_partition(i, NUM_SILOS, skew).train) for i in range(NUM_SILOS)]
+        pool, test = task.split(iid.data, iid.seed)
+        iid_rows = [
+            len(task.load_partition(i, NUM_SILOS, iid.data, iid.seed).train)
+            for i in range(NUM_SILOS)
+        ]
+        skew_rows = [
+            len(task.load_partition(i, NUM_SILOS, skew.data, skew.seed).train)
+            for i in range(NUM_SILOS)
+        ]
         data[name] = {
             "pool-rows": len(pool),
             "test-rows": len(test),

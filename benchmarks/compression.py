@@ -348,8 +348,8 @@ def reply_sizes(topk_fraction: float = 0.01) -> list[dict]:
     seed_everything(derive_seed(cfg.seed, "init"))
     model = task.build_model()
     received = ArrayRecord(model.state_dict())
-    part = task.load_partition(0, 10, cfg)
-    task.train(model, part.train, cfg, generator=seed_everything(1))
+    part = task.load_partition(0, 10, cfg.data, cfg.seed)
+    task.train(model, part.train, cfg.training, generator=seed_everything(1))
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),

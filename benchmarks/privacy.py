@@ -601,7 +601,9 @@ def rows_per_silo(task: str, num_silos: int) -> dict[str, int]:
 
     cfg = RunConfig.from_flower({**COMMON, "task": task})
     t = get_task(task)
-    sizes = sorted(len(t.load_partition(i, num_silos, cfg).train) for i in range(num_silos))
+    sizes = sorted(
+        len(t.load_partition(i, num_silos, cfg.data, cfg.seed).train) for i in range(num_silos)
+    )
     return {
         "min": sizes[0],
         "median": int(_median(sizes)),

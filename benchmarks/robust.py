@@ -1623,7 +1623,7 @@ def validation_split_failures(num_clients: int, seed: int) -> dict[str, Any]:
         failures = 0
         for pid in range(num_clients):
             try:
-                task.load_partition(pid, num_clients, cfg)
+                task.load_partition(pid, num_clients, cfg.data, cfg.seed)
             except ValueError as exc:
                 failures += 1
                 out["message"] = out["message"] or f"{type(exc).__name__}: {exc}"

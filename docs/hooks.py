@@ -467,7 +467,8 @@ def tasks_page() -> str:
         "## Add a task",
         "",
         "Write `tasks/<name>.py` with a subclass of `tasks.base.Task` implementing "
-        "`load_data(config) -> (pool, test | None)` and `build_model()` (override "
+        "`load_data(data) -> (pool, test | None)` (`data`: the run config's `data` section, "
+        "its `source`) and `build_model()` (override "
         "`class_weights` or `evaluate` if needed), describe its real source and offline default "
         "in the module docstring, then add one line to `TASKS` in `tasks/__init__.py`; this "
         "page picks it up on the next build.",

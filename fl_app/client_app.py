@@ -50,9 +50,9 @@ def silo_data(task, cfg: RunConfig, context: Context):
     the shared source (simulation)."""
     source = context.node_config.get("data-source")
     if source:
-        return task.load_silo(str(source), cfg)
+        return task.load_silo(str(source), cfg.data, cfg.seed)
     pid, n = silo_partition(context)
-    return task.load_partition(pid, n, cfg)
+    return task.load_partition(pid, n, cfg.data, cfg.seed)
 
 
 #: One model object per task and process, reused by every message (see :func:`_model`).
@@ -128,7 +128,7 @@ def train(msg: Message, context: Context) -> Message:
         metrics = task.train(
             model,
             train_data,
-            cfg,
+            cfg.training,
             proximal_mu=float(config.get("proximal-mu", 0.0)),
             generator=generator,
         )

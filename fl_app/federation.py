@@ -120,7 +120,7 @@ def server_evaluator(
     fl_app.checkpointing and adapters.blob.checkpoints) and audits the checkpoint."""
     from adapters.blob.checkpoints import open_checkpoint_store
 
-    test = task.load_test(cfg)
+    test = task.load_test(cfg.data, cfg.seed)
     model = task.build_model()
     store = open_checkpoint_store(cfg.output.checkpoint_uri or str(run_dir / "checkpoints"))
     # End of the previous round (Flower calls this after round 0's evaluation, then after

@@ -150,14 +150,14 @@ def fltrust(cfg: RunConfig) -> RobustAggregation:
     from tasks import get_task
 
     task = get_task(cfg.task)
-    root = task.load_root(cfg, cfg.robust.fltrust_root_size)
+    root = task.load_root(cfg.data, cfg.seed, cfg.robust.fltrust_root_size)
 
     def server_update(global_arrays: ArrayRecord, server_round: int) -> ArrayRecord:
         model = task.build_model()
         model.load_state_dict(global_arrays.to_torch_state_dict())
         # Seeded by (seed, round), not by a counter: a resumed run trains the same.
         generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "fltrust", server_round))
-        task.train(model, root, cfg, generator=generator)
+        task.train(model, root, cfg.training, generator=generator)
         return ArrayRecord(model.state_dict())
 
     strategy = _robust(cfg, agg.fltrust)

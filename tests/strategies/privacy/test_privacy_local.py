@@ -16,6 +16,7 @@ from strategies.privacy.accountant import FederatedAccountant
 from strategies.privacy.local import LOCAL_DP_STATE_KEY, make_private_trainer
 from strategies.privacy.randomness import secret_generator
 from tasks import get_task
+from tasks.base import DataSection
 from tasks.models import MLP, SmallCNN
 
 DELTA = 1e-5
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def silo():
     task = get_task("breast-cancer")
-    return task, task.load_partition(0, 2, RunConfig())
+    return task, task.load_partition(0, 2, DataSection(), seed=42)
 
 
 def fresh_model(task, data):
