@@ -157,7 +157,7 @@ def pooled_silo_train(cfg: RunConfig, num_silos: int = NUM_SILOS) -> tuple[Array
     """The union of the ``num_silos`` silos' training splits under ``cfg`` and each silo's
     feature moments (``None`` for tasks that do not standardise inputs)."""
     task = get_task(cfg.task)
-    parts = [task.load_partition(i, num_silos, cfg) for i in range(num_silos)]
+    parts = [task.load_partition(i, num_silos, cfg.data, cfg.seed) for i in range(num_silos)]
     pooled = ArrayDataset(
         np.concatenate([p.train.x for p in parts]), np.concatenate([p.train.y for p in parts])
     )
@@ -176,7 +176,7 @@ def train_centralised(cfg: RunConfig, num_silos: int = NUM_SILOS) -> BenchmarkRe
     started = time.perf_counter()
     task = get_task(cfg.task)
     pooled, moments = pooled_silo_train(cfg, num_silos)
-    test = task.load_test(cfg)
+    test = task.load_test(cfg.data, cfg.seed)
     epochs = cfg.num_server_rounds * cfg.training.local_epochs
 
     threads = torch.get_num_threads()
@@ -187,7 +187,10 @@ def train_centralised(cfg: RunConfig, num_silos: int = NUM_SILOS) -> BenchmarkRe
         task.set_input_scaling(model, [m for m in moments if m is not None])
         generator = seed_everything(derive_seed(cfg.seed, "train", "central"))
         train_metrics = task.train(
-            model, pooled, cfg.replace({"training.local-epochs": epochs}), generator=generator
+            model,
+            pooled,
+            cfg.replace({"training.local-epochs": epochs}).training,
+            generator=generator,
         )
         metrics = task.evaluate(model, test)
     finally:
@@ -317,8 +320,12 @@ def run_federated(
         if k not in ("round", "phase", "num-examples")
     }
     task = get_task(cfg.task)
-    sizes = [len(task.load_partition(i, num_silos, cfg).train) for i in range(num_silos)]
-    LOG.info("federated %s/%s: %.1fs, test %s", cfg.task, cfg.data.partitioner, seconds, _fmt(metrics))
+    sizes = [
+        len(task.load_partition(i, num_silos, cfg.data, cfg.seed).train) for i in range(num_silos)
+    ]
+    LOG.info(
+        "federated %s/%s: %.1fs, test %s", cfg.task, cfg.data.partitioner, seconds, _fmt(metrics)
+    )
     return BenchmarkResult(
         cfg.task,
         cfg.data.partitioner,
@@ -711,9 +718,15 @@ def describe(cfg: RunConfig, tasks: Sequence[str], command: str) -> dict[str, An
         task = get_task(name)
         iid = cfg.replace({"task": name, "data.partitioner": "iid"})
         skew = cfg.replace({"task": name, "data.partitioner": "dirichlet"})
-        pool, test = task.split(iid)
-        iid_rows = [len(task.load_partition(i, NUM_SILOS, iid).train) for i in range(NUM_SILOS)]
-        skew_rows = [len(task.load_partition(i, NUM_SILOS, skew).train) for i in range(NUM_SILOS)]
+        pool, test = task.split(iid.data, iid.seed)
+        iid_rows = [
+            len(task.load_partition(i, NUM_SILOS, iid.data, iid.seed).train)
+            for i in range(NUM_SILOS)
+        ]
+        skew_rows = [
+            len(task.load_partition(i, NUM_SILOS, skew.data, skew.seed).train)
+            for i in range(NUM_SILOS)
+        ]
         data[name] = {
             "pool-rows": len(pool),
             "test-rows": len(test),
@@ -780,7 +793,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     parser.add_argument(
         "--client-eval", action="store_true",
-        help="keep client-side evaluation on (the app's sampling.fraction-evaluate); off by default",
+        help="keep client-side evaluation on (the app's sampling.fraction-evaluate); "
+             "off by default",
     )  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick and args.rounds is None:
@@ -809,12 +823,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         # The settings every task shares: a task's config without its own overrides.
-        base = plans[0].federated[0][1].replace(
-            {
-                k: v
-                for k, v in app_defaults(snapshot).items()
-                if k in TASK_OVERRIDES.get(plans[0].task, {})
-            }
+        base = (
+            plans[0]
+            .federated[0][1]
+            .replace(
+                {
+                    k: v
+                    for k, v in app_defaults(snapshot).items()
+                    if k in TASK_OVERRIDES.get(plans[0].task, {})
+                }
+            )
         )
         seed_everything(base.seed)
         meta = describe(base, args.tasks, command.strip())

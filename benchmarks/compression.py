@@ -96,7 +96,11 @@ def run_one(scheme: str, seed: int, rounds: int, silos: int, topk_fraction: floa
                 "error-feedback": True,
                 **overrides,
             },
-            sampling={"fraction-evaluate": 0.0, "min-evaluate-nodes": 0, "min-available-nodes": silos},
+            sampling={
+                "fraction-evaluate": 0.0,
+                "min-evaluate-nodes": 0,
+                "min-available-nodes": silos,
+            },
             output={"run-dir": tmp},
         )
         start = time.perf_counter()
@@ -243,8 +247,8 @@ Server test accuracy per round (seed {first_seed}):
 How the codecs work (`strategies/compression/codecs.py`): the delta w.r.t. the received
 global model is quantised per chunk of {args.chunk} values (min–max range, `2^bits` levels,
 stochastic rounding: unbiased, error < one level) or sparsified (top-k by magnitude over the
-whole update, `compression.topk-scope = "model"`, or per tensor; indices as uint16, values float32 or
-int8); the encoded arrays and a small JSON header go into one byte string, deflated with
+whole update, `compression.topk-scope = "model"`, or per tensor; indices as uint16, values
+float32 or int8); the encoded arrays and a small JSON header go into one byte string, deflated with
 zlib when that is smaller (lossless; the quantised codes of a bell-shaped update carry well
 under 8 bits of entropy). Error feedback for int8/int4 keeps `(delta + residual) − decoded`
 in the silo's `context.state` for its next round. For top-k it is EF21 (Richtárik, Sokolov &
@@ -341,8 +345,8 @@ def reply_sizes(topk_fraction: float = 0.01) -> list[dict]:
     seed_everything(derive_seed(cfg.seed, "init"))
     model = task.build_model()
     received = ArrayRecord(model.state_dict())
-    part = task.load_partition(0, 10, cfg)
-    task.train(model, part.train, cfg, generator=seed_everything(1))
+    part = task.load_partition(0, 10, cfg.data, cfg.seed)
+    task.train(model, part.train, cfg.training, generator=seed_everything(1))
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),

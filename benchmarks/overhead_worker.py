@@ -37,7 +37,10 @@ SILOS = 10
 #: own behaviour (3 s reply polling, 2 CPUs per ClientApp → 1 Ray actor on 2 cores).
 SIM_VARIANTS = {
     "flower-defaults": ({"sampling.reply-poll-interval": 0.0}, {"client-resources-num-cpus": 2}),
-    "prompt-polling+2-actors": ({"sampling.reply-poll-interval": 0.02}, {"client-resources-num-cpus": 1}),
+    "prompt-polling+2-actors": (
+        {"sampling.reply-poll-interval": 0.02},
+        {"client-resources-num-cpus": 1},
+    ),
     "prompt-polling": ({"sampling.reply-poll-interval": 0.02}, {"client-resources-num-cpus": 2}),
 }
 
@@ -67,16 +70,16 @@ def direct_rounds(rounds: int) -> tuple[list[float], list[float]]:
     seed_everything(derive_seed(cfg.seed, "init"))
     model = task.build_model()
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
-    test = task.load_test(cfg)
+    test = task.load_test(cfg.data, cfg.seed)
     walls, phases = [], []
     for rnd in range(1, rounds + 1):
         start = time.perf_counter()
         states, weights = [], []
         for pid in range(SILOS):
-            part = task.load_partition(pid, SILOS, cfg)
+            part = task.load_partition(pid, SILOS, cfg.data, cfg.seed)
             model.load_state_dict(global_state)
             generator = seed_everything(derive_seed(cfg.seed, "train", pid, rnd))
-            task.train(model, part.train, cfg, generator=generator)
+            task.train(model, part.train, cfg.training, generator=generator)
             states.append({k: v.clone() for k, v in model.state_dict().items()})
             weights.append(len(part.train))
         trained = time.perf_counter()
@@ -89,7 +92,7 @@ def direct_rounds(rounds: int) -> tuple[list[float], list[float]]:
         task.evaluate(model, test)  # server-side evaluation (between the phases)
         evaluate_start = time.perf_counter()
         for pid in range(SILOS):
-            task.evaluate(model, task.load_partition(pid, SILOS, cfg).val)
+            task.evaluate(model, task.load_partition(pid, SILOS, cfg.data, cfg.seed).val)
         end = time.perf_counter()
         walls.append(end - start)
         phases.append((trained - start) + (end - evaluate_start))

@@ -557,7 +557,9 @@ def rows_per_silo(task: str, num_silos: int) -> dict[str, int]:
 
     cfg = RunConfig.from_flower({**COMMON, "task": task})
     t = get_task(task)
-    sizes = sorted(len(t.load_partition(i, num_silos, cfg).train) for i in range(num_silos))
+    sizes = sorted(
+        len(t.load_partition(i, num_silos, cfg.data, cfg.seed).train) for i in range(num_silos)
+    )
     return {
         "min": sizes[0],
         "median": int(_median(sizes)),
@@ -638,7 +640,9 @@ def describe(
         "common-run-config": dict(COMMON),
         "seed": SEED,
         "target-delta": DELTA,
-        "sampling": "full participation (sampling.fraction-train = 1.0); no amplification by sampling",
+        "sampling": (
+            "full participation (sampling.fraction-train = 1.0); no amplification by sampling"
+        ),
         "central-sigma-for-planned-rounds": sigma_table,
         "amplification-what-if": what_if,
         "workers": workers,
@@ -1087,12 +1091,13 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
         "* **central** — client-level DP-FedAvg: `dp.central = true`, "
         '`dp.target-epsilon = ε`, `dp.budget-mode = "calibrate"` (σ is calibrated up front so '
         "the planned rounds end just below ε), `dp.clip-norm = C` on each silo's model delta, "
-        "`robust.max-update-norm-ratio = 0.0` (required). Reported ε: the train metric `epsilon` "
-        "after the last round. Protects a whole silo; trusts the server.",
+        "`robust.max-update-norm-ratio = 0.0` (required). Reported ε: the train metric "
+        "`epsilon` after the last round. Protects a whole silo; trusts the server.",
         "* **local** — record-level DP-SGD with Opacus in every silo: `dp.local = true`, "
         "`dp.local-target-epsilon = ε` (each silo calibrates σ for its "
-        "`training.local-epochs × num-server-rounds` epochs), `dp.max-grad-norm = C`. Reported ε: the "
-        "largest `dp-epsilon` of any silo. Protects one training row; trusts nobody.",
+        "`training.local-epochs × num-server-rounds` epochs), `dp.max-grad-norm = C`. "
+        "Reported ε: the largest `dp-epsilon` of any silo. Protects one training row; trusts "
+        "nobody.",
         "* **ε = ∞** — the non-private baseline: the same run with DP off, everything "
         "else equal"
         + (

@@ -260,7 +260,7 @@ class Target:
         must attack what is deployed, so the key is dropped here."""
         mode = "central" if self.mode == "none" else self.mode
         o = dp_bench.cell_overrides(TASK, mode, self.epsilon, setting.settings)
-        o.pop("dp-reproducible-noise", None)
+        o.pop("dp.reproducible-noise", None)
         return {**o, "seed": seed, "data.test-fraction": setting.test_fraction}
 
 
@@ -801,8 +801,9 @@ def render_markdown(meta: Mapping[str, Any], mia: Sequence[Mapping], inv: Sequen
         f"{_n(meta.get('restarts'), 'random start')}, keeping the best-matching one. Means "
         f"over {_n(meta.get('trials'), 'batch', 'batches')} per cell. Top-k keeps "
         f"{meta.get('topk_fraction') or 0:.0%} of the coordinates (the config's "
-        f"`compression.topk-fraction`); secure aggregation reveals the sum over {SECAGG_SILOS} silos of B "
-        "records each (the attacker reconstructs all of them and each of the target's images "
+        f"`compression.topk-fraction`); secure aggregation reveals the sum over {SECAGG_SILOS} "
+        "silos of B records each (the attacker reconstructs all of them and each of the "
+        "target's images "
         "is paired with its best match); local DP clips each record's gradient to "
         f"{meta.get('local_dp_clip')} and adds N(0, (σC)²) with σ = "
         f"{_f(meta.get('local_dp_sigma'), '.2f')} (ε = {meta.get('local_dp_epsilon'):g} over "

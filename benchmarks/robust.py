@@ -1157,8 +1157,9 @@ def _problem_paragraphs(rows, partitioners, attacks) -> list[str]:
         )
         if any("needs exactly one of num_byzantine or beta" in r["error"] for r in errors):
             text += (
-                " Cause: with `robust.pre-aggregator = 'nnm'` the factory adds `num_byzantine` to the "
-                "rule parameters for NNM, and `compose` hands every parameter to every stage "
+                " Cause: with `robust.pre-aggregator = 'nnm'` the factory adds `num_byzantine` "
+                "to the rule parameters for NNM, and `compose` hands every parameter to every "
+                "stage "
                 "whose signature accepts it; `trimmed_mean` accepts both `num_byzantine` and "
                 "`beta` and refuses to get both, so `robust-trimmed-mean` + NNM fails in "
                 "round 1 under any attack."
@@ -1323,9 +1324,10 @@ def render_markdown(
         f"* {meta.get('num-server-rounds')} rounds × {meta.get('local-epochs')} local epochs, "
         f"batch {meta.get('batch-size')}, SGD lr {meta.get('learning-rate')} momentum "
         f"{meta.get('momentum')}; every silo trains every round.",
-        f"* Byzantine: attack-fraction {meta.get('attack-fraction')} → "
-        f"{len(byz)} silos (partitions {byz}), `robust.num-byzantine` = {meta.get('num-byzantine')} "
-        "for the rules that take it (Krum, Multi-Krum, Bulyan, NNM). Under attack `none` "
+        f"* Byzantine: attack.fraction {meta.get('attack-fraction')} → "
+        f"{len(byz)} silos (partitions {byz}), `robust.num-byzantine` = "
+        f"{meta.get('num-byzantine')} for the rules that take it (Krum, Multi-Krum, Bulyan, "
+        "NNM). Under attack `none` "
         "these silos are honest.",
         "* Threat model: model poisoning (sign-flip, gaussian, scaling, ALIE, IPM, "
         "weight-inflation) is simulated on the server side by an omniscient adversary that "
@@ -1346,8 +1348,8 @@ def render_markdown(
         f"fltrust-root-size {meta.get('fltrust-root-size')}; `+nnm` = nearest-neighbour "
         "mixing (Allouah et al., 2023) in front of the rule.",
         "* Client-side evaluation is off and silos keep no validation split "
-        "(`sampling.fraction-evaluate = 0`, `data.val-fraction = 0`): the benchmark reads the server's "
-        "held-out test accuracy (360 images) after the last round."
+        "(`sampling.fraction-evaluate = 0`, `data.val-fraction = 0`): the benchmark reads the "
+        "server's held-out test accuracy (360 images) after the last round."
         + (
             f" With the app's `data.val-fraction = {bug['val-fraction']:g}`, "
             f"{bug.get('iid', 0)} of {meta.get('num-clients')} IID silos fail "
@@ -1552,7 +1554,7 @@ def validation_split_failures(num_clients: int, seed: int) -> dict[str, Any]:
         failures = 0
         for pid in range(num_clients):
             try:
-                task.load_partition(pid, num_clients, cfg)
+                task.load_partition(pid, num_clients, cfg.data, cfg.seed)
             except ValueError as exc:
                 failures += 1
                 out["message"] = out["message"] or f"{type(exc).__name__}: {exc}"

@@ -297,8 +297,9 @@ def markdown(r: dict) -> str:
     return f"""## Simulation at scale (`python -m benchmarks.scale`)
 
 Real `flwr run` with the simulation engine {where}: **{r["clients"]:,} virtual clients**,
-task `{r["task"]}` on {data}, {r["rounds"]} rounds, `sampling.fraction-train = {r["fraction_train"]}`
-({r["sampled_per_round"]} silos trained per round, replies per round:
+task `{r["task"]}` on {data}, {r["rounds"]} rounds,
+`sampling.fraction-train = {r["fraction_train"]}` ({r["sampled_per_round"]} silos trained per
+round, replies per round:
 {r["replies_per_round"]}), `sampling.fraction-evaluate = {r["fraction_evaluate"]}`, 1 local epoch,
 `client-resources-num-cpus = {r["cpus_per_client"]}`. Machine: {r["machine"]["cpus"]} cores,
 {r["machine"]["ram_gib"]:.0f} GiB RAM, load average {r["machine"]["load_before"]:.1f} when

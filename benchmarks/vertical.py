@@ -43,7 +43,11 @@ from tasks.vertical import parse_split, party_data, vertical_spec
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 SETTINGS = {
-    "bank-marketing": {"num-server-rounds": 10, "vertical.batch-size": 256, "training.learning-rate": 0.2},
+    "bank-marketing": {
+        "num-server-rounds": 10,
+        "vertical.batch-size": 256,
+        "training.learning-rate": 0.2,
+    },
     "fraud": {"num-server-rounds": 10, "vertical.batch-size": 256, "training.learning-rate": 0.2},
 }
 

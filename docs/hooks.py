@@ -153,17 +153,22 @@ def run_config_page() -> str:
             GENERATED_NOTE.format(source="fl_app.config.reference_table()"),
             "",
             "Every key of `[tool.flwr.app.config]` in `pyproject.toml`, typed and validated by "
-            "`fl_app/config.py` before round 1. Override any of them on the command line:",
+            "`fl_app/config.py` before round 1: a few top-level keys, and one section (a "
+            "sub-table, e.g. `[tool.flwr.app.config.dp]`) per unit of the code that reads "
+            "it. Flower hands the sections to the app as dotted keys; override any key by its "
+            "dotted name on the command line:",
             "",
             "```bash",
-            "flwr run . --stream --run-config \"task='fraud' num-server-rounds=10\"",
+            "flwr run . --stream --run-config \"task='fraud' num-server-rounds=10 "
+            'training.local-epochs=1 dp.noise-multiplier=1.2"',
             "```",
             "",
             "or in a federation spec's `run_config:` (see the "
             "[federation spec reference](federation-spec.md)). An unknown key, a wrong type or "
             "an out-of-range value stops the run with a message naming the key, the value and "
-            "what is allowed. `python -m fl_app.config` prints this table; the README carries "
-            "the same one.",
+            "what is allowed; a key of the flat layout of earlier versions names its new "
+            "dotted key. *Transient* keys may differ when a run is resumed. "
+            "`python -m fl_app.config` prints these tables; the README carries the same ones.",
             "",
             escape_html(reference_table()),
             "",
@@ -432,15 +437,16 @@ def tasks_page() -> str:
         "",
         '`task = "<name>"` picks the use case: where the data comes from, the model, the '
         "metrics. Every task ships an **offline default** (bundled or deterministically "
-        'generated data, used when `data-source = ""`), so tests, notebooks and a first '
-        "`flwr run` need no download; `data-source` names the real data (a Hugging Face id, a "
+        'generated data, used when `data.source = ""`), so tests, notebooks and a first '
+        "`flwr run` need no download; `data.source` names the real data (a Hugging Face id, a "
         "local path or an Azure Blob URL, as each task documents below).",
         "",
         "Splitting is shared by every task: `data.test-fraction` of the pooled data is held out "
         "(stratified, seeded) for the server's evaluation of the global model after every "
-        'round; the rest is partitioned across the silos (`partitioner = "iid"` or '
-        '`"dirichlet"` with label skew `data.dirichlet-alpha`); each silo keeps `data.val-fraction` of '
-        "its partition for client-side evaluation. On a real federation each silo's "
+        'round; the rest is partitioned across the silos (`data.partitioner = "iid"` or '
+        '`"dirichlet"` with label skew `data.dirichlet-alpha`); each silo keeps '
+        "`data.val-fraction` of its partition for client-side evaluation. On a real "
+        "federation each silo's "
         "SuperNode gets its own `data-source` as node config and trains on its own data only.",
         "",
         "| task | class | classes | summary |",
@@ -462,7 +468,8 @@ def tasks_page() -> str:
         "## Add a task",
         "",
         "Write `tasks/<name>.py` with a subclass of `tasks.base.Task` implementing "
-        "`load_data(data) -> (pool, test | None)` and `build_model()`, decorated with "
+        "`load_data(data) -> (pool, test | None)` (`data`: the run config's `data` section, "
+        "its `source`) and `build_model()`, decorated with "
         "`@TASKS.register(\"<name>\")`; describe its real source and offline default in the "
         "module docstring. Nothing else to edit: this page picks it up on the next build. "
         "See [Extending](extending.md).",

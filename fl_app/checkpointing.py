@@ -308,7 +308,8 @@ def load_checkpoint(data: bytes, cfg: RunConfig, source: str, run_dir: Path | No
         details = ", ".join(f"'{k}': {theirs.get(k)!r} → {ours.get(k)!r}" for k in differ)
         raise ConfigError(
             f"cannot resume from {source}: run-config differs from the checkpoint's in "
-            f"{details}. Resume with the checkpoint's values, or start afresh (output.resume=false)."
+            f"{details}. Resume with the checkpoint's values, or start afresh "
+            "(output.resume=false)."
         )
     return ResumePoint(
         round=int(blob["round"]),
@@ -376,9 +377,9 @@ def find_resume_point(cfg: RunConfig) -> ResumePoint | None:
     """The checkpoint ``output.resume = true`` continues from, or ``None`` (start afresh).
 
     ``output.resume-from`` names it explicitly (an error if it holds none). Otherwise: the
-    ``output.checkpoint-uri`` when set, else the newest run directory under ``output.run-dir`` with the
-    same settings that has a checkpoint; the resumed run continues writing in that run
-    directory (metrics, audit log).
+    ``output.checkpoint-uri`` when set, else the newest run directory under
+    ``output.run-dir`` with the same settings that has a checkpoint; the resumed run
+    continues writing in that run directory (metrics, audit log).
     """
     if not cfg.output.resume:
         return None
@@ -387,7 +388,8 @@ def find_resume_point(cfg: RunConfig) -> ResumePoint | None:
         data = _load(store, name)
         if data is None:
             raise ConfigError(
-                f"run-config 'output.resume-from' = {cfg.output.resume_from!r}: no checkpoint {name} in {store}"
+                f"run-config 'output.resume-from' = {cfg.output.resume_from!r}: no checkpoint "
+                f"{name} in {store}"
             )
         return load_checkpoint(data, cfg, f"{store}/{name}", run_dir)
     runs = matching_runs(cfg)

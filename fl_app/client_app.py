@@ -50,9 +50,9 @@ def silo_data(task, cfg: RunConfig, context: Context):
     the shared source (simulation)."""
     source = context.node_config.get("data-source")
     if source:
-        return task.load_silo(str(source), cfg)
+        return task.load_silo(str(source), cfg.data, cfg.seed)
     pid, n = silo_partition(context)
-    return task.load_partition(pid, n, cfg)
+    return task.load_partition(pid, n, cfg.data, cfg.seed)
 
 
 #: One model object per task and process, reused by every message (see :func:`_model`).
@@ -112,7 +112,9 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(config.get("server-round", 0))
     data = silo_data(task, cfg, context)
     train_data = data.train
-    if cfg.attack.kind == "label-flip" and pid in byzantine_partitions(n, cfg.attack.fraction, cfg.seed):
+    if cfg.attack.kind == "label-flip" and pid in byzantine_partitions(
+        n, cfg.attack.fraction, cfg.seed
+    ):
         # Simulated data poisoning (threat-model tool): this silo learns flipped labels.
         # Padding labels (< 0, sequence tasks) stay padding.
         flipped = np.where(train_data.y >= 0, task.num_classes - 1 - train_data.y, train_data.y)
@@ -126,7 +128,7 @@ def train(msg: Message, context: Context) -> Message:
         metrics = task.train(
             model,
             train_data,
-            cfg,
+            cfg.training,
             proximal_mu=float(config.get("proximal-mu", 0.0)),
             generator=generator,
         )
@@ -151,7 +153,10 @@ def _compress(content, msg: Message, cfg: RunConfig, context: Context, pid: int,
     from strategies.compression.records import ESTIMATE_STEP_KEY
 
     spec = CompressionSpec(
-        cfg.compression.method, cfg.compression.topk_fraction, cfg.compression.quantization_chunk, cfg.compression.topk_scope
+        cfg.compression.method,
+        cfg.compression.topk_fraction,
+        cfg.compression.quantization_chunk,
+        cfg.compression.topk_scope,
     )
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "compress", pid, server_round))
     server_step = msg.content["config"].get(ESTIMATE_STEP_KEY)
@@ -193,7 +198,9 @@ def _train_local_dp(
         generators = {"generator": state.sampling, "noise_generator": state.noise}
     if task.class_weights(data) is not None:
         _note_class_weights_off(task.name)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.training.learning_rate, momentum=cfg.training.momentum)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.training.learning_rate, momentum=cfg.training.momentum
+    )
     with make_private_trainer(
         model,
         optimizer,

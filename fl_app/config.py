@@ -342,9 +342,10 @@ def _explain(exc: ValidationError, raw: Mapping[str, Any]) -> str:
             continue
         field = _field(path)
         if field is not None and is_section(field.annotation):
+            example = kebab(next(iter(field.annotation.model_fields)))
             lines.append(
                 f"run-config '{key}' = {value!r}: '{key}' is a section; give its keys as "
-                f"'{key}.<key>' (e.g. '{key}.{next(iter(field.annotation.model_fields)).replace('_', '-')}')."
+                f"'{key}.<key>' (e.g. '{key}.{example}')."
             )
             continue
         expected = _type_name(field.annotation) if field else "?"

@@ -71,7 +71,8 @@ def roll_call(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], list[dict]]:
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"only {len(node_ids)} SuperNodes connected within sampling.round-timeout="
-                f"{cfg.sampling.round_timeout}s; sampling.min-available-nodes={cfg.sampling.min_available_nodes}"
+                f"{cfg.sampling.round_timeout}s; sampling.min-available-nodes="
+                f"{cfg.sampling.min_available_nodes}"
             )
         time.sleep(0.5)
     messages = [
@@ -120,7 +121,7 @@ def server_evaluator(
     its metrics on the server's held-out test set, then checkpoints the round (model,
     ``strategy``'s state, RNG states, the run's ``lineage``; atomically, verified by sha256; see
     fl_app.checkpointing and fl_app.stores) and audits the checkpoint."""
-    test = task.load_test(cfg)
+    test = task.load_test(cfg.data, cfg.seed)
     model = task.build_model()
     store = open_checkpoint_store(cfg.output.checkpoint_uri or str(run_dir / "checkpoints"))
     # End of the previous round (Flower calls this after round 0's evaluation, then after
@@ -150,13 +151,13 @@ def root_update_fn(task: Task, cfg: RunConfig) -> Callable[[ArrayRecord, int], A
     """The server's own update for FLTrust: the global model trained by the task on
     ``robust.fltrust-root-size`` clean rows the server holds (:meth:`Task.load_root`),
     seeded by (seed, round), not by a counter, so a resumed run trains the same."""
-    root = task.load_root(cfg, cfg.robust.fltrust_root_size)
+    root = task.load_root(cfg.data, cfg.seed, cfg.robust.fltrust_root_size)
 
     def server_update(global_arrays: ArrayRecord, server_round: int) -> ArrayRecord:
         model = task.build_model()
         model.load_state_dict(global_arrays.to_torch_state_dict())
         generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "fltrust", server_round))
-        task.train(model, root, cfg, generator=generator)
+        task.train(model, root, cfg.training, generator=generator)
         return ArrayRecord(model.state_dict())
 
     return server_update
@@ -354,7 +355,9 @@ def run_federation(
             first_round=done + 1,
             num_rounds=cfg.num_server_rounds,
             timeout=cfg.sampling.round_timeout,
-            train_config=ConfigRecord({"learning-rate": cfg.training.learning_rate, LINEAGE_KEY: lineage}),
+            train_config=ConfigRecord(
+                {"learning-rate": cfg.training.learning_rate, LINEAGE_KEY: lineage}
+            ),
             evaluate_fn=evaluate_fn,
         )
     except QuorumError as exc:  # end cleanly: checkpoint of the last round stays valid

@@ -52,10 +52,11 @@ class QuorumError(RuntimeError):
         self.needed = needed
         self.missing = missing
         super().__init__(
-            f"round {server_round}: only {replied} of the silos replied within sampling.round-timeout, "
-            f"sampling.min-train-nodes = {needed}; missing: {', '.join(missing) or 'none'}. The run "
-            "stopped; its last complete round is checkpointed. Bring the silos back and "
-            "rerun with output.resume=true, or lower 'sampling.min-train-nodes' / raise 'sampling.round-timeout' or "
+            f"round {server_round}: only {replied} of the silos replied within "
+            f"sampling.round-timeout, sampling.min-train-nodes = {needed}; missing: "
+            f"{', '.join(missing) or 'none'}. The run stopped; its last complete round is "
+            "checkpointed. Bring the silos back and rerun with output.resume=true, or lower "
+            "'sampling.min-train-nodes' / raise 'sampling.round-timeout' or "
             "'sampling.round-retries'."
         )
 
@@ -368,12 +369,13 @@ def start_rounds(
 
 class StragglerGrid(DelegatingGrid):
     """A Grid whose ``send_and_receive`` stops waiting for stragglers: once a phase has the
-    replies it needs (``sampling.min-train-nodes`` successful train replies, ``sampling.min-evaluate-nodes``
-    evaluate replies), it waits at most ``grace`` more seconds for the rest instead of the
-    whole ``sampling.round-timeout``. A dead silo then costs a round ``grace`` seconds, not the
-    timeout. Other messages (the roll call) wait for all replies or the timeout, as in
-    Flower. Which silos make it becomes timing-dependent, so a run whose stragglers were
-    cut is not bit-reproducible (the audit log lists who was left out)."""
+    replies it needs (``sampling.min-train-nodes`` successful train replies,
+    ``sampling.min-evaluate-nodes`` evaluate replies), it waits at most ``grace`` more
+    seconds for the rest instead of the whole ``sampling.round-timeout``. A dead silo then
+    costs a round ``grace`` seconds, not the timeout. Other messages (the roll call) wait
+    for all replies or the timeout, as in Flower. Which silos make it becomes
+    timing-dependent, so a run whose stragglers were cut is not bit-reproducible (the audit
+    log lists who was left out)."""
 
     def __init__(
         self,

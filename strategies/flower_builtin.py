@@ -52,7 +52,11 @@ def common_kwargs(cfg: StrategyConfig) -> dict[str, Any]:
 
 
 def _adaptive(cfg: StrategyConfig) -> dict[str, Any]:
-    return {"eta": cfg.server.learning_rate, "eta_l": cfg.training.learning_rate, "tau": cfg.server.tau}
+    return {
+        "eta": cfg.server.learning_rate,
+        "eta_l": cfg.training.learning_rate,
+        "tau": cfg.server.tau,
+    }
 
 
 @STRATEGIES.register("fedavg", family="mean-based", compatible=MEAN_COMPATIBLE)
@@ -72,7 +76,9 @@ def fedprox(cfg: StrategyConfig) -> fl.Strategy:
 )
 def fedadam(cfg: StrategyConfig) -> fl.Strategy:
     """FedAdam (Reddi et al., 2021)."""
-    return fl.FedAdam(beta_1=cfg.server.beta1, beta_2=cfg.server.beta2, **_adaptive(cfg), **common_kwargs(cfg))
+    return fl.FedAdam(
+        beta_1=cfg.server.beta1, beta_2=cfg.server.beta2, **_adaptive(cfg), **common_kwargs(cfg)
+    )
 
 
 @STRATEGIES.register(
@@ -80,7 +86,9 @@ def fedadam(cfg: StrategyConfig) -> fl.Strategy:
 )
 def fedyogi(cfg: StrategyConfig) -> fl.Strategy:
     """FedYogi (Reddi et al., 2021)."""
-    return fl.FedYogi(beta_1=cfg.server.beta1, beta_2=cfg.server.beta2, **_adaptive(cfg), **common_kwargs(cfg))
+    return fl.FedYogi(
+        beta_1=cfg.server.beta1, beta_2=cfg.server.beta2, **_adaptive(cfg), **common_kwargs(cfg)
+    )
 
 
 @STRATEGIES.register(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 import torch
@@ -88,15 +88,6 @@ class Partition:
     val: ArrayDataset
 
 
-class TaskConfig(Protocol):
-    """The part of the run config a task reads: the run seed, the ``data`` section and the
-    ``training`` section (``fl_app.config.RunConfig`` has them; tasks never import it)."""
-
-    seed: int
-    data: DataSection
-    training: TrainingSection
-
-
 class Task(ABC):
     """A federated learning use case. Subclasses implement :meth:`load_data` and
     :meth:`build_model`; the rest is shared."""
@@ -167,27 +158,29 @@ class Task(ABC):
         )
 
     # ------------------------------------------------------------------ shared
-    def split(self, config: TaskConfig) -> tuple[ArrayDataset, ArrayDataset]:
+    # The methods below take the run config's ``data`` section (and ``seed``) or its
+    # ``training`` section, not the whole config: a task knows nothing of the app.
+    def split(self, data: DataSection, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
         """``(train_pool, server_test)``, the same for the same data, seed and fraction."""
-        return _split_cached(self, config.data.source, config.seed, config.data.test_fraction)
+        return _split_cached(self, data.source, seed, data.test_fraction)
 
-    def load_test(self, config: TaskConfig) -> ArrayDataset:
+    def load_test(self, data: DataSection, seed: int) -> ArrayDataset:
         """The server's held-out test set."""
-        return self.split(config)[1]
+        return self.split(data, seed)[1]
 
-    def load_root(self, config: TaskConfig, size: int) -> ArrayDataset:
+    def load_root(self, data: DataSection, seed: int, size: int) -> ArrayDataset:
         """A small clean data set the server holds (FLTrust's root data): a seeded,
         stratified sample of ``size`` rows of the training pool (these rows may also sit
         in some silo's partition, as in practice)."""
-        pool, _ = self.split(config)
+        pool, _ = self.split(data, seed)
         size = min(size, len(pool))
         if size == len(pool):
             return pool
-        _, root_idx = stratified_split(self.strata(pool), size / len(pool), seed=config.seed + 7)
+        _, root_idx = stratified_split(self.strata(pool), size / len(pool), seed=seed + 7)
         return pool.subset(root_idx)
 
     def load_partition(
-        self, partition_id: int, num_partitions: int, config: TaskConfig
+        self, partition_id: int, num_partitions: int, data: DataSection, seed: int
     ) -> Partition:
         """Silo ``partition_id`` of ``num_partitions``: its train and validation data."""
         if not 0 <= partition_id < num_partitions:
@@ -195,51 +188,52 @@ class Task(ABC):
                 f"partition-id {partition_id} is outside 0..{num_partitions - 1}; check the "
                 'SuperNode\'s --node-config "partition-id=… num-partitions=…"'
             )
-        pool, _ = self.split(config)
+        pool, _ = self.split(data, seed)
         parts = _partitions_cached(
             self,
-            config.data.source,
-            config.seed,
-            config.data.test_fraction,
+            data.source,
+            seed,
+            data.test_fraction,
             num_partitions,
-            config.data.partitioner,
-            config.data.dirichlet_alpha,
+            data.partitioner,
+            data.dirichlet_alpha,
         )
         mine = pool.subset(parts[partition_id])
-        if config.data.val_fraction == 0 or len(mine) < 4:
+        if data.val_fraction == 0 or len(mine) < 4:
             return Partition(train=mine, val=mine.subset(np.arange(0)))
-        key = ("val-split", partition_id, config.data.val_fraction)
+        key = ("val-split", partition_id, data.val_fraction)
         if key not in parts.memo:  # sklearn's split costs ~0.1 s; a silo is served often
             parts.memo[key] = stratified_split(
-                self.strata(mine), config.data.val_fraction, seed=config.seed + 1 + partition_id
+                self.strata(mine), data.val_fraction, seed=seed + 1 + partition_id
             )
         train_idx, val_idx = parts.memo[key]
         return Partition(train=mine.subset(train_idx), val=mine.subset(val_idx))
 
-    def load_silo(self, source: str, config: TaskConfig) -> Partition:
+    def load_silo(self, source: str, data: DataSection, seed: int) -> Partition:
         """A silo's own data set (a deployment where each silo holds its own file or Blob
         prefix, named in its node config): all of ``source`` is this silo's, split into
         train and validation by ``data.val-fraction``."""
-        return _silo_cached(self, source, config.seed, config.data.val_fraction)
+        return _silo_cached(self, source, seed, data.val_fraction)
 
     def train(
         self,
         model: nn.Module,
         data: ArrayDataset,
-        config: TaskConfig,
+        training: TrainingSection,
         *,
         proximal_mu: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> dict[str, float]:
-        """Local training; returns training metrics (``train-loss``)."""
+        """Local training with ``training``'s epochs, batch size, learning rate and
+        momentum; returns training metrics (``train-loss``)."""
         return train_classifier(
             model,
             data.x,
             data.y,
-            epochs=config.training.local_epochs,
-            batch_size=config.training.batch_size,
-            learning_rate=config.training.learning_rate,
-            momentum=config.training.momentum,
+            epochs=training.local_epochs,
+            batch_size=training.batch_size,
+            learning_rate=training.learning_rate,
+            momentum=training.momentum,
             proximal_mu=proximal_mu,
             class_weights=self.class_weights(data),
             generator=generator,

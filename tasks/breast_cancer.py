@@ -27,7 +27,7 @@ class BreastCancerTask(Task):
         if data.source:
             raise ValueError(
                 "task 'breast-cancer' reads scikit-learn's bundled data only; set "
-                "data.source = \"\""
+                'data.source = ""'
             )
         from sklearn.datasets import load_breast_cancer
 

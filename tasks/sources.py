@@ -1,4 +1,5 @@
-"""Resolve a task's ``data.source`` to something loadable: a local file or directory.
+"""Resolve a task's ``data.source`` (or a silo's node-config ``data-source``) to something
+loadable: a local file or directory.
 
 A source written ``scheme://…`` is fetched into a local cache by the data source
 registered for its scheme in :data:`DATA_SOURCES`: the Azure Blob adapter registers
@@ -41,7 +42,7 @@ def resolve_local_path(source: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(
             f"data source '{source}' does not exist; give an existing file/directory, a Blob "
-            "URL, or \"\" for the offline default data"
+            'URL, or "" for the offline default data'
         )
     return path
 

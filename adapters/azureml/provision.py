@@ -376,7 +376,7 @@ def sandbox_spec(
         "  compute: cpu-orchestrator\n"
         f"silos:\n{silos}\n"
         f"task: {task}\n"
-        f"run_config: {{min-available-nodes: {num_silos}}}\n"
+        f"run_config: {{sampling.min-available-nodes: {num_silos}}}\n"
         f"provision: {{location: {regions[0]}}}\n"
     )
     return parse_spec(text, source="--sandbox")

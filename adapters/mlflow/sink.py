@@ -158,7 +158,7 @@ class MlflowSink:
             info = mlflow.pytorch.log_model(
                 model,
                 name="model",
-                input_example=task.load_test(cfg).x[:2],
+                input_example=task.load_test(cfg.data, cfg.seed).x[:2],
                 registered_model_name=self.register_model_as or None,
             )
         LOG.info("MLflow model logged: %s", info.model_uri)

@@ -258,7 +258,9 @@ def run_vertical(grid: Grid, cfg: RunConfig, extra_sinks: Sequence = ()) -> Vert
     emb = cfg.vertical.embedding_dim
     bottom0 = build_bottom(x0.shape[1], emb, cfg.seed, 0)
     top = build_top(len(groups), emb, cfg.seed)
-    optimizer = sgd(torch.nn.ModuleList([bottom0, top]), cfg.training.learning_rate, cfg.training.momentum)
+    optimizer = sgd(
+        torch.nn.ModuleList([bottom0, top]), cfg.training.learning_rate, cfg.training.momentum
+    )
     weights = class_weights_for(y[train_ids])
 
     def received(replies: dict[int, Message], n: int, what: str) -> list[torch.Tensor]:

@@ -90,14 +90,21 @@ class CompressionSpec:
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
-            raise ValueError(f"compression.method '{self.scheme}' is not one of: {', '.join(SCHEMES)}")
+            raise ValueError(
+                f"compression.method '{self.scheme}' is not one of: {', '.join(SCHEMES)}"
+            )
         if not 0 < self.topk_fraction <= 1:
-            raise ValueError(f"compression.topk-fraction must be in (0, 1], got {self.topk_fraction}")
+            raise ValueError(
+                f"compression.topk-fraction must be in (0, 1], got {self.topk_fraction}"
+            )
         if self.chunk < 0:
-            raise ValueError(f"compression.quantization-chunk must be ≥ 0 (0 = per tensor), got {self.chunk}")
+            raise ValueError(
+                f"compression.quantization-chunk must be ≥ 0 (0 = per tensor), got {self.chunk}"
+            )
         if self.topk_scope not in TOPK_SCOPES:
             raise ValueError(
-                f"compression.topk-scope '{self.topk_scope}' is not one of: {', '.join(TOPK_SCOPES)}"
+                f"compression.topk-scope '{self.topk_scope}' is not one of: "
+                f"{', '.join(TOPK_SCOPES)}"
             )
 
     @property

@@ -131,7 +131,9 @@ def compress_train_content(
     if spec.scheme == "none":
         return content
     if feedback not in FEEDBACKS:
-        raise ValueError(f"compression.topk-feedback '{feedback}' is not one of: {', '.join(FEEDBACKS)}")
+        raise ValueError(
+            f"compression.topk-feedback '{feedback}' is not one of: {', '.join(FEEDBACKS)}"
+        )
     trained: ArrayRecord = content[arrays_key]
     keys, offsets = float_offsets(received)
     delta = _flat(trained, keys, offsets[-1]) - _flat(received, keys, offsets[-1])

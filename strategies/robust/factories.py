@@ -120,8 +120,9 @@ def robust_median(cfg: StrategyConfig) -> RobustAggregation:
 
 @STRATEGIES.register("robust-trimmed-mean", family="robust", section=RobustSection)
 def robust_trimmed_mean(cfg: StrategyConfig) -> RobustAggregation:
-    """Coordinate-wise trimmed mean dropping ``robust.trim-beta`` at each end (Yin et al., 2018);
-    behind NNM, which takes ``robust.num-byzantine``, it trims ``robust.num-byzantine`` at each end."""
+    """Coordinate-wise trimmed mean dropping ``robust.trim-beta`` at each end (Yin et al.,
+    2018); behind NNM, which takes ``robust.num-byzantine``, it trims
+    ``robust.num-byzantine`` at each end."""
     if "nnm" in cfg.robust.pre_aggregator:
         return _robust(cfg, agg.trimmed_mean)  # num_byzantine reaches both stages
     return _robust(cfg, agg.trimmed_mean, beta=cfg.robust.trim_beta)

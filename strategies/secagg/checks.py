@@ -69,8 +69,9 @@ def check_secure_aggregation(cfg: StrategyConfig) -> None:
         )
     if cfg.compression.method != "none":
         refuse(
-            f"cannot be combined with 'compression.method' = '{cfg.compression.method}': masked updates "
-            "are uniformly random ring elements and do not compress; set compression.method = 'none'."
+            f"cannot be combined with 'compression.method' = '{cfg.compression.method}': masked "
+            "updates are uniformly random ring elements and do not compress; set "
+            "compression.method = 'none'."
         )
     if cfg.mode != "horizontal":
         refuse("applies to horizontal federations only; set mode = 'horizontal'.")

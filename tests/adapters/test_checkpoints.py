@@ -83,7 +83,11 @@ def test_a_federation_checkpoints_its_global_model_to_blob(azurite_env, blob_con
     from fl_app.inprocess import InProcessGrid
 
     url = azurite_env.url(blob_container, "federation/checkpoints")
-    cfg = RunConfig(task="breast-cancer", num_server_rounds=2, output={"run-dir": str(tmp_path), "checkpoint-uri": url})
+    cfg = RunConfig(
+        task="breast-cancer",
+        num_server_rounds=2,
+        output={"run-dir": str(tmp_path), "checkpoint-uri": url},
+    )
     _, run_dir = run_federation(InProcessGrid(client_app, cfg.to_flower(), 3), cfg)
     checkpoint = torch.load(io.BytesIO(open_checkpoint_store(url).load("latest.pt")))
     assert checkpoint["round"] == 2 and checkpoint["config-hash"] == cfg.fingerprint()

@@ -21,7 +21,7 @@ silos:
   - {name: silo-b, node_config: {data-dir: /data/b}}
 task: breast-cancer
 strategy: fedavg
-run_config: {num-server-rounds: 3, learning-rate: 1}
+run_config: {num-server-rounds: 3, training.learning-rate: 1}
 supernode: {executor: subprocess}
 """
 
@@ -64,8 +64,14 @@ def test_azure_keys_in_a_local_spec_are_unknown_keys_naming_the_allowed_ones():
 
 
 def test_neutral_checks_name_the_field_and_the_fix():
-    quorum = _error(LOCAL_SPEC.replace("num-server-rounds: 3", "min-available-nodes: 3"))
-    assert "run_config.min-available-nodes = 3 exceeds the 2 silos" in quorum
+    quorum = _error(LOCAL_SPEC.replace("num-server-rounds: 3", "sampling.min-available-nodes: 3"))
+    assert "run_config.sampling.min-available-nodes = 3 exceeds the 2 silos" in quorum
+    nested = _error(
+        LOCAL_SPEC.replace("num-server-rounds: 3", "sampling: {min-available-nodes: 3}")
+    )
+    assert "run_config.sampling.min-available-nodes = 3 exceeds the 2 silos" in nested
+    old = _error(LOCAL_SPEC.replace("num-server-rounds: 3", "min-available-nodes: 3"))
+    assert "run-config key 'min-available-nodes' is now 'sampling.min-available-nodes'" in old
     one = _error(LOCAL_SPEC.replace("  - {name: silo-a}\n", ""))
     assert "silos: a federation needs at least 2 silos, got 1" in one
     name = _error(LOCAL_SPEC.replace("name: fed-local", "name: Fed_Local"))

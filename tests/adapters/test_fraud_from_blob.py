@@ -3,14 +3,14 @@
 import numpy as np
 
 from adapters.blob import BlobStore
-from tasks.base import DataSection
-from fl_app.config import RunConfig
 from tasks import get_task
+from tasks.base import DataSection
 from tasks.fraud import frame_to_dataset, generate_fraud_frame
 
 
-def test_fraud_task_loads_its_csv_from_a_blob_url(azurite_env, blob_container, monkeypatch,
-                                                  tmp_path):
+def test_fraud_task_loads_its_csv_from_a_blob_url(
+    azurite_env, blob_container, monkeypatch, tmp_path
+):
     frame = generate_fraud_frame(n_rows=2000, seed=11)
     url = azurite_env.url(blob_container, "silo-a/creditcard.csv")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

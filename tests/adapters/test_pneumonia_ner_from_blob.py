@@ -3,9 +3,8 @@
 import numpy as np
 
 from adapters.blob import BlobStore
-from tasks.base import DataSection
-from fl_app.config import RunConfig
 from tasks import get_task
+from tasks.base import DataSection
 from tasks.ner import encode_sentences, generate_ner_corpus, write_conll
 from tasks.pneumonia import generate_pneumonia_images, images_to_dataset, to_medmnist_npz
 

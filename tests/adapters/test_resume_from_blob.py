@@ -13,10 +13,16 @@ from fl_app.inprocess import InProcessGrid
 from fl_app.reliability import QuorumError
 
 SETTINGS = {
-    "task": "breast-cancer", "strategy": "fedadam", "num-server-rounds": 3,
-    "training.local-epochs": 1, "seed": 5, "sampling.fraction-evaluate": 0.0, "sampling.min-evaluate-nodes": 0,
-    "sampling.min-train-nodes": 3, "sampling.min-available-nodes": 3,
-}  # fmt: skip
+    "task": "breast-cancer",
+    "strategy": "fedadam",
+    "num-server-rounds": 3,
+    "training.local-epochs": 1,
+    "seed": 5,
+    "sampling.fraction-evaluate": 0.0,
+    "sampling.min-evaluate-nodes": 0,
+    "sampling.min-train-nodes": 3,
+    "sampling.min-available-nodes": 3,
+}
 
 
 def _client_failing_in_round(failing_round: int):
@@ -32,7 +38,9 @@ def _client_failing_in_round(failing_round: int):
 
 def test_a_run_resumes_from_its_blob_checkpoint(azurite_env, blob_container, tmp_path):
     url = azurite_env.url(blob_container, "fed/ckpt")
-    cfg = RunConfig.from_flower({**SETTINGS, "output.run-dir": str(tmp_path / "a"), "output.checkpoint-uri": url})
+    cfg = RunConfig.from_flower(
+        {**SETTINGS, "output.run-dir": str(tmp_path / "a"), "output.checkpoint-uri": url}
+    )
     with pytest.raises(QuorumError, match=r"round 3: .*\(partition 1\)"):
         run_federation(InProcessGrid(_client_failing_in_round(3), cfg.to_flower(), 4), cfg)
 

@@ -40,20 +40,26 @@ def test_centralised_breast_cancer_is_good_and_deterministic(breast_cancer_cfg):
 
     assert first.metrics["roc-auc"] >= 0.9
     assert dict(first.metrics) == dict(second.metrics)
-    assert first.epochs == breast_cancer_cfg.num_server_rounds * breast_cancer_cfg.training.local_epochs
+    assert (
+        first.epochs
+        == breast_cancer_cfg.num_server_rounds * breast_cancer_cfg.training.local_epochs
+    )
     assert first.setting == "central"
 
 
 def test_centralised_trains_on_exactly_the_silos_rows(breast_cancer_cfg):
     task = get_task("breast-cancer")
     pooled, moments = pooled_silo_train(breast_cancer_cfg)
-    silo_rows = sum(len(task.load_partition(i, 10, breast_cancer_cfg).train) for i in range(10))
-    pool, test = task.split(breast_cancer_cfg)
+    silo_rows = sum(
+        len(task.load_partition(i, 10, breast_cancer_cfg.data, breast_cancer_cfg.seed).train)
+        for i in range(10)
+    )
+    pool, test = task.split(breast_cancer_cfg.data, breast_cancer_cfg.seed)
 
     assert len(pooled) == silo_rows == train_centralised(breast_cancer_cfg).train_rows
     assert len(pooled) < len(pool)  # the silos' validation rows are not trained on
     assert len(moments) == 10 and sum(m["count"][0] for m in moments) == len(pooled)
-    assert len(test) == len(task.load_test(breast_cancer_cfg))
+    assert len(test) == len(task.load_test(breast_cancer_cfg.data, breast_cancer_cfg.seed))
 
 
 def test_fl_config_matches_the_baseline_config():

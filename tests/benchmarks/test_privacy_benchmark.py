@@ -52,7 +52,9 @@ def test_plan_covers_tasks_modes_and_budgets_with_valid_configs():
         # Reruns must be comparable: private cells seed their noise (marked not private).
         assert cfg.dp.reproducible_noise == cell.private
         if cfg.dp.central:
-            assert cfg.dp.target_epsilon == cell.target_epsilon and cfg.dp.budget_mode == "calibrate"
+            assert (
+                cfg.dp.target_epsilon == cell.target_epsilon and cfg.dp.budget_mode == "calibrate"
+            )
             assert cfg.dp.clip_norm == s.clip_norm
         if cfg.dp.local:
             assert cfg.dp.local_target_epsilon == cell.target_epsilon

@@ -225,8 +225,23 @@ def test_merge_adds_a_column_to_the_existing_json(small_matrix, monkeypatch):
     write_outputs(rows, meta, out, final=True)
     before = json.loads(out.with_suffix(".json").read_text())
     monkeypatch.setattr(bench.signal, "signal", lambda *args: None)
-    args = ["--merge", "--out", str(out), "--workers", "1", "--clients", "6", "--rounds", "1",
-            "--partitioners", "iid", "--attacks", "weight-inflation", "--aggregators", "fedavg"]
+    args = [
+        "--merge",
+        "--out",
+        str(out),
+        "--workers",
+        "1",
+        "--clients",
+        "6",
+        "--rounds",
+        "1",
+        "--partitioners",
+        "iid",
+        "--attacks",
+        "weight-inflation",
+        "--aggregators",
+        "fedavg",
+    ]
     assert bench.main(args) == 0
     data = json.loads(out.with_suffix(".json").read_text())
     by_key = {bench.row_key(r): r for r in data["rows"]}
@@ -234,7 +249,9 @@ def test_merge_adds_a_column_to_the_existing_json(small_matrix, monkeypatch):
         assert by_key.pop(bench.row_key(row)) == row
     [new] = by_key.values()
     assert (new["attack"], new["aggregator"], new["robust_weights"]) == (
-        "weight-inflation", "fedavg", "uniform"
+        "weight-inflation",
+        "fedavg",
+        "uniform",
     )
     assert new["error"] is None and 0.0 <= new["accuracy"] <= 1.0
     merged = data["meta"]

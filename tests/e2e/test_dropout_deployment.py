@@ -40,11 +40,17 @@ SILOS = 4
 VICTIM = 3  # partition id of the SuperNode that is killed
 
 BASE = {
-    "task": "breast-cancer", "num-server-rounds": 2, "training.local-epochs": 1, "seed": 3,
-    "sampling.fraction-evaluate": 0.0, "sampling.min-evaluate-nodes": 0,
-    "sampling.min-train-nodes": 3, "sampling.min-available-nodes": 3, "sampling.round-timeout": 600.0,
+    "task": "breast-cancer",
+    "num-server-rounds": 2,
+    "training.local-epochs": 1,
+    "seed": 3,
+    "sampling.fraction-evaluate": 0.0,
+    "sampling.min-evaluate-nodes": 0,
+    "sampling.min-train-nodes": 3,
+    "sampling.min-available-nodes": 3,
+    "sampling.round-timeout": 600.0,
     "sampling.straggler-timeout": 5.0,
-}  # fmt: skip
+}
 
 
 def _run_killing_the_victim(deployment, overrides: dict, kill_when: str):
@@ -85,8 +91,13 @@ def _flat(state: dict[str, torch.Tensor]) -> np.ndarray:
 
 
 def test_secure_aggregation_recovers_a_silo_killed_after_masking(deployment, tmp_path):
-    secure = {**BASE, "num-server-rounds": 1, "secagg.enabled": True,
-              "robust.max-update-norm-ratio": 0.0, "output.run-dir": str(tmp_path / "runs")}  # fmt: skip
+    secure = {
+        **BASE,
+        "num-server-rounds": 1,
+        "secagg.enabled": True,
+        "robust.max-update-norm-ratio": 0.0,
+        "output.run-dir": str(tmp_path / "runs"),
+    }
     output, victim, run_dir = _run_killing_the_victim(
         deployment, secure, r"round 1: secure aggregation over 4 nodes, threshold 3"
     )

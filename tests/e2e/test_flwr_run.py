@@ -25,7 +25,8 @@ pytestmark = pytest.mark.e2e
 
 def _no_superlink_left():
     return not [
-        p for p in psutil.process_iter(["cmdline"])
+        p
+        for p in psutil.process_iter(["cmdline"])
         if any("fedsilo-flwr-" in c for c in (p.info.get("cmdline") or []))
     ]
 
@@ -81,7 +82,9 @@ def _remove_readme_run_dirs():
 
 
 def _in_process(overrides, num_nodes, run_dir):
-    cfg = RunConfig.from_flower({**RunConfig().to_flower(), **overrides, "output.run-dir": str(run_dir)})
+    cfg = RunConfig.from_flower(
+        {**RunConfig().to_flower(), **overrides, "output.run-dir": str(run_dir)}
+    )
     _, out = run_federation(InProcessGrid(client_app, cfg.to_flower(), num_nodes), cfg)
     return torch.load(out / "model.pt"), json.loads((out / "metrics.json").read_text())
 
@@ -122,8 +125,9 @@ def test_same_config_and_seed_give_the_same_model(tmp_path):
 
 
 def test_bad_config_fails_before_round_1_with_the_fix(tmp_path):
-    run = run_simulation({"strategy": "nope", "training.learning-rate": -1.0}, num_supernodes=2,
-                         run_dir=tmp_path)
+    run = run_simulation(
+        {"strategy": "nope", "training.learning-rate": -1.0}, num_supernodes=2, run_dir=tmp_path
+    )
     assert run.status == "finished:failed" and not run.ok
     assert "'nope' is not a valid strategy" in run.status_details
     assert "Choose one of: fedavg, fedprox, fedadam" in run.output

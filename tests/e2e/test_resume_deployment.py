@@ -1,9 +1,9 @@
-"""SIGKILL of the server-side run on the real deployment runtime, then ``resume = true``.
+"""SIGKILL of the server-side run on the real deployment runtime, then ``output.resume = true``.
 
 flower-superlink + 3 flower-supernode on loopback (tests/e2e/conftest.py). A 2-round run
 (FedAdam, central DP with adaptive clipping, seeded sampling of 2 of 3 silos) is killed
 with SIGKILL — the ``flwr-serverapp`` process the SuperLink started for it, mid round 2,
-after round 1's checkpoint. A second ``flwr run`` with ``resume = true`` finds the
+after round 1's checkpoint. A second ``flwr run`` with ``output.resume = true`` finds the
 checkpoint (model, FedAdam moments, accountant, clip norm, RNG states), continues in the
 same run directory and ends with the bit-identical model of an uninterrupted run of the
 same config (here: the in-process grid, which the other e2e tests show is bit-identical to
@@ -31,15 +31,24 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1500)]
 
 SILOS = 3
 SETTINGS = {
-    "task": "breast-cancer", "num-server-rounds": 2, "training.local-epochs": 1, "seed": 11,
-    "strategy": "fedadam", "dp.central": True, "dp.adaptive-clipping": True,
-    "dp.noise-multiplier": 0.1, "robust.max-update-norm-ratio": 0.0,
+    "task": "breast-cancer",
+    "num-server-rounds": 2,
+    "training.local-epochs": 1,
+    "seed": 11,
+    "strategy": "fedadam",
+    "dp.central": True,
+    "dp.adaptive-clipping": True,
+    "dp.noise-multiplier": 0.1,
+    "robust.max-update-norm-ratio": 0.0,
     # Research key: the noise is seeded from `seed`, so an independent run can reproduce
     # it (by default it comes from OS entropy and only the checkpoint carries its state).
     "dp.reproducible-noise": True,
-    "sampling.fraction-train": 0.67, "sampling.min-train-nodes": 2, "sampling.min-available-nodes": 3,
-    "sampling.fraction-evaluate": 0.0, "sampling.min-evaluate-nodes": 0,
-}  # fmt: skip
+    "sampling.fraction-train": 0.67,
+    "sampling.min-train-nodes": 2,
+    "sampling.min-available-nodes": 3,
+    "sampling.fraction-evaluate": 0.0,
+    "sampling.min-evaluate-nodes": 0,
+}
 
 
 def _events(run_dir: Path, event: str) -> list[dict]:

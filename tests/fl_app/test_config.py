@@ -64,7 +64,9 @@ def test_flwr_run_config_overrides_parse_to_the_same_dotted_keys():
     """What ``flwr run --run-config "dp.noise-multiplier=1.2 …"`` hands the app."""
     overrides = parse_config_args(["dp.noise-multiplier=1.2 sampling.min-train-nodes=3 seed=7"])
     assert overrides == {"dp.noise-multiplier": 1.2, "sampling.min-train-nodes": 3, "seed": 7}
-    cfg = RunConfig.from_flower({**RunConfig().to_flower(), **overrides, "sampling.min-available-nodes": 3})
+    cfg = RunConfig.from_flower(
+        {**RunConfig().to_flower(), **overrides, "sampling.min-available-nodes": 3}
+    )
     assert (cfg.dp.noise_multiplier, cfg.sampling.min_train_nodes, cfg.seed) == (1.2, 3, 7)
 
 
@@ -80,9 +82,9 @@ def test_replace_derives_a_validated_config_from_dotted_keys():
     cfg = RunConfig().replace({"dp.noise-multiplier": 2.0, "seed": 1})
     assert cfg.dp.noise_multiplier == 2.0 and cfg.seed == 1
     assert cfg.replace({"seed": 42}).fingerprint() != RunConfig().fingerprint()
-    with pytest.raises(ConfigError, match="'dp.central' = true needs 'robust.max-update-norm"):
+    with pytest.raises(ConfigError, match=r"'dp.central' = true needs 'robust.max-update-norm"):
         RunConfig().replace({"dp.central": True})
-    with pytest.raises(ConfigError, match="unknown run-config key 'dp.noise'"):
+    with pytest.raises(ConfigError, match=r"unknown run-config key 'dp.noise'"):
         RunConfig().replace({"dp.noise": 2.0})
 
 
@@ -102,14 +104,14 @@ def test_readme_config_table_is_the_generated_one():
 
 
 def test_transient_keys_come_from_the_fields_marked_transient():
-    assert TRANSIENT_KEYS == {key for key, field in iter_fields(RunConfig) if is_transient(field)}
-    assert TRANSIENT_KEYS == {
+    assert {key for key, field in iter_fields(RunConfig) if is_transient(field)} == TRANSIENT_KEYS
+    assert {
         "output.resume", "output.resume-from", "output.checkpoint-uri", "output.run-dir",
         "sampling.round-timeout", "sampling.round-retries", "sampling.straggler-timeout",
         "sampling.min-available-nodes", "sampling.reply-poll-interval",
         "tracking.mlflow-uri", "tracking.experiment", "tracking.register-model",
         "tracking.sinks",
-    }  # fmt: skip
+    } == TRANSIENT_KEYS  # fmt: skip
     table = reference_table()
     for key in TRANSIENT_KEYS:
         assert next(row for row in table.splitlines() if f"| `{key}` |" in row).endswith("| yes |")
@@ -124,7 +126,9 @@ def test_unknown_key_is_named_with_a_suggestion():
 
 
 def test_a_key_without_its_section_gets_every_section_that_has_it():
-    with pytest.raises(ConfigError, match="Did you mean 'training.batch-size' or 'vertical.batch-size'"):
+    with pytest.raises(
+        ConfigError, match=r"Did you mean 'training.batch-size' or 'vertical.batch-size'"
+    ):
         RunConfig.from_flower({"batch-sise": 8})
 
 
@@ -208,7 +212,7 @@ def test_wrong_type_or_range_names_key_value_and_expectation(key, value, fragmen
 
 
 def test_a_section_given_a_value_is_explained():
-    with pytest.raises(ConfigError, match="'dp' is a section; give its keys as 'dp.<key>'"):
+    with pytest.raises(ConfigError, match=r"'dp' is a section; give its keys as 'dp.<key>'"):
         RunConfig(dp=1.0)
     with pytest.raises(ConfigError, match="'dp' has a value and also sub-keys"):
         RunConfig.from_flower({"dp": 1.0, "dp.central": True})
@@ -221,7 +225,7 @@ def test_several_errors_are_reported_together():
 
 
 def test_cross_field_check():
-    with pytest.raises(ConfigError, match="sampling.min-available-nodes"):
+    with pytest.raises(ConfigError, match=r"sampling.min-available-nodes"):
         RunConfig.from_flower({"sampling.min-train-nodes": 5, "sampling.min-available-nodes": 2})
 
 

@@ -27,7 +27,12 @@ def _one_thread():
 
 def _run(tmp_path, num_nodes=5, **overrides):
     cfg = RunConfig.from_flower(
-        {**RunConfig().to_flower(), "task": "breast-cancer", "output.run-dir": str(tmp_path), **overrides}
+        {
+            **RunConfig().to_flower(),
+            "task": "breast-cancer",
+            "output.run-dir": str(tmp_path),
+            **overrides,
+        }
     )
     result, _ = run_federation(InProcessGrid(client_app, cfg.to_flower(), num_nodes), cfg)
     return cfg, result
@@ -55,12 +60,22 @@ def test_epsilon_reported_every_round_matches_an_independent_accountant(
     tmp_path, mechanism, sampling, silos, q
 ):
     overrides = {
-        "dp.central": True, "dp.noise-multiplier": 1.2, "dp.clip-norm": 2.0,
-        "robust.max-update-norm-ratio": 0.0, "num-server-rounds": 3, "training.local-epochs": 1,
-        "dp.accountant": mechanism, "sampling.fraction-evaluate": 0.0, "sampling.min-evaluate-nodes": 0,
-    }  # fmt: skip
+        "dp.central": True,
+        "dp.noise-multiplier": 1.2,
+        "dp.clip-norm": 2.0,
+        "robust.max-update-norm-ratio": 0.0,
+        "num-server-rounds": 3,
+        "training.local-epochs": 1,
+        "dp.accountant": mechanism,
+        "sampling.fraction-evaluate": 0.0,
+        "sampling.min-evaluate-nodes": 0,
+    }
     if q < 1:
-        overrides |= {"dp.sampling-amplification": True, "sampling.fraction-train": q, "sampling.min-train-nodes": 1}
+        overrides |= {
+            "dp.sampling-amplification": True,
+            "sampling.fraction-train": q,
+            "sampling.min-train-nodes": 1,
+        }
     cfg, result = _run(tmp_path, num_nodes=silos, **overrides)
     reported = [result.train_metrics_clientapp[r]["epsilon"] for r in (1, 2, 3)]
     expected = independent_epsilons(1.2, q, 3, cfg.dp.target_delta, mechanism)
@@ -80,12 +95,20 @@ def test_a_resumed_run_continues_the_secret_noise_and_sampling_exactly(tmp_path)
     states live in the server checkpoint, so resuming after round 2 from a copy of that
     run's directory ends with the uninterrupted run's model, bit for bit."""
     settings = {
-        "task": "breast-cancer", "strategy": "fedadam", "dp.central": True,
-        "dp.adaptive-clipping": True, "dp.noise-multiplier": 0.2, "robust.max-update-norm-ratio": 0.0,
-        "dp.sampling-amplification": True, "sampling.fraction-train": 0.5, "sampling.min-train-nodes": 1,
-        "num-server-rounds": 3, "training.local-epochs": 1, "sampling.fraction-evaluate": 0.0,
+        "task": "breast-cancer",
+        "strategy": "fedadam",
+        "dp.central": True,
+        "dp.adaptive-clipping": True,
+        "dp.noise-multiplier": 0.2,
+        "robust.max-update-norm-ratio": 0.0,
+        "dp.sampling-amplification": True,
+        "sampling.fraction-train": 0.5,
+        "sampling.min-train-nodes": 1,
+        "num-server-rounds": 3,
+        "training.local-epochs": 1,
+        "sampling.fraction-evaluate": 0.0,
         "sampling.min-evaluate-nodes": 0,
-    }  # fmt: skip
+    }
     snapshot = tmp_path / "snapshot"
 
     class SnapshotAfterRound2:
@@ -193,7 +216,7 @@ def test_local_dp_epsilon_is_cumulative_per_silo(tmp_path):
     [
         ({"dp.central": True, "strategy": "krum", "robust.max-update-norm-ratio": 0.0}, "unsound"),
         ({"dp.central": True}, "'robust.max-update-norm-ratio' = 0.0"),
-        ({"dp.local": True, "strategy": "fedprox"}, "proximal-mu"),
+        ({"dp.local": True, "strategy": "fedprox"}, "training.proximal-mu"),
         ({"dp.noise-multiplier": -1.0}, "'dp.noise-multiplier'"),
         ({"dp.target-delta": 1.0}, "'dp.target-delta'"),
         ({"dp.clip-norm": 0.0}, "'dp.clip-norm'"),
@@ -201,7 +224,11 @@ def test_local_dp_epsilon_is_cumulative_per_silo(tmp_path):
         ({"dp.reproducible-noise": True}, "'dp.reproducible-noise' = true .* no DP mechanism"),
         ({"dp.sampling-amplification": True}, "needs 'dp.central' = true"),
         (
-            {"dp.sampling-amplification": True, "dp.central": True, "robust.max-update-norm-ratio": 0.0},
+            {
+                "dp.sampling-amplification": True,
+                "dp.central": True,
+                "robust.max-update-norm-ratio": 0.0,
+            },
             "needs 'sampling.min-train-nodes' = 1",
         ),
     ],

@@ -30,10 +30,16 @@ ROOT = Path(__file__).resolve().parents[2]
 SILOS = 4
 
 BASE = {
-    "task": "breast-cancer", "strategy": "fedavgm", "num-server-rounds": 3,
-    "training.local-epochs": 1, "seed": 11, "sampling.fraction-evaluate": 0.0, "sampling.min-evaluate-nodes": 0,
-    "sampling.min-train-nodes": 3, "sampling.min-available-nodes": 3,
-}  # fmt: skip
+    "task": "breast-cancer",
+    "strategy": "fedavgm",
+    "num-server-rounds": 3,
+    "training.local-epochs": 1,
+    "seed": 11,
+    "sampling.fraction-evaluate": 0.0,
+    "sampling.min-evaluate-nodes": 0,
+    "sampling.min-train-nodes": 3,
+    "sampling.min-available-nodes": 3,
+}
 
 
 def config(tmp: Path, **overrides) -> RunConfig:
@@ -146,7 +152,7 @@ def test_below_quorum_the_run_stops_naming_the_missing_silos_then_resumes(tmp_pa
     with pytest.raises(QuorumError) as failed:
         run_federation(FaultyGrid(cfg, dead={2: {1, 3}}), cfg)
     message = str(failed.value)
-    assert "round 2" in message and "min-train-nodes = 3" in message
+    assert "round 2" in message and "sampling.min-train-nodes = 3" in message
     assert "(partition 1)" in message and "(partition 3)" in message
     (run_dir,) = tmp_path.iterdir()
     events = read_audit_log(run_dir / "audit.jsonl")
@@ -193,13 +199,18 @@ def test_a_sigkilled_run_resumes_to_the_bit_identical_model(tmp_path):
     """FedAdam moments, DP-FedAvg's accountant, adaptive clip norm and noise generator,
     seeded sampling of 3 of 4 silos: all restored from the checkpoint."""
     settings = {
-        "strategy": "fedadam", "dp.central": True, "dp.adaptive-clipping": True,
-        "dp.noise-multiplier": 0.1, "robust.max-update-norm-ratio": 0.0, "sampling.fraction-train": 0.75,
-        "sampling.min-train-nodes": 2, "sampling.min-available-nodes": 2,
+        "strategy": "fedadam",
+        "dp.central": True,
+        "dp.adaptive-clipping": True,
+        "dp.noise-multiplier": 0.1,
+        "robust.max-update-norm-ratio": 0.0,
+        "sampling.fraction-train": 0.75,
+        "sampling.min-train-nodes": 2,
+        "sampling.min-available-nodes": 2,
         # Compared with a separate reference run: only reproducible DP noise can match (a
         # resume with secret noise: tests/fl_app/test_privacy_runs.py).
         "dp.reproducible-noise": True,
-    }  # fmt: skip
+    }
     reference = config(tmp_path / "reference", **settings)
     grid = InProcessGrid(client_app, reference.to_flower(), 4)
     _, reference_dir = run_federation(grid, reference)
@@ -242,12 +253,20 @@ def test_resume_refuses_other_settings_and_names_them(tmp_path, clean_run):
     with pytest.raises(ConfigError, match=r"'training.learning-rate': 0.05 → 0.01"):
         find_resume_point(cfg)
     with pytest.raises(ConfigError, match="no checkpoint there"):
-        find_resume_point(config(tmp_path, **{"output.resume": True, "output.resume-from": str(tmp_path)}))
+        find_resume_point(
+            config(tmp_path, **{"output.resume": True, "output.resume-from": str(tmp_path)})
+        )
     with pytest.raises(ConfigError, match=r"'output.resume-from'.*needs 'output.resume' = true"):
         config(tmp_path, **{"output.resume-from": str(clean_run)})
     # Transient keys (timeouts, retries, where to write) may change.
-    ok = config(tmp_path, **{"output.resume": True, "output.resume-from": str(clean_run / "checkpoints"),
-                                          "sampling.round-timeout": 10.0})  # fmt: skip
+    ok = config(
+        tmp_path,
+        **{
+            "output.resume": True,
+            "output.resume-from": str(clean_run / "checkpoints"),
+            "sampling.round-timeout": 10.0,
+        },
+    )
     assert find_resume_point(ok).round == 3
 
 

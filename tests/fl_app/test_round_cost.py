@@ -17,9 +17,15 @@ from fl_app.sinks import is_runtime_metric
 from tasks import get_task
 
 SETTINGS = {
-    "task": "breast-cancer", "strategy": "fedprox", "num-server-rounds": 2, "training.local-epochs": 1,
-    "data.partitioner": "dirichlet", "sampling.min-available-nodes": 3, "sampling.min-train-nodes": 3, "seed": 5,
-}  # fmt: skip
+    "task": "breast-cancer",
+    "strategy": "fedprox",
+    "num-server-rounds": 2,
+    "training.local-epochs": 1,
+    "data.partitioner": "dirichlet",
+    "sampling.min-available-nodes": 3,
+    "sampling.min-train-nodes": 3,
+    "seed": 5,
+}
 
 
 def _run(tmp_path, name):
@@ -69,7 +75,10 @@ def test_roll_call_moments_equal_the_moments_of_each_silos_training_rows():
     assert sorted(roster.values()) == list(range(6)) and len(moments) == 6
     by_count = sorted(moments, key=lambda m: m["sum"][0])
     expected = sorted(
-        (task.load_partition(pid, 6, cfg).train.x.astype("float64") for pid in range(6)),
+        (
+            task.load_partition(pid, 6, cfg.data, cfg.seed).train.x.astype("float64")
+            for pid in range(6)
+        ),
         key=lambda x: x.sum(axis=0)[0],
     )
     for got, x in zip(by_count, expected, strict=True):

@@ -145,7 +145,7 @@ def test_vertical_config_errors_name_the_key_and_the_fix(tmp_path):
     base = {**RunConfig().to_flower(), "mode": "vertical", "task": "bank-marketing"}
     with pytest.raises(ConfigError, match="does not support task 'digits'"):
         RunConfig.from_flower({**base, "task": "digits"})
-    with pytest.raises(ConfigError, match="'vertical.noise-multiplier' > 0 needs "
+    with pytest.raises(ConfigError, match=r"'vertical.noise-multiplier' > 0 needs "
                        "'vertical.embedding-clip' > 0"):  # fmt: skip
         RunConfig.from_flower({**base, "vertical.noise-multiplier": 1.0})
     with pytest.raises(ConfigError, match="run-config 'mode' = 'diagonal'"):

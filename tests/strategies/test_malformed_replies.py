@@ -32,7 +32,9 @@ from strategies import build_strategy
 
 GLOBAL = {"w": np.zeros((2, 3), dtype=np.float32), "b": np.zeros(2, dtype=np.float32)}
 NODES = (1001, 1002, 1003)
-CFG = RunConfig(sampling={"min-train-nodes": 2, "min-available-nodes": 2}, robust={"max-update-norm-ratio": 0.0})
+CFG = RunConfig(
+    sampling={"min-train-nodes": 2, "min-available-nodes": 2}, robust={"max-update-norm-ratio": 0.0}
+)
 
 KINDS = [
     "ok", "no-meta", "drop-arrays", "extra-arrays", "drop-metrics", "extra-metrics",

@@ -37,7 +37,13 @@ def test_registry_holds_flowers_strategies():
 
 @pytest.mark.parametrize("name", sorted(FLOWER_STRATEGIES))
 def test_each_factory_builds_the_flower_class_configured_from_the_run_config(name):
-    cfg = RunConfig(strategy=name, sampling={"fraction-train": 0.5, "min-train-nodes": 3, "min-available-nodes": 4}, robust={"num-byzantine": 1, "trim-beta": 0.1}, training={"proximal-mu": 0.3}, server={"learning-rate": 0.2})
+    cfg = RunConfig(
+        strategy=name,
+        sampling={"fraction-train": 0.5, "min-train-nodes": 3, "min-available-nodes": 4},
+        robust={"num-byzantine": 1, "trim-beta": 0.1},
+        training={"proximal-mu": 0.3},
+        server={"learning-rate": 0.2},
+    )
     strategy = build_strategy(cfg)
     assert isinstance(strategy, FLOWER_STRATEGIES[name])
     assert strategy.fraction_train == 0.5 and strategy.min_train_nodes == 3
@@ -66,8 +72,9 @@ def test_replies_sort_by_partition_not_by_node_id():
 def test_seeded_sampling_aggregates_the_same_whatever_the_arrival_order():
     rng = np.random.default_rng(0)
     values = rng.normal(size=7).astype(np.float32) * 1e3
-    replies = [_reply(i, 100 + i, float(v), n=int(rng.integers(1, 50))) for i, v in
-               enumerate(values)]
+    replies = [
+        _reply(i, 100 + i, float(v), n=int(rng.integers(1, 50))) for i, v in enumerate(values)
+    ]
     results = []
     for perm in (range(7), reversed(range(7)), [3, 1, 6, 0, 5, 2, 4]):
         strategy = SeededSampling(build_strategy(RunConfig()), seed=1, node_partitions={})
@@ -79,9 +86,10 @@ def test_seeded_sampling_aggregates_the_same_whatever_the_arrival_order():
 def test_round_reporter_reports_metrics_and_counts():
     seen = []
     strategy = RoundReporter(build_strategy(RunConfig()), lambda *a: seen.append(a))
-    strategy.aggregate_train(4, [_reply(0, 1, 1.0, **{"train-loss": 0.5}),
-                                 _reply(1, 2, 3.0, **{"train-loss": 1.5})])
-    (server_round, phase, metrics), = seen
+    strategy.aggregate_train(
+        4, [_reply(0, 1, 1.0, **{"train-loss": 0.5}), _reply(1, 2, 3.0, **{"train-loss": 1.5})]
+    )
+    ((server_round, phase, metrics),) = seen
     assert (server_round, phase) == (4, "train")
     assert metrics["train-loss"] == pytest.approx(1.0)
     assert metrics["replies"] == 2 and metrics["failures"] == 0

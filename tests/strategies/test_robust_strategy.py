@@ -40,8 +40,10 @@ def _model(value: float, rng=None) -> dict[str, np.ndarray]:
 
 def test_flatten_round_trips_keys_shapes_and_dtypes():
     record = ArrayRecord(
-        {"a": Array(np.arange(6, dtype=np.float32).reshape(2, 3)),
-         "n": Array(np.array([7], dtype=np.int64))}
+        {
+            "a": Array(np.arange(6, dtype=np.float32).reshape(2, 3)),
+            "n": Array(np.array([7], dtype=np.int64)),
+        }
     )
     matrix, layout = stack([record, record])
     assert matrix.shape == (2, 7) and layout.size == 7
@@ -52,8 +54,10 @@ def test_flatten_round_trips_keys_shapes_and_dtypes():
 
 def test_robust_median_strategy_equals_the_pure_function_on_the_models():
     rng = np.random.default_rng(0)
-    replies = [build_reply(i, 10 + i, _model(float(v), rng)) for i, v in
-               enumerate([0.1, 0.2, 0.3, 50.0, -40.0])]
+    replies = [
+        build_reply(i, 10 + i, _model(float(v), rng))
+        for i, v in enumerate([0.1, 0.2, 0.3, 50.0, -40.0])
+    ]
     strategy = build_strategy(RunConfig(strategy="robust-median"))
     strategy._global = _global()
     arrays, metrics = strategy.aggregate_train(1, replies)
@@ -91,8 +95,9 @@ def test_validation_keeps_the_round_going_and_counts_rejections(caplog):
     replies.append(build_reply(4, 14, {**_model(0.1), "w": np.full((2, 3), np.nan, "float32")}))
     replies.append(build_reply(5, 15, _model(1e4)))  # norm far outside the cohort
     seen = []
-    strategy = ValidatedUpdates(build_strategy(RunConfig()), max_norm_ratio=10.0,
-                                on_reject=lambda r, rej: seen.append(rej))
+    strategy = ValidatedUpdates(
+        build_strategy(RunConfig()), max_norm_ratio=10.0, on_reject=lambda r, rej: seen.append(rej)
+    )
     strategy._global = _global()
     with caplog.at_level(logging.WARNING):
         arrays, metrics = strategy.aggregate_train(3, replies)
@@ -111,8 +116,7 @@ def test_validation_keeps_the_round_going_and_counts_rejections(caplog):
     shape=st.lists(st.integers(1, 4), min_size=1, max_size=3),
     dtype=st.sampled_from([np.float16, np.float64, np.int32, np.int64]),
 )
-def test_fuzzed_replies_never_crash_and_are_rejected_iff_malformed(key, kind, value, shape,
-                                                                    dtype):
+def test_fuzzed_replies_never_crash_and_are_rejected_iff_malformed(key, kind, value, shape, dtype):
     arrays = _model(0.1)
     if kind == "value":
         arrays[key] = arrays[key].copy()
@@ -156,12 +160,13 @@ def test_simulated_sign_flip_replaces_only_byzantine_updates():
     inner_seen = []
     Capture = _capturing(inner_seen)
 
-    attack = SimulatedAttack(Capture(build_strategy(RunConfig())), "sign-flip",
-                             frozenset({1, 3}))
+    attack = SimulatedAttack(Capture(build_strategy(RunConfig())), "sign-flip", frozenset({1, 3}))
     attack._global = _global()
     attack.aggregate_train(1, replies)
-    values = {int(r.content["meta"]["partition-id"]): float(r.content["arrays"]["b"].numpy()[0])
-              for r in inner_seen}
+    values = {
+        int(r.content["meta"]["partition-id"]): float(r.content["arrays"]["b"].numpy()[0])
+        for r in inner_seen
+    }
     assert values == {0: 1.0, 1: -1.0, 2: 1.0, 3: -1.0, 4: 1.0}
 
 
@@ -173,8 +178,12 @@ def test_simulated_weight_inflation_flips_updates_and_inflates_only_byzantine_cl
     for strength, factor in ((0.0, 1000), (50.0, 50)):
         inner_seen.clear()
         fresh = [build_reply(i, 10 + i, _model(1.0), num_examples=70 + i) for i in range(5)]
-        attack = SimulatedAttack(Capture(build_strategy(RunConfig())), "weight-inflation",
-                                 frozenset({1, 3}), strength=strength)
+        attack = SimulatedAttack(
+            Capture(build_strategy(RunConfig())),
+            "weight-inflation",
+            frozenset({1, 3}),
+            strength=strength,
+        )
         attack._global = _global()
         attack.aggregate_train(1, fresh)
         seen = {int(r.content["meta"]["partition-id"]): r for r in inner_seen}
@@ -193,20 +202,22 @@ def test_simulated_attacks_craft_only_from_finite_honest_updates():
     inner_seen = []
     Capture = _capturing(inner_seen)
 
-    attack = SimulatedAttack(Capture(build_strategy(RunConfig())), "sign-flip",
-                             frozenset({1, 3}))
+    attack = SimulatedAttack(Capture(build_strategy(RunConfig())), "sign-flip", frozenset({1, 3}))
     attack._global = _global()
     attack.aggregate_train(1, replies)
-    values = {int(r.content["meta"]["partition-id"]): float(r.content["arrays"]["b"].numpy()[0])
-              for r in inner_seen}
+    values = {
+        int(r.content["meta"]["partition-id"]): float(r.content["arrays"]["b"].numpy()[0])
+        for r in inner_seen
+    }
     assert values[1] == values[3] == -1.0  # −mean of the finite honest updates (all 1.0)
     assert np.isnan(values[4])  # left for validation to reject
 
 
 def test_weight_inflation_refuses_a_negative_factor_naming_the_key():
     with pytest.raises(ValueError, match=r"'attack.strength' = -3\.0"):
-        SimulatedAttack(build_strategy(RunConfig()), "weight-inflation", frozenset({1}),
-                        strength=-3.0)
+        SimulatedAttack(
+            build_strategy(RunConfig()), "weight-inflation", frozenset({1}), strength=-3.0
+        )
 
 
 def _federate(**overrides):
@@ -219,9 +230,15 @@ def _federate(**overrides):
 def test_under_attack_fedavg_collapses_and_robust_rules_hold(tmp_path):
     """10 digits silos, 3 of them sending sign-flipped updates (scaled by 3 so FedAvg's
     mean points the wrong way), 3 rounds, on the in-process grid."""
-    common = {"num-server-rounds": 3, "output.run-dir": str(tmp_path), "attack.kind": "scaling",
-              "attack.strength": -3.0, "attack.fraction": 0.3, "robust.num-byzantine": 3,
-              "robust.max-update-norm-ratio": 0.0}
+    common = {
+        "num-server-rounds": 3,
+        "output.run-dir": str(tmp_path),
+        "attack.kind": "scaling",
+        "attack.strength": -3.0,
+        "attack.fraction": 0.3,
+        "robust.num-byzantine": 3,
+        "robust.max-update-norm-ratio": 0.0,
+    }
     clean = _federate(**{**common, "attack.kind": "none"})
     fedavg = _federate(**common)
     median = _federate(**common, strategy="robust-median")
@@ -237,8 +254,13 @@ def test_weight_inflation_sinks_fedavg_but_the_median_ignores_the_claims(tmp_pat
     FedAvg (weighted by the claims) collapses; the median, which ignores the claims,
     reaches exactly the accuracy it reaches under plain sign-flip (same vectors, honest
     claims)."""
-    common = {"num-server-rounds": 3, "output.run-dir": str(tmp_path), "attack.fraction": 0.3,
-              "robust.num-byzantine": 3, "robust.max-update-norm-ratio": 0.0}
+    common = {
+        "num-server-rounds": 3,
+        "output.run-dir": str(tmp_path),
+        "attack.fraction": 0.3,
+        "robust.num-byzantine": 3,
+        "robust.max-update-norm-ratio": 0.0,
+    }
     fedavg = _federate(**common, **{"attack.kind": "weight-inflation"})
     median = _federate(**common, **{"attack.kind": "weight-inflation"}, strategy="robust-median")
     flipped = _federate(**common, **{"attack.kind": "sign-flip"}, strategy="robust-median")
@@ -248,8 +270,15 @@ def test_weight_inflation_sinks_fedavg_but_the_median_ignores_the_claims(tmp_pat
 
 
 def test_norm_validation_alone_stops_a_scaling_attack(tmp_path):
-    acc = _federate(**{"num-server-rounds": 3, "output.run-dir": str(tmp_path), "attack.kind": "scaling",
-                       "attack.strength": 100.0, "attack.fraction": 0.2})
+    acc = _federate(
+        **{
+            "num-server-rounds": 3,
+            "output.run-dir": str(tmp_path),
+            "attack.kind": "scaling",
+            "attack.strength": 100.0,
+            "attack.fraction": 0.2,
+        }
+    )
     assert acc > 0.8
 
 
@@ -266,10 +295,12 @@ def test_evaluation_of_a_silo_without_validation_rows_keeps_the_round(make_reply
     from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
     def eval_reply(pid, metrics):
-        content = RecordDict({"metrics": MetricRecord(metrics),
-                              "meta": ConfigRecord({"partition-id": pid})})
-        return Message(content, reply_to=Message(RecordDict(), dst_node_id=20 + pid,
-                                                 message_type="evaluate"))
+        content = RecordDict(
+            {"metrics": MetricRecord(metrics), "meta": ConfigRecord({"partition-id": pid})}
+        )
+        return Message(
+            content, reply_to=Message(RecordDict(), dst_node_id=20 + pid, message_type="evaluate")
+        )
 
     nan = float("nan")
     replies = [
@@ -283,7 +314,11 @@ def test_evaluation_of_a_silo_without_validation_rows_keeps_the_round(make_reply
 
 
 def test_trimmed_mean_behind_nnm_builds_and_aggregates():
-    strategy = build_strategy(RunConfig(strategy="robust-trimmed-mean", robust={"pre-aggregator": "nnm", "num-byzantine": 1}))
+    strategy = build_strategy(
+        RunConfig(
+            strategy="robust-trimmed-mean", robust={"pre-aggregator": "nnm", "num-byzantine": 1}
+        )
+    )
     strategy._global = _global()
     replies = [build_reply(i, 10 + i, _model(0.1 * i)) for i in range(5)]
     arrays, _ = strategy.aggregate_train(1, replies)

@@ -29,13 +29,13 @@ def test_a_silo_served_again_reuses_its_split():
     from tasks.base import _partitions_cached
 
     task, cfg = get_task("digits"), RunConfig()
-    first = task.load_partition(3, 10, cfg)
+    first = task.load_partition(3, 10, cfg.data, cfg.seed)
     parts = _partitions_cached(
         task, cfg.data.source, cfg.seed, cfg.data.test_fraction, 10, cfg.data.partitioner,
         cfg.data.dirichlet_alpha,
     )  # fmt: skip
     assert ("val-split", 3, cfg.data.val_fraction) in parts.memo
-    again = task.load_partition(3, 10, cfg)
+    again = task.load_partition(3, 10, cfg.data, cfg.seed)
     assert np.array_equal(first.train.y, again.train.y)
     assert np.array_equal(first.val.x, again.val.x)
     assert len(first.train) + len(first.val) == len(parts[3])

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.base import DataSection
 from fl_app.config import ConfigError, RunConfig
 from tasks import get_task
+from tasks.base import DataSection
 from tasks.entity_metrics import entity_scores, entity_spans
 from tasks.ner import (
     PAD_LABEL,
@@ -177,12 +177,12 @@ def test_generated_corpus_is_deterministic_distinct_and_covers_every_type():
 def test_partitions_are_deterministic_and_strata_drive_the_skew(partitioner):
     task = get_task("ner")
     cfg = RunConfig(task="ner", data={"partitioner": partitioner, "dirichlet-alpha": 0.3})
-    parts = [task.load_partition(i, 4, cfg) for i in range(4)]
-    again = [task.load_partition(i, 4, cfg) for i in range(4)]
+    parts = [task.load_partition(i, 4, cfg.data, cfg.seed) for i in range(4)]
+    again = [task.load_partition(i, 4, cfg.data, cfg.seed) for i in range(4)]
     for a, b in zip(parts, again, strict=True):
         np.testing.assert_array_equal(a.train.x, b.train.x)
         np.testing.assert_array_equal(a.val.y, b.val.y)
-    pool, _ = task.split(cfg)
+    pool, _ = task.split(cfg.data, cfg.seed)
     assert sum(len(p.train) + len(p.val) for p in parts) == len(pool) == 2400
     strata = task.strata(pool)
     assert set(np.unique(strata)) == {0, 1, 2, 3, 4}
@@ -212,14 +212,16 @@ def test_local_dp_is_refused_at_config_time_naming_the_alternative():
     with pytest.raises(ConfigError, match=r"'dp.local' = true is not available for task 'ner'"
                        r".*nn\.LSTM.*Use 'dp.central' = true"):  # fmt: skip
         RunConfig.from_flower({"task": "ner", "dp.local": True})
-    assert RunConfig.from_flower({"task": "ner", "dp.central": True, "robust.max-update-norm-ratio": 0.0})
+    assert RunConfig.from_flower(
+        {"task": "ner", "dp.central": True, "robust.max-update-norm-ratio": 0.0}
+    )
 
 
 def test_opacus_itself_refuses_the_lstm_with_a_clear_error():
     from strategies.privacy.local import make_private_trainer
 
     task = get_task("ner")
-    data = task.load_partition(0, 10, RunConfig(task="ner")).train
+    data = task.load_partition(0, 10, DataSection(), seed=42).train
     model = task.build_model()
     with pytest.raises(ValueError, match=r"not compatible with Opacus DP-SGD.*nn\.LSTM"):
         make_private_trainer(
@@ -236,10 +238,16 @@ def test_federation_learns_ner(tmp_path):
     from fl_app.federation import run_federation
     from fl_app.inprocess import InProcessGrid
 
-    cfg = RunConfig(task="ner", num_server_rounds=2, training={"local-epochs": 2, "learning-rate": 0.3}, sampling={"fraction-train": 0.3, "fraction-evaluate": 0.0}, output={"run-dir": str(tmp_path / "runs")})  # fmt: skip
+    cfg = RunConfig(
+        task="ner",
+        num_server_rounds=2,
+        training={"local-epochs": 2, "learning-rate": 0.3},
+        sampling={"fraction-train": 0.3, "fraction-evaluate": 0.0},
+        output={"run-dir": str(tmp_path / "runs")},
+    )
     task = get_task("ner")
     torch.manual_seed(0)
-    untrained = task.evaluate(task.build_model(), task.load_test(cfg))
+    untrained = task.evaluate(task.build_model(), task.load_test(cfg.data, cfg.seed))
     result, _ = run_federation(InProcessGrid(client_app, cfg.to_flower(), 10), cfg)
     final = result.evaluate_metrics_serverapp[2]
     assert set(final) >= {"loss", "accuracy", "entity-precision", "entity-recall", "entity-f1"}

@@ -58,4 +58,4 @@ def test_every_silo_of_a_20_silo_digits_federation_loads():
     from tasks import get_task
 
     task, cfg = get_task("digits"), RunConfig()
-    assert all(len(task.load_partition(i, 20, cfg).val) > 0 for i in range(20))
+    assert all(len(task.load_partition(i, 20, cfg.data, cfg.seed).val) > 0 for i in range(20))

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.base import DataSection
 from fl_app.config import RunConfig
 from tasks import get_task
+from tasks.base import DataSection
 from tasks.pneumonia import (
     PNEUMONIA_RATE,
     generate_pneumonia_images,
@@ -51,7 +51,9 @@ def test_npz_in_the_medmnist_layout_round_trips(tmp_path):
     np.testing.assert_array_equal(test.y, labels[80:])
     # The file's own test split is the server's held-out set.
     cfg = RunConfig(task="pneumonia", data={"source": str(path)})
-    np.testing.assert_array_equal(get_task("pneumonia").load_test(cfg).x, expected.x[80:])
+    np.testing.assert_array_equal(
+        get_task("pneumonia").load_test(cfg.data, cfg.seed).x, expected.x[80:]
+    )
 
 
 def test_npz_layout_errors_name_the_problem(tmp_path):
@@ -93,14 +95,14 @@ def test_hugging_face_directory_is_read_and_resized(tmp_path):
 def test_partitions_are_deterministic_and_disjoint(partitioner):
     task = get_task("pneumonia")
     cfg = RunConfig(task="pneumonia", data={"partitioner": partitioner})
-    parts = [task.load_partition(i, 5, cfg) for i in range(5)]
-    again = [task.load_partition(i, 5, cfg) for i in range(5)]
+    parts = [task.load_partition(i, 5, cfg.data, cfg.seed) for i in range(5)]
+    again = [task.load_partition(i, 5, cfg.data, cfg.seed) for i in range(5)]
     for a, b in zip(parts, again, strict=True):
         np.testing.assert_array_equal(a.train.x, b.train.x)
         np.testing.assert_array_equal(a.val.y, b.val.y)
-    pool, _ = task.split(cfg)
+    pool, _ = task.split(cfg.data, cfg.seed)
     assert sum(len(p.train) + len(p.val) for p in parts) == len(pool)
-    other = task.load_partition(0, 5, cfg.model_copy(update={"seed": 7}))
+    other = task.load_partition(0, 5, cfg.data, seed=7)
     assert not np.array_equal(other.train.y, parts[0].train.y)
 
 
@@ -111,10 +113,16 @@ def test_federation_learns_pneumonia(tmp_path):
     from fl_app.federation import run_federation
     from fl_app.inprocess import InProcessGrid
 
-    cfg = RunConfig(task="pneumonia", num_server_rounds=2, training={"local-epochs": 1}, sampling={"fraction-train": 0.3, "fraction-evaluate": 0.0}, output={"run-dir": str(tmp_path / "runs")})  # fmt: skip
+    cfg = RunConfig(
+        task="pneumonia",
+        num_server_rounds=2,
+        training={"local-epochs": 1},
+        sampling={"fraction-train": 0.3, "fraction-evaluate": 0.0},
+        output={"run-dir": str(tmp_path / "runs")},
+    )
     task = get_task("pneumonia")
     torch.manual_seed(0)
-    untrained = task.evaluate(task.build_model(), task.load_test(cfg))
+    untrained = task.evaluate(task.build_model(), task.load_test(cfg.data, cfg.seed))
     result, _ = run_federation(InProcessGrid(client_app, cfg.to_flower(), 10), cfg)
     final = result.evaluate_metrics_serverapp[2]
     assert set(final) >= {"accuracy", "roc-auc", "pr-auc", "f1"}

@@ -15,27 +15,27 @@ from tasks.fraud import FEATURES, frame_to_dataset, generate_fraud_frame
 def _trained(task_name: str, epochs: int = 3, **training):
     cfg = RunConfig(task=task_name, training={"local-epochs": epochs, **training})
     task = get_task(task_name)
-    parts = [task.load_partition(i, 4, cfg) for i in range(4)]
+    parts = [task.load_partition(i, 4, cfg.data, cfg.seed) for i in range(4)]
     torch.manual_seed(0)
     model = task.build_model()
     task.set_input_scaling(model, [task.feature_moments(p.train) for p in parts])
-    before = task.evaluate(model, task.load_test(cfg))
+    before = task.evaluate(model, task.load_test(cfg.data, cfg.seed))
     for p in parts:
-        task.train(model, p.train, cfg, generator=torch.Generator().manual_seed(0))
-    return task, cfg, parts, before, task.evaluate(model, task.load_test(cfg))
+        task.train(model, p.train, cfg.training, generator=torch.Generator().manual_seed(0))
+    return task, cfg, parts, before, task.evaluate(model, task.load_test(cfg.data, cfg.seed))
 
 
 @pytest.mark.parametrize("name", available_tasks())
 def test_partitions_do_not_overlap_the_servers_test_set(name):
     task = get_task(name)
     cfg = RunConfig(task=name)
-    test = task.load_test(cfg)
-    parts = [task.load_partition(i, 5, cfg) for i in range(5)]
+    test = task.load_test(cfg.data, cfg.seed)
+    parts = [task.load_partition(i, 5, cfg.data, cfg.seed) for i in range(5)]
     rows = {r.tobytes() for p in parts for r in np.concatenate([p.train.x, p.val.x])}
     test_rows = {r.tobytes() for r in test.x}
     assert len(rows & test_rows) <= 2  # only exact duplicate rows already in the source
     assert sum(len(p.train) + len(p.val) + 0 for p in parts) + len(test) > 0
-    again = task.load_partition(3, 5, cfg)
+    again = task.load_partition(3, 5, cfg.data, cfg.seed)
     assert np.array_equal(again.train.y, parts[3].train.y)
 
 
@@ -109,25 +109,28 @@ def test_digits_real_loader_reads_a_hugging_face_dataset_directory(tmp_path):
 
 
 def test_breast_cancer_rejects_other_sources():
-    with pytest.raises(ValueError, match='data.source = ""'):
+    with pytest.raises(ValueError, match=r'data.source = ""'):
         get_task("breast-cancer").load_data(DataSection(source="x"))
 
 
 def test_pooled_moments_equal_the_global_mean_and_std():
     task = get_task("breast-cancer")
     cfg = RunConfig(task="breast-cancer")
-    parts = [task.load_partition(i, 6, cfg).train for i in range(6)]
+    parts = [task.load_partition(i, 6, cfg.data, cfg.seed).train for i in range(6)]
     mean, std = pooled_moments([task.feature_moments(p) for p in parts])
     allx = np.concatenate([p.x for p in parts]).astype(np.float64)
     np.testing.assert_allclose(mean, allx.mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(std, allx.std(axis=0), rtol=1e-4)
-    assert task.feature_moments(get_task("digits").load_partition(0, 2, RunConfig()).train) \
-        is not None or get_task("digits").feature_moments(parts[0]) is None
+    assert (
+        task.feature_moments(get_task("digits").load_partition(0, 2, DataSection(), seed=42).train)
+        is not None
+        or get_task("digits").feature_moments(parts[0]) is None
+    )
 
 
 def test_partition_id_out_of_range_names_the_node_config():
     with pytest.raises(ValueError, match="--node-config"):
-        get_task("digits").load_partition(5, 5, RunConfig())
+        get_task("digits").load_partition(5, 5, DataSection(), seed=42)
 
 
 def test_seeded_training_is_bitwise_reproducible():
@@ -149,7 +152,12 @@ def test_silos_with_their_own_data_sources_federate(tmp_path):
         path = tmp_path / f"silo-{i}.csv"
         frame.iloc[i * 2000 : (i + 1) * 2000].to_csv(path, index=False)
         sources.append({"data-source": str(path)})
-    cfg = RunConfig(task="fraud", num_server_rounds=2, output={"run-dir": str(tmp_path / "runs")}, training={"learning-rate": 0.01})
+    cfg = RunConfig(
+        task="fraud",
+        num_server_rounds=2,
+        output={"run-dir": str(tmp_path / "runs")},
+        training={"learning-rate": 0.01},
+    )
     grid = InProcessGrid(client_app, cfg.to_flower(), 3, node_configs=sources)
     result, _ = run_federation(grid, cfg)
     assert result.train_metrics_clientapp[2]["num-examples"] == pytest.approx(3 * 1800)

@@ -18,7 +18,7 @@ def _model_and_data(msg: Message, context: Context):
     num = int(context.node_config["num-partitions"])
     model = TASK.build_model()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    return cfg, pid, model, TASK.load_partition(pid, num, cfg)
+    return cfg, pid, model, TASK.load_partition(pid, num, cfg.data, cfg.seed)
 
 
 @app.train()
@@ -27,7 +27,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg, pid, model, data = _model_and_data(msg, context)
     server_round = int(msg.content["config"]["server-round"])
     generator = seed_everything(derive_seed(cfg.seed, "train", pid, server_round))
-    metrics = TASK.train(model, data.train, cfg, generator=generator)
+    metrics = TASK.train(model, data.train, cfg.training, generator=generator)
     metrics["num-examples"] = len(data.train)
     content = RecordDict(
         {"arrays": ArrayRecord(model.state_dict()), "metrics": MetricRecord(metrics)}

@@ -57,7 +57,7 @@ def main(grid: Grid, context: Context) -> None:
     seed_everything(derive_seed(cfg.seed, "init"))
     model = TASK.build_model()
     initial = ArrayRecord(model.state_dict())
-    test = TASK.load_test(cfg)
+    test = TASK.load_test(cfg.data, cfg.seed)
     strategy = TimedFedAvg(
         fraction_train=1.0,
         fraction_evaluate=1.0,

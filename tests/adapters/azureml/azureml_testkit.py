@@ -62,7 +62,7 @@ def spec_text(**overrides: str) -> str:
         ),
         "task": "task: breast-cancer",
         "strategy": "strategy: fedavg",
-        "run_config": "run_config:\n  num-server-rounds: 2\n  learning-rate: 1\n",
+        "run_config": "run_config:\n  num-server-rounds: 2\n  training.learning-rate: 1\n",
         "network": "network: {mode: azureml-job, port: 9091}",
     }
     blocks.update(overrides)

@@ -130,7 +130,9 @@ def test_submit_registers_the_environment_then_puts_every_job(spec, credential, 
     assert serverapp["computeId"] == f"{ARM_WS}/computes/cpu-orchestrator"
     assert "-- flwr run . fedsilo --stream --run-config" in serverapp["command"]
     assert 'task="breast-cancer" strategy="fedavg" num-server-rounds=2' in serverapp["command"]
-    assert "training.learning-rate=1.0" in serverapp["command"]  # YAML's 1 reaches Flower as a float
+    assert (
+        "training.learning-rate=1.0" in serverapp["command"]
+    )  # YAML's 1 reaches Flower as a float
 
     # The submission is recorded with the names and Studio links Azure answered.
     assert [j.role for j in submission.jobs] == [

@@ -21,6 +21,7 @@ from adapters.azureml.jobs import (
 from adapters.azureml.runtime import parse_args
 from adapters.azureml.spec import SpecError, SuperNodeSpec, load_spec
 from adapters.federation.flower import node_config_arg
+from fl_core.config import flatten
 
 SUBMISSION = "20260101-000000-abcd"
 
@@ -94,11 +95,17 @@ def test_the_commands_parse_with_the_runtime_wrapper():
             assert flower[0] in ("flower-superlink", "flwr")
     args, flower = parse_args(shlex.split(jobs.serverapp.command)[3:])
     assert flower[:5] == ["flwr", "run", ".", "fedsilo", "--stream"]
-    overrides = tomllib.loads("\n".join(flower[flower.index("--run-config") + 1].split(" ")))
+    overrides = flatten(
+        tomllib.loads("\n".join(flower[flower.index("--run-config") + 1].split(" ")))
+    )
     assert overrides == {
-        "task": "digits", "strategy": "fedavg", "num-server-rounds": 5, "training.local-epochs": 3,
-        "sampling.min-available-nodes": 3, "sampling.reply-poll-interval": 0.02,  # the warm runtime's polling
-    }  # fmt: skip
+        "task": "digits",
+        "strategy": "fedavg",
+        "num-server-rounds": 5,
+        "training.local-epochs": 3,
+        "sampling.min-available-nodes": 3,
+        "sampling.reply-poll-interval": 0.02,  # the warm runtime's polling
+    }
 
 
 def test_flowers_default_supernode_and_no_supervision_on_request():

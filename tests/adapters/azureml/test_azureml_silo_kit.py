@@ -30,8 +30,9 @@ silos:
   - {{name: silo-a, kind: external}}
   - {{name: silo-b, kind: external}}
 {third}task: breast-cancer
-run_config: {{num-server-rounds: 1, local-epochs: 1, fraction-evaluate: 0.0,
-              min-available-nodes: 2, min-train-nodes: 2, min-evaluate-nodes: 0}}
+run_config: {{num-server-rounds: 1, training.local-epochs: 1, sampling.fraction-evaluate: 0.0,
+              sampling.min-available-nodes: 2, sampling.min-train-nodes: 2,
+              sampling.min-evaluate-nodes: 0}}
 network:
   mode: existing
   address: {address}

@@ -130,9 +130,11 @@ def test_a_bad_run_config_key_fails_with_run_configs_own_message(write_spec):
 
 
 def test_bad_run_config_values_and_misplaced_keys(write_spec):
-    value = _error(write_spec, run_config="run_config: {learning-rate: -1, partitioner: zipf}")
+    value = _error(
+        write_spec, run_config="run_config: {training.learning-rate: -1, data.partitioner: zipf}"
+    )
     assert "run-config 'training.learning-rate' = -1.0: Input should be greater than 0" in value
-    assert "run-config 'partitioner' = 'zipf'" in value
+    assert "run-config 'data.partitioner' = 'zipf'" in value
 
     misplaced = _error(write_spec, run_config="run_config: {task: fraud}")
     assert "run_config: 'task' is a top-level key of the spec; move 'task: fraud'" in misplaced
@@ -140,9 +142,9 @@ def test_bad_run_config_values_and_misplaced_keys(write_spec):
     task = _error(write_spec, task="task: digitz")
     assert "task: Invalid run config" in task and "Did you mean 'digits'?" in task
 
-    nodes = _error(write_spec, run_config="run_config: {min-available-nodes: 4}")
-    assert "run_config.min-available-nodes = 4 exceeds the 3 silos" in nodes
-    assert "set run_config.min-available-nodes to at most 3" in nodes
+    nodes = _error(write_spec, run_config="run_config: {sampling.min-available-nodes: 4}")
+    assert "run_config.sampling.min-available-nodes = 4 exceeds the 3 silos" in nodes
+    assert "set run_config.sampling.min-available-nodes to at most 3" in nodes
 
 
 def test_silo_data_forms(write_spec):

@@ -36,7 +36,8 @@ silos:
   - {name: silo-c}
 task: breast-cancer
 strategy: fedavg
-run_config: {num-server-rounds: 2, seed: 7, local-epochs: 2, fraction-evaluate: 0.0}
+run_config: {num-server-rounds: 2, seed: 7, training: {local-epochs: 2},
+             sampling: {fraction-evaluate: 0.0}}
 """
 
 
@@ -171,9 +172,9 @@ silos:
 {chr(10).join(f"  - {{name: s{i}, compute: c}}" for i in range(5))}
 task: breast-cancer
 strategy: fedavg
-run_config: {{num-server-rounds: 10, seed: 7, local-epochs: 1, fraction-evaluate: 0.0,
-             min-evaluate-nodes: 0, min-available-nodes: 5, min-train-nodes: 3,
-             straggler-timeout: 10.0, round-timeout: 600.0}}
+run_config: {{num-server-rounds: 10, seed: 7, training.local-epochs: 1,
+             sampling: {{fraction-evaluate: 0.0, min-evaluate-nodes: 0, min-available-nodes: 5,
+                         min-train-nodes: 3, straggler-timeout: 10.0, round-timeout: 600.0}}}}
 """
 KILLED = (3, 4)
 

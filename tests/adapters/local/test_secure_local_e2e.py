@@ -26,12 +26,12 @@ task: breast-cancer
 strategy: fedavg
 run_config:
   num-server-rounds: 1
-  local-epochs: 1
-  fraction-evaluate: 0.0
-  min-available-nodes: 3
-  min-train-nodes: 3
-  max-update-norm-ratio: 0.0
-  secure-aggregation: true
+  training.local-epochs: 1
+  sampling.fraction-evaluate: 0.0
+  sampling.min-available-nodes: 3
+  sampling.min-train-nodes: 3
+  robust.max-update-norm-ratio: 0.0
+  secagg.enabled: true
 """
 
 

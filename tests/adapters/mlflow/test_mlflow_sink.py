@@ -11,7 +11,17 @@ from fl_app.inprocess import InProcessGrid
 
 
 def test_federation_is_tracked_with_parent_and_silo_runs(mlflow_server, tmp_path):
-    cfg = RunConfig(task="breast-cancer", num_server_rounds=3, strategy="robust-median", output={"run-dir": str(tmp_path)}, tracking={"mlflow-uri": mlflow_server, "experiment": "test-federation", "register-model": "fedsilo-breast-cancer"})
+    cfg = RunConfig(
+        task="breast-cancer",
+        num_server_rounds=3,
+        strategy="robust-median",
+        output={"run-dir": str(tmp_path)},
+        tracking={
+            "mlflow-uri": mlflow_server,
+            "experiment": "test-federation",
+            "register-model": "fedsilo-breast-cancer",
+        },
+    )
     result, run_dir = run_federation(InProcessGrid(client_app, cfg.to_flower(), 3), cfg)
 
     client = MlflowClient(tracking_uri=mlflow_server)
@@ -53,5 +63,5 @@ def test_federation_is_tracked_with_parent_and_silo_runs(mlflow_server, tmp_path
 
 
 def test_unreachable_tracking_server_is_a_clear_error():
-    with pytest.raises(MlflowUnavailableError, match="tracking.mlflow-uri"):
+    with pytest.raises(MlflowUnavailableError, match=r"tracking.mlflow-uri"):
         MlflowSink("http://127.0.0.1:9", experiment="x")

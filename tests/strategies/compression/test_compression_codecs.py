@@ -266,7 +266,7 @@ def test_decode_rejects_mismatched_model():
 def test_spec_rejects_bad_values():
     with pytest.raises(ValueError, match="not one of"):
         CompressionSpec("int2")
-    with pytest.raises(ValueError, match="compression.topk-scope 'layer'"):
+    with pytest.raises(ValueError, match=r"compression.topk-scope 'layer'"):
         CompressionSpec("topk", topk_scope="layer")
-    with pytest.raises(ValueError, match="compression.topk-fraction"):
+    with pytest.raises(ValueError, match=r"compression.topk-fraction"):
         CompressionSpec("topk", topk_fraction=0.0)

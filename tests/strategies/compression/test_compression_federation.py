@@ -13,7 +13,13 @@ from strategies.compression.records import ESTIMATE_KEY, ESTIMATE_STEP_KEY, RESI
 
 
 def test_int8_federation_learns_and_uploads_a_quarter(tmp_path):
-    cfg = RunConfig(num_server_rounds=2, compression={"method": "int8"}, training={"local-epochs": 2}, sampling={"fraction-evaluate": 0.0, "min-evaluate-nodes": 0, "min-available-nodes": 4}, output={"run-dir": str(tmp_path)})
+    cfg = RunConfig(
+        num_server_rounds=2,
+        compression={"method": "int8"},
+        training={"local-epochs": 2},
+        sampling={"fraction-evaluate": 0.0, "min-evaluate-nodes": 0, "min-available-nodes": 4},
+        output={"run-dir": str(tmp_path)},
+    )
     grid = InProcessGrid(client_app, cfg.to_flower(), 4)
     result, run_dir = run_federation(grid, cfg)
     server = result.evaluate_metrics_serverapp
@@ -37,7 +43,13 @@ def test_topk_ef21_federation_keeps_silo_and_server_estimates_in_step(tmp_path):
     """Top-k 1 % with EF21 (the default) through the real ServerApp body and ClientApp:
     the server tells every silo the estimate step it holds, so no silo ever restarts
     (its step equals the round number), nothing is undecodable, replies stay tiny."""
-    cfg = RunConfig(num_server_rounds=3, compression={"method": "topk"}, training={"local-epochs": 1}, sampling={"fraction-evaluate": 0.0, "min-evaluate-nodes": 0, "min-available-nodes": 3}, output={"run-dir": str(tmp_path)})
+    cfg = RunConfig(
+        num_server_rounds=3,
+        compression={"method": "topk"},
+        training={"local-epochs": 1},
+        sampling={"fraction-evaluate": 0.0, "min-evaluate-nodes": 0, "min-available-nodes": 3},
+        output={"run-dir": str(tmp_path)},
+    )
     assert cfg.compression.topk_feedback == "ef21" and cfg.compression.topk_scope == "model"
     grid = InProcessGrid(client_app, cfg.to_flower(), 3)
     result, _ = run_federation(grid, cfg)

@@ -42,10 +42,17 @@ from tasks import get_task
 SILOS = 5
 SIGMA, CLIP = 1.0, 0.5
 PUBLIC = {
-    "task": "breast-cancer", "dp.central": True, "robust.max-update-norm-ratio": 0.0,
-    "dp.noise-multiplier": SIGMA, "dp.clip-norm": CLIP, "num-server-rounds": 2, "training.local-epochs": 1,
-    "sampling.fraction-evaluate": 0.0, "sampling.min-evaluate-nodes": 0, "seed": 7,
-}  # fmt: skip
+    "task": "breast-cancer",
+    "dp.central": True,
+    "robust.max-update-norm-ratio": 0.0,
+    "dp.noise-multiplier": SIGMA,
+    "dp.clip-norm": CLIP,
+    "num-server-rounds": 2,
+    "training.local-epochs": 1,
+    "sampling.fraction-evaluate": 0.0,
+    "sampling.min-evaluate-nodes": 0,
+    "seed": 7,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -267,9 +274,13 @@ def test_reproducible_noise_is_announced_at_run_start(caplog):
 
 
 POISSON = {
-    **PUBLIC, "dp.sampling-amplification": True, "sampling.fraction-train": 0.5, "sampling.min-train-nodes": 1,
-    "num-server-rounds": 4, "dp.noise-multiplier": 0.8,
-}  # fmt: skip
+    **PUBLIC,
+    "dp.sampling-amplification": True,
+    "sampling.fraction-train": 0.5,
+    "sampling.min-train-nodes": 1,
+    "num-server-rounds": 4,
+    "dp.noise-multiplier": 0.8,
+}
 POISSON_SILOS = 12
 
 
@@ -288,7 +299,11 @@ def predicted_cohorts(public_config: dict, rounds: int) -> list[set[int]]:
 @pytest.mark.parametrize("kind", ["secret", "reproducible"])
 def test_the_poisson_cohorts_cannot_be_predicted_unless_the_run_says_so(tmp_path, kind):
     cfg = RunConfig.from_flower(
-        {**POISSON, "output.run-dir": str(tmp_path), "dp.reproducible-noise": kind == "reproducible"}
+        {
+            **POISSON,
+            "output.run-dir": str(tmp_path),
+            "dp.reproducible-noise": kind == "reproducible",
+        }
     )
     _, run_dir = run_federation(InProcessGrid(client_app, cfg.to_flower(), POISSON_SILOS), cfg)
     r = Run(run_dir, {}, {}, {})
@@ -319,7 +334,11 @@ def test_adaptive_clipping_noise_is_secret_too(tmp_path):
 
     def trajectory(name: str, reproducible: bool) -> tuple[list[float], bool]:
         cfg = RunConfig.from_flower(
-            {**adaptive, "output.run-dir": str(tmp_path / name), "dp.reproducible-noise": reproducible}
+            {
+                **adaptive,
+                "output.run-dir": str(tmp_path / name),
+                "dp.reproducible-noise": reproducible,
+            }
         )
         _, run_dir = run_federation(InProcessGrid(client_app, cfg.to_flower(), SILOS), cfg)
         r = Run(run_dir, {}, {}, {})

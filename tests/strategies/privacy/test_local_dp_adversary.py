@@ -459,9 +459,15 @@ def test_a_resumed_run_keeps_its_lineage_and_every_silo_its_accounting(tmp_path)
     from fl_app.federation import run_federation
     from fl_app.reliability import QuorumError
 
-    settings = {"num-server-rounds": 2, "sampling.min-train-nodes": 3, "sampling.min-available-nodes": 3,
-                "sampling.fraction-evaluate": 0.0, "sampling.min-evaluate-nodes": 0, "sampling.round-retries": 0,
-                "output.run-dir": str(tmp_path / "runs")}  # fmt: skip
+    settings = {
+        "num-server-rounds": 2,
+        "sampling.min-train-nodes": 3,
+        "sampling.min-available-nodes": 3,
+        "sampling.fraction-evaluate": 0.0,
+        "sampling.min-evaluate-nodes": 0,
+        "sampling.round-retries": 0,
+        "output.run-dir": str(tmp_path / "runs"),
+    }
     cfg = config(**settings)
     with pytest.raises(QuorumError):
         run_federation(DeadInRound(cfg, tmp_path, dead_round=2, dead={1}), cfg)

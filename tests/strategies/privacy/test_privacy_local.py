@@ -16,6 +16,7 @@ from strategies.privacy.accountant import FederatedAccountant
 from strategies.privacy.local import LOCAL_DP_STATE_KEY, make_private_trainer
 from strategies.privacy.randomness import secret_generator
 from tasks import get_task
+from tasks.base import DataSection
 from tasks.models import MLP, SmallCNN
 
 DELTA = 1e-5
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def silo():
     task = get_task("breast-cancer")
-    return task, task.load_partition(0, 2, RunConfig())
+    return task, task.load_partition(0, 2, DataSection(), seed=42)
 
 
 def fresh_model(task, data):
@@ -316,13 +317,20 @@ def test_fraud_trains_without_class_weights_under_local_dp(tmp_path, caplog, mon
         model = task.build_model()
         model.load_state_dict(arrays.to_torch_state_dict())
         seeded = seed_everything(derive_seed(cfg.seed, "train", 0, 1))
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.training.learning_rate,
-                                    momentum=cfg.training.momentum)  # fmt: skip
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=cfg.training.learning_rate, momentum=cfg.training.momentum
+        )
         with make_private_trainer(
-            model, optimizer, data, batch_size=cfg.training.batch_size, max_grad_norm=cfg.dp.max_grad_norm,
-            delta=cfg.dp.target_delta, noise_multiplier=cfg.dp.local_noise_multiplier,
-            generator=seeded, class_weights=class_weights,
-        ) as trainer:  # fmt: skip
+            model,
+            optimizer,
+            data,
+            batch_size=cfg.training.batch_size,
+            max_grad_norm=cfg.dp.max_grad_norm,
+            delta=cfg.dp.target_delta,
+            noise_multiplier=cfg.dp.local_noise_multiplier,
+            generator=seeded,
+            class_weights=class_weights,
+        ) as trainer:
             trainer.train(1)
         return model.state_dict()
 

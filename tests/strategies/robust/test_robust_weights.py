@@ -79,11 +79,11 @@ def test_capped_weights_are_the_claims_capped_at_the_lower_median():
 
 
 def test_bad_weight_modes_and_claims_are_refused_naming_the_key():
-    with pytest.raises(ValueError, match="robust.weights must be one of"):
+    with pytest.raises(ValueError, match=r"robust.weights must be one of"):
         trusted_weights([1.0], "claimed")
     with pytest.raises(ValueError, match="finite and >= 0"):
         capped_at_median(torch.tensor([1.0, -2.0]))
-    with pytest.raises(ConfigError, match="robust.weights"):
+    with pytest.raises(ConfigError, match=r"robust.weights"):
         RunConfig.from_flower({**RunConfig().to_flower(), "robust.weights": "claimed"})
 
 

@@ -161,7 +161,11 @@ def test_fewer_survivors_than_the_threshold_leave_the_model_unchanged(tmp_path):
     assert result.train_metrics_clientapp[1]["secagg-survivors"] == 2
 
 
-RETRY = {"sampling.round-retries": 1, "sampling.min-train-nodes": NODES, "sampling.min-available-nodes": NODES}
+RETRY = {
+    "sampling.round-retries": 1,
+    "sampling.min-train-nodes": NODES,
+    "sampling.min-available-nodes": NODES,
+}
 
 
 def test_a_retried_round_reaches_a_silo_that_never_got_the_instruction(tmp_path):
@@ -180,7 +184,7 @@ def test_a_retried_round_cannot_make_a_silo_mask_twice(tmp_path):
     masked reply was lost: the silo refuses instead of masking a second update under the
     same masks, and the short round ends as any quorum failure does."""
     victim = FIRST + 2
-    with pytest.raises(QuorumError, match="sampling.min-train-nodes = 4"):
+    with pytest.raises(QuorumError, match=r"sampling.min-train-nodes = 4"):
         _run(tmp_path, True, lose_once=(victim, "after"), **RETRY)
     (entry,) = [e for e in read_audit_log(next(tmp_path.glob("*/audit.jsonl")))
                 if e["event"] == "train"]  # fmt: skip

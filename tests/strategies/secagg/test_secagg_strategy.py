@@ -33,7 +33,9 @@ from strategies.wrappers import RoundReporter
 NODES = 4
 FIRST = 1001
 SIZE = 300
-CFG = RunConfig(sampling={"min-train-nodes": NODES, "min-available-nodes": NODES, "fraction-evaluate": 0.0})
+CFG = RunConfig(
+    sampling={"min-train-nodes": NODES, "min-available-nodes": NODES, "fraction-evaluate": 0.0}
+)
 # Per partition: the update it trains and the metrics it reports (num-examples weights).
 UPDATES = [np.random.default_rng(p).uniform(-1, 1, SIZE).astype(np.float32) for p in range(4)]
 METRICS = [
