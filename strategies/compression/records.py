@@ -33,8 +33,9 @@ object id; we sum exactly those bytes.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from logging import INFO
+from typing import Any
 
 import numpy as np
 import torch
@@ -284,6 +285,30 @@ class EstimateStore:
         if old is not None and not isinstance(old, np.memmap):
             mapped[:used] = old[:used]
         self._buffer = mapped
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every silo's estimate and step, for a checkpoint: ``nodes`` (node ids, in row
+        order), their ``steps`` and ``rows``, one float32 tensor (silos × model size; a
+        copy in RAM, also of a memory-mapped buffer), ``None`` when empty."""
+        nodes = sorted(self._rows, key=self._rows.__getitem__)
+        rows = None
+        if nodes and self._buffer is not None:
+            rows = torch.from_numpy(np.array(self._buffer[: len(nodes)], dtype=np.float32))
+        return {"nodes": nodes, "steps": [self._steps[n] for n in nodes], "rows": rows}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (into RAM or, beyond ``resident_limit``, the
+        memory-mapped spill file, as if the silos' updates had arrived here)."""
+        self.close()
+        self._steps.clear()
+        self._rows.clear()
+        nodes, steps, rows = list(state["nodes"]), list(state["steps"]), state["rows"]
+        if len(steps) != len(nodes) or (nodes and (rows is None or len(rows) != len(nodes))):
+            raise ValueError("EF21 estimate state: nodes, steps and rows do not match")
+        for index, (node, step) in enumerate(zip(nodes, steps, strict=True)):
+            values = np.asarray(rows[index], dtype=np.float32)
+            self._row_for(int(node), values.size)[:] = values
+            self._steps[int(node)] = int(step)
 
     def close(self) -> None:
         """Drop the estimates' buffer (and the spill file, if any)."""

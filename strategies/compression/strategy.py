@@ -51,6 +51,14 @@ class CompressedUpdates(StrategyWrapper):
         self._sent_at: float | None = None
         self.estimates = EstimateStore()
 
+    def own_state(self):
+        """The EF21 estimates (a run without top-k keeps none)."""
+        return {"estimates": self.estimates.state_dict()}
+
+    def load_own_state(self, state):
+        if "estimates" in state:  # absent from checkpoints written before it was kept
+            self.estimates.load_state_dict(state["estimates"])
+
     def configure_train(self, server_round, arrays, config, grid):
         self._global = arrays
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))

@@ -242,6 +242,16 @@ def test_ef21_estimates_spill_to_a_memory_mapped_file_bit_identically(tmp_path):
     assert spilled.estimate(99) is None
     with pytest.raises(ValueError, match="builds on estimate step 2, the server holds step 3"):
         spilled.advance(100, 2, torch.zeros(size))
+    # A checkpoint's state round-trips either way: spilled → RAM and RAM → spilled.
+    to_spill = EstimateStore(resident_limit=2**20, spill_dir=str(tmp_path))
+    for source, target in ((spilled, EstimateStore()), (in_ram, to_spill)):
+        target.load_state_dict(source.state_dict())
+        assert target.memory_mapped == (source is in_ram)
+        for node in nodes:
+            assert target.step(node) == 3
+            assert torch.equal(target.estimate(node), in_ram.estimate(node))
+        target.close()
+    assert list(tmp_path.iterdir()) == []
     spilled.close()
     assert spilled.estimate(100) is None
 
