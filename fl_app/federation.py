@@ -30,6 +30,7 @@ from fl_app.checkpointing import (
 from fl_app.config import RunConfig
 from fl_app.reliability import (
     QuorumError,
+    Rejections,
     ReliableRounds,
     RollCallError,
     StragglerGrid,
@@ -237,19 +238,11 @@ def wrap_strategy(
     (payload limit, quorum and retries, audit log; fl_app.reliability), reporting,
     byte counting and decoding of compressed updates, secure aggregation or attack
     simulation (if configured), update validation, seeded sampling."""
-    reliable = ReliableRounds(
-        strategy,  # re-pointed at the wrapped chain below
-        min_train_nodes=cfg.sampling.min_train_nodes,
-        retries=cfg.sampling.round_retries,
-        timeout=cfg.sampling.round_timeout,
-        roster=roster,
-        audit=audit,
-        max_update_bytes=cfg.robust.max_update_bytes,
-    )
+    rejections = Rejections()  # validation (inner) fills it, reliability (outer) audits it
     wrapped: Strategy = ValidatedUpdates(
         SeededSampling(strategy, cfg.seed, roster),
         max_norm_ratio=cfg.robust.max_update_norm_ratio,
-        on_reject=reliable.note_rejection,
+        on_reject=rejections,
     )
     if cfg.attack.kind in model_attacks():
         byzantine = byzantine_partitions(len(roster), cfg.attack.fraction, cfg.seed)
@@ -269,9 +262,18 @@ def wrap_strategy(
     # Outside validation and attack simulation: they see decoded updates. Always on, as
     # it also measures the serialised bytes of every round (bytes-uploaded).
     wrapped = CompressedUpdates(wrapped)
-    reliable.inner = RoundReporter(wrapped, sinks.log_metrics, sinks.log_silo_metrics)
+    wrapped = RoundReporter(wrapped, sinks.log_metrics, sinks.log_silo_metrics)
     # Outermost: payload limit, quorum/retries and the audit see replies as received.
-    return reliable
+    return ReliableRounds(
+        wrapped,
+        min_train_nodes=cfg.sampling.min_train_nodes,
+        retries=cfg.sampling.round_retries,
+        timeout=cfg.sampling.round_timeout,
+        roster=roster,
+        audit=audit,
+        max_update_bytes=cfg.robust.max_update_bytes,
+        rejections=rejections,
+    )
 
 
 def run_federation(
