@@ -4,7 +4,7 @@ Runs the real ServerApp body and ClientApp (``fl_app.inprocess.InProcessGrid``, 
 code ``flwr run`` executes, minus the transport) once per codec and seed, with identical
 settings otherwise. Bytes are the real serialised train replies as Flower pushes them
 (``bytes-uploaded``: the sum of ``deflate()`` over each reply's inflatable objects, see
-``strategies.compression.records.message_bytes``), logged by the app every round.
+``strategies.traffic.message_bytes``), logged by the app every round.
 
 Usage::
 
@@ -336,7 +336,8 @@ def reply_sizes(topk_fraction: float = 0.01) -> list[dict]:
     from fl_app.config import RunConfig
     from fl_app.messages import offline_identity
     from fl_core.seeding import derive_seed, seed_everything
-    from strategies.compression import CompressionSpec, compress_train_content, message_bytes
+    from strategies.compression import CompressionSpec, compress_train_content
+    from strategies.traffic import message_bytes
     from tasks import get_task
 
     offline_identity()

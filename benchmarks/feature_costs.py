@@ -68,15 +68,13 @@ FEATURES: dict[str, tuple[tuple[str, ...], str]] = {
         "reply size limit, sampling.min-train-nodes check, participants to the audit log",
     ),
     "byte counting": (
-        ("strategies.compression.strategy:message_bytes",),
+        ("strategies.traffic:message_bytes",),
         "serialised size of every instruction and reply (bytes-uploaded/-downloaded)",
     ),
     "compression wrapper (off)": (
         (
             "strategies.compression.strategy:CompressedUpdates.configure_train",
             "strategies.compression.strategy:CompressedUpdates.aggregate_train",
-            "strategies.compression.strategy:CompressedUpdates.configure_evaluate",
-            "strategies.compression.strategy:CompressedUpdates.aggregate_evaluate",
         ),
         "the decoding wrapper's own work with compression.method = none",
     ),

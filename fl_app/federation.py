@@ -30,6 +30,7 @@ from fl_app.checkpointing import (
 from fl_app.config import RunConfig
 from fl_app.reliability import (
     QuorumError,
+    Rejections,
     ReliableRounds,
     RollCallError,
     StragglerGrid,
@@ -52,6 +53,7 @@ from strategies import STRATEGIES, build_strategy
 from strategies.compression import CompressedUpdates
 from strategies.robust.simulation import SimulatedAttack, byzantine_partitions, model_attacks
 from strategies.secagg.client import SECAGG_STEPS
+from strategies.traffic import TrafficMeter
 from strategies.wrappers import RoundReporter, SeededSampling, ValidatedUpdates
 from tasks import Task, get_task
 from tasks.base import MOMENTS_KEY
@@ -236,21 +238,15 @@ def wrap_strategy(
 ) -> Strategy:
     """The app's wrappers around a registered strategy, outermost first: reliability
     (payload limit, quorum and retries, audit log; fl_app.reliability), reporting,
-    byte counting and decoding of compressed updates, secure aggregation or attack
-    simulation (if configured), update validation, seeded sampling."""
-    reliable = ReliableRounds(
-        strategy,  # re-pointed at the wrapped chain below
-        min_train_nodes=cfg.sampling.min_train_nodes,
-        retries=cfg.sampling.round_retries,
-        timeout=cfg.sampling.round_timeout,
-        roster=roster,
-        audit=audit,
-        max_update_bytes=cfg.robust.max_update_bytes,
-    )
+    traffic metering, decoding of compressed updates, traffic metering of the decoded
+    replies, secure aggregation or attack simulation (if configured), update validation,
+    seeded sampling. Built from the inside out: each wrapper gets its finished inner."""
+    rejections = Rejections()  # validation (inner) fills it, reliability (outer) audits it
+    sizes: dict = {}  # the two traffic meters measure a reply the decoder kept as is once
     wrapped: Strategy = ValidatedUpdates(
         SeededSampling(strategy, cfg.seed, roster),
         max_norm_ratio=cfg.robust.max_update_norm_ratio,
-        on_reject=reliable.note_rejection,
+        on_reject=rejections,
     )
     if cfg.attack.kind in model_attacks():
         byzantine = byzantine_partitions(len(roster), cfg.attack.fraction, cfg.seed)
@@ -267,12 +263,28 @@ def wrap_strategy(
             bits=cfg.secagg.quantization_bits,
             timeout=cfg.sampling.round_timeout,
         )
-    # Outside validation and attack simulation: they see decoded updates. Always on, as
-    # it also measures the serialised bytes of every round (bytes-uploaded).
+    # Outside validation and attack simulation: they see decoded updates. Always on: a
+    # reply it cannot decode is counted (undecodable-updates) and dropped. The traffic
+    # meters around it measure every run: replies as decoded (bytes-uploaded-dense),
+    # as received (bytes-uploaded) and instructions as sent (bytes-downloaded).
+    wrapped = TrafficMeter(
+        wrapped, uploaded_key="bytes-uploaded-dense", downloaded_key=None, timed=False,
+        sizes=sizes,
+    )  # fmt: skip
     wrapped = CompressedUpdates(wrapped)
-    reliable.inner = RoundReporter(wrapped, sinks.log_metrics, sinks.log_silo_metrics)
+    wrapped = TrafficMeter(wrapped, sizes=sizes)
+    wrapped = RoundReporter(wrapped, sinks.log_metrics, sinks.log_silo_metrics)
     # Outermost: payload limit, quorum/retries and the audit see replies as received.
-    return reliable
+    return ReliableRounds(
+        wrapped,
+        min_train_nodes=cfg.sampling.min_train_nodes,
+        retries=cfg.sampling.round_retries,
+        timeout=cfg.sampling.round_timeout,
+        roster=roster,
+        audit=audit,
+        max_update_bytes=cfg.robust.max_update_bytes,
+        rejections=rejections,
+    )
 
 
 def run_federation(

@@ -87,6 +87,25 @@ class RollCallError(RuntimeError):
         super().__init__(message)
 
 
+class Rejections:
+    """The updates validation rejected in the current round: the ``on_reject`` callback
+    of :class:`strategies.wrappers.ValidatedUpdates`, read (and cleared before each
+    aggregation) by :class:`ReliableRounds` for the audit log. Created first and handed
+    to both, so the wrapper chain can be built from the inside out."""
+
+    def __init__(self) -> None:
+        self._items: list[Rejection] = []
+
+    def __call__(self, server_round: int, rejection: Rejection) -> None:
+        self._items.append(rejection)
+
+    def __iter__(self):
+        return iter(list(self._items))
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
 class ReliableRounds(StrategyWrapper):
     """Quorum, retries, payload limit and audit around a round (see module doc).
 
@@ -106,6 +125,8 @@ class ReliableRounds(StrategyWrapper):
         Where each round is recorded.
     max_update_bytes : int
         Payload limit per reply; 0 = the global model's size + 1 MiB.
+    rejections : Rejections, optional
+        The round's rejected updates, filled by validation inside ``inner`` (audited).
     """
 
     def __init__(
@@ -118,6 +139,7 @@ class ReliableRounds(StrategyWrapper):
         roster: Mapping[int, int] | None = None,
         audit: AuditLog | None = None,
         max_update_bytes: int = 0,
+        rejections: Rejections | None = None,
     ) -> None:
         super().__init__(inner)
         self.min_train_nodes = min_train_nodes
@@ -129,17 +151,13 @@ class ReliableRounds(StrategyWrapper):
         self._limit = max_update_bytes
         self._grid: Grid | None = None
         self._sent: dict[tuple[str, int], list[Message]] = {}
-        self._rejections: list[Rejection] = []
+        self.rejections = rejections if rejections is not None else Rejections()
 
     # -- helpers ------------------------------------------------------------------------
     def silo(self, node_id: int) -> str:
         """``"node <id> (partition <p>)"``."""
         pid = self.roster.get(node_id)
         return f"node {node_id} (partition {pid if pid is not None else '?'})"
-
-    def note_rejection(self, server_round: int, rejection: Rejection) -> None:
-        """Callback for :class:`strategies.wrappers.ValidatedUpdates`: audit the reason."""
-        self._rejections.append(rejection)
 
     def _remember(self, phase: str, server_round: int, grid: Grid, messages) -> list[Message]:
         messages = list(messages)
@@ -261,7 +279,7 @@ class ReliableRounds(StrategyWrapper):
             if self.audit is not None:
                 self.audit.record("train", **entry, outcome="quorum-not-reached")
             raise QuorumError(server_round, ok, self.min_train_nodes, missing)
-        self._rejections = []
+        self.rejections.clear()
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         if self.audit is not None:
             self.audit.record(
@@ -269,7 +287,7 @@ class ReliableRounds(StrategyWrapper):
                 **entry,
                 rejected=[
                     {"node-id": r.node_id, "partition-id": r.partition_id, "reason": r.reason}
-                    for r in self._rejections
+                    for r in self.rejections
                 ],
                 outcome="aggregated" if arrays is not None else "model-unchanged",
                 epsilon=(

@@ -2,11 +2,7 @@
 (:mod:`.records`) and the server-side decoding wrapper (:mod:`.strategy`)."""
 
 from strategies.compression.codecs import SCHEMES, CompressionSpec, decode, encode
-from strategies.compression.records import (
-    compress_train_content,
-    decompress_content,
-    message_bytes,
-)
+from strategies.compression.records import compress_train_content, decompress_content
 from strategies.compression.strategy import CompressedUpdates
 
 __all__ = [
@@ -17,5 +13,4 @@ __all__ = [
     "decode",
     "decompress_content",
     "encode",
-    "message_bytes",
 ]

@@ -24,23 +24,21 @@ Server: :func:`decompress_content` rebuilds the ordinary ``arrays`` record
 (global + decoded delta, original keys, shapes and dtypes), so validation, attack
 simulation, DP and every strategy downstream see a normal reply.
 
-:func:`message_bytes` is what Flower puts on the wire for a message: since Flower 1.20
-a Message travels as a tree of "inflatable" objects (Message → RecordDict → records →
-Arrays → ArrayChunks), each pushed as its ``deflate()`` bytes and deduplicated by
-object id; we sum exactly those bytes.
+What a message weighs on the wire is measured apart from all this, in every run, by
+:mod:`strategies.traffic`.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Mapping
 from logging import INFO
+from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 from flwr.supercore import log
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from strategies.compression.codecs import (
     CompressionSpec,
@@ -61,26 +59,6 @@ ESTIMATE_STEP_KEY = "compression-estimate-step"  # ConfigRecord in state; train-
 EF21_BASE = "ef21-base"  # payload meta: the estimate step the update builds on (0 = none)
 RAW_PREFIX = "raw/"
 FEEDBACKS = ("ef21", "residual")
-
-
-def message_bytes(obj: Message | RecordDict) -> int:
-    """Bytes Flower serialises for ``obj``: the sum of ``deflate()`` over its unique
-    inflatable objects (what a SuperNode pushes to the SuperLink)."""
-    return sum(len(o.deflate()) for o in get_all_nested_objects(obj).values())
-
-
-def messages_bytes(messages: Iterable[Message]) -> int:
-    """``sum(message_bytes(m) for m in messages)``, each distinct object deflated once: a
-    round's train instructions share one global model (10 silos: 10 deflates → 1)."""
-    sizes: dict[int, int] = {}
-    total = 0
-    for msg in messages:
-        for obj in get_all_nested_objects(msg).values():
-            size = sizes.get(id(obj))
-            if size is None:  # the messages hold every object, so ids stay unique here
-                size = sizes[id(obj)] = len(obj.deflate())
-            total += size
-    return total
 
 
 def _is_float(arr: Array) -> bool:
@@ -286,6 +264,30 @@ class EstimateStore:
         if old is not None and not isinstance(old, np.memmap):
             mapped[:used] = old[:used]
         self._buffer = mapped
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every silo's estimate and step, for a checkpoint: ``nodes`` (node ids, in row
+        order), their ``steps`` and ``rows``, one float32 tensor (silos × model size; a
+        copy in RAM, also of a memory-mapped buffer), ``None`` when empty."""
+        nodes = sorted(self._rows, key=self._rows.__getitem__)
+        rows = None
+        if nodes and self._buffer is not None:
+            rows = torch.from_numpy(np.array(self._buffer[: len(nodes)], dtype=np.float32))
+        return {"nodes": nodes, "steps": [self._steps[n] for n in nodes], "rows": rows}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (into RAM or, beyond ``resident_limit``, the
+        memory-mapped spill file, as if the silos' updates had arrived here)."""
+        self.close()
+        self._steps.clear()
+        self._rows.clear()
+        nodes, steps, rows = list(state["nodes"]), list(state["steps"]), state["rows"]
+        if len(steps) != len(nodes) or (nodes and (rows is None or len(rows) != len(nodes))):
+            raise ValueError("EF21 estimate state: nodes, steps and rows do not match")
+        for index, (node, step) in enumerate(zip(nodes, steps, strict=True)):
+            values = np.asarray(rows[index], dtype=np.float32)
+            self._row_for(int(node), values.size)[:] = values
+            self._steps[int(node)] = int(step)
 
     def close(self) -> None:
         """Drop the estimates' buffer (and the spill file, if any)."""

@@ -222,6 +222,27 @@ class SimulatedAttack(StrategyWrapper):
             if meta.get("tracks_direction") else None
         )  # fmt: skip
 
+    def own_state(self):
+        """ROP's previous global model and aggregate; Mimic's tracker (see module doc)."""
+        state = {
+            "previous-reference": self._previous_reference,
+            "previous-aggregate": self._previous_aggregate,
+        }
+        if self._mimic is not None:
+            mimic = self._mimic
+            state["mimic"] = {"rounds": mimic.rounds, "mean": mimic.mean,
+                              "direction": mimic.direction, "target": mimic.target}  # fmt: skip
+        return state
+
+    def load_own_state(self, state):
+        # Keys absent from checkpoints written before this state was kept: nothing to restore.
+        self._previous_reference = state.get("previous-reference")
+        self._previous_aggregate = state.get("previous-aggregate")
+        if self._mimic is not None and (mimic := state.get("mimic")) is not None:
+            self._mimic.rounds = int(mimic["rounds"])
+            self._mimic.mean, self._mimic.direction = mimic["mean"], mimic["direction"]
+            self._mimic.target = mimic["target"]
+
     def configure_train(self, server_round, arrays, config, grid):
         self._global = arrays
         if self.reads_previous_aggregate:  # the last aggregate = the global model's change

@@ -439,3 +439,54 @@ def test_stragglers_are_cut_after_the_grace_once_the_quorum_is_in(tmp_path):
     (train,) = _trains(run_dir).values()
     assert train["missing"] == [{"node-id": 1004, "partition-id": None}]
     assert sorted(u["partition-id"] for u in train["updates"]) == [0, 1, 2]
+
+
+class ServerCrash(BaseException):
+    """The server process dies (as under SIGKILL: nothing of the app catches it)."""
+
+
+class CrashingGrid(FaultyGrid):
+    """The server dies as it is about to send round ``crash_round``'s train messages;
+    the silos (this grid's node contexts, with their persistent state) live on."""
+
+    def __init__(self, cfg: RunConfig, crash_round: int) -> None:
+        super().__init__(cfg)
+        self.crash_round = crash_round
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        if any(m.metadata.message_type == "train" and _round_of(m) == self.crash_round
+               for m in messages):  # fmt: skip
+            self.crash_round = None
+            raise ServerCrash
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"strategy": "fedavg", "compression.method": "topk", "compression.topk-feedback": "ef21"},
+        {"strategy": "cclip", "attack.kind": "rop", "attack.fraction": 0.25},
+        # Warm-up of 4 rounds: rounds 3 and 4 update the direction estimate; with seed 1
+        # a tracker started afresh on resume copies silo 3 there instead of silo 0.
+        {"strategy": "robust-multikrum", "attack.kind": "mimic", "attack.fraction": 0.25,
+         "attack.strength": 4, "seed": 1},
+    ],
+    ids=["topk-ef21", "rop", "mimic"],
+)
+def test_a_run_resumed_after_round_2_ends_with_the_straight_runs_model(tmp_path, settings):
+    """State kept between rounds by wrappers: EF21's per-silo estimates on the server
+    (CompressedUpdates; the silos keep theirs), ROP's previous aggregate and Mimic's
+    direction tracker (SimulatedAttack) come back from the checkpoint."""
+    settings = {**settings, "num-server-rounds": 4}
+    straight = config(tmp_path / "straight", **settings)
+    _, straight_dir = run_federation(FaultyGrid(straight), straight)
+
+    crashed = config(tmp_path / "crashed", **settings)
+    grid = CrashingGrid(crashed, crash_round=3)
+    with pytest.raises(ServerCrash):
+        run_federation(grid, crashed)
+    resumed = config(tmp_path / "crashed", **{"output.resume": True}, **settings)
+    assert find_resume_point(resumed).round == 2
+    _, run_dir = run_federation(grid, resumed)
+    assert_same_model(run_dir, straight_dir)

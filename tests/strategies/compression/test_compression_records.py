@@ -17,7 +17,6 @@ from strategies.compression import (
     CompressionSpec,
     compress_train_content,
     decompress_content,
-    message_bytes,
 )
 from strategies.compression.records import (
     COMPRESSED_KEY,
@@ -26,8 +25,8 @@ from strategies.compression.records import (
     PAYLOAD_KEY,
     RESIDUAL_KEY,
     EstimateStore,
-    messages_bytes,
 )
+from strategies.traffic import TrafficMeter, message_bytes, messages_bytes
 from tasks.models import SmallCNN
 
 
@@ -242,11 +241,21 @@ def test_ef21_estimates_spill_to_a_memory_mapped_file_bit_identically(tmp_path):
     assert spilled.estimate(99) is None
     with pytest.raises(ValueError, match="builds on estimate step 2, the server holds step 3"):
         spilled.advance(100, 2, torch.zeros(size))
+    # A checkpoint's state round-trips either way: spilled → RAM and RAM → spilled.
+    to_spill = EstimateStore(resident_limit=2**20, spill_dir=str(tmp_path))
+    for source, target in ((spilled, EstimateStore()), (in_ram, to_spill)):
+        target.load_state_dict(source.state_dict())
+        assert target.memory_mapped == (source is in_ram)
+        for node in nodes:
+            assert target.step(node) == 3
+            assert torch.equal(target.estimate(node), in_ram.estimate(node))
+        target.close()
+    assert list(tmp_path.iterdir()) == []
     spilled.close()
     assert spilled.estimate(100) is None
 
 
-def test_wrapper_decodes_counts_bytes_and_drops_undecodable(flower_identity):
+def test_wrapper_decodes_and_drops_undecodable_and_meters_count_bytes(flower_identity):
     received, _ = _records(SmallCNN())
     replies, expected = [], []
     for pid in range(3):
@@ -263,9 +272,12 @@ def test_wrapper_decodes_counts_bytes_and_drops_undecodable(flower_identity):
     replies.append(Message(bad, reply_to=instruction))
     sizes = [message_bytes(m) for m in replies]
 
-    wrapper = CompressedUpdates(FedAvg())
-    wrapper._global = received
-    arrays, metrics = wrapper.aggregate_train(1, replies)
+    dense_meter = TrafficMeter(
+        FedAvg(), uploaded_key="bytes-uploaded-dense", downloaded_key=None, timed=False
+    )
+    decoder = CompressedUpdates(dense_meter)
+    decoder._global = received
+    arrays, metrics = TrafficMeter(decoder).aggregate_train(1, replies)
     assert metrics["undecodable-updates"] == 1
     assert metrics["bytes-uploaded"] == sum(sizes)
     assert metrics["bytes-uploaded-dense"] > 3.5 * sum(sizes[:3])
