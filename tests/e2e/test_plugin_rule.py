@@ -105,8 +105,10 @@ def test_the_installed_package_registers_its_rule_as_a_strategy(plugin_on_path):
     assert "refused True" in out
 
 
-def test_flwr_run_selects_the_plugin_rule_and_learns(plugin_on_path):
-    run = run_simulation({"strategy": RULE, "num-server-rounds": 3}, num_supernodes=4)
+def test_flwr_run_selects_the_plugin_rule_and_learns(plugin_on_path, tmp_path):
+    run = run_simulation(
+        {"strategy": RULE, "num-server-rounds": 3}, num_supernodes=4, run_dir=tmp_path / "runs"
+    )
     assert run.ok, run.output[-3000:]
     assert json.loads((run.run_dir / "config.json").read_text())["strategy"] == RULE
     server = [r for r in run.metrics if r["phase"] == "server"]
