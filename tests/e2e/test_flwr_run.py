@@ -65,7 +65,8 @@ def test_readme_command_1_runs_ten_silos_learns_and_writes_its_run_directory():
     assert {"model.pt", "metrics.json", "metrics.csv", "config.json"} <= files
     model = get_task("digits").build_model()
     model.load_state_dict(torch.load(run.run_dir / "model.pt"))
-    test = get_task("digits").load_test(RunConfig())
+    default = RunConfig()
+    test = get_task("digits").load_test(default.data, default.seed)
     acc = get_task("digits").evaluate(model, test)["accuracy"]
     assert acc == pytest.approx(server[-1]["accuracy"])
     assert _no_superlink_left()
