@@ -129,6 +129,14 @@ class RunConfig(Section):
 
     # ------------------------------------------------------------------ building
     @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> RunConfig:
+        """A mapping (flat dotted keys or nested sections) is validated as by
+        :meth:`from_flower`, with the same checks and :class:`ConfigError`."""
+        if isinstance(obj, Mapping) and not kwargs:
+            return cls.from_flower(obj)
+        return super().model_validate(obj, **kwargs)
+
+    @classmethod
     def from_flower(cls, run_config: Mapping[str, Any]) -> RunConfig:
         """Validate Flower's flat ``context.run_config`` (dotted keys; nested mappings are
         flattened first); raise :class:`ConfigError`."""

@@ -244,6 +244,8 @@ def test_a_config_built_in_python_gets_the_same_checks_and_a_config_error(kwargs
     by every silo later; now Python-built configs raise ConfigError like Flower's."""
     with pytest.raises(ConfigError, match=fragment):
         RunConfig(**kwargs)
+    with pytest.raises(ConfigError, match=fragment):
+        RunConfig.model_validate(kwargs)
 
 
 def test_int_is_accepted_for_float_and_fingerprint_is_stable():
