@@ -31,7 +31,15 @@ __all__ = [
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: What computes a figure: a change here makes the tree dirty for a benchmark.
-CODE_PATHS = ("fl_core", "fl_app", "strategies", "tasks", "adapters", "benchmarks", "pyproject.toml")
+CODE_PATHS = (
+    "fl_core",
+    "fl_app",
+    "strategies",
+    "tasks",
+    "adapters",
+    "benchmarks",
+    "pyproject.toml",
+)
 
 
 @dataclass(frozen=True)
