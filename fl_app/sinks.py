@@ -39,7 +39,6 @@ class TrackingSection(Section):
     )
 
 
-
 #: Metric (1.0 / 0.0) and audit field (bool) saying whether the run's DP noise is secret.
 DP_PRIVATE_KEY = "dp-private"
 #: ``phase`` of the row at the top of ``metrics.json`` that states the run's privacy.

@@ -67,8 +67,12 @@ def test_before_rev_is_measured_in_a_temporary_worktree_that_is_removed():
         assert commit == head
         assert (checkout / "fl_app" / "federation.py").is_file()
         assert (checkout / "benchmarks" / "overhead_worker.py").exists() == (
-            subprocess.run(["git", "cat-file", "-e", f"{head}:benchmarks/overhead_worker.py"],
-                           cwd=PROJECT_DIR, check=False).returncode == 0
+            subprocess.run(
+                ["git", "cat-file", "-e", f"{head}:benchmarks/overhead_worker.py"],
+                cwd=PROJECT_DIR,
+                check=False,
+            ).returncode
+            == 0
         )  # fmt: skip  (the checkout is REV's files, not this tree's)
     listed = subprocess.run(["git", "worktree", "list"], cwd=PROJECT_DIR, capture_output=True,
                             text=True, check=True).stdout  # fmt: skip
