@@ -284,17 +284,16 @@ def tracking_sinks(cfg: RunConfig, run_dir: Path) -> list[MetricsSink]:
     """Sinks the run config turns on: ``mlflow`` when ``tracking.mlflow-uri`` is set, and
     every name in ``tracking.sinks``. A sink that is asked for but not registered is a
     :class:`ConfigError` naming the key."""
-    wanted = ["mlflow"] if cfg.tracking.mlflow_uri else []
-    wanted += [n.strip() for n in cfg.tracking.sinks.split(",") if n.strip() not in ("", *wanted)]
-    sinks = []
-    for name in wanted:
-        key = "tracking.mlflow-uri" if name == "mlflow" else "tracking.sinks"
-        factory = SINKS.for_config(
-            name,
-            key=key,
-            value=cfg.tracking.mlflow_uri if name == "mlflow" else cfg.tracking.sinks,
-            hint="The MLflow sink is wired by adapters.app (the app's components in "
-            "pyproject.toml); in Python, import adapters.app first.",
-        )
-        sinks.append(factory(cfg, run_dir))
-    return sinks
+    tracking = cfg.tracking
+    asked = {"mlflow": ("tracking.mlflow-uri", tracking.mlflow_uri)} if tracking.mlflow_uri else {}
+    for name in (n.strip() for n in tracking.sinks.split(",")):
+        if name:
+            asked.setdefault(name, ("tracking.sinks", tracking.sinks))
+    hint = (
+        "The MLflow sink is wired by adapters.app (the app's components in pyproject.toml); "
+        "in Python, import adapters.app first."
+    )
+    return [
+        SINKS.for_config(name, key=key, value=value, hint=hint)(cfg, run_dir)
+        for name, (key, value) in asked.items()
+    ]

@@ -109,7 +109,6 @@ class Registry(Generic[T]):
         *,
         group: str,
         builtins: Iterable[str] = (),
-        config_key: str = "",
         lazy: bool = False,
         sort: bool = False,
     ) -> None:
@@ -117,7 +116,6 @@ class Registry(Generic[T]):
         self.lazy = lazy
         self.sort = sort  # list names alphabetically (else in registration order)
         self.group = group
-        self.config_key = config_key or kind
         self._builtins = tuple(builtins)
         self._entries: dict[str, Entry[T]] = {}
         self._loaded = False
@@ -208,8 +206,9 @@ class Registry(Generic[T]):
         known = list(entries)
         close = difflib.get_close_matches(name, known, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
+        choices = f"Choose one of: {', '.join(known)}" if known else "None is registered"
         raise RegistryError(
-            f"unknown {self.kind} '{name}'.{hint} Choose one of: {', '.join(known)} "
+            f"unknown {self.kind} '{name}'.{hint} {choices} "
             f"(or register one: see docs/extending.md, entry-point group '{self.group}')"
         )
 
@@ -238,11 +237,11 @@ class Registry(Generic[T]):
         return len(self._all())
 
     def items(self) -> list[tuple[str, T]]:
-        """``(name, object)`` pairs, in registration order (imports lazy entries)."""
+        """``(name, object)`` pairs, in listing order (imports lazy entries)."""
         return list(self.mapping().items())
 
     def entries(self) -> list[Entry[T]]:
-        """Every entry, in registration order."""
+        """Every entry, in listing order (registration order, or by name with ``sort``)."""
         return list(self._all().values())
 
     def names(

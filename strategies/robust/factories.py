@@ -40,11 +40,16 @@ def _pre(cfg: StrategyConfig) -> tuple[list, dict[str, Any]]:
     return stages, params
 
 
+#: Returned by a :data:`ROBUST_PARAMS` reader: leave the rule's default.
+OMIT = object()
+
 #: How a rule's keyword parameter (as declared in its ``params``) is read from the robust
-#: section; ``None`` from the reader = leave the rule's default.
+#: section, with the keys' own meanings: ``num-selected = 0`` leaves the rule's n − f,
+#: ``cclip-tau = 0`` passes ``tau=None`` (per round, the median distance), as the built-in
+#: factories below do.
 ROBUST_PARAMS: dict[str, tuple[str, Callable[[RobustSection], Any]]] = {
     "num_byzantine": ("robust.num-byzantine", lambda r: r.num_byzantine),
-    "num_selected": ("robust.num-selected", lambda r: r.num_selected or None),
+    "num_selected": ("robust.num-selected", lambda r: r.num_selected or OMIT),
     "beta": ("robust.trim-beta", lambda r: r.trim_beta),
     "tau": ("robust.cclip-tau", lambda r: r.cclip_tau or None),
     "max_norm": ("robust.clip-norm", lambda r: r.clip_norm),
@@ -64,7 +69,7 @@ def rule_strategy(entry: Entry) -> Callable[[StrategyConfig], RobustAggregation]
         params = {}
         for name in entry.extra.get("params", ()):
             value = ROBUST_PARAMS[name][1](cfg.robust)
-            if value is not None:
+            if value is not OMIT:
                 params[name] = value
         strategy = _robust(cfg, entry.obj, **params)
         strategy.use_previous_as_center = bool(entry.extra.get("uses_previous"))
