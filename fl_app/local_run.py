@@ -56,6 +56,9 @@ class SimulationRun:
     #: ``finished:failed``; ``flwr run --stream`` itself may exit 0 on a failed run.
     status: str = "unknown"
     status_details: str = ""
+    #: The run's own (temporary, already removed) FLWR_HOME: it names the SuperLink this
+    #: run started, so a caller can check that one is gone (:func:`superlinks_of`).
+    flwr_home: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -84,7 +87,7 @@ def stop_process_tree(proc: psutil.Process, timeout: float = 10.0) -> None:
     psutil.wait_procs(alive, timeout=timeout)
 
 
-def _superlinks_of(flwr_home: Path) -> list[psutil.Process]:
+def superlinks_of(flwr_home: Path) -> list[psutil.Process]:
     marker = str(flwr_home)
     found = []
     for proc in psutil.process_iter(["cmdline"]):
@@ -162,7 +165,7 @@ def run_simulation(
             output = f"{exc.stdout or ''}{exc.stderr or ''}\n[timeout after {timeout}s]"
             code = -1
         finally:
-            for superlink in _superlinks_of(flwr_home):
+            for superlink in superlinks_of(flwr_home):
                 stop_process_tree(superlink)
         runs = sorted(set(out_root.glob("*/metrics.json")) - before) if out_root.exists() else []
         metrics = json.loads(runs[-1].read_text()) if runs else []
@@ -173,6 +176,7 @@ def run_simulation(
             metrics,
             status=status.get("status", "unknown"),
             status_details=status.get("status-details", ""),
+            flwr_home=flwr_home,
         )
 
 

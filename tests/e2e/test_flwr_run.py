@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 
-import psutil
 import pytest
 import torch
 
@@ -16,19 +15,18 @@ from fl_app.client_app import app as client_app
 from fl_app.config import RunConfig
 from fl_app.federation import run_federation
 from fl_app.inprocess import InProcessGrid
-from fl_app.local_run import PROJECT_DIR, run_simulation
+from fl_app.local_run import PROJECT_DIR, run_simulation, superlinks_of
 from fl_app.sinks import is_runtime_metric
 from tasks import get_task
 
 pytestmark = pytest.mark.e2e
 
 
-def _no_superlink_left():
-    return not [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if any("fedsilo-flwr-" in c for c in (p.info.get("cmdline") or []))
-    ]
+def _no_superlink_left(run):
+    """The SuperLink this run started (found by its own FLWR_HOME) is gone; SuperLinks of
+    runs other xdist workers have going at the same time are not this test's business."""
+    assert run.flwr_home is not None
+    return not superlinks_of(run.flwr_home)
 
 
 def _readme_run_command() -> str:
@@ -69,7 +67,7 @@ def test_readme_command_1_runs_ten_silos_learns_and_writes_its_run_directory():
     test = get_task("digits").load_test(default.data, default.seed)
     acc = get_task("digits").evaluate(model, test)["accuracy"]
     assert acc == pytest.approx(server[-1]["accuracy"])
-    assert _no_superlink_left()
+    assert _no_superlink_left(run)
 
 
 request_cleanup: list = []  # run directories README command 1 wrote into outputs/
