@@ -47,6 +47,7 @@ from strategies.compression.codecs import CompressionSection
 from strategies.flower_builtin import ServerSection
 from strategies.privacy.config import DPSection
 from strategies.registry import STRATEGIES
+from strategies.robust.rule_params import check_rule_params
 from strategies.robust.section import RobustSection
 from strategies.robust.simulation import ATTACKS, AttackSection
 from strategies.secagg.checks import SecAggSection, check_secure_aggregation
@@ -246,6 +247,7 @@ class RunConfig(Section):
             )
         if self.secagg.enabled:
             check_secure_aggregation(self)
+        check_rule_params(self)
         if sampling.min_train_nodes > sampling.min_available_nodes:
             raise ConfigError(
                 f"run-config 'sampling.min-train-nodes' = {sampling.min_train_nodes} exceeds "

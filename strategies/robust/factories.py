@@ -7,8 +7,10 @@ The built-in rules have a factory each below (their documented mapping from the
 ``robust`` section). Any other rule in :data:`strategies.robust.registry.RULES`, a new file
 in ``strategies/robust/rules/`` or a rule from another package's ``fedsilo.rules`` entry
 point, becomes a strategy of the same name through :func:`rule_strategy`: its declared
-``params`` are read from the ``robust`` section (:data:`ROBUST_PARAMS`), and its metadata
-(family, compatibility) is the strategy's."""
+``params`` are read from the ``robust`` section (:data:`ROBUST_PARAMS`), the fields of its
+own ``section`` (if it declares one) from ``robust.rule-params``
+(:mod:`strategies.robust.rule_params`), and its metadata (family, compatibility) is the
+strategy's."""
 
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from strategies.flower_builtin import common_kwargs
 from strategies.registry import STRATEGIES
 from strategies.robust import preaggregators as pre
 from strategies.robust.registry import RULES
+from strategies.robust.rule_params import KEY as RULE_PARAMS_KEY
+from strategies.robust.rule_params import check_rule_section, section_params
 from strategies.robust.section import RobustSection
 from strategies.robust.strategy import RobustAggregation
 
@@ -58,19 +62,23 @@ ROBUST_PARAMS: dict[str, tuple[str, Callable[[RobustSection], Any]]] = {
 
 def rule_strategy(entry: Entry) -> Callable[[StrategyConfig], RobustAggregation]:
     """A strategy factory for the registered rule ``entry`` (see module doc)."""
-    unknown = [p for p in entry.extra.get("params", ()) if p not in ROBUST_PARAMS]
+    declared = tuple(entry.extra.get("params", ()))
+    unknown = [p for p in declared if p not in ROBUST_PARAMS]
     if unknown:
         raise RegistryError(
             f"aggregation rule '{entry.name}' declares params {unknown} that the robust "
-            f"section does not provide; known: {', '.join(ROBUST_PARAMS)}"
+            f"section does not provide; known: {', '.join(ROBUST_PARAMS)}. A parameter of "
+            f"its own goes in a section=, set through '{RULE_PARAMS_KEY}'"
         )
+    check_rule_section(entry, declared)
 
     def factory(cfg: StrategyConfig) -> RobustAggregation:
         params = {}
-        for name in entry.extra.get("params", ()):
+        for name in declared:
             value = ROBUST_PARAMS[name][1](cfg.robust)
             if value is not OMIT:
                 params[name] = value
+        params.update(section_params(entry, cfg.robust.rule_params))
         strategy = _robust(cfg, entry.obj, **params)
         strategy.use_previous_as_center = bool(entry.extra.get("uses_previous"))
         return strategy
@@ -97,7 +105,10 @@ def _rule_strategies(strategies: Registry) -> None:
             doc=entry.doc,
             origin=entry.origin,
             rule=entry.name,
-            config_keys=tuple(ROBUST_PARAMS[p][0] for p in entry.extra.get("params", ())),
+            config_keys=(
+                *(ROBUST_PARAMS[p][0] for p in entry.extra.get("params", ())),
+                *((RULE_PARAMS_KEY,) if entry.section is not None else ()),
+            ),
         )
 
 

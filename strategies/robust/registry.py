@@ -9,6 +9,9 @@ the name of the Flower-app strategy that uses it, with
 * ``compatible``: the cross-cutting features it works with (``central-dp``, ``secagg``,
   ``topk``);
 * ``params``: its keyword parameters that come from the run config's robust section;
+* ``section``: a :class:`fl_core.config.Section` in the rule's own file whose fields are
+  further keyword parameters, set through ``robust.rule-params``
+  (:mod:`strategies.robust.rule_params`);
 * ``uses_previous=True`` if it takes the previous aggregate as ``center``;
 * ``needs_server_update=True`` if it takes the server's own update as ``server_update``.
 """

@@ -41,6 +41,12 @@ class RobustSection(Section):
     clip_norm: float = Field(
         1.0, gt=0, description="Update-norm bound C of norm-clip (DP clipping: `dp.clip-norm`)."
     )
+    rule_params: str = Field(
+        "",
+        description="Parameters of a rule that declares a section of its own (e.g. a rule "
+        "from another package): `name=value,name=value`, checked against that section "
+        "(docs/extending.md).",
+    )
     fltrust_root_size: int = Field(
         100, ge=1, description="Rows of the server's root data set (FLTrust)."
     )

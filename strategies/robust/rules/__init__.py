@@ -38,7 +38,8 @@ Conventions shared by all rules:
 
 Adding a rule touches one new file here: the function, with its contract in its docstring,
 decorated with ``@RULES.register(name, family=..., compatible=..., params=...)`` from
-:mod:`strategies.robust.registry`; it is built from :mod:`strategies.robust.checks` and
-:mod:`strategies.robust.kernels`. Every module of this package is imported when the
-registry is first read, so no list needs editing.
+:mod:`strategies.robust.registry` (and ``section=`` a section in the same file for
+parameters of its own, set through ``robust.rule-params``); it is built from
+:mod:`strategies.robust.checks` and :mod:`strategies.robust.kernels`. Every module of this
+package is imported when the registry is first read, so no list needs editing.
 """
