@@ -31,6 +31,7 @@ lineage): a round a silo had already answered before the crash gets fresh noise.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -95,11 +96,20 @@ def stored_settings(settings: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
     dotted keys (older versions wrote flat keys), transient keys and the config hash
     left out: comparable with ``cfg``'s :func:`training_settings`."""
     transient = transient_keys(type(cfg))
-    return {
+    stored = {
         k: v
         for k, v in legacy_settings(settings).items()
         if k not in transient and k != "config-hash"
     }
+    # A key added after the run was written was at its default then: a new key's default
+    # keeps the earlier behaviour (e.g. selection.policy = "random", robust.rule-params = "").
+    return {**_defaults(type(cfg)), **stored}
+
+
+@functools.cache
+def _defaults(config_type: type) -> dict[str, Any]:
+    """The default training settings of ``config_type``."""
+    return training_settings(config_type())
 
 
 def settings_hash(cfg: RunConfig) -> str:

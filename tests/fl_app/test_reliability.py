@@ -307,6 +307,31 @@ def test_a_checkpoint_and_run_dir_of_the_flat_layout_still_resume(tmp_path, clea
         find_resume_point(other)
 
 
+def test_a_run_written_before_a_key_existed_resumes_with_that_keys_default(tmp_path, clean_run):
+    """A key added later (here robust.rule-params) is absent from an older run's
+    checkpoint and config.json; it was at its default then, so the run resumes."""
+    old_run = tmp_path / "runs" / clean_run.name
+    shutil.copytree(clean_run, old_run)
+    store = open_checkpoint_store(str(old_run / "checkpoints"))
+    blob = torch.load(io.BytesIO(store.load("latest.pt")), weights_only=True)
+    del blob["settings"]["robust.rule-params"]
+    buffer = io.BytesIO()
+    torch.save(blob, buffer)
+    store.save("latest.pt", buffer.getvalue())
+    params = json.loads((old_run / "config.json").read_text())
+    del params["robust.rule-params"]
+    (old_run / "config.json").write_text(json.dumps(params))
+
+    point = find_resume_point(config(tmp_path / "runs", **{"output.resume": True}))
+    assert point is not None and point.round == 3 and point.run_dir == old_run
+    # The default fills in for the missing key, nothing else does: another value of a
+    # key the old run did store is still named.
+    other = config(tmp_path, **{"output.resume": True, "output.resume-from": str(old_run),
+                                "training.local-epochs": 2})  # fmt: skip
+    with pytest.raises(ConfigError, match=r"'training.local-epochs': 1 → 2"):
+        find_resume_point(other)
+
+
 def _format2(layers: list[tuple[str, dict]]) -> list[dict]:
     """Strategy state in checkpoint format 2's layout: a list of layers, outermost first,
     FedAvgM's attributes under "attr:<name>" (tagged values), DP-FedAvg's state dict
@@ -469,8 +494,13 @@ class CrashingGrid(FaultyGrid):
         {"strategy": "cclip", "attack.kind": "rop", "attack.fraction": 0.25},
         # Warm-up of 4 rounds: rounds 3 and 4 update the direction estimate; with seed 1
         # a tracker started afresh on resume copies silo 3 there instead of silo 0.
-        {"strategy": "robust-multikrum", "attack.kind": "mimic", "attack.fraction": 0.25,
-         "attack.strength": 4, "seed": 1},
+        {
+            "strategy": "robust-multikrum",
+            "attack.kind": "mimic",
+            "attack.fraction": 0.25,
+            "attack.strength": 4,
+            "seed": 1,
+        },
     ],
     ids=["topk-ef21", "rop", "mimic"],
 )
