@@ -483,8 +483,11 @@ def markdown_table(results: Sequence[BenchmarkResult]) -> str:
     return Table(COLUMNS, left=2).extend(table_rows(results, bold=True)).markdown()
 
 
-def render_markdown(results: Sequence[BenchmarkResult], meta: Mapping[str, Any]) -> str:
-    """``docs/benchmarks.md``: what was compared, how, and the table."""
+def render_markdown(
+    results: Sequence[BenchmarkResult], meta: Mapping[str, Any], rendered: str = ""
+) -> str:
+    """``docs/benchmarks.md``: what was compared, how, and the table (``rendered``: the note
+    of a ``--render-only`` run)."""
     sizes = meta.get("data", {})
     size_lines = []
     for task, s in sizes.items():
@@ -570,7 +573,8 @@ def render_markdown(results: Sequence[BenchmarkResult], meta: Mapping[str, Any])
             else "`python -m benchmarks.centralized` (every task), or one task's rows with "
             "`python -m benchmarks.centralized --tasks <task> --merge`"
         )
-        + " (same config → same metrics; only the seconds vary).",
+        + " (same config → same metrics; only the seconds vary)."
+        + (f" {rendered}" if rendered else ""),
         "",
     ]
     return "\n".join(parts)
@@ -786,6 +790,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         out=harness.opt(
             None, f"Markdown output; the JSON goes next to it (default: {DEFAULT_OUT})"
         ),
+        render_only="rewrite the Markdown from the JSON next to --out (no runs)",
     )
     parser.add_argument(
         "--tasks", nargs="+", default=list(DEFAULT_TASKS), metavar="TASK",
@@ -806,6 +811,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     harness.log_to_console()
     args = parse_args(argv)
+    if args.render_only:
+        out = Path(args.out or DEFAULT_OUT)
+        data = json.loads(out.with_suffix(".json").read_text())
+        note = harness.rerender_note("centralized")
+        out.write_text(render_markdown(results_from_json(data), data["meta"], note))
+        print(f"wrote {out} from {out.with_suffix('.json')}")
+        return 0
     session = harness.start("centralized", argv, args.out, allow_dirty=args.allow_dirty)
     command, code = session.command, session.code
     results: list[BenchmarkResult] = []

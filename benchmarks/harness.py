@@ -42,6 +42,7 @@ import logging
 import math
 import os
 import platform
+import re
 import resource
 import statistics
 import subprocess
@@ -61,6 +62,7 @@ from benchmarks.provenance import (
     code_version,
     guard_docs_write,
 )
+from fl_app.legacy import LEGACY_KEYS
 
 __all__ = [
     "BENCH_ENV",
@@ -83,6 +85,7 @@ __all__ = [
     "command_line",
     "common_parser",
     "cpu_count",
+    "dotted_run_config",
     "guard_docs_write",
     "json_safe",
     "limit_threads",
@@ -99,6 +102,7 @@ __all__ = [
     "processes_with",
     "quiet",
     "repeat",
+    "rerender_note",
     "resolve_out",
     "rss",
     "run_json_child",
@@ -154,6 +158,7 @@ _FLAGS = {
     "no_write": "--no-write",
     "merge": "--merge",
     "resume": "--resume",
+    "render_only": "--render-only",
 }
 
 
@@ -171,19 +176,22 @@ def common_parser(
     no_write: str | _Off | None = OFF,
     merge: str | _Off | None = OFF,
     resume: str | _Off | None = OFF,
+    render_only: str | _Off | None = OFF,
     allow_dirty: bool = True,
 ) -> argparse.ArgumentParser:
     """A parent parser (``add_help=False``) with the shared options a benchmark has.
 
     Valued options (``rounds``, ``seed``, ``seeds``, ``reps``, ``repeats``, ``workers``,
     ``out``, ``json``) take their default, or :func:`opt` with a help text; flags
-    (``quick``, ``no_write``, ``merge``, ``resume``) take their help text (``None``: none).
+    (``quick``, ``no_write``, ``merge``, ``resume``, ``render_only``) take their help text
+    (``None``: none).
     Left out (the default): the benchmark has no such option. ``--allow-dirty`` is on
     unless ``allow_dirty=False`` (for benchmarks that never write into ``docs/``)."""
     common = argparse.ArgumentParser(add_help=False)
     given = {"rounds": rounds, "seed": seed, "seeds": seeds, "reps": reps, "repeats": repeats,
              "workers": workers, "out": out, "json": json}  # fmt: skip
-    flags = {"quick": quick, "no_write": no_write, "merge": merge, "resume": resume}
+    flags = {"quick": quick, "no_write": no_write, "merge": merge, "resume": resume,
+             "render_only": render_only}  # fmt: skip
     for name, help_text in flags.items():
         if help_text is not OFF:
             common.add_argument(_FLAGS[name], action="store_true", help=help_text)
@@ -223,6 +231,35 @@ def command_line(module: str, argv: Sequence[str] | None = None) -> str:
     """``python -m benchmarks.<module> <arguments>`` as run (``argv``, else ``sys.argv``)."""
     args = list(sys.argv[1:] if argv is None else argv)
     return " ".join([f"python -m benchmarks.{module}", *args]).strip()
+
+
+def dotted_run_config(command: str, *, section: str | None = None) -> str:
+    """``command`` with each flat run-config key of earlier versions inside its
+    ``--run-config "..."`` renamed to its dotted key (:data:`fl_app.legacy.LEGACY_KEYS`), so a
+    command stored in an older benchmark JSON is rendered as today's app takes it (same
+    settings). A flat key that became several (``clip-norm``: ``dp.clip-norm`` and
+    ``robust.clip-norm``) takes the one in ``section``."""
+
+    def rename(match: re.Match) -> str:
+        new = LEGACY_KEYS.get(match.group(2), (match.group(2),))
+        chosen = [k for k in new if k.split(".", 1)[0] == section] or list(new)
+        return match.group(1) + " ".join(f"{k}={match.group(3)}" for k in chosen)
+
+    def body(match: re.Match) -> str:
+        inner = re.sub(r"(^|\s)([a-z][a-z0-9-]*)=(\S+)", rename, match.group(2))
+        return f"--run-config {match.group(1)}{inner}{match.group(1)}"
+
+    return re.sub(r"""--run-config (["'])(.*?)\1""", body, command)
+
+
+def rerender_note(module: str) -> str:
+    """The sentence a doc re-rendered from its saved JSON (``--render-only``) carries: the
+    figures stay those measured at the commits the doc names, the text is this code's."""
+    return (
+        f"The text was re-rendered from the same JSON by `python -m benchmarks.{module} "
+        f"--render-only` at {code_version().label()}: no federation was rerun, every figure "
+        "is the JSON's."
+    )
 
 
 # ===================================================================== process setup

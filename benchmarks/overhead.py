@@ -308,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{args.json} was written by an older benchmarks.overhead (no 'revisions'); "
                 "re-run the benchmark to regenerate it"
             )
-        write_section("overhead", markdown(saved), args.out)
+        text = f"{markdown(saved).rstrip()}\n\n{harness.rerender_note('overhead')}\n"
+        write_section("overhead", text, args.out)
         return 0
     if args.quick:
         args.rounds, args.variants = 2, []

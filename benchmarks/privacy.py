@@ -327,7 +327,7 @@ def _number(value: Any) -> float | None:
 
 def stored_run_config(row: Mapping[str, Any]) -> dict[str, Any]:
     """A result row's run config under today's dotted keys (rows written before the run
-    config had sections hold flat keys; this grid's ``clip-norm`` was central DP's)."""
+    config had sections hold flat keys; this grid's ``clip-norm`` was ``dp.clip-norm``)."""
     from fl_app.config import legacy_settings
 
     stored = row.get("run_config") or {}
@@ -1043,8 +1043,11 @@ def _local_noise(task: str, info: Mapping[str, Any], local: Sequence[Mapping]) -
     return f"{task} (n ≈ {n}, d = {d:,}): " + ", ".join(parts)
 
 
-def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) -> str:
-    """The whole report (a pure function of the rows and meta)."""
+def render_markdown(
+    rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], rendered: str = ""
+) -> str:
+    """The whole report (a pure function of the rows and meta; ``rendered``: the note of a
+    ``--render-only`` run)."""
     tasks = meta.get("tasks", {})
     setup_rows = []
     for task, info in tasks.items():
@@ -1079,7 +1082,9 @@ def render_markdown(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any]) 
             if meta.get("resumed-cells")
             else ""
         )
-        + f"; code: {_code_label(meta)}). Raw numbers: `docs/privacy.json`.",
+        + (f"; code: {_code_label(meta)}" if meta.get("code") else "")
+        + "). Raw numbers: `docs/privacy.json`."
+        + (f" {rendered}" if rendered else ""),
         "",
         "## Setup",
         "",
@@ -1254,7 +1259,11 @@ def write_outputs(rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any], ou
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(rows, meta, out.with_suffix(".json"))
     render_png(rows, out.with_suffix(".png"))
-    text = render_markdown(rows, meta)
+    write_markdown(render_markdown(rows, meta), out)
+
+
+def write_markdown(text: str, out: Path) -> None:
+    """``out`` = ``text`` followed by the hand-written part of the file already there."""
     old = out.read_text() if out.is_file() else ""
     if HAND_WRITTEN in old:
         text += "\n" + old[old.index(HAND_WRITTEN) :]
@@ -1279,6 +1288,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         workers=harness.opt(2, "worker processes (1 = inline)"),
         out=harness.opt(None, f"Markdown output; JSON and PNG go next to it ({DEFAULT_OUT})"),
         resume="reuse the finished cells of the JSON next to --out (same run config only)",
+        render_only="rewrite the Markdown from the JSON next to --out (no federations)",
     )  # fmt: skip
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
@@ -1316,6 +1326,15 @@ def settings_from_args(args: argparse.Namespace) -> dict[str, Settings]:
 def main(argv: Sequence[str] | None = None) -> int:
     harness.log_to_console("%(asctime)s %(message)s")
     args = parse_args(argv)
+    if args.render_only:
+        import json
+
+        out = args.out or DEFAULT_OUT
+        data = json.loads(out.with_suffix(".json").read_text())
+        rendered = harness.rerender_note("privacy")
+        write_markdown(render_markdown(data["rows"], data["meta"], rendered), out)
+        print(f"wrote {out} from {out.with_suffix('.json')}")
+        return 0
     session = harness.start("privacy", argv, args.out, allow_dirty=args.allow_dirty)
     command, code = session.command, session.code
     cells = plan(

@@ -758,7 +758,10 @@ def _settings_of(meta: Mapping[str, Any], mia: Sequence[Mapping]) -> list[Mappin
     return [known[k] for k in keys if k in known]
 
 
-def render_markdown(meta: Mapping[str, Any], mia: Sequence[Mapping], inv: Sequence[Mapping]) -> str:
+def render_markdown(
+    meta: Mapping[str, Any], mia: Sequence[Mapping], inv: Sequence[Mapping], rendered: str = ""
+) -> str:
+    """The report (``rendered``: the note of a ``--render-only`` run)."""
     settings = _settings_of(meta, mia)
     lines = [
         "# Privacy attacks: what DP, secure aggregation and compression really protect",
@@ -771,7 +774,8 @@ def render_markdown(meta: Mapping[str, Any], mia: Sequence[Mapping], inv: Sequen
         f"{meta.get('seconds', 0):.0f} s wall; 1-minute load average "
         f"{_f(meta.get('load-start'), '.1f')} at the start and {_f(meta.get('load-end'), '.1f')} "
         "at the end — other jobs may have shared the cores). Raw numbers: the `.json` next to "
-        "this file. Method: the docstring of `benchmarks/privacy_attacks.py`.",
+        "this file. Method: the docstring of `benchmarks/privacy_attacks.py`."
+        + (f" {rendered}" if rendered else ""),
         "",
         "## Membership inference on the released global model",
         "",
@@ -859,6 +863,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         quick="smoke test (small federations and inversions); writes only with --out",
         merge="keep the other parts' rows of the existing report (--out's .json)",
         out=harness.opt(None, f"Markdown output, JSON next to it (default {DEFAULT_OUT})"),
+        render_only="rewrite the Markdown from the JSON next to --out (no federations)",
     )  # fmt: skip
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     p.add_argument(
@@ -884,6 +889,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     harness.log_to_console()
     args = parse_args(argv)
+    if args.render_only:
+        out = args.out or DEFAULT_OUT
+        data = json.loads(out.with_suffix(".json").read_text())
+        note = harness.rerender_note("privacy_attacks")
+        out.write_text(render_markdown(data["meta"], data["membership"], data["inversion"], note))
+        print(f"wrote {out} from {out.with_suffix('.json')}")
+        return 0
     session = harness.start("privacy_attacks", argv, args.out, allow_dirty=args.allow_dirty)
     command, code = session.command, session.code
     dp_bench.prepare_process()

@@ -1265,8 +1265,10 @@ def render_markdown(
     rows: Sequence[Mapping[str, Any]],
     meta: Mapping[str, Any],
     superseded: Sequence[Mapping[str, Any]] = (),
+    rendered: str = "",
 ) -> str:
-    """``docs/robustness.md``: setup, tables, heatmap, ranking, discussion."""
+    """``docs/robustness.md``: setup, tables, heatmap, ranking, discussion (``rendered``: the
+    note of a ``--render-only`` run, after the provenance paragraph)."""
     clean = clean_reference(rows)
     partitioners = _present(rows, "partitioner", PARTITIONERS)
     aggs = _present(rows, "aggregator", [a.label for a in AGGREGATORS])
@@ -1289,7 +1291,7 @@ def render_markdown(
         + "".join(f"; then {_merge_text(m)}" for m in merges)
         + f". All {len(rows)} cells: {cpu / 60:.0f} min of CPU in the federations, i.e. "
         f"≈ {cpu / 60 / 2:.0f} min on two otherwise idle cores. Machine-readable rows: "
-        "[robustness.json](robustness.json).",
+        "[robustness.json](robustness.json)." + (f" {rendered}" if rendered else ""),
         "",
     ]
     if claimed:
@@ -1341,11 +1343,11 @@ def render_markdown(
         f"* Update validation's norm filter is **off** (`robust.max-update-norm-ratio = 0`) so the "
         "matrix measures the aggregators; the last row, "
         f"`{FILTER[0].label}`, is FedAvg with the default filter on.",
-        f"* Aggregator parameters at the app's defaults: trim-beta {meta.get('trim-beta')}, "
-        f"cclip-tau {meta.get('cclip-tau')} (0 = per round, the median distance of the "
-        "updates from the previous aggregate), "
-        f"clip-norm {meta.get('clip-norm')}, "
-        f"fltrust-root-size {meta.get('fltrust-root-size')}; `+nnm` = nearest-neighbour "
+        f"* Aggregator parameters at the app's defaults: `robust.trim-beta = "
+        f"{meta.get('trim-beta')}`, `robust.cclip-tau = {meta.get('cclip-tau')}` (0 = per "
+        "round, the median distance of the updates from the previous aggregate), "
+        f"`robust.clip-norm = {meta.get('clip-norm')}`, "
+        f"`robust.fltrust-root-size = {meta.get('fltrust-root-size')}`; `+nnm` = nearest-neighbour "
         "mixing (Allouah et al., 2023) in front of the rule.",
         "* Client-side evaluation is off and silos keep no validation split "
         "(`sampling.fraction-evaluate = 0`, `data.val-fraction = 0`): the benchmark reads the "
@@ -1362,7 +1364,8 @@ def render_markdown(
         + f". A cell is **bold** when within {TARGET_POINTS:g} points of it; "
         "“error” = the run crashed (message in the JSON), ⚠ = Flower logged a warning "
         "(listed below).",
-        f"* One cell reproduces with `flwr run`, e.g. `{meta.get('example-command', '')}`.",
+        "* One cell reproduces with `flwr run`, e.g. "
+        f"`{harness.dotted_run_config(meta.get('example-command', ''), section='robust')}`.",
         "",
         "## Results",
         "",
@@ -1651,6 +1654,7 @@ def write_outputs(
     *,
     final: bool,
     superseded: Sequence[Mapping[str, Any]] = (),
+    rendered: str = "",
 ) -> None:
     """JSON always (partial while running); Markdown and PNG when ``final``."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -1659,7 +1663,7 @@ def write_outputs(
     tmp.write_text(json.dumps(to_json(rows, meta, superseded), indent=1, allow_nan=False) + "\n")
     tmp.replace(json_path)
     if final:
-        out.write_text(render_markdown(rows, meta, superseded))
+        out.write_text(render_markdown(rows, meta, superseded, rendered))
         render_png(rows, out.with_suffix(".png"))
 
 
@@ -1710,7 +1714,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         data = json.loads(args.out.with_suffix(".json").read_text())
         superseded = data.get("superseded_rows", [])
-        write_outputs(data["rows"], data["meta"], args.out, final=True, superseded=superseded)
+        note = harness.rerender_note("robust")
+        write_outputs(
+            data["rows"], data["meta"], args.out, final=True, superseded=superseded, rendered=note
+        )
         print_table(data["rows"])
         return 0
     if args.merge and args.out is None:

@@ -113,7 +113,7 @@ class TreeSampler(threading.Thread):
 
 def scaled_data(args, directory: Path) -> Path:
     """A generated fraud CSV with ``rows-per-client`` training rows per silo (after the
-    server's ``data.test-fraction`` hold-out), for ``data-source``."""
+    server's ``data.test-fraction`` hold-out), for ``data.source``."""
     from fl_app.config import RunConfig
     from tasks.fraud import generate_fraud_frame
 
@@ -158,7 +158,7 @@ def run_scale(args) -> dict:
             env["RAY_ADDRESS"] = args.ray_address
         overrides["output.run-dir"] = str(Path(home) / "runs")
         if args.rows_per_client:
-            overrides["data-source"] = str(scaled_data(args, Path(home)))
+            overrides["data.source"] = str(scaled_data(args, Path(home)))
         cmd = [
             "flwr", "run", str(PROJECT_DIR), "--stream",
             "--run-config", run_config_arg(overrides),
@@ -318,8 +318,9 @@ beyond 256 MiB (`strategies.compression.records.EstimateStore`).
 
 def main(argv: list[str] | None = None) -> int:
     parser = harness.parser(
-        __doc__, rounds=10, out=DOC, json=Path("docs/efficiency-scale.json"), no_write=None
-    )
+        __doc__, rounds=10, out=DOC, json=Path("docs/efficiency-scale.json"), no_write=None,
+        render_only="rewrite the doc section from --json (no run)",
+    )  # fmt: skip
     parser.add_argument("--clients", type=int, default=10_000)
     parser.add_argument("--task", default="fraud")
     parser.add_argument("--fraction-train", type=float, default=0.005)
@@ -338,6 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         help="only time one sweep of Flower's simulation engine (see engine_sweep_seconds)",
     )  # fmt: skip
     args = parser.parse_args(argv)
+    if args.render_only:
+        text = markdown(json.loads(args.json.read_text()))
+        write_section("scale", f"{text.rstrip()}\n\n{harness.rerender_note('scale')}\n", args.out)
+        return 0
     if args.engine_sweep:
         nodes, outstanding = args.engine_sweep
         seconds = engine_sweep_seconds(nodes, outstanding)

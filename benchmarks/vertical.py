@@ -32,6 +32,7 @@ import torch
 from benchmarks import harness
 from benchmarks.harness import Column, Table, Versus
 from fl_app.config import RunConfig
+from fl_app.legacy import legacy_settings
 from strategies.vertical.split import (
     binary_metrics,
     build_split_model,
@@ -236,8 +237,8 @@ def _code_label(results: list[dict]) -> str:
     return harness.code_label(code, "code of unknown commit")
 
 
-def to_markdown(results: list[dict]) -> str:
-    """docs/vertical.md."""
+def to_markdown(results: list[dict], rendered: str = "") -> str:
+    """docs/vertical.md (``rendered``: the note of a ``--render-only`` run)."""
     out = [
         "# Vertical FL (split learning) vs centralised vs label party alone",
         "",
@@ -246,7 +247,7 @@ def to_markdown(results: list[dict]) -> str:
         "Held-out = a stratified share (`data.test-fraction`) of the records every party holds; "
         "all rows of a task are evaluated on the same held-out records. ROC-AUC and PR-AUC "
         "are on held-out aligned records; accuracy at threshold 0.5 with the positive class "
-        "up-weighted by sqrt(#neg/#pos) in the loss.",
+        "up-weighted by sqrt(#neg/#pos) in the loss." + (f" {rendered}" if rendered else ""),
         "",
     ]
     for r in results:
@@ -254,7 +255,8 @@ def to_markdown(results: list[dict]) -> str:
         out.append("Split (party 0 = label party = ServerApp): " + "; ".join(
             f"party {p}: {', '.join(g)}" for p, g in enumerate(r["split"])))  # fmt: skip
         out += ["", "Records: " + ", ".join(f"{k} {v}" for k, v in r["records"].items()), ""]
-        out += ["Settings: " + ", ".join(f"`{k}={v}`" for k, v in r["settings"].items()), ""]
+        settings = legacy_settings(r["settings"])  # a JSON of earlier versions has flat keys
+        out += ["Settings: " + ", ".join(f"`{k}={v}`" for k, v in settings.items()), ""]
         table = Table(
             ["model", Column("ROC-AUC", ".4f"), Column("PR-AUC", ".4f"), Column("accuracy", ".4f"),
              Column("Δ ROC-AUC vs centralised", versus=Versus(
@@ -301,14 +303,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = harness.parser(
         __doc__, quick="2 epochs (smoke test)",
         out=harness.opt(str(DOCS), "directory for vertical.md/.json"),
+        render_only="rewrite vertical.md from vertical.json (no federations)",
     )  # fmt: skip
-    parser.add_argument(
-        "--markdown-only", action="store_true", help="rewrite vertical.md from vertical.json"
-    )
     args = parser.parse_args(argv)
     out = Path(args.out)
-    if args.markdown_only:
-        markdown = to_markdown(json.loads((out / "vertical.json").read_text()))
+    if args.render_only:
+        results = json.loads((out / "vertical.json").read_text())
+        markdown = to_markdown(results, harness.rerender_note("vertical"))
         (out / "vertical.md").write_text(markdown)
         print(markdown)
         return
