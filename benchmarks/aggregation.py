@@ -241,11 +241,11 @@ def e2e_pairs(size: Size, x: np.ndarray) -> tuple[list[Pair], list[Case]]:
 
     def ours(rule: Callable[..., torch.Tensor], params: dict, validated: bool) -> Callable:
         robust = RobustAggregation(rule, rule_params=params)
-        robust._global = global_record  # what configure_train remembers in a round
+        robust.round.begin(1, "train", global_record)  # what configure_train records
         if not validated:
             return run_flower(robust)
         chain = ValidatedUpdates(SeededSampling(robust, SEED, {}), max_norm_ratio=10.0)
-        chain._global = global_record
+        chain.round.begin(1, "train", global_record)
         return run_flower(chain)
 
     beta = f / n

@@ -52,6 +52,8 @@ from fl_core.seeding import derive_seed, seed_everything
 from strategies import STRATEGIES, build_strategy
 from strategies.compression import CompressedUpdates
 from strategies.robust.simulation import SimulatedAttack, byzantine_partitions, model_attacks
+from strategies.round_state import RoundState, share_round_state
+from strategies.secagg import SecureAggregation
 from strategies.secagg.client import SECAGG_STEPS
 from strategies.traffic import TrafficMeter
 from strategies.wrappers import RoundReporter, SeededSampling, ValidatedUpdates
@@ -240,28 +242,35 @@ def wrap_strategy(
     (payload limit, quorum and retries, audit log; fl_app.reliability), reporting,
     traffic metering, decoding of compressed updates, traffic metering of the decoded
     replies, secure aggregation or attack simulation (if configured), update validation,
-    seeded sampling. Built from the inside out: each wrapper gets its finished inner."""
+    seeded sampling. Built from the inside out: each wrapper gets its finished inner.
+    Every layer reads one :class:`strategies.round_state.RoundState` (the roster, the
+    round's global model and instructions), which reliability records."""
     rejections = Rejections()  # validation (inner) fills it, reliability (outer) audits it
     sizes: dict = {}  # the two traffic meters measure a reply the decoder kept as is once
+    # The round's state, kept once: reliability (outermost) records each round into it,
+    # every other layer reads it (strategies.round_state).
+    state = RoundState(roster)
+    share_round_state(strategy, state)  # the strategy (and central DP), built before
     wrapped: Strategy = ValidatedUpdates(
-        SeededSampling(strategy, cfg.seed, roster),
+        SeededSampling(strategy, cfg.seed, round_state=state),
         max_norm_ratio=cfg.robust.max_update_norm_ratio,
         on_reject=rejections,
+        round_state=state,
     )
     if cfg.attack.kind in model_attacks():
         byzantine = byzantine_partitions(len(roster), cfg.attack.fraction, cfg.seed)
         wrapped = SimulatedAttack(
-            wrapped, cfg.attack.kind, byzantine, strength=cfg.attack.strength, seed=cfg.seed
-        )
+            wrapped, cfg.attack.kind, byzantine, strength=cfg.attack.strength, seed=cfg.seed,
+            round_state=state,
+        )  # fmt: skip
     if cfg.secagg.enabled:  # receives masked updates; hands validation one aggregate
-        from strategies.secagg import SecureAggregation
-
         wrapped = SecureAggregation(
             wrapped,
             threshold=cfg.secagg.threshold,
             clip_range=cfg.secagg.clip_range,
             bits=cfg.secagg.quantization_bits,
             timeout=cfg.sampling.round_timeout,
+            round_state=state,
         )
     # Outside validation and attack simulation: they see decoded updates. Always on: a
     # reply it cannot decode is counted (undecodable-updates) and dropped. The traffic
@@ -269,21 +278,21 @@ def wrap_strategy(
     # as received (bytes-uploaded) and instructions as sent (bytes-downloaded).
     wrapped = TrafficMeter(
         wrapped, uploaded_key="bytes-uploaded-dense", downloaded_key=None, timed=False,
-        sizes=sizes,
+        sizes=sizes, round_state=state,
     )  # fmt: skip
-    wrapped = CompressedUpdates(wrapped)
-    wrapped = TrafficMeter(wrapped, sizes=sizes)
-    wrapped = RoundReporter(wrapped, sinks.log_metrics, sinks.log_silo_metrics)
+    wrapped = CompressedUpdates(wrapped, round_state=state)
+    wrapped = TrafficMeter(wrapped, sizes=sizes, round_state=state)
+    wrapped = RoundReporter(wrapped, sinks.log_metrics, sinks.log_silo_metrics, round_state=state)
     # Outermost: payload limit, quorum/retries and the audit see replies as received.
     return ReliableRounds(
         wrapped,
         min_train_nodes=cfg.sampling.min_train_nodes,
         retries=cfg.sampling.round_retries,
         timeout=cfg.sampling.round_timeout,
-        roster=roster,
         audit=audit,
         max_update_bytes=cfg.robust.max_update_bytes,
         rejections=rejections,
+        round_state=state,
     )
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from logging import WARNING
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
@@ -34,11 +34,14 @@ from flwr.supercore import log
 
 from fl_app.audit import AuditLog, update_sha256
 from fl_app.polling import DelegatingGrid, poll_replies
-from strategies.validation import check_payload_size, default_max_bytes, payload_bytes
+from strategies.round_state import RoundState
+from strategies.validation import (
+    Rejection,
+    check_payload_size,
+    default_max_bytes,
+    payload_bytes,
+)
 from strategies.wrappers import StrategyWrapper, reply_order_key
-
-if TYPE_CHECKING:
-    from strategies.validation import Rejection
 
 EPSILON_KEY = "epsilon"
 
@@ -120,13 +123,18 @@ class ReliableRounds(StrategyWrapper):
     timeout : float
         Seconds each retry waits for replies.
     roster : Mapping[int, int]
-        ``{node_id: partition_id}`` from the roll call, to name silos.
+        ``{node_id: partition_id}`` from the roll call, to name silos (alone; in the
+        app's chain the roster of ``round_state``).
     audit : AuditLog, optional
         Where each round is recorded.
     max_update_bytes : int
         Payload limit per reply; 0 = the global model's size + 1 MiB.
     rejections : Rejections, optional
         The round's rejected updates, filled by validation inside ``inner`` (audited).
+    round_state : RoundState, optional
+        The chain's shared round state. Outermost, this layer is its one writer: it
+        records each phase's round, global model and instructions sent, which the inner
+        layers read.
     """
 
     def __init__(
@@ -140,30 +148,32 @@ class ReliableRounds(StrategyWrapper):
         audit: AuditLog | None = None,
         max_update_bytes: int = 0,
         rejections: Rejections | None = None,
+        round_state: RoundState | None = None,
     ) -> None:
         super().__init__(inner)
+        self.init_round_state(round_state, roster=roster, records=True)
         self.min_train_nodes = min_train_nodes
         self.retries = retries
         self.timeout = timeout
-        self.roster = dict(roster or {})
         self.audit = audit
         self.max_update_bytes = max_update_bytes
         self._limit = max_update_bytes
         self._grid: Grid | None = None
-        self._sent: dict[tuple[str, int], list[Message]] = {}
         self.rejections = rejections if rejections is not None else Rejections()
 
     # -- helpers ------------------------------------------------------------------------
     def silo(self, node_id: int) -> str:
         """``"node <id> (partition <p>)"``."""
-        pid = self.roster.get(node_id)
+        pid = self.round.partition_of(node_id)
         return f"node {node_id} (partition {pid if pid is not None else '?'})"
 
-    def _remember(self, phase: str, server_round: int, grid: Grid, messages) -> list[Message]:
-        messages = list(messages)
+    def _run_phase(self, phase: str, server_round: int, arrays, config, grid) -> list[Message]:
+        """Record the phase in the round state, then hand it inwards; record what was sent."""
         self._grid = grid
-        self._sent[(phase, server_round)] = messages
-        return messages
+        self.round.begin(server_round, phase, arrays)
+        inner = self.inner
+        configure = inner.configure_train if phase == "train" else inner.configure_evaluate
+        return self.round.sent(configure(server_round, arrays, config, grid))
 
     def _drop_oversized(self, server_round: int, phase: str, replies: list[Message]):
         kept, dropped = [], []
@@ -176,7 +186,7 @@ class ReliableRounds(StrategyWrapper):
             log(WARNING, "round %d: rejected %s reply of %s: %s",
                 server_round, phase, self.silo(node), reason)  # fmt: skip
             dropped.append(
-                {"node-id": node, "partition-id": self.roster.get(node), "reason": reason}
+                {"node-id": node, "partition-id": self.round.partition_of(node), "reason": reason}
             )
         return kept, dropped
 
@@ -228,7 +238,7 @@ class ReliableRounds(StrategyWrapper):
                 continue
             node = by_message.get(msg.metadata.reply_to_message_id, msg.metadata.src_node_id)
             out.append(
-                {"node-id": node, "partition-id": self.roster.get(node),
+                {"node-id": node, "partition-id": self.round.partition_of(node),
                  "code": int(msg.error.code), "reason": str(msg.error.reason)}
             )  # fmt: skip
         return out
@@ -237,21 +247,22 @@ class ReliableRounds(StrategyWrapper):
         asked = [m.metadata.dst_node_id for m in sent]
         ok = self._ok_nodes(replies)
         return {
-            "sampled": [{"node-id": n, "partition-id": self.roster.get(n)} for n in asked],
+            "sampled": [{"node-id": n, "partition-id": self.round.partition_of(n)} for n in asked],
             "replied": sorted(ok),
             "missing": [
-                {"node-id": n, "partition-id": self.roster.get(n)} for n in asked if n not in ok
+                {"node-id": n, "partition-id": self.round.partition_of(n)}
+                for n in asked
+                if n not in ok
             ],
         }
 
     # -- Strategy API ------------------------------------------------------------------
     def configure_train(self, server_round, arrays, config, grid):
         self._limit = self.max_update_bytes or default_max_bytes(arrays)
-        messages = self.inner.configure_train(server_round, arrays, config, grid)
-        return self._remember("train", server_round, grid, messages)
+        return self._run_phase("train", server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round, replies):
-        sent = self._sent.pop(("train", server_round), [])
+        sent = self.round.sent_in(server_round, "train")
         replies, oversized = self._drop_oversized(server_round, "train", list(replies))
         replies, retries = self._retry(server_round, sent, replies)
         # Hash what was received, before any wrapper decodes or rewrites it.
@@ -261,7 +272,7 @@ class ReliableRounds(StrategyWrapper):
             node = msg.metadata.src_node_id
             updates.append({
                 "node-id": node,
-                "partition-id": self.roster.get(node, reply_order_key(msg)[0]),
+                "partition-id": self.round.partition_of(node, reply_order_key(msg)[0]),
                 "sha256": update_sha256(records[0]) if len(records) == 1 else None,
                 "bytes": payload_bytes(msg),
             })  # fmt: skip
@@ -299,11 +310,10 @@ class ReliableRounds(StrategyWrapper):
         return arrays, metrics
 
     def configure_evaluate(self, server_round, arrays, config, grid):
-        messages = self.inner.configure_evaluate(server_round, arrays, config, grid)
-        return self._remember("evaluate", server_round, grid, messages)
+        return self._run_phase("evaluate", server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round, replies):
-        sent = self._sent.pop(("evaluate", server_round), [])
+        sent = self.round.sent_in(server_round, "evaluate")
         replies, oversized = self._drop_oversized(server_round, "evaluate", list(replies))
         metrics = self.inner.aggregate_evaluate(server_round, replies)
         if self.audit is not None and sent:

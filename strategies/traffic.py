@@ -24,6 +24,7 @@ from flwr.app import Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
+from strategies.round_state import RoundState
 from strategies.wrappers import StrategyWrapper
 
 
@@ -63,8 +64,9 @@ class TrafficMeter(StrategyWrapper):
         downloaded_key: str | None = "bytes-downloaded",
         timed: bool = True,
         sizes: dict[int, tuple[Message, RecordDict, int]] | None = None,
+        round_state: RoundState | None = None,
     ) -> None:
-        super().__init__(inner)
+        super().__init__(inner, round_state=round_state)
         self.sizes = sizes if sizes is not None else {}
         self.uploaded_key = uploaded_key
         self.downloaded_key = downloaded_key

@@ -17,20 +17,26 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Mapping
 from logging import WARNING
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import FedAvgM, Strategy
+from flwr.serverapp.strategy.fedopt import FedOpt
 from flwr.supercore import log
 from pydantic import Field
 
 from fl_core.config import Section, transient
 from fl_core.records import META_KEY
 from strategies.flatten import records_of, shared_stack
-
-if TYPE_CHECKING:
-    from strategies.validation import Rejection
+from strategies.robust.strategy import RobustAggregation
+from strategies.round_state import RoundState, RoundStateUser
+from strategies.validation import (
+    Rejection,
+    filter_evaluate_replies,
+    filter_replies,
+    keep_dtypes,
+)
 
 
 class SamplingSection(Section):
@@ -73,11 +79,14 @@ class SamplingSection(Section):
     )
 
 
-class StrategyWrapper(Strategy):
-    """Delegates every Strategy method to ``inner``."""
+class StrategyWrapper(RoundStateUser, Strategy):
+    """Delegates every Strategy method to ``inner``. ``self.round`` is the round's state
+    (:class:`strategies.round_state.RoundState`): ``round_state`` when the chain shares
+    one, else the wrapper's own."""
 
-    def __init__(self, inner: Strategy) -> None:
+    def __init__(self, inner: Strategy, *, round_state: RoundState | None = None) -> None:
         self.inner = inner
+        self.init_round_state(round_state)
 
     def __getattr__(self, name: str):
         # Reached only for attributes the wrapper lacks (e.g. a strategy's parameters).
@@ -136,11 +145,6 @@ def _inner_state_attributes() -> tuple[tuple[type, tuple[str, ...]], ...]:
     """The attributes the innermost strategies keep between rounds, by class: the one
     place that knows them (Flower's FedOpt family and FedAvgM; our robust rules'
     previous aggregate, centred clipping's centre)."""
-    from flwr.serverapp.strategy import FedAvgM
-    from flwr.serverapp.strategy.fedopt import FedOpt
-
-    from strategies.robust.strategy import RobustAggregation
-
     return (
         (FedOpt, ("m_t", "v_t", "current_arrays")),
         (FedAvgM, ("momentum_vector", "current_arrays")),
@@ -214,10 +218,19 @@ def reply_order_key(msg: Message) -> tuple[int, int]:
 class SeededSampling(StrategyWrapper):
     """Seeded client sampling and partition-ordered aggregation (see module doc)."""
 
-    def __init__(self, inner: Strategy, seed: int, node_partitions: Mapping[int, int]) -> None:
+    def __init__(
+        self,
+        inner: Strategy,
+        seed: int,
+        node_partitions: Mapping[int, int] | None = None,
+        *,
+        round_state: RoundState | None = None,
+    ) -> None:
+        """``node_partitions`` (``{node_id: partition_id}``) when used alone; in a chain
+        the roster of the shared ``round_state``."""
         super().__init__(inner)
+        self.init_round_state(round_state, roster=node_partitions)
         self.seed = seed
-        self.node_partitions = dict(node_partitions)
 
     def _sampled(self, phase: str, server_round: int, call: Callable[[], Iterable[Message]]):
         # Flower's sample_nodes draws with the module-level `random`; give it a fresh,
@@ -230,7 +243,7 @@ class SeededSampling(StrategyWrapper):
             random.setstate(saved)
 
     def configure_train(self, server_round, arrays, config, grid):
-        ordered = _OrderedGrid(grid, self.node_partitions)
+        ordered = _OrderedGrid(grid, self.round.roster)
         return self._sampled(
             "train",
             server_round,
@@ -238,7 +251,7 @@ class SeededSampling(StrategyWrapper):
         )
 
     def configure_evaluate(self, server_round, arrays, config, grid):
-        ordered = _OrderedGrid(grid, self.node_partitions)
+        ordered = _OrderedGrid(grid, self.round.roster)
         return self._sampled(
             "evaluate",
             server_round,
@@ -280,8 +293,10 @@ class RoundReporter(StrategyWrapper):
         inner: Strategy,
         on_metrics: RoundCallback,
         on_silo_metrics: SiloCallback | None = None,
+        *,
+        round_state: RoundState | None = None,
     ) -> None:
-        super().__init__(inner)
+        super().__init__(inner, round_state=round_state)
         self.on_metrics = on_metrics
         self.on_silo_metrics = on_silo_metrics
 
@@ -314,7 +329,7 @@ class RoundReporter(StrategyWrapper):
         return metrics
 
 
-RejectCallback = Callable[[int, "Rejection"], None]
+RejectCallback = Callable[[int, Rejection], None]
 
 
 class ValidatedUpdates(StrategyWrapper):
@@ -327,27 +342,27 @@ class ValidatedUpdates(StrategyWrapper):
         inner: Strategy,
         max_norm_ratio: float = 0.0,
         on_reject: RejectCallback | None = None,
+        *,
+        round_state: RoundState | None = None,
     ) -> None:
-        super().__init__(inner)
+        super().__init__(inner, round_state=round_state)
         self.max_norm_ratio = max_norm_ratio
         self.on_reject = on_reject
-        self._global: ArrayRecord | None = None
 
     def configure_train(self, server_round, arrays, config, grid):
-        self._global = arrays
+        self.begin_round(server_round, "train", arrays)
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round, replies):
-        from strategies.validation import filter_replies
-
+        reference = self.round.arrays  # the global model the replies are updates of
         # Partition order, as SeededSampling hands them on: the rows validation decodes
         # into the round's matrix are then already in the order a robust rule reads them.
         replies = sorted(replies, key=reply_order_key)
         rejected = []
-        if self._global is not None:
+        if reference is not None:
             replies, rejected = filter_replies(
                 replies,
-                self._global,
+                reference,
                 max_norm_ratio=self.max_norm_ratio,
                 partition_of=lambda m: reply_order_key(m)[0],
             )
@@ -369,20 +384,16 @@ class ValidatedUpdates(StrategyWrapper):
             arrays, metrics = self.inner.aggregate_train(server_round, replies)
         finally:  # rows no strategy took (e.g. FedAvg's) must not keep the replies alive
             shared_stack().forget()
-        if arrays is not None and self._global is not None:
+        if arrays is not None and reference is not None:
             # Flower's FedAdam/FedYogi/FedAdagrad compute in float64 (NumPy 2 promotes
             # float32 arrays by their float64 bias-correction scalars); the global model
             # keeps its dtypes, or every float32 reply of the next round would be rejected.
-            from strategies.validation import keep_dtypes
-
-            arrays = keep_dtypes(arrays, self._global)
+            arrays = keep_dtypes(arrays, reference)
         metrics = MetricRecord(dict(metrics.items())) if metrics is not None else MetricRecord()
         metrics["rejected-updates"] = len(rejected)
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round, replies):
-        from strategies.validation import filter_evaluate_replies
-
         replies, rejected = filter_evaluate_replies(
             list(replies), partition_of=lambda m: reply_order_key(m)[0]
         )

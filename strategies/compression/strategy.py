@@ -30,16 +30,22 @@ from strategies.compression.records import (
     decompress_content,
     is_compressed,
 )
+from strategies.round_state import RoundState
 from strategies.wrappers import StrategyWrapper, reply_order_key
 
 
 class CompressedUpdates(StrategyWrapper):
     """Decodes compressed train replies before ``inner`` sees them."""
 
-    def __init__(self, inner: Strategy, arrays_key: str = "arrays") -> None:
-        super().__init__(inner)
+    def __init__(
+        self,
+        inner: Strategy,
+        arrays_key: str = "arrays",
+        *,
+        round_state: RoundState | None = None,
+    ) -> None:
+        super().__init__(inner, round_state=round_state)
         self.arrays_key = arrays_key
-        self._global = None
         self.estimates = EstimateStore()
 
     def own_state(self):
@@ -51,7 +57,7 @@ class CompressedUpdates(StrategyWrapper):
             self.estimates.load_state_dict(state["estimates"])
 
     def configure_train(self, server_round, arrays, config, grid):
-        self._global = arrays
+        self.begin_round(server_round, "train", arrays)
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         if self.estimates:  # EF21 in use: each silo learns the step the server holds
             for msg in messages:
@@ -60,12 +66,13 @@ class CompressedUpdates(StrategyWrapper):
 
     def aggregate_train(self, server_round, replies):
         kept, undecodable = [], 0
+        current = self.round.arrays  # the global model the updates are deltas of
         for msg in replies:
-            if not msg.has_error() and self._global is not None and is_compressed(msg.content):
+            if not msg.has_error() and current is not None and is_compressed(msg.content):
                 try:
                     msg.content = decompress_content(
                         msg.content,
-                        self._global,
+                        current,
                         self.arrays_key,
                         self.estimates,
                         msg.metadata.src_node_id,

@@ -347,7 +347,6 @@ def _check_wrappable(strategy: object) -> FedAvg:
 
 @dataclass
 class _RoundPlan:
-    arrays: ArrayRecord
     expected_clients: float  # the fixed denominator m (q·N under Poisson sampling)
     sample_rate: float
 
@@ -577,6 +576,7 @@ class DPFedAvg(StrategyWrapper):
                 f"trained_keys {missing} are not arrays of the global model; pass names from "
                 "model.named_parameters() of the task's model"
             )
+        self.begin_round(server_round, "train", arrays)
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
         self._plans.pop(server_round, None)
         if not messages:
@@ -605,7 +605,7 @@ class DPFedAvg(StrategyWrapper):
         if self.sampling_amplification:
             # After the budget check: a round that is not run draws nothing.
             messages = self._poisson_sample(messages, grid)
-        self._plans[server_round] = _RoundPlan(arrays, expected, rate)
+        self._plans[server_round] = _RoundPlan(expected, rate)
         return messages
 
     def aggregate_train(
@@ -619,7 +619,8 @@ class DPFedAvg(StrategyWrapper):
             # No training was configured (budget spent): nothing released, no ε spent.
             return None, None
         valid, _ = self.inner._check_and_log_replies(replies, is_train=True)
-        global_layout = Layout.of(plan.arrays)
+        current = self.round.arrays  # the global model this round's replies are updates of
+        global_layout = Layout.of(current)
         records = []
         for msg in valid:
             record = next(iter(msg.content.array_records.values()))
@@ -641,8 +642,7 @@ class DPFedAvg(StrategyWrapper):
             )
             return None, None
 
-        keys = self._private_keys(plan.arrays)
-        current = plan.arrays
+        keys = self._private_keys(current)
         update_sigma, count_std = self._noise_split(plan.expected_clients)
         clip_norm = self.clip_norm
         new_arrays = current

@@ -31,6 +31,7 @@ from fl_core.config import Section, one_of
 from fl_core.registry import Registry
 from strategies.flatten import Layout, flatten, stack, unflatten
 from strategies.robust import attacks
+from strategies.round_state import RoundState
 from strategies.wrappers import StrategyWrapper, reply_order_key
 
 
@@ -196,8 +197,9 @@ class SimulatedAttack(StrategyWrapper):
         *,
         strength: float = 0.0,
         seed: int = 0,
+        round_state: RoundState | None = None,
     ) -> None:
-        super().__init__(inner)
+        super().__init__(inner, round_state=round_state)
         self.attack = attack
         self.byzantine = byzantine
         self.strength = strength
@@ -213,7 +215,6 @@ class SimulatedAttack(StrategyWrapper):
                 "factor: use a finite factor > 0 (0 = the default, 1000), e.g. "
                 "attack.strength=1000"
             )
-        self._global = None
         self._previous_reference = None  # flat global model of the previous round (rop)
         self._previous_aggregate = None
         self._mimic = (
@@ -244,7 +245,7 @@ class SimulatedAttack(StrategyWrapper):
             self._mimic.target = mimic["target"]
 
     def configure_train(self, server_round, arrays, config, grid):
-        self._global = arrays
+        self.begin_round(server_round, "train", arrays)
         if self.reads_previous_aggregate:  # the last aggregate = the global model's change
             reference = flatten(arrays, Layout.of(arrays))
             last = self._previous_reference
@@ -258,9 +259,10 @@ class SimulatedAttack(StrategyWrapper):
         ok = [m for m in replies if not m.has_error()]
         bad = [m for m in ok if reply_order_key(m)[0] in self.byzantine]
         honest = [m for m in ok if reply_order_key(m)[0] not in self.byzantine]
-        if bad and honest and self._global is not None:
-            layout = Layout.of(self._global)
-            reference = flatten(self._global, layout)
+        current = self.round.arrays
+        if bad and honest and current is not None:
+            layout = Layout.of(current)
+            reference = flatten(current, layout)
             deltas, _ = stack(
                 [next(iter(m.content.array_records.values())) for m in honest], layout
             )

@@ -26,12 +26,13 @@ from flwr.supercore import log
 from strategies.flatten import Layout, flatten, records_of, stack_deltas, unflatten
 from strategies.robust.preaggregators import compose
 from strategies.robust.weights import RobustWeights, trusted_weights
+from strategies.round_state import RoundState, RoundStateUser
 
 #: Computes the server's own update (a delta row) from the current global model (FLTrust).
 ServerUpdateFn = Callable[[ArrayRecord, int], ArrayRecord]
 
 
-class RobustAggregation(FedAvg):
+class RobustAggregation(RoundStateUser, FedAvg):
     """FedAvg with a robust aggregation rule on stacked updates.
 
     The silos' ``num-examples`` are claims a Byzantine silo can inflate, so by default the
@@ -58,6 +59,9 @@ class RobustAggregation(FedAvg):
     weights : {"uniform", "capped"}
         How the claimed ``num-examples`` weigh in the rule (see
         :func:`strategies.robust.weights.trusted_weights`).
+    round_state : RoundState, optional
+        The chain's shared round state (its global model is what replies are updates
+        of); ``None`` = its own, recorded in ``configure_train``.
     **fedavg_kwargs
         Sampling and metric arguments of :class:`flwr.serverapp.strategy.FedAvg`.
     """
@@ -72,6 +76,7 @@ class RobustAggregation(FedAvg):
         server_update_fn: ServerUpdateFn | None = None,
         seed: int = 0,
         weights: RobustWeights = "uniform",
+        round_state: RoundState | None = None,
         **fedavg_kwargs: Any,
     ) -> None:
         trusted_weights([1.0], weights)  # refuse an unknown mode at construction
@@ -82,7 +87,7 @@ class RobustAggregation(FedAvg):
         self.server_update_fn = server_update_fn
         self.seed = seed
         self.weights = weights
-        self._global: ArrayRecord | None = None
+        self.init_round_state(round_state)
         self._previous: torch.Tensor | None = None
 
     def summary(self) -> None:
@@ -99,8 +104,9 @@ class RobustAggregation(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ):
-        """Remember the global model the replies will be deltas against."""
-        self._global = arrays
+        """Record the global model the replies will be deltas against (unless the chain
+        records it)."""
+        self.begin_round(server_round, "train", arrays)
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -108,7 +114,7 @@ class RobustAggregation(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Robustly aggregate the deltas of the valid replies."""
         valid, _ = self._check_and_log_replies(list(replies), is_train=True)
-        if not valid or self._global is None:
+        if not valid or self.round.arrays is None:
             return None, None
         new_global = self.aggregate_records(
             server_round,
@@ -122,16 +128,17 @@ class RobustAggregation(FedAvg):
         self, server_round: int, records: list[ArrayRecord], claimed: list[float]
     ) -> ArrayRecord:
         """The new global model from client models ``records`` whose silos claim
-        ``claimed`` examples (the pure-function path)."""
-        layout = Layout.of(self._global)
+        ``claimed`` examples (the pure-function path), updates of the round's global model."""
+        current = self.round.arrays
+        layout = Layout.of(current)
         # Rows the update validation decoded this round are reused, not decoded again.
-        deltas = stack_deltas(records, self._global, layout)
-        reference = flatten(self._global, layout)
+        deltas = stack_deltas(records, current, layout)
+        reference = flatten(current, layout)
         params = dict(self.rule_params)
         if self.use_previous_as_center:
             params["center"] = self._previous
         if self.server_update_fn is not None:
-            trained = self.server_update_fn(self._global, server_round)
+            trained = self.server_update_fn(current, server_round)
             params["server_update"] = flatten(trained, layout) - reference
         if "generator" in params:
             params["generator"] = torch.Generator().manual_seed(self.seed * 100_003 + server_round)

@@ -37,6 +37,7 @@ from flwr.supercore import log
 
 from fl_core.records import META_KEY
 from strategies.metrics import combine_silo_metrics
+from strategies.round_state import RoundState
 from strategies.secagg import protocol as P
 from strategies.secagg.client import CONFIG_KEY, KEYS, MASKED_KEY, SHARES, UNMASK, round_context
 from strategies.wrappers import StrategyWrapper
@@ -70,14 +71,14 @@ class SecureAggregation(StrategyWrapper):
         clip_range: float = 4.0,
         bits: int = 24,
         timeout: float | None = None,
+        round_state: RoundState | None = None,
     ) -> None:
-        super().__init__(inner)
+        super().__init__(inner, round_state=round_state)
         self.threshold = threshold
         self.clip_range = clip_range
         self.bits = bits
         self.timeout = timeout
         self._grid: Grid | None = None
-        self._global: ArrayRecord | None = None
         self._round: dict = {}
         #: Per round: sampled, survivors, dropped (for tests and reports).
         self.history: dict[int, dict[str, list[int]]] = {}
@@ -107,8 +108,9 @@ class SecureAggregation(StrategyWrapper):
 
     # ------------------------------------------------------------------ train
     def configure_train(self, server_round, arrays, config, grid):
+        self.begin_round(server_round, "train", arrays)
         messages = list(self.inner.configure_train(server_round, arrays, config, grid))
-        self._grid, self._global = grid, arrays
+        self._grid = grid
         self._round = {}
         sampled = sorted(m.metadata.dst_node_id for m in messages)
         if not sampled:
@@ -179,10 +181,11 @@ class SecureAggregation(StrategyWrapper):
     def aggregate_train(self, server_round, replies):
         replies = list(replies)
         state = self._round
-        if not state or state["round"] != server_round or self._global is None:
+        current = self.round.arrays
+        if not state or state["round"] != server_round or current is None:
             return None, None
         t, members = state["t"], state["members"]
-        size = sum(a.numpy().size for a in self._global.values())
+        size = sum(a.numpy().size for a in current.values())
         inputs, weights_by_node = {}, {}
         for r in replies:
             node = r.metadata.src_node_id
@@ -255,7 +258,7 @@ class SecureAggregation(StrategyWrapper):
         try:
             total = P.unmask_sum(masked, self_seeds, dropped_pairs)
             aggregate = self._apply(
-                P.dequantize_mean(total, total_weight, self.clip_range, self.bits)
+                current, P.dequantize_mean(total, total_weight, self.clip_range, self.bits)
             )
         except P.SecAggError as exc:
             log(WARNING, "round %d: cannot unmask (%s); round skipped", server_round, exc)
@@ -289,11 +292,13 @@ class SecureAggregation(StrategyWrapper):
         pid = meta.get("partition-id", "?") if meta is not None else "?"
         return f"node {reply.metadata.src_node_id} (partition {pid})"
 
-    def _apply(self, mean: np.ndarray) -> ArrayRecord:
-        """``global + mean`` per array, cast back to each array's dtype."""
+    @staticmethod
+    def _apply(current: ArrayRecord, mean: np.ndarray) -> ArrayRecord:
+        """``current + mean`` per array (``current``: the global model), cast back to each
+        array's dtype."""
         out = ArrayRecord()
         offset = 0
-        for key, ref in self._global.items():
+        for key, ref in current.items():
             old = ref.numpy()
             size = old.size
             new = old.astype(np.float64) + mean[offset : offset + size].reshape(old.shape)

@@ -59,7 +59,7 @@ def test_robust_median_strategy_equals_the_pure_function_on_the_models():
         for i, v in enumerate([0.1, 0.2, 0.3, 50.0, -40.0])
     ]
     strategy = build_strategy(RunConfig(strategy="robust-median"))
-    strategy._global = _global()
+    strategy.round.begin(1, "train", _global())
     arrays, metrics = strategy.aggregate_train(1, replies)
     matrix, layout = stack([r.content["arrays"] for r in replies])
     expected = unflatten(coordinate_median(matrix), layout)
@@ -98,7 +98,7 @@ def test_validation_keeps_the_round_going_and_counts_rejections(caplog):
     strategy = ValidatedUpdates(
         build_strategy(RunConfig()), max_norm_ratio=10.0, on_reject=lambda r, rej: seen.append(rej)
     )
-    strategy._global = _global()
+    strategy.round.begin(3, "train", _global())
     with caplog.at_level(logging.WARNING):
         arrays, metrics = strategy.aggregate_train(3, replies)
     assert metrics["rejected-updates"] == 2
@@ -161,7 +161,7 @@ def test_simulated_sign_flip_replaces_only_byzantine_updates():
     Capture = _capturing(inner_seen)
 
     attack = SimulatedAttack(Capture(build_strategy(RunConfig())), "sign-flip", frozenset({1, 3}))
-    attack._global = _global()
+    attack.round.begin(1, "train", _global())
     attack.aggregate_train(1, replies)
     values = {
         int(r.content["meta"]["partition-id"]): float(r.content["arrays"]["b"].numpy()[0])
@@ -184,7 +184,7 @@ def test_simulated_weight_inflation_flips_updates_and_inflates_only_byzantine_cl
             frozenset({1, 3}),
             strength=strength,
         )
-        attack._global = _global()
+        attack.round.begin(1, "train", _global())
         attack.aggregate_train(1, fresh)
         seen = {int(r.content["meta"]["partition-id"]): r for r in inner_seen}
         values = {p: float(r.content["arrays"]["b"].numpy()[0]) for p, r in seen.items()}
@@ -203,7 +203,7 @@ def test_simulated_attacks_craft_only_from_finite_honest_updates():
     Capture = _capturing(inner_seen)
 
     attack = SimulatedAttack(Capture(build_strategy(RunConfig())), "sign-flip", frozenset({1, 3}))
-    attack._global = _global()
+    attack.round.begin(1, "train", _global())
     attack.aggregate_train(1, replies)
     values = {
         int(r.content["meta"]["partition-id"]): float(r.content["arrays"]["b"].numpy()[0])
@@ -286,7 +286,7 @@ def test_replies_with_extra_or_missing_metrics_are_dropped_not_fatal():
     replies = [build_reply(i, 10 + i, _model(0.1), **{"train-loss": 0.5}) for i in range(3)]
     replies.append(build_reply(3, 13, _model(0.1), **{"train-loss": 0.5, "sneaky": 1.0}))
     strategy = ValidatedUpdates(build_strategy(RunConfig()))
-    strategy._global = _global()
+    strategy.round.begin(1, "train", _global())
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert arrays is not None and metrics["rejected-updates"] == 1
 
@@ -319,7 +319,7 @@ def test_trimmed_mean_behind_nnm_builds_and_aggregates():
             strategy="robust-trimmed-mean", robust={"pre-aggregator": "nnm", "num-byzantine": 1}
         )
     )
-    strategy._global = _global()
+    strategy.round.begin(1, "train", _global())
     replies = [build_reply(i, 10 + i, _model(0.1 * i)) for i in range(5)]
     arrays, _ = strategy.aggregate_train(1, replies)
     assert np.isfinite(arrays["w"].numpy()).all()

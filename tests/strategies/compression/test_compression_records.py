@@ -276,7 +276,7 @@ def test_wrapper_decodes_and_drops_undecodable_and_meters_count_bytes(flower_ide
         FedAvg(), uploaded_key="bytes-uploaded-dense", downloaded_key=None, timed=False
     )
     decoder = CompressedUpdates(dense_meter)
-    decoder._global = received
+    decoder.round.begin(1, "train", received)
     arrays, metrics = TrafficMeter(decoder).aggregate_train(1, replies)
     assert metrics["undecodable-updates"] == 1
     assert metrics["bytes-uploaded"] == sum(sizes)

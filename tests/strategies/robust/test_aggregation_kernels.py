@@ -177,6 +177,7 @@ def test_validated_chain_decodes_each_reply_once_and_equals_the_plain_strategy(
 ):
     from strategies.robust import coordinate_median, krum
     from strategies.robust.strategy import RobustAggregation
+    from strategies.round_state import RoundState, share_round_state
     from strategies.wrappers import SeededSampling, ValidatedUpdates
 
     rng = np.random.default_rng(1)
@@ -200,7 +201,7 @@ def test_validated_chain_decodes_each_reply_once_and_equals_the_plain_strategy(
         return out[::-1]
 
     plain = RobustAggregation(fn, rule_params=params)
-    plain._global = reference
+    plain.round.begin(1, "train", reference)
     kept = sorted(
         (m for m in replies() if m.metadata.src_node_id not in (102, 105)),
         key=lambda m: m.metadata.src_node_id,
@@ -212,7 +213,9 @@ def test_validated_chain_decodes_each_reply_once_and_equals_the_plain_strategy(
     monkeypatch.setattr(fl, "_write", lambda *args: decoded.append(args) or real(*args))
     robust = RobustAggregation(fn, rule_params=params)
     chain = ValidatedUpdates(SeededSampling(robust, 0, {}), max_norm_ratio=10.0)
-    chain._global = robust._global = reference
+    shared = RoundState()  # one round state for the chain, as wrap_strategy hands it
+    share_round_state(chain, shared)
+    shared.begin(1, "train", reference)
     arrays, metrics = chain.aggregate_train(1, replies())
     assert metrics["rejected-updates"] == 2
     for key in base:

@@ -59,7 +59,9 @@ def _aggregate(name: str, mode: str, x: np.ndarray, claims: list[int]):
     per silo, a reply's update = its model) whose silos claim ``claims`` examples."""
     strategy = _strategy(name, mode)
     if isinstance(strategy, RobustAggregation):
-        strategy._global = ArrayRecord({"w": Array(np.zeros(x.shape[1], np.float32))})
+        strategy.round.begin(
+            1, "train", ArrayRecord({"w": Array(np.zeros(x.shape[1], np.float32))})
+        )
     replies = [
         train_reply(i, 100 + i, {"w": row.astype(np.float32)}, num_examples=claims[i])
         for i, row in enumerate(x)
@@ -106,7 +108,7 @@ def test_every_robust_rule_receives_uniform_or_capped_weights(name, mode, monkey
         return updates[0]
 
     monkeypatch.setattr(strategy, "aggregate", spy)
-    strategy._global = ArrayRecord({"w": Array(np.zeros(3, np.float32))})
+    strategy.round.begin(1, "train", ArrayRecord({"w": Array(np.zeros(3, np.float32))}))
     claims = [50, 70, 60, 80, 60 * INFLATION, 40, 90]
     replies = [
         train_reply(i, 100 + i, {"w": np.full(3, i, np.float32)}, num_examples=c)
