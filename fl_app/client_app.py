@@ -11,6 +11,8 @@ Messages:
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -18,6 +20,14 @@ from flwr.clientapp import ClientApp
 
 from fl_app import LOG
 from fl_app.config import RunConfig
+from fl_app.heterogeneity import (
+    SimulatedDropout,
+    apply_defect,
+    drops_out,
+    pace,
+    silo_profile,
+    sim_seconds,
+)
 from fl_app.silo_state import SiloStateStore, silo_lineage
 from fl_app.vertical.client import register as register_vertical
 from fl_core.records import META_KEY
@@ -107,11 +117,18 @@ def query(msg: Message, context: Context) -> Message:
 @app.train(mods=[secagg_mod])  # masks the reply when the message asks for secure aggregation
 def train(msg: Message, context: Context) -> Message:
     """Train the received global model on this silo's partition."""
+    started = time.perf_counter()
     cfg, task, pid, n, model = _setup(msg, context)
     config = msg.content["config"]
     server_round = int(config.get("server-round", 0))
+    profile = silo_profile(cfg.simulation, cfg.seed, pid, n, context.node_config)
+    if drops_out(profile, cfg.seed, pid, server_round):
+        raise SimulatedDropout(
+            f"silo {pid} dropped out of round {server_round} (simulation.dropout = "
+            f"{profile.dropout})"
+        )
     data = silo_data(task, cfg, context)
-    train_data = data.train
+    train_data = apply_defect(profile, data.train, task.num_classes, cfg.seed, pid)
     if cfg.attack.kind == "label-flip" and pid in byzantine_partitions(
         n, cfg.attack.fraction, cfg.seed
     ):
@@ -132,7 +149,12 @@ def train(msg: Message, context: Context) -> Message:
             proximal_mu=float(config.get("proximal-mu", 0.0)),
             generator=generator,
         )
-    metrics["num-examples"] = len(data.train)
+    metrics["num-examples"] = len(train_data)
+    if cfg.simulation.speed_spread > 1 or "slowness" in context.node_config:
+        seconds = sim_seconds(cfg.simulation, profile, len(train_data), cfg.training.local_epochs)
+        metrics["sim-seconds"] = seconds
+        if cfg.simulation.sleep:
+            pace(seconds, started)
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),

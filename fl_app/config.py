@@ -29,6 +29,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 
 from fl_app.checkpointing import OutputSection
+from fl_app.heterogeneity import SimulationSection
 from fl_app.legacy import LEGACY_KEYS, legacy_settings
 from fl_app.sinks import TrackingSection
 from fl_core.config import (
@@ -51,6 +52,7 @@ from strategies.robust.rule_params import check_rule_params
 from strategies.robust.section import RobustSection
 from strategies.robust.simulation import ATTACKS, AttackSection
 from strategies.secagg.checks import SecAggSection, check_secure_aggregation
+from strategies.selection import POLICIES, SelectionSection
 from strategies.vertical.split import VerticalSection
 from strategies.wrappers import SamplingSection
 from tasks import TASKS
@@ -100,9 +102,11 @@ class RunConfig(Section):
     data: DataSection = DataSection()
     training: TrainingSection = TrainingSection()
     sampling: SamplingSection = SamplingSection()
+    selection: SelectionSection = SelectionSection()
     server: ServerSection = ServerSection()
     robust: RobustSection = RobustSection()
     attack: AttackSection = AttackSection()
+    simulation: SimulationSection = SimulationSection()
     dp: DPSection = DPSection()
     secagg: SecAggSection = SecAggSection()
     compression: CompressionSection = CompressionSection()
@@ -156,6 +160,27 @@ class RunConfig(Section):
         """Short sha256 of the resolved config (identifies a run's settings)."""
         blob = json.dumps(self.to_flower(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
+
+    def _check_selection(self) -> None:
+        selection = self.selection
+        POLICIES.for_config(selection.policy, key="selection.policy", value=selection.policy)
+        chosen = selection.policy != "random" or selection.fairness_rounds > 0
+        if chosen and self.dp.sampling_amplification:
+            raise ConfigError(
+                f"run-config 'selection.policy' = '{selection.policy}' (or "
+                "'selection.fairness-rounds' > 0) is unsound with 'dp.sampling-amplification' "
+                "= true: the privacy amplification rests on secret, uniform Poisson sampling "
+                "of the silos, which a selection policy replaces. Set selection.policy = "
+                "'random' and selection.fairness-rounds = 0, or drop "
+                "dp.sampling-amplification."
+            )
+        if chosen and self.mode == "vertical":
+            raise ConfigError(
+                "run-config 'selection.policy' / 'selection.fairness-rounds' choose which "
+                "silos train in mode 'horizontal'; in mode 'vertical' every feature party "
+                "takes part in every step. Set selection.policy = 'random' and "
+                "selection.fairness-rounds = 0."
+            )
 
     def dp_mechanisms(self) -> list[str]:
         """Run-config keys of the differential-privacy noise this run adds (``[]`` = none)."""
@@ -240,6 +265,7 @@ class RunConfig(Section):
                 "run-config 'vertical.noise-multiplier' > 0 needs 'vertical.embedding-clip' > 0 "
                 "(noise std is σ × clip); set e.g. vertical.embedding-clip = 1.0"
             )
+        self._check_selection()
         if self.mode == "vertical" and self.task not in VERTICAL_SPECS:
             raise ConfigError(
                 f"run-config 'mode' = 'vertical' does not support task '{self.task}'; "

@@ -9,8 +9,9 @@ server-side evaluation after every round, and the run directory.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from fl_app.checkpointing import (
     settings_hash,
 )
 from fl_app.config import RunConfig
+from fl_app.heterogeneity import noisy_partitions
 from fl_app.reliability import (
     QuorumError,
     Rejections,
@@ -55,6 +57,8 @@ from strategies.robust.simulation import SimulatedAttack, byzantine_partitions, 
 from strategies.round_state import RoundState, share_round_state
 from strategies.secagg import SecureAggregation
 from strategies.secagg.client import SECAGG_STEPS
+from strategies.selection import Selection, make_policy
+from strategies.selection.wrapper import ParticipantSelection
 from strategies.traffic import TrafficMeter
 from strategies.wrappers import RoundReporter, SeededSampling, ValidatedUpdates
 from tasks import Task, get_task
@@ -231,6 +235,32 @@ def central_dp(strategy: Strategy, cfg: RunConfig, num_silos: int, model) -> Str
     )
 
 
+def selection_reporter(
+    roster: Mapping[int, int], sinks: MetricsSink, audit: AuditLog | None
+) -> Callable[[Selection], None]:
+    """Reports each round's selection: the audit log gets the chosen silos and the reason
+    for each; every silo of the roster gets the per-silo metrics ``selected`` (1/0) and,
+    when chosen, ``selection-score`` (the policy's score; absent when it has none)."""
+
+    def report(selection: Selection) -> None:
+        if audit is not None:
+            audit.record(
+                "selection",
+                round=selection.round,
+                partitions=list(selection.partitions),
+                reasons={str(p): selection.reasons.get(p, "") for p in selection.partitions},
+            )
+        chosen = set(selection.partitions)
+        for pid in sorted(set(roster.values())):
+            values = {"selected": float(pid in chosen)}
+            score = selection.scores.get(pid)
+            if score is not None and math.isfinite(score):
+                values["selection-score"] = float(score)
+            sinks.log_silo_metrics(selection.round, "selection", pid, values)
+
+    return report
+
+
 def wrap_strategy(
     strategy: Strategy,
     cfg: RunConfig,
@@ -255,6 +285,12 @@ def wrap_strategy(
         SeededSampling(strategy, cfg.seed, round_state=state),
         max_norm_ratio=cfg.robust.max_update_norm_ratio,
         on_reject=rejections,
+        round_state=state,
+    )
+    wrapped = ParticipantSelection(
+        wrapped,
+        make_policy(cfg.selection, cfg.seed),
+        on_select=selection_reporter(roster, sinks, audit),
         round_state=state,
     )
     if cfg.attack.kind in model_attacks():
@@ -356,6 +392,7 @@ def run_federation(
         sinks.log_artifact(audit.path)
         sinks.close()
         raise
+    noisy_partitions(cfg.simulation, len(roster), cfg.seed)  # simulation.noisy-silos ≤ silos
     seed_everything(derive_seed(cfg.seed, "init"))
     model = task.build_model()
     task.set_input_scaling(model, moments)

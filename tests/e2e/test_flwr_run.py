@@ -11,6 +11,7 @@ import shutil
 import pytest
 import torch
 
+from fl_app.audit import read_audit_log
 from fl_app.client_app import app as client_app
 from fl_app.config import RunConfig
 from fl_app.federation import run_federation
@@ -133,3 +134,29 @@ def test_bad_config_fails_before_round_1_with_the_fix(tmp_path):
     assert "run-config 'training.learning-rate' = -1.0" in run.output
     assert "[ROUND 1" not in run.output
     assert run.run_dir is None  # nothing half-written
+
+
+def test_flwr_run_with_oort_selects_logs_and_reports_why(tmp_path):
+    """`flwr run . --run-config "selection.policy='oort' …"` on the real simulation
+    runtime: the chosen silos train, each round's choice and reasons are in the audit log,
+    every silo's `selected` flag is in silo_metrics.json, and the run learns."""
+    run = run_simulation(
+        {"selection.policy": "oort", "sampling.fraction-train": 0.5, "num-server-rounds": 3,
+         "simulation.speed-spread": 10.0, "selection.fairness-rounds": 1},
+        num_supernodes=6,
+        run_dir=tmp_path,
+    )  # fmt: skip
+    assert run.ok, run.output[-3000:]
+    audit = read_audit_log(run.run_dir / "audit.jsonl")
+    selections = {e["round"]: e for e in audit if e["event"] == "selection"}
+    assert sorted(selections) == [1, 2, 3]
+    for train in (e for e in audit if e["event"] == "train"):
+        chosen = selections[train["round"]]
+        assert sorted(u["partition-id"] for u in train["updates"]) == chosen["partitions"]
+        assert len(chosen["partitions"]) == 3 and all(chosen["reasons"].values())
+    # fairness-rounds = 1 with 6 silos and 3 slots: rounds 1 and 2 cover every silo.
+    assert set(selections[1]["partitions"]) | set(selections[2]["partitions"]) == set(range(6))
+    rows = json.loads((run.run_dir / "silo_metrics.json").read_text())
+    flags = [r for r in rows if r["phase"] == "selection"]
+    assert len(flags) == 3 * 6 and sum(r["selected"] for r in flags) == 9
+    assert run.final("server")["accuracy"] > 0.8

@@ -184,6 +184,7 @@ from fl_app.inprocess import InProcessGrid
 
 cfg = RunConfig.from_flower(json.loads(sys.argv[1]))
 kill_round = int(sys.argv[2])
+silos = int(sys.argv[3])
 
 def client(msg, context):
     record = msg.content.config_records.get("config")
@@ -191,8 +192,36 @@ def client(msg, context):
         os.kill(os.getpid(), signal.SIGKILL)  # the server process dies mid-round
     return app(msg, context)
 
-run_federation(InProcessGrid(client, cfg.to_flower(), 4), cfg)
+run_federation(InProcessGrid(client, cfg.to_flower(), silos), cfg)
 """
+
+
+def _sigkill_and_resume(tmp_path: Path, settings: dict, silos: int = 4):
+    """The uninterrupted run, then the same run SIGKILLed in round 3 and resumed:
+    ``(reference run dir, resumed run dir, the resumed run's Result)``; the models equal."""
+    reference = config(tmp_path / "reference", **settings)
+    grid = InProcessGrid(client_app, reference.to_flower(), silos)
+    _, reference_dir = run_federation(grid, reference)
+
+    killed = config(tmp_path / "killed", **settings)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
+    child = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(killed.to_flower()), "3", str(silos)],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert child.returncode == -9, child.stderr[-3000:]
+    (run_dir,) = (tmp_path / "killed").iterdir()
+    assert not (run_dir / "model.pt").exists()
+
+    resumed = config(tmp_path / "killed", **{"output.resume": True}, **settings)
+    point = find_resume_point(resumed)
+    assert point is not None and point.round == 2 and point.run_dir == run_dir
+    grid = InProcessGrid(client_app, resumed.to_flower(), silos)
+    result, same_dir = run_federation(grid, resumed)
+    assert same_dir == run_dir
+    assert_same_model(run_dir, reference_dir)
+    assert sorted(result.train_metrics_clientapp) == [3]
+    return reference_dir, run_dir, result
 
 
 def test_a_sigkilled_run_resumes_to_the_bit_identical_model(tmp_path):
@@ -211,27 +240,7 @@ def test_a_sigkilled_run_resumes_to_the_bit_identical_model(tmp_path):
         # resume with secret noise: tests/fl_app/test_privacy_runs.py).
         "dp.reproducible-noise": True,
     }
-    reference = config(tmp_path / "reference", **settings)
-    grid = InProcessGrid(client_app, reference.to_flower(), 4)
-    _, reference_dir = run_federation(grid, reference)
-
-    killed = config(tmp_path / "killed", **settings)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_DISABLE_TELEMETRY": "true"}
-    child = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(killed.to_flower()), "3"],
-        env=env, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert child.returncode == -9, child.stderr[-3000:]
-    (run_dir,) = (tmp_path / "killed").iterdir()
-    assert not (run_dir / "model.pt").exists()
-
-    resumed = config(tmp_path / "killed", **{"output.resume": True}, **settings)
-    point = find_resume_point(resumed)
-    assert point is not None and point.round == 2 and point.run_dir == run_dir
-    result, same_dir = run_federation(InProcessGrid(client_app, resumed.to_flower(), 4), resumed)
-    assert same_dir == run_dir
-    assert_same_model(run_dir, reference_dir)
-    assert sorted(result.train_metrics_clientapp) == [3]
+    reference_dir, run_dir, _ = _sigkill_and_resume(tmp_path, settings)
     # FedAdam's float64 arithmetic does not change the model's dtypes (else every
     # float32 update after round 1 would be rejected and training would stop).
     assert all(not e["rejected"] and e["outcome"] == "aggregated"
@@ -245,6 +254,26 @@ def test_a_sigkilled_run_resumes_to_the_bit_identical_model(tmp_path):
     ]
     assert [r["round"] for r in server[1]] == [0, 1, 2, 3]
     assert [r["loss"] for r in server[0]] == [r["loss"] for r in server[1]]
+
+
+def test_a_sigkilled_oort_run_resumes_to_the_same_selections_and_model(tmp_path):
+    """Oort's per-silo history (losses, durations, rounds selected) and the fairness
+    guard's deadlines come back from the checkpoint: round 3 selects the same silos."""
+    settings = {
+        "selection.policy": "oort",
+        "selection.fairness-rounds": 2,
+        "simulation.speed-spread": 10.0,
+        "sampling.fraction-train": 0.4,
+        "sampling.min-train-nodes": 1,
+        "sampling.min-available-nodes": 6,
+    }
+    reference_dir, run_dir, _ = _sigkill_and_resume(tmp_path, settings, silos=6)
+    chosen = [
+        {e["round"]: e["partitions"] for e in read_audit_log(d / "audit.jsonl")
+         if e["event"] == "selection"}
+        for d in (reference_dir, run_dir)
+    ]  # fmt: skip
+    assert chosen[0] == chosen[1] and len(chosen[0]) == 3
 
 
 def test_resume_refuses_other_settings_and_names_them(tmp_path, clean_run):
@@ -501,13 +530,28 @@ class CrashingGrid(FaultyGrid):
             "attack.strength": 4,
             "seed": 1,
         },
+        # Selection policies keep per-silo history (answers, losses, durations, back-off).
+        {
+            "selection.policy": "oort",
+            "sampling.fraction-train": 0.5,
+            "sampling.min-train-nodes": 2,
+            "simulation.speed-spread": 10.0,
+        },
+        {
+            "selection.policy": "availability",
+            "simulation.dropout": 0.4,
+            "seed": 2,
+            "sampling.min-train-nodes": 1,
+            "sampling.fraction-train": 0.5,
+        },
     ],
-    ids=["topk-ef21", "rop", "mimic"],
+    ids=["topk-ef21", "rop", "mimic", "oort", "availability-dropout"],
 )
 def test_a_run_resumed_after_round_2_ends_with_the_straight_runs_model(tmp_path, settings):
     """State kept between rounds by wrappers: EF21's per-silo estimates on the server
     (CompressedUpdates; the silos keep theirs), ROP's previous aggregate and Mimic's
-    direction tracker (SimulatedAttack) come back from the checkpoint."""
+    direction tracker (SimulatedAttack) come back from the checkpoint, and so does a
+    selection policy's per-silo history (ParticipantSelection)."""
     settings = {**settings, "num-server-rounds": 4}
     straight = config(tmp_path / "straight", **settings)
     _, straight_dir = run_federation(FaultyGrid(straight), straight)

@@ -1,0 +1,1 @@
+"""Built-in selection policies, one file each (imported when :data:`POLICIES` is read)."""
