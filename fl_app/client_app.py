@@ -32,6 +32,8 @@ from fl_app.silo_state import SiloStateStore, silo_lineage
 from fl_app.vertical.client import register as register_vertical
 from fl_core.records import META_KEY
 from fl_core.seeding import derive_seed, seed_everything
+from strategies.compression import CompressionSpec, compress_train_content
+from strategies.compression.records import ESTIMATE_STEP_KEY
 from strategies.robust.simulation import byzantine_partitions
 from strategies.secagg.client import register as register_secagg
 from strategies.secagg.client import secagg_mod
@@ -171,9 +173,6 @@ def _compress(content, msg: Message, cfg: RunConfig, context: Context, pid: int,
     """The reply with its model delta compressed (strategies.compression); the error
     feedback state (residual, or EF21 estimate for top-k) lives in the node's persistent
     state."""
-    from strategies.compression import CompressionSpec, compress_train_content
-    from strategies.compression.records import ESTIMATE_STEP_KEY
-
     spec = CompressionSpec(
         cfg.compression.method,
         cfg.compression.topk_fraction,
@@ -204,6 +203,8 @@ def _train_local_dp(
     round gets fresh noise and is accounted again. Under ``dp.reproducible-noise`` the
     ``seeded`` generator (from seed, partition, round) drives both instead: research only,
     the server can regenerate the noise."""
+    # Lazy: Opacus is heavy (~5 s to import) and only local-DP runs train with it (today
+    # fl_app.config still loads it, through strategies.privacy.config).
     from strategies.privacy.local import make_private_trainer
 
     budget = (

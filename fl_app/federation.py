@@ -106,11 +106,12 @@ def roll_call(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], list[dict]]:
     return roster, moments
 
 
-def make_run_dir(cfg: RunConfig) -> Path:
-    """``<output.run-dir>/<UTC time>-<task>-<strategy>-<config hash>`` (created)."""
+def make_run_dir(cfg: RunConfig, kind: str = "") -> Path:
+    """``<output.run-dir>/<UTC time>-<task>-<kind>-<config hash>`` (created); ``kind`` is
+    the strategy unless given (vertical runs: ``"vertical"``)."""
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
     run_dir = Path(cfg.output.run_dir).expanduser().resolve() / (
-        f"{stamp}-{cfg.task}-{cfg.strategy}-{cfg.fingerprint()}"
+        f"{stamp}-{cfg.task}-{kind or cfg.strategy}-{cfg.fingerprint()}"
     )
     run_dir.mkdir(parents=True, exist_ok=False)
     return run_dir
@@ -182,6 +183,8 @@ def central_dp(strategy: Strategy, cfg: RunConfig, num_silos: int, model) -> Str
     """
     if not cfg.dp.central:
         return strategy
+    # Lazy: strategies.privacy imports Opacus (heavy), which only DP runs need (today
+    # fl_app.config still loads it, through strategies.privacy.config).
     from strategies.privacy import AdaptiveClipping, DPFedAvg, PrivacyBudget
 
     rate = cfg.sampling.fraction_train if cfg.dp.sampling_amplification else 1.0

@@ -8,6 +8,8 @@ from flwr.serverapp import Grid, ServerApp
 from fl_app import LOG
 from fl_app.config import ConfigError, RunConfig
 from fl_app.federation import run_federation
+from fl_app.polling import PromptGrid
+from fl_app.vertical.server import run_vertical
 
 app = ServerApp()
 
@@ -27,12 +29,8 @@ def main(grid: Grid, context: Context) -> None:
     this ServerApp being the label party; see fl_app.vertical)."""
     cfg = load_config(context)
     if cfg.mode == "vertical":
-        from fl_app.vertical.server import run_vertical
-
         run_vertical(grid, cfg)
         return
     if cfg.sampling.reply_poll_interval > 0:  # opt-in; Flower's own loop sleeps 3 s between pulls
-        from fl_app.polling import PromptGrid
-
         grid = PromptGrid(grid, first_interval=cfg.sampling.reply_poll_interval)
     run_federation(grid, cfg)

@@ -32,6 +32,7 @@ from tasks.base import ArrayDataset, Task
 from tasks.models import MLP, signed_log1p
 from tasks.registry import TASKS
 from tasks.sources import resolve_local_path
+from tasks.vertical import VERTICAL_SPECS, VerticalSpec
 
 ID = "id"
 LABEL = "y"
@@ -230,6 +231,26 @@ def bank_labels(frame: pd.DataFrame) -> np.ndarray:
 def load_bank_frame(source: str) -> pd.DataFrame:
     """The offline generated frame for ``""``, else the CSV at ``source``."""
     return generate_bank_frame() if not source else read_bank_csv(source)
+
+
+@VERTICAL_SPECS.register("bank-marketing")
+def bank_vertical_spec() -> VerticalSpec:
+    """The bank (label party), its call centre and a marketing partner."""
+    return VerticalSpec(
+        name="bank-marketing",
+        features=tuple(FEATURES),
+        default_split=(
+            # label party: the bank's customer file
+            ("age", "job", "marital", "education", "default", "balance", "housing", "loan"),
+            # party 1: the call centre's campaign log
+            ("contact", "day", "month", "duration", "campaign"),
+            # party 2: the marketing partner's history of earlier campaigns
+            ("pdays", "previous", "poutcome"),
+        ),
+        load_frame=load_bank_frame,
+        encode=encode_bank_columns,
+        labels=bank_labels,
+    )
 
 
 @TASKS.register("bank-marketing", family="tabular")

@@ -24,6 +24,7 @@ from tasks.base import ArrayDataset, Task
 from tasks.models import MLP, signed_log1p
 from tasks.registry import TASKS
 from tasks.sources import resolve_local_path
+from tasks.vertical import VERTICAL_SPECS, VerticalDataError, VerticalSpec
 
 FEATURES = ["Time", *[f"V{i}" for i in range(1, 29)], "Amount"]
 LABEL = "Class"
@@ -75,6 +76,69 @@ def frame_to_dataset(frame: pd.DataFrame) -> ArrayDataset:
     return ArrayDataset(x, frame[LABEL].to_numpy(dtype=np.int64))
 
 
+def load_fraud_frame(source: str) -> pd.DataFrame:
+    """The offline generated frame for ``""``, else the CSV at ``source`` (path or Blob
+    URL)."""
+    import pandas as pd  # pandas loads only when a frame is read
+
+    return generate_fraud_frame() if not source else pd.read_csv(resolve_local_path(source))
+
+
+# ---------------------------------------------------------------- vertical view
+def load_fraud_vertical_frame(source: str) -> pd.DataFrame:
+    """:func:`load_fraud_frame` with an ``id`` column (the row number when the file has
+    none), on which vertical parties align."""
+    frame = load_fraud_frame(source)
+    if "id" not in frame.columns:
+        frame.insert(0, "id", [f"tx-{i:07d}" for i in range(len(frame))])
+    frame["id"] = frame["id"].astype(str)
+    return frame
+
+
+def encode_fraud_columns(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    """One party's ``columns``: Time in days, log-squashed Amount, V1..V28 as they are."""
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise VerticalDataError(
+            f"fraud data lacks columns {missing}; expected the credit-card-fraud layout "
+            "Time, V1..V28, Amount, Class (and optionally id)"
+        )
+    parts = []
+    for column in columns:
+        x = frame[column].to_numpy(dtype=np.float64)
+        if column == "Time":
+            x = x / SECONDS_PER_DAY
+        elif column == "Amount":
+            x = signed_log1p(x)
+        parts.append(np.asarray(x, dtype=np.float32)[:, None])
+    return np.concatenate(parts, axis=1) if parts else np.zeros((len(frame), 0), np.float32)
+
+
+def fraud_labels(frame: pd.DataFrame) -> np.ndarray:
+    """``Class`` as int64 (fraud = 1)."""
+    if LABEL not in frame.columns:
+        raise VerticalDataError(f"fraud data lacks the label column '{LABEL}'")
+    return frame[LABEL].to_numpy(dtype=np.int64)
+
+
+@VERTICAL_SPECS.register("fraud")
+def fraud_vertical_spec() -> VerticalSpec:
+    """Card issuer (label party), two partners with the other risk scores."""
+    return VerticalSpec(
+        name="fraud",
+        features=tuple(FEATURES),
+        default_split=(
+            # label party: the card issuer (time, amount, its own risk scores)
+            ("Time", "Amount", *[f"V{i}" for i in range(1, 10)]),
+            ("V10", "V11", "V12", "V13", "V14", "V15", "V16", "V17", "V18", "V19"),
+            ("V20", "V21", "V22", "V23", "V24", "V25", "V26", "V27", "V28"),
+        ),
+        load_frame=load_fraud_vertical_frame,
+        encode=encode_fraud_columns,
+        labels=fraud_labels,
+    )
+
+
 @TASKS.register("fraud", family="tabular")
 class FraudTask(Task):
     """Fraud / not-fraud from 30 transaction features."""
@@ -83,12 +147,7 @@ class FraudTask(Task):
     num_classes = 2
 
     def load_data(self, data) -> tuple[ArrayDataset, ArrayDataset | None]:
-        import pandas as pd
-
-        if not data.source:
-            return frame_to_dataset(generate_fraud_frame()), None
-        path = resolve_local_path(data.source)
-        return frame_to_dataset(pd.read_csv(path)), None
+        return frame_to_dataset(load_fraud_frame(data.source)), None
 
     def build_model(self) -> nn.Module:
         return MLP(len(FEATURES), num_classes=2, hidden=64)

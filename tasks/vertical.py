@@ -46,94 +46,15 @@ class VerticalSpec:
     id_column: str = "id"
 
 
-def _bank_spec() -> VerticalSpec:
-    from tasks import bank_marketing as bank
-
-    return VerticalSpec(
-        name="bank-marketing",
-        features=tuple(bank.FEATURES),
-        default_split=(
-            # label party: the bank's customer file
-            ("age", "job", "marital", "education", "default", "balance", "housing", "loan"),
-            # party 1: the call centre's campaign log
-            ("contact", "day", "month", "duration", "campaign"),
-            # party 2: the marketing partner's history of earlier campaigns
-            ("pdays", "previous", "poutcome"),
-        ),
-        load_frame=bank.load_bank_frame,
-        encode=bank.encode_bank_columns,
-        labels=bank.bank_labels,
-    )
-
-
-def _fraud_load(source: str) -> pd.DataFrame:
-    import pandas as pd
-
-    from tasks import fraud
-    from tasks.sources import resolve_local_path
-
-    frame = fraud.generate_fraud_frame() if not source else pd.read_csv(resolve_local_path(source))
-    if "id" not in frame.columns:
-        frame.insert(0, "id", [f"tx-{i:07d}" for i in range(len(frame))])
-    frame["id"] = frame["id"].astype(str)
-    return frame
-
-
-def _fraud_encode(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
-    from tasks.fraud import SECONDS_PER_DAY
-    from tasks.models import signed_log1p
-
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise VerticalDataError(
-            f"fraud data lacks columns {missing}; expected the credit-card-fraud layout "
-            "Time, V1..V28, Amount, Class (and optionally id)"
-        )
-    parts = []
-    for column in columns:
-        x = frame[column].to_numpy(dtype=np.float64)
-        if column == "Time":
-            x = x / SECONDS_PER_DAY
-        elif column == "Amount":
-            x = signed_log1p(x)
-        parts.append(np.asarray(x, dtype=np.float32)[:, None])
-    return np.concatenate(parts, axis=1) if parts else np.zeros((len(frame), 0), np.float32)
-
-
-def _fraud_labels(frame: pd.DataFrame) -> np.ndarray:
-    from tasks.fraud import LABEL
-
-    if LABEL not in frame.columns:
-        raise VerticalDataError(f"fraud data lacks the label column '{LABEL}'")
-    return frame[LABEL].to_numpy(dtype=np.int64)
-
-
-def _fraud_spec() -> VerticalSpec:
-    from tasks.fraud import FEATURES
-
-    return VerticalSpec(
-        name="fraud",
-        features=tuple(FEATURES),
-        default_split=(
-            # label party: the card issuer (time, amount, its own risk scores)
-            ("Time", "Amount", *[f"V{i}" for i in range(1, 10)]),
-            ("V10", "V11", "V12", "V13", "V14", "V15", "V16", "V17", "V18", "V19"),
-            ("V20", "V21", "V22", "V23", "V24", "V25", "V26", "V27", "V28"),
-        ),
-        load_frame=_fraud_load,
-        encode=_fraud_encode,
-        labels=_fraud_labels,
-    )
-
-
 #: Task name → its vertical view (a callable returning the :class:`VerticalSpec`): the
-#: tasks ``mode = 'vertical'`` accepts. A task file (or a separate package, through the
-#: entry-point group ``fedsilo.vertical_tasks``) adds one with ``@VERTICAL_SPECS.register``.
+#: tasks ``mode = 'vertical'`` accepts. The task's own file adds one with
+#: ``@VERTICAL_SPECS.register(task)`` (``tasks/bank_marketing.py``, ``tasks/fraud.py``);
+#: every module of :mod:`tasks` is imported when the registry is first read, and a separate
+#: package adds one through the entry-point group ``fedsilo.vertical_tasks``. Listed
+#: alphabetically: specs register on import, whose order depends on who imports first.
 VERTICAL_SPECS: Registry[Callable[[], VerticalSpec]] = Registry(
-    "vertical task", group="fedsilo.vertical_tasks"
+    "vertical task", group="fedsilo.vertical_tasks", builtins=("tasks",), sort=True
 )
-VERTICAL_SPECS.add("bank-marketing", _bank_spec)
-VERTICAL_SPECS.add("fraud", _fraud_spec)
 
 
 def vertical_spec(task: str) -> VerticalSpec:

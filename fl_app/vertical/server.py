@@ -31,7 +31,6 @@ import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +40,7 @@ from flwr.serverapp import Grid
 
 from fl_app import LOG
 from fl_app.config import RunConfig
+from fl_app.federation import make_run_dir
 from fl_app.polling import poll_replies
 from fl_app.sinks import ConsoleSink, RunDirSink, Sinks, privacy_status
 from fl_app.vertical import ALIGN, DATA, EMBED, META, PSI, STEP, VerticalError
@@ -137,15 +137,6 @@ def wait_for_parties(grid: Grid, needed: int, timeout: float) -> list[int]:
     return nodes
 
 
-def _run_dir(cfg: RunConfig) -> Path:
-    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-%f")
-    path = Path(cfg.output.run_dir).expanduser().resolve() / (
-        f"{stamp}-{cfg.task}-vertical-{cfg.fingerprint()}"
-    )
-    path.mkdir(parents=True, exist_ok=False)
-    return path
-
-
 def private_alignment(
     grid: Grid, cfg: RunConfig, groups: list[list[str]], label_ids: list[str]
 ) -> tuple[dict[int, int], np.ndarray, dict[int, int]]:
@@ -222,7 +213,7 @@ def run_vertical(grid: Grid, cfg: RunConfig, extra_sinks: Sequence = ()) -> Vert
     torch.set_num_threads(1)
     spec = vertical_spec(cfg.task)
     groups = parse_split(cfg.vertical.split, spec)
-    run_dir = _run_dir(cfg)
+    run_dir = make_run_dir(cfg, "vertical")
     privacy = privacy_status(cfg)  # embedding noise: marks the run (not) private
     sink = RunDirSink(run_dir, privacy=privacy)
     sinks = Sinks(ConsoleSink(), sink, *extra_sinks, privacy=privacy)
