@@ -40,6 +40,7 @@ from azure.ai.ml import Input, command
 from azure.ai.ml.entities import Command, Environment, ManagedIdentityConfiguration
 
 from adapters.azureml.spec import (
+    ExistingNetwork,
     FederationSpec,
     JobNetwork,
     KeyVaultSecret,
@@ -222,6 +223,18 @@ def _secret_arg(
     return "${{inputs." + key + "}}"
 
 
+def _tls_args(
+    network: ExistingNetwork, spec: FederationSpec, inputs: dict[str, Input], wrapper: list[str]
+) -> list[str]:
+    """How a job reaches an existing SuperLink: ``--insecure``, or ``--root-certificates``
+    with the CA file (a secret, see :func:`_secret_arg`; the spec allows one or the other)."""
+    args = ["--insecure"] if network.insecure else []
+    if network.root_certificates:
+        cert = _secret_arg("root-certificates", network.root_certificates, spec, inputs, wrapper)
+        args += ["--root-certificates", cert]
+    return args
+
+
 def _superlink_job(
     spec: FederationSpec, network: JobNetwork, names: dict[str, str], common: dict[str, Any]
 ) -> Command:
@@ -265,14 +278,7 @@ def _silo_job(
         ]  # fmt: skip
         flower = ["--insecure", "--superlink", "{superlink}"]
     else:
-        flower = ["--superlink", network.address]
-        if network.insecure:
-            flower.append("--insecure")
-        if network.root_certificates:
-            cert = _secret_arg(
-                "root-certificates", network.root_certificates, spec, inputs, wrapper
-            )
-            flower += ["--root-certificates", cert]
+        flower = ["--superlink", network.address, *_tls_args(network, spec, inputs, wrapper)]
         if silo.name in network.supernode_auth_keys:
             key = _secret_arg(
                 "auth-key", network.supernode_auth_keys[silo.name], spec, inputs, wrapper
@@ -316,13 +322,7 @@ def _serverapp_job(spec: FederationSpec, names: dict[str, str], common: dict[str
         ]  # fmt: skip
     else:
         wrapper += ["--address", network.control]
-        if network.insecure:
-            wrapper.append("--insecure")
-        if network.root_certificates:
-            cert = _secret_arg(
-                "root-certificates", network.root_certificates, spec, inputs, wrapper
-            )
-            wrapper += ["--root-certificates", cert]
+        wrapper += _tls_args(network, spec, inputs, wrapper)
     flower = [
         "flwr", "run", ".", FLWR_CONNECTION, "--stream",
         "--run-config", run_config_arg(flower_run_config(spec)),
