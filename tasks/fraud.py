@@ -62,6 +62,16 @@ def generate_fraud_frame(
     return frame
 
 
+def scale_fraud_column(column: str, x: np.ndarray) -> np.ndarray:
+    """The model's view of one column (in ``x``'s dtype): Time in days, Amount
+    log-squashed, V1..V28 as they are."""
+    if column == "Time":
+        return x / SECONDS_PER_DAY
+    if column == "Amount":
+        return signed_log1p(x)
+    return x
+
+
 def frame_to_dataset(frame: pd.DataFrame) -> ArrayDataset:
     """Features (Time in days, log-squashed Amount, V1..V28) and the Class label."""
     missing = [c for c in [*FEATURES, LABEL] if c not in frame.columns]
@@ -71,8 +81,8 @@ def frame_to_dataset(frame: pd.DataFrame) -> ArrayDataset:
             f"{FEATURES[0]}, V1..V28, Amount, {LABEL}"
         )
     x = frame[FEATURES].to_numpy(dtype=np.float32).copy()
-    x[:, 0] = x[:, 0] / SECONDS_PER_DAY
-    x[:, -1] = signed_log1p(x[:, -1])
+    x[:, 0] = scale_fraud_column("Time", x[:, 0])
+    x[:, -1] = scale_fraud_column("Amount", x[:, -1])
     return ArrayDataset(x, frame[LABEL].to_numpy(dtype=np.int64))
 
 
@@ -105,11 +115,7 @@ def encode_fraud_columns(frame: pd.DataFrame, columns: list[str]) -> np.ndarray:
         )
     parts = []
     for column in columns:
-        x = frame[column].to_numpy(dtype=np.float64)
-        if column == "Time":
-            x = x / SECONDS_PER_DAY
-        elif column == "Amount":
-            x = signed_log1p(x)
+        x = scale_fraud_column(column, frame[column].to_numpy(dtype=np.float64))
         parts.append(np.asarray(x, dtype=np.float32)[:, None])
     return np.concatenate(parts, axis=1) if parts else np.zeros((len(frame), 0), np.float32)
 
