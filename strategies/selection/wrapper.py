@@ -143,16 +143,16 @@ class ParticipantSelection(StrategyWrapper):
         answered = {reply_order_key(r)[0] for r in replies if not r.has_error()}
         outcomes = []
         for p in self._selection.partitions:
-            values = reported.get(p, {})
-            seconds = values.get(SIM_SECONDS, values.get("silo-seconds"))
-            loss = values.get("train-loss")
+            # A reply's own figures, as the silo claims them: a malformed value (NaN, ∞,
+            # negative; validation rejects such an update) is not taken as history.
+            values = {k: v for k, v in reported.get(p, {}).items() if math.isfinite(v) and v >= 0}
             examples = values.get("num-examples")
             outcomes.append(
                 Outcome(
                     partition=p,
                     ok=p in answered,
-                    seconds=seconds,
-                    loss=loss if loss is None or math.isfinite(loss) else None,
+                    seconds=values.get(SIM_SECONDS, values.get("silo-seconds")),
+                    loss=values.get("train-loss"),
                     num_examples=int(examples) if examples is not None else None,
                 )
             )
