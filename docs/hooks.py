@@ -51,7 +51,8 @@ GENERATED_NOTE = (
 # --------------------------------------------------------------------------- bibliography
 #: Full references of the papers the strategies, pre-aggregators, attacks and DP mechanisms
 #: cite, keyed by (first author's surname, year) as the docstrings cite them, e.g.
-#: "(Blanchard et al., 2017)" or "(Cao et al., NDSS 2021)".
+#: "(Blanchard et al., 2017)" or "(Cao et al., NDSS 2021)"; a letter after the year tells
+#: apart two papers of one first author and year ("(Li et al., ICLR 2020b)").
 REFERENCES: dict[tuple[str, str], str] = {
     ("McMahan", "2017"): "H. B. McMahan, E. Moore, D. Ramage, S. Hampson, B. Agüera y Arcas. "
     "*Communication-Efficient Learning of Deep Networks from Decentralized Data.* AISTATS 2017. "
@@ -59,6 +60,8 @@ REFERENCES: dict[tuple[str, str], str] = {
     ("Li", "2020"): "T. Li, A. K. Sahu, M. Zaheer, M. Sanjabi, A. Talwalkar, V. Smith. "
     "*Federated Optimization in Heterogeneous Networks.* MLSys 2020. "
     "[arXiv:1812.06127](https://arxiv.org/abs/1812.06127)",
+    ("Li", "2020b"): "T. Li, M. Sanjabi, A. Beirami, V. Smith. *Fair Resource Allocation in "
+    "Federated Learning.* ICLR 2020. [arXiv:1905.10497](https://arxiv.org/abs/1905.10497)",
     ("Reddi", "2021"): "S. J. Reddi, Z. Charles, M. Zaheer, Z. Garrett, K. Rush, J. Konečný, "
     "S. Kumar, H. B. McMahan. *Adaptive Federated Optimization.* ICLR 2021. "
     "[arXiv:2003.00295](https://arxiv.org/abs/2003.00295)",
@@ -114,7 +117,7 @@ EXTRA_CITATIONS: dict[str, list[tuple[str, str]]] = {
 
 _CITATION_RE = re.compile(
     r"\(((?:El )?[A-Z][A-Za-z'-]+)(?: et al\.| and [A-Z][A-Za-z'-]+)?,?\s+(?:[A-Z][A-Za-z]+\s+)?"
-    r"(\d{4})\)"
+    r"(\d{4}[a-z]?)\)"
 )
 
 
@@ -357,7 +360,10 @@ def strategies_page() -> str:
         "",
         "Every strategy runs inside the same wrappers: update validation (NaN/Inf, shapes, "
         "norm outliers), seeded client sampling, per-round reporting, and optionally central "
-        "DP or simulated attacks — see [Concepts](concepts.md).",
+        "DP or simulated attacks — see [Concepts](concepts.md). `qfedavg` (family "
+        "*fairness*) weighs the silos towards the worse-served ones; every run summarises "
+        "how evenly the model serves the silos — see "
+        "[Per-silo evaluation and fairness](personalization.md).",
         "",
         "| strategy | family | run-config keys | paper |",
         "|---|---|---|---|",

@@ -6,7 +6,10 @@ Messages:
   ``train-loss``, ``num-examples`` and a ``meta`` record with the partition id. Under local
   DP the silo's secret randomness and accounting are kept per the config's ``lineage``
   (:mod:`fl_app.silo_state`).
-* ``evaluate``→ metrics of the received global model on the silo's validation split.
+  When the instruction asks for it (``report-loss-before``; q-FedAvg) it adds
+  ``train-loss-before``, the received model's loss on the silo's training data.
+* ``evaluate``→ metrics of the received global model on the silo's validation split,
+  under the task's metric names (see :data:`MODEL_METRIC_PREFIX`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from fl_app.heterogeneity import (
 )
 from fl_app.silo_state import SiloStateStore, silo_lineage
 from fl_app.vertical.client import register as register_vertical
-from fl_core.records import META_KEY
+from fl_core.records import LOSS_BEFORE_KEY, META_KEY, REPORT_LOSS_BEFORE_KEY
 from fl_core.seeding import derive_seed, seed_everything
 from strategies.compression import CompressionSpec, compress_train_content
 from strategies.compression.records import ESTIMATE_STEP_KEY
@@ -138,6 +141,11 @@ def train(msg: Message, context: Context) -> Message:
         # Padding labels (< 0, sequence tasks) stay padding.
         flipped = np.where(train_data.y >= 0, task.num_classes - 1 - train_data.y, train_data.y)
         train_data = ArrayDataset(train_data.x, flipped)
+    # The received model's loss on what this silo trains on (q-FedAvg's F_k(w)); the
+    # evaluation draws no random numbers, so training below is unchanged.
+    loss_before = (
+        task.evaluate(model, train_data)["loss"] if config.get(REPORT_LOSS_BEFORE_KEY) else None
+    )
     generator = seed_everything(derive_seed(cfg.seed, "train", pid, server_round))
     if cfg.dp.local:
         metrics = _train_local_dp(
@@ -152,6 +160,8 @@ def train(msg: Message, context: Context) -> Message:
             generator=generator,
         )
     metrics["num-examples"] = len(train_data)
+    if loss_before is not None:
+        metrics[LOSS_BEFORE_KEY] = loss_before
     if cfg.simulation.speed_spread > 1 or "slowness" in context.node_config:
         seconds = sim_seconds(cfg.simulation, profile, len(train_data), cfg.training.local_epochs)
         metrics["sim-seconds"] = seconds
@@ -260,12 +270,28 @@ def _note_class_weights_off(task_name: str) -> None:
         )
 
 
+#: Each model a silo evaluates, and the prefix of its metrics in the evaluate reply. The
+#: global model keeps the task's names (``accuracy``, ``loss``, …); a personalised model
+#: evaluated next to it will report under ``personal-`` (docs/personalization.md).
+MODEL_METRIC_PREFIX = {"global": ""}
+
+
+def evaluate_models(task, models: dict[str, torch.nn.Module], val: ArrayDataset) -> dict:
+    """The task's metrics of each of ``models`` (by :data:`MODEL_METRIC_PREFIX` name) on
+    the silo's validation split ``val``, prefixed by the model's prefix."""
+    metrics: dict[str, float] = {}
+    for name, model in models.items():
+        prefix = MODEL_METRIC_PREFIX[name]
+        metrics.update({prefix + k: v for k, v in task.evaluate(model, val).items()})
+    return metrics
+
+
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this silo's validation split."""
     cfg, task, pid, _, model = _setup(msg, context)
     data = silo_data(task, cfg, context)
-    metrics = task.evaluate(model, data.val)
+    metrics = evaluate_models(task, {"global": model}, data.val)
     metrics["num-examples"] = len(data.val)
     return Message(
         RecordDict({"metrics": MetricRecord(metrics), META_KEY: _meta(pid)}), reply_to=msg

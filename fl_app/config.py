@@ -195,9 +195,9 @@ class RunConfig(Section):
         if dp.central and not STRATEGIES.get(self.strategy).supports("central-dp"):
             raise ConfigError(
                 f"run-config 'dp.central' = true is unsound with strategy '{self.strategy}': "
-                "robust rules select or order individual updates, so one silo can move the "
-                "result by more than dp.clip-norm / n. Use one of: "
-                + ", ".join(STRATEGIES.names(compatible="central-dp"))
+                "robust rules select or order individual updates (q-FedAvg weighs them by their "
+                "silo's loss), so one silo can move the result by more than dp.clip-norm / n. "
+                "Use one of: " + ", ".join(STRATEGIES.names(compatible="central-dp"))
             )
         if dp.central and robust.max_update_norm_ratio > 0:
             raise ConfigError(
@@ -235,6 +235,13 @@ class RunConfig(Section):
                     f"{reason}. Use 'dp.central' = true (DP-FedAvg: the server clips and "
                     "noises the aggregate) or set 'dp.local' = false."
                 )
+        if dp.local and STRATEGIES.get(self.strategy).extra.get("needs_loss_before"):
+            raise ConfigError(
+                f"run-config 'dp.local' = true is not available with strategy "
+                f"'{self.strategy}': each silo would report its training loss before "
+                "training, outside the local DP guarantee. Use another strategy (e.g. "
+                "'fedavg') or set 'dp.local' = false."
+            )
         if dp.local and self.strategy == "fedprox" and self.training.proximal_mu > 0:
             raise ConfigError(
                 "run-config 'dp.local' = true ignores FedProx's proximal term (Opacus clips "

@@ -49,7 +49,7 @@ from fl_app.sinks import (
     tracking_sinks,
 )
 from fl_app.stores import open_checkpoint_store
-from fl_core.records import META_KEY
+from fl_core.records import META_KEY, REPORT_LOSS_BEFORE_KEY
 from fl_core.seeding import derive_seed, seed_everything
 from strategies import STRATEGIES, build_strategy
 from strategies.compression import CompressedUpdates
@@ -321,7 +321,13 @@ def wrap_strategy(
     )  # fmt: skip
     wrapped = CompressedUpdates(wrapped, round_state=state)
     wrapped = TrafficMeter(wrapped, sizes=sizes, round_state=state)
-    wrapped = RoundReporter(wrapped, sinks.log_metrics, sinks.log_silo_metrics, round_state=state)
+    wrapped = RoundReporter(
+        wrapped,
+        sinks.log_metrics,
+        sinks.log_silo_metrics,
+        fairness_metrics=(get_task(cfg.task).main_metric,),  # docs/personalization.md
+        round_state=state,
+    )
     # Outermost: payload limit, quorum/retries and the audit see replies as received.
     return ReliableRounds(
         wrapped,
@@ -333,6 +339,17 @@ def wrap_strategy(
         rejections=rejections,
         round_state=state,
     )
+
+
+def train_config(cfg: RunConfig, lineage: str) -> ConfigRecord:
+    """The config every train instruction carries: the learning rate, the run's lineage
+    and, for a strategy registered with ``needs_loss_before`` (q-FedAvg), the request to
+    report the received model's loss before training (other strategies' instructions are
+    unchanged)."""
+    config = ConfigRecord({"learning-rate": cfg.training.learning_rate, LINEAGE_KEY: lineage})
+    if STRATEGIES.get(cfg.strategy).extra.get("needs_loss_before"):
+        config[REPORT_LOSS_BEFORE_KEY] = True
+    return config
 
 
 def run_federation(
@@ -416,9 +433,7 @@ def run_federation(
             first_round=done + 1,
             num_rounds=cfg.num_server_rounds,
             timeout=cfg.sampling.round_timeout,
-            train_config=ConfigRecord(
-                {"learning-rate": cfg.training.learning_rate, LINEAGE_KEY: lineage}
-            ),
+            train_config=train_config(cfg, lineage),
             evaluate_fn=evaluate_fn,
         )
     except QuorumError as exc:  # end cleanly: checkpoint of the last round stays valid

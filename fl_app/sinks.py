@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from fl_app import LOG
 from fl_core.config import Section, transient
 from fl_core.registry import Registry
+from strategies.fairness import is_fairness_key, summaries_in
 
 if TYPE_CHECKING:
     from fl_app.config import RunConfig
@@ -139,13 +140,21 @@ def _fmt(metrics: Mapping[str, float]) -> str:
 
 
 class ConsoleSink:
-    """One log line per round and phase."""
+    """One log line per round and phase; the evaluate phase's fairness summary
+    (:mod:`strategies.fairness`) gets a line of its own per metric."""
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         pass
 
     def log_metrics(self, server_round, phase, metrics) -> None:
-        LOG.info("[fedsilo] round %d %s: %s", server_round, phase, _fmt(metrics))
+        summaries = summaries_in(metrics)
+        rest = {k: v for k, v in metrics.items() if not is_fairness_key(k)}
+        LOG.info("[fedsilo] round %d %s: %s", server_round, phase, _fmt(rest))
+        for metric, stats in summaries.items():
+            LOG.info(
+                "[fedsilo] round %d fairness of %s over %d silos: %s",
+                server_round, metric, int(stats.pop("silos", 0)), _fmt(stats),
+            )  # fmt: skip
 
     def log_silo_metrics(self, server_round, phase, partition_id, metrics) -> None:
         pass

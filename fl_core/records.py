@@ -4,3 +4,9 @@ from __future__ import annotations
 
 #: ConfigRecord in every reply carrying the silo's "partition-id".
 META_KEY = "meta"
+
+#: Train-instruction config key (bool): the server asks each silo to report, before it
+#: trains, the loss of the received global model on its training data (q-FedAvg needs it).
+REPORT_LOSS_BEFORE_KEY = "report-loss-before"
+#: Train-reply metric holding that loss (present only when asked for).
+LOSS_BEFORE_KEY = "train-loss-before"

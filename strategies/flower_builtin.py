@@ -15,6 +15,7 @@ from flwr.serverapp.strategy.multikrum import select_multikrum
 from pydantic import Field
 
 from fl_core.config import Section
+from fl_core.records import LOSS_BEFORE_KEY
 from strategies.flatten import stack, unflatten
 from strategies.metrics import weighted_mean_metrics
 from strategies.registry import MEAN_COMPATIBLE, STRATEGIES
@@ -27,7 +28,8 @@ if TYPE_CHECKING:
 
 
 class ServerSection(Section):
-    """The server-side optimiser of FedAdam, FedYogi, FedAdagrad and FedAvgM."""
+    """The server-side optimiser of FedAdam, FedYogi, FedAdagrad and FedAvgM, and
+    q-FedAvg's fairness parameter."""
 
     learning_rate: float = Field(
         0.1, gt=0, description="Server step size η (FedAdam, FedYogi, FedAdagrad, FedAvgM)."
@@ -36,6 +38,13 @@ class ServerSection(Section):
     beta1: float = Field(0.9, ge=0, lt=1, description="First-moment decay (FedAdam, FedYogi).")
     beta2: float = Field(0.99, ge=0, lt=1, description="Second-moment decay (FedAdam, FedYogi).")
     tau: float = Field(1e-3, gt=0, description="Adaptivity ε (FedAdam, FedYogi, FedAdagrad).")
+    q: float = Field(
+        0.1,
+        ge=0,
+        le=100,
+        description="q-FedAvg's fairness q: silos with a higher loss weigh more, as loss^q "
+        "(0 = plain FedAvg-like steps; larger = fairer, slower).",
+    )
 
 
 def common_kwargs(cfg: StrategyConfig) -> dict[str, Any]:
@@ -107,6 +116,33 @@ def fedavgm(cfg: StrategyConfig) -> fl.Strategy:
     return fl.FedAvgM(
         server_learning_rate=cfg.server.learning_rate,
         server_momentum=cfg.server.momentum,
+        **common_kwargs(cfg),
+    )
+
+
+#: q-FedAvg reweights each update by its silo's loss before training, loss^q, and scales
+#: the step by a per-silo norm term: not a clipped mean (central DP's sensitivity bound
+#: does not hold, and the losses would be released unnoised), and the server needs each
+#: silo's own update norm and loss (secure aggregation hides them). Linear in the
+#: updates, so top-k's sparse updates are fine.
+QFFL_COMPATIBLE = {"central-dp": False, "secagg": False, "topk": True}
+
+
+@STRATEGIES.register(
+    "qfedavg",
+    family="fairness",
+    compatible=QFFL_COMPATIBLE,
+    section=ServerSection,
+    needs_loss_before=True,
+)
+def qfedavg(cfg: StrategyConfig) -> fl.Strategy:
+    """q-FedAvg, q-FFL fair resource allocation (Li et al., ICLR 2020b): silos with a higher loss
+    weigh more (``server.q``); the Lipschitz estimate is 1 / ``training.learning-rate``.
+    Each silo reports its loss before training (``needs_loss_before``)."""
+    return fl.QFedAvg(
+        client_learning_rate=cfg.training.learning_rate,
+        q=cfg.server.q,
+        train_loss_key=LOSS_BEFORE_KEY,
         **common_kwargs(cfg),
     )
 

@@ -7,12 +7,15 @@ A strategy registers itself in its own file::
     @STRATEGIES.register("my-avg", family="mean-based", compatible=MEAN_COMPATIBLE)
     def my_avg(cfg): ...
 
-``family`` is ``"mean-based"`` (a weighted mean of the updates, as FedAvg) or ``"robust"``
-(selects, orders or reweights individual updates). ``compatible`` says which
+``family`` is ``"mean-based"`` (a weighted mean of the updates, as FedAvg), ``"robust"``
+(selects, orders or reweights individual updates against attackers) or ``"fairness"``
+(reweights updates towards the worse-served silos, as q-FedAvg). ``compatible`` says which
 cross-cutting features the strategy works with: ``central-dp`` (DP-FedAvg's clipping
 and noise bound one silo's influence only under a mean), ``secagg`` (the server sees
 only the sum) and ``topk`` (sparse updates with different supports). The run-config
-checks ask this metadata instead of listing names.
+checks ask this metadata instead of listing names. ``needs_loss_before=True`` asks every
+silo to report the received model's loss on its training data before it trains
+(``fl_core.records.LOSS_BEFORE_KEY``; q-FedAvg), which local DP does not cover.
 
 Built-ins: Flower's strategies (:mod:`strategies.flower_builtin`) and ours
 (:mod:`strategies.robust.factories`); a separate package registers through the

@@ -6,7 +6,8 @@
   public, so this sample is no secret: DP-FedAvg's secret Poisson sampling
   (``dp.sampling-amplification``) draws its cohort itself, from OS entropy, inside it.
 * :class:`RoundReporter` hands each round's aggregated metrics to a callback (the run's
-  metrics sinks) as soon as the round produces them.
+  metrics sinks) as soon as the round produces them, with each silo's own metrics and,
+  for client-side evaluation, their fairness summary (:mod:`strategies.fairness`).
 * :class:`ValidatedUpdates` drops malformed or outlying updates before aggregation.
 
 Both delegate everything else to the wrapped strategy, as Flower's DP wrappers do.
@@ -15,7 +16,7 @@ Both delegate everything else to the wrapped strategy, as Flower's DP wrappers d
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from logging import WARNING
 from typing import Any
 
@@ -28,6 +29,7 @@ from pydantic import Field
 
 from fl_core.config import Section, transient
 from fl_core.records import META_KEY
+from strategies.fairness import silo_fairness_metrics
 from strategies.flatten import records_of, shared_stack
 from strategies.robust.strategy import RobustAggregation
 from strategies.round_state import RoundState, RoundStateUser
@@ -286,7 +288,14 @@ def silo_metrics(replies: Iterable[Message]) -> list[tuple[int, dict[str, float]
 class RoundReporter(StrategyWrapper):
     """Reports each round as it happens: ``on_metrics(round, phase, metrics)`` with the
     aggregated MetricRecord (phase ``"train"`` or ``"evaluate"``) plus reply/failure
-    counts, and ``on_silo_metrics(round, phase, partition_id, metrics)`` per silo."""
+    counts, and ``on_silo_metrics(round, phase, partition_id, metrics)`` per silo.
+
+    The evaluate phase's metrics also summarise how evenly the model serves the silos:
+    for each name in ``fairness_metrics`` (e.g. the task's main metric), min, p10,
+    median, mean, std and Jain's index over the silos that reported it
+    (:func:`strategies.fairness.silo_fairness_metrics`, keys ``silo-<metric>-<stat>``).
+    They are computed from the same per-silo values ``on_silo_metrics`` receives and only
+    added to the report: the aggregate the strategy returns is unchanged."""
 
     def __init__(
         self,
@@ -294,38 +303,52 @@ class RoundReporter(StrategyWrapper):
         on_metrics: RoundCallback,
         on_silo_metrics: SiloCallback | None = None,
         *,
+        fairness_metrics: Sequence[str] = (),
         round_state: RoundState | None = None,
     ) -> None:
         super().__init__(inner, round_state=round_state)
         self.on_metrics = on_metrics
         self.on_silo_metrics = on_silo_metrics
+        self.fairness_metrics = tuple(fairness_metrics)
 
-    def _report(self, server_round: int, phase: str, replies: list[Message], metrics) -> None:
+    def _report(
+        self,
+        server_round: int,
+        phase: str,
+        replies: list[Message],
+        metrics,
+        extra: Mapping[str, float] | None = None,
+    ) -> None:
         ok = sum(not r.has_error() for r in replies)
         values = dict(metrics.items()) if metrics is not None else {}
         values["replies"] = ok
         values["failures"] = len(replies) - ok
+        values.update(extra or {})
         self.on_metrics(server_round, phase, values)
 
-    def _report_silos(self, server_round: int, phase: str, replies: list[Message]) -> None:
-        # Read before aggregating: some Flower strategies pop records out of the replies.
+    def _report_silos(
+        self, server_round: int, phase: str, silos: list[tuple[int, dict[str, float]]]
+    ) -> None:
         if self.on_silo_metrics is None:
             return
-        for pid, values in silo_metrics(replies):
+        for pid, values in silos:
             self.on_silo_metrics(server_round, phase, pid, values)
 
     def aggregate_train(self, server_round, replies):
         replies = list(replies)
-        self._report_silos(server_round, "train", replies)
+        # Read before aggregating: some Flower strategies pop records out of the replies.
+        self._report_silos(server_round, "train", silo_metrics(replies))
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         self._report(server_round, "train", replies, metrics)
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round, replies):
         replies = list(replies)
-        self._report_silos(server_round, "evaluate", replies)
+        silos = silo_metrics(replies)
+        self._report_silos(server_round, "evaluate", silos)
         metrics = self.inner.aggregate_evaluate(server_round, replies)
-        self._report(server_round, "evaluate", replies, metrics)
+        fairness = silo_fairness_metrics((values for _, values in silos), self.fairness_metrics)
+        self._report(server_round, "evaluate", replies, metrics, fairness)
         return metrics
 
 

@@ -99,6 +99,10 @@ class Task(ABC):
     #: Why ``dp.local`` (Opacus DP-SGD in the silo) cannot train this task's model, or
     #: ``None`` if it can; checked when the run config is validated.
     local_dp_unsupported: str | None = None
+    #: The metric (a key of :meth:`evaluate`'s result) that says how good the model is for
+    #: a silo: summarised across silos every round (min, p10, median, std, Jain's index;
+    #: ``strategies.fairness``). Classification tasks: ``accuracy``.
+    main_metric: str = "accuracy"
 
     @abstractmethod
     def load_data(self, data: DataSection) -> tuple[ArrayDataset, ArrayDataset | None]:

@@ -516,6 +516,7 @@ class NerTask(Task):
 
     name = "ner"
     num_classes = len(TAGS)
+    main_metric = "entity-f1"
     local_dp_unsupported = (
         "Opacus DP-SGD cannot compute per-example gradients of its nn.LSTM (opacus' DPLSTM "
         "would change the model's arrays and train several times slower)"

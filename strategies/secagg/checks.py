@@ -48,8 +48,9 @@ def check_secure_aggregation(cfg: StrategyConfig) -> None:
     if not STRATEGIES.get(cfg.strategy).supports("secagg"):
         refuse(
             f"cannot run strategy '{cfg.strategy}': robust rules (median, trimming, Krum, "
-            "FLTrust, clipping, …) need every individual update, which secure aggregation "
-            "hides from the server. Use one of: " + ", ".join(STRATEGIES.names(compatible="secagg"))
+            "FLTrust, clipping, …) and q-FedAvg need every individual update, which secure "
+            "aggregation hides from the server. Use one of: "
+            + ", ".join(STRATEGIES.names(compatible="secagg"))
         )
     if cfg.robust.max_update_norm_ratio > 0:
         refuse(

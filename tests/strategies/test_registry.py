@@ -113,8 +113,13 @@ def test_registry_maps_names_to_factories_with_metadata():
     assert set(STRATEGIES.names(family="mean-based")) == {
         "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm"
     }  # fmt: skip
-    for feature in ("central-dp", "secagg", "topk"):
+    for feature in ("central-dp", "secagg"):
         assert STRATEGIES.names(compatible=feature) == STRATEGIES.names(family="mean-based")
+    # q-FedAvg's step is linear in the updates (top-k fine) but reweights them by loss.
+    mean_based = STRATEGIES.names(family="mean-based")
+    assert STRATEGIES.names(compatible="topk") == [*mean_based, "qfedavg"]
+    assert STRATEGIES.names(family="fairness") == ["qfedavg"]
+    assert STRATEGIES.get("qfedavg").extra["needs_loss_before"] is True
     assert STRATEGIES.get("fltrust").extra["needs_server_update"] is True
     with pytest.raises(KeyError, match="Choose one of"):
         build_strategy(RunConfig.model_construct(strategy="nope"))
