@@ -172,8 +172,6 @@ FILTER = (
     ),
 )  # fmt: skip
 AGGREGATORS = (*FLOWER, *OURS, *NNM, *TUNED, *FILTER)
-#: Registry strategies deliberately left out: not meant to resist Byzantine silos.
-NOT_ROBUST = ("fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
 
 QUICK_AGGREGATORS = ("fedavg", "robust-median", "cclip+nnm")
 QUICK_ATTACKS = ("none", "sign-flip", "alie")
