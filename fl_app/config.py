@@ -45,6 +45,7 @@ from fl_core.config import (
 )
 from fl_core.errors import ConfigError
 from strategies.compression.codecs import CompressionSection
+from strategies.contribution.config import ContributionSection, check_contribution
 from strategies.flower_builtin import ServerSection
 from strategies.privacy.config import DPSection
 from strategies.registry import STRATEGIES
@@ -110,6 +111,7 @@ class RunConfig(Section):
     dp: DPSection = DPSection()
     secagg: SecAggSection = SecAggSection()
     compression: CompressionSection = CompressionSection()
+    contribution: ContributionSection = ContributionSection()
     vertical: VerticalSection = VerticalSection()
     tracking: TrackingSection = TrackingSection()
     output: OutputSection = OutputSection()
@@ -281,6 +283,7 @@ class RunConfig(Section):
         if self.secagg.enabled:
             check_secure_aggregation(self)
         check_rule_params(self)
+        check_contribution(self)
         if sampling.min_train_nodes > sampling.min_available_nodes:
             raise ConfigError(
                 f"run-config 'sampling.min-train-nodes' = {sampling.min_train_nodes} exceeds "
