@@ -105,8 +105,9 @@ def gtg_shapley(
     permutations drawn from ``rng``, between-round and within-permutation truncation at
     ``truncation`` = ε, at most ``max_permutations`` permutations, early stop at
     ``tolerance``; 0 = sample the whole budget). ``utility`` takes a frozenset of players
-    and should be a :class:`CachedUtility`; the estimates satisfy efficiency
-    (``Σ φ_i = v(N) − v(∅)``) for every permutation count, up to float rounding."""
+    and should be a :class:`CachedUtility`. The estimates add up to ``v(N) − v(∅)`` within
+    ``truncation`` (exactly, up to float rounding, when ``truncation`` = 0), whatever the
+    number of permutations sampled."""
     if max_permutations < 1:
         raise ValueError(f"max_permutations must be ≥ 1, got {max_permutations}")
     players = list(players)
