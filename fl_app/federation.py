@@ -59,7 +59,7 @@ from strategies.robust.simulation import SimulatedAttack, byzantine_partitions, 
 from strategies.round_state import RoundState, share_round_state
 from strategies.secagg import SecureAggregation
 from strategies.secagg.client import SECAGG_STEPS
-from strategies.selection import Selection, make_policy
+from strategies.selection import GUARD, Selection, make_policy
 from strategies.selection.wrapper import ParticipantSelection
 from strategies.traffic import TrafficMeter
 from strategies.wrappers import RoundReporter, SeededSampling, ValidatedUpdates
@@ -240,6 +240,10 @@ def central_dp(strategy: Strategy, cfg: RunConfig, num_silos: int, model) -> Str
     )
 
 
+def _with_score(pid: int, score: float | None) -> str:
+    return f"{pid}" if score is None or not math.isfinite(score) else f"{pid}({score:.3g})"
+
+
 def selection_reporter(
     roster: Mapping[int, int], sinks: MetricsSink, audit: AuditLog | None
 ) -> Callable[[Selection], None]:
@@ -256,7 +260,19 @@ def selection_reporter(
                 reasons={str(p): selection.reasons.get(p, "") for p in selection.partitions},
             )
         chosen = set(selection.partitions)
-        for pid in sorted(set(roster.values())):
+        silos = sorted(set(roster.values()))
+        guarded = [
+            p for p in selection.partitions if selection.reasons.get(p, "").startswith(GUARD)
+        ]
+        LOG.info(
+            "[fedsilo] round %d selection: %d of %d silos %s%s",
+            selection.round,
+            len(chosen),
+            len(silos),
+            " ".join(_with_score(p, selection.scores.get(p)) for p in selection.partitions),
+            f" (fairness guard: {guarded})" if guarded else "",
+        )
+        for pid in silos:
             values = {"selected": float(pid in chosen)}
             score = selection.scores.get(pid)
             if score is not None and math.isfinite(score):

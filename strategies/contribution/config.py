@@ -69,6 +69,17 @@ class ContributionSection(Section):
     )
 
 
+#: Why quality weights are refused for a strategy family that is not mean-based.
+_OWN_WEIGHTS = {
+    "robust": "robust rules already decide whom to trust (they select, order or reweight "
+    "updates by their own criterion), and reweighting their input by scores would let the "
+    "scores override that defence",
+    "fairness": "it already reweights silos, towards those with the highest loss; "
+    "quality weights pull the other way (away from low-scoring silos) and would undo its "
+    "fairness objective",
+}
+
+
 def check_contribution(cfg: StrategyConfig) -> None:
     """Raise ``ConfigError`` when ``cfg`` asks for contribution scores or quality weights
     where no per-silo update exists, or where they would undo another guarantee."""
@@ -101,12 +112,12 @@ def check_contribution(cfg: StrategyConfig) -> None:
             f"{key} scores horizontal updates; in mode 'vertical' no silo sends a model "
             "update. Set contribution.method = 'none'."
         )
-    if section.quality_weights and STRATEGIES.get(cfg.strategy).family != "mean-based":
+    family = STRATEGIES.get(cfg.strategy).family
+    if section.quality_weights and family != "mean-based":
+        why = _OWN_WEIGHTS.get(family, f"its family '{family}' does not weigh by num-examples")
         raise ConfigError(
             f"run-config 'contribution.quality-weights' = true cannot be used with strategy "
-            f"'{cfg.strategy}': robust rules already decide whom to trust (they select, order "
-            "or reweight updates by their own criterion), and reweighting their input by "
-            "scores would let the scores override that defence. Use one of: "
+            f"'{cfg.strategy}': {why}. Use one of: "
             + ", ".join(STRATEGIES.names(family="mean-based"))
             + ", or set contribution.quality-weights = false."
         )

@@ -43,8 +43,9 @@ class ContributionScores(StrategyWrapper):
     """Scores every silo of every round and keeps per-silo totals over the run.
 
     ``utility_fn(arrays)`` is the utility of a candidate global model (the app's: its
-    negated loss, or accuracy, on the server's test set: ``contribution.metric``). Each round, the sub-models
-    "previous global + weighted mean of a subset's updates" are evaluated as
+    negated loss, or accuracy, on the server's test set: ``contribution.metric``). Each
+    round, the sub-models "previous global + weighted mean of a subset's updates" are
+    evaluated as
     ``section.method`` asks, with GTG-Shapley's permutations seeded by
     ``(seed, "contribution", round)``: contribution scores are no privacy mechanism, a rerun
     scores the same. :attr:`totals` (``{partition: {"rounds", "loo", "shapley"}}``: the sum

@@ -121,6 +121,9 @@ class Selection:
 
 Choice = tuple[list[int], dict[int, str], dict[int, float]]
 
+#: How the reason of a silo the fairness guard picked begins.
+GUARD = "fairness guard"
+
 #: EMA factor of :attr:`SiloHistory.reliability`.
 RELIABILITY_EMA = 0.5
 
@@ -168,7 +171,7 @@ class SelectionPolicy:
         owed = self.owed(server_round, partitions, m)
         guard = self.section.fairness_rounds
         reasons = {
-            p: f"fairness guard: left out {self.left_out(p, server_round)} rounds in a row, "
+            p: f"{GUARD}: left out {self.left_out(p, server_round)} rounds in a row, "
             f"due by round {self.silo(p).last_selected + guard + 1} "
             f"(selection.fairness-rounds={guard})"
             for p in owed

@@ -185,6 +185,14 @@ def test_a_resumed_run_scores_as_the_uninterrupted_one(tmp_path, snapshot_sink):
             },
             "robust rules already decide whom to trust",
         ),
+        (
+            {
+                "contribution.method": "loo",
+                "contribution.quality-weights": True,
+                "strategy": "qfedavg",
+            },
+            "would undo its fairness objective",
+        ),
     ],
 )
 def test_unsound_combinations_are_refused_with_the_reason(tmp_path, overrides, reason):
