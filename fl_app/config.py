@@ -176,6 +176,21 @@ class RunConfig(Section):
                 "'random' and selection.fairness-rounds = 0, or drop "
                 "dp.sampling-amplification."
             )
+        if selection.quality_aware:
+            policy = POLICIES[selection.policy]
+            if not getattr(policy, "quality_aware", False):
+                aware = [n for n in POLICIES if getattr(POLICIES[n], "quality_aware", False)]
+                raise ConfigError(
+                    f"run-config 'selection.quality-aware' = true scales a loss-based utility, "
+                    f"which policy '{selection.policy}' does not rank by. Use selection.policy "
+                    f"in {aware}, or set selection.quality-aware = false."
+                )
+            if self.contribution.method == "none":
+                raise ConfigError(
+                    "run-config 'selection.quality-aware' = true needs the silos' contribution "
+                    "scores, but 'contribution.method' = 'none' computes none; set "
+                    "contribution.method = 'loo' (or 'gtg-shapley', 'both')."
+                )
         if chosen and self.mode == "vertical":
             raise ConfigError(
                 "run-config 'selection.policy' / 'selection.fairness-rounds' choose which "

@@ -315,6 +315,7 @@ def wrap_strategy(
     state = RoundState(roster)
     share_round_state(strategy, state)  # the strategy (and central DP), built before
     wrapped: Strategy = SeededSampling(strategy, cfg.seed, round_state=state)
+    policy = make_policy(cfg.selection, cfg.seed)
     if cfg.contribution.method != "none":  # sees the validated, decoded updates
         if utility is None:
             raise ValueError("contribution.method != 'none' needs the server's utility function")
@@ -322,6 +323,8 @@ def wrap_strategy(
             wrapped, cfg.contribution, cfg.seed, utility, scores_reporter(sinks, audit),
             round_state=state,
         )  # fmt: skip
+        if cfg.selection.quality_aware:
+            policy.use_contribution(wrapped.mean_score, cfg.contribution.weight_floor)
     wrapped = ValidatedUpdates(
         wrapped,
         max_norm_ratio=cfg.robust.max_update_norm_ratio,
@@ -330,7 +333,7 @@ def wrap_strategy(
     )
     wrapped = ParticipantSelection(
         wrapped,
-        make_policy(cfg.selection, cfg.seed),
+        policy,
         on_select=selection_reporter(roster, sinks, audit),
         round_state=state,
     )

@@ -5,12 +5,18 @@ the round's accepted updates and optionally weighs the aggregation by them
 config checks (:mod:`strategies.contribution.config`). See docs/selection.md."""
 
 from strategies.contribution.config import ContributionSection, check_contribution
-from strategies.contribution.scores import gtg_shapley, leave_one_out, quality_weights
+from strategies.contribution.scores import (
+    gtg_shapley,
+    leave_one_out,
+    quality_factors,
+    quality_weights,
+)
 
 __all__ = [
     "ContributionSection",
     "check_contribution",
     "gtg_shapley",
     "leave_one_out",
+    "quality_factors",
     "quality_weights",
 ]

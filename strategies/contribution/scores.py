@@ -186,16 +186,22 @@ def quality_weights(
     """
     if cap < 1:
         raise ValueError(f"cap must be ≥ 1 (a mean is never below the largest weight); got {cap}")
-    n = len(examples)
-    if n == 0:
+    if not examples:
         return []
+    factors = quality_factors(scores, floor=floor)
+    w = [max(float(e), 0.0) * f for e, f in zip(examples, factors, strict=True)]
+    return cap_weights(w, cap)
+
+
+def quality_factors(scores: Sequence[float | None], *, floor: float) -> list[float]:
+    """Each silo's quality factor ``f_i = max(r_i / mean(r), floor)`` with ``r_i = max(s_i,
+    0)``; an unscored silo (``None``) gets the mean ``r`` of the scored ones (it is treated
+    as average); all factors are 1 when no silo has a positive score."""
     scored = [max(s, 0.0) for s in scores if s is not None]
     neutral = sum(scored) / len(scored) if scored else 0.0
     r = [neutral if s is None else max(s, 0.0) for s in scores]
-    mean_r = sum(r) / n
-    factors = [max(x / mean_r, floor) for x in r] if mean_r > 0 else [1.0] * n
-    w = [max(float(e), 0.0) * f for e, f in zip(examples, factors, strict=True)]
-    return cap_weights(w, cap)
+    mean_r = sum(r) / len(r) if r else 0.0
+    return [max(x / mean_r, floor) for x in r] if mean_r > 0 else [1.0] * len(r)
 
 
 def cap_weights(weights: Sequence[float], cap: float) -> list[float]:

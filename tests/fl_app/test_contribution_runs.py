@@ -193,6 +193,11 @@ def test_a_resumed_run_scores_as_the_uninterrupted_one(tmp_path, snapshot_sink):
             },
             "would undo its fairness objective",
         ),
+        ({"selection.policy": "oort", "selection.quality-aware": True}, "computes none"),
+        (
+            {"contribution.method": "loo", "selection.quality-aware": True},
+            "policy 'random' does not rank by",
+        ),
     ],
 )
 def test_unsound_combinations_are_refused_with_the_reason(tmp_path, overrides, reason):
@@ -200,3 +205,27 @@ def test_unsound_combinations_are_refused_with_the_reason(tmp_path, overrides, r
         _cfg(tmp_path, **overrides)
     if overrides.get("strategy") == "krum":  # scoring alone is fine with a robust rule
         _cfg(tmp_path, strategy="krum", **{"contribution.method": "loo"})
+
+
+@pytest.mark.parametrize("policy", ["oort", "power-of-choice"])
+def test_quality_aware_selection_stops_choosing_the_noisy_silo(tmp_path, policy):
+    """A loss-driven policy keeps choosing the noisy silo (its loss stays high); with
+    ``selection.quality-aware`` its negative contribution score takes it off the roster
+    after it has been scored."""
+    settings = {
+        "num-server-rounds": 6,
+        "selection.policy": policy,
+        "sampling.fraction-train": 0.5,
+        "sampling.min-train-nodes": 1,
+        "contribution.method": "loo",
+    }
+    (noisy,) = noisy_partitions(_cfg(tmp_path).simulation, SILOS, 2)
+    chosen = {}
+    for aware in (False, True):
+        cfg = _cfg(tmp_path / str(aware), **settings, **{"selection.quality-aware": aware})
+        run_dir = _run(cfg)
+        rounds = [e["round"] for e in read_audit_log(run_dir / "audit.jsonl")
+                  if e["event"] == "selection" and noisy in e["partitions"]]  # fmt: skip
+        chosen[aware] = rounds
+    assert len(chosen[False]) >= 4, chosen  # loss-driven: the noisy silo most rounds
+    assert len(chosen[True]) <= 2 and chosen[True] == chosen[False][: len(chosen[True])], chosen
