@@ -264,12 +264,22 @@ def selection_reporter(
         guarded = [
             p for p in selection.partitions if selection.reasons.get(p, "").startswith(GUARD)
         ]
+        scores = {selection.scores.get(p) for p in selection.partitions}
+        shown = (
+            "(all)"
+            if len(chosen) == len(silos)
+            else " ".join(
+                # A score that is the same for every silo (uniform random) says nothing.
+                _with_score(p, selection.scores.get(p) if len(scores) > 1 else None)
+                for p in selection.partitions
+            )
+        )
         LOG.info(
             "[fedsilo] round %d selection: %d of %d silos %s%s",
             selection.round,
             len(chosen),
             len(silos),
-            " ".join(_with_score(p, selection.scores.get(p)) for p in selection.partitions),
+            shown,
             f" (fairness guard: {guarded})" if guarded else "",
         )
         for pid in silos:
