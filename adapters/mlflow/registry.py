@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -62,11 +63,11 @@ def promote_if_better(
     version: str,
     metric: str,
     candidate: float,
-    score_of: Callable[[str], float],
+    score_of: Callable[[ModelVersion], float],
 ) -> Decision:
     """Move alias ``champion`` of registered model ``name`` to ``version`` (scored
     ``candidate`` by ``metric``) if it beats the current champion, scored by
-    ``score_of(model_uri)`` on the same test set; returns the decision."""
+    ``score_of(champion's model version)`` on the same test set; returns the decision."""
     try:
         current = client.get_model_version_by_alias(name, CHAMPION)
     except MlflowException:  # no champion yet
@@ -78,7 +79,7 @@ def promote_if_better(
             f"first champion of '{name}' (no model had the alias '{CHAMPION}')",
         )  # fmt: skip
     try:
-        incumbent = float(score_of(f"models:/{name}@{CHAMPION}"))
+        incumbent = float(score_of(current))
     except Exception as exc:  # another architecture / input shape under the same name
         return Decision(
             name, version, metric, candidate, current.version, None, False,

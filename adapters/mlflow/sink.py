@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,6 +29,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow
 from mlflow.entities import Metric, Param
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -178,14 +180,30 @@ class MlflowSink:
                 name="model",
                 input_example=test.x[:2],
                 registered_model_name=self.register_model_as or None,
+                # The flavour's own list: MLflow's inference runs the model in a
+                # subprocess to see what it imports (~15 s a run) and finds torch anyway.
+                pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
             )
         LOG.info("MLflow model logged: %s", info.model_uri)
         if not self.register_model_as:
             return
 
-        def score_of(model_uri: str) -> float:
-            champion = mlflow.pytorch.load_model(model_uri, map_location="cpu")
-            return task.evaluate(champion, test)[task.main_metric]
+        def score_of(champion: ModelVersion) -> float:
+            """The champion's weights (its run's model.pt) in its task's architecture,
+            scored on this run's test set. (Its logged MLflow model is a torch.export
+            program traced with a fixed batch, not a module a task can evaluate.)"""
+            champion_task = get_task(self.client.get_run(champion.run_id).data.params["task"])
+            with tempfile.TemporaryDirectory() as tmp:
+                path = mlflow.artifacts.download_artifacts(
+                    run_id=champion.run_id,
+                    artifact_path="model.pt",
+                    dst_path=tmp,
+                    tracking_uri=self.tracking_uri,
+                )
+                weights = torch.load(path)
+            incumbent = champion_task.build_model()
+            incumbent.load_state_dict(weights)
+            return task.evaluate(incumbent, test)[task.main_metric]
 
         decision = promote_if_better(
             self.client,
@@ -214,7 +232,10 @@ class MlflowSink:
         mlflow.set_tracking_uri(self.tracking_uri)
         with mlflow.start_run(run_id=self.run_id):
             info = mlflow.onnx.log_model(
-                onnx.load(str(path)), name="onnx-model", input_example=example
+                onnx.load(str(path)),
+                name="onnx-model",
+                input_example=example,
+                pip_requirements=mlflow.onnx.get_default_pip_requirements(),
             )
         LOG.info("MLflow ONNX model logged: %s", info.model_uri)
 

@@ -1,6 +1,7 @@
 """ONNX export of the global model: parity on every task's model, dynamic batch, the
 end-of-run export with int8 variants, ``fedsilo export`` on a real run dir, refusals."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -92,7 +93,7 @@ def _run(tmp_path, **extra):
 
 
 def test_end_of_run_export_with_int8_variants_is_recorded_and_audited(tmp_path):
-    cfg, result, run_dir = _run(
+    _, result, run_dir = _run(
         tmp_path, export={"onnx": True, "quantize": "dynamic+static", "calibration-rows": 64}
     )
     onnx_dir = run_dir / "onnx"
@@ -122,8 +123,6 @@ def test_end_of_run_export_with_int8_variants_is_recorded_and_audited(tmp_path):
     (event,) = [e for e in read_audit_log(run_dir / "audit.jsonl") if e["event"] == "onnx-export"]
     assert event["exported"] and event["parity-passed"]
     assert event["variants"] == ["dynamic", "static"]
-    import hashlib
-
     assert event["sha256"] == hashlib.sha256((onnx_dir / "model.onnx").read_bytes()).hexdigest()
 
 
