@@ -87,9 +87,14 @@ def table(rows: list[dict[str, Any]]) -> harness.Table:
         if "refused" in row:
             continue
         edge, kib = row["edge"], 1024
-        cells = [row["task"], row["parity"]["exporter"], row["metric"],
-                 f"{edge['float']['metrics'][row['metric']]:.4f}",
-                 f"{edge['float']['bytes'] / kib:.1f}", f"{row['parity']['max-abs-diff']:.1e}"]  # fmt: skip
+        cells = [
+            row["task"],
+            row["parity"]["exporter"],
+            row["metric"],
+            f"{edge['float']['metrics'][row['metric']]:.4f}",
+            f"{edge['float']['bytes'] / kib:.1f}",
+            f"{row['parity']['max-abs-diff']:.1e}",
+        ]
         for kind in ("dynamic", "static"):
             variant = edge[kind]
             cells += [
@@ -143,12 +148,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def write_doc(text: str, path: Path) -> None:
-    old = path.read_text() if path.exists() else ""
-    if MARK_START in old and MARK_END in old:
-        head, rest = old.split(MARK_START, 1)
-        path.write_text(head + text + rest.split(MARK_END, 1)[1])
-    else:
-        path.write_text((old + "\n\n" if old else "# Operations\n\n") + text + "\n")
+    harness.write_between_markers(path, text, MARK_START, MARK_END, "Operations")
 
 
 def main(argv: list[str] | None = None) -> None:
