@@ -179,7 +179,6 @@ class MlflowSink:
                 model,
                 name="model",
                 input_example=test.x[:2],
-                registered_model_name=self.register_model_as or None,
                 # The flavour's own list: MLflow's inference runs the model in a
                 # subprocess to see what it imports (~15 s a run) and finds torch anyway.
                 pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
@@ -187,38 +186,52 @@ class MlflowSink:
         LOG.info("MLflow model logged: %s", info.model_uri)
         if not self.register_model_as:
             return
-
-        def score_of(champion: ModelVersion) -> float:
-            """The champion's weights (its run's model.pt) in its task's architecture,
-            scored on this run's test set. (Its logged MLflow model is a torch.export
-            program traced with a fixed batch, not a module a task can evaluate.)"""
-            champion_task = get_task(self.client.get_run(champion.run_id).data.params["task"])
-            with tempfile.TemporaryDirectory() as tmp:
-                path = mlflow.artifacts.download_artifacts(
-                    run_id=champion.run_id,
-                    artifact_path="model.pt",
-                    dst_path=tmp,
-                    tracking_uri=self.tracking_uri,
-                )
-                weights = torch.load(path)
-            incumbent = champion_task.build_model()
-            incumbent.load_state_dict(weights)
-            return task.evaluate(incumbent, test)[task.main_metric]
-
-        decision = promote_if_better(
-            self.client,
-            self.register_model_as,
-            str(info.registered_model_version),
-            task.main_metric,
-            task.evaluate(model, test)[task.main_metric],
-            score_of,
-        )
-        record_decision(self.client, self.run_id, decision)
-        if self.audit_path is not None:
-            AuditLog(self.audit_path, cfg.fingerprint()).record(
-                "model-registry", **decision.audit_fields()
+        audit = AuditLog(self.audit_path, cfg.fingerprint()) if self.audit_path else None
+        try:
+            version = mlflow.register_model(info.model_uri, self.register_model_as)
+            decision = promote_if_better(
+                self.client,
+                self.register_model_as,
+                str(version.version),
+                task.main_metric,
+                task.evaluate(model, test)[task.main_metric],
+                lambda champion: self._score_champion(champion, task, test),
             )
+            record_decision(self.client, self.run_id, decision)
+        except (MlflowException, OSError) as exc:  # e.g. a registry without aliases
+            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            LOG.error(
+                "MLflow registry: model not registered/promoted (%s); the run's model is "
+                'logged; set tracking.register-model = "" to skip the registry',
+                reason,
+            )
+            if audit is not None:
+                audit.record("model-registry", model=self.register_model_as, error=reason)
+            return
+        if audit is not None:
+            audit.record("model-registry", **decision.audit_fields())
         LOG.info("MLflow registry: %s", decision.reason)
+
+    def _score_champion(self, champion: ModelVersion, task, test) -> float:
+        """The champion's weights (its run's model.pt) in its task's architecture, scored
+        on this run's test set by this run's task. (Its logged MLflow model is a
+        torch.export program traced with a fixed batch, not a module a task evaluates.)"""
+        import torch
+
+        from tasks import get_task
+
+        champion_task = get_task(self.client.get_run(champion.run_id).data.params["task"])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=champion.run_id,
+                artifact_path="model.pt",
+                dst_path=tmp,
+                tracking_uri=self.tracking_uri,
+            )
+            weights = torch.load(path)
+        incumbent = champion_task.build_model()
+        incumbent.load_state_dict(weights)
+        return task.evaluate(incumbent, test)[task.main_metric]
 
     def _log_onnx_model(self, path: Path) -> None:
         """Log the exported ONNX model (fl_app.onnx_export) as an MLflow ONNX model,
