@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from adapters.cli import app as cli
-from fl_app.audit import read_audit_log
+from fl_app.audit import AuditLog, read_audit_log
 from fl_app.client_app import app as client_app
 from fl_app.config import ConfigError, RunConfig
 from fl_app.federation import run_federation
@@ -18,6 +18,7 @@ from fl_app.inprocess import InProcessGrid
 from fl_app.onnx_export import (
     MAX_ABS_DIFF,
     OnnxExportRefused,
+    export_at_end,
     export_model,
     export_run_dir,
     onnx_session,
@@ -68,6 +69,27 @@ def test_a_model_onnx_cannot_express_is_refused_with_each_exporters_reason():
     assert "dynamo exporter:" in message
     assert "torchscript exporter: UnsupportedOperatorError" in message
     assert "linalg_eigvals" in message and "\x1b" not in message
+
+
+class UnexportableDigits(type(get_task("digits"))):
+    """The digits task with a model ONNX cannot express."""
+
+    def build_model(self):
+        return Eigenvalues()
+
+
+def test_end_of_run_refusal_keeps_the_run_and_records_why(tmp_path):
+    audit = AuditLog(tmp_path / "audit.jsonl", "cfg")
+    cfg = RunConfig(task="digits", export={"onnx": True})
+    files = export_at_end(UnexportableDigits(), {}, cfg, tmp_path, audit)
+    refused = tmp_path / "onnx" / "refused.json"
+    assert files == [refused]
+    reason = json.loads(refused.read_text())["reason"]
+    assert reason.startswith("ONNX cannot express Eigenvalues:")
+    (event,) = read_audit_log(tmp_path / "audit.jsonl")
+    assert event["event"] == "onnx-export" and not event["exported"]
+    assert event["reason"] == reason
+    assert export_at_end(UnexportableDigits(), {}, RunConfig(), tmp_path, audit) == []
 
 
 def test_a_vertical_run_is_refused_before_round_1_and_on_export():

@@ -75,6 +75,25 @@ def test_champion_moves_only_to_a_model_that_beats_it_on_this_test_set(mlflow_se
     assert runs["2"].data.metrics["registry/candidate-accuracy"] == pytest.approx(worse_acc)
     assert client.get_model_version(name, "2").tags["fedsilo.decision"] == "kept"
 
+    # A model of another task registered under the same name cannot be scored against
+    # the champion on its test set: the alias stays, and the reason is recorded.
+    other = RunConfig(
+        task="breast-cancer",
+        num_server_rounds=1,
+        output={"run-dir": str(tmp_path)},
+        tracking={"mlflow-uri": mlflow_server, "experiment": "lifecycle", "register-model": name},
+    )
+    _, other_dir = run_federation(InProcessGrid(client_app, other.to_flower(), 3), other)
+    (refused,) = [
+        e for e in read_audit_log(other_dir / "audit.jsonl") if e["event"] == "model-registry"
+    ]
+    assert refused["version"] == "4" and not refused["promoted"] and refused["champion"] is None
+    assert (
+        "champion version 3 cannot be evaluated on this run's server test set"
+        in (refused["reason"])
+    )
+    assert client.get_model_version_by_alias(name, CHAMPION).version == "3"
+
     # The champion is the best run's model: its weights are that run's model.pt.
     champion = client.get_model_version_by_alias(name, CHAMPION)
     assert client.get_run(champion.run_id).info.run_name == best_dir.name
