@@ -944,6 +944,18 @@ def json_safe(value: Any, *, infinity: bool = False) -> Any:
     return value
 
 
+def write_between_markers(path: Path, text: str, start: str, end: str, title: str) -> None:
+    """Put ``text`` (which starts with ``start`` and ends with ``end``) in place of the part
+    of ``path`` between those markers; without them, append it (a new file starts with
+    ``# title``). The rest of the doc, written by hand or by another benchmark, stays."""
+    old = path.read_text() if path.exists() else ""
+    if start in old and end in old:
+        head, rest = old.split(start, 1)
+        path.write_text(head + text + rest.split(end, 1)[1])
+    else:
+        path.write_text((old + "\n\n" if old else f"# {title}\n\n") + text + "\n")
+
+
 # ======================================================================== provenance
 def code_label(record: Mapping[str, Any] | None, default: str = "unknown") -> str:
     """:meth:`CodeVersion.label` of a recorded :meth:`CodeVersion.to_json` (``default``

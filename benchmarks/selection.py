@@ -226,13 +226,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def write_doc(text: str, path: Path) -> None:
-    old = path.read_text() if path.exists() else ""
-    if MARK_START in old and MARK_END in old:
-        head, rest = old.split(MARK_START, 1)
-        tail = rest.split(MARK_END, 1)[1]
-        path.write_text(head + text + tail)
-    else:
-        path.write_text((old + "\n\n" if old else "# Participant selection\n\n") + text + "\n")
+    harness.write_between_markers(path, text, MARK_START, MARK_END, "Participant selection")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -31,6 +31,7 @@ from pydantic.fields import FieldInfo
 from fl_app.checkpointing import OutputSection
 from fl_app.heterogeneity import SimulationSection
 from fl_app.legacy import LEGACY_KEYS, legacy_settings
+from fl_app.onnx_export import ExportSection, check_export
 from fl_app.sinks import TrackingSection
 from fl_core.config import (
     Section,
@@ -114,6 +115,7 @@ class RunConfig(Section):
     contribution: ContributionSection = ContributionSection()
     vertical: VerticalSection = VerticalSection()
     tracking: TrackingSection = TrackingSection()
+    export: ExportSection = ExportSection()
     output: OutputSection = OutputSection()
 
     def __init__(self, /, **data: Any) -> None:
@@ -299,6 +301,7 @@ class RunConfig(Section):
             check_secure_aggregation(self)
         check_rule_params(self)
         check_contribution(self)
+        check_export(self)
         if sampling.min_train_nodes > sampling.min_available_nodes:
             raise ConfigError(
                 f"run-config 'sampling.min-train-nodes' = {sampling.min_train_nodes} exceeds "

@@ -31,6 +31,7 @@ from fl_app.checkpointing import (
 from fl_app.config import RunConfig
 from fl_app.contribution import scores_reporter, utility_fn, write_contributions
 from fl_app.heterogeneity import noisy_partitions
+from fl_app.onnx_export import export_at_end
 from fl_app.reliability import (
     QuorumError,
     Rejections,
@@ -506,10 +507,14 @@ def run_federation(
         )
     model_path = run_dir / "model.pt"
     torch.save(result.arrays.to_torch_state_dict(), model_path)
+    onnx_files = export_at_end(task, result.arrays.to_torch_state_dict(), cfg, run_dir, audit)
     audit.record(
         "run-end", round=cfg.num_server_rounds, **{"model-sha256": update_sha256(result.arrays)}
     )
-    for path in (model_path, run_dir / "metrics.json", run_dir / "metrics.csv", audit.path):
+    # The audit log last: the MLflow sink appends its model-registry decision to it when
+    # handed the model.
+    files = (model_path, *onnx_files, run_dir / "metrics.json", run_dir / "metrics.csv")
+    for path in (*files, audit.path):
         sinks.log_artifact(path)
     sinks.close()
     final = result.evaluate_metrics_serverapp.get(cfg.num_server_rounds, {})

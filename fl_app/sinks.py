@@ -30,7 +30,10 @@ class TrackingSection(Section):
     )
     experiment: str = transient("fedsilo", description="MLflow experiment name.")
     register_model: str = transient(
-        "", description='Register the final model under this name ("" = do not register).'
+        "auto",
+        description='Register the final model under this name ("auto" = fedsilo-<task>, "" = '
+        "do not register); alias `champion` moves to it only if it beats the champion on "
+        "this run's server test set.",
     )
     sinks: str = transient(
         "",

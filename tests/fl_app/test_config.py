@@ -90,8 +90,8 @@ def test_replace_derives_a_validated_config_from_dotted_keys():
 
 def test_every_key_has_a_doc_and_appears_in_the_reference_table():
     table = reference_table()
-    # 101 + contribution (8) + selection.quality-aware + robust.norm-outliers
-    assert len(KEYS) == 111
+    # 101 + contribution (8), selection.quality-aware, robust.norm-outliers, export (3)
+    assert len(KEYS) == 114
     for key, field in iter_fields(RunConfig):
         assert field.description, key
         assert f"| `{key}` |" in table
@@ -111,7 +111,7 @@ def test_transient_keys_come_from_the_fields_marked_transient():
         "sampling.round-timeout", "sampling.round-retries", "sampling.straggler-timeout",
         "sampling.min-available-nodes", "sampling.reply-poll-interval",
         "tracking.mlflow-uri", "tracking.experiment", "tracking.register-model",
-        "tracking.sinks",
+        "tracking.sinks", "export.onnx", "export.quantize", "export.calibration-rows",
     } == TRANSIENT_KEYS  # fmt: skip
     table = reference_table()
     for key in TRANSIENT_KEYS:
