@@ -13,7 +13,7 @@ import numpy as np
 from torch import nn
 
 from tasks.base import ArrayDataset, Task
-from tasks.models import SmallCNN
+from tasks.models import BATCH_NORM_NO_LOCAL_DP, SmallCNN
 from tasks.registry import TASKS
 from tasks.sources import load_hf
 
@@ -36,6 +36,18 @@ class DigitsTask(Task):
 
     def build_model(self) -> nn.Module:
         return SmallCNN(num_classes=self.num_classes)
+
+
+@TASKS.register("digits-bn", family="image")
+class DigitsBNTask(DigitsTask):
+    """Digits with BatchNorm after each convolution (the model FedBN personalises:
+    ``personalization.method = 'fedbn'``); data and head as ``digits``."""
+
+    name = "digits-bn"
+    local_dp_unsupported = BATCH_NORM_NO_LOCAL_DP
+
+    def build_model(self) -> nn.Module:
+        return SmallCNN(num_classes=self.num_classes, batch_norm=True)
 
 
 def _images_to_arrays(ds) -> ArrayDataset:
