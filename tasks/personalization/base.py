@@ -114,7 +114,8 @@ class PersonalizationSection(Section):
 
     method: str = Field(
         "none",
-        description="none | finetune | fedper | fedrep | fedbn | ditto (see Personalisation).",
+        description="The silos' personal models: none, or a method (each silo also evaluates "
+        "its personal model; docs/personalization.md).",
     )
     head: str = Field(
         "",

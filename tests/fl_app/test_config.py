@@ -90,7 +90,7 @@ def test_replace_derives_a_validated_config_from_dotted_keys():
 
 def test_every_key_has_a_doc_and_appears_in_the_reference_table():
     table = reference_table()
-    assert len(KEYS) == 101
+    assert len(KEYS) == 107
     for key, field in iter_fields(RunConfig):
         assert field.description, key
         assert f"| `{key}` |" in table
@@ -187,7 +187,7 @@ def test_close_strategy_name_gets_a_suggestion():
 
 
 def test_bad_task_lists_tasks():
-    with pytest.raises(ConfigError, match="bank-marketing, breast-cancer, digits, fraud"):
+    with pytest.raises(ConfigError, match="bank-marketing, breast-cancer, digits, digits-bn, fraud"):
         RunConfig.from_flower({"task": "mnist"})
 
 
