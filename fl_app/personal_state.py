@@ -26,7 +26,6 @@ from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
-
 from torch import nn
 
 from fl_app.silo_state import check_lineage, silo_lineage, state_dir, write_atomic

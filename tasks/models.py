@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
 #: Why Opacus cannot train a model with BatchNorm (``Task.local_dp_unsupported``).
 BATCH_NORM_NO_LOCAL_DP = (
     "its model has BatchNorm, which normalises over the batch, so per-example gradients "

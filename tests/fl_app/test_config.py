@@ -187,7 +187,9 @@ def test_close_strategy_name_gets_a_suggestion():
 
 
 def test_bad_task_lists_tasks():
-    with pytest.raises(ConfigError, match="bank-marketing, breast-cancer, digits, digits-bn, fraud"):
+    with pytest.raises(
+        ConfigError, match="bank-marketing, breast-cancer, digits, digits-bn, fraud"
+    ):
         RunConfig.from_flower({"task": "mnist"})
 
 

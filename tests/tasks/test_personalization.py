@@ -51,7 +51,7 @@ def test_head_is_the_last_linear_layer_or_the_named_prefixes():
     assert head_keys(MLP(4), "net.2, net.4") == [
         "net.2.weight", "net.2.bias", "net.4.weight", "net.4.bias",
     ]  # fmt: skip
-    with pytest.raises(ValueError, match="personalization.head.*names none"):
+    with pytest.raises(ValueError, match=r"personalization\.head.*names none"):
         head_keys(SmallCNN(), "header")
     with pytest.raises(ValueError, match="selects every parameter"):
         head_keys(SmallCNN(), "features,head")
@@ -61,7 +61,9 @@ def test_fedper_keeps_the_head_and_takes_the_body():
     cfg = _cfg("fedper")
     method, task = get_method("fedper"), get_task("digits")
     received, personal_source = _model(0).state_dict(), _model(1)
-    personal = {k: v.clone() for k, v in personal_source.state_dict().items() if k.startswith("head")}
+    personal = {
+        k: v.clone() for k, v in personal_source.state_dict().items() if k.startswith("head")
+    }
     model = _model(0)
     method.prepare(model, personal)
     state = model.state_dict()
@@ -143,7 +145,9 @@ def test_the_proximal_term_pulls_towards_the_anchor():
                          momentum=0.0, proximal_mu=mu, proximal_anchor=anchor,
                          generator=torch.Generator().manual_seed(0))  # fmt: skip
         steps.append([p.detach() for p in model.parameters()])
-    for with_prox, without, v0, a in zip(steps[1], steps[0], start.parameters(), anchor):
+    for with_prox, without, v0, a in zip(
+        steps[1], steps[0], start.parameters(), anchor, strict=True
+    ):
         torch.testing.assert_close(with_prox - without, -lr * lam * (v0.detach() - a))
 
 
@@ -216,5 +220,5 @@ def test_history_survives_a_new_flower_run_through_the_silo_file(tmp_path):
     for got in (again, resumed):
         assert _equal(got.at(2), h.at(2), h.at(2))
         assert got.at(2)["features.1.num_batches_tracked"].dtype == torch.int64
-    with pytest.raises(ValueError, match="personalization.method = 'fedbn', not 'ditto'"):
+    with pytest.raises(ValueError, match=r"personalization\.method = 'fedbn', not 'ditto'"):
         load_personal(second, lineage, "p2", "ditto")

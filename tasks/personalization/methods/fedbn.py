@@ -18,7 +18,8 @@ class FedBN(KeptLocally):
         keys = batch_norm_keys(model)
         if not keys:
             raise ValueError(
-                "FedBN needs a model with BatchNorm layers and this task's model has none. Use a task with '-bn' (e.g. task = "
-                "'digits-bn' or 'pneumonia-bn') or another method"
+                "FedBN needs a model with BatchNorm layers and this task's model has none. "
+                "Use a task with '-bn' (e.g. task = 'digits-bn' or 'pneumonia-bn') or "
+                "another method"
             )
         return keys
