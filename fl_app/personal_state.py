@@ -30,7 +30,7 @@ from torch import nn
 
 from fl_app.silo_state import check_lineage, silo_lineage, state_dir, write_atomic
 from fl_core.seeding import derive_seed
-from tasks.personalization import PersonalState, get_method
+from tasks.personalization import Local, PersonalState, get_method
 
 __all__ = ["KEEP", "PersonalHistory", "SiloPersonalization", "load_personal", "save_personal"]
 
@@ -176,9 +176,13 @@ class SiloPersonalization:
         self.received: dict[str, torch.Tensor] | None = None
         self.personal: PersonalState | None = None
 
-    def _generator(self, purpose: str) -> torch.Generator:
-        seed = derive_seed(self.cfg.seed, purpose, self.pid, self.round)
-        return torch.Generator().manual_seed(seed)
+    def _local(self, data, purpose: str, generator: torch.Generator | None = None) -> Local:
+        """What the method trains with; batch order seeded by (seed, purpose, partition,
+        round) unless ``generator`` is given."""
+        if generator is None:
+            seed = derive_seed(self.cfg.seed, purpose, self.pid, self.round)
+            generator = torch.Generator().manual_seed(seed)
+        return Local(self.task, data, self.cfg.training, self.cfg.personalization, generator)
 
     def before_train(self, model: nn.Module) -> None:
         """Remember the received global model, then put the silo's personal parts in."""
@@ -189,17 +193,13 @@ class SiloPersonalization:
     def train(self, model, data, *, proximal_mu: float, generator) -> dict[str, float]:
         """The silo's training for its reply, as the method does it."""
         return self.method.train(
-            model, self.task, data, self.cfg.training, self.cfg.personalization,
-            proximal_mu=proximal_mu, generator=generator,
-        )  # fmt: skip
+            model, self._local(data, "train", generator), proximal_mu=proximal_mu
+        )
 
     def after_train(self, model: nn.Module, data) -> None:
         """Keep the new personal state (in context.state and the silo's file) before the
         reply leaves."""
-        new = self.method.update(
-            model, self.received, self.personal, self.task, data, self.cfg.training,
-            self.cfg.personalization, self._generator("personal"),
-        )  # fmt: skip
+        new = self.method.update(model, self.received, self.personal, self._local(data, "personal"))
         if self.history is not None and new is not None:
             self.history.record(self.round, new)
             save_personal(self.context, self.history)
@@ -208,7 +208,4 @@ class SiloPersonalization:
         """The silo's personal model for this round's evaluation (``model``, the received
         global one, is not changed)."""
         personal = self.history.at(self.round) if self.history is not None else None
-        return self.method.personal_model(
-            model, personal, self.task, data, self.cfg.training, self.cfg.personalization,
-            self._generator("finetune"),
-        )  # fmt: skip
+        return self.method.personal_model(model, personal, self._local(data, "finetune"))

@@ -245,8 +245,11 @@ class PneumoniaTask(Task):
             return load_medmnist_npz(resolve_local_path(source))
         return load_hf_pneumonia(source)
 
+    #: BatchNorm after each convolution (``pneumonia-bn``).
+    batch_norm = False
+
     def build_model(self) -> nn.Module:
-        return PneumoniaCNN(num_classes=self.num_classes)
+        return PneumoniaCNN(num_classes=self.num_classes, batch_norm=self.batch_norm)
 
 
 @TASKS.register("pneumonia-bn", family="image")
@@ -254,8 +257,4 @@ class PneumoniaBNTask(PneumoniaTask):
     """Pneumonia with BatchNorm after each convolution (the model FedBN personalises:
     ``personalization.method = 'fedbn'``); data and head as ``pneumonia``."""
 
-    name = "pneumonia-bn"
-    local_dp_unsupported = BATCH_NORM_NO_LOCAL_DP
-
-    def build_model(self) -> nn.Module:
-        return PneumoniaCNN(num_classes=self.num_classes, batch_norm=True)
+    name, batch_norm, local_dp_unsupported = "pneumonia-bn", True, BATCH_NORM_NO_LOCAL_DP

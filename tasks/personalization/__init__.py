@@ -5,6 +5,7 @@ functions, each registered in its own file (:mod:`tasks.personalization.methods`
 from tasks.personalization.base import (
     PERSONAL_PREFIX,
     PERSONALIZATION,
+    Local,
     PersonalizationSection,
     PersonalMethod,
     PersonalState,
@@ -16,6 +17,7 @@ from tasks.personalization.base import (
 __all__ = [
     "PERSONALIZATION",
     "PERSONAL_PREFIX",
+    "Local",
     "PersonalMethod",
     "PersonalState",
     "PersonalizationSection",

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from pydantic import Field, field_validator
@@ -35,6 +36,25 @@ from tasks.base import ArrayDataset, Task, TrainingSection
 PERSONAL_PREFIX = "personal-"
 
 PersonalState = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Local:
+    """What a method trains with on the silo: the task, the silo's training data, the
+    run's ``training`` and ``personalization`` sections, and the seeded generator of this
+    step (batch order)."""
+
+    task: Task
+    data: ArrayDataset
+    training: TrainingSection
+    section: PersonalizationSection
+    generator: torch.Generator | None = None
+
+    def train(self, model: nn.Module, epochs: int, **kwargs) -> dict[str, float]:
+        """``epochs`` of the task's training of ``model`` on the silo's data (``kwargs``:
+        the proximal term)."""
+        training = self.training.model_copy(update={"local_epochs": epochs})
+        return self.task.train(model, self.data, training, generator=self.generator, **kwargs)
 
 
 class PersonalMethod:
@@ -53,47 +73,28 @@ class PersonalMethod:
         """Put the silo's personal parts into the received global ``model`` (in place)
         before it trains for its reply."""
 
-    def train(
-        self,
-        model: nn.Module,
-        task: Task,
-        data: ArrayDataset,
-        training: TrainingSection,
-        section: PersonalizationSection,
-        *,
-        proximal_mu: float,
-        generator: torch.Generator,
-    ) -> dict[str, float]:
+    def train(self, model: nn.Module, local: Local, *, proximal_mu: float) -> dict[str, float]:
         """The silo's training for its reply (by default the task's own)."""
-        return task.train(model, data, training, proximal_mu=proximal_mu, generator=generator)
+        return local.task.train(
+            model, local.data, local.training, proximal_mu=proximal_mu, generator=local.generator
+        )
 
     def update(
         self,
         model: nn.Module,
         received: Mapping[str, torch.Tensor],
         personal: PersonalState | None,
-        task: Task,
-        data: ArrayDataset,
-        training: TrainingSection,
-        section: PersonalizationSection,
-        generator: torch.Generator,
+        local: Local,
     ) -> PersonalState | None:
         """The new personal state, from the trained ``model`` (the reply), the
         ``received`` global state and the previous ``personal`` one."""
         return None
 
     def personal_model(
-        self,
-        model: nn.Module,
-        personal: PersonalState | None,
-        task: Task,
-        data: ArrayDataset,
-        training: TrainingSection,
-        section: PersonalizationSection,
-        generator: torch.Generator,
+        self, model: nn.Module, personal: PersonalState | None, local: Local
     ) -> nn.Module:
         """The silo's personal model, given the received global ``model`` (not changed)
-        and the silo's training data ``data``."""
+        and the silo's training data ``local.data``."""
         personalised = copy.deepcopy(model)
         self.prepare(personalised, personal)
         return personalised
@@ -106,6 +107,11 @@ PERSONALIZATION: Registry[type[PersonalMethod]] = Registry(
     builtins=("tasks.personalization.methods",),
     sort=True,
 )
+
+
+def _epochs(description: str):
+    """A ``Field`` for a number of epochs (1 by default, 1–1000)."""
+    return Field(1, ge=1, le=1000, description=description)
 
 
 class PersonalizationSection(Section):
@@ -122,22 +128,22 @@ class PersonalizationSection(Section):
         description="FedPer/FedRep: comma-separated state-dict name prefixes of the personal "
         'head (e.g. "head" or "net.4"); "" = the model\'s last Linear layer.',
     )
-    head_epochs: int = Field(
-        1, ge=1, le=1000, description="FedRep: epochs on the head (body frozen) before the body's "
-        "training.local-epochs (head frozen).",
-    )  # fmt: skip
-    finetune_epochs: int = Field(
-        1, ge=1, le=1000, description="finetune: local epochs from the received global model "
-        "before evaluation (the result is not sent).",
-    )  # fmt: skip
+    head_epochs: int = _epochs(
+        "FedRep: epochs on the head (body frozen) before the body's training.local-epochs "
+        "(head frozen)."
+    )
+    finetune_epochs: int = _epochs(
+        "finetune: local epochs from the received global model before evaluation (the "
+        "result is not sent)."
+    )
     ditto_lambda: float = Field(
-        0.1, ge=0, le=1e6, description="Ditto: weight λ of the proximal term λ/2·‖v − w‖² "
-        "pulling the personal model v towards the global w.",
-    )  # fmt: skip
-    personal_epochs: int = Field(
-        1, ge=1, le=1000, description="Ditto: epochs of the personal model per round the silo "
-        "trains.",
-    )  # fmt: skip
+        0.1,
+        ge=0,
+        le=1e6,
+        description="Ditto: weight λ of the proximal term λ/2·‖v − w‖² pulling the personal "
+        "model v towards the global w.",
+    )
+    personal_epochs: int = _epochs("Ditto: epochs of the personal model per round the silo trains.")
 
     @field_validator("method")
     @classmethod

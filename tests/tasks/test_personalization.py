@@ -16,7 +16,7 @@ from fl_app.silo_state import new_lineage
 from tasks import get_task
 from tasks.base import ArrayDataset
 from tasks.models import MLP, SmallCNN
-from tasks.personalization import PERSONALIZATION, batch_norm_keys, get_method, head_keys
+from tasks.personalization import PERSONALIZATION, Local, batch_norm_keys, get_method, head_keys
 from tasks.training import train_classifier
 
 
@@ -71,17 +71,20 @@ def test_fedper_keeps_the_head_and_takes_the_body():
     body = [k for k in state if not k.startswith("head")]
     assert _equal(state, received, body)  # the federation's body
     gen = torch.Generator().manual_seed(0)
-    method.train(model, task, _digits(), cfg.training, cfg.personalization,
-                 proximal_mu=0.0, generator=gen)  # fmt: skip
-    kept = method.update(model, received, personal, task, _digits(), cfg.training,
-                         cfg.personalization, gen)  # fmt: skip
+    method.train(
+        model, Local(task, _digits(), cfg.training, cfg.personalization, gen), proximal_mu=0.0
+    )
+    kept = method.update(
+        model, received, personal, Local(task, _digits(), cfg.training, cfg.personalization, gen)
+    )
     assert sorted(kept) == ["head.bias", "head.weight"]
     assert _equal(kept, model.state_dict(), kept)  # the head as trained
     assert not torch.equal(kept["head.weight"], personal["head.weight"])
     # Evaluation: the received model with the silo's head; the received one is unchanged.
     glob = _model(0)
-    mine = method.personal_model(glob, kept, task, _digits(), cfg.training,
-                                 cfg.personalization, gen)  # fmt: skip
+    mine = method.personal_model(
+        glob, kept, Local(task, _digits(), cfg.training, cfg.personalization, gen)
+    )
     assert _equal(mine.state_dict(), kept, kept)
     assert _equal(glob.state_dict(), received, received)
 
@@ -90,8 +93,11 @@ def test_fedrep_trains_the_head_first_then_only_the_body():
     cfg = _cfg("fedrep", head_epochs=2)
     method, task, data = get_method("fedrep"), get_task("digits"), _digits()
     model, start = _model(0), _model(0).state_dict()
-    method.train(model, task, data, cfg.training, cfg.personalization,
-                 proximal_mu=0.0, generator=torch.Generator().manual_seed(3))  # fmt: skip
+    method.train(
+        model,
+        Local(task, data, cfg.training, cfg.personalization, torch.Generator().manual_seed(3)),
+        proximal_mu=0.0,
+    )
     # The head after FedRep is the head after its own phase alone: the body's epochs
     # (which follow, with the same generator) did not touch it.
     head_only = _model(0)
@@ -119,10 +125,14 @@ def test_fedbn_keeps_every_batch_norm_tensor_and_refuses_a_model_without():
     cfg = _cfg("fedbn", task="digits-bn")
     method, task = get_method("fedbn"), get_task("digits-bn")
     received = copy.deepcopy(model.state_dict())
-    method.train(model, task, _digits(), cfg.training, cfg.personalization,
-                 proximal_mu=0.0, generator=torch.Generator().manual_seed(0))  # fmt: skip
-    kept = method.update(model, received, None, task, _digits(), cfg.training,
-                         cfg.personalization, None)  # fmt: skip
+    method.train(
+        model,
+        Local(task, _digits(), cfg.training, cfg.personalization, torch.Generator().manual_seed(0)),
+        proximal_mu=0.0,
+    )
+    kept = method.update(
+        model, received, None, Local(task, _digits(), cfg.training, cfg.personalization, None)
+    )
     assert sorted(kept) == sorted(keys)
     assert kept["features.1.num_batches_tracked"] > 0  # its own running statistics
     fresh = _model(5, batch_norm=True)
@@ -160,21 +170,30 @@ def test_ditto_trains_its_own_model_and_leaves_the_reply_alone():
     assert _equal(reply.state_dict(), received, received)
     task.train(reply, data, cfg.training, generator=torch.Generator().manual_seed(0))
     sent = copy.deepcopy(reply.state_dict())
-    mine = method.update(reply, received, None, task, data, cfg.training,
-                         cfg.personalization, torch.Generator().manual_seed(1))  # fmt: skip
+    mine = method.update(
+        reply,
+        received,
+        None,
+        Local(task, data, cfg.training, cfg.personalization, torch.Generator().manual_seed(1)),
+    )
     assert _equal(reply.state_dict(), sent, sent)  # the reply is unchanged
     assert not _equal(mine, sent, ["head.weight"]) and not _equal(mine, received, ["head.weight"])
 
     # A larger λ keeps the personal model closer to the global one.
     def distance(lam: float) -> float:
         section = cfg.personalization.model_copy(update={"ditto_lambda": lam})
-        v = method.update(reply, received, None, task, data, cfg.training, section,
-                          torch.Generator().manual_seed(1))  # fmt: skip
+        v = method.update(
+            reply,
+            received,
+            None,
+            Local(task, data, cfg.training, section, torch.Generator().manual_seed(1)),
+        )
         return sum(float((v[k].float() - received[k].float()).norm()) for k in received)
 
     assert distance(10.0) < distance(0.0)
-    evaluated = method.personal_model(_model(0), mine, task, data, cfg.training,
-                                      cfg.personalization, None)  # fmt: skip
+    evaluated = method.personal_model(
+        _model(0), mine, Local(task, data, cfg.training, cfg.personalization, None)
+    )
     assert _equal(evaluated.state_dict(), mine, mine)
 
 
@@ -184,10 +203,17 @@ def test_finetune_trains_a_copy_and_keeps_nothing():
     glob = _model(0)
     received = copy.deepcopy(glob.state_dict())
     assert not method.stateful
-    assert method.update(glob, received, None, task, _digits(), cfg.training,
-                         cfg.personalization, None) is None  # fmt: skip
-    mine = method.personal_model(glob, None, task, _digits(), cfg.training,
-                                 cfg.personalization, torch.Generator().manual_seed(0))  # fmt: skip
+    assert (
+        method.update(
+            glob, received, None, Local(task, _digits(), cfg.training, cfg.personalization, None)
+        )
+        is None
+    )
+    mine = method.personal_model(
+        glob,
+        None,
+        Local(task, _digits(), cfg.training, cfg.personalization, torch.Generator().manual_seed(0)),
+    )
     assert _equal(glob.state_dict(), received, received)  # the global model is untouched
     assert not torch.equal(mine.state_dict()["head.weight"], received["head.weight"])
 

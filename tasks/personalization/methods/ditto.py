@@ -20,22 +20,18 @@ class Ditto(PersonalMethod):
         "are reported every round, outside the DP guarantee"
     )
 
-    def update(self, model, received, personal, task, data, training, section, generator):
+    def update(self, model, received, personal, local):
         mine = copy.deepcopy(model)
         mine.load_state_dict(received)
         overwrite(mine, personal)
         anchor = [received[name].detach().clone() for name, _ in mine.named_parameters()]
-        task.train(
-            mine,
-            data,
-            training.model_copy(update={"local_epochs": section.personal_epochs}),
-            proximal_mu=section.ditto_lambda,
-            proximal_anchor=anchor,
-            generator=generator,
+        section = local.section
+        local.train(
+            mine, section.personal_epochs, proximal_mu=section.ditto_lambda, proximal_anchor=anchor
         )
         return kept(mine, list(mine.state_dict()))
 
-    def personal_model(self, model, personal, task, data, training, section, generator):
+    def personal_model(self, model, personal, local):
         mine = copy.deepcopy(model)
         overwrite(mine, personal)  # none yet (never trained): the global model
         return mine

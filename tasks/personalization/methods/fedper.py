@@ -27,8 +27,8 @@ class KeptLocally(PersonalMethod):
     def prepare(self, model, personal) -> None:
         overwrite(model, personal)
 
-    def update(self, model, received, personal, task, data, training, section, generator):
-        return kept(model, self.keys(model, section))
+    def update(self, model, received, personal, local):
+        return kept(model, self.keys(model, local.section))
 
 
 @PERSONALIZATION.register("fedper", family="kept-locally", compatible={"local-dp": True})

@@ -17,20 +17,18 @@ class FedRep(FedPer):
         "the head as trained; use 'fedper' (one DP-SGD training of the whole model)"
     )
 
-    def train(self, model, task, data, training, section, *, proximal_mu, generator):
-        head = set(head_keys(model, section.head))
+    def train(self, model, local, *, proximal_mu):
+        head = set(head_keys(model, local.section.head))
         params = dict(model.named_parameters())
         phases = (
-            (head, training.model_copy(update={"local_epochs": section.head_epochs})),
-            (set(params) - head, training),
+            (head, local.section.head_epochs),
+            (set(params) - head, local.training.local_epochs),
         )
         try:
-            for trained, phase in phases:
+            for trained, epochs in phases:
                 for name, p in params.items():
                     p.requires_grad_(name in trained)
-                metrics = task.train(
-                    model, data, phase, proximal_mu=proximal_mu, generator=generator
-                )
+                metrics = local.train(model, epochs, proximal_mu=proximal_mu)
         finally:
             for p in params.values():
                 p.requires_grad_(True)

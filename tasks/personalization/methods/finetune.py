@@ -20,12 +20,7 @@ class FineTune(PersonalMethod):
         "are reported every round, outside the DP guarantee"
     )
 
-    def personal_model(self, model, personal, task, data, training, section, generator):
+    def personal_model(self, model, personal, local):
         mine = copy.deepcopy(model)
-        task.train(
-            mine,
-            data,
-            training.model_copy(update={"local_epochs": section.finetune_epochs}),
-            generator=generator,
-        )
+        local.train(mine, local.section.finetune_epochs)
         return mine
