@@ -7,7 +7,7 @@ import copy
 from tasks.personalization.base import PERSONALIZATION, PersonalMethod, kept, overwrite
 
 
-@PERSONALIZATION.register("ditto", family="personal-model", compatible={"local-dp": False})
+@PERSONALIZATION.register("ditto", family="personal-model")
 class Ditto(PersonalMethod):
     """Ditto (Li et al., 2021): the silo trains the global model as usual for its reply,
     and its own model v for ``personalization.personal-epochs`` on

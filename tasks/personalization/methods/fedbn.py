@@ -6,7 +6,7 @@ from tasks.personalization.base import PERSONALIZATION, batch_norm_keys
 from tasks.personalization.methods.fedper import KeptLocally
 
 
-@PERSONALIZATION.register("fedbn", family="kept-locally", compatible={"local-dp": False})
+@PERSONALIZATION.register("fedbn", family="kept-locally")
 class FedBN(KeptLocally):
     """FedBN (Li et al., 2021): every BatchNorm layer's running mean and variance, batch
     count, weight and bias are the silo's own; the rest is shared. Needs a model with

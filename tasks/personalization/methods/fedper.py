@@ -31,7 +31,7 @@ class KeptLocally(PersonalMethod):
         return kept(model, self.keys(model, local.section))
 
 
-@PERSONALIZATION.register("fedper", family="kept-locally", compatible={"local-dp": True})
+@PERSONALIZATION.register("fedper", family="kept-locally")
 class FedPer(KeptLocally):
     """FedPer (Arivazhagan et al., 2019): the head (``personalization.head``, by default
     the last Linear layer) is the silo's own; the body is trained with it as usual."""

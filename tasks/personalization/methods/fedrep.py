@@ -6,7 +6,7 @@ from tasks.personalization.base import PERSONALIZATION, head_keys
 from tasks.personalization.methods.fedper import FedPer
 
 
-@PERSONALIZATION.register("fedrep", family="kept-locally", compatible={"local-dp": False})
+@PERSONALIZATION.register("fedrep", family="kept-locally")
 class FedRep(FedPer):
     """FedRep (Collins et al., 2021): each round the silo trains its personal head for
     ``personalization.head-epochs`` with the body frozen, then the body for

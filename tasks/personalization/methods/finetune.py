@@ -7,7 +7,7 @@ import copy
 from tasks.personalization.base import PERSONALIZATION, PersonalMethod
 
 
-@PERSONALIZATION.register("finetune", family="fine-tuning", compatible={"local-dp": False})
+@PERSONALIZATION.register("finetune", family="fine-tuning")
 class FineTune(PersonalMethod):
     """Local fine-tuning (e.g. Wang et al., 2019): the silo's personal model is the global
     model it receives for evaluation, trained ``personalization.finetune-epochs`` more on
