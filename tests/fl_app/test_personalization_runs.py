@@ -189,3 +189,31 @@ def test_sound_combinations_are_accepted():
     RunConfig.from_flower({"personalization.method": "fedper", "secagg.enabled": True,
                            "robust.max-update-norm-ratio": 0.0})  # fmt: skip
     RunConfig.from_flower({"personalization.method": "ditto", "strategy": "krum"})
+
+
+@pytest.mark.parametrize(
+    ("settings"),
+    [
+        {"personalization.method": "fedper", "strategy": "robust-trimmed-mean"},
+        {"personalization.method": "ditto", "secagg.enabled": True,
+         "robust.max-update-norm-ratio": 0.0},
+        {"personalization.method": "fedbn", "task": "digits-bn", "dp.central": True,
+         "dp.noise-multiplier": 0.01, "dp.reproducible-noise": True,
+         "robust.max-update-norm-ratio": 0.0},
+        {"personalization.method": "fedrep", "compression.method": "topk",
+         "compression.topk-fraction": 0.1},
+        {"personalization.method": "fedper", "dp.local": True,
+         "dp.local-noise-multiplier": 0.5},
+    ],
+    ids=["fedper-trimmed-mean", "ditto-secagg", "fedbn-central-dp", "fedrep-topk",
+         "fedper-local-dp"],
+)  # fmt: skip
+def test_methods_run_with_robust_rules_secagg_dp_and_compression(tmp_path, settings):
+    """What is shared goes through the rule, secure aggregation, DP or compression as in
+    any run; every round aggregates every silo and both summaries are reported."""
+    run_dir = _run(tmp_path, **settings)
+    trains = [r for r in _rows(run_dir) if r["phase"] == "train"]
+    assert [r["replies"] for r in trains] == [SILOS, SILOS]
+    assert all(r["failures"] == 0 for r in trains)
+    for row in _evaluate(run_dir).values():
+        assert row["silo-personal-accuracy-silos"] == row["silo-accuracy-silos"] == SILOS
