@@ -256,18 +256,14 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     for item, result in harness.run_workers(
         run_one, items, workers=args.workers,
-        initializer=_prepare, inline=None,
+        initializer=harness.quiet_worker, inline=None,
     ):  # fmt: skip
         logging.info("%s quality=%s seed=%d: final %.4f, %.1f sim s", item[0], item[1],
                      item[3], result["accuracy"][-1], sum(result["sim-seconds"]))  # fmt: skip
         runs.append(result)
     runs.sort(key=lambda r: (POLICIES.index(r["policy"]), r["quality"], r["seed"]))
     report = {
-        "header": session.header(),
-        "code": session.code.to_json(),
-        "machine": harness.machine(),
-        "load-start": session.load_start,
-        "seconds": session.seconds,
+        **session.report(),
         "seeds": args.seeds,
         "rounds": args.rounds,
         "target": args.target,
@@ -286,15 +282,6 @@ def main(argv: list[str] | None = None) -> None:
     plot(runs, out.with_suffix(".png"))
     write_doc(render(report), out)
     logging.info("wrote %s, %s and %s", out, json_path, out.with_suffix(".png"))
-
-
-def _silence() -> None:
-    harness.quiet("flwr", "fedsilo", "fl_app")
-    logging.getLogger().setLevel(logging.WARNING)
-
-
-def _prepare() -> None:
-    harness.prepare_worker(silence=_silence)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ from strategies.vertical.split import VerticalSection
 from strategies.wrappers import SamplingSection
 from tasks import TASKS
 from tasks.base import DataSection, TrainingSection
+from tasks.personalization import PERSONALIZATION, PersonalizationSection, get_method
 from tasks.vertical import VERTICAL_SPECS
 
 __all__ = [
@@ -113,6 +114,7 @@ class RunConfig(Section):
     secagg: SecAggSection = SecAggSection()
     compression: CompressionSection = CompressionSection()
     contribution: ContributionSection = ContributionSection()
+    personalization: PersonalizationSection = PersonalizationSection()
     vertical: VerticalSection = VerticalSection()
     tracking: TrackingSection = TrackingSection()
     export: ExportSection = ExportSection()
@@ -200,6 +202,28 @@ class RunConfig(Section):
                 "takes part in every step. Set selection.policy = 'random' and "
                 "selection.fairness-rounds = 0."
             )
+
+    def _check_personalization(self) -> None:
+        name = self.personalization.method
+        method = get_method(name)
+        if method is None:
+            return
+        key = f"run-config 'personalization.method' = '{name}'"
+        if self.mode == "vertical":
+            raise ConfigError(
+                f"{key} personalises a silo's whole model in mode 'horizontal'; in mode "
+                "'vertical' a feature party holds only part of one model and no labels. Set "
+                "personalization.method = 'none'."
+            )
+        if self.dp.local and method.local_dp_unsupported:
+            raise ConfigError(
+                f"{key} is unsound with 'dp.local' = true: {method.local_dp_unsupported}. "
+                "Use 'dp.central' = true, another method, or personalization.method = 'none'."
+            )
+        try:
+            method.check(_model_of(self.task), self.personalization)
+        except ValueError as exc:
+            raise ConfigError(f"{key} with task '{self.task}': {exc}") from None
 
     def dp_mechanisms(self) -> list[str]:
         """Run-config keys of the differential-privacy noise this run adds (``[]`` = none)."""
@@ -292,6 +316,7 @@ class RunConfig(Section):
                 "(noise std is σ × clip); set e.g. vertical.embedding-clip = 1.0"
             )
         self._check_selection()
+        self._check_personalization()
         if self.mode == "vertical" and self.task not in VERTICAL_SPECS:
             raise ConfigError(
                 f"run-config 'mode' = 'vertical' does not support task '{self.task}'; "
@@ -309,6 +334,16 @@ class RunConfig(Section):
                 "'sampling.min-available-nodes' or lower 'sampling.min-train-nodes'."
             )
         return self
+
+
+@lru_cache(maxsize=16)
+def _model_of(task: str):
+    """A model of ``task`` to check a config against (built without touching the global
+    RNG, so validating a config never changes a seeded run)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        return TASKS[task]().build_model()
 
 
 #: Every dotted key of :class:`RunConfig` and its field, in declaration order.
@@ -433,6 +468,8 @@ def _allowed(key: str, field) -> str:
         return ", ".join(STRATEGIES)
     if key == "attack.kind":
         return ", ".join(["none", *ATTACKS.names()])
+    if key == "personalization.method":
+        return ", ".join(["none", *PERSONALIZATION.names()])
     bounds = []
     for meta in field.metadata:
         for attr, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):

@@ -66,6 +66,7 @@ from strategies.traffic import TrafficMeter
 from strategies.wrappers import RoundReporter, SeededSampling, ValidatedUpdates
 from tasks import Task, get_task
 from tasks.base import MOMENTS_KEY
+from tasks.personalization import PERSONAL_PREFIX
 
 
 def roll_call(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], list[dict]]:
@@ -379,7 +380,7 @@ def wrap_strategy(
         wrapped,
         sinks.log_metrics,
         sinks.log_silo_metrics,
-        fairness_metrics=(get_task(cfg.task).main_metric,),  # docs/personalization.md
+        fairness_metrics=fairness_metrics(cfg),  # docs/personalization.md
         round_state=state,
     )
     # Outermost: payload limit, quorum/retries and the audit see replies as received.
@@ -404,6 +405,24 @@ def train_config(cfg: RunConfig, lineage: str) -> ConfigRecord:
     if STRATEGIES.get(cfg.strategy).extra.get("needs_loss_before"):
         config[REPORT_LOSS_BEFORE_KEY] = True
     return config
+
+
+def fairness_metrics(cfg: RunConfig) -> tuple[str, ...]:
+    """The silo metrics summarised across silos every round: the task's main metric and,
+    under a personalisation method, the personal model's (``personal-<metric>``)."""
+    main = get_task(cfg.task).main_metric
+    if cfg.personalization.method == "none":
+        return (main,)
+    return (main, PERSONAL_PREFIX + main)
+
+
+def evaluate_config(cfg: RunConfig, lineage: str) -> ConfigRecord | None:
+    """The config every evaluate instruction carries: under a personalisation method the
+    run's lineage (the silo's personal state is kept per lineage); else none (Flower's
+    default, so the instructions are as before)."""
+    if cfg.personalization.method == "none":
+        return None
+    return ConfigRecord({LINEAGE_KEY: lineage})
 
 
 def run_federation(
@@ -489,6 +508,7 @@ def run_federation(
             num_rounds=cfg.num_server_rounds,
             timeout=cfg.sampling.round_timeout,
             train_config=train_config(cfg, lineage),
+            evaluate_config=evaluate_config(cfg, lineage),
             evaluate_fn=evaluate_fn,
         )
     except QuorumError as exc:  # end cleanly: checkpoint of the last round stays valid

@@ -90,8 +90,9 @@ def test_replace_derives_a_validated_config_from_dotted_keys():
 
 def test_every_key_has_a_doc_and_appears_in_the_reference_table():
     table = reference_table()
-    # 101 + contribution (8), selection.quality-aware, robust.norm-outliers, export (3)
-    assert len(KEYS) == 114
+    # 101 + contribution (8), selection.quality-aware, robust.norm-outliers, export (3),
+    # personalization (6)
+    assert len(KEYS) == 120
     for key, field in iter_fields(RunConfig):
         assert field.description, key
         assert f"| `{key}` |" in table
@@ -188,7 +189,9 @@ def test_close_strategy_name_gets_a_suggestion():
 
 
 def test_bad_task_lists_tasks():
-    with pytest.raises(ConfigError, match="bank-marketing, breast-cancer, digits, fraud"):
+    with pytest.raises(
+        ConfigError, match="bank-marketing, breast-cancer, digits, digits-bn, fraud"
+    ):
         RunConfig.from_flower({"task": "mnist"})
 
 
