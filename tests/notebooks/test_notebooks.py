@@ -46,6 +46,7 @@ def test_the_notebooks_exist():
         "03-differential-privacy.ipynb",
         "04-azureml-launch.ipynb",
         "05-vertical-fl.ipynb",
+        "06-personalization.ipynb",
     } <= names
 
 
