@@ -399,22 +399,18 @@ class ValidatedUpdates(StrategyWrapper):
                 partition_of=lambda m: reply_order_key(m)[0],
                 clip=clipped if self.outliers == "clip" else None,
             )
-        for event in clipped:
-            log(
-                WARNING,
-                "round %d: clipped update of node %d (partition %d): %s",
-                server_round, event.node_id, event.partition_id, event.reason,
-            )  # fmt: skip
-            if self.on_clip is not None:
-                self.on_clip(server_round, event)
-        for rejection in rejected:
-            log(
-                WARNING,
-                "round %d: rejected update of node %d (partition %d): %s",
-                server_round, rejection.node_id, rejection.partition_id, rejection.reason,
-            )  # fmt: skip
-            if self.on_reject is not None:
-                self.on_reject(server_round, rejection)
+        for verb, events, callback in (
+            ("clipped", clipped, self.on_clip),
+            ("rejected", rejected, self.on_reject),
+        ):
+            for event in events:
+                log(
+                    WARNING,
+                    "round %d: %s update of node %d (partition %d): %s",
+                    server_round, verb, event.node_id, event.partition_id, event.reason,
+                )  # fmt: skip
+                if callback is not None:
+                    callback(server_round, event)
         # DP-FedAvg under Poisson sampling releases (noise) and accounts even a round without
         # updates: skipping it would reveal that the secret cohort was empty.
         empty_ok = getattr(self.inner, "releases_empty_rounds", False)
