@@ -53,13 +53,13 @@ def test_render_writes_loadable_job_yamls(tmp_path):
     assert (out_dir / "environment.yml").is_file()
 
 
-def test_submit_without_azure_credentials_says_az_login(monkeypatch):
+def test_submit_without_azure_credentials_says_az_login(monkeypatch, tmp_path):
     for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET",
                  "AZURE_FEDERATED_TOKEN_FILE", "MSI_ENDPOINT", "IDENTITY_ENDPOINT",
                  "AZURE_TOKEN_CREDENTIALS"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")
-    monkeypatch.setenv("HOME", str(REPO_ROOT / "nonexistent-home"))
+    monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))  # no cached login
     result, out = _run("submit", str(EXAMPLE), "--no-wait")
     assert result.exit_code == 1
     assert "`az login`" in out and "AZURE_CLIENT_SECRET" in out

@@ -5,7 +5,7 @@ validation, id resolution, REST serialisation, azure-core pipeline) is the real 
 from __future__ import annotations
 
 import pytest
-from azureml_testkit import REPO_ROOT, RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE
+from azureml_testkit import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE
 
 from adapters.azureml.client import (
     NO_CREDENTIALS_HINT,
@@ -189,13 +189,13 @@ def test_a_rejected_request_names_the_job_and_the_fix(spec, credential, transpor
     assert "cancelled the jobs already created" in message
 
 
-def test_missing_credentials_fail_with_az_login_hint(spec, monkeypatch):
+def test_missing_credentials_fail_with_az_login_hint(spec, monkeypatch, tmp_path):
     for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET",
                  "AZURE_FEDERATED_TOKEN_FILE", "AZURE_USERNAME", "MSI_ENDPOINT",
                  "IDENTITY_ENDPOINT", "AZURE_TOKEN_CREDENTIALS"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PATH", "/nonexistent")  # no az / azd / pwsh to ask
-    monkeypatch.setenv("HOME", str(REPO_ROOT / "nonexistent-home"))
+    monkeypatch.setenv("HOME", str(tmp_path / "empty-home"))  # no cached login
     with pytest.raises(AzureMLAuthError) as info:
         AzureMLClient(spec).submit(submission_id="20260101-000000-0004")
     assert "`az login`" in str(info.value)
