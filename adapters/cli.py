@@ -33,6 +33,7 @@ from rich.table import Table
 
 from adapters.backends import Backend, BackendError, backend_names, get_backend, spec_model_for
 from adapters.federation.spec import FederationSpec, SpecError, load_spec
+from fl_app import VERSION
 
 if TYPE_CHECKING:
     from adapters.azureml.spec import FederationSpec as AzureFederationSpec
@@ -46,6 +47,23 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"fedsilo {VERSION}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Launch a fedsilo federation (one YAML spec) on Azure ML or on this machine."""
+
 
 SpecArg = Annotated[
     Path, typer.Argument(help="Federation spec YAML (see examples/federation.yaml).")

@@ -45,7 +45,7 @@ import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
-from fl_app import LOG
+from fl_app import LOG, RUN_INFO_KEYS
 from fl_app.legacy import legacy_settings
 from fl_app.stores import open_checkpoint_store, store_scheme
 from fl_core.config import Section, transient, transient_keys
@@ -99,7 +99,7 @@ def stored_settings(settings: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
     stored = {
         k: v
         for k, v in legacy_settings(settings).items()
-        if k not in transient and k != "config-hash"
+        if k not in transient and k not in RUN_INFO_KEYS
     }
     # A key added after the run was written was at its default then: a new key's default
     # keeps the earlier behaviour (e.g. selection.policy = "random", robust.rule-params = "").

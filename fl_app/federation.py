@@ -20,7 +20,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from fl_app import LOG
+from fl_app import LOG, VERSION
 from fl_app.audit import AUDIT_FILE, AuditLog, update_sha256
 from fl_app.checkpointing import (
     CHECKPOINT_NAME,
@@ -457,7 +457,9 @@ def run_federation(
         *extra_sinks,
         privacy=privacy,
     )
-    sinks.log_params({**cfg.to_flower(), "config-hash": cfg.fingerprint()})
+    sinks.log_params(
+        {**cfg.to_flower(), "config-hash": cfg.fingerprint(), "fedsilo-version": VERSION}
+    )
     audit = AuditLog(run_dir / AUDIT_FILE, cfg.fingerprint())
     audit.record(
         "run-start",

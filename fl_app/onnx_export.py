@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fl_app import RUN_INFO_KEYS
 from fl_core.config import Section, transient
 
 if TYPE_CHECKING:
@@ -420,7 +421,7 @@ def run_config_of(params: Mapping[str, Any]) -> RunConfig:
     """The :class:`RunConfig` of a run from its logged params (``config.json``)."""
     from fl_app.config import RunConfig
 
-    return RunConfig.from_flower({k: v for k, v in params.items() if k != "config-hash"})
+    return RunConfig.from_flower({k: v for k, v in params.items() if k not in RUN_INFO_KEYS})
 
 
 def export_run_dir(run_dir: Path, quantize_as: str | None = None) -> OnnxExport:

@@ -4,6 +4,7 @@ real subprocess killed with SIGKILL mid-round."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import json
 import os
@@ -417,8 +418,9 @@ def test_the_audit_log_is_a_hash_chain_that_detects_edits(tmp_path, clean_run):
     entries = read_audit_log(log)
     assert verify_audit_log(log) == len(entries)
     assert entries[0]["event"] == "run-start" and entries[-1]["event"] == "run-end"
-    assert {e["config-hash"] for e in entries} == {json.loads(
-        (clean_run / "config.json").read_text())["config-hash"]}  # fmt: skip
+    params = json.loads((clean_run / "config.json").read_text())
+    assert {e["config-hash"] for e in entries} == {params["config-hash"]}
+    assert params["fedsilo-version"] == importlib.metadata.version("fedsilo")
     lines = log.read_text().splitlines()
     edited = json.loads(lines[3])
     edited["time"] = "2000-01-01T00:00:00+00:00"

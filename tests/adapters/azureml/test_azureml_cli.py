@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 
@@ -18,6 +19,12 @@ runner = CliRunner()
 def _run(*args: str):
     result = runner.invoke(app, list(args))
     return result, result.output + (result.stderr if result.stderr_bytes else "")
+
+
+def test_version_is_the_installed_packages():
+    result, out = _run("--version")
+    assert result.exit_code == 0
+    assert out.strip() == f"fedsilo {importlib.metadata.version('fedsilo')}"
 
 
 def test_validate_the_example():
