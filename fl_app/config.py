@@ -31,7 +31,7 @@ from pydantic.fields import FieldInfo
 from fl_app.checkpointing import OutputSection
 from fl_app.heterogeneity import SimulationSection
 from fl_app.legacy import LEGACY_KEYS, legacy_settings
-from fl_app.sinks import TrackingSection
+from fl_app.sinks import MonitoringSection, TrackingSection
 from fl_core.config import (
     Section,
     flatten,
@@ -112,6 +112,7 @@ class RunConfig(Section):
     compression: CompressionSection = CompressionSection()
     vertical: VerticalSection = VerticalSection()
     tracking: TrackingSection = TrackingSection()
+    monitoring: MonitoringSection = MonitoringSection()
     output: OutputSection = OutputSection()
 
     def __init__(self, /, **data: Any) -> None:
