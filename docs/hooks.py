@@ -476,7 +476,7 @@ def tasks_page() -> str:
         "Write `tasks/<name>.py` with a subclass of `tasks.base.Task` implementing "
         "`load_data(data) -> (pool, test | None)` (`data`: the run config's `data` section, "
         "its `source`) and `build_model()`, decorated with "
-        '`@TASKS.register("<name>")`; describe its real source and offline default in the '
+        "`@TASKS.register(\"<name>\")`; describe its real source and offline default in the "
         "module docstring. Nothing else to edit: this page picks it up on the next build. "
         "See [Extending](extending.md).",
         "",
