@@ -5,6 +5,7 @@ changes no result."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -137,9 +138,9 @@ def test_a_scrape_exposes_every_declared_metric_in_base_units_with_the_runs_figu
     assert value(samples, "fedsilo_silo_reply_seconds", partition="1", phase="train") == 0.5
     assert value(samples, "fedsilo_silo_replies_total", partition="0", phase="train") == 2
     assert value(samples, "fedsilo_silo_last_seen_round", partition="1") == 2
-    assert time.time() - value(
-        samples, "fedsilo_silo_last_seen_timestamp_seconds", partition="0"
-    ) < 60
+    assert (
+        time.time() - value(samples, "fedsilo_silo_last_seen_timestamp_seconds", partition="0") < 60
+    )
     assert value(samples, "fedsilo_silo_selections_total", partition="2") == 2
     assert value(samples, "fedsilo_silo_selection_score", partition="2") == 0.5
     assert value(samples, "fedsilo_silo_metric", partition="1", phase="train",
@@ -232,8 +233,17 @@ def test_the_exporter_is_off_by_default_and_on_with_a_port(tmp_path):
         samples = scrape(port)
         assert value(samples, "fedsilo_rounds_planned") == cfg.num_server_rounds
         assert value(samples, "fedsilo_round_deadline_seconds") == 2 * 3600.0
-        assert value(samples, "fedsilo_run_info", task="digits", strategy="fedavg",
-                     config_hash=cfg.fingerprint(), run="20260101-digits-fedavg-abc") == 1
+        assert (
+            value(
+                samples,
+                "fedsilo_run_info",
+                task="digits",
+                strategy="fedavg",
+                config_hash=cfg.fingerprint(),
+                run="20260101-digits-fedavg-abc",
+            )
+            == 1
+        )
     finally:  # fmt: skip
         sink.close()
 
@@ -261,10 +271,8 @@ def test_a_federation_serves_what_metrics_json_holds_and_the_exporter_changes_no
 
     def prometheus():
         while not stop.is_set():
-            try:
+            with contextlib.suppress(urllib.error.URLError, ConnectionError):
                 scrapes.append(scrape(port))
-            except (urllib.error.URLError, ConnectionError):
-                pass
             time.sleep(0.1)
 
     thread = threading.Thread(target=prometheus)
