@@ -96,7 +96,7 @@ METRICS: tuple[MetricSpec, ...] = (
     _g("server_main_metric", (), "The task's main metric on the server's test set."),
     _g("client_metric", ("phase", "metric"),
        "Aggregated silo metrics of the last round (metrics.json, phases train and evaluate; "
-       "the evaluate phase's per-silo spread: silo-<metric>-min, -p10, -median, -jain, …)."),
+       "the evaluate phase's per-silo spread: silo-METRIC-min, -p10, -median, -jain, …)."),
     _g("dp_epsilon", (), "Central DP ε spent so far (0 without central DP)."),
     _g("dp_epsilon_budget", (), "Central DP ε budget, dp.target-epsilon (0 = none)."),
     _c("uploaded_bytes", ("phase",), "Bytes of silo replies as received (bytes-uploaded)."),

@@ -19,15 +19,19 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.app import client_app
 from adapters.prometheus.exporter import (
+    DOC_END,
+    DOC_START,
     METRICS,
     PHASES,
     PREFIX,
     PrometheusSink,
     exposed_names,
+    reference_table,
 )
 from fl_app.config import ConfigError, RunConfig
 from fl_app.federation import run_federation
 from fl_app.inprocess import InProcessGrid
+from fl_app.local_run import PROJECT_DIR
 from fl_app.sinks import is_runtime_metric, tracking_sinks
 
 
@@ -164,6 +168,15 @@ def test_the_round_starts_at_selection_and_the_phase_follows_the_reports(sink):
     assert value(scrape(s.port), "fedsilo_phase", phase="server") == 1
     s.log_event({"event": "run-aborted", "round": 3})
     assert value(scrape(s.port), "fedsilo_phase", phase="aborted") == 1
+
+
+def test_the_operations_guide_reference_is_generated_from_the_exporter():
+    text = (PROJECT_DIR / "docs" / "operations.md").read_text()
+    section = text.split(DOC_START, 1)[1].split(DOC_END, 1)[0]
+    assert section.strip() == reference_table().strip(), (
+        "docs/operations.md is out of date: run python -m adapters.prometheus.exporter"
+    )
+    assert all(f"`{m.name}`" in section for m in METRICS)
 
 
 def test_each_run_has_its_own_registry_not_the_global_one(sink):
