@@ -110,7 +110,8 @@ def test_transient_keys_come_from_the_fields_marked_transient():
         "sampling.round-timeout", "sampling.round-retries", "sampling.straggler-timeout",
         "sampling.min-available-nodes", "sampling.reply-poll-interval",
         "tracking.mlflow-uri", "tracking.experiment", "tracking.register-model",
-        "tracking.sinks",
+        "tracking.sinks", "monitoring.prometheus-port", "monitoring.prometheus-host",
+        "monitoring.final-scrape-wait",
     } == TRANSIENT_KEYS  # fmt: skip
     table = reference_table()
     for key in TRANSIENT_KEYS:
