@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+from flwr.app import MessageType
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -28,10 +29,11 @@ from adapters.prometheus.exporter import (
     exposed_names,
     reference_table,
 )
+from fl_app.audit import read_audit_log
 from fl_app.config import ConfigError, RunConfig
 from fl_app.federation import run_federation
 from fl_app.inprocess import InProcessGrid
-from fl_app.local_run import PROJECT_DIR
+from fl_app.local_run import PROJECT_DIR, _free_port
 from fl_app.sinks import is_runtime_metric, tracking_sinks
 
 
@@ -235,9 +237,7 @@ def test_a_crashed_run_stops_the_server():
 def test_the_exporter_is_off_by_default_and_on_with_a_port(tmp_path):
     assert RunConfig().monitoring.prometheus_port == 0
     assert not any(isinstance(s, PrometheusSink) for s in tracking_sinks(RunConfig(), tmp_path))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     cfg = RunConfig(monitoring={"prometheus_port": port, "prometheus_host": "127.0.0.1",
                                 "final_scrape_wait": 0.0})  # fmt: skip
     (sink,) = tracking_sinks(cfg, tmp_path / "20260101-digits-fedavg-abc")
@@ -273,9 +273,7 @@ def test_a_federation_serves_what_metrics_json_holds_and_the_exporter_changes_no
     scrape holds the final round, the final server accuracy and each silo's figures as
     metrics.json / silo_metrics.json have them; the same run without the exporter has the
     same model metrics."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     base = RunConfig(num_server_rounds=2, training={"local_epochs": 1},
                      output={"run_dir": str(tmp_path / "off")})  # fmt: skip
     on = base.replace({"monitoring.prometheus-port": port, "monitoring.prometheus-host":
@@ -319,3 +317,30 @@ def test_a_federation_serves_what_metrics_json_holds_and_the_exporter_changes_no
         assert value(last, "fedsilo_silo_selections_total", partition=str(pid)) == sum(
             r["selected"] for r in selected
         )
+
+
+class _LinkLost(InProcessGrid):
+    """The in-process grid whose connection breaks at the first train instruction."""
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        if any(m.metadata.message_type == MessageType.TRAIN for m in messages):
+            raise RuntimeError("link to the SuperLink lost")
+        return super().send_and_receive(messages, timeout=timeout)
+
+
+def test_a_crashed_federation_audits_why_and_its_exporter_stops(tmp_path):
+    port = _free_port()
+    cfg = RunConfig(
+        num_server_rounds=2,
+        output={"run_dir": str(tmp_path)},
+        monitoring={"prometheus_port": port, "prometheus_host": "127.0.0.1"},
+    )
+    with pytest.raises(RuntimeError, match="link to the SuperLink lost"):
+        run_federation(_LinkLost(client_app, cfg.to_flower(), 3), cfg)
+    (audit,) = tmp_path.glob("*/audit.jsonl")
+    last = read_audit_log(audit)[-1]
+    assert last["event"] == "run-failed"
+    assert last["reason"] == "RuntimeError: link to the SuperLink lost"
+    with pytest.raises(urllib.error.URLError):
+        scrape(port)
