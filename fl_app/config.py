@@ -279,6 +279,12 @@ class RunConfig(Section):
                 f"run-config 'mode' = 'vertical' does not support task '{self.task}'; "
                 f"use task = one of {', '.join(VERTICAL_SPECS)}"
             )
+        if self.mode == "vertical" and self.monitoring.prometheus_port:
+            raise ConfigError(
+                f"run-config 'monitoring.prometheus-port' = {self.monitoring.prometheus_port} "
+                "is for mode 'horizontal': split learning (mode 'vertical') does not serve "
+                "Prometheus metrics. Set monitoring.prometheus-port = 0."
+            )
         if self.secagg.enabled:
             check_secure_aggregation(self)
         check_rule_params(self)

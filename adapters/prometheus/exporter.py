@@ -189,9 +189,11 @@ class PrometheusSink:
         start_server: bool = True,
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.m = build_collectors(self.registry)
+        # First in the registry: a scrape notes its start before it reads any metric, so a
+        # scrape that started after the last update has read every final figure.
         self.clock = _ScrapeClock()
         self.registry.register(self.clock)
+        self.m = build_collectors(self.registry)
         self.main_metric = main_metric
         self.final_scrape_wait = final_scrape_wait
         self.round = 0
@@ -249,7 +251,7 @@ class PrometheusSink:
         if self.server is None:
             return
         deadline = time.monotonic() + self.final_scrape_wait
-        while self.clock.last < self._updated and time.monotonic() < deadline:
+        while self.clock.last <= self._updated and time.monotonic() < deadline:
             self.clock.event.clear()
             self.clock.event.wait(min(0.2, max(0.0, deadline - time.monotonic())))
         self._stop()

@@ -206,11 +206,13 @@ def test_close_waits_for_a_scrape_of_the_final_figures_then_stops_the_server():
         time.sleep(0.5)
         seen.append(value(scrape(s.port), "fedsilo_server_main_metric"))
 
-    threading.Thread(target=prometheus).start()
+    thread = threading.Thread(target=prometheus)
+    thread.start()
     start = time.monotonic()
     s.close()
-    assert seen == [0.9]
     assert time.monotonic() - start < 10  # returned on the scrape, not after 30 s
+    thread.join()
+    assert seen == [0.9]  # the scrape close waited for got the final figures
     with pytest.raises(urllib.error.URLError):
         scrape(s.port)
     s.close()  # idempotent
@@ -259,6 +261,11 @@ def test_the_exporter_is_off_by_default_and_on_with_a_port(tmp_path):
         )
     finally:  # fmt: skip
         sink.close()
+
+
+def test_vertical_mode_refuses_the_exporter_naming_the_key():
+    with pytest.raises(ConfigError, match=r"'monitoring.prometheus-port' = 9464 is for mode "):
+        RunConfig(mode="vertical", task="fraud", monitoring={"prometheus_port": 9464})
 
 
 def _model_metrics(run_dir):
