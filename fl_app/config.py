@@ -45,6 +45,7 @@ from fl_core.config import (
 )
 from fl_core.errors import ConfigError
 from strategies.compression.codecs import CompressionSection
+from strategies.contribution.config import ContributionSection, check_contribution
 from strategies.flower_builtin import ServerSection
 from strategies.privacy.config import DPSection
 from strategies.registry import STRATEGIES
@@ -110,6 +111,7 @@ class RunConfig(Section):
     dp: DPSection = DPSection()
     secagg: SecAggSection = SecAggSection()
     compression: CompressionSection = CompressionSection()
+    contribution: ContributionSection = ContributionSection()
     vertical: VerticalSection = VerticalSection()
     tracking: TrackingSection = TrackingSection()
     monitoring: MonitoringSection = MonitoringSection()
@@ -175,6 +177,21 @@ class RunConfig(Section):
                 "'random' and selection.fairness-rounds = 0, or drop "
                 "dp.sampling-amplification."
             )
+        if selection.quality_aware:
+            policy = POLICIES[selection.policy]
+            if not getattr(policy, "quality_aware", False):
+                aware = [n for n in POLICIES if getattr(POLICIES[n], "quality_aware", False)]
+                raise ConfigError(
+                    f"run-config 'selection.quality-aware' = true scales a loss-based utility, "
+                    f"which policy '{selection.policy}' does not rank by. Use selection.policy "
+                    f"in {aware}, or set selection.quality-aware = false."
+                )
+            if self.contribution.method == "none":
+                raise ConfigError(
+                    "run-config 'selection.quality-aware' = true needs the silos' contribution "
+                    "scores, but 'contribution.method' = 'none' computes none; set "
+                    "contribution.method = 'loo' (or 'gtg-shapley', 'both')."
+                )
         if chosen and self.mode == "vertical":
             raise ConfigError(
                 "run-config 'selection.policy' / 'selection.fairness-rounds' choose which "
@@ -288,6 +305,7 @@ class RunConfig(Section):
         if self.secagg.enabled:
             check_secure_aggregation(self)
         check_rule_params(self)
+        check_contribution(self)
         if sampling.min_train_nodes > sampling.min_available_nodes:
             raise ConfigError(
                 f"run-config 'sampling.min-train-nodes' = {sampling.min_train_nodes} exceeds "

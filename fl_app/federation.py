@@ -29,6 +29,7 @@ from fl_app.checkpointing import (
     settings_hash,
 )
 from fl_app.config import RunConfig
+from fl_app.contribution import scores_reporter, utility_fn, write_contributions
 from fl_app.heterogeneity import noisy_partitions
 from fl_app.reliability import (
     QuorumError,
@@ -53,11 +54,12 @@ from fl_core.records import META_KEY, REPORT_LOSS_BEFORE_KEY
 from fl_core.seeding import derive_seed, seed_everything
 from strategies import STRATEGIES, build_strategy
 from strategies.compression import CompressedUpdates
+from strategies.contribution.wrapper import ContributionScores
 from strategies.robust.simulation import SimulatedAttack, byzantine_partitions, model_attacks
 from strategies.round_state import RoundState, share_round_state
 from strategies.secagg import SecureAggregation
 from strategies.secagg.client import SECAGG_STEPS
-from strategies.selection import Selection, make_policy
+from strategies.selection import GUARD, Selection, make_policy
 from strategies.selection.wrapper import ParticipantSelection
 from strategies.traffic import TrafficMeter
 from strategies.wrappers import RoundReporter, SeededSampling, ValidatedUpdates
@@ -238,6 +240,10 @@ def central_dp(strategy: Strategy, cfg: RunConfig, num_silos: int, model) -> Str
     )
 
 
+def _with_score(pid: int, score: float | None) -> str:
+    return f"{pid}" if score is None or not math.isfinite(score) else f"{pid}({score:.3g})"
+
+
 def selection_reporter(
     roster: Mapping[int, int], sinks: MetricsSink, audit: AuditLog | None
 ) -> Callable[[Selection], None]:
@@ -254,7 +260,29 @@ def selection_reporter(
                 reasons={str(p): selection.reasons.get(p, "") for p in selection.partitions},
             )
         chosen = set(selection.partitions)
-        for pid in sorted(set(roster.values())):
+        silos = sorted(set(roster.values()))
+        guarded = [
+            p for p in selection.partitions if selection.reasons.get(p, "").startswith(GUARD)
+        ]
+        scores = {selection.scores.get(p) for p in selection.partitions}
+        shown = (
+            "(all)"
+            if len(chosen) == len(silos)
+            else " ".join(
+                # A score that is the same for every silo (uniform random) says nothing.
+                _with_score(p, selection.scores.get(p) if len(scores) > 1 else None)
+                for p in selection.partitions
+            )
+        )
+        LOG.info(
+            "[fedsilo] round %d selection: %d of %d silos %s%s",
+            selection.round,
+            len(chosen),
+            len(silos),
+            shown,
+            f" (fairness guard: {guarded})" if guarded else "",
+        )
+        for pid in silos:
             values = {"selected": float(pid in chosen)}
             score = selection.scores.get(pid)
             if score is not None and math.isfinite(score):
@@ -264,17 +292,29 @@ def selection_reporter(
     return report
 
 
+def _layer(strategy: Strategy, cls: type[Strategy]) -> Strategy | None:
+    """The first layer of type ``cls`` in a chain of wrappers, or ``None``."""
+    while not isinstance(strategy, cls):
+        if (inner := getattr(strategy, "__dict__", {}).get("inner")) is None:
+            return None
+        strategy = inner
+    return strategy
+
+
 def wrap_strategy(
     strategy: Strategy,
     cfg: RunConfig,
     roster: dict[int, int],
     sinks: MetricsSink,
     audit: AuditLog | None = None,
+    utility: Callable[[ArrayRecord], float] | None = None,
 ) -> Strategy:
     """The app's wrappers around a registered strategy, outermost first: reliability
     (payload limit, quorum and retries, audit log; fl_app.reliability), reporting,
     traffic metering, decoding of compressed updates, traffic metering of the decoded
-    replies, secure aggregation or attack simulation (if configured), update validation,
+    replies, secure aggregation or attack simulation (if configured), participant
+    selection, update validation, contribution scoring (if configured, with ``utility``
+    the server-side value of a candidate model: :func:`fl_app.contribution.utility_fn`),
     seeded sampling. Built from the inside out: each wrapper gets its finished inner.
     Every layer reads one :class:`strategies.round_state.RoundState` (the roster, the
     round's global model and instructions), which reliability records."""
@@ -284,15 +324,26 @@ def wrap_strategy(
     # every other layer reads it (strategies.round_state).
     state = RoundState(roster)
     share_round_state(strategy, state)  # the strategy (and central DP), built before
-    wrapped: Strategy = ValidatedUpdates(
-        SeededSampling(strategy, cfg.seed, round_state=state),
+    wrapped: Strategy = SeededSampling(strategy, cfg.seed, round_state=state)
+    policy = make_policy(cfg.selection, cfg.seed)
+    if cfg.contribution.method != "none":  # sees the validated, decoded updates
+        if utility is None:
+            raise ValueError("contribution.method != 'none' needs the server's utility function")
+        wrapped = ContributionScores(
+            wrapped, cfg.contribution, cfg.seed, utility, scores_reporter(sinks, audit),
+            round_state=state,
+        )  # fmt: skip
+        if cfg.selection.quality_aware:
+            policy.use_contribution(wrapped.mean_score, cfg.contribution.weight_floor)
+    wrapped = ValidatedUpdates(
+        wrapped,
         max_norm_ratio=cfg.robust.max_update_norm_ratio,
         on_reject=rejections,
         round_state=state,
     )
     wrapped = ParticipantSelection(
         wrapped,
-        make_policy(cfg.selection, cfg.seed),
+        policy,
         on_select=selection_reporter(roster, sinks, audit),
         round_state=state,
     )
@@ -419,7 +470,8 @@ def run_federation(
     initial = ArrayRecord(model.state_dict())
     strategy = central_dp(strategy, cfg, len(roster), model)
 
-    wrapped = wrap_strategy(strategy, cfg, roster, sinks, audit)
+    utility = utility_fn(task, cfg) if cfg.contribution.method != "none" else None
+    wrapped = wrap_strategy(strategy, cfg, roster, sinks, audit, utility)
     evaluate_fn = server_evaluator(task, cfg, sinks, run_dir, wrapped, audit, lineage)
     if resume is not None:  # continue after the checkpointed round, states restored
         LOG.info("[fedsilo] resuming after round %d from %s", done, resume.source)
@@ -450,6 +502,10 @@ def run_federation(
 
     if len(result.arrays) == 0:  # no round aggregated (e.g. DP budget spent before round 1)
         result.arrays = initial
+    if (scorer := _layer(wrapped, ContributionScores)) is not None:
+        write_contributions(
+            run_dir, scorer.totals, cfg.contribution.method, cfg.num_server_rounds, sinks, audit
+        )
     model_path = run_dir / "model.pt"
     torch.save(result.arrays.to_torch_state_dict(), model_path)
     audit.record(

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from strategies.compression.codecs import CompressionSection
+    from strategies.contribution.config import ContributionSection
     from strategies.flower_builtin import ServerSection
     from strategies.privacy.config import DPSection
     from strategies.robust.section import RobustSection
@@ -45,4 +46,5 @@ class StrategyConfig(Protocol):
     dp: DPSection
     secagg: SecAggSection
     compression: CompressionSection
+    contribution: ContributionSection
     vertical: VerticalSection

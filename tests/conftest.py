@@ -1,6 +1,8 @@
-"""Shared test setup: offline MLflow, and a Flower task identity for building Messages."""
+"""Shared test setup: offline MLflow, a Flower task identity for building Messages, and a
+metrics sink that snapshots a run mid-way (to resume it)."""
 
 import os
+import shutil
 
 import pytest
 
@@ -39,3 +41,34 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+class _SnapshotAfterRound:
+    """A metrics sink that copies the only run directory under ``runs`` to ``snapshot``
+    once round ``server_round`` is checkpointed (its ``server`` row)."""
+
+    def __init__(self, runs, snapshot, server_round: int = 2) -> None:
+        self.runs, self.snapshot, self.server_round = runs, snapshot, server_round
+
+    def log_metrics(self, server_round, phase, metrics) -> None:
+        if (server_round, phase) == (self.server_round, "server"):
+            shutil.copytree(next(self.runs.iterdir()), self.snapshot)
+
+    def log_params(self, params) -> None:
+        pass
+
+    def log_silo_metrics(self, *args) -> None:
+        pass
+
+    def log_artifact(self, path) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def snapshot_sink():
+    """``snapshot_sink(runs, snapshot, server_round=2)``: a sink that copies the run
+    directory under ``runs`` to ``snapshot`` after that round, for a resume test."""
+    return _SnapshotAfterRound

@@ -12,6 +12,7 @@ left out K rounds in a row is selected in the next round, before the policy pick
 """
 
 from strategies.selection.base import (
+    GUARD,
     POLICIES,
     Outcome,
     Selection,
@@ -22,6 +23,7 @@ from strategies.selection.base import (
 )
 
 __all__ = [
+    "GUARD",
     "POLICIES",
     "Outcome",
     "Selection",

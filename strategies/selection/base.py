@@ -4,7 +4,7 @@ fairness guard shared by every policy (see the package doc)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -15,8 +15,10 @@ from fl_core.config import Section
 from fl_core.errors import ConfigError
 from fl_core.registry import Registry
 from fl_core.seeding import derive_seed
+from strategies.contribution.scores import quality_factors
 
 __all__ = [
+    "GUARD",
     "POLICIES",
     "Outcome",
     "Selection",
@@ -80,6 +82,12 @@ class SelectionSection(Section):
         description="oort: the preferred round duration T in seconds; 0 = the median of "
         "the durations seen so far.",
     )
+    quality_aware: bool = Field(
+        False,
+        description="oort, power-of-choice: multiply each silo's loss-based utility by its "
+        "contribution quality factor (needs contribution.method), so that a silo whose "
+        "high loss comes from bad labels is not preferred.",
+    )
 
 
 @dataclass(frozen=True)
@@ -121,6 +129,9 @@ class Selection:
 
 Choice = tuple[list[int], dict[int, str], dict[int, float]]
 
+#: How the reason of a silo the fairness guard picked begins.
+GUARD = "fairness guard"
+
 #: EMA factor of :attr:`SiloHistory.reliability`.
 RELIABILITY_EMA = 0.5
 
@@ -137,11 +148,30 @@ class SelectionPolicy:
     #: True if the policy picks exactly what Flower's seeded uniform sampling picks (the
     #: app then leaves the sampling to Flower and only records the choice).
     uniform: ClassVar[bool] = False
+    #: True if the policy ranks silos by a utility that ``selection.quality-aware`` scales
+    #: by the silos' contribution quality factors (:meth:`quality`).
+    quality_aware: ClassVar[bool] = False
 
     def __init__(self, section: SelectionSection, seed: int) -> None:
         self.section = section
         self.seed = seed
         self.history: dict[int, SiloHistory] = {}
+        self.contribution: Callable[[int], float | None] | None = None
+        self.quality_floor = 1.0
+
+    def use_contribution(self, score: Callable[[int], float | None], floor: float) -> None:
+        """Scale the policy's utilities by quality factors from ``score(partition)``, the
+        silo's running contribution score (``None`` = not scored yet; kept, and
+        checkpointed, by the contribution layer), floored at ``floor``."""
+        self.contribution, self.quality_floor = score, floor
+
+    def quality(self, candidates: Sequence[int]) -> dict[int, float]:
+        """Each candidate's quality factor relative to the others
+        (:func:`strategies.contribution.scores.quality_factors`); all 1 without scores."""
+        if self.contribution is None:
+            return dict.fromkeys(candidates, 1.0)
+        scores = [self.contribution(p) for p in candidates]
+        return dict(zip(candidates, quality_factors(scores, floor=self.quality_floor), strict=True))
 
     # ------------------------------------------------------------------ the contract
     def choose(
@@ -168,7 +198,7 @@ class SelectionPolicy:
         owed = self.owed(server_round, partitions, m)
         guard = self.section.fairness_rounds
         reasons = {
-            p: f"fairness guard: left out {self.left_out(p, server_round)} rounds in a row, "
+            p: f"{GUARD}: left out {self.left_out(p, server_round)} rounds in a row, "
             f"due by round {self.silo(p).last_selected + guard + 1} "
             f"(selection.fairness-rounds={guard})"
             for p in owed

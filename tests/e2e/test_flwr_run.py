@@ -139,10 +139,12 @@ def test_bad_config_fails_before_round_1_with_the_fix(tmp_path):
 def test_flwr_run_with_oort_selects_logs_and_reports_why(tmp_path):
     """`flwr run . --run-config "selection.policy='oort' …"` on the real simulation
     runtime: the chosen silos train, each round's choice and reasons are in the audit log,
-    every silo's `selected` flag is in silo_metrics.json, and the run learns."""
+    every silo's `selected` flag is in silo_metrics.json, the stream prints each round's
+    selection and GTG-Shapley scores, and the run learns."""
     run = run_simulation(
         {"selection.policy": "oort", "sampling.fraction-train": 0.5, "num-server-rounds": 3,
-         "simulation.speed-spread": 10.0, "selection.fairness-rounds": 1},
+         "simulation.speed-spread": 10.0, "selection.fairness-rounds": 1,
+         "contribution.method": "gtg-shapley"},
         num_supernodes=6,
         run_dir=tmp_path,
     )  # fmt: skip
@@ -160,3 +162,12 @@ def test_flwr_run_with_oort_selects_logs_and_reports_why(tmp_path):
     flags = [r for r in rows if r["phase"] == "selection"]
     assert len(flags) == 3 * 6 and sum(r["selected"] for r in flags) == 9
     assert run.final("server")["accuracy"] > 0.8
+    # The stream shows each round's choice and each chosen silo's contribution score.
+    for rnd, chosen in selections.items():
+        line = f"round {rnd} selection: 3 of 6 silos "
+        assert line in run.output, run.output[-3000:]
+        scored = re.search(rf"round {rnd} contribution \(\d+ evaluations\): (.*)", run.output)
+        assert scored is not None, run.output[-3000:]
+        assert sorted(int(item.split(":")[0]) for item in scored[1].split()) == chosen["partitions"]
+    contributions = (run.run_dir / "contributions.csv").read_text().splitlines()
+    assert contributions[0].startswith("partition-id") and len(contributions) == 1 + 6

@@ -4,7 +4,6 @@ refused before round 1."""
 
 import json
 import math
-import shutil
 
 import dp_accounting
 import pytest
@@ -90,7 +89,7 @@ def test_epsilon_reported_every_round_matches_an_independent_accountant(
         assert "epsilon-unamplified" not in result.train_metrics_clientapp[3]
 
 
-def test_a_resumed_run_continues_the_secret_noise_and_sampling_exactly(tmp_path):
+def test_a_resumed_run_continues_the_secret_noise_and_sampling_exactly(tmp_path, snapshot_sink):
     """Secret noise and secret Poisson sampling (no reproducible key): the generators'
     states live in the server checkpoint, so resuming after round 2 from a copy of that
     run's directory ends with the uninterrupted run's model, bit for bit."""
@@ -111,31 +110,8 @@ def test_a_resumed_run_continues_the_secret_noise_and_sampling_exactly(tmp_path)
     }
     snapshot = tmp_path / "snapshot"
 
-    class SnapshotAfterRound2:
-        """A sink that copies the run directory once round 2 is checkpointed."""
-
-        def __init__(self, run_dir_of) -> None:
-            self.run_dir_of = run_dir_of
-
-        def log_metrics(self, server_round, phase, metrics) -> None:
-            if (server_round, phase) == (2, "server"):
-                shutil.copytree(self.run_dir_of(), snapshot)
-
-        def log_params(self, params) -> None:
-            pass
-
-        def log_silo_metrics(self, *args) -> None:
-            pass
-
-        def log_artifact(self, path) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
     cfg = RunConfig.from_flower({**settings, "output.run-dir": str(tmp_path / "runs")})
-    runs = tmp_path / "runs"
-    sink = SnapshotAfterRound2(lambda: next(runs.iterdir()))
+    sink = snapshot_sink(tmp_path / "runs", snapshot)
     _, run_dir = run_federation(InProcessGrid(client_app, cfg.to_flower(), 6), cfg, (sink,))
     assert not (snapshot / "model.pt").exists()
 

@@ -259,10 +259,14 @@ def test_a_sigkilled_run_resumes_to_the_bit_identical_model(tmp_path):
 
 
 def test_a_sigkilled_oort_run_resumes_to_the_same_selections_and_model(tmp_path):
-    """Oort's per-silo history (losses, durations, rounds selected) and the fairness
-    guard's deadlines come back from the checkpoint: round 3 selects the same silos."""
+    """Oort's per-silo history (losses, durations, rounds selected), the fairness guard's
+    deadlines and the contribution totals behind the quality weights come back from the
+    checkpoint: round 3 selects the same silos, weighs them the same, and the run's
+    contribution scores are the uninterrupted run's."""
     settings = {
         "selection.policy": "oort",
+        "contribution.method": "gtg-shapley",
+        "contribution.quality-weights": True,
         "selection.fairness-rounds": 2,
         "simulation.speed-spread": 10.0,
         "sampling.fraction-train": 0.4,
@@ -276,6 +280,8 @@ def test_a_sigkilled_oort_run_resumes_to_the_same_selections_and_model(tmp_path)
         for d in (reference_dir, run_dir)
     ]  # fmt: skip
     assert chosen[0] == chosen[1] and len(chosen[0]) == 3
+    scores = [(d / "contributions.csv").read_text() for d in (reference_dir, run_dir)]
+    assert scores[0] == scores[1] and len(scores[0].splitlines()) == 1 + 6
 
 
 def test_resume_refuses_other_settings_and_names_them(tmp_path, clean_run):

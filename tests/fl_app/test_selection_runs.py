@@ -5,6 +5,7 @@ and the policies react to what the silos do."""
 from __future__ import annotations
 
 import itertools
+import logging
 import json
 from collections import Counter
 from pathlib import Path
@@ -91,10 +92,15 @@ def test_availability_backs_off_a_silo_that_keeps_failing(tmp_path):
     assert all(3 not in [u["partition-id"] for u in t["updates"]] for t in trains)
 
 
-def test_random_selection_is_flowers_sampling_recorded(tmp_path):
+def test_random_selection_is_flowers_sampling_recorded(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="flwr")
     audit, _, _ = _run(tmp_path, **{"sampling.fraction-train": 0.5})
     selections = {e["round"]: e for e in audit if e["event"] == "selection"}
     for train in (e for e in audit if e["event"] == "train"):
         picked = sorted(u["partition-id"] for u in train["updates"])
         assert picked == selections[train["round"]]["partitions"]
         assert set(selections[train["round"]]["reasons"].values()) == {"uniform random"}
+    # One console line a round; a uniform draw has no per-silo scores to show.
+    for rnd, chosen in selections.items():
+        ids = " ".join(map(str, chosen["partitions"]))
+        assert f"[fedsilo] round {rnd} selection: 4 of 8 silos {ids}" in caplog.messages

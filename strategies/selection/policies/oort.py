@@ -28,6 +28,8 @@ class Oort(SelectionPolicy):
       at least 95 % of the cut-off (the utility ranked at the number of exploitation slots);
     * exploration, ε of the slots: silos never tried, at random; ε starts at
       ``selection.exploration`` and decays ×0.98 a round to 0.2;
+    * with ``selection.quality-aware``, L is scaled by the silo's contribution quality
+      factor (not in the paper: its loss-driven utility prefers silos with noisy labels);
     * T = ``selection.preferred-seconds`` (0 = the median duration seen so far), α =
       ``selection.speed-penalty``. Oort's pacer, which moves T during training, is not
       implemented: T is fixed or the running median."""
@@ -42,9 +44,13 @@ class Oort(SelectionPolicy):
         seen = [h.seconds for h in self.history.values() if h.seconds is not None]
         return statistics.median(seen) if seen else None
 
-    def utility(self, partition: int, server_round: int, deadline: float | None) -> float:
+    quality_aware = True
+
+    def utility(
+        self, partition: int, server_round: int, deadline: float | None, quality: float = 1.0
+    ) -> float:
         silo = self.silo(partition)
-        util = (silo.num_examples or 1) * max(silo.loss or 0.0, 0.0)
+        util = (silo.num_examples or 1) * max(silo.loss or 0.0, 0.0) * quality
         if deadline and silo.seconds and silo.seconds > deadline:
             util *= (deadline / silo.seconds) ** self.section.speed_penalty
         if silo.last_selected > 0 and server_round > 1:
@@ -57,7 +63,8 @@ class Oort(SelectionPolicy):
         explore = min(len(new), max(k - len(tried), round(self.epsilon(server_round) * k)))
         exploit = k - explore
         deadline = self.preferred_seconds()
-        utils = {p: self.utility(p, server_round, deadline) for p in tried}
+        quality = self.quality(tried)
+        utils = {p: self.utility(p, server_round, deadline, quality[p]) for p in tried}
         chosen, reasons, scores = [], {}, {}
         if exploit:
             ranked = sorted(tried, key=lambda p: (-utils[p], p))
@@ -66,7 +73,9 @@ class Oort(SelectionPolicy):
             for p in weighted_sample(pool, [utils[p] for p in pool], exploit, rng):
                 chosen.append(p)
                 scores[p] = utils[p]
-                reasons[p] = f"exploit: utility {utils[p]:.4g} (cut-off {cutoff:.4g})"
+                reasons[p] = f"exploit: utility {utils[p]:.4g} (cut-off {cutoff:.4g})" + (
+                    f", quality ×{quality[p]:.3g}" if self.contribution else ""
+                )
         for p in sorted(rng.choice(new, size=explore, replace=False).tolist()) if explore else []:
             chosen.append(int(p))
             scores[int(p)] = math.nan

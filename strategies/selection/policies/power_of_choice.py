@@ -17,7 +17,11 @@ class PowerOfChoice(SelectionPolicy):
     This is the paper's communication-free variant (rpow-d): the loss is the one each silo
     last reported with its update, not a fresh query of all d candidates (which would cost
     one more round trip per round). A silo never heard from has loss +∞, so every silo is
-    tried early on. ``selection.candidates`` = d (0 = 2m)."""
+    tried early on. ``selection.candidates`` = d (0 = 2m). With
+    ``selection.quality-aware``, the loss is scaled by the silo's contribution quality
+    factor before ranking."""
+
+    quality_aware = True
 
     def choose(self, server_round, candidates, k, rng) -> Choice:
         d = self.section.candidates or 2 * k
@@ -26,15 +30,18 @@ class PowerOfChoice(SelectionPolicy):
         drawn = weighted_sample(candidates, sizes, d, rng)
         order = {p: i for i, p in enumerate(drawn)}  # the draw breaks ties
 
+        quality = self.quality(drawn)
+
         def loss(p: int) -> float:
             value = self.silo(p).loss
-            return math.inf if value is None else value
+            return math.inf if value is None else value * quality[p]
 
         ranked = sorted(drawn, key=lambda p: (-loss(p), order[p]))
         chosen = ranked[:k]
         reasons = {
             p: (
                 f"loss {loss(p):.4g}, rank {i + 1} of d={d} candidates"
+                + (f" (quality ×{quality[p]:.3g})" if self.contribution else "")
                 if math.isfinite(loss(p))
                 else f"no loss reported yet (tried first), among d={d} candidates"
             )

@@ -114,6 +114,26 @@ def test_oort_explores_untried_silos_then_exploits_utility_and_penalises_slow_on
     assert all("explore" in why for why in picks.reasons.values())
 
 
+@pytest.mark.parametrize("name", ["oort", "power-of-choice"])
+def test_quality_aware_policies_pass_over_the_high_loss_silo_that_contributes_nothing(name):
+    """Silo 11 has the highest loss (as a silo with noisy labels does) but a negative
+    contribution score: without scores it is picked first, with them it is not picked."""
+    section = SelectionSection(policy=name, candidates=N, exploration=0.0, quality_aware=True)
+    contribution = {p: (-0.5 if p == 11 else 1.0) for p in range(N)}
+    picks = {}
+    for aware in (False, True):
+        policy = make_policy(section, 0)
+        if aware:
+            policy.use_contribution(contribution.get, floor=0.1)
+        policy.observe(0, [Outcome(p, True, 1.0, 1.0 + 0.1 * p, 100) for p in range(N)])
+        picks[aware] = policy.select(1, range(N), M)
+    assert 11 in picks[False].partitions
+    assert 11 not in picks[True].partitions
+    assert all("quality ×1" in why for why in picks[True].reasons.values())
+    # The factors are the contribution module's: 11 is floored, the others are equal.
+    assert policy.quality(range(N)) == pytest.approx({**dict.fromkeys(range(11), 12 / 11), 11: 0.1})
+
+
 def test_weighted_sampling_follows_the_weights():
     import numpy as np
 
