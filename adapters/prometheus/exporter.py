@@ -124,6 +124,11 @@ METRICS: tuple[MetricSpec, ...] = (
     _c("silo_selections", ("partition",), "Rounds the silo was chosen for.", S),
     _g("silo_selection_score", ("partition",),
        "The selection policy's score when it last chose the silo (policies with scores).", S),
+    _g("silo_contribution", ("partition", "method"),
+       "The silo's contribution score of the last scored round (contribution.method: "
+       "method loo = leave-one-out, shapley = GTG-Shapley).", S),
+    _g("silo_contribution_sum", ("partition", "method"),
+       "The silo's contribution scores summed over the rounds this process scored.", S),
     _g("silo_metric", ("partition", "phase", "metric"),
        "The silo's own reported metrics of the last round (silo_metrics.json; e.g. "
        "train-loss, num-examples, accuracy).", S),
@@ -354,6 +359,13 @@ class PrometheusSink:
                 m["fedsilo_silo_selection_score"].labels(partition=pid).set(
                     values["selection-score"]
                 )
+            return
+        if phase == "contribution":  # fl_app.contribution: one score per method
+            for method, score in values.items():
+                m["fedsilo_silo_contribution"].labels(partition=pid, method=method).set(score)
+                m["fedsilo_silo_contribution_sum"].labels(partition=pid, method=method).inc(score)
+            return
+        if phase not in ("train", "evaluate"):  # not a reply of the silo
             return
         m["fedsilo_silo_last_seen_timestamp_seconds"].labels(partition=pid).set(time.time())
         m["fedsilo_silo_last_seen_round"].labels(partition=pid).set(server_round)

@@ -47,6 +47,27 @@ def scrape(port: int) -> dict[tuple[str, tuple], float]:
     }
 
 
+@contextlib.contextmanager
+def scraping(port: int):
+    """Scrape ``port`` every 0.1 s in a thread (as Prometheus would) while the block runs;
+    yields the list of scrapes so far."""
+    scrapes, stop = [], threading.Event()
+
+    def prometheus():
+        while not stop.is_set():
+            with contextlib.suppress(urllib.error.URLError, ConnectionError):
+                scrapes.append(scrape(port))
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=prometheus)
+    thread.start()
+    try:
+        yield scrapes
+    finally:
+        stop.set()
+        thread.join()
+
+
 def value(samples, name: str, **labels) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
@@ -95,6 +116,9 @@ def _drive(s: PrometheusSink) -> None:
         s.log_event({"event": "evaluate", "round": rnd, "missing": [], "oversized": []})
         s.log_metrics(rnd, "evaluate", {"accuracy": 0.8, "evaluate-seconds": 0.2, "replies": 1,
                                         "failures": 0, "silo-accuracy-min": 0.8})  # fmt: skip
+        for pid in (0, 1):
+            s.log_silo_metrics(rnd, "contribution", pid, {"loo": 0.01 * (pid + 1),
+                                                          "shapley": -0.02 * rnd})  # fmt: skip
         s.log_metrics(rnd, "server", {"accuracy": 0.5 + 0.1 * rnd, "round-seconds": 2.0 * rnd})
         s.log_event({"event": "checkpoint", "round": rnd})
 
@@ -143,6 +167,13 @@ def test_a_scrape_exposes_every_declared_metric_in_base_units_with_the_runs_figu
     assert value(samples, "fedsilo_silo_uploaded_bytes_total", partition="0") == 2000
     assert value(samples, "fedsilo_silo_reply_seconds", partition="1", phase="train") == 0.5
     assert value(samples, "fedsilo_silo_replies_total", partition="0", phase="train") == 2
+    assert ("fedsilo_silo_replies_total", (("partition", "0"), ("phase", "contribution"))) not in (
+        samples
+    )  # a score is not a reply
+    assert value(samples, "fedsilo_silo_contribution", partition="1", method="loo") == 0.02
+    assert value(samples, "fedsilo_silo_contribution", partition="0", method="shapley") == -0.04
+    assert value(samples, "fedsilo_silo_contribution_sum", partition="0",
+                 method="shapley") == pytest.approx(-0.06)  # fmt: skip
     assert value(samples, "fedsilo_silo_last_seen_round", partition="1") == 2
     assert (
         time.time() - value(samples, "fedsilo_silo_last_seen_timestamp_seconds", partition="0") < 60
@@ -285,21 +316,8 @@ def test_a_federation_serves_what_metrics_json_holds_and_the_exporter_changes_no
                      output={"run_dir": str(tmp_path / "off")})  # fmt: skip
     on = base.replace({"monitoring.prometheus-port": port, "monitoring.prometheus-host":
                        "127.0.0.1", "output.run-dir": str(tmp_path / "on")})  # fmt: skip
-    scrapes, stop = [], threading.Event()
-
-    def prometheus():
-        while not stop.is_set():
-            with contextlib.suppress(urllib.error.URLError, ConnectionError):
-                scrapes.append(scrape(port))
-            time.sleep(0.1)
-
-    thread = threading.Thread(target=prometheus)
-    thread.start()
-    try:
+    with scraping(port) as scrapes:
         _, run_dir = run_federation(InProcessGrid(client_app, on.to_flower(), 3), on)
-    finally:
-        stop.set()
-        thread.join()
     _, plain_dir = run_federation(InProcessGrid(client_app, base.to_flower(), 3), base)
     assert _model_metrics(run_dir) == _model_metrics(plain_dir)
 
@@ -351,3 +369,32 @@ def test_a_crashed_federation_audits_why_and_its_exporter_stops(tmp_path):
     assert last["reason"] == "RuntimeError: link to the SuperLink lost"
     with pytest.raises(urllib.error.URLError):
         scrape(port)
+
+
+def test_contribution_scores_of_a_federation_are_served_per_silo(tmp_path):
+    """Breast cancer, 3 silos, 2 rounds, leave-one-out and GTG-Shapley scores: the
+    exporter's last figures are silo_metrics.json's contribution rows of the last round."""
+    port = _free_port()
+    cfg = RunConfig(
+        task="breast-cancer",
+        num_server_rounds=2,
+        contribution={"method": "both"},
+        output={"run_dir": str(tmp_path)},
+        monitoring={"prometheus_port": port, "prometheus_host": "127.0.0.1"},
+    )
+    with scraping(port) as scrapes:
+        _, run_dir = run_federation(InProcessGrid(client_app, cfg.to_flower(), 3), cfg)
+    rows = json.loads((run_dir / "silo_metrics.json").read_text())
+    scored = [r for r in rows if r["phase"] == "contribution"]
+    assert {r["round"] for r in scored} == {1, 2}
+    for row in (r for r in scored if r["round"] == 2):
+        pid = str(row["partition-id"])
+        methods = {k for k in row if k not in ("round", "phase", "partition-id")}
+        assert methods
+        for method in methods:
+            assert value(scrapes[-1], "fedsilo_silo_contribution", partition=pid,
+                         method=method) == row[method]  # fmt: skip
+            assert value(scrapes[-1], "fedsilo_silo_contribution_sum", partition=pid,
+                         method=method) == pytest.approx(sum(
+                             r[method] for r in scored if r["partition-id"] == row["partition-id"]
+                         ))  # fmt: skip
