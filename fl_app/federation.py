@@ -339,6 +339,8 @@ def wrap_strategy(
         wrapped,
         max_norm_ratio=cfg.robust.max_update_norm_ratio,
         on_reject=rejections,
+        outliers=cfg.robust.norm_outliers,
+        on_clip=rejections.clip,
         round_state=state,
     )
     wrapped = ParticipantSelection(

@@ -98,15 +98,20 @@ class Rejections:
 
     def __init__(self) -> None:
         self._items: list[Rejection] = []
+        self.clipped: list[Rejection] = []  # updates validation clipped instead (on_clip)
 
     def __call__(self, server_round: int, rejection: Rejection) -> None:
         self._items.append(rejection)
+
+    def clip(self, server_round: int, clipped: Rejection) -> None:
+        self.clipped.append(clipped)
 
     def __iter__(self):
         return iter(list(self._items))
 
     def clear(self) -> None:
         self._items.clear()
+        self.clipped.clear()
 
 
 class ReliableRounds(StrategyWrapper):
@@ -306,6 +311,10 @@ class ReliableRounds(StrategyWrapper):
                 rejected=[
                     {"node-id": r.node_id, "partition-id": r.partition_id, "reason": r.reason}
                     for r in self.rejections
+                ],
+                clipped=[
+                    {"node-id": r.node_id, "partition-id": r.partition_id, "reason": r.reason}
+                    for r in self.rejections.clipped
                 ],
                 outcome="aggregated" if arrays is not None else "model-unchanged",
                 epsilon=(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -155,9 +155,14 @@ def filter_replies(
     *,
     max_norm_ratio: float = 0.0,
     partition_of: Callable[[Message], int] = lambda m: -1,
+    clip: list[Rejection] | None = None,
 ) -> tuple[list[Message], list[Rejection]]:
     """Split train replies into accepted ones and rejections (error replies pass through
     untouched: Flower's strategies count them as failures).
+
+    An update whose norm exceeds ``max_norm_ratio`` × the cohort median is rejected, or,
+    when a ``clip`` list is given, accepted with its delta scaled down to exactly that
+    norm (:func:`clip_update`, the reply's arrays replaced) and recorded in ``clip``.
 
     The arrays of the structurally sound replies are decoded once, as deltas against
     ``reference``, into the round's shared matrix (:func:`strategies.flatten.shared_stack`):
@@ -198,19 +203,36 @@ def filter_replies(
     good = [m for m in accepted if not m.has_error()]
     if max_norm_ratio > 0 and len(good) >= 3:
         outliers = outliers_of(torch.tensor([norms[id(m)] for m in good]), max_norm_ratio)
-        drop = {id(good[i]) for i, _, _ in outliers}
+        drop = set()
         for i, norm, median in outliers:
             msg = good[i]
-            rejected.append(
-                Rejection(
-                    msg.metadata.src_node_id,
-                    partition_of(msg),
-                    f"update norm {norm:.4g} exceeds {max_norm_ratio:g} × cohort median "
-                    f"{median:.4g}",
-                )
-            )
+            bound = max_norm_ratio * median
+            why = f"update norm {norm:.4g} exceeds {max_norm_ratio:g} × cohort median {median:.4g}"
+            event = Rejection(msg.metadata.src_node_id, partition_of(msg), why)
+            if clip is None:
+                drop.add(id(msg))
+                rejected.append(event)
+            else:
+                clip_update(msg, reference, bound / norm)
+                clip.append(replace(event, reason=f"{why}: scaled to {bound:.4g}"))
         accepted = [m for m in accepted if id(m) not in drop]
     return accepted, rejected
+
+
+def clip_update(msg: Message, reference: ArrayRecord, scale: float) -> None:
+    """Replace ``msg``'s arrays by ``reference + scale · (arrays − reference)``, computed in
+    float64 and stored in each array's received dtype (arrays of other dtypes, e.g. integer
+    counters, are kept as received)."""
+    key = next(k for k, v in msg.content.items() if isinstance(v, ArrayRecord))
+    record = msg.content[key]
+    arrays = {}
+    for name, array in record.items():
+        x = array.numpy()
+        if np.issubdtype(x.dtype, np.floating):
+            ref = reference[name].numpy().astype(np.float64)
+            x = (ref + scale * (x.astype(np.float64) - ref)).astype(x.dtype)
+        arrays[name] = Array(x)
+    msg.content[key] = ArrayRecord(arrays)
 
 
 #: Headroom over the global model's size for metrics and metadata when no explicit

@@ -387,9 +387,11 @@ RejectCallback = Callable[[int, Rejection], None]
 
 
 class ValidatedUpdates(StrategyWrapper):
-    """Drops malformed or outlying train replies before the wrapped strategy aggregates
-    (see :mod:`strategies.validation`); adds ``rejected-updates`` to the round's metrics
-    and calls ``on_reject(round, rejection)`` for each."""
+    """Drops malformed train replies before the wrapped strategy aggregates, and rejects
+    or clips (``outliers``) an update whose norm exceeds ``max_norm_ratio`` × the cohort
+    median (see :mod:`strategies.validation`); adds ``rejected-updates`` and
+    ``clipped-updates`` to the round's metrics and calls ``on_reject(round, rejection)``
+    or ``on_clip(round, clipped)`` for each."""
 
     def __init__(
         self,
@@ -397,11 +399,17 @@ class ValidatedUpdates(StrategyWrapper):
         max_norm_ratio: float = 0.0,
         on_reject: RejectCallback | None = None,
         *,
+        outliers: str = "reject",
+        on_clip: RejectCallback | None = None,
         round_state: RoundState | None = None,
     ) -> None:
         super().__init__(inner, round_state=round_state)
+        if outliers not in ("reject", "clip"):
+            raise ValueError(f"outliers must be 'reject' or 'clip'; got {outliers!r}")
         self.max_norm_ratio = max_norm_ratio
         self.on_reject = on_reject
+        self.outliers = outliers
+        self.on_clip = on_clip
 
     def configure_train(self, server_round, arrays, config, grid):
         self.begin_round(server_round, "train", arrays)
@@ -412,14 +420,24 @@ class ValidatedUpdates(StrategyWrapper):
         # Partition order, as SeededSampling hands them on: the rows validation decodes
         # into the round's matrix are then already in the order a robust rule reads them.
         replies = sorted(replies, key=reply_order_key)
-        rejected = []
+        rejected: list[Rejection] = []
+        clipped: list[Rejection] = []
         if reference is not None:
             replies, rejected = filter_replies(
                 replies,
                 reference,
                 max_norm_ratio=self.max_norm_ratio,
                 partition_of=lambda m: reply_order_key(m)[0],
+                clip=clipped if self.outliers == "clip" else None,
             )
+        for event in clipped:
+            log(
+                WARNING,
+                "round %d: clipped update of node %d (partition %d): %s",
+                server_round, event.node_id, event.partition_id, event.reason,
+            )  # fmt: skip
+            if self.on_clip is not None:
+                self.on_clip(server_round, event)
         for rejection in rejected:
             log(
                 WARNING,
@@ -433,7 +451,9 @@ class ValidatedUpdates(StrategyWrapper):
         empty_ok = getattr(self.inner, "releases_empty_rounds", False)
         if not any(not r.has_error() for r in replies) and not empty_ok:
             log(WARNING, "round %d: no valid update left; global model unchanged", server_round)
-            return None, MetricRecord({"rejected-updates": len(rejected)})
+            return None, MetricRecord(
+                {"rejected-updates": len(rejected), "clipped-updates": len(clipped)}
+            )
         try:
             arrays, metrics = self.inner.aggregate_train(server_round, replies)
         finally:  # rows no strategy took (e.g. FedAvg's) must not keep the replies alive
@@ -445,6 +465,7 @@ class ValidatedUpdates(StrategyWrapper):
             arrays = keep_dtypes(arrays, reference)
         metrics = MetricRecord(dict(metrics.items())) if metrics is not None else MetricRecord()
         metrics["rejected-updates"] = len(rejected)
+        metrics["clipped-updates"] = len(clipped)
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round, replies):

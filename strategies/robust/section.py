@@ -51,9 +51,15 @@ class RobustSection(Section):
         100, ge=1, description="Rows of the server's root data set (FLTrust)."
     )
     max_update_norm_ratio: float = Field(
-        10.0,
+        3.0,
         ge=0,
-        description="Reject an update whose norm exceeds this × the cohort median (0 = off).",
+        description="Bound on an update's norm: this × the cohort's median update norm "
+        "(0 = off); what happens above it: `robust.norm-outliers`.",
+    )
+    norm_outliers: Literal["clip", "reject"] = Field(
+        "clip",
+        description="An update above the norm bound is scaled down to it (`clip`: no honest "
+        "silo is dropped, a boosted one loses its boost) or dropped (`reject`).",
     )
     max_update_bytes: int = Field(
         0,

@@ -270,3 +270,12 @@ def test_merge_adds_a_column_to_the_existing_json(small_matrix, monkeypatch):
     with pytest.raises(SystemExit, match="needs the same settings"):
         bench.main([*args[:-6], "--rounds", "2", "--partitioners", "iid", "--attacks",
                     "weight-inflation", "--aggregators", "fedavg"])  # fmt: skip
+
+
+def test_a_regenerated_doc_keeps_its_hand_written_part(tmp_path):
+    doc = tmp_path / "robustness.md"
+    kept_part = f"{bench.KEPT_START}\n## Honest silos\nmeasured\n{bench.KEPT_END}"
+    doc.write_text(f"# old table\n\n{kept_part}\n")
+    kept = bench.kept_section(doc)
+    assert kept.strip() == kept_part
+    assert bench.kept_section(tmp_path / "absent.md") == ""

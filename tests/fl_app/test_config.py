@@ -90,7 +90,8 @@ def test_replace_derives_a_validated_config_from_dotted_keys():
 
 def test_every_key_has_a_doc_and_appears_in_the_reference_table():
     table = reference_table()
-    assert len(KEYS) == 113  # 101 + contribution (8) + selection.quality-aware + monitoring (3)
+    # 101 + contribution (8) + selection.quality-aware + robust.norm-outliers + monitoring (3)
+    assert len(KEYS) == 114
     for key, field in iter_fields(RunConfig):
         assert field.description, key
         assert f"| `{key}` |" in table

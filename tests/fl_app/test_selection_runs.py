@@ -5,8 +5,8 @@ and the policies react to what the silos do."""
 from __future__ import annotations
 
 import itertools
-import logging
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 

@@ -282,6 +282,56 @@ def test_norm_validation_alone_stops_a_scaling_attack(tmp_path):
     assert acc > 0.8
 
 
+def test_clipping_scales_an_outsized_update_to_the_bound_and_drops_no_one(caplog):
+    """``outliers="clip"``: the update 10⁵ × the others is kept, its delta scaled to exactly
+    3 × the cohort's median norm (its direction unchanged); the NaN reply is still rejected."""
+    replies = [build_reply(i, 10 + i, _model(0.1 * (i + 1))) for i in range(4)]
+    replies.append(build_reply(4, 14, {**_model(0.1), "w": np.full((2, 3), np.nan, "float32")}))
+    replies.append(build_reply(5, 15, _model(1e4)))
+    rejected, clipped = [], []
+    strategy = ValidatedUpdates(
+        build_strategy(RunConfig()), max_norm_ratio=3.0, outliers="clip",
+        on_reject=lambda r, e: rejected.append(e), on_clip=lambda r, e: clipped.append(e),
+    )  # fmt: skip
+    strategy.round.begin(3, "train", _global())
+    with caplog.at_level(logging.WARNING):
+        arrays, metrics = strategy.aggregate_train(3, replies)
+    assert (metrics["rejected-updates"], metrics["clipped-updates"]) == (1, 1)
+    assert [e.partition_id for e in rejected] == [4] and [e.partition_id for e in clipped] == [5]
+    assert "clipped update of node 15 (partition 5)" in caplog.text
+    # Deltas 0.1 … 0.4 and 10⁴ on every parameter: the median of the 5 norms is 0.3 · √d.
+    d = sum(v.size for v in GLOBAL.values())
+    bound = 3.0 * 0.3 * np.sqrt(d)
+    (kept,) = [m for m in replies if m.metadata.src_node_id == 15]
+    delta = np.concatenate(
+        [(kept.content["arrays"][k].numpy() - v).ravel() for k, v in GLOBAL.items()]
+    )  # fmt: skip
+    assert np.linalg.norm(delta) == pytest.approx(bound, rel=1e-5)
+    np.testing.assert_allclose(delta, 0.9, rtol=1e-5)  # same direction, 3 × 0.3
+    # FedAvg (equal claims) of 0.1, 0.2, 0.3, 0.4 and the clipped 0.9:
+    np.testing.assert_allclose(arrays["w"].numpy(), 0.38, rtol=1e-5)
+
+
+def test_default_clipping_defuses_a_boosted_update_the_reject_filter_let_through(tmp_path):
+    """Scaling ×10 (3 of 10 silos send 10 × the honest mean): its norm is 4–9 × the cohort
+    median, under the old default reject bar of 10 ×, which therefore changes nothing; the
+    default (clip at 3 ×) keeps the run learning."""
+    common = {
+        "num-server-rounds": 3,
+        "output.run-dir": str(tmp_path),
+        "attack.kind": "scaling",
+        "attack.strength": 10.0,
+        "attack.fraction": 0.3,
+    }
+    unbounded = _federate(**common, **{"robust.max-update-norm-ratio": 0.0})
+    old_default = _federate(
+        **common, **{"robust.max-update-norm-ratio": 10.0, "robust.norm-outliers": "reject"}
+    )
+    default = _federate(**common)
+    assert old_default == unbounded < 0.7  # measured 0.54: the reject bar let all through
+    assert default > 0.85  # measured 0.94 (clean: 0.96)
+
+
 def test_replies_with_extra_or_missing_metrics_are_dropped_not_fatal():
     replies = [build_reply(i, 10 + i, _model(0.1), **{"train-loss": 0.5}) for i in range(3)]
     replies.append(build_reply(3, 13, _model(0.1), **{"train-loss": 0.5, "sneaky": 1.0}))
