@@ -47,8 +47,8 @@ PHASES = ("starting", "train", "evaluate", "server", "idle", "done", "aborted", 
 #: Row keys that have a dedicated metric (not repeated in ``fedsilo_client_metric``).
 _DEDICATED = {
     "replies", "failures", "bytes-uploaded", "bytes-downloaded", "bytes-uploaded-dense",
-    "rejected-updates", "epsilon", "train-seconds", "evaluate-seconds", "dp-private",
-    "round-seconds",
+    "rejected-updates", "clipped-updates", "epsilon", "train-seconds", "evaluate-seconds",
+    "dp-private", "round-seconds",
 }  # fmt: skip
 
 
@@ -104,6 +104,9 @@ METRICS: tuple[MetricSpec, ...] = (
     _c("replies", ("phase",), "Replies without error."),
     _c("failed_replies", ("phase",), "Error replies (failures)."),
     _c("rejected_updates", (), "Train updates rejected by validation (rejected-updates)."),
+    _c("clipped_updates", (),
+       "Train updates scaled down to robust.max-update-norm-ratio × the cohort median "
+       "(robust.norm-outliers = clip; clipped-updates)."),
     _c("oversized_replies", (), "Replies dropped for exceeding robust.max-update-bytes."),
     _c("retries", (), "Re-sends of a round short of sampling.min-train-nodes."),
     _g("silo_last_seen_timestamp_seconds", ("partition",),
@@ -119,6 +122,7 @@ METRICS: tuple[MetricSpec, ...] = (
     _c("silo_retries", ("partition",), "Re-sends to the silo (sampling.round-retries).", S),
     _c("silo_rejected_updates", ("partition",),
        "The silo's updates rejected by validation or the payload limit.", S),
+    _c("silo_clipped_updates", ("partition",), "The silo's updates clipped by validation.", S),
     _c("silo_uploaded_bytes", ("partition",), "Bytes of the silo's train replies.", S),
     _g("silo_selected", ("partition",), "1 if the silo was chosen for the current round.", S),
     _c("silo_selections", ("partition",), "Rounds the silo was chosen for.", S),
@@ -214,6 +218,7 @@ class PrometheusSink:
         self.m["fedsilo_round"].set(0)
         for counter in (
             "fedsilo_rejected_updates_total",
+            "fedsilo_clipped_updates_total",
             "fedsilo_retries_total",
             "fedsilo_oversized_replies_total",
             "fedsilo_rounds_completed_total",
@@ -331,6 +336,8 @@ class PrometheusSink:
                 m[name].labels(phase=phase).inc(values[key])
         if values.get("rejected-updates", 0) > 0:
             m["fedsilo_rejected_updates_total"].inc(values["rejected-updates"])
+        if values.get("clipped-updates", 0) > 0:
+            m["fedsilo_clipped_updates_total"].inc(values["clipped-updates"])
         if "epsilon" in values:
             m["fedsilo_dp_epsilon"].set(values["epsilon"])
         if f"{phase}-seconds" in values:
@@ -430,6 +437,8 @@ class PrometheusSink:
             m["fedsilo_silo_retries_total"].labels(partition=pid(silo)).inc()
         for silo in [*entry.get("rejected", []), *oversized]:
             m["fedsilo_silo_rejected_updates_total"].labels(partition=pid(silo)).inc()
+        for silo in entry.get("clipped", []):
+            m["fedsilo_silo_clipped_updates_total"].labels(partition=pid(silo)).inc()
         for update in entry.get("updates", []):
             if isinstance(update.get("bytes"), int):
                 m["fedsilo_silo_uploaded_bytes_total"].labels(partition=pid(update)).inc(

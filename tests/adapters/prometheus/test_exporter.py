@@ -106,11 +106,13 @@ def _drive(s: PrometheusSink) -> None:
             "updates": [{"node-id": 10 + p, "partition-id": p, "bytes": 1000} for p in (0, 1)],
             "retries": 1, "retried": [{"node-id": 11, "partition-id": 1}],
             "rejected": [{"node-id": 11, "partition-id": 1, "reason": "norm"}] if rnd == 2 else [],
+            "clipped": [{"node-id": 10, "partition-id": 0, "reason": "norm"}],
             "oversized": [],
         })  # fmt: skip
         s.log_metrics(rnd, "train", {"train-loss": 1.0, "num-examples": 80, "epsilon": 2.0 * rnd,
-                                     "rejected-updates": rnd - 1, "bytes-uploaded": 2000,
-                                     "bytes-downloaded": 3000, "train-seconds": 1.5,
+                                     "rejected-updates": rnd - 1, "clipped-updates": 1,
+                                     "bytes-uploaded": 2000, "bytes-downloaded": 3000,
+                                     "train-seconds": 1.5,
                                      "replies": 2, "failures": 1})  # fmt: skip
         s.log_silo_metrics(rnd, "evaluate", 0, {"accuracy": 0.8, "reply-seconds": 0.1})
         s.log_event({"event": "evaluate", "round": rnd, "missing": [], "oversized": []})
@@ -153,6 +155,8 @@ def test_a_scrape_exposes_every_declared_metric_in_base_units_with_the_runs_figu
     assert value(samples, "fedsilo_replies_total", phase="train") == 4
     assert value(samples, "fedsilo_failed_replies_total", phase="train") == 2
     assert value(samples, "fedsilo_rejected_updates_total") == 1
+    assert value(samples, "fedsilo_clipped_updates_total") == 2
+    assert value(samples, "fedsilo_silo_clipped_updates_total", partition="0") == 2
     assert value(samples, "fedsilo_retries_total") == 2
     assert value(samples, "fedsilo_last_checkpoint_round") == 2
     assert {p: value(samples, "fedsilo_phase", phase=p) for p in PHASES} == {
