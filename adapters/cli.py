@@ -13,6 +13,7 @@
     fedsilo provision SPEC | --sandbox N [--dry-run]   # Azure infrastructure of the spec
     fedsilo teardown SPEC | --sandbox N [--yes]        # remove what provision created
     fedsilo silo-kit SPEC --silo NAME --out DIR        # what an external silo runs
+    fedsilo export RUN_DIR --format onnx [--quantize dynamic|static|dynamic+static]
 
 Every backend command goes through the backend registry (:mod:`adapters.backends`);
 render, provision, teardown and silo-kit are AzureML's own. Errors (a bad spec, missing
@@ -271,6 +272,56 @@ def certs(
     ]
     for line in lines:
         console.print(line, highlight=False, soft_wrap=True)
+
+
+@app.command("export")
+def export_model(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A finished run's directory (config.json and model.pt).")
+    ],
+    fmt: Annotated[str, typer.Option("--format", help="Model format: onnx.")] = "onnx",
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            "--quantize",
+            help="int8 edge variants: none | dynamic | static | dynamic+static "
+            "(default: the run's export.quantize).",
+        ),
+    ] = None,
+) -> None:
+    """Export a run's global model to ONNX (RUN_DIR/onnx/model.onnx, dynamic batch) and
+    check it with onnxruntime on the server's test set (RUN_DIR/onnx/parity.json)."""
+    from fl_app.onnx_export import (
+        QUANTIZATIONS,
+        OnnxExportRefused,
+        OnnxParityError,
+        export_run_dir,
+    )
+
+    if fmt != "onnx":
+        _fail(f"--format {fmt!r} is not supported; use --format onnx", code=2)
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        _fail(f"--quantize {quantize!r}: use one of {', '.join(QUANTIZATIONS)}", code=2)
+    try:
+        result = export_run_dir(run_dir, quantize_as=quantize)
+    except (OnnxExportRefused, OnnxParityError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    check = result.parity
+    console.print(
+        f"{result.path} ({result.exporter} exporter): max |Δ| {check['max-abs-diff']:.2g} "
+        f"≤ {check['tolerance']:g}, {check['rows']} test rows, predictions identical",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for kind, path in result.variants.items():
+        edge = result.edge[kind]
+        change = edge["metric-change"][result.edge["main-metric"]]
+        console.print(
+            f"{path} int8 {kind}: size −{edge['size-cut-percent']:.1f} %, "
+            f"{result.edge['main-metric']} {change:+.4f}",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 # --------------------------------------------------------------------------- provisioning

@@ -226,13 +226,7 @@ def render(report: dict[str, Any]) -> str:
 
 
 def write_doc(text: str, path: Path) -> None:
-    old = path.read_text() if path.exists() else ""
-    if MARK_START in old and MARK_END in old:
-        head, rest = old.split(MARK_START, 1)
-        tail = rest.split(MARK_END, 1)[1]
-        path.write_text(head + text + tail)
-    else:
-        path.write_text((old + "\n\n" if old else "# Participant selection\n\n") + text + "\n")
+    harness.write_between_markers(path, text, MARK_START, MARK_END, "Participant selection")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -262,18 +256,14 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     for item, result in harness.run_workers(
         run_one, items, workers=args.workers,
-        initializer=_prepare, inline=None,
+        initializer=harness.quiet_worker, inline=None,
     ):  # fmt: skip
         logging.info("%s quality=%s seed=%d: final %.4f, %.1f sim s", item[0], item[1],
                      item[3], result["accuracy"][-1], sum(result["sim-seconds"]))  # fmt: skip
         runs.append(result)
     runs.sort(key=lambda r: (POLICIES.index(r["policy"]), r["quality"], r["seed"]))
     report = {
-        "header": session.header(),
-        "code": session.code.to_json(),
-        "machine": harness.machine(),
-        "load-start": session.load_start,
-        "seconds": session.seconds,
+        **session.report(),
         "seeds": args.seeds,
         "rounds": args.rounds,
         "target": args.target,
@@ -292,15 +282,6 @@ def main(argv: list[str] | None = None) -> None:
     plot(runs, out.with_suffix(".png"))
     write_doc(render(report), out)
     logging.info("wrote %s, %s and %s", out, json_path, out.with_suffix(".png"))
-
-
-def _silence() -> None:
-    harness.quiet("flwr", "fedsilo", "fl_app")
-    logging.getLogger().setLevel(logging.WARNING)
-
-
-def _prepare() -> None:
-    harness.prepare_worker(silence=_silence)
 
 
 if __name__ == "__main__":

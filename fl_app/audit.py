@@ -10,7 +10,10 @@ to the same file and continues the chain.
 Events (see docs/security.md, "Reliability"): ``run-start``, ``train`` and ``evaluate``
 (per round: the silos asked, the ones that replied, sha256 and size of every received
 update, missing silos, error replies, rejected updates with the reason, retries, ε spent),
-``checkpoint`` (round and sha256 of the checkpoint), ``run-end`` / ``run-aborted``.
+``checkpoint`` (round and sha256 of the checkpoint), ``onnx-export`` (``export.onnx``:
+exporter, parity, sha256, or why it was refused; fl_app/onnx_export.py), ``run-end`` /
+``run-aborted``, then ``model-registry`` (the MLflow sink's champion decision, appended as
+it logs the model; adapters/mlflow/registry.py).
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@ Messages:
   When the instruction asks for it (``report-loss-before``; q-FedAvg) it adds
   ``train-loss-before``, the received model's loss on the silo's training data.
 * ``evaluate``→ metrics of the received global model on the silo's validation split,
-  under the task's metric names (see :data:`MODEL_METRIC_PREFIX`).
+  under the task's metric names, and under ``personalization.method`` those of the silo's
+  personal model as ``personal-<metric>`` (see :data:`MODEL_METRIC_PREFIX`). The personal
+  state lives on the silo, per lineage (:mod:`fl_app.personal_state`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from fl_app.heterogeneity import (
     silo_profile,
     sim_seconds,
 )
+from fl_app.personal_state import SiloPersonalization
 from fl_app.silo_state import SiloStateStore, silo_lineage
 from fl_app.vertical.client import register as register_vertical
 from fl_core.records import LOSS_BEFORE_KEY, META_KEY, REPORT_LOSS_BEFORE_KEY
@@ -42,6 +45,7 @@ from strategies.secagg.client import register as register_secagg
 from strategies.secagg.client import secagg_mod
 from tasks import get_task
 from tasks.base import MOMENTS_KEY, ArrayDataset
+from tasks.personalization import PERSONAL_PREFIX
 
 app = ClientApp()
 register_vertical(app)  # vertical mode's handlers: query.vertical_*, train.vertical_step
@@ -119,9 +123,32 @@ def query(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+def silo_train_data(task, cfg: RunConfig, context: Context, pid: int, n: int, profile):
+    """What this silo trains on: its partition's train split with the simulated defect of
+    its profile and, for a simulated label-flip attacker, flipped labels."""
+    data = silo_data(task, cfg, context)
+    train_data = apply_defect(profile, data.train, task.num_classes, cfg.seed, pid)
+    if cfg.attack.kind == "label-flip" and pid in byzantine_partitions(
+        n, cfg.attack.fraction, cfg.seed
+    ):
+        # Simulated data poisoning (threat-model tool): this silo learns flipped labels.
+        # Padding labels (< 0, sequence tasks) stay padding.
+        flipped = np.where(train_data.y >= 0, task.num_classes - 1 - train_data.y, train_data.y)
+        train_data = ArrayDataset(train_data.x, flipped)
+    return train_data
+
+
+def _personalization(cfg: RunConfig, task, context: Context, pid: int, config):
+    """This message's personalisation (fl_app.personal_state), or ``None`` without one."""
+    if cfg.personalization.method == "none":
+        return None
+    return SiloPersonalization(cfg, task, context, pid, config)
+
+
 @app.train(mods=[secagg_mod])  # masks the reply when the message asks for secure aggregation
 def train(msg: Message, context: Context) -> Message:
-    """Train the received global model on this silo's partition."""
+    """Train the received global model on this silo's partition (with the silo's personal
+    parts first, under a personalisation method that keeps some)."""
     started = time.perf_counter()
     cfg, task, pid, n, model = _setup(msg, context)
     config = msg.content["config"]
@@ -132,33 +159,29 @@ def train(msg: Message, context: Context) -> Message:
             f"silo {pid} dropped out of round {server_round} (simulation.dropout = "
             f"{profile.dropout})"
         )
-    data = silo_data(task, cfg, context)
-    train_data = apply_defect(profile, data.train, task.num_classes, cfg.seed, pid)
-    if cfg.attack.kind == "label-flip" and pid in byzantine_partitions(
-        n, cfg.attack.fraction, cfg.seed
-    ):
-        # Simulated data poisoning (threat-model tool): this silo learns flipped labels.
-        # Padding labels (< 0, sequence tasks) stay padding.
-        flipped = np.where(train_data.y >= 0, task.num_classes - 1 - train_data.y, train_data.y)
-        train_data = ArrayDataset(train_data.x, flipped)
+    train_data = silo_train_data(task, cfg, context, pid, n, profile)
     # The received model's loss on what this silo trains on (q-FedAvg's F_k(w)); the
     # evaluation draws no random numbers, so training below is unchanged.
     loss_before = (
         task.evaluate(model, train_data)["loss"] if config.get(REPORT_LOSS_BEFORE_KEY) else None
     )
+    personal = _personalization(cfg, task, context, pid, config)
+    if personal is not None:
+        personal.before_train(model)
     generator = seed_everything(derive_seed(cfg.seed, "train", pid, server_round))
+    proximal_mu = float(config.get("proximal-mu", 0.0))
     if cfg.dp.local:
         metrics = _train_local_dp(
             model, train_data, task, cfg, context, pid, server_round, config, generator
         )
+    elif personal is not None:
+        metrics = personal.train(model, train_data, proximal_mu=proximal_mu, generator=generator)
     else:
         metrics = task.train(
-            model,
-            train_data,
-            cfg.training,
-            proximal_mu=float(config.get("proximal-mu", 0.0)),
-            generator=generator,
+            model, train_data, cfg.training, proximal_mu=proximal_mu, generator=generator
         )
+    if personal is not None:
+        personal.after_train(model, train_data)
     metrics["num-examples"] = len(train_data)
     if loss_before is not None:
         metrics[LOSS_BEFORE_KEY] = loss_before
@@ -271,9 +294,9 @@ def _note_class_weights_off(task_name: str) -> None:
 
 
 #: Each model a silo evaluates, and the prefix of its metrics in the evaluate reply. The
-#: global model keeps the task's names (``accuracy``, ``loss``, …); a personalised model
-#: evaluated next to it will report under ``personal-`` (docs/personalization.md).
-MODEL_METRIC_PREFIX = {"global": ""}
+#: global model keeps the task's names (``accuracy``, ``loss``, …); the silo's personal
+#: model (``personalization.method``) reports under ``personal-`` (docs/personalization.md).
+MODEL_METRIC_PREFIX = {"global": "", "personal": PERSONAL_PREFIX}
 
 
 def evaluate_models(task, models: dict[str, torch.nn.Module], val: ArrayDataset) -> dict:
@@ -288,10 +311,17 @@ def evaluate_models(task, models: dict[str, torch.nn.Module], val: ArrayDataset)
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Evaluate the received global model on this silo's validation split."""
-    cfg, task, pid, _, model = _setup(msg, context)
+    """Evaluate the received global model on this silo's validation split and, under a
+    personalisation method, the silo's personal model too."""
+    cfg, task, pid, n, model = _setup(msg, context)
     data = silo_data(task, cfg, context)
-    metrics = evaluate_models(task, {"global": model}, data.val)
+    models = {"global": model}
+    personal = _personalization(cfg, task, context, pid, msg.content["config"])
+    if personal is not None:
+        profile = silo_profile(cfg.simulation, cfg.seed, pid, n, context.node_config)
+        train_data = silo_train_data(task, cfg, context, pid, n, profile)
+        models["personal"] = personal.personal_model(model, train_data)
+    metrics = evaluate_models(task, models, data.val)
     metrics["num-examples"] = len(data.val)
     return Message(
         RecordDict({"metrics": MetricRecord(metrics), META_KEY: _meta(pid)}), reply_to=msg

@@ -31,6 +31,7 @@ from pydantic.fields import FieldInfo
 from fl_app.checkpointing import OutputSection
 from fl_app.heterogeneity import SimulationSection
 from fl_app.legacy import LEGACY_KEYS, legacy_settings
+from fl_app.onnx_export import ExportSection, check_export
 from fl_app.sinks import MonitoringSection, TrackingSection
 from fl_core.config import (
     Section,
@@ -58,6 +59,7 @@ from strategies.vertical.split import VerticalSection
 from strategies.wrappers import SamplingSection
 from tasks import TASKS
 from tasks.base import DataSection, TrainingSection
+from tasks.personalization import PERSONALIZATION, PersonalizationSection, get_method
 from tasks.vertical import VERTICAL_SPECS
 
 __all__ = [
@@ -112,9 +114,11 @@ class RunConfig(Section):
     secagg: SecAggSection = SecAggSection()
     compression: CompressionSection = CompressionSection()
     contribution: ContributionSection = ContributionSection()
+    personalization: PersonalizationSection = PersonalizationSection()
     vertical: VerticalSection = VerticalSection()
     tracking: TrackingSection = TrackingSection()
     monitoring: MonitoringSection = MonitoringSection()
+    export: ExportSection = ExportSection()
     output: OutputSection = OutputSection()
 
     def __init__(self, /, **data: Any) -> None:
@@ -199,6 +203,28 @@ class RunConfig(Section):
                 "takes part in every step. Set selection.policy = 'random' and "
                 "selection.fairness-rounds = 0."
             )
+
+    def _check_personalization(self) -> None:
+        name = self.personalization.method
+        method = get_method(name)
+        if method is None:
+            return
+        key = f"run-config 'personalization.method' = '{name}'"
+        if self.mode == "vertical":
+            raise ConfigError(
+                f"{key} personalises a silo's whole model in mode 'horizontal'; in mode "
+                "'vertical' a feature party holds only part of one model and no labels. Set "
+                "personalization.method = 'none'."
+            )
+        if self.dp.local and method.local_dp_unsupported:
+            raise ConfigError(
+                f"{key} is unsound with 'dp.local' = true: {method.local_dp_unsupported}. "
+                "Use 'dp.central' = true, another method, or personalization.method = 'none'."
+            )
+        try:
+            method.check(_model_of(self.task), self.personalization)
+        except ValueError as exc:
+            raise ConfigError(f"{key} with task '{self.task}': {exc}") from None
 
     def dp_mechanisms(self) -> list[str]:
         """Run-config keys of the differential-privacy noise this run adds (``[]`` = none)."""
@@ -291,6 +317,7 @@ class RunConfig(Section):
                 "(noise std is σ × clip); set e.g. vertical.embedding-clip = 1.0"
             )
         self._check_selection()
+        self._check_personalization()
         if self.mode == "vertical" and self.task not in VERTICAL_SPECS:
             raise ConfigError(
                 f"run-config 'mode' = 'vertical' does not support task '{self.task}'; "
@@ -306,6 +333,7 @@ class RunConfig(Section):
             check_secure_aggregation(self)
         check_rule_params(self)
         check_contribution(self)
+        check_export(self)
         if sampling.min_train_nodes > sampling.min_available_nodes:
             raise ConfigError(
                 f"run-config 'sampling.min-train-nodes' = {sampling.min_train_nodes} exceeds "
@@ -313,6 +341,16 @@ class RunConfig(Section):
                 "'sampling.min-available-nodes' or lower 'sampling.min-train-nodes'."
             )
         return self
+
+
+@lru_cache(maxsize=16)
+def _model_of(task: str):
+    """A model of ``task`` to check a config against (built without touching the global
+    RNG, so validating a config never changes a seeded run)."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        return TASKS[task]().build_model()
 
 
 #: Every dotted key of :class:`RunConfig` and its field, in declaration order.
@@ -437,6 +475,8 @@ def _allowed(key: str, field) -> str:
         return ", ".join(STRATEGIES)
     if key == "attack.kind":
         return ", ".join(["none", *ATTACKS.names()])
+    if key == "personalization.method":
+        return ", ".join(["none", *PERSONALIZATION.names()])
     bounds = []
     for meta in field.metadata:
         for attr, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):

@@ -31,6 +31,7 @@ from fl_app.checkpointing import (
 from fl_app.config import RunConfig
 from fl_app.contribution import scores_reporter, utility_fn, write_contributions
 from fl_app.heterogeneity import noisy_partitions
+from fl_app.onnx_export import export_at_end
 from fl_app.reliability import (
     QuorumError,
     Rejections,
@@ -65,6 +66,7 @@ from strategies.traffic import TrafficMeter
 from strategies.wrappers import RoundReporter, SeededSampling, ValidatedUpdates
 from tasks import Task, get_task
 from tasks.base import MOMENTS_KEY
+from tasks.personalization import PERSONAL_PREFIX
 
 
 def roll_call(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], list[dict]]:
@@ -378,7 +380,7 @@ def wrap_strategy(
         wrapped,
         sinks.log_metrics,
         sinks.log_silo_metrics,
-        fairness_metrics=(get_task(cfg.task).main_metric,),  # docs/personalization.md
+        fairness_metrics=fairness_metrics(cfg),  # docs/personalization.md
         round_state=state,
     )
     # Outermost: payload limit, quorum/retries and the audit see replies as received.
@@ -403,6 +405,24 @@ def train_config(cfg: RunConfig, lineage: str) -> ConfigRecord:
     if STRATEGIES.get(cfg.strategy).extra.get("needs_loss_before"):
         config[REPORT_LOSS_BEFORE_KEY] = True
     return config
+
+
+def fairness_metrics(cfg: RunConfig) -> tuple[str, ...]:
+    """The silo metrics summarised across silos every round: the task's main metric and,
+    under a personalisation method, the personal model's (``personal-<metric>``)."""
+    main = get_task(cfg.task).main_metric
+    if cfg.personalization.method == "none":
+        return (main,)
+    return (main, PERSONAL_PREFIX + main)
+
+
+def evaluate_config(cfg: RunConfig, lineage: str) -> ConfigRecord | None:
+    """The config every evaluate instruction carries: under a personalisation method the
+    run's lineage (the silo's personal state is kept per lineage); else none (Flower's
+    default, so the instructions are as before)."""
+    if cfg.personalization.method == "none":
+        return None
+    return ConfigRecord({LINEAGE_KEY: lineage})
 
 
 def run_federation(
@@ -488,6 +508,7 @@ def run_federation(
             num_rounds=cfg.num_server_rounds,
             timeout=cfg.sampling.round_timeout,
             train_config=train_config(cfg, lineage),
+            evaluate_config=evaluate_config(cfg, lineage),
             evaluate_fn=evaluate_fn,
         )
     except QuorumError as exc:  # end cleanly: checkpoint of the last round stays valid
@@ -510,10 +531,14 @@ def run_federation(
         )
     model_path = run_dir / "model.pt"
     torch.save(result.arrays.to_torch_state_dict(), model_path)
+    onnx_files = export_at_end(task, result.arrays.to_torch_state_dict(), cfg, run_dir, audit)
     audit.record(
         "run-end", round=cfg.num_server_rounds, **{"model-sha256": update_sha256(result.arrays)}
     )
-    for path in (model_path, run_dir / "metrics.json", run_dir / "metrics.csv", audit.path):
+    # The audit log last: the MLflow sink appends its model-registry decision to it when
+    # handed the model.
+    files = (model_path, *onnx_files, run_dir / "metrics.json", run_dir / "metrics.csv")
+    for path in (*files, audit.path):
         sinks.log_artifact(path)
     sinks.close()
     final = result.evaluate_metrics_serverapp.get(cfg.num_server_rounds, {})

@@ -378,6 +378,7 @@ def start_rounds(
     timeout: float,
     train_config: ConfigRecord,
     evaluate_fn: EvaluateFn | None,
+    evaluate_config: ConfigRecord | None = None,
 ) -> Result:
     """Flower's ``strategy.start`` for rounds ``first_round`` … ``num_rounds`` (a fresh run
     has ``first_round = 1``; a run resumed after round k has ``k + 1``). The Result's
@@ -397,6 +398,7 @@ def start_rounds(
         num_rounds=num_rounds - offset,
         timeout=timeout,
         train_config=train_config,
+        evaluate_config=evaluate_config,
         evaluate_fn=wrapped_fn,
     )
     if offset:

@@ -58,6 +58,8 @@ __all__ = [
     "SiloStateStore",
     "new_lineage",
     "silo_lineage",
+    "state_dir",
+    "write_atomic",
 ]
 
 #: Train-config key carrying the lineage id from the server to the silos.
@@ -203,15 +205,22 @@ class SiloStateStore:
     def save(self, state: SiloSecrets) -> Path:
         """Write ``state`` atomically with mode 0600; returns the file's path."""
         path = self.path(state.lineage, state.silo)
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as handle:  # mkstemp creates it with mode 0600
-                json.dump(state.to_json(), handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, json.dumps(state.to_json()).encode())
         return path
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync,
+    ``os.replace``) with mode 0600, creating the directory with mode 0700: a crash leaves
+    the old file or the new one, never a torn one."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:  # mkstemp creates it with mode 0600
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

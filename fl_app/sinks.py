@@ -15,6 +15,7 @@ from fl_app import LOG
 from fl_core.config import Section, transient
 from fl_core.registry import Registry
 from strategies.fairness import is_fairness_key, summaries_in
+from tasks.personalization import PERSONAL_PREFIX
 
 if TYPE_CHECKING:
     from fl_app.config import RunConfig
@@ -30,7 +31,10 @@ class TrackingSection(Section):
     )
     experiment: str = transient("fedsilo", description="MLflow experiment name.")
     register_model: str = transient(
-        "", description='Register the final model under this name ("" = do not register).'
+        "auto",
+        description='Register the final model under this name ("auto" = fedsilo-<task>, "" = '
+        "do not register); alias `champion` moves to it only if it beats the champion on "
+        "this run's server test set.",
     )
     sinks: str = transient(
         "",
@@ -187,8 +191,18 @@ class ConsoleSink:
         for metric, stats in summaries.items():
             LOG.info(
                 "[fedsilo] round %d fairness of %s over %d silos: %s",
-                server_round, metric, int(stats.pop("silos", 0)), _fmt(stats),
+                server_round, metric, int(stats.get("silos", 0)), _fmt(
+                    {k: v for k, v in stats.items() if k != "silos"}),
             )  # fmt: skip
+        for metric, stats in summaries.items():
+            personal = summaries.get(PERSONAL_PREFIX + metric)
+            if personal is not None and {"min", "mean"} <= stats.keys() & personal.keys():
+                LOG.info(
+                    "[fedsilo] round %d %s global vs personal: worst %.4f vs %.4f, mean "
+                    "%.4f vs %.4f",
+                    server_round, metric, stats["min"], personal["min"], stats["mean"],
+                    personal["mean"],
+                )  # fmt: skip
 
     def log_silo_metrics(self, server_round, phase, partition_id, metrics) -> None:
         pass

@@ -227,9 +227,11 @@ class Task(ABC):
         *,
         proximal_mu: float = 0.0,
         generator: torch.Generator | None = None,
+        proximal_anchor: list[torch.Tensor] | None = None,
     ) -> dict[str, float]:
         """Local training with ``training``'s epochs, batch size, learning rate and
-        momentum; returns training metrics (``train-loss``)."""
+        momentum; returns training metrics (``train-loss``). The proximal term pulls
+        towards ``proximal_anchor`` if given, else towards the starting weights."""
         return train_classifier(
             model,
             data.x,
@@ -241,6 +243,7 @@ class Task(ABC):
             proximal_mu=proximal_mu,
             class_weights=self.class_weights(data),
             generator=generator,
+            proximal_anchor=proximal_anchor,
         )
 
     def evaluate(self, model: nn.Module, data: ArrayDataset) -> dict[str, float]:

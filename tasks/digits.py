@@ -13,7 +13,7 @@ import numpy as np
 from torch import nn
 
 from tasks.base import ArrayDataset, Task
-from tasks.models import SmallCNN
+from tasks.models import BATCH_NORM_NO_LOCAL_DP, SmallCNN
 from tasks.registry import TASKS
 from tasks.sources import load_hf
 
@@ -34,8 +34,19 @@ class DigitsTask(Task):
             return ArrayDataset(x, bunch.target.astype(np.int64)), None
         return _load_hf_images(data.source)
 
+    #: BatchNorm after each convolution (``digits-bn``).
+    batch_norm = False
+
     def build_model(self) -> nn.Module:
-        return SmallCNN(num_classes=self.num_classes)
+        return SmallCNN(num_classes=self.num_classes, batch_norm=self.batch_norm)
+
+
+@TASKS.register("digits-bn", family="image")
+class DigitsBNTask(DigitsTask):
+    """Digits with BatchNorm after each convolution (the model FedBN personalises:
+    ``personalization.method = 'fedbn'``); data and head as ``digits``."""
+
+    name, batch_norm, local_dp_unsupported = "digits-bn", True, BATCH_NORM_NO_LOCAL_DP
 
 
 def _images_to_arrays(ds) -> ArrayDataset:

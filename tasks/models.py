@@ -5,18 +5,32 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+#: Why Opacus cannot train a model with BatchNorm (``Task.local_dp_unsupported``).
+BATCH_NORM_NO_LOCAL_DP = (
+    "its model has BatchNorm, which normalises over the batch, so per-example gradients "
+    "(DP-SGD) are undefined; use the task without '-bn'"
+)
+
 
 class SmallCNN(nn.Module):
     """Two conv blocks and a linear head; adaptive pooling takes 8×8 (digits) or 28×28
-    (MNIST-style) single-channel images alike."""
+    (MNIST-style) single-channel images alike. ``batch_norm=True`` adds a BatchNorm after
+    each convolution (the model FedBN personalises; without it the layers, and so the
+    seeded initialisation, are exactly those of the plain model)."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, batch_norm: bool = False):
         super().__init__()
+
+        def norm(channels: int) -> list[nn.Module]:
+            return [nn.BatchNorm2d(channels)] if batch_norm else []
+
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, 16, kernel_size=3, padding=1),
+            *norm(16),
             nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            *norm(32),
             nn.ReLU(),
             nn.AdaptiveAvgPool2d(4),
         )

@@ -31,7 +31,7 @@ import numpy as np
 from torch import nn
 
 from tasks.base import ArrayDataset, Task
-from tasks.models import SmallCNN
+from tasks.models import BATCH_NORM_NO_LOCAL_DP, SmallCNN
 from tasks.registry import TASKS
 from tasks.sources import is_remote, load_hf, resolve_local_path
 
@@ -219,10 +219,10 @@ class PneumoniaCNN(nn.Module):
     """:class:`PerImageStandardize` then :class:`~tasks.models.SmallCNN` (two conv blocks,
     a linear head; ~5 k parameters)."""
 
-    def __init__(self, num_classes: int = 2) -> None:
+    def __init__(self, num_classes: int = 2, batch_norm: bool = False) -> None:
         super().__init__()
         self.normalize = PerImageStandardize()
-        self.cnn = SmallCNN(num_classes=num_classes)
+        self.cnn = SmallCNN(num_classes=num_classes, batch_norm=batch_norm)
 
     def forward(self, x):
         return self.cnn(self.normalize(x))
@@ -245,5 +245,16 @@ class PneumoniaTask(Task):
             return load_medmnist_npz(resolve_local_path(source))
         return load_hf_pneumonia(source)
 
+    #: BatchNorm after each convolution (``pneumonia-bn``).
+    batch_norm = False
+
     def build_model(self) -> nn.Module:
-        return PneumoniaCNN(num_classes=self.num_classes)
+        return PneumoniaCNN(num_classes=self.num_classes, batch_norm=self.batch_norm)
+
+
+@TASKS.register("pneumonia-bn", family="image")
+class PneumoniaBNTask(PneumoniaTask):
+    """Pneumonia with BatchNorm after each convolution (the model FedBN personalises:
+    ``personalization.method = 'fedbn'``); data and head as ``pneumonia``."""
+
+    name, batch_norm, local_dp_unsupported = "pneumonia-bn", True, BATCH_NORM_NO_LOCAL_DP

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import nn
@@ -19,15 +21,23 @@ def train_classifier(
     proximal_mu: float = 0.0,
     class_weights: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    proximal_anchor: Sequence[torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Mini-batch SGD with cross-entropy; FedProx's proximal term when ``proximal_mu > 0``.
+    """Mini-batch SGD with cross-entropy; when ``proximal_mu > 0`` the proximal term
+    μ/2·‖w − a‖² towards ``proximal_anchor`` (one tensor per parameter, in
+    ``model.parameters()`` order), by default the model's own starting weights (FedProx;
+    Ditto anchors its personal model to the global one). Parameters that do not require
+    gradients are not trained.
 
     Shuffling uses ``generator`` only, so a seeded generator gives the same model.
     """
     if len(y) == 0:
         return {"train-loss": float("nan")}
     xs, ys = torch.from_numpy(x), torch.from_numpy(y)
-    global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu else []
+    if proximal_anchor is not None:
+        global_params = [a.detach() for a in proximal_anchor] if proximal_mu else []
+    else:
+        global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu else []
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate, momentum=momentum)
     loss_fn = nn.CrossEntropyLoss(weight=class_weights)
     model.train()

@@ -5,8 +5,9 @@ One parent run per federation holds the resolved run config as params and, per r
 client metrics (``train/…``, ``evaluate/…`` — including ``epsilon`` when DP is on and
 ``rejected-updates`` when validation rejects updates). One nested run per silo
 (``silo-<partition id>``) holds that silo's own metrics per round. At the end the run's
-files are logged as artefacts and the final model as an MLflow PyTorch model, optionally
-registered in the model registry.
+files are logged as artefacts and the final model as an MLflow PyTorch model (with
+``export.onnx``, also as an MLflow ONNX model ``onnx-model``), registered in the model
+registry and promoted to ``champion`` only if it beats the champion (adapters/mlflow/registry.py).
 
 Works with any tracking URI MLflow understands: a directory or ``file:`` URI, ``sqlite:``,
 an ``http(s)://`` tracking server, or an AzureML workspace's MLflow URI (``azureml://…``,
@@ -18,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,8 +29,14 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 import mlflow
 from mlflow.entities import Metric, Param
+from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from adapters.mlflow.registry import promote_if_better, record_decision
+from fl_app.audit import AUDIT_FILE, AuditLog
+from fl_app.onnx_export import MODEL_FILE as ONNX_MODEL_FILE
+from fl_app.onnx_export import ONNX_DIR
 
 LOG = logging.getLogger(__name__)
 if TYPE_CHECKING:
@@ -75,8 +83,10 @@ class MlflowSink:
         experiment: str = "fedsilo",
         run_name: str | None = None,
         register_model_as: str = "",
+        audit_path: Path | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
+        self.audit_path = audit_path  # the run's audit log: the registry decision goes there
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.register_model_as = register_model_as
         self._params: dict[str, Any] = {}
@@ -125,7 +135,11 @@ class MlflowSink:
         path = Path(path)
         if path.suffix == ".pt":
             self._log_model(path)
-        self.client.log_artifact(self.run_id, str(path))
+        elif path.name == ONNX_MODEL_FILE:
+            self._log_onnx_model(path)
+        # The ONNX export's files keep their folder (onnx/parity.json, …).
+        folder = ONNX_DIR if path.parent.name == ONNX_DIR else None
+        self.client.log_artifact(self.run_id, str(path), folder)
 
     def close(self) -> None:
         for run_id in [*self.silo_runs.values(), self.run_id]:
@@ -140,36 +154,121 @@ class MlflowSink:
                 run_id, metrics=[Metric(k, v, stamp, step) for k, v in values.items()]
             )
 
+    def _config(self) -> RunConfig:
+        from fl_app.onnx_export import run_config_of
+
+        return run_config_of(self._params)
+
     def _log_model(self, state_dict_path: Path) -> None:
         """Log the final model (the task's architecture with the saved weights) as an MLflow
-        PyTorch model, and register it if asked."""
+        PyTorch model; register it if asked and decide whether it becomes the champion
+        (:mod:`adapters.mlflow.registry`)."""
         import torch
 
-        from fl_app.config import RunConfig
         from tasks import get_task
 
-        cfg = RunConfig.from_flower({k: v for k, v in self._params.items() if k != "config-hash"})
+        cfg = self._config()
         task = get_task(cfg.task)
         model = task.build_model()
         model.load_state_dict(torch.load(state_dict_path))
         model.eval()
+        test = task.load_test(cfg.data, cfg.seed)
         mlflow.set_tracking_uri(self.tracking_uri)
         with mlflow.start_run(run_id=self.run_id):
             info = mlflow.pytorch.log_model(
                 model,
                 name="model",
-                input_example=task.load_test(cfg.data, cfg.seed).x[:2],
-                registered_model_name=self.register_model_as or None,
+                input_example=test.x[:2],
+                # The flavour's own list: MLflow's inference runs the model in a
+                # subprocess to see what it imports (~15 s a run) and finds torch anyway.
+                pip_requirements=mlflow.pytorch.get_default_pip_requirements(),
             )
         LOG.info("MLflow model logged: %s", info.model_uri)
+        if not self.register_model_as:
+            return
+        audit = AuditLog(self.audit_path, cfg.fingerprint()) if self.audit_path else None
+        try:
+            version = mlflow.register_model(info.model_uri, self.register_model_as)
+            decision = promote_if_better(
+                self.client,
+                self.register_model_as,
+                str(version.version),
+                task.main_metric,
+                task.evaluate(model, test)[task.main_metric],
+                lambda champion: self._score_champion(champion, task, test),
+            )
+            record_decision(self.client, self.run_id, decision)
+        except (MlflowException, OSError) as exc:  # e.g. a registry without aliases
+            reason = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            LOG.error(
+                "MLflow registry: model not registered/promoted (%s); the run's model is "
+                'logged; set tracking.register-model = "" to skip the registry',
+                reason,
+            )
+            if audit is not None:
+                audit.record("model-registry", model=self.register_model_as, error=reason)
+            return
+        if audit is not None:
+            audit.record("model-registry", **decision.audit_fields())
+        LOG.info("MLflow registry: %s", decision.reason)
+
+    def _score_champion(self, champion: ModelVersion, task, test) -> float:
+        """The champion's weights (its run's model.pt) in its task's architecture, scored
+        on this run's test set by this run's task. (Its logged MLflow model is a
+        torch.export program traced with a fixed batch, not a module a task evaluates.)"""
+        import torch
+
+        from tasks import get_task
+
+        champion_task = get_task(self.client.get_run(champion.run_id).data.params["task"])
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                run_id=champion.run_id,
+                artifact_path="model.pt",
+                dst_path=tmp,
+                tracking_uri=self.tracking_uri,
+            )
+            weights = torch.load(path)
+        incumbent = champion_task.build_model()
+        incumbent.load_state_dict(weights)
+        return task.evaluate(incumbent, test)[task.main_metric]
+
+    def _log_onnx_model(self, path: Path) -> None:
+        """Log the exported ONNX model (fl_app.onnx_export) as an MLflow ONNX model,
+        ``onnx-model`` beside the PyTorch ``model``."""
+        import onnx
+
+        cfg = self._config()
+        from tasks import get_task
+
+        example = get_task(cfg.task).load_test(cfg.data, cfg.seed).x[:2]
+        mlflow.set_tracking_uri(self.tracking_uri)
+        with mlflow.start_run(run_id=self.run_id):
+            info = mlflow.onnx.log_model(
+                onnx.load(str(path)),
+                name="onnx-model",
+                input_example=example,
+                pip_requirements=mlflow.onnx.get_default_pip_requirements(),
+            )
+        LOG.info("MLflow ONNX model logged: %s", info.model_uri)
+
+
+def registered_name(cfg: RunConfig) -> str:
+    """The registry name of ``tracking.register-model`` (``auto`` = ``fedsilo-<task>``,
+    ``""`` = do not register)."""
+    name = cfg.tracking.register_model
+    return f"fedsilo-{cfg.task}" if name == "auto" else name
 
 
 def sink_from_config(cfg: RunConfig, run_dir: Path) -> MlflowSink:
     """The ``mlflow`` metrics sink of :data:`fl_app.sinks.SINKS`: tracks the run under
-    ``tracking.mlflow-uri`` and ``tracking.experiment``, named after its run directory."""
+    ``tracking.mlflow-uri`` and ``tracking.experiment``, named after its run directory;
+    registers the final model under :func:`registered_name` and audits the champion
+    decision in the run's audit log."""
     return MlflowSink(
         cfg.tracking.mlflow_uri,
         experiment=cfg.tracking.experiment,
         run_name=run_dir.name,
-        register_model_as=cfg.tracking.register_model,
+        register_model_as=registered_name(cfg),
+        audit_path=run_dir / AUDIT_FILE,
     )

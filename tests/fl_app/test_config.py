@@ -90,8 +90,9 @@ def test_replace_derives_a_validated_config_from_dotted_keys():
 
 def test_every_key_has_a_doc_and_appears_in_the_reference_table():
     table = reference_table()
-    # 101 + contribution (8) + selection.quality-aware + robust.norm-outliers + monitoring (3)
-    assert len(KEYS) == 114
+    # 101 + contribution (8), selection.quality-aware, robust.norm-outliers, export (3),
+    # personalization (6), monitoring (3)
+    assert len(KEYS) == 123
     for key, field in iter_fields(RunConfig):
         assert field.description, key
         assert f"| `{key}` |" in table
@@ -111,8 +112,8 @@ def test_transient_keys_come_from_the_fields_marked_transient():
         "sampling.round-timeout", "sampling.round-retries", "sampling.straggler-timeout",
         "sampling.min-available-nodes", "sampling.reply-poll-interval",
         "tracking.mlflow-uri", "tracking.experiment", "tracking.register-model",
-        "tracking.sinks", "monitoring.prometheus-port", "monitoring.prometheus-host",
-        "monitoring.final-scrape-wait",
+        "tracking.sinks", "export.onnx", "export.quantize", "export.calibration-rows",
+        "monitoring.prometheus-port", "monitoring.prometheus-host", "monitoring.final-scrape-wait",
     } == TRANSIENT_KEYS  # fmt: skip
     table = reference_table()
     for key in TRANSIENT_KEYS:
@@ -189,7 +190,9 @@ def test_close_strategy_name_gets_a_suggestion():
 
 
 def test_bad_task_lists_tasks():
-    with pytest.raises(ConfigError, match="bank-marketing, breast-cancer, digits, fraud"):
+    with pytest.raises(
+        ConfigError, match="bank-marketing, breast-cancer, digits, digits-bn, fraud"
+    ):
         RunConfig.from_flower({"task": "mnist"})
 
 
