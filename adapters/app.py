@@ -8,7 +8,7 @@ lazily, so that Azure and MLflow are imported only by a run that uses them:
 * checkpoint stores (:data:`fl_app.stores.CHECKPOINT_STORES`) and data sources
   (:data:`tasks.sources.DATA_SOURCES`) for Blob URLs: schemes ``https``, ``http``
   (Azurite on loopback) and ``az``;
-* the ``mlflow`` metrics sink (:data:`fl_app.sinks.SINKS`).
+* the ``mlflow`` and ``prometheus`` metrics sinks (:data:`fl_app.sinks.SINKS`).
 
 The wiring is code, not package metadata, because a SuperNode runs the app from its FAB
 without installing this project. A separate package plugs in through entry points
@@ -39,6 +39,9 @@ def register_adapters() -> None:
         )
         DATA_SOURCES.add_lazy(scheme, "adapters.blob.store:fetch_to_cache", doc="Azure Blob")
     SINKS.add_lazy("mlflow", "adapters.mlflow.sink:sink_from_config", doc="MLflow tracking")
+    SINKS.add_lazy(
+        "prometheus", "adapters.prometheus.exporter:sink_from_config", doc="Prometheus exporter"
+    )
 
 
 register_adapters()

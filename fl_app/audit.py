@@ -22,6 +22,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,16 @@ def _jsonable(value: Any) -> Any:
 class AuditLog:
     """Append-only, hash-chained JSONL (see module doc)."""
 
-    def __init__(self, path: Path, config_hash: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        config_hash: str,
+        on_record: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.config_hash = config_hash
+        #: Called with every entry once it is written (e.g. the metrics sinks' ``log_event``).
+        self.on_record = on_record
         self.seq, self.prev = 0, ""
         if self.path.is_file():  # a resumed run continues the chain
             lines = [ln for ln in self.path.read_text(encoding="utf-8").splitlines() if ln]
@@ -84,6 +92,8 @@ class AuditLog:
             os.fsync(fh.fileno())
         self.seq += 1
         self.prev = hashlib.sha256(text.encode()).hexdigest()
+        if self.on_record is not None:
+            self.on_record(entry)
         return entry
 
 

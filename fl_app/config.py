@@ -32,7 +32,7 @@ from fl_app.checkpointing import OutputSection
 from fl_app.heterogeneity import SimulationSection
 from fl_app.legacy import LEGACY_KEYS, legacy_settings
 from fl_app.onnx_export import ExportSection, check_export
-from fl_app.sinks import TrackingSection
+from fl_app.sinks import MonitoringSection, TrackingSection
 from fl_core.config import (
     Section,
     flatten,
@@ -117,6 +117,7 @@ class RunConfig(Section):
     personalization: PersonalizationSection = PersonalizationSection()
     vertical: VerticalSection = VerticalSection()
     tracking: TrackingSection = TrackingSection()
+    monitoring: MonitoringSection = MonitoringSection()
     export: ExportSection = ExportSection()
     output: OutputSection = OutputSection()
 
@@ -321,6 +322,12 @@ class RunConfig(Section):
             raise ConfigError(
                 f"run-config 'mode' = 'vertical' does not support task '{self.task}'; "
                 f"use task = one of {', '.join(VERTICAL_SPECS)}"
+            )
+        if self.mode == "vertical" and self.monitoring.prometheus_port:
+            raise ConfigError(
+                f"run-config 'monitoring.prometheus-port' = {self.monitoring.prometheus_port} "
+                "is for mode 'horizontal': split learning (mode 'vertical') does not serve "
+                "Prometheus metrics. Set monitoring.prometheus-port = 0."
             )
         if self.secagg.enabled:
             check_secure_aggregation(self)

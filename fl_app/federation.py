@@ -460,7 +460,7 @@ def run_federation(
     sinks.log_params(
         {**cfg.to_flower(), "config-hash": cfg.fingerprint(), "fedsilo-version": VERSION}
     )
-    audit = AuditLog(run_dir / AUDIT_FILE, cfg.fingerprint())
+    audit = AuditLog(run_dir / AUDIT_FILE, cfg.fingerprint(), on_record=sinks.log_event)
     audit.record(
         "run-start",
         task=cfg.task,
@@ -519,6 +519,10 @@ def run_federation(
         for path in (run_dir / "metrics.json", run_dir / "metrics.csv", audit.path):
             sinks.log_artifact(path)
         sinks.close()
+        raise
+    except Exception as exc:  # a crash: the audit log says why (the sinks' event hook
+        # sees it too: the Prometheus exporter stops serving), then the run fails as before
+        audit.record("run-failed", reason=f"{type(exc).__name__}: {exc}"[:2000])
         raise
 
     if len(result.arrays) == 0:  # no round aggregated (e.g. DP budget spent before round 1)

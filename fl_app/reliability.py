@@ -200,8 +200,10 @@ class ReliableRounds(StrategyWrapper):
         return {m.metadata.src_node_id for m in replies if not m.has_error()}
 
     def _retry(self, server_round: int, sent: list[Message], replies: list[Message]):
-        """Re-send to missing silos while the round is short; return replies, retries."""
+        """Re-send to missing silos while the round is short; return replies, retries and
+        the node ids each retry went to."""
         attempts = 0
+        retried: list[int] = []
         while attempts < self.retries and self._grid is not None:
             ok = self._ok_nodes(replies)
             if len(ok) >= self.min_train_nodes:
@@ -215,6 +217,7 @@ class ReliableRounds(StrategyWrapper):
                 break
             attempts += 1
             targets = {m.metadata.dst_node_id for m in again}
+            retried += sorted(targets)
             log(
                 WARNING,
                 "round %d: %d/%d replies < sampling.min-train-nodes = %d; retry %d/%d to %s",
@@ -233,7 +236,7 @@ class ReliableRounds(StrategyWrapper):
                 m for m in replies
                 if not m.has_error() or m.metadata.src_node_id not in targets
             ] + new  # fmt: skip
-        return replies, attempts
+        return replies, attempts, retried
 
     def _errors(self, replies: list[Message], sent: list[Message]) -> list[dict[str, Any]]:
         by_message = {m.metadata.message_id: m.metadata.dst_node_id for m in sent}
@@ -269,7 +272,7 @@ class ReliableRounds(StrategyWrapper):
     def aggregate_train(self, server_round, replies):
         sent = self.round.sent_in(server_round, "train")
         replies, oversized = self._drop_oversized(server_round, "train", list(replies))
-        replies, retries = self._retry(server_round, sent, replies)
+        replies, retries, retried = self._retry(server_round, sent, replies)
         # Hash what was received, before any wrapper decodes or rewrites it.
         updates = []
         for msg in sorted((m for m in replies if not m.has_error()), key=reply_order_key):
@@ -288,6 +291,10 @@ class ReliableRounds(StrategyWrapper):
             "errors": self._errors(replies, sent),
             "oversized": oversized,
             "retries": retries,
+            # One entry per re-send of a silo (a silo retried twice is listed twice).
+            "retried": [
+                {"node-id": n, "partition-id": self.round.partition_of(n)} for n in retried
+            ],
         }
         ok = len(self._ok_nodes(replies))
         if sent and ok < self.min_train_nodes:

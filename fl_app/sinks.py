@@ -44,6 +44,31 @@ class TrackingSection(Section):
     )
 
 
+class MonitoringSection(Section):
+    """Live monitoring of the running federation: a Prometheus exporter in the ServerApp
+    (adapters/prometheus; docs/operations.md). Off by default."""
+
+    prometheus_port: int = transient(
+        0,
+        ge=0,
+        le=65535,
+        description="Serve Prometheus metrics (/metrics) on this port while the run lasts "
+        "(0 = off). One run per port: a port in use stops the run before round 1.",
+    )
+    prometheus_host: str = transient(
+        "0.0.0.0",
+        description="Address the exporter listens on (0.0.0.0 = every interface; "
+        "127.0.0.1 = this machine only).",
+    )
+    final_scrape_wait: float = transient(
+        15.0,
+        ge=0.0,
+        le=600.0,
+        description="At the run's end, wait up to this many seconds for one scrape of the "
+        "final figures before the exporter stops (0 = stop at once).",
+    )
+
+
 #: Metric (1.0 / 0.0) and audit field (bool) saying whether the run's DP noise is secret.
 DP_PRIVATE_KEY = "dp-private"
 #: ``phase`` of the row at the top of ``metrics.json`` that states the run's privacy.
@@ -130,6 +155,15 @@ class MetricsSink(Protocol):
 
     def close(self) -> None:
         """Called once at the end of the run."""
+
+
+class EventSink(Protocol):
+    """A sink that also wants the run's audit events (optional: :class:`Sinks` calls
+    ``log_event`` on the sinks that have it)."""
+
+    def log_event(self, entry: Mapping[str, Any]) -> None:
+        """Called with every audit-log entry (``event``, ``round``, … as in
+        ``audit.jsonl``; see :mod:`fl_app.audit`) once it is written."""
 
 
 def _json_number(value: Any) -> Any:
@@ -289,6 +323,12 @@ class Sinks:
         for s in self.sinks:
             s.log_artifact(path)
 
+    def log_event(self, entry: Mapping[str, Any]) -> None:
+        """Hand an audit-log entry to every sink that takes events (:class:`EventSink`)."""
+        for s in self.sinks:
+            if (log_event := getattr(s, "log_event", None)) is not None:
+                log_event(entry)
+
     def close(self):
         for s in self.sinks:
             s.close()
@@ -304,17 +344,20 @@ SINKS: Registry[Callable[[RunConfig, Path], MetricsSink]] = Registry(
 
 
 def tracking_sinks(cfg: RunConfig, run_dir: Path) -> list[MetricsSink]:
-    """Sinks the run config turns on: ``mlflow`` when ``tracking.mlflow-uri`` is set, and
-    every name in ``tracking.sinks``. A sink that is asked for but not registered is a
+    """Sinks the run config turns on: ``mlflow`` when ``tracking.mlflow-uri`` is set,
+    ``prometheus`` when ``monitoring.prometheus-port`` is, and every name in
+    ``tracking.sinks``. A sink that is asked for but not registered is a
     :class:`ConfigError` naming the key."""
     tracking = cfg.tracking
     asked = {"mlflow": ("tracking.mlflow-uri", tracking.mlflow_uri)} if tracking.mlflow_uri else {}
+    if port := cfg.monitoring.prometheus_port:
+        asked["prometheus"] = ("monitoring.prometheus-port", port)
     for name in (n.strip() for n in tracking.sinks.split(",")):
         if name:
             asked.setdefault(name, ("tracking.sinks", tracking.sinks))
     hint = (
-        "The MLflow sink is wired by adapters.app (the app's components in pyproject.toml); "
-        "in Python, import adapters.app first."
+        "The MLflow and Prometheus sinks are wired by adapters.app (the app's components in "
+        "pyproject.toml); in Python, import adapters.app first."
     )
     return [
         SINKS.for_config(name, key=key, value=value, hint=hint)(cfg, run_dir)

@@ -285,10 +285,30 @@ def silo_metrics(replies: Iterable[Message]) -> list[tuple[int, dict[str, float]
     return out
 
 
+#: Per-silo runtime metric: seconds from the instruction's creation on the server to the
+#: silo's reply (both Flower ``created_at`` stamps; across machines it includes their clock
+#: offset).
+REPLY_SECONDS_KEY = "reply-seconds"
+
+
+def reply_seconds(replies: Iterable[Message], sent: Iterable[Message]) -> dict[int, float]:
+    """``{partition_id: seconds}`` from each instruction in ``sent`` to its successful
+    reply (replies to instructions not in ``sent``, e.g. re-sent ones, are left out)."""
+    created = {m.metadata.message_id: m.metadata.created_at for m in sent}
+    out = {}
+    for msg in replies:
+        start = created.get(msg.metadata.reply_to_message_id)
+        if start is not None and not msg.has_error():
+            out[reply_order_key(msg)[0]] = max(0.0, msg.metadata.created_at - start)
+    return out
+
+
 class RoundReporter(StrategyWrapper):
     """Reports each round as it happens: ``on_metrics(round, phase, metrics)`` with the
     aggregated MetricRecord (phase ``"train"`` or ``"evaluate"``) plus reply/failure
-    counts, and ``on_silo_metrics(round, phase, partition_id, metrics)`` per silo.
+    counts, and ``on_silo_metrics(round, phase, partition_id, metrics)`` per silo, with
+    the silo's reply latency (:data:`REPLY_SECONDS_KEY`, a runtime metric) added to the
+    silo's own figures when the round state recorded its instruction.
 
     The evaluate phase's metrics also summarise how evenly the model serves the silos:
     for each name in ``fairness_metrics`` (e.g. the task's main metric), min, p10,
@@ -334,17 +354,28 @@ class RoundReporter(StrategyWrapper):
         for pid, values in silos:
             self.on_silo_metrics(server_round, phase, pid, values)
 
+    def _with_latency(
+        self, server_round: int, phase: str, replies: list[Message]
+    ) -> list[tuple[int, dict[str, float]]]:
+        silos = silo_metrics(replies)
+        latency = reply_seconds(replies, self.round.sent_in(server_round, phase))
+        return [
+            (pid, {**values, REPLY_SECONDS_KEY: latency[pid]} if pid in latency else values)
+            for pid, values in silos
+        ]
+
     def aggregate_train(self, server_round, replies):
         replies = list(replies)
         # Read before aggregating: some Flower strategies pop records out of the replies.
-        self._report_silos(server_round, "train", silo_metrics(replies))
+        silos = self._with_latency(server_round, "train", replies)
+        self._report_silos(server_round, "train", silos)
         arrays, metrics = self.inner.aggregate_train(server_round, replies)
         self._report(server_round, "train", replies, metrics)
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round, replies):
         replies = list(replies)
-        silos = silo_metrics(replies)
+        silos = self._with_latency(server_round, "evaluate", replies)
         self._report_silos(server_round, "evaluate", silos)
         metrics = self.inner.aggregate_evaluate(server_round, replies)
         fairness = silo_fairness_metrics((values for _, values in silos), self.fairness_metrics)

@@ -91,8 +91,8 @@ def test_replace_derives_a_validated_config_from_dotted_keys():
 def test_every_key_has_a_doc_and_appears_in_the_reference_table():
     table = reference_table()
     # 101 + contribution (8), selection.quality-aware, robust.norm-outliers, export (3),
-    # personalization (6)
-    assert len(KEYS) == 120
+    # personalization (6), monitoring (3)
+    assert len(KEYS) == 123
     for key, field in iter_fields(RunConfig):
         assert field.description, key
         assert f"| `{key}` |" in table
@@ -113,6 +113,7 @@ def test_transient_keys_come_from_the_fields_marked_transient():
         "sampling.min-available-nodes", "sampling.reply-poll-interval",
         "tracking.mlflow-uri", "tracking.experiment", "tracking.register-model",
         "tracking.sinks", "export.onnx", "export.quantize", "export.calibration-rows",
+        "monitoring.prometheus-port", "monitoring.prometheus-host", "monitoring.final-scrape-wait",
     } == TRANSIENT_KEYS  # fmt: skip
     table = reference_table()
     for key in TRANSIENT_KEYS:

@@ -142,6 +142,8 @@ def test_a_retried_silo_sends_the_update_it_would_have_sent(tmp_path, clean_run)
     _, run_dir = run_federation(FaultyGrid(cfg, fail={(2, 1): 1}), cfg)
     round2 = _trains(run_dir)[2]
     assert round2["retries"] == 1
+    assert [s["partition-id"] for s in round2["retried"]] == [1]  # whom the retry went to
+    assert _trains(run_dir)[1]["retried"] == []
     assert len(round2["updates"]) == 4 and not round2["missing"]
     # Training is seeded by (seed, partition, round): the retried round, and the model,
     # are bit-identical to the run without the crash.

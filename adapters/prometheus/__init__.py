@@ -1,0 +1,1 @@
+"""Live Prometheus metrics of a running federation (the ``prometheus`` metrics sink)."""
