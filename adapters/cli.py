@@ -29,11 +29,22 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from adapters.backends import Backend, BackendError, backend_names, get_backend, spec_model_for
 from adapters.federation.spec import FederationSpec, SpecError, load_spec
 from fl_app import VERSION
+from fl_app.runs import (
+    LOG_FILE,
+    RunError,
+    compare_runs,
+    find_runs,
+    last_log_lines,
+    plot_curves,
+    resolve_run,
+    round_table,
+    summarize,
+)
 
 if TYPE_CHECKING:
     from adapters.azureml.spec import FederationSpec as AzureFederationSpec
@@ -498,3 +509,119 @@ def silo_kit(
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+# ------------------------------------------------------------------ run inspection
+runs_app = typer.Typer(
+    help="Inspect finished, failed or running runs: list, show, compare.",
+    no_args_is_help=True,
+)
+app.add_typer(runs_app, name="runs")
+RunDirOpt = Annotated[
+    Path,
+    typer.Option("--run-dir", help="Where the runs are (the runs' output.run-dir)."),
+]
+
+
+def _num(value: float | None, fmt: str = ".4f") -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+@runs_app.command("list")
+def runs_list(
+    run_dir: RunDirOpt = Path("outputs"),
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="List the runs of an MLflow server instead."),
+    ] = None,
+    experiment: Annotated[
+        str, typer.Option("--experiment", help="MLflow experiment (with --tracking-uri).")
+    ] = "fedsilo",
+) -> None:
+    """A table of runs: task, strategy, rounds, final metric, ε spent, status."""
+    try:
+        if tracking_uri is not None:
+            from adapters.mlflow.runs import mlflow_runs
+
+            summaries = mlflow_runs(tracking_uri, experiment)
+        else:
+            summaries = [summarize(p) for p in find_runs(run_dir)]
+    except (RunError, LookupError) as exc:
+        _fail(str(exc))
+    table = Table(Column("run", overflow="fold"), "task", "strategy", "rounds", "final metric",
+                  "ε", "status")  # fmt: skip
+    for s in summaries:
+        table.add_row(
+            s.name, s.task, s.strategy, f"{s.rounds_done}/{s.rounds_planned}",
+            f"{s.metric} {_num(s.value)}", _num(s.epsilon, ".2f"), s.status,
+        )  # fmt: skip
+    console.print(table)
+    if not summaries:
+        console.print(f"no runs under {run_dir}" if tracking_uri is None else "no runs")
+
+
+@runs_app.command("show")
+def runs_show(
+    run: Annotated[str, typer.Argument(help="A run directory, or (part of) a run's name.")],
+    run_dir: RunDirOpt = Path("outputs"),
+    png: Annotated[
+        Path | None,
+        typer.Option("--png", help="Where to write the curves (default: RUN/curves.png)."),
+    ] = None,
+) -> None:
+    """The per-round table of a run, a PNG of its curves, and why it failed if it did."""
+    try:
+        path = resolve_run(run, run_dir)
+        summary = summarize(path)
+        rows = round_table(path)
+    except RunError as exc:
+        _fail(str(exc))
+    console.print(
+        f"{summary.name}: {summary.task} · {summary.strategy} · "
+        f"{summary.rounds_done}/{summary.rounds_planned} rounds · {summary.status}",
+        highlight=False,
+    )
+    metric = summary.metric
+    table = Table("round", f"server {metric}", "server loss", f"silos' min {metric}",
+                  f"silos' median {metric}", "ε")  # fmt: skip
+    for r in rows:
+        table.add_row(
+            str(r["round"]), _num(r[metric]), _num(r["loss"]), _num(r["silo-min"]),
+            _num(r["silo-median"]), _num(r["epsilon"], ".2f"),
+        )  # fmt: skip
+    console.print(table)
+    if rows:
+        written = plot_curves(path, png or path / "curves.png")
+        console.print(f"curves: {written}", highlight=False)
+    if summary.status in ("failed", "aborted"):
+        err_console.print(f"[bold red]{summary.status}:[/] {summary.reason}", highlight=False)
+        tail = last_log_lines(path)
+        if tail:
+            err_console.print(f"last lines of {path / LOG_FILE}:", highlight=False)
+            for line in tail:
+                err_console.print(line, highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+@runs_app.command("compare")
+def runs_compare(
+    a: Annotated[str, typer.Argument(help="First run (directory or name).")],
+    b: Annotated[str, typer.Argument(help="Second run (directory or name).")],
+    run_dir: RunDirOpt = Path("outputs"),
+) -> None:
+    """The settings that differ between two runs and the change of their final metrics."""
+    try:
+        paths = [resolve_run(ref, run_dir) for ref in (a, b)]
+        diff, deltas = compare_runs(*paths)
+    except RunError as exc:
+        _fail(str(exc))
+    console.print(f"A = {paths[0].name}\nB = {paths[1].name}", highlight=False)
+    config = Table("setting", "A", "B")
+    for key, va, vb in diff:
+        config.add_row(key, repr(va), repr(vb))
+    console.print(config if diff else "same settings")
+    metrics = Table("final server metric", "A", "B", "B − A")
+    for key, va, vb in deltas:
+        delta = None if va is None or vb is None else vb - va
+        metrics.add_row(key, _num(va), _num(vb), "–" if delta is None else f"{delta:+.4f}")
+    console.print(metrics)

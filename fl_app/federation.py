@@ -40,6 +40,7 @@ from fl_app.reliability import (
     StragglerGrid,
     start_rounds,
 )
+from fl_app.runs import attach_run_log, detach_run_log
 from fl_app.silo_state import LINEAGE_KEY, new_lineage
 from fl_app.sinks import (
     DP_PRIVATE_KEY,
@@ -460,93 +461,98 @@ def run_federation(
     sinks.log_params(
         {**cfg.to_flower(), "config-hash": cfg.fingerprint(), "fedsilo-version": VERSION}
     )
-    audit = AuditLog(run_dir / AUDIT_FILE, cfg.fingerprint(), on_record=sinks.log_event)
-    audit.record(
-        "run-start",
-        task=cfg.task,
-        strategy=cfg.strategy,
-        rounds=cfg.num_server_rounds,
-        seed=cfg.seed,
-        **{"settings-hash": settings_hash(cfg), "resumed-from": resume and resume.source,
-           "resumed-after-round": done, "lineage": lineage,
-           **({DP_PRIVATE_KEY: privacy.private} if privacy is not None else {})},
-    )  # fmt: skip
-    LOG.info(
-        "[fedsilo] task=%s strategy=%s rounds=%d; outputs in %s",
-        cfg.task, cfg.strategy, cfg.num_server_rounds, run_dir,
-    )  # fmt: skip
-
-    strategy = build_strategy(cfg)
-    if STRATEGIES.get(cfg.strategy).extra.get("needs_server_update"):
-        strategy.server_update_fn = root_update_fn(task, cfg)
+    run_log = attach_run_log(run_dir)  # run.log: what `fedsilo runs show` prints of a failure
     try:
-        roster, moments = roll_call(grid, cfg)
-    except RollCallError as exc:  # stop with the silos' reason, not a later symptom
-        LOG.error("[fedsilo] %s", exc)
-        audit.record("run-aborted", round=done, reason=str(exc))
-        sinks.log_artifact(audit.path)
-        sinks.close()
-        raise
-    noisy_partitions(cfg.simulation, len(roster), cfg.seed)  # simulation.noisy-silos ≤ silos
-    seed_everything(derive_seed(cfg.seed, "init"))
-    model = task.build_model()
-    task.set_input_scaling(model, moments)
-    initial = ArrayRecord(model.state_dict())
-    strategy = central_dp(strategy, cfg, len(roster), model)
+        audit = AuditLog(run_dir / AUDIT_FILE, cfg.fingerprint(), on_record=sinks.log_event)
+        audit.record(
+            "run-start",
+            task=cfg.task,
+            strategy=cfg.strategy,
+            rounds=cfg.num_server_rounds,
+            seed=cfg.seed,
+            **{"settings-hash": settings_hash(cfg), "resumed-from": resume and resume.source,
+               "resumed-after-round": done, "lineage": lineage,
+               **({DP_PRIVATE_KEY: privacy.private} if privacy is not None else {})},
+        )  # fmt: skip
+        LOG.info(
+            "[fedsilo] task=%s strategy=%s rounds=%d; outputs in %s",
+            cfg.task, cfg.strategy, cfg.num_server_rounds, run_dir,
+        )  # fmt: skip
 
-    utility = utility_fn(task, cfg) if cfg.contribution.method != "none" else None
-    wrapped = wrap_strategy(strategy, cfg, roster, sinks, audit, utility)
-    evaluate_fn = server_evaluator(task, cfg, sinks, run_dir, wrapped, audit, lineage)
-    if resume is not None:  # continue after the checkpointed round, states restored
-        LOG.info("[fedsilo] resuming after round %d from %s", done, resume.source)
-        initial = resume.arrays
-        resume.restore(wrapped)
-    try:
-        result = start_rounds(
-            wrapped,
-            grid,
-            initial,
-            first_round=done + 1,
-            num_rounds=cfg.num_server_rounds,
-            timeout=cfg.sampling.round_timeout,
-            train_config=train_config(cfg, lineage),
-            evaluate_config=evaluate_config(cfg, lineage),
-            evaluate_fn=evaluate_fn,
+        strategy = build_strategy(cfg)
+        if STRATEGIES.get(cfg.strategy).extra.get("needs_server_update"):
+            strategy.server_update_fn = root_update_fn(task, cfg)
+        try:
+            roster, moments = roll_call(grid, cfg)
+        except RollCallError as exc:  # stop with the silos' reason, not a later symptom
+            LOG.error("[fedsilo] %s", exc)
+            audit.record("run-aborted", round=done, reason=str(exc))
+            sinks.log_artifact(audit.path)
+            sinks.close()
+            raise
+        noisy_partitions(cfg.simulation, len(roster), cfg.seed)  # simulation.noisy-silos ≤ silos
+        seed_everything(derive_seed(cfg.seed, "init"))
+        model = task.build_model()
+        task.set_input_scaling(model, moments)
+        initial = ArrayRecord(model.state_dict())
+        strategy = central_dp(strategy, cfg, len(roster), model)
+
+        utility = utility_fn(task, cfg) if cfg.contribution.method != "none" else None
+        wrapped = wrap_strategy(strategy, cfg, roster, sinks, audit, utility)
+        evaluate_fn = server_evaluator(task, cfg, sinks, run_dir, wrapped, audit, lineage)
+        if resume is not None:  # continue after the checkpointed round, states restored
+            LOG.info("[fedsilo] resuming after round %d from %s", done, resume.source)
+            initial = resume.arrays
+            resume.restore(wrapped)
+        try:
+            result = start_rounds(
+                wrapped,
+                grid,
+                initial,
+                first_round=done + 1,
+                num_rounds=cfg.num_server_rounds,
+                timeout=cfg.sampling.round_timeout,
+                train_config=train_config(cfg, lineage),
+                evaluate_config=evaluate_config(cfg, lineage),
+                evaluate_fn=evaluate_fn,
+            )
+        except QuorumError as exc:  # end cleanly: checkpoint of the last round stays valid
+            LOG.error("[fedsilo] %s", exc)
+            audit.record("run-aborted", round=exc.server_round, reason=str(exc))
+            for path in (run_dir / "metrics.json", run_dir / "metrics.csv", audit.path):
+                sinks.log_artifact(path)
+            sinks.close()
+            raise
+        except Exception as exc:  # a crash: the audit log says why (the sinks' event hook
+            # sees it too: the Prometheus exporter stops serving), then the run fails as before
+            LOG.exception("[fedsilo] run failed")
+            audit.record("run-failed", reason=f"{type(exc).__name__}: {exc}"[:2000])
+            raise
+
+        if len(result.arrays) == 0:  # no round aggregated (e.g. DP budget spent before round 1)
+            result.arrays = initial
+        if (scorer := _layer(wrapped, ContributionScores)) is not None:
+            write_contributions(
+                run_dir, scorer.totals, cfg.contribution.method, cfg.num_server_rounds, sinks, audit
+            )
+        model_path = run_dir / "model.pt"
+        torch.save(result.arrays.to_torch_state_dict(), model_path)
+        onnx_files = export_at_end(task, result.arrays.to_torch_state_dict(), cfg, run_dir, audit)
+        audit.record(
+            "run-end", round=cfg.num_server_rounds, **{"model-sha256": update_sha256(result.arrays)}
         )
-    except QuorumError as exc:  # end cleanly: checkpoint of the last round stays valid
-        LOG.error("[fedsilo] %s", exc)
-        audit.record("run-aborted", round=exc.server_round, reason=str(exc))
-        for path in (run_dir / "metrics.json", run_dir / "metrics.csv", audit.path):
+        # The audit log last: the MLflow sink appends its model-registry decision to it when
+        # handed the model.
+        files = (model_path, *onnx_files, run_dir / "metrics.json", run_dir / "metrics.csv")
+        for path in (*files, audit.path):
             sinks.log_artifact(path)
         sinks.close()
-        raise
-    except Exception as exc:  # a crash: the audit log says why (the sinks' event hook
-        # sees it too: the Prometheus exporter stops serving), then the run fails as before
-        audit.record("run-failed", reason=f"{type(exc).__name__}: {exc}"[:2000])
-        raise
-
-    if len(result.arrays) == 0:  # no round aggregated (e.g. DP budget spent before round 1)
-        result.arrays = initial
-    if (scorer := _layer(wrapped, ContributionScores)) is not None:
-        write_contributions(
-            run_dir, scorer.totals, cfg.contribution.method, cfg.num_server_rounds, sinks, audit
+        final = result.evaluate_metrics_serverapp.get(cfg.num_server_rounds, {})
+        LOG.info(
+            "[fedsilo] done: server test %s; model saved to %s",
+            " ".join(f"{k}={v:.4f}" for k, v in final.items() if k != "num-examples"),
+            model_path,
         )
-    model_path = run_dir / "model.pt"
-    torch.save(result.arrays.to_torch_state_dict(), model_path)
-    onnx_files = export_at_end(task, result.arrays.to_torch_state_dict(), cfg, run_dir, audit)
-    audit.record(
-        "run-end", round=cfg.num_server_rounds, **{"model-sha256": update_sha256(result.arrays)}
-    )
-    # The audit log last: the MLflow sink appends its model-registry decision to it when
-    # handed the model.
-    files = (model_path, *onnx_files, run_dir / "metrics.json", run_dir / "metrics.csv")
-    for path in (*files, audit.path):
-        sinks.log_artifact(path)
-    sinks.close()
-    final = result.evaluate_metrics_serverapp.get(cfg.num_server_rounds, {})
-    LOG.info(
-        "[fedsilo] done: server test %s; model saved to %s",
-        " ".join(f"{k}={v:.4f}" for k, v in final.items() if k != "num-examples"),
-        model_path,
-    )
-    return result, run_dir
+        return result, run_dir
+    finally:
+        detach_run_log(run_log)
