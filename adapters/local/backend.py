@@ -137,6 +137,10 @@ class LocalBackend:
                 "the local backend runs the federation in the foreground and cannot --no-wait; "
                 "drop --no-wait (and run it in another terminal to keep this one free)"
             )
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            # Started in the background by a shell (`… &`), which ignores SIGINT: `fedsilo
+            # cancel` interrupts this process, so it must hear SIGINT as Ctrl-C again.
+            signal.signal(signal.SIGINT, signal.default_int_handler)
         record = LocalSubmission.start(spec.name)
         try:
             run = run_local(spec, run_dir=run_dir, on_event=on_event, log_dir=record.log_dir)

@@ -72,8 +72,9 @@ def test_logs_and_status_of_a_finished_run(spec, capsys):
 
 
 def test_cancel_interrupts_the_process_running_the_submission(spec):
-    code = (
-        "import time\n"
+    code = (  # Ctrl-C handling on, as the local backend's submit does: a shell's
+        # background job (`pytest … &`) starts with SIGINT ignored
+        "import signal, time\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "try:\n print('up', flush=True)\n time.sleep(120)\nexcept KeyboardInterrupt:\n"
         " raise SystemExit(3)"
     )
@@ -90,6 +91,7 @@ def test_cancel_interrupts_the_process_running_the_submission(spec):
         assert backend.status(spec, None).statuses == {"federation": "interrupted"}
     finally:
         runner.kill()
+        runner.wait()  # reaped: no zombie left for the next test's process checks
 
 
 def test_the_local_backend_does_not_depend_on_azureml():

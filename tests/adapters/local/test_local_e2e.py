@@ -70,6 +70,22 @@ class _Ports:
         return port
 
 
+def _running_children(*words: str) -> list[list[str]]:
+    """Command lines of this process's live descendants that mention any of ``words``
+    (zombies, which another test may leave until reaped, and processes gone meanwhile
+    are not running)."""
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                cmdline = p.cmdline()
+                if any(w in part for part in cmdline for w in words):
+                    found.append(cmdline)
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
 def test_submit_local_matches_the_simulation(tmp_path):
     """``fedsilo submit SPEC --backend local`` (3 silos, 2 rounds) and the simulation with the
     same overrides and 3 nodes, side by side: every server metric of every round agrees."""
@@ -110,11 +126,8 @@ def test_submit_local_matches_the_simulation(tmp_path):
     assert [r["replies"] for r in train] == [3, 3]
     assert f"accuracy={local_server[-1]['accuracy']:.4f}" in result.output
     # Everything the local backend started (children of this process) is gone.
-    left = [
-        p for p in psutil.Process().children(recursive=True)
-        if any("flower" in part or "flwr" in part for part in p.cmdline())
-    ]  # fmt: skip
-    assert not left, [p.cmdline() for p in left]
+    left = _running_children("flower", "flwr")
+    assert not left, left
     # The submission was recorded: its status and every process's log are there afterwards.
     status = CliRunner().invoke(app, ["status", str(spec_path), "-b", "local"])
     assert status.exit_code == 0 and "finished:completed" in status.output, status.output
@@ -255,9 +268,5 @@ def test_two_of_five_supernodes_sigkilled_mid_run_come_back_and_the_run_complete
     silo_rows = json.loads((run_dir / "silo_metrics.json").read_text())
     per_silo = {(r["round"], r["partition-id"]) for r in silo_rows if r["phase"] == "train"}
     assert per_silo == {(r, p) for r, parts in trained.items() for p in parts}
-    left = [
-        p for p in psutil.Process().children(recursive=True)
-        if any("flower" in part or "flwr" in part or "adapters.supernode" in part
-               for part in p.cmdline())
-    ]  # fmt: skip
-    assert not left, [p.cmdline() for p in left]
+    left = _running_children("flower", "flwr", "adapters.supernode")
+    assert not left, left

@@ -4,6 +4,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from adapters.mlflow import MlflowSink, MlflowUnavailableError
+from fl_app import RUN_INFO_KEYS, VERSION
 from fl_app.client_app import app as client_app
 from fl_app.config import RunConfig
 from fl_app.federation import run_federation
@@ -33,7 +34,8 @@ def test_federation_is_tracked_with_parent_and_silo_runs(mlflow_server, tmp_path
     assert parent.info.run_name == run_dir.name and parent.info.status == "FINISHED"
     assert parent.data.params["strategy"] == "robust-median"
     assert parent.data.params["config-hash"] == cfg.fingerprint()
-    assert len(parent.data.params) == len(cfg.to_flower()) + 1
+    assert parent.data.params["fedsilo-version"] == VERSION
+    assert len(parent.data.params) == len(cfg.to_flower()) + len(RUN_INFO_KEYS)
 
     # Every metric at every step: server metrics for rounds 0..3, client metrics for 1..3.
     server_acc = client.get_metric_history(parent.info.run_id, "server/accuracy")
