@@ -17,6 +17,7 @@ import os
 import secrets
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -137,9 +138,11 @@ class LocalBackend:
                 "the local backend runs the federation in the foreground and cannot --no-wait; "
                 "drop --no-wait (and run it in another terminal to keep this one free)"
             )
-        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
             # Started in the background by a shell (`… &`), which ignores SIGINT: `fedsilo
-            # cancel` interrupts this process, so it must hear SIGINT as Ctrl-C again.
+            # cancel` interrupts this process, so it must hear SIGINT as Ctrl-C again (a
+            # handler can only be set from the main thread; a caller's thread keeps its own).
             signal.signal(signal.SIGINT, signal.default_int_handler)
         record = LocalSubmission.start(spec.name)
         try:
