@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 
 from fl_app import RUN_INFO_KEYS
 from fl_app.audit import read_audit_log
+from fl_app.sinks import metric_value
 from tasks import get_task
 
 __all__ = [
@@ -87,12 +87,6 @@ def _rows(run_dir: Path) -> list[dict[str, Any]]:
     return _json(run_dir / "metrics.json") or []
 
 
-def _finite(value: Any) -> float | None:
-    if isinstance(value, int | float) and math.isfinite(value):
-        return float(value)
-    return None
-
-
 def find_runs(root: Path) -> list[Path]:
     """Run directories directly under ``root`` (those with a ``config.json``), newest first
     (their names start with the start time)."""
@@ -127,7 +121,10 @@ def summarize(run_dir: Path) -> RunSummary:
     metric = main_metric(task)
     rows = _rows(run_dir)
     server = [r for r in rows if r.get("phase") == "server" and r.get("round", 0) > 0]
-    epsilons = [e for r in rows if r.get("phase") == "train" and (e := _finite(r.get("epsilon")))]
+    epsilons = [
+        e for r in rows
+        if r.get("phase") == "train" and (e := metric_value(r.get("epsilon"))) is not None
+    ]  # fmt: skip
     events = read_audit_log(run_dir / "audit.jsonl") if (run_dir / "audit.jsonl").is_file() else []
     failed = [e for e in events if e.get("event") in ("run-failed", "run-aborted")]
     if failed:  # a crash, or the quorum lost beyond sampling.round-retries
@@ -145,7 +142,7 @@ def summarize(run_dir: Path) -> RunSummary:
         rounds_planned=int(params.get("num-server-rounds", 0)),
         rounds_done=max((int(r["round"]) for r in server), default=0),
         metric=metric,
-        value=_finite(server[-1].get(metric)) if server else None,
+        value=metric_value(server[-1].get(metric)) if server else None,
         epsilon=epsilons[-1] if epsilons else None,
         status=status,
         reason=reason,
@@ -162,12 +159,12 @@ def round_table(run_dir: Path) -> list[dict[str, Any]]:
         row = by_round.setdefault(int(r.get("round", 0)), {"round": int(r.get("round", 0))})
         phase = r.get("phase")
         if phase == "server":
-            row[metric], row["loss"] = _finite(r.get(metric)), _finite(r.get("loss"))
+            row[metric], row["loss"] = metric_value(r.get(metric)), metric_value(r.get("loss"))
         elif phase == "evaluate":
-            row["silo-min"] = _finite(r.get(f"silo-{metric}-min"))
-            row["silo-median"] = _finite(r.get(f"silo-{metric}-median"))
+            row["silo-min"] = metric_value(r.get(f"silo-{metric}-min"))
+            row["silo-median"] = metric_value(r.get(f"silo-{metric}-median"))
         elif phase == "train":
-            row["epsilon"] = _finite(r.get("epsilon"))
+            row["epsilon"] = metric_value(r.get("epsilon"))
     keys = ("round", metric, "loss", "silo-min", "silo-median", "epsilon")
     return [{k: row.get(k) for k in keys} for _, row in sorted(by_round.items())]
 
@@ -247,5 +244,5 @@ def compare_runs(
         finals.append(server[-1] if server else {})
     skip = {"round", "phase", "num-examples", "round-seconds", "dp-private"}
     names: Sequence[str] = [k for k in dict.fromkeys([*finals[0], *finals[1]]) if k not in skip]
-    deltas = [(k, _finite(finals[0].get(k)), _finite(finals[1].get(k))) for k in names]
+    deltas = [(k, metric_value(finals[0].get(k)), metric_value(finals[1].get(k))) for k in names]
     return diff, deltas

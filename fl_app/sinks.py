@@ -166,6 +166,15 @@ class EventSink(Protocol):
         ``audit.jsonl``; see :mod:`fl_app.audit`) once it is written."""
 
 
+def metric_value(value: Any) -> float | None:
+    """A logged metric as a finite float; ``None`` for NaN/Inf, booleans and non-numbers
+    (the exporter, run inspection and the MLflow run list read metrics through it)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def _json_number(value: Any) -> Any:
     """NaN/Inf → ``None`` (JSON has no NaN)."""
     return None if isinstance(value, float) and not math.isfinite(value) else value

@@ -8,12 +8,11 @@ the run config, its metrics ``<phase>/<name>`` per round; the silos' nested runs
 
 from __future__ import annotations
 
-import math
-
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fl_app.runs import RunSummary, main_metric
+from fl_app.sinks import metric_value
 
 __all__ = ["mlflow_runs"]
 
@@ -55,8 +54,8 @@ def mlflow_runs(tracking_uri: str, experiment: str = "fedsilo") -> list[RunSumma
                 rounds_planned=int(params.get("num-server-rounds", 0)),
                 rounds_done=max((m.step for m in history), default=0),
                 metric=metric,
-                value=value if value is not None and math.isfinite(value) else None,
-                epsilon=epsilon if epsilon is not None and math.isfinite(epsilon) else None,
+                value=metric_value(value),
+                epsilon=metric_value(epsilon),
                 status=STATUS.get(run.info.status, run.info.status.lower()),
             )
         )

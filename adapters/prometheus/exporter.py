@@ -24,7 +24,6 @@ the alert rules' and the dashboard's checks read it.
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Mapping
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from fl_app import LOG, VERSION
+from fl_app.sinks import metric_value
 from fl_core.errors import ConfigError
 from strategies.wrappers import REPLY_SECONDS_KEY
 
@@ -156,13 +156,6 @@ def build_collectors(registry: CollectorRegistry) -> dict[str, Gauge | Counter]:
         else:
             out[spec.name] = Gauge(spec.name, spec.help, spec.labels, registry=registry)
     return out
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 class _ScrapeClock:
@@ -307,7 +300,7 @@ class PrometheusSink:
             self._touch()
 
     def _log_metrics(self, server_round: int, phase: str, metrics: Mapping[str, float]) -> None:
-        values = {k: v for k, raw in metrics.items() if (v := _number(raw)) is not None}
+        values = {k: v for k, raw in metrics.items() if (v := metric_value(raw)) is not None}
         m = self.m
         if phase == "server":
             for key, value in values.items():
@@ -355,7 +348,7 @@ class PrometheusSink:
             self._touch()
 
     def _log_silo(self, server_round: int, phase: str, pid: str, metrics) -> None:
-        values = {k: v for k, raw in metrics.items() if (v := _number(raw)) is not None}
+        values = {k: v for k, raw in metrics.items() if (v := metric_value(raw)) is not None}
         m = self.m
         if phase == "selection":
             self._begin_round(server_round)
