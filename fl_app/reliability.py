@@ -114,6 +114,11 @@ class Rejections:
         self.clipped.clear()
 
 
+def _audited(event: Rejection) -> dict[str, Any]:
+    """A rejected or clipped update as the audit log records it."""
+    return {"node-id": event.node_id, "partition-id": event.partition_id, "reason": event.reason}
+
+
 class ReliableRounds(StrategyWrapper):
     """Quorum, retries, payload limit and audit around a round (see module doc).
 
@@ -308,14 +313,8 @@ class ReliableRounds(StrategyWrapper):
             self.audit.record(
                 "train",
                 **entry,
-                rejected=[
-                    {"node-id": r.node_id, "partition-id": r.partition_id, "reason": r.reason}
-                    for r in self.rejections
-                ],
-                clipped=[
-                    {"node-id": r.node_id, "partition-id": r.partition_id, "reason": r.reason}
-                    for r in self.rejections.clipped
-                ],
+                rejected=[_audited(r) for r in self.rejections],
+                clipped=[_audited(r) for r in self.rejections.clipped],
                 outcome="aggregated" if arrays is not None else "model-unchanged",
                 epsilon=(
                     float(metrics[EPSILON_KEY])
