@@ -35,18 +35,21 @@ RESOURCE_GROUP = "rg-fedsilo"
 WORKSPACE = "mlw-fedsilo"
 
 
+def orchestrator_block(code: str, *extra: str) -> str:
+    """The spec's ``orchestrator`` block in this test workspace with ``code`` (a directory
+    or a code asset) and ``extra`` lines (``key: value``)."""
+    lines = [
+        f"subscription_id: {SUBSCRIPTION}", f"resource_group: {RESOURCE_GROUP}",
+        f"workspace: {WORKSPACE}", "compute: cpu-orchestrator", f"code: {code}", *extra,
+    ]  # fmt: skip
+    return "orchestrator:\n" + "".join(f"  {line}\n" for line in lines)
+
+
 def spec_text(**overrides: str) -> str:
     """A valid 3-silo spec as YAML; ``overrides`` replace whole top-level blocks."""
     blocks = {
         "name": "name: fed-test",
-        "orchestrator": (
-            "orchestrator:\n"
-            f"  subscription_id: {SUBSCRIPTION}\n"
-            f"  resource_group: {RESOURCE_GROUP}\n"
-            f"  workspace: {WORKSPACE}\n"
-            "  compute: cpu-orchestrator\n"
-            f"  code: {REPO_ROOT}\n"
-        ),
+        "orchestrator": orchestrator_block(str(REPO_ROOT)),
         "silos": (
             "silos:\n"
             "  - name: hospital-a\n"
@@ -168,13 +171,7 @@ class RecordingTransport(HttpTransport):
             return code
         env = re.search(r"/environments/([^/]+)/versions/([^/]+)$", rec.path)
         if env and rec.method == "PUT":
-            answer = json.loads(json.dumps(rec.body))
-            answer.update(
-                id=rec.path,
-                name=env.group(2),
-                type="Microsoft.MachineLearningServices/workspaces/environments/versions",
-            )
-            return 201, answer
+            return 201, self._version(rec, "environments")
         return 404, {"error": {"code": "NotFound", "message": f"no canned answer for {rec.path}"}}
 
     def _answer_code(self, rec: Recorded) -> tuple[int, Any] | None:
@@ -203,19 +200,24 @@ class RecordingTransport(HttpTransport):
             return 200, {"value": found}
         version = re.search(r"/codes/([^/]+)/versions/([^/]+)$", rec.path)
         if version and rec.method == "PUT":
-            answer = json.loads(json.dumps(rec.body))
-            answer.update(
-                id=rec.path,
-                name=version.group(2),
-                type="Microsoft.MachineLearningServices/workspaces/codes/versions",
-            )
-            self.codes[rec.path] = answer
-            return 201, answer
+            self.codes[rec.path] = self._version(rec, "codes")
+            return 201, self.codes[rec.path]
         if version and rec.method == "GET":
             if rec.path not in self.codes:
                 return 404, {"error": {"code": "NotFound", "message": f"{rec.path} not found"}}
             return 200, self.codes[rec.path]
         return None
+
+    @staticmethod
+    def _version(rec: Recorded, kind: str) -> dict[str, Any]:
+        """A PUT asset version as ARM returns it: the body with its id, name and type."""
+        answer = json.loads(json.dumps(rec.body))
+        answer.update(
+            id=rec.path,
+            name=rec.path.rsplit("/", 1)[-1],
+            type=f"Microsoft.MachineLearningServices/workspaces/{kind}/versions",
+        )
+        return answer
 
     @staticmethod
     def _response(request: Any, status: int, payload: Any) -> Any:

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 from azure.storage.blob import ContainerClient, ContainerSasPermissions, generate_container_sas
-from azureml_testkit import REPO_ROOT, RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE
+from azureml_testkit import (
+    REPO_ROOT,
+    RESOURCE_GROUP,
+    SUBSCRIPTION,
+    WORKSPACE,
+    orchestrator_block,
+)
 
 from adapters.azureml.client import AzureMLClient
 from adapters.azureml.spec import load_spec
@@ -97,18 +103,7 @@ def test_code_directory_is_uploaded_once_without_outputs_caches_or_keys(
     project = _project(tmp_path, ignore_files)
     if ".amlignore" in ignore_files:  # git's data: only the .amlignore leaves it out
         (project / ".git").write_text("gitdir: /somewhere/else\n")
-    spec = load_spec(
-        write_spec(
-            orchestrator=(
-                "orchestrator:\n"
-                f"  subscription_id: {SUBSCRIPTION}\n"
-                f"  resource_group: {RESOURCE_GROUP}\n"
-                f"  workspace: {WORKSPACE}\n"
-                "  compute: cpu-orchestrator\n"
-                f"  code: {project}\n"
-            )
-        )
-    )
+    spec = load_spec(write_spec(orchestrator=orchestrator_block(str(project))))
     transport.upload_container_sas_url = upload_container
     client = AzureMLClient(
         spec, credential, transport=transport, enable_telemetry=False, show_progress=False
