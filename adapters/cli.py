@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -45,6 +45,7 @@ from fl_app.runs import (
     round_table,
     summarize,
 )
+from fl_core.progress import Progress, Update
 
 if TYPE_CHECKING:
     from adapters.azureml.spec import FederationSpec as AzureFederationSpec
@@ -192,6 +193,25 @@ def _status_table(statuses: dict[str, str]) -> Table:
     return table
 
 
+ProgressOpt = Annotated[
+    bool,
+    typer.Option(
+        "--progress",
+        help="Progress bar on stderr even when it is not a terminal (on a terminal it is on "
+        "anyway; elsewhere one line per step or status change).",
+    ),
+]
+
+
+def _progress(total: int | None, what: str, forced: bool) -> Progress:
+    """What a long command shows: a bar on a terminal (or ``--progress``), else plain lines
+    on stdout with the other output."""
+    return Progress(
+        total, what, bar=True if forced else None,
+        emit=lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True),
+    )  # fmt: skip
+
+
 @app.command()
 def submit(
     spec_path: SpecArg,
@@ -206,20 +226,31 @@ def submit(
     poll: Annotated[
         float, typer.Option(help="Seconds between status polls (backends watching jobs).")
     ] = 30.0,
+    progress: ProgressOpt = False,
 ) -> None:
-    """Run the federation on a backend: AzureML jobs, local processes on loopback, ..."""
+    """Run the federation on a backend: AzureML jobs, local processes on loopback, ...
+
+    While it waits, the jobs' or the rounds' status is shown (with elapsed time, and an
+    ETA once the rounds are known)."""
     runner = _backend(backend)
     spec = _spec(spec_path, runner)
 
-    def on_event(message: str) -> None:
-        console.print(message, highlight=False, markup=False, soft_wrap=True)
+    with _progress(None, "waiting", progress) as shown:
 
-    try:
-        result = runner.submit(spec, wait=wait, run_dir=run_dir, on_event=on_event, poll=poll)
-    except BackendError as exc:
-        _fail(str(exc))
-    except KeyboardInterrupt:
-        _fail(f"interrupted; see `fedsilo status {spec_path} --backend {backend}`", code=130)
+        def on_event(message: str) -> None:
+            if isinstance(message, Update):  # a status: the bar (or a line when it changed)
+                shown.status(message, message.done, message.total)
+            else:
+                shown.write(message)
+
+        try:
+            result = runner.submit(spec, wait=wait, run_dir=run_dir, on_event=on_event, poll=poll)
+        except BackendError as exc:
+            shown.close()
+            _fail(str(exc))
+        except KeyboardInterrupt:
+            shown.close()
+            _fail(f"interrupted; see `fedsilo status {spec_path} --backend {backend}`", code=130)
     for line in result.summary:
         console.print(line, highlight=False, markup=False, soft_wrap=True)
     if result.ok is False:
@@ -397,10 +428,11 @@ def provision(
     write_spec: Annotated[
         Path | None, typer.Option("--write-spec", help="Write the (sandbox) spec YAML here.")
     ] = None,
+    progress: ProgressOpt = False,
 ) -> None:
     """Create the spec's Azure infrastructure: resource group, workspace, per-silo storage,
     identity, compute, datastore and role assignment (idempotent; see docs/provisioning.md)."""
-    from adapters.azureml.provision import Provisioner, ProvisionError
+    from adapters.azureml.provision import Provisioner
 
     spec = _provision_spec(spec_path, sandbox, subscription, name)
     if write_spec is not None:
@@ -426,15 +458,7 @@ def provision(
         console.print("dry run: nothing was created", highlight=False)
         return
     provisioner = Provisioner(spec, **_provision_kwargs())
-    try:
-        done = provisioner.apply(
-            plan,
-            on_step=lambda step, outcome: console.print(
-                f"{outcome:<8} {step.kind:<16} {step.name}", highlight=False
-            ),
-        )
-    except ProvisionError as exc:
-        _fail(str(exc))
+    done = _steps("provision", plan, provisioner.apply, progress)
     created = sum(1 for _, outcome in done if outcome == "created")
     console.print(
         f"[green]✓[/] {created} created, {len(done) - created} already there", highlight=False
@@ -448,10 +472,11 @@ def teardown(
     subscription: SubscriptionOpt = None,
     name: NameOpt = "fedsilo-sandbox",
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    progress: ProgressOpt = False,
 ) -> None:
     """Delete what `provision` created for the spec (only resources tagged with the
     federation's name; role assignments by their deterministic names)."""
-    from adapters.azureml.provision import Provisioner, ProvisionError
+    from adapters.azureml.provision import Provisioner, build_plan
 
     spec = _provision_spec(spec_path, sandbox, subscription, name)
     if not yes and not typer.confirm(
@@ -460,19 +485,32 @@ def teardown(
     ):
         _fail("cancelled; nothing was deleted")
     provisioner = Provisioner(spec, **_provision_kwargs())
-    try:
-        done = provisioner.teardown(
-            on_step=lambda step, outcome: console.print(
-                f"{outcome:<8} {step.kind:<16} {step.name}", highlight=False
-            )
-        )
-    except ProvisionError as exc:
-        _fail(str(exc))
+    done = _steps("teardown", build_plan(spec), provisioner.teardown, progress)
     deleted = sum(1 for _, outcome in done if outcome == "deleted")
     kept = [f"{s.kind} {s.name}" for s, outcome in done if outcome == "kept"]
     console.print(f"[green]✓[/] {deleted} deleted", highlight=False)
     if kept:
         console.print(f"kept (not created by fedsilo): {', '.join(kept)}", highlight=False)
+
+
+def _steps(what: str, plan: list[Any], run: Callable[..., T], forced: bool) -> T:
+    """``run(plan, on_step=...)`` (provision or teardown) with each step counted: its line
+    above the bar on a terminal, in the plain progress line elsewhere; an Azure error ends
+    the command with its message."""
+    from adapters.azureml.provision import ProvisionError
+
+    with _progress(len(plan), what, forced) as shown:
+
+        def on_step(step: Any, outcome: str) -> None:
+            if shown.bar:
+                shown.write(f"{outcome:<8} {step.kind:<16} {step.name}")
+            shown.advance(f"{outcome} {step.kind} {step.name}")
+
+        try:
+            return run(plan, on_step=on_step)
+        except ProvisionError as exc:
+            shown.close()
+            _fail(str(exc))
 
 
 def _provision_kwargs() -> dict:

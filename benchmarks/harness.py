@@ -63,6 +63,7 @@ from benchmarks.provenance import (
     guard_docs_write,
 )
 from fl_app.legacy import LEGACY_KEYS
+from fl_core.progress import Progress
 
 __all__ = [
     "BENCH_ENV",
@@ -203,6 +204,12 @@ def common_parser(
         common.add_argument(
             *option_flags, **{**kwargs, "default": spec.default, "help": spec.help, **spec.kwargs}
         )
+    if workers is not OFF:  # runs many federations through run_workers
+        common.add_argument(
+            "--progress", action="store_true",
+            help="Progress bar (done/total, elapsed, ETA) on stderr even when it is not a "
+            "terminal (on a terminal it is on anyway; elsewhere one log line per finished run).",
+        )  # fmt: skip
     if allow_dirty:
         add_allow_dirty_flag(common)
     return common
@@ -650,16 +657,47 @@ def run_workers(
     initializer: Callable[[], Any] | None = None,
     inline: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
     on_error: Callable[[Any, BaseException], Any] | None = None,
+    progress: bool = False,
+    what: str = "runs",
 ) -> Iterator[tuple[Any, Any]]:
     """``(item, fn(item))`` for every item: with ``workers`` > 1 from a pool of that many
     spawned processes (each set up by ``initializer``, e.g. :func:`prepare_worker`) as the
     calls finish; else in this process, in order, inside the ``inline()`` context.
+
+    Progress (done/total, elapsed, ETA) of ``what`` goes to stderr: a bar when stderr is a
+    terminal or ``progress`` (``--progress``) is set, else one log line per finished call.
 
     The pool is ``concurrent.futures``' rather than ``multiprocessing.Pool``: when a worker
     dies (killed from outside), ``Pool`` replaces it and waits forever for its task; here
     its pending calls fail, and ``on_error(item, exception)`` gives their result (without
     it the exception is raised). When the caller stops early (an exception, ``SIGTERM``
     turned into ``SystemExit``), pending calls are cancelled and the workers terminated."""
+    items = list(items)
+    calls = _run_calls(fn, items, workers, initializer, inline, on_error)
+    with (
+        contextlib.closing(calls),  # an early stop reaches the pool at once
+        Progress(len(items), what, bar=True if progress else None, emit=logging.info) as shown,
+    ):
+        for item, result in calls:
+            shown.advance(_describe(item))
+            yield item, result
+
+
+def _describe(item: Any) -> str:
+    """A short name of a work item for the progress note."""
+    key = getattr(item, "key", item)
+    text = " ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _run_calls(
+    fn: Callable[[Any], Any],
+    items: list[Any],
+    workers: int,
+    initializer: Callable[[], Any] | None,
+    inline: Callable[[], contextlib.AbstractContextManager[Any]] | None,
+    on_error: Callable[[Any, BaseException], Any] | None,
+) -> Iterator[tuple[Any, Any]]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 

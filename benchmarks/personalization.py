@@ -237,8 +237,9 @@ def main(argv: list[str] | None = None) -> None:
     items = cells(args.tasks, args.alphas, args.methods, args.seeds, args.rounds)
     runs = []
     for item, result in harness.run_workers(
-        run_one, items, workers=args.workers, initializer=harness.quiet_worker, inline=None
-    ):
+        run_one, items, workers=args.workers, initializer=harness.quiet_worker, inline=None,
+        progress=args.progress,
+    ):  # fmt: skip
         logging.info("%s α=%s %s seed=%d: mean %s worst %s (%s)", *item[:4],
                      result["mean"], result["worst"], result["model"])  # fmt: skip
         runs.append(result)

@@ -456,10 +456,11 @@ def run_grid(
     *,
     workers: int = 2,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Run ``cells`` (in a spawn pool of ``workers`` processes, or in this process when
     ``workers <= 1``), each distinct federation once; ``on_row`` sees each row as it is
-    done. Returns the rows in ``cells`` order."""
+    done; ``progress`` forces the progress bar. Returns the rows in ``cells`` order."""
     by_run: dict[Any, list[Cell]] = {}
     for cell in cells:
         by_run.setdefault(cell.run_key, []).append(cell)
@@ -479,7 +480,7 @@ def run_grid(
     # as errors (and rerun by --resume).
     for cell, row in harness.run_workers(
         run_cell, unique, workers=workers, initializer=prepare_process, inline=_inline,
-        on_error=_error_row,
+        on_error=_error_row, progress=progress, what="federations",
     ):  # fmt: skip
         done(row, cell)
     return [rows[c.key] for c in cells if c.key in rows]
@@ -1374,7 +1375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  row["task"], row["mode"], row["epsilon_label"], status, row["seconds"],
                  clock.seconds)  # fmt: skip
 
-    run_grid(todo, workers=args.workers, on_row=on_row)
+    run_grid(todo, workers=args.workers, on_row=on_row, progress=args.progress)
     rows = rows_so_far()
     meta["complete"] = len(rows) == len(cells) and not any(r["error"] for r in rows)
     meta["wall-seconds"] = round(clock.seconds, 1)

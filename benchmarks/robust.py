@@ -423,10 +423,11 @@ def run_matrix(
     *,
     workers: int = 2,
     on_row: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Run ``cells`` (in a spawn pool of ``workers`` processes, or in this process when
-    ``workers <= 1``); ``on_row`` sees each row as soon as it is done. Returns the rows
-    in ``cells`` order."""
+    ``workers <= 1``); ``on_row`` sees each row as soon as it is done; ``progress`` forces
+    the progress bar. Returns the rows in ``cells`` order."""
     by_key: dict[tuple[str, str, str], dict[str, Any]] = {}
 
     def done(row: dict[str, Any]) -> None:
@@ -436,8 +437,9 @@ def run_matrix(
 
     order = cells if workers <= 1 else _interleave(cells)
     for _, row in harness.run_workers(
-        run_cell, order, workers=workers, initializer=prepare_process, inline=quiet_process
-    ):
+        run_cell, order, workers=workers, initializer=prepare_process, inline=quiet_process,
+        progress=progress, what="cells",
+    ):  # fmt: skip
         done(row)
     return [by_key[c.key] for c in cells if c.key in by_key]
 
@@ -1825,7 +1827,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # On SIGTERM, unwind normally so that the finished cells are rendered too.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     try:
-        run_matrix(todo, workers=args.workers, on_row=on_row)
+        run_matrix(todo, workers=args.workers, on_row=on_row, progress=args.progress)
     finally:
         rows = rows_so_far()
         complete = all(c.key in done for c in cells)

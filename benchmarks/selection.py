@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     for item, result in harness.run_workers(
         run_one, items, workers=args.workers,
-        initializer=harness.quiet_worker, inline=None,
+        initializer=harness.quiet_worker, inline=None, progress=args.progress,
     ):  # fmt: skip
         logging.info("%s quality=%s seed=%d: final %.4f, %.1f sim s", item[0], item[1],
                      item[3], result["accuracy"][-1], sum(result["sim-seconds"]))  # fmt: skip

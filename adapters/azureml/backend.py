@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.azureml.spec import FederationSpec
 from adapters.backends import Submission, register_backend
+from fl_core.progress import Update
 
 if TYPE_CHECKING:
     from adapters.azureml.client import AzureMLClient
@@ -62,7 +63,7 @@ class AzureMLBackend:
         def on_status(statuses: dict[str, str]) -> None:
             if not seen or seen[-1] != statuses:
                 seen.append(dict(statuses))
-                notify(" ".join(f"{role}={status}" for role, status in statuses.items()))
+                notify(Update(" ".join(f"{role}={status}" for role, status in statuses.items())))
 
         result.statuses = client.wait(record, poll=poll, on_status=on_status)
         result.ok = result.statuses.get("serverapp") == "Completed"

@@ -39,6 +39,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -69,6 +70,7 @@ from fl_app.local_run import (
     _last_run_status,
     stop_process_tree,
 )
+from fl_core.progress import Update
 
 __all__ = ["LocalFederationError", "LocalRun", "LocalSecurity", "SiloFailedError", "run_local"]
 
@@ -131,6 +133,29 @@ class _Proc:
             self.log_file.flush()
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
         return "\n".join(text.splitlines()[-tail:]) if tail else text
+
+
+_ROUND_LINE = re.compile(r"\[ROUND (\d+)/(\d+)\]")
+
+
+class _RoundWatch:
+    """The round the ServerApp is in, from Flower's ``[ROUND k/N]`` lines in the streamed
+    log of ``flwr run`` (reading only what was written since the last look)."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path, self.offset = log_path, 0
+        self.current: tuple[int, int] | None = None
+
+    def poll(self) -> tuple[int, int] | None:
+        """The newest ``(k, N)`` seen so far, or ``None``."""
+        with self.log_path.open("rb") as log:
+            log.seek(self.offset)
+            chunk = log.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits
+        self.offset += len(complete)
+        for match in _ROUND_LINE.finditer(complete.decode("utf-8", errors="replace")):
+            self.current = (int(match.group(1)), int(match.group(2)))
+        return self.current
 
 
 def _start(
@@ -493,7 +518,11 @@ def run_local(
             free_port,
             on_event or (lambda _message: None),
         )
+        rounds, shown = _RoundWatch(flwr.log_path), None
         while flwr.popen.poll() is None:
+            if (seen := rounds.poll()) != shown and seen is not None:
+                shown = seen  # e.g. "round 2/5": one finished of five
+                notify(Update(f"round {seen[0]}/{seen[1]}", done=seen[0] - 1, total=seen[1]))
             if spec.supernode.restart:
                 supervisor.poll()
             else:
@@ -505,7 +534,11 @@ def run_local(
             time.sleep(1.0)
         output = flwr.log()
         status: dict[str, Any] = _last_run_status(env)
-        notify(f"run {status.get('status', 'unknown')}")
+        total = cfg.num_server_rounds
+        finished = total if status.get("status") == "finished:completed" else None
+        if finished is None and shown is not None:
+            finished = shown[0] - 1
+        notify(Update(f"run {status.get('status', 'unknown')}", done=finished, total=total))
 
         created = sorted(
             (p.parent for p in out_root.glob("*/config.json") if p.parent not in before),

@@ -4,6 +4,7 @@ sleep (on a virtual clock: exact, no wall-clock timing) and a known allocation."
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import subprocess
@@ -265,3 +266,29 @@ def test_json_safe_replaces_nan_and_optionally_infinity():
     value = {"a": [1.0, math.nan, (math.inf, -math.inf)], 2: {"b": math.nan}}
     assert harness.json_safe(value) == {"a": [1.0, None, [None, None]], "2": {"b": None}}
     assert harness.json_safe(value, infinity=True)["a"][2] == [math.inf, -math.inf]
+
+
+def test_workers_show_their_progress_as_log_lines_or_as_a_bar(capsys, caplog):
+    """stderr is not a terminal under pytest: one log line per finished call (done/total,
+    elapsed, ETA); ``progress=True`` (``--progress``) draws the bar on stderr instead."""
+    with caplog.at_level(logging.INFO):
+        done = list(harness.run_workers(math.sqrt, [4, 9, 16], workers=1, what="cells"))
+    assert [result for _, result in done] == [2.0, 3.0, 4.0]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("cells ")]
+    assert [line.split(",")[0] for line in lines] == ["cells 1/3", "cells 2/3", "cells 3/3"]
+    assert all(" elapsed" in line for line in lines)
+    assert "ETA 0:00:00: 4" in lines[0] and lines[-1].endswith(": 16")
+    assert "\r" not in capsys.readouterr().err  # no bar drawn in a log
+
+    caplog.clear()
+    list(harness.run_workers(math.sqrt, [4, 9], workers=1, progress=True, what="cells"))
+    err = capsys.readouterr().err
+    assert "cells: 100%" in err and "2/2" in err and "\r" in err
+    assert not [r for r in caplog.records if r.getMessage().startswith("cells ")]
+
+
+def test_the_benchmarks_that_run_many_federations_take_progress():
+    parser = harness.parser("A benchmark.", workers=harness.opt(2, "workers"))
+    assert parser.parse_args(["--progress"]).progress is True
+    assert parser.parse_args([]).progress is False
+    assert "--progress" not in harness.parser("No pool.").format_help()

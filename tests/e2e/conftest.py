@@ -101,7 +101,7 @@ class Deployment:
         self.procs.append(proc)
         return proc
 
-    def flwr_run(self, overrides: dict[str, Any]) -> _Proc:
+    def flwr_run(self, overrides: dict[str, Any], project: Path = PROJECT_DIR) -> _Proc:
         """``flwr run <project> <connection> --stream`` with ``overrides`` (not waited for);
         a warm deployment's ServerApp polls its replies promptly unless they say otherwise."""
         if self.executor == "warm":
@@ -109,7 +109,7 @@ class Deployment:
         self.runs += 1
         return self._start(
             f"flwr-run-{self.runs}",
-            ["flwr", "run", str(PROJECT_DIR), FLWR_CONNECTION, "--stream",
+            ["flwr", "run", str(project), FLWR_CONNECTION, "--stream",
              "--run-config", run_config_arg(overrides)],
         )  # fmt: skip
 

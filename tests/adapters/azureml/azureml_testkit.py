@@ -35,18 +35,21 @@ RESOURCE_GROUP = "rg-fedsilo"
 WORKSPACE = "mlw-fedsilo"
 
 
+def orchestrator_block(code: str, *extra: str) -> str:
+    """The spec's ``orchestrator`` block in this test workspace with ``code`` (a directory
+    or a code asset) and ``extra`` lines (``key: value``)."""
+    lines = [
+        f"subscription_id: {SUBSCRIPTION}", f"resource_group: {RESOURCE_GROUP}",
+        f"workspace: {WORKSPACE}", "compute: cpu-orchestrator", f"code: {code}", *extra,
+    ]  # fmt: skip
+    return "orchestrator:\n" + "".join(f"  {line}\n" for line in lines)
+
+
 def spec_text(**overrides: str) -> str:
     """A valid 3-silo spec as YAML; ``overrides`` replace whole top-level blocks."""
     blocks = {
         "name": "name: fed-test",
-        "orchestrator": (
-            "orchestrator:\n"
-            f"  subscription_id: {SUBSCRIPTION}\n"
-            f"  resource_group: {RESOURCE_GROUP}\n"
-            f"  workspace: {WORKSPACE}\n"
-            "  compute: cpu-orchestrator\n"
-            f"  code: {REPO_ROOT}\n"
-        ),
+        "orchestrator": orchestrator_block(str(REPO_ROOT)),
         "silos": (
             "silos:\n"
             "  - name: hospital-a\n"
@@ -107,6 +110,11 @@ class RecordingTransport(HttpTransport):
     fail: dict[str, tuple[int, str]] = field(default_factory=dict)  # path regex -> (code, msg)
     requests: list[Recorded] = field(default_factory=list)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Code upload (`code: <directory>`): the container URL with a SAS that
+    # ``startPendingUpload`` hands out (e.g. a container on Azurite), and the code versions
+    # registered so far by ARM path.
+    upload_container_sas_url: str | None = None
+    codes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def open(self) -> None:
         pass
@@ -158,16 +166,58 @@ class RecordingTransport(HttpTransport):
             return 200, answer
         if re.search(r"/jobs/[^/]+/cancel$", rec.path) and rec.method == "POST":
             return 200, {}
+        code = self._answer_code(rec)
+        if code is not None:
+            return code
         env = re.search(r"/environments/([^/]+)/versions/([^/]+)$", rec.path)
         if env and rec.method == "PUT":
-            answer = json.loads(json.dumps(rec.body))
-            answer.update(
-                id=rec.path,
-                name=env.group(2),
-                type="Microsoft.MachineLearningServices/workspaces/environments/versions",
-            )
-            return 201, answer
+            return 201, self._version(rec, "environments")
         return 404, {"error": {"code": "NotFound", "message": f"no canned answer for {rec.path}"}}
+
+    def _answer_code(self, rec: Recorded) -> tuple[int, Any] | None:
+        """The code-asset calls of an upload, as AzureML answers them: list versions by
+        content hash, ``startPendingUpload`` (a SAS URL of a blob container to upload to),
+        create and get a version."""
+        pending = re.search(r"/codes/([^/]+)/versions/([^/]+)/startPendingUpload$", rec.path)
+        if pending and rec.method == "POST":
+            if self.upload_container_sas_url is None:
+                return None
+            sas_url = self.upload_container_sas_url
+            return 200, {
+                "blobReferenceForConsumption": {
+                    "blobUri": sas_url.split("?", 1)[0],
+                    "credential": {"credentialType": "SAS", "sasUri": sas_url},
+                },
+                "pendingUploadId": pending.group(2),
+                "pendingUploadType": "TemporaryBlobReference",
+            }
+        if re.search(r"/codes/[^/]+/versions$", rec.path) and rec.method == "GET":
+            wanted = dict(p.split("=", 1) for p in rec.url.split("?", 1)[-1].split("&"))
+            found = [
+                c for c in self.codes.values()
+                if c["properties"]["properties"].get("hash_sha256") == wanted.get("hash")
+            ]  # fmt: skip
+            return 200, {"value": found}
+        version = re.search(r"/codes/([^/]+)/versions/([^/]+)$", rec.path)
+        if version and rec.method == "PUT":
+            self.codes[rec.path] = self._version(rec, "codes")
+            return 201, self.codes[rec.path]
+        if version and rec.method == "GET":
+            if rec.path not in self.codes:
+                return 404, {"error": {"code": "NotFound", "message": f"{rec.path} not found"}}
+            return 200, self.codes[rec.path]
+        return None
+
+    @staticmethod
+    def _version(rec: Recorded, kind: str) -> dict[str, Any]:
+        """A PUT asset version as ARM returns it: the body with its id, name and type."""
+        answer = json.loads(json.dumps(rec.body))
+        answer.update(
+            id=rec.path,
+            name=rec.path.rsplit("/", 1)[-1],
+            type=f"Microsoft.MachineLearningServices/workspaces/{kind}/versions",
+        )
+        return answer
 
     @staticmethod
     def _response(request: Any, status: int, payload: Any) -> Any:

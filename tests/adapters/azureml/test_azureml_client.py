@@ -5,8 +5,17 @@ validation, id resolution, REST serialisation, azure-core pipeline) is the real 
 from __future__ import annotations
 
 import pytest
-from azureml_testkit import RESOURCE_GROUP, SUBSCRIPTION, WORKSPACE
+from azureml_testkit import (
+    RESOURCE_GROUP,
+    SUBSCRIPTION,
+    WORKSPACE,
+    RecordingTransport,
+    orchestrator_block,
+)
+from typer.testing import CliRunner
 
+from adapters import backends
+from adapters.azureml.backend import AzureMLBackend
 from adapters.azureml.client import (
     NO_CREDENTIALS_HINT,
     AzureMLAuthError,
@@ -16,6 +25,7 @@ from adapters.azureml.client import (
 )
 from adapters.azureml.jobs import build_environment
 from adapters.azureml.spec import load_spec
+from adapters.cli import app
 
 ARM_WS = (
     f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{RESOURCE_GROUP}"
@@ -34,14 +44,8 @@ def _client(spec, credential, transport):
 def spec(write_spec):
     return load_spec(
         write_spec(
-            orchestrator=(
-                "orchestrator:\n"
-                f"  subscription_id: {SUBSCRIPTION}\n"
-                f"  resource_group: {RESOURCE_GROUP}\n"
-                f"  workspace: {WORKSPACE}\n"
-                "  compute: cpu-orchestrator\n"
-                f"  code: '{CODE_ASSET}'\n"
-                "  identity_client_id: 99999999-0000-0000-0000-000000000000\n"
+            orchestrator=orchestrator_block(
+                f"'{CODE_ASSET}'", "identity_client_id: 99999999-0000-0000-0000-000000000000"
             )
         )
     )
@@ -206,3 +210,44 @@ def test_logs_of_an_unknown_job_lists_the_roles(spec, credential, transport):
     submission = _client(spec, credential, transport).submit(submission_id="20260101-000000-0005")
     with pytest.raises(AzureMLError, match="no job 'nope'; jobs: superlink, hospital-a"):
         submission.job("nope")
+
+
+class _Advancing(RecordingTransport):
+    """Each poll of the jobs (the ServerApp job is read last) moves their status on."""
+
+    def __init__(self, *statuses: str) -> None:
+        super().__init__(job_status=statuses[0])
+        self.next = list(statuses[1:])
+
+    def _answer(self, rec):
+        answer = super()._answer(rec)
+        if rec.method == "GET" and rec.path.endswith("-serverapp") and self.next:
+            self.job_status = self.next.pop(0)
+        return answer
+
+
+def test_submit_wait_shows_each_status_change_once(spec, write_spec, credential, monkeypatch):
+    """`fedsilo submit --wait` on AzureML (real SDK, recorded ARM): while it waits, the
+    jobs' status is shown with the time elapsed, one line per change (not per poll)."""
+    transport = _Advancing("Starting", "Running", "Running", "Completed")
+
+    class Recorded(AzureMLBackend):
+        def __init__(self):
+            super().__init__(
+                credential=credential, transport=transport, enable_telemetry=False,
+                show_progress=False,
+            )  # fmt: skip
+
+    monkeypatch.setitem(backends._REGISTRY, "azureml-recorded", Recorded)
+    path = write_spec(spec.to_yaml())
+    result = CliRunner().invoke(
+        app, ["submit", str(path), "-b", "azureml-recorded", "--wait", "--poll", "0.01"]
+    )
+    assert result.exit_code == 0, result.output
+    waiting = [line for line in result.output.splitlines() if line.startswith("waiting")]
+    roles = "superlink={0} silo:hospital-a={0} silo:hospital-b={0} silo:hospital-c={0} "
+    assert [line.split(": ", 1)[1] for line in waiting] == [
+        (roles + "serverapp={0}").format(status) for status in ("Starting", "Running", "Completed")
+    ]
+    assert all(", 0:00:0" in line and " elapsed" in line for line in waiting)
+    assert "federation run completed" in result.output

@@ -264,6 +264,26 @@ def test_cli_dry_run_prints_every_resource_and_role_assignment_without_azure(mon
     assert "dry run: nothing was created" in result.output
 
 
+def test_cli_provision_counts_its_steps_with_time_and_eta(spec, monkeypatch):
+    """Not on a terminal (as here, or in CI): one line per step with done/total, the time
+    elapsed and an ETA; on a terminal (or with --progress) the same figures in a bar."""
+    arm = FakeArm()
+    monkeypatch.setattr(
+        cli, "_provision_kwargs",
+        lambda: {"credential": FakeCredential(), "client_kwargs": {"transport": arm}},
+    )  # fmt: skip
+    result = CliRunner().invoke(cli.app, ["provision", "--sandbox", "3", "--subscription", SUB])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if re.match(r"provision \d", line)]
+    plan = build_plan(spec)
+    assert [line.split(",")[0] for line in lines] == [
+        f"provision {i}/{len(plan)}" for i in range(1, len(plan) + 1)
+    ]
+    for line, step in zip(lines, plan, strict=True):
+        assert " elapsed, ETA " in line and line.endswith(f": created {step.kind} {step.name}")
+    assert "23 created, 0 already there" in result.output
+
+
 def test_cli_teardown_with_yes(spec, monkeypatch):
     arm = FakeArm()
     Provisioner(spec, FakeCredential(), {"transport": arm}).apply()
@@ -276,6 +296,7 @@ def test_cli_teardown_with_yes(spec, monkeypatch):
     )
     assert result.exit_code == 0, result.output
     assert "23 deleted" in result.output
+    assert "teardown 23/23, " in result.output
     assert arm.resources == {}
 
 

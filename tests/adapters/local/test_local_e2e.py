@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import socket
 import time
@@ -106,6 +107,13 @@ def test_submit_local_matches_the_simulation(tmp_path):
 
     assert result.exit_code == 0, result.output[-3000:]
     assert "status=finished:completed" in result.output
+    # While it waited, the CLI showed the rounds as the ServerApp went (one line per change
+    # when not on a terminal), then the end: 2 of 2 rounds done.
+    waiting = [line for line in result.output.splitlines() if re.match(r"waiting \d+/2, ", line)]
+    notes = [line.split(": ", 1)[1] for line in waiting]
+    assert notes[-1] == "run finished:completed" and waiting[-1].startswith("waiting 2/2, ")
+    assert notes[:-1] and set(notes[:-1]) <= {"round 1/2", "round 2/2"}, notes
+    assert notes[:-1] == sorted(notes[:-1]) and len(set(notes)) == len(notes)
     assert sim_run.ok, sim_run.output[-3000:]
     (run_dir,) = [p.parent for p in (tmp_path / "local").glob("*/metrics.json")]
     assert (run_dir / "model.pt").is_file()
