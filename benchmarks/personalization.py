@@ -90,6 +90,7 @@ def run_one(item: tuple) -> dict[str, Any]:
         )  # fmt: skip
         _, run_dir = run_federation(InProcessGrid(client_app, cfg.to_flower(), SILOS), cfg)
         rows = json.loads((run_dir / "metrics.json").read_text())
+        silos = json.loads((run_dir / "silo_metrics.json").read_text())
     last = [r for r in rows if r["phase"] == "evaluate"][-1]
     personal = f"personal-{metric}"
 
@@ -103,7 +104,20 @@ def run_one(item: tuple) -> dict[str, Any]:
         "model": "personal" if offered == personal else "global",
         "mean": stat(offered, "mean"), "worst": stat(offered, "min"),
         "global-mean": stat(metric, "mean"), "global-worst": stat(metric, "min"),
+        "worst-rows": worst_silo_rows(silos, last["round"], offered),
     }  # fmt: skip
+
+
+def worst_silo_rows(silos: list[dict[str, Any]], server_round: int, metric: str) -> int | None:
+    """Validation rows of the silo with the lowest finite ``metric`` in ``server_round``'s
+    evaluation (``silo_metrics.json`` rows): how much one of its errors weighs."""
+    import math
+
+    scored = [r for r in silos if r["phase"] == "evaluate" and r["round"] == server_round
+              and isinstance(r.get(metric), float) and math.isfinite(r[metric])]  # fmt: skip
+    if not scored:
+        return None
+    return int(min(scored, key=lambda r: r[metric])["num-examples"])
 
 
 def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -119,7 +133,8 @@ def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "task": task, "alpha": alpha, "method": method, "model": mine[0]["model"],
             "metric": mine[0]["metric"], "seeds": [r["seed"] for r in mine],
             "rounds": sorted({r["rounds"] for r in mine if r.get("rounds") is not None}),
-            **{k: [r[k] for r in mine] for k in ("mean", "worst", "global-mean", "global-worst")},
+            **{k: [r.get(k) for r in mine]
+               for k in ("mean", "worst", "global-mean", "global-worst", "worst-rows")},
         })  # fmt: skip
     return out
 
@@ -158,13 +173,15 @@ def table(rows: list[dict[str, Any]]) -> Table:
         ["setting", "method", "model", Column("mean", ".3f"), Column("worst silo", ".3f"),
          Column("worst − fedavg", versus=Versus("worst silo", row="fedavg", label="method",
                                                 group="setting", diff=True, fmt="+.3f")),
-         Column("global mean", ".3f"), Column("global worst", ".3f")],
-        align="lllrrrrr",
+         Column("global mean", ".3f"), Column("global worst", ".3f"),
+         "worst silo's val rows"],
+        align="lllrrrrrr",
     )  # fmt: skip
     for r in rows:
         t.add(
             f"{r['task']} α={r['alpha']} ({r['metric']})", r["method"], r["model"],
             r["mean"], r["worst"], r["global-mean"], r["global-worst"],
+            ", ".join("–" if n is None else str(n) for n in r.get("worst-rows") or []) or "–",
         )  # fmt: skip
     return t
 
@@ -246,6 +263,7 @@ def render(report: dict[str, Any], png: str) -> str:
             f"average {p['load-start']} at the start."
             for p in parts
         ]
+        made.append("")
     rounds = {}
     for r in rows:
         rounds.setdefault(r["task"], set()).update(r.get("rounds") or [report.get("rounds")])

@@ -61,3 +61,16 @@ def test_merge_replaces_redone_runs_keeps_the_rest_and_lists_every_invocation():
     again = bench.merged(report, new_part, [{**_run("fedavg", 1, 0.1, 0.6, "global"),
                                              "rounds": 10}])  # fmt: skip
     assert {p["id"] for p in again["parts"]} == {1, 2}
+
+
+def test_worst_silo_rows_are_the_lowest_finite_silos_validation_rows():
+    silos = [
+        {"round": 3, "phase": "evaluate", "partition-id": 0, "acc": 0.9, "num-examples": 40.0},
+        {"round": 3, "phase": "evaluate", "partition-id": 1, "acc": 0.2, "num-examples": 2.0},
+        {"round": 3, "phase": "evaluate", "partition-id": 2, "acc": float("nan"),
+         "num-examples": 0.0},
+        {"round": 2, "phase": "evaluate", "partition-id": 3, "acc": 0.0, "num-examples": 9.0},
+        {"round": 3, "phase": "train", "partition-id": 3, "acc": 0.0, "num-examples": 9.0},
+    ]  # fmt: skip
+    assert bench.worst_silo_rows(silos, 3, "acc") == 2
+    assert bench.worst_silo_rows(silos, 4, "acc") is None
