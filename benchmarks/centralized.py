@@ -47,7 +47,7 @@ from fl_app.config import RunConfig
 from fl_app.local_run import PROJECT_DIR, SimulationRun, run_simulation
 from fl_core.config import flatten
 from fl_core.seeding import derive_seed, seed_everything
-from tasks import get_task
+from tasks import available_tasks, get_task
 from tasks.base import ArrayDataset
 
 LOG = logging.getLogger(__name__)
@@ -103,14 +103,13 @@ def app_defaults(project_dir: Path = PROJECT_DIR) -> dict[str, Any]:
         return flatten(tomllib.load(fh)["tool"]["flwr"]["app"]["config"])
 
 
-#: Per-task hyper-parameters, used by the federated runs and the centralised baseline
-#: alike. Fraud: the app default lr 0.05 with momentum 0.9 makes centralised training on
-#: the pooled rows (fraud up-weighted ×8 in the loss) diverge to a constant output.
-#: NER: sparse word-embedding updates learn slowly at 0.05; with 5 FedAvg rounds the
-#: federated tagger stays far from the centralised one (entity F1 0.49 vs 0.99).
+#: Per-task hyper-parameters (each task's ``recommended`` run config, with its reason
+#: where the task declares it), used by the federated runs and the centralised baseline
+#: alike.
 TASK_OVERRIDES: dict[str, dict[str, Any]] = {
-    "fraud": {"training.learning-rate": 0.01},
-    "ner": {"training.learning-rate": 0.2},
+    name: dict(get_task(name).recommended)
+    for name in available_tasks()
+    if get_task(name).recommended
 }
 
 

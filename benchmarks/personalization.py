@@ -14,7 +14,13 @@ docs/personalization.png::
 
     python -m benchmarks.personalization             # every cell, 3 seeds
     python -m benchmarks.personalization --quick     # digits α = 0.1 only, 1 seed, 5 rounds
+    python -m benchmarks.personalization --tasks ner --rounds 10 --merge
     python -m benchmarks.personalization --render-only
+
+Every task runs with its ``recommended`` run config (``tasks.base.Task``: e.g. NER's
+learning rate). ``--merge`` adds this invocation's runs to the saved JSON (replacing the
+runs it redoes) and renders the doc from all of them; each invocation is listed in the doc
+with its command, commit and rounds.
 """
 
 from __future__ import annotations
@@ -78,11 +84,13 @@ def run_one(item: tuple) -> dict[str, Any]:
     metric = get_task(run_task).main_metric
     with tempfile.TemporaryDirectory() as tmp:
         cfg = RunConfig.from_flower(
-            {**SETUP, **METHODS[method], "task": run_task, "data.dirichlet-alpha": alpha,
+            {**SETUP, **get_task(run_task).recommended, **METHODS[method], "task": run_task,
+             "data.dirichlet-alpha": alpha,
              "seed": seed, "num-server-rounds": rounds, "output.run-dir": tmp}
         )  # fmt: skip
         _, run_dir = run_federation(InProcessGrid(client_app, cfg.to_flower(), SILOS), cfg)
         rows = json.loads((run_dir / "metrics.json").read_text())
+        silos = json.loads((run_dir / "silo_metrics.json").read_text())
     last = [r for r in rows if r["phase"] == "evaluate"][-1]
     personal = f"personal-{metric}"
 
@@ -91,11 +99,25 @@ def run_one(item: tuple) -> dict[str, Any]:
 
     offered = personal if stat(personal, "mean") is not None else metric
     return {
-        "task": task, "alpha": alpha, "method": method, "seed": seed, "metric": metric,
+        "task": task, "alpha": alpha, "method": method, "seed": seed, "rounds": rounds,
+        "metric": metric,
         "model": "personal" if offered == personal else "global",
         "mean": stat(offered, "mean"), "worst": stat(offered, "min"),
         "global-mean": stat(metric, "mean"), "global-worst": stat(metric, "min"),
+        "worst-rows": worst_silo_rows(silos, last["round"], offered),
     }  # fmt: skip
+
+
+def worst_silo_rows(silos: list[dict[str, Any]], server_round: int, metric: str) -> int | None:
+    """Validation rows of the silo with the lowest finite ``metric`` in ``server_round``'s
+    evaluation (``silo_metrics.json`` rows): how much one of its errors weighs."""
+    import math
+
+    scored = [r for r in silos if r["phase"] == "evaluate" and r["round"] == server_round
+              and isinstance(r.get(metric), float) and math.isfinite(r[metric])]  # fmt: skip
+    if not scored:
+        return None
+    return int(min(scored, key=lambda r: r[metric])["num-examples"])
 
 
 def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -110,9 +132,40 @@ def summary(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({
             "task": task, "alpha": alpha, "method": method, "model": mine[0]["model"],
             "metric": mine[0]["metric"], "seeds": [r["seed"] for r in mine],
-            **{k: [r[k] for r in mine] for k in ("mean", "worst", "global-mean", "global-worst")},
+            "rounds": sorted({r["rounds"] for r in mine if r.get("rounds") is not None}),
+            **{k: [r.get(k) for r in mine]
+               for k in ("mean", "worst", "global-mean", "global-worst", "worst-rows")},
         })  # fmt: skip
     return out
+
+
+def run_key(run: dict[str, Any]) -> tuple:
+    return run["task"], run["alpha"], run["method"], run["seed"]
+
+
+def merged(base: dict[str, Any], part: dict[str, Any], runs: list[dict[str, Any]]) -> dict:
+    """``base`` (a saved report) with this invocation's ``runs`` added, replacing the runs
+    it redoes; ``parts`` lists every invocation (header, code, machine, load, seconds,
+    rounds) that contributed runs."""
+    redone = {run_key(r) for r in runs}
+    kept = [r for r in base["runs"] if run_key(r) not in redone]
+    for r in kept:  # reports from before per-run rounds: every run had the report's
+        r.setdefault("rounds", base.get("rounds"))
+    parts = [p for p in parts_of(base) if any(r.get("part") == p["id"] for r in kept)]
+    part = {**part, "id": 1 + max((p["id"] for p in parts_of(base)), default=0)}
+    all_runs = [*kept, *({**r, "part": part["id"]} for r in runs)]
+    return {**part, "parts": [*parts, part], "runs": all_runs, "summary": summary(all_runs)}
+
+
+def parts_of(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The invocations a saved report was made of (one, for a report without ``parts``:
+    the report itself, its runs tagged as part 0)."""
+    if "parts" in report:
+        return report["parts"]
+    for r in report["runs"]:
+        r.setdefault("part", 0)
+    keys = ("header", "code", "machine", "load-start", "seconds", "rounds", "seeds")
+    return [{"id": 0, **{k: report.get(k) for k in keys}}]
 
 
 def table(rows: list[dict[str, Any]]) -> Table:
@@ -120,13 +173,15 @@ def table(rows: list[dict[str, Any]]) -> Table:
         ["setting", "method", "model", Column("mean", ".3f"), Column("worst silo", ".3f"),
          Column("worst − fedavg", versus=Versus("worst silo", row="fedavg", label="method",
                                                 group="setting", diff=True, fmt="+.3f")),
-         Column("global mean", ".3f"), Column("global worst", ".3f")],
-        align="lllrrrrr",
+         Column("global mean", ".3f"), Column("global worst", ".3f"),
+         "worst silo's val rows"],
+        align="lllrrrrrr",
     )  # fmt: skip
     for r in rows:
         t.add(
             f"{r['task']} α={r['alpha']} ({r['metric']})", r["method"], r["model"],
             r["mean"], r["worst"], r["global-mean"], r["global-worst"],
+            ", ".join("–" if n is None else str(n) for n in r.get("worst-rows") or []) or "–",
         )  # fmt: skip
     return t
 
@@ -181,16 +236,48 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def recommended_text(tasks: list[str]) -> str:
+    """``fraud: training.learning-rate = 0.01; …`` for the tasks that have one."""
+    from tasks import get_task
+
+    text = [
+        f"{t}: " + ", ".join(f"`{k} = {v}`" for k, v in get_task(t).recommended.items())
+        for t in tasks
+        if get_task(t).recommended
+    ]
+    return "; ".join(text) or "none needed"
+
+
 def render(report: dict[str, Any], png: str) -> str:
     rows = report["summary"]
+    parts = parts_of(report)
+    if len(parts) == 1:
+        made = [
+            f"{parts[0]['header']}; {parts[0]['seconds']:.0f} s wall on {parts[0]['machine']}, "
+            f"1-minute load average {parts[0]['load-start']} at the start."
+        ]
+    else:
+        made = ["Made of these invocations, merged (`--merge`), each from a clean commit:", ""]
+        made += [
+            f"- {p['header']}; {p['seconds']:.0f} s wall on {p['machine']}, 1-minute load "
+            f"average {p['load-start']} at the start."
+            for p in parts
+        ]
+        made.append("")
+    rounds = {}
+    for r in rows:
+        rounds.setdefault(r["task"], set()).update(r.get("rounds") or [report.get("rounds")])
+    per_task = ", ".join(f"{t} {'/'.join(str(n) for n in sorted(v))}" for t, v in rounds.items())
+    seeds = sorted({s for r in rows for s in r["seeds"]})
+    json_name = Path(png).with_suffix(".json").name
     lines = [
         MARK_START,
-        f"{report['header']}; {report['seconds']:.0f} s wall on {report['machine']}, "
-        f"1-minute load average {report['load-start']} at the start. Raw numbers: "
-        f"[{Path(png).with_suffix('.json').name}]({Path(png).with_suffix('.json').name}).",
+        *made,
+        f"Raw numbers: [{json_name}]({json_name}).",
         "",
-        f"Setup: {SILOS} silos, Dirichlet label skew, 1 local epoch, {report['rounds']} rounds, "
-        f"seeds {', '.join(map(str, report['seeds']))}; the last "
+        f"Setup: {SILOS} silos, Dirichlet label skew, 1 local epoch, rounds per task: "
+        f"{per_task}; seeds {', '.join(map(str, seeds))}; each task with its recommended "
+        f"run config ({recommended_text(list(rounds))}). The last "
         "round's unweighted mean and worst silo on the silos' own validation splits. Cells "
         "are mean ± std over the seeds; `model` is what the method offers a silo.",
         "",
@@ -215,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
         seeds=harness.opt([1, 2, 3], "seeds (default 1 2 3)"),
         rounds=harness.opt(20, "federated rounds (default 20)"),
         workers=harness.opt(2, "worker processes (default 2)"),
+        merge="add this invocation's runs to the saved JSON (replacing the runs it redoes) "
+        "and render the doc from all of them",
     )
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), metavar="TASK")
     parser.add_argument("--alphas", nargs="+", type=float, default=list(ALPHAS))
@@ -243,15 +332,11 @@ def main(argv: list[str] | None = None) -> None:
         logging.info("%s α=%s %s seed=%d: mean %s worst %s (%s)", *item[:4],
                      result["mean"], result["worst"], result["model"])  # fmt: skip
         runs.append(result)
-    report = {
-        **session.report(),
-        "seeds": args.seeds,
-        "rounds": args.rounds,
-        "setup": SETUP,
-        "methods": METHODS,
-        "runs": runs,
-        "summary": summary(runs),
-    }
+    part = {**session.report(), "seeds": args.seeds, "rounds": args.rounds}
+    report = {**part, "setup": SETUP, "methods": METHODS, "runs": runs, "summary": summary(runs)}
+    if args.merge:
+        report = {"setup": SETUP, "methods": METHODS,
+                  **merged(json.loads(json_path.read_text()), part, runs)}  # fmt: skip
     print(table(report["summary"]).text())
     if out is None:
         return

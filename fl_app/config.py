@@ -96,6 +96,12 @@ class RunConfig(Section):
         "the ServerApp is the label party, each SuperNode a feature party (see Vertical).",
     )
     num_server_rounds: int = Field(5, ge=1, le=10_000, description="Federated rounds.")
+    task_defaults: bool = Field(
+        True,
+        description="Use the task's recommended settings (its `recommended` run config, "
+        "e.g. NER's learning rate 0.2) for every key left at the app's default, in "
+        "horizontal mode; false = the app's defaults for every task.",
+    )
     seed: int = Field(
         42,
         ge=0,
@@ -123,6 +129,7 @@ class RunConfig(Section):
 
     def __init__(self, /, **data: Any) -> None:
         _refuse_legacy(data)
+        data = _with_task_defaults(data)
         try:
             super().__init__(**data)
         except ValidationError as exc:
@@ -396,6 +403,32 @@ def _from_items(items: tuple[tuple[str, Any], ...]) -> RunConfig:
     flat = dict(items)
     _refuse_legacy({k: v for k, v in flat.items() if "." not in k})
     return RunConfig(**unflatten(flat))
+
+
+def _with_task_defaults(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with the task's recommended values (:attr:`tasks.base.Task.recommended`)
+    for each of its keys that is absent or at the app's default, in horizontal mode (a
+    vertical run trains the task's vertical views, not its model), unless
+    ``task-defaults = false``. A value the user sets (other than the default) wins. The
+    same rule runs wherever a config is built (ServerApp, every ClientApp, Python), so
+    all of them resolve it alike."""
+    flat = _flat_input(data)
+    task = flat.get("task", RunConfig.model_fields["task"].default)
+    horizontal = flat.get("mode", "horizontal") == "horizontal"  # vertical: its own views
+    if flat.get("task-defaults", True) is False or task not in TASKS or not horizontal:
+        return data
+    recommended = TASKS[task].recommended
+    changes = {}
+    for key, value in recommended.items():
+        field = _field(tuple(key.split(".")))
+        if field is None:
+            raise ConfigError(
+                f"task '{task}' recommends an unknown run-config key '{key}'; fix its "
+                "`recommended` (tasks.base.Task)"
+            )
+        if key not in flat or flat[key] == field.default:
+            changes[key] = value
+    return unflatten({**flat, **changes}) if changes else data
 
 
 def _flat_input(data: Mapping[str, Any]) -> dict[str, Any]:

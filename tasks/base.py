@@ -9,9 +9,10 @@ split the same, seeded way.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -103,6 +104,11 @@ class Task(ABC):
     #: a silo: summarised across silos every round (min, p10, median, std, Jain's index;
     #: ``strategies.fairness``). Classification tasks: ``accuracy``.
     main_metric: str = "accuracy"
+    #: Run-config overrides (dotted keys) this task is known to need over the app's
+    #: defaults, with the reason in a comment where they are declared. The benchmarks run
+    #: every task with them (federated and centralised alike); checked against
+    #: ``RunConfig`` by the tests.
+    recommended: ClassVar[Mapping[str, Any]] = {}
 
     @abstractmethod
     def load_data(self, data: DataSection) -> tuple[ArrayDataset, ArrayDataset | None]:

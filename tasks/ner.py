@@ -52,8 +52,9 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -517,6 +518,9 @@ class NerTask(Task):
     name = "ner"
     num_classes = len(TAGS)
     main_metric = "entity-f1"
+    #: Sparse word-embedding updates learn slowly at the app's 0.05: with 5 FedAvg rounds
+    #: the federated tagger stayed far from the centralised one (entity F1 0.49 vs 0.99).
+    recommended: ClassVar[Mapping[str, Any]] = {"training.learning-rate": 0.2}
     local_dp_unsupported = (
         "Opacus DP-SGD cannot compute per-example gradients of its nn.LSTM (opacus' DPLSTM "
         "would change the model's arrays and train several times slower)"

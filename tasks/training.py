@@ -75,14 +75,20 @@ def predict_proba(model: nn.Module, x: np.ndarray, batch_size: int = 4096) -> np
 def evaluate_classifier(
     model: nn.Module, x: np.ndarray, y: np.ndarray, *, num_classes: int
 ) -> dict[str, float]:
-    """``loss`` and ``accuracy``; binary tasks add ``roc-auc``, ``pr-auc`` and ``f1``
-    (positive class 1); multi-class tasks add ``f1-macro``. An empty set gives the same
+    """``loss`` and ``accuracy``; binary tasks add ``roc-auc``, ``pr-auc``, ``f1``
+    (positive class 1) and ``balanced-accuracy`` (the mean recall over the classes present:
+    defined on a one-class silo, where it is that class's recall, unlike the AUCs);
+    multi-class tasks add ``f1-macro``. An empty set gives the same
     keys with NaN values (so every silo's reply has the same metrics)."""
     if len(y) == 0:
         keys = [
             "loss",
             "accuracy",
-            *(["roc-auc", "pr-auc", "f1"] if num_classes == 2 else ["f1-macro"]),
+            *(
+                ["roc-auc", "pr-auc", "f1", "balanced-accuracy"]
+                if num_classes == 2
+                else ["f1-macro"]
+            ),
         ]
         return dict.fromkeys(keys, float("nan"))
     proba = predict_proba(model, x)
@@ -97,9 +103,19 @@ def evaluate_classifier(
         metrics["roc-auc"] = float(roc_auc_score(y, proba[:, 1])) if both else float("nan")
         metrics["pr-auc"] = float(average_precision_score(y, proba[:, 1])) if both else float("nan")
         metrics["f1"] = float(f1_per_class(y, pred, 2)[1])
+        metrics["balanced-accuracy"] = balanced_accuracy(y, pred)
     else:
         metrics["f1-macro"] = float(macro_mean(f1_per_class(y, pred, num_classes)))
     return metrics
+
+
+def balanced_accuracy(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean over the classes present in ``y`` of their recall (scikit-learn's
+    ``balanced_accuracy_score`` when both classes are present); NaN for an empty set."""
+    present = np.unique(y)
+    if len(present) == 0:
+        return float("nan")
+    return float(np.mean([(pred[y == c] == c).mean() for c in present]))
 
 
 def f1_per_class(y: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:

@@ -92,7 +92,7 @@ def test_every_key_has_a_doc_and_appears_in_the_reference_table():
     table = reference_table()
     # 101 + contribution (8), selection.quality-aware, robust.norm-outliers, export (3),
     # personalization (6), monitoring (3)
-    assert len(KEYS) == 123
+    assert len(KEYS) == 124
     for key, field in iter_fields(RunConfig):
         assert field.description, key
         assert f"| `{key}` |" in table
@@ -259,3 +259,23 @@ def test_int_is_accepted_for_float_and_fingerprint_is_stable():
     assert a.training.learning_rate == 1.0
     assert a.fingerprint() == b.fingerprint()
     assert a.fingerprint() != RunConfig().fingerprint()
+
+
+def test_task_defaults_fill_keys_left_at_the_app_default_and_lose_to_a_users_value():
+    # NER recommends learning rate 0.2 (tasks/ner.py); the app default is 0.05
+    assert RunConfig(task="ner").training.learning_rate == 0.2
+    assert RunConfig.from_flower({"task": "ner"}).training.learning_rate == 0.2
+    # a ClientApp sees Flower's fused dict (every key, defaults included): same resolution
+    fused = {**RunConfig().to_flower(), "task": "ner"}
+    assert RunConfig.from_flower(fused).fingerprint() == RunConfig(task="ner").fingerprint()
+    assert (
+        RunConfig.from_flower({**fused, "training.learning-rate": 0.1}).training.learning_rate
+        == 0.1
+    )
+    off = RunConfig.from_flower({**fused, "task-defaults": False})
+    assert off.training.learning_rate == RunConfig().training.learning_rate == 0.05
+    assert RunConfig(task="digits").training.learning_rate == 0.05  # no recommendation
+    vertical = RunConfig(task="fraud", mode="vertical")  # trains the vertical views instead
+    assert vertical.training.learning_rate == 0.05
+    # the resolved value is what the run records, so replace() and resume keep it
+    assert RunConfig(task="ner").replace({"seed": 7}).training.learning_rate == 0.2

@@ -105,8 +105,20 @@ def test_qfedavg_refuses_features_it_breaks(overrides, key):
 
 
 def test_every_tasks_main_metric_is_one_it_reports():
-    for name in ("digits", "breast-cancer", "ner"):
+    for name in ("digits", "breast-cancer", "fraud", "ner"):
         task = get_task(name)
         data = task.load_partition(0, 4, RunConfig().data, 0).val
         assert task.main_metric in task.evaluate(task.build_model(), data), name
     assert get_task("ner").main_metric == "entity-f1"
+    assert get_task("fraud").main_metric == "balanced-accuracy"
+
+
+def test_every_tasks_recommended_run_config_is_a_valid_one():
+    from tasks import available_tasks
+
+    for name in available_tasks():
+        recommended = dict(get_task(name).recommended)
+        cfg = RunConfig.from_flower({"task": name, **recommended})
+        flat = cfg.to_flower()
+        assert all(flat[k] == v for k, v in recommended.items()), name
+    assert get_task("ner").recommended == {"training.learning-rate": 0.2}

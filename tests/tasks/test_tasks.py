@@ -49,7 +49,7 @@ def test_digits_learns_and_reports_macro_f1():
 @pytest.mark.parametrize("name", ["breast-cancer", "fraud"])
 def test_binary_tasks_learn_and_report_auc(name):
     _, _, _, before, after = _trained(name, epochs=1, learning_rate=0.02)
-    assert set(after) == {"loss", "accuracy", "roc-auc", "pr-auc", "f1"}
+    assert set(after) == {"loss", "accuracy", "roc-auc", "pr-auc", "f1", "balanced-accuracy"}
     assert after["roc-auc"] > 0.9
     assert after["pr-auc"] > before["pr-auc"]
 
@@ -162,3 +162,16 @@ def test_silos_with_their_own_data_sources_federate(tmp_path):
     result, _ = run_federation(grid, cfg)
     assert result.train_metrics_clientapp[2]["num-examples"] == pytest.approx(3 * 1800)
     assert result.evaluate_metrics_serverapp[2]["roc-auc"] > 0.8
+
+
+def test_balanced_accuracy_is_sklearns_and_a_one_class_silos_recall():
+    from sklearn.metrics import balanced_accuracy_score
+
+    from tasks.training import balanced_accuracy
+
+    rng = np.random.default_rng(0)
+    y, pred = rng.integers(0, 2, 200), rng.integers(0, 2, 200)
+    assert balanced_accuracy(y, pred) == pytest.approx(balanced_accuracy_score(y, pred))
+    fraud_only = np.ones(8, dtype=int)  # a silo holding fraud rows only
+    assert balanced_accuracy(fraud_only, np.array([1, 1, 1, 0, 0, 0, 0, 0])) == 0.375
+    assert np.isnan(balanced_accuracy(np.zeros(0, dtype=int), np.zeros(0, dtype=int)))
