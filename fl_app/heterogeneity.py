@@ -26,6 +26,7 @@ import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -111,8 +112,14 @@ def noisy_partitions(section: SimulationSection, num_partitions: int, seed: int)
             f"run-config 'simulation.noisy-silos' = {section.noisy_silos} exceeds the "
             f"{num_partitions} silos; set it to at most {num_partitions}"
         )
+    return list(_noisy_partitions(section.noisy_silos, num_partitions, seed))
+
+
+@lru_cache(maxsize=64)
+def _noisy_partitions(count: int, num_partitions: int, seed: int) -> tuple[int, ...]:
+    # every silo's profile asks, every train message: draw the permutation once
     rng = np.random.default_rng(derive_seed(seed, "noisy-silos"))
-    return sorted(rng.permutation(num_partitions)[: section.noisy_silos].tolist())
+    return tuple(sorted(rng.permutation(num_partitions)[:count].tolist()))
 
 
 def _node_float(node_config: Mapping[str, Any], key: str, default: float, low: float, high: float):
