@@ -33,9 +33,10 @@ again in the doc:
 5. **Pruning of decided cells**: once a rule collapses to chance (accuracy ≤
    :data:`CHANCE`) at (fraction, skew) under some attack, its worst case there is decided;
    its remaining attacks there are pruned (recorded with the reason).
-6. **Seeds where they decide the ranking**: after each breadth pass, each rule's worst cell
-   and the worst cells of rules within :data:`NEAR_TIE` of another rule's worst case are
-   rerun with a second seed (:data:`SEEDS`); the ranking uses the mean over seeds.
+6. **Seeds where they decide the ranking**: once every (fraction, skew) of a rule has run
+   a cell, the rule's worst cell (which decides its rank, and any near-tie) is rerun with
+   a second seed (:data:`SEEDS`), again whenever the worst cell moves; the ranking uses
+   the mean over seeds.
 7. **Resume**: rows are written to the JSON as they finish; ``--resume`` reuses them, so
    the sweep accumulates across sessions; ``--budget`` stops starting cells after so many
    seconds and renders what is done (marked incomplete, with its coverage).
@@ -72,9 +73,6 @@ FRACTIONS = (0.1, 0.2, 0.3, 0.4)
 SKEWS: dict[str, float | None] = {"iid": None, "α=1.0": 1.0, "α=0.3": 0.3, "α=0.1": 0.1}
 #: At or below this final accuracy a rule has collapsed to chance (10 classes).
 CHANCE = 0.15
-#: Rules whose worst cases lie within this much accuracy of each other are near-ties: their
-#: worst cells get the second seed too.
-NEAR_TIE = 0.02
 #: The pilot that orders the attacks: these rules under every attack at this setting.
 PILOT_RULES = ("fedavg", "robust-median", "cclip")
 PILOT_SETTING = (0.2, "α=0.3")
@@ -357,8 +355,8 @@ def group_order(
 
 def decisive_cells(plan: Plan, rows: Iterable[Mapping[str, Any]]) -> list[SweepCell]:
     """The cells that decide the ranking, to run with every seed: each rule's worst cell
-    (first seed) and, for rules whose worst cases are within :data:`NEAR_TIE` of another
-    rule's, theirs too (which they are already)."""
+    (first seed; the first of equal ones). That covers the near-ties, and a collapse is
+    confirmed by the second seed too."""
     worst: dict[str, Mapping[str, Any]] = {}
     for r in rows:
         if r["seed"] != SEEDS[0] or r["attack"] == "none":
@@ -366,13 +364,7 @@ def decisive_cells(plan: Plan, rows: Iterable[Mapping[str, Any]]) -> list[SweepC
         w = worst.get(r["aggregator"])
         if w is None or _sort_acc(r) < _sort_acc(w):
             worst[r["aggregator"]] = r
-    # Near-ties: only rules not at chance need a second seed to be ordered (two rules at
-    # chance are tied whatever the seed).
-    return [
-        SweepCell(r["fraction"], r["skew"], r["attack"], label)
-        for label, r in worst.items()
-        if not collapsed(r)
-    ]
+    return [SweepCell(r["fraction"], r["skew"], r["attack"], label) for label, r in worst.items()]
 
 
 def _sort_acc(row: Mapping[str, Any]) -> float:
@@ -385,8 +377,8 @@ def next_cells(plan: Plan, rows: Sequence[Mapping[str, Any]], *, busy: Iterable[
     """The next ``limit`` cells to run given the finished ``rows`` (and the cells still
     running, ``busy``): the clean references, the pilot, then breadth first over the
     undecided (fraction, skew, rule) groups — the next attack of the group with the fewest
-    cells run — with the decisive cells' second seed after each full pass. ``[]`` when the
-    sweep is complete."""
+    cells run — with the second seed of each rule's worst cell as soon as every group of
+    the rule has run a cell. ``[]`` when the sweep is complete."""
     st = state(rows)
     taken = set(st.done) | {c.key for c in busy}
     out: list[SweepCell] = []
@@ -413,9 +405,9 @@ def next_cells(plan: Plan, rows: Sequence[Mapping[str, Any]], *, busy: Iterable[
         if todo:
             ran = len(st.by_group.get(g, ()))
             open_groups.append((ran, g, todo))
-    passes = min((ran for ran, _, _ in open_groups), default=math.inf)
-    if passes >= 1 or not open_groups:
-        for cell in decisive_cells(plan, rows):
+    in_first_pass = {g[2] for ran, g, _ in open_groups if ran == 0}
+    for cell in decisive_cells(plan, rows):
+        if cell.rule not in in_first_pass:
             for seed in SEEDS[1:]:
                 want(SweepCell(cell.fraction, cell.skew, cell.attack, cell.rule, seed))
     rank = {g: i for i, g in enumerate(plan.groups())}
@@ -770,9 +762,10 @@ def render_markdown(rows, meta, plan, out: Path, note: str = "") -> str:
         "under one attack, its worst case there is decided and its other attacks there are "
         f"skipped: {cov['decided-groups']} of {cov['groups']} (rule, fraction, skew) groups, "
         f"{cov['pruned']} cells.",
-        f"* **Seeds**: seed {SEEDS[0]} everywhere; after each breadth pass every rule's worst "
-        f"cell (unless at chance, where seeds cannot reorder it) is rerun with seed "
-        f"{', '.join(map(str, SEEDS[1:]))} ({cov['extra-seed-cells']} cells); figures are the "
+        f"* **Seeds**: seed {SEEDS[0]} everywhere; once every (fraction, skew) of a rule has "
+        "run a cell, the rule's worst cell (it decides the rule's rank and any near-tie) is "
+        f"rerun with seed {', '.join(map(str, SEEDS[1:]))} ({cov['extra-seed-cells']} cells; "
+        "also when the rule is at chance, to confirm the collapse); figures are the "
         "mean over the seeds run.",
         f"* **Coverage**: {cov['run']} of {cov['planned']} planned cells ran, {cov['pruned']} "
         f"pruned, {cov['not-reached']} not reached.",

@@ -128,7 +128,7 @@ def test_a_collapsed_group_is_decided_and_its_other_attacks_pruned(plan):
     assert cov["decided-groups"] == 1
 
 
-def test_the_worst_cells_get_a_second_seed_after_a_full_pass(plan):
+def test_each_rules_worst_cell_gets_a_second_seed_after_its_first_pass(plan):
     rows = _after_pilot(plan, lambda c: 0.8)
     order = sw.attack_order(plan, rows)
     first = sw.next_cells(plan, rows, limit=10**5)
@@ -144,7 +144,11 @@ def test_the_worst_cells_get_a_second_seed_after_a_full_pass(plan):
     assert second and nxt[: len(second)] == second  # before the second pass
     by_rule = {c.rule: c for c in second}
     assert by_rule["geomed"].fraction == 0.4
-    assert "cclip" not in by_rule  # at chance: a seed cannot reorder it
+    assert by_rule["cclip"] == SweepCell(0.1, "iid", order[0], "cclip", SEEDS[1])
+    # A rule gets its second seed once all its groups ran, before the others have.
+    unfinished = [r for r in rows if not (r["aggregator"] == "krum" and r["fraction"] == 0.1)]
+    rules = {c.rule for c in sw.next_cells(plan, unfinished, limit=200) if c.seed == SEEDS[1]}
+    assert "geomed" in rules and "krum" not in rules
 
 
 def test_sweep_runs_until_the_budget_and_resume_continues_without_repeats(plan, tmp_path):
