@@ -403,7 +403,8 @@ def next_cells(plan: Plan, rows: Sequence[Mapping[str, Any]], *, busy: Iterable[
             a for a in group_order(plan, st, g, order) if (*g[:2], a, g[2], SEEDS[0]) not in taken
         ]
         if todo:
-            ran = len(st.by_group.get(g, ()))
+            # Attack "none" (the clean references) does not count: it bounds no worst case.
+            ran = sum(r["attack"] != "none" for r in st.by_group.get(g, ()))
             open_groups.append((ran, g, todo))
     in_first_pass = {g[2] for ran, g, _ in open_groups if ran == 0}
     for cell in decisive_cells(plan, rows):

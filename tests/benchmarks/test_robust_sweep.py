@@ -108,6 +108,9 @@ def test_attacks_are_ordered_strongest_first_by_the_pilot(plan):
     nxt = sw.next_cells(plan, rows, limit=30)
     assert len({c.group for c in nxt}) == 30
     assert {c.attack for c in nxt} == {"ipm ε=10"}
+    # The clean reference (attack none) does not count as a pass over its group.
+    first_pass = sw.next_cells(plan, rows, limit=len(plan.groups()) - 10)
+    assert (0.1, "iid", "fedavg") in {c.group for c in first_pass}
 
 
 def test_a_collapsed_group_is_decided_and_its_other_attacks_pruned(plan):
