@@ -4,8 +4,9 @@
 ``python -m benchmarks.robust --sweep`` measured it ending at chance accuracy under some
 attack: a Byzantine fraction of at least ``min_fraction`` and, unless ``max_alpha`` is
 ``None`` (then already under IID), label skew of Dirichlet α at most ``max_alpha``. It is
-the sweep's ``collapse_conditions`` (docs/robustness-sweep.json), copied here so that a run
-needs no docs; a test keeps the two equal. A condition is read as monotone: more Byzantine
+the sweep's ``collapse_conditions`` (docs/robustness-sweep.json), copied into
+``collapses.json`` next to this module so that a run needs no docs; a test keeps the two
+equal. A condition is read as monotone: more Byzantine
 silos or stronger skew than a measured collapse is assumed to collapse too.
 
 :func:`collapse_warnings` gives the warnings of a run that chooses such a rule under such
@@ -14,7 +15,9 @@ a condition (the app logs them at run start, :func:`fl_app.federation.run_federa
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 __all__ = ["COLLAPSES", "DOC_SECTION", "Collapse", "collapse_warnings"]
 
@@ -56,9 +59,14 @@ class Collapse:
         return f"Byzantine fraction ≥ {self.min_fraction:.0%} and {skew}"
 
 
-#: The sweep's collapse conditions (see the module doc); keep equal to
-#: ``collapse_conditions`` of docs/robustness-sweep.json.
-COLLAPSES: tuple[Collapse, ...] = ()
+#: The data file of :data:`COLLAPSES`: the sweep's ``collapse_conditions``, copied from
+#: docs/robustness-sweep.json (a test keeps the two equal; a FAB ships ``*.json``).
+TABLE_FILE = Path(__file__).with_name("collapses.json")
+
+#: The sweep's collapse conditions (see the module doc).
+COLLAPSES: tuple[Collapse, ...] = tuple(
+    Collapse(**entry) for entry in json.loads(TABLE_FILE.read_text(encoding="utf-8"))
+)
 
 
 def collapse_warnings(
