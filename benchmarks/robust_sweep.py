@@ -597,6 +597,10 @@ def recommendations(rows: Sequence[Mapping[str, Any]], plan: Plan) -> list[dict[
                 ]  # fmt: skip
                 if not cands:
                     continue
+                # Only the rules tested with the most attacks there (or already at chance):
+                # a rule with fewer attacks run has a looser upper bound.
+                most = max((c[1] for c in cands if c[0] > CHANCE), default=0)
+                cands = [c for c in cands if c[1] >= most or c[0] <= CHANCE]
                 cands.sort(key=lambda c: (-c[0], -c[1]))
                 fedavg = grid.get((f, s, "fedavg"))
                 out.append({
@@ -821,7 +825,8 @@ def render_markdown(rows, meta, plan, out: Path, note: str = "") -> str:
         "## Which rule for which threat",
         "",
         "Derived from the sweep rows by code: per Byzantine fraction and skew, the rule with "
-        "the best worst case over the attacks run there, without server root data (FLTrust "
+        "the best worst case over the attacks run there, among the rules run with the most "
+        "attacks there, without server root data (FLTrust "
         "excluded) and with it; FedAvg's worst case for comparison. Read a row together with "
         "its attack count: with few attacks run the worst case is an upper bound.",
         "",

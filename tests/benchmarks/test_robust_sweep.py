@@ -212,7 +212,8 @@ def test_outputs_keep_the_rest_of_the_doc_and_end_with_the_recommendation_table(
     kept = f"{matrix.KEPT_START}\n## Honest silos\nmeasured\n{matrix.KEPT_END}"
     doc.write_text(f"# matrix\n\ntable\n\n{kept}\n")
     rows = _after_pilot(plan, lambda c: 0.1 if c.rule == "robust-median" else 0.7)
-    rows.append(fake(SweepCell(0.2, "α=0.3", "ipm ε=10", "fltrust"), 0.8))
+    rows += [fake(SweepCell(0.2, "α=0.3", a, "fltrust"), 0.8) for a in plan.variants]
+    rows.append(fake(SweepCell(0.2, "α=0.3", "ipm ε=10", "geomed"), 0.9))  # one attack only
     meta = sw.base_meta("python -m benchmarks.robust --sweep", {"commit": "abc"}, 6, 2)
     meta["sessions"] = [{"wall-seconds": 60.0, "cells": len(rows)}]
     sw.write_outputs(rows, meta, plan, doc, final=True)
