@@ -25,6 +25,8 @@ Usage::
     python -m benchmarks.robust --workers 2 --resume   # reuse finished cells of the JSON
     python -m benchmarks.robust --render-only   # Markdown + PNG again from the JSON
     python -m benchmarks.robust --attacks weight-inflation --merge   # add one column
+    python -m benchmarks.robust --sweep --resume  # fraction × skew × strength sweep
+                                                  # (benchmarks/robust_sweep.py)
 
 Rows are written to the JSON as they finish, so an interrupted run loses nothing
 (``--resume`` continues it; crashed cells are rerun). ``--merge`` runs only the selected
@@ -1666,7 +1668,10 @@ def write_outputs(
     tmp.write_text(json.dumps(to_json(rows, meta, superseded), indent=1, allow_nan=False) + "\n")
     tmp.replace(json_path)
     if final:
-        out.write_text(render_markdown(rows, meta, superseded, rendered) + kept_section(out))
+        from benchmarks.robust_sweep import MARK_END, MARK_START
+
+        kept = kept_section(out) + kept_section(out, MARK_START, MARK_END)  # the sweep's part
+        out.write_text(render_markdown(rows, meta, superseded, rendered) + kept)
         render_png(rows, out.with_suffix(".png"))
 
 
@@ -1675,13 +1680,14 @@ def write_outputs(
 KEPT_START, KEPT_END = "<!-- kept:begin -->", "<!-- kept:end -->"
 
 
-def kept_section(doc: Path) -> str:
-    """The kept part of ``doc`` as it is now (``""`` if none), to append to the new text."""
+def kept_section(doc: Path, start: str = KEPT_START, end: str = KEPT_END) -> str:
+    """The part of ``doc`` between ``start`` and ``end`` as it is now (``""`` if none), to
+    append to the new text (the hand-written part, or the sweep's)."""
     old = doc.read_text() if doc.exists() else ""
-    if KEPT_START not in old or KEPT_END not in old:
+    if start not in old or end not in old:
         return ""
-    body = old.split(KEPT_START, 1)[1].split(KEPT_END, 1)[0]
-    return f"\n{KEPT_START}{body}{KEPT_END}\n"
+    body = old.split(start, 1)[1].split(end, 1)[0]
+    return f"\n{start}{body}{end}\n"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -1723,6 +1729,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if "--sweep" in (sys.argv[1:] if argv is None else argv):
+        from benchmarks import robust_sweep
+
+        return robust_sweep.main(argv)
     harness.log_to_console("%(asctime)s %(message)s")
     args = parse_args(argv)
     if args.render_only:

@@ -57,6 +57,7 @@ from fl_core.seeding import derive_seed, seed_everything
 from strategies import STRATEGIES, build_strategy
 from strategies.compression import CompressedUpdates
 from strategies.contribution.wrapper import ContributionScores
+from strategies.robust.collapse import collapse_warnings
 from strategies.robust.simulation import SimulatedAttack, byzantine_partitions, model_attacks
 from strategies.round_state import RoundState, share_round_state
 from strategies.secagg import SecureAggregation
@@ -109,6 +110,22 @@ def roll_call(grid: Grid, cfg: RunConfig) -> tuple[dict[int, int], list[dict]]:
         raise RollCallError(refusals, asked=len(messages))
     LOG.info("[fedsilo] roll call: %d silos, partitions %s", len(roster), sorted(roster.values()))
     return roster, moments
+
+
+def warn_if_rule_collapses(cfg: RunConfig, num_silos: int) -> list[str]:
+    """Log (and return) a warning for each condition of the robustness sweep under which
+    the chosen rule collapsed and that this run meets (:mod:`strategies.robust.collapse`).
+    The Byzantine fraction is ``robust.num-byzantine`` of the silos, or the simulated
+    ``attack.fraction`` if larger; the skew is the simulation partitioner's."""
+    fraction = cfg.robust.num_byzantine / num_silos if num_silos else 0.0
+    if cfg.attack.kind != "none":
+        fraction = max(fraction, cfg.attack.fraction)
+    iid = cfg.data.partitioner == "iid"
+    alpha = cfg.data.dirichlet_alpha if cfg.data.partitioner == "dirichlet" else None
+    messages = collapse_warnings(cfg.strategy, cfg.robust.pre_aggregator, fraction, alpha, iid=iid)
+    for message in messages:
+        LOG.warning("[fedsilo] %s", message)
+    return messages
 
 
 def make_run_dir(cfg: RunConfig, kind: str = "") -> Path:
@@ -491,6 +508,7 @@ def run_federation(
             sinks.close()
             raise
         noisy_partitions(cfg.simulation, len(roster), cfg.seed)  # simulation.noisy-silos ≤ silos
+        warn_if_rule_collapses(cfg, len(roster))
         seed_everything(derive_seed(cfg.seed, "init"))
         model = task.build_model()
         task.set_input_scaling(model, moments)

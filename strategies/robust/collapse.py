@@ -1,0 +1,92 @@
+"""Where the robustness sweep saw a rule collapse to chance, as data: the run-time warning.
+
+:data:`COLLAPSES` lists, per strategy and pre-aggregator, the conditions under which
+``python -m benchmarks.robust --sweep`` measured it ending at chance accuracy under some
+attack: a Byzantine fraction of at least ``min_fraction`` and, unless ``max_alpha`` is
+``None`` (then already under IID), label skew of Dirichlet α at most ``max_alpha``. It is
+the sweep's ``collapse_conditions`` (docs/robustness-sweep.json), copied into
+``collapses.json`` next to this module so that a run needs no docs; a test keeps the two
+equal. A condition is read as monotone: more Byzantine
+silos or stronger skew than a measured collapse is assumed to collapse too.
+
+:func:`collapse_warnings` gives the warnings of a run that chooses such a rule under such
+a condition (the app logs them at run start, :func:`fl_app.federation.run_federation`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["COLLAPSES", "DOC_SECTION", "Collapse", "collapse_warnings"]
+
+#: Where the evidence is documented.
+DOC_SECTION = "docs/robustness.md, 'Collapses and run-time warnings'"
+
+
+@dataclass(frozen=True)
+class Collapse:
+    """The sweep saw ``strategy`` (behind ``pre_aggregator``) end at chance under
+    ``attack`` with ≥ ``min_fraction`` Byzantine silos and Dirichlet α ≤ ``max_alpha``
+    (``None``: under IID already)."""
+
+    strategy: str
+    pre_aggregator: str
+    min_fraction: float
+    max_alpha: float | None
+    attack: str
+
+    def applies(
+        self, strategy: str, pre_aggregator: str, fraction: float, alpha: float | None, iid: bool
+    ) -> bool:
+        """A run meets this condition: its strategy and pre-aggregator, a Byzantine
+        ``fraction`` ≥ ``min_fraction``, and label skew: an IID run (``iid``) only when
+        there is no ``max_alpha``; a Dirichlet ``alpha`` when ``alpha ≤ max_alpha``; an
+        unknown skew (``alpha=None`` and not ``iid``) always."""
+        if (self.strategy, self.pre_aggregator) != (strategy, pre_aggregator):
+            return False
+        if fraction <= 0 or fraction < self.min_fraction:
+            return False
+        if self.max_alpha is None:
+            return True
+        return not iid and (alpha is None or alpha <= self.max_alpha)
+
+    def condition(self) -> str:
+        skew = "any label skew (IID too)" if self.max_alpha is None else (
+            f"label skew Dirichlet α ≤ {self.max_alpha:g}"
+        )  # fmt: skip
+        return f"Byzantine fraction ≥ {self.min_fraction:.0%} and {skew}"
+
+
+#: The data file of :data:`COLLAPSES`: the sweep's ``collapse_conditions``, copied from
+#: docs/robustness-sweep.json (a test keeps the two equal; a FAB ships ``*.json``).
+TABLE_FILE = Path(__file__).with_name("collapses.json")
+
+#: The sweep's collapse conditions (see the module doc).
+COLLAPSES: tuple[Collapse, ...] = tuple(
+    Collapse(**entry) for entry in json.loads(TABLE_FILE.read_text(encoding="utf-8"))
+)
+
+
+def collapse_warnings(
+    strategy: str,
+    pre_aggregator: str,
+    fraction: float,
+    alpha: float | None,
+    *,
+    iid: bool = False,
+    table: tuple[Collapse, ...] = COLLAPSES,
+) -> list[str]:
+    """One warning per entry of ``table`` whose condition the run meets
+    (:meth:`Collapse.applies`), naming the rule, the condition and the docs section."""
+    rule = strategy if pre_aggregator == "none" else f"{strategy} + {pre_aggregator}"
+    return [
+        f"strategy '{rule}' collapsed to chance accuracy in the robustness sweep under "
+        f"{c.condition()} (attack {c.attack}); this run assumes a Byzantine fraction of "
+        f"{fraction:.0%}"
+        + ("" if alpha is None else f" and Dirichlet α = {alpha:g}")
+        + f". See {DOC_SECTION} for a rule that held there."
+        for c in table
+        if c.applies(strategy, pre_aggregator, fraction, alpha, iid)
+    ]
