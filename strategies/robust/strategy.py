@@ -148,12 +148,3 @@ class RobustAggregation(RoundStateUser, FedAvg):
             aggregate = aggregate.clone()  # kept across rounds: must not alias the round matrix
         self._previous = aggregate
         return unflatten(reference + aggregate, layout)
-
-
-def is_robust(strategy: object) -> bool:
-    """True for strategies that need individual updates (robust rules, Flower's
-    FedMedian/FedTrimmedAvg/Krum/MultiKrum/Bulyan)."""
-    from flwr.serverapp import strategy as fl
-
-    flower_robust = (fl.FedMedian, fl.FedTrimmedAvg, fl.Krum, fl.MultiKrum, fl.Bulyan)
-    return isinstance(strategy, RobustAggregation | flower_robust)
