@@ -161,6 +161,11 @@ _SHARED_FLAGS = {flags[0]: name for name, (flags, _) in harness._OPTIONS.items()
 }
 
 
+#: A benchmark flag that hands the whole command to another module (``benchmarks.robust
+#: --sweep`` runs ``benchmarks.robust_sweep.main``): that module's flags apply.
+_HANDED_OVER = {("robust", "--sweep"): "robust_sweep"}
+
+
 def _check_benchmark_commands(text: str) -> list[str]:
     problems = []
     for match in _BENCH_COMMAND.finditer(text):
@@ -169,6 +174,9 @@ def _check_benchmark_commands(text: str) -> list[str]:
             problems.append(f"{match.group(0).strip()!r}: no benchmarks/{module.name}")
             continue
         source = module.read_text(encoding="utf-8")
+        for (name, flag), target in _HANDED_OVER.items():
+            if name == match.group(1) and flag in match.group(2).split():
+                source += (ROOT / "benchmarks" / f"{target}.py").read_text(encoding="utf-8")
         for flag in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", match.group(2)):
             shared = _SHARED_FLAGS.get(flag)
             if flag == "--allow-dirty" or f'"{flag}"' in source:
