@@ -47,7 +47,7 @@ from fl_app.config import RunConfig
 from fl_app.local_run import PROJECT_DIR, SimulationRun, run_simulation
 from fl_core.config import flatten
 from fl_core.seeding import derive_seed, seed_everything
-from tasks import available_tasks, get_task
+from tasks import TASKS, get_task
 from tasks.base import ArrayDataset
 
 LOG = logging.getLogger(__name__)
@@ -107,9 +107,7 @@ def app_defaults(project_dir: Path = PROJECT_DIR) -> dict[str, Any]:
 #: where the task declares it), used by the federated runs and the centralised baseline
 #: alike.
 TASK_OVERRIDES: dict[str, dict[str, Any]] = {
-    name: dict(get_task(name).recommended)
-    for name in available_tasks()
-    if get_task(name).recommended
+    name: dict(TASKS[name].recommended) for name in TASKS if TASKS[name].recommended
 }
 
 
