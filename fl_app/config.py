@@ -414,8 +414,9 @@ def _with_task_defaults(data: dict[str, Any]) -> dict[str, Any]:
     all of them resolve it alike."""
     flat = _flat_input(data)
     task = flat.get("task", RunConfig.model_fields["task"].default)
-    horizontal = flat.get("mode", "horizontal") == "horizontal"  # vertical: its own views
-    if flat.get("task-defaults", True) is False or task not in TASKS or not horizontal:
+    horizontal = flat.get("mode", RunConfig.model_fields["mode"].default) == "horizontal"
+    on = flat.get("task-defaults", RunConfig.model_fields["task_defaults"].default)
+    if on is False or task not in TASKS or not horizontal:  # vertical: its own views
         return data
     recommended = TASKS[task].recommended
     changes = {}
