@@ -19,7 +19,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
 import sys
 from collections.abc import Mapping
 from functools import lru_cache
@@ -45,6 +44,7 @@ from fl_core.config import (
     unflatten,
 )
 from fl_core.errors import ConfigError
+from fl_core.markers import replace_between_markers
 from strategies.compression.codecs import CompressionSection
 from strategies.contribution.config import ContributionSection, check_contribution
 from strategies.flower_builtin import ServerSection
@@ -576,19 +576,7 @@ README_END = "<!-- config-table:end -->"
 
 def update_readme(path: str = "README.md") -> None:
     """Rewrite the config tables between the README's markers."""
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    if README_START not in text or README_END not in text:
-        raise ValueError(f"{path} lacks the config-table markers; restore them first")
-    head, rest = text.split(README_START, 1)
-    _, tail = rest.split(README_END, 1)
-    # Build everything first, then replace atomically: a failure (or a concurrent
-    # writer) never leaves a truncated README behind.
-    new_text = f"{head}{README_START}\n{reference_table()}\n{README_END}{tail}"
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(new_text)
-    os.replace(tmp, path)
+    replace_between_markers(path, README_START, README_END, reference_table())
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through the README

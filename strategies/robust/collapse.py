@@ -16,10 +16,13 @@ a condition (the app logs them at run start, :func:`fl_app.federation.run_federa
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["COLLAPSES", "DOC_SECTION", "Collapse", "collapse_warnings"]
+from fl_core.markers import replace_between_markers
+
+__all__ = ["COLLAPSES", "DOC_SECTION", "Collapse", "collapse_warnings", "readme_summary"]
 
 #: Where the evidence is documented.
 DOC_SECTION = "docs/robustness.md, 'Collapses and run-time warnings'"
@@ -90,3 +93,46 @@ def collapse_warnings(
         for c in table
         if c.applies(strategy, pre_aggregator, fraction, alpha, iid)
     ]
+
+
+#: The README's per-rule summary of :data:`COLLAPSES` (Strategies section) sits between these.
+README_START = (
+    "<!-- collapses:start (generated: python -m strategies.robust.collapse --update-readme) -->"
+)
+README_END = "<!-- collapses:end -->"
+
+
+def _skew(max_alpha: float | None) -> str:
+    return "under IID already" if max_alpha is None else f"with Dirichlet α ≤ {max_alpha:g}"
+
+
+def readme_summary(table: tuple[Collapse, ...] = COLLAPSES) -> str:
+    """One line per rule (and pre-aggregator) that collapsed in the sweep: each measured
+    condition, weakest Byzantine fraction first, with the attack that broke it."""
+    rules: dict[tuple[str, str], list[Collapse]] = {}
+    for c in table:
+        rules.setdefault((c.strategy, c.pre_aggregator), []).append(c)
+    lines = []
+    for (strategy, pre), found in sorted(
+        rules.items(), key=lambda kv: (kv[0][0], kv[0][1] != "none", kv[0][1])
+    ):
+        rule = f"`{strategy}`" if pre == "none" else f"`{strategy}` + {pre}"
+        found.sort(key=lambda c: (c.min_fraction, c.max_alpha is None, c.max_alpha or 0.0))
+        conditions = "; ".join(
+            f"≥ {c.min_fraction * 100:.0f} % Byzantine {_skew(c.max_alpha)} ({c.attack})"
+            for c in found
+        )
+        lines.append(f"- {rule}: {conditions}")
+    return "\n".join(lines)
+
+
+def update_readme(path: str | Path = "README.md") -> None:
+    """Rewrite the README's collapse summary between its markers."""
+    replace_between_markers(path, README_START, README_END, readme_summary())
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through the README test
+    if "--update-readme" in sys.argv:
+        update_readme()
+    else:
+        sys.stdout.write(readme_summary() + "\n")

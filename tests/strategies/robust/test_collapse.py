@@ -51,3 +51,35 @@ def test_a_run_reads_fraction_and_skew_from_its_config():
     assert warn_if_rule_collapses(cfg, 20) == expected
     assert warn_if_rule_collapses(cfg.replace({"robust.num-byzantine": 0}), 20) == []
     assert all(isinstance(c, Collapse) for c in collapse.COLLAPSES)
+
+
+def test_readme_summary_lists_each_rule_once_weakest_condition_first():
+    from strategies.robust.collapse import readme_summary
+
+    table = (*TABLE, Collapse("geomed", "none", 0.4, None, "ipm ε=10"))
+    lines = readme_summary(table).splitlines()
+    assert lines == [
+        "- `cclip` + nnm: ≥ 40 % Byzantine with Dirichlet α ≤ 0.3 (min-max)",
+        "- `geomed`: ≥ 20 % Byzantine with Dirichlet α ≤ 0.1 (ipm ε=10); "
+        "≥ 40 % Byzantine under IID already (ipm ε=10)",
+        "- `robust-krum`: ≥ 30 % Byzantine under IID already (alie)",
+    ]
+
+
+def test_readme_collapse_list_is_the_generated_one(tmp_path):
+    """README's Strategies section shows every collapse the run-time warning knows, as
+    `python -m strategies.robust.collapse --update-readme` writes it."""
+    from pathlib import Path
+
+    from fl_core.markers import between_markers, replace_between_markers
+    from strategies.robust.collapse import COLLAPSES, README_END, README_START, readme_summary
+
+    readme = (Path(__file__).parents[3] / "README.md").read_text(encoding="utf-8")
+    shown = between_markers(readme, README_START, README_END)
+    assert shown == readme_summary(), "run: python -m strategies.robust.collapse --update-readme"
+    assert len(shown.splitlines()) == len({(c.strategy, c.pre_aggregator) for c in COLLAPSES})
+    # The writer keeps the rest of the file and replaces only the marked part.
+    copy = tmp_path / "README.md"
+    copy.write_text(readme.replace(shown, "stale"), encoding="utf-8")
+    replace_between_markers(copy, README_START, README_END, readme_summary())
+    assert copy.read_text(encoding="utf-8") == readme
