@@ -35,6 +35,7 @@ from fl_app.heterogeneity import (
 )
 from fl_app.personal_state import SiloPersonalization
 from fl_app.silo_state import SiloStateStore, silo_lineage
+from fl_app.transport import packing_mod
 from fl_app.vertical.client import register as register_vertical
 from fl_core.records import LOSS_BEFORE_KEY, META_KEY, REPORT_LOSS_BEFORE_KEY
 from fl_core.seeding import derive_seed, seed_everything
@@ -47,7 +48,7 @@ from tasks import get_task
 from tasks.base import MOMENTS_KEY, ArrayDataset
 from tasks.personalization import PERSONAL_PREFIX
 
-app = ClientApp()
+app = ClientApp(mods=[packing_mod])  # packed instructions in, packed replies out (fl_app.transport)
 register_vertical(app)  # vertical mode's handlers: query.vertical_*, train.vertical_step
 register_secagg(app)  # secure aggregation's handlers: query.secagg_*
 

@@ -9,6 +9,7 @@ from fl_app import LOG
 from fl_app.config import ConfigError, RunConfig
 from fl_app.federation import run_federation
 from fl_app.polling import PromptGrid
+from fl_app.transport import PackingGrid
 from fl_app.vertical.server import run_vertical
 
 app = ServerApp()
@@ -28,6 +29,7 @@ def main(grid: Grid, context: Context) -> None:
     """Run the federation described by the run config (vertical mode: split learning,
     this ServerApp being the label party; see fl_app.vertical)."""
     cfg = load_config(context)
+    grid = PackingGrid(grid)  # one Array per ArrayRecord on the wire (fl_app.transport)
     if cfg.mode == "vertical":
         run_vertical(grid, cfg)
         return

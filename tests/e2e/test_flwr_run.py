@@ -49,6 +49,9 @@ def test_readme_command_1_runs_ten_silos_learns_and_writes_its_run_directory():
     assert run.ok, run.output[-3000:]
     assert "(10 simulated SuperNodes)" in run.output
     assert "roll call: 10 silos" in run.output
+    # The model travels packed (fl_app.transport) both ways through Flower's runtime.
+    assert "transport: instructions carry" in run.output
+    assert "transport: replies arrive packed" in run.output
     server = [r for r in run.metrics if r["phase"] == "server"]
     assert [r["round"] for r in server] == list(range(6))  # round 0 = initial model
     assert server[0]["accuracy"] < 0.3

@@ -82,6 +82,8 @@ def test_the_warm_supernode_trains_the_bit_identical_model(deployment, tmp_path,
         assert len(re.findall(r"task \d+ forked \(pid \d+\)", warm_log)) == messages
         assert "zygote not ready" not in warm_log  # no cold fallback
     assert "[fedsilo] done" in output
+    # Both modes moved the model packed (fl_app.transport): one Array per ArrayRecord.
+    assert "transport: replies arrive packed" in output
 
     def per_round(run_dir: Path) -> float:
         rows = json.loads((run_dir / "metrics.json").read_text())
