@@ -488,6 +488,14 @@ def reply_sizes(topk_fraction: float = 0.01) -> list[dict]:
     return rows
 
 
+#: One reply of each codec (a top-k reply is one of a round after the warm-up).
+SIZE_LABELS = {
+    **LABELS,
+    "topk": "top-k 1 % + EF21 (a reply after the warm-up)",
+    "topk+int8": "top-k 1 % + int8 + EF21 (a reply after the warm-up)",
+}
+
+
 def sizes_markdown(rows: list[dict]) -> str:
     dense = rows[0]["plain"]
     cut = Column("cut", lambda c: f"{100 * c:.1f} %")
@@ -495,7 +503,8 @@ def sizes_markdown(rows: list[dict]) -> str:
                  Column("bytes (zlib-deflated payload)", ","), cut])  # fmt: skip
     for r in rows:
         out.add(
-            LABELS.get(r["scheme"], r["scheme"]), r["plain"], 1 - r["plain"] / dense, r["zlib"],
+            SIZE_LABELS.get(r["scheme"], r["scheme"]), r["plain"], 1 - r["plain"] / dense,
+            r["zlib"],
             1 - r["zlib"] / dense,
         )  # fmt: skip
     lines = [
