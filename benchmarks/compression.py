@@ -345,8 +345,8 @@ After issue #9, top-k 1 % + EF21 still lost 1.85 pt on the mean of 6 seeds, 2 se
 than 2 pt (issue #9's table; re-measured on this code: the "before" row, −1.44 pt, seeds 43
 and 47 below −2 pt). Its curve (above, "before") is slow from the start: in round 1 a silo
 sends 100 of its 9 930 values, the global model barely moves, and EF21's estimates need
-many rounds to cover the update; 20 rounds are not enough to catch up. Deep Gradient Compression (Lin et
-al., 2018) warms up with denser updates for the first epochs; here the first
+many rounds to cover the update; 20 rounds are not enough to catch up. Deep Gradient
+Compression (Lin et al., 2018) warms up with denser updates for the first epochs; here the first
 `compression.topk-warmup-rounds` rounds upload the whole delta, quantised with
 `compression.topk-warmup-method` (int4: ~5 kB a reply instead of 43 kB), without error
 feedback; top-k and EF21 start after them from a zero estimate (both sides: the server
