@@ -13,8 +13,10 @@ Usage::
     python -m benchmarks.compression --rounds 10 --seeds 1 --schemes none int8
     python -m benchmarks.compression --schemes none topk topk-residual-model topk-noef
 
-``--schemes`` takes the codecs and the top-k error-feedback variants of :data:`VARIANTS`
-(``topk-classic`` is the top-k of this project before EF21: classic residual, per tensor).
+``--schemes`` takes the codecs (with their defaults: top-k starts with
+``compression.topk-warmup-rounds`` dense int4 rounds) and the top-k variants of
+:data:`VARIANTS` (``topk-no-warmup`` is the default of issue #9: EF21 from round 1;
+``topk-classic`` the top-k before it: classic residual, per tensor).
 """
 
 from __future__ import annotations
@@ -41,15 +43,28 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "topk-residual-model": ("topk", {"topk-feedback": "residual", "topk-scope": "model"}),
     "topk-ef21-tensor": ("topk", {"topk-feedback": "ef21", "topk-scope": "tensor"}),
     "topk-noef": ("topk", {"error-feedback": False}),
+    "topk-no-warmup": ("topk", {"topk-warmup-rounds": 0}),
+    "topk+int8-no-warmup": ("topk+int8", {"topk-warmup-rounds": 0}),
+    "topk-warmup-float32": ("topk", {"topk-warmup-method": "none"}),
 }
-DEFAULT_VARIANTS = ("none", "int8", "int4", "topk", "topk-classic")
+for _rounds in (1, 2, 5):
+    VARIANTS[f"topk+int8-warmup{_rounds}"] = ("topk+int8", {"topk-warmup-rounds": _rounds})
+DEFAULT_VARIANTS = ("none", "int8", "int4", "topk", "topk+int8", "topk-no-warmup")
+#: The rows held to the top-k target (1 % kept, ≥ 95 % cut, within 1 pt of none).
+TOPK_TARGET_ROWS = ("topk", "topk+int8")
 LABELS = {
     "none": "none (float32)",
     "int8": "int8 stochastic",
     "int4": "int4 stochastic",
-    "topk": "top-k 1 % + EF21, global (default)",
-    "topk+int8": "top-k 1 % + int8 + EF21",
-    "topk-classic": "top-k 1 % + classic EF, per tensor (before)",
+    "topk": "top-k 1 % + EF21, 3 int4 warm-up rounds (default)",
+    "topk+int8": "top-k 1 % + int8 + EF21, 3 int4 warm-up rounds (default)",
+    "topk-no-warmup": "top-k 1 % + EF21, no warm-up (before, issue #9)",
+    "topk+int8-no-warmup": "top-k 1 % + int8 + EF21, no warm-up",
+    "topk-warmup-float32": "top-k 1 % + EF21, 3 float32 warm-up rounds",
+    "topk+int8-warmup1": "top-k 1 % + int8 + EF21, 1 int4 warm-up round",
+    "topk+int8-warmup2": "top-k 1 % + int8 + EF21, 2 int4 warm-up rounds",
+    "topk+int8-warmup5": "top-k 1 % + int8 + EF21, 5 int4 warm-up rounds",
+    "topk-classic": "top-k 1 % + classic EF, per tensor (issue #9's before)",
     "topk-residual-model": "top-k 1 % + classic EF, global",
     "topk-ef21-tensor": "top-k 1 % + EF21, per tensor",
     "topk-noef": "top-k 1 %, no error feedback",
@@ -145,6 +160,16 @@ def summarise(runs: list[Run]) -> list[dict]:
     return rows
 
 
+def _per_seed_delta(runs: list[Run], scheme: str) -> dict[int, float]:
+    """Seed → final accuracy of ``scheme`` minus that of none (pt), for the paired seeds."""
+    base = {r.seed: r.final_accuracy for r in runs if r.scheme == "none"}
+    return {
+        r.seed: 100 * (r.final_accuracy - base[r.seed])
+        for r in runs
+        if r.scheme == scheme and r.seed in base
+    }
+
+
 def table(rows: list[dict], silos: int) -> str:
     out = Table([
         "codec", Column("bytes uploaded / round", ",.0f"), Column("per reply", ",.0f"),
@@ -163,6 +188,9 @@ def table(rows: list[dict], silos: int) -> str:
 
 
 def markdown(rows: list[dict], args, runs: list[Run]) -> str:
+    from fl_app.config import RunConfig
+
+    warmup = RunConfig().compression
     versions = harness.versions("flwr", "torch")
     targets = []
     for row in rows:
@@ -173,39 +201,44 @@ def markdown(rows: list[dict], args, runs: list[Run]) -> str:
                 f"{100 * row['cut']:.1f} %, {row['accuracy_delta_pt']:+.2f} pt: "
                 f"**{'met' if ok else 'not met'}**."
             )
-        if row["scheme"] == "topk" and "cut" in row:
-            ok = row["cut"] >= 0.95 and row["accuracy_delta_pt"] >= -2.0
-            base = {r.seed: r.final_accuracy for r in runs if r.scheme == "none"}
-            per_seed = {
-                r.seed: 100 * (r.final_accuracy - base[r.seed])
-                for r in runs
-                if r.scheme == "topk" and r.seed in base
-            }
+        if row["scheme"] in TOPK_TARGET_ROWS and "cut" in row:
+            per_seed = _per_seed_delta(runs, row["scheme"])
             worst = min(per_seed, key=per_seed.get)
             over = sum(d < -2.0 for d in per_seed.values())
+            accurate = row["accuracy_delta_pt"] >= -1.0 and not over
+            verdict = {
+                (True, True): "met",
+                (True, False): "accuracy met, cut not met",
+                (False, True): "cut met, accuracy not met",
+                (False, False): "not met",
+            }[accurate, row["cut"] >= 0.95]
             targets.append(
-                f"- top-k 1 % + error feedback: target ≥ 95 % cut at ≤ 2 pt → "
-                f"{100 * row['cut']:.1f} %, {row['accuracy_delta_pt']:+.2f} pt: "
-                f"**{'met' if ok else 'not met'}** on the mean over seeds; not on every seed: "
-                f"{over} of {len(per_seed)} seeds lose more than 2 pt (worst: seed {worst}, "
-                f"{per_seed[worst]:+.2f} pt)."
+                f"- {LABELS[row['scheme']]}: target (issue #22) ≥ 95 % cut, within 1.0 pt of "
+                f"none on the mean over seeds, no seed worse than −2 pt → "
+                f"{100 * row['cut']:.1f} % (warm-up rounds included), "
+                f"{row['accuracy_delta_pt']:+.2f} pt, worst seed {worst} "
+                f"{per_seed[worst]:+.2f} pt: **{verdict}**. Per seed: "
+                + ", ".join(f"{seed} {d:+.2f}" for seed, d in per_seed.items())
+                + " pt."
             )
-    by_key = {(r.scheme, r.seed): r.final_accuracy for r in runs}
-    paired = [
-        100 * (by_key[("topk", seed)] - by_key[("topk-classic", seed)])
-        for seed in args.seeds
-        if ("topk", seed) in by_key and ("topk-classic", seed) in by_key
-    ]
-    if len(paired) >= 2:
+    for scheme, before in (("topk", "topk-no-warmup"), ("topk+int8", "topk+int8-no-warmup")):
+        by_key = {(r.scheme, r.seed): r.final_accuracy for r in runs}
+        paired = [
+            100 * (by_key[(scheme, seed)] - by_key[(before, seed)])
+            for seed in args.seeds
+            if (scheme, seed) in by_key and (before, seed) in by_key
+        ]
+        if len(paired) < 2:
+            continue
         mean, sd = harness.mean_std(paired)
         if mean <= 0:
             verdict = "no gain on these seeds."
         elif mean < 2 * sd / len(paired) ** 0.5:
-            verdict = "a small gain next to the seed-to-seed spread."
+            verdict = "a gain within two standard errors."
         else:
             verdict = "a gain beyond two standard errors."
         targets.append(
-            "- EF21 global vs the previous top-k (classic EF, per tensor), paired by seed: "
+            f"- {LABELS[scheme]} vs {LABELS[before]}, paired by seed: "
             + ", ".join(f"{d:+.2f}" for d in paired)
             + f" pt (mean {mean:+.2f}, sd {sd:.2f}; one test image = 0.28 pt): {verdict}"
         )
@@ -225,8 +258,11 @@ FedAvg, {args.rounds} rounds, 3 local epochs, every silo trains every round, see
 {", ".join(map(str, args.seeds))} (accuracy = server-side test accuracy of the final global
 model, 360 images: one image = 0.28 pt; Δ accuracy is paired by seed). Top-k keeps
 {100 * args.topk_fraction:g} % of the model's float values per reply. Error feedback on: the
-residual for int8/int4, EF21 for top-k (the default since issue #9; the "before" row is the
-previous default, classic residual with a per-tensor top-k). In-process grid (the real
+residual for int8/int4, EF21 for top-k (since issue #9). Top-k starts, by default since issue
+#22, with {warmup.topk_warmup_rounds} dense {warmup.topk_warmup_method} warm-up rounds
+(`compression.topk-warmup-rounds`, `compression.topk-warmup-method`); the "before" row is
+issue #9's default, EF21 top-k from round 1. Bytes per round are averaged over all
+{args.rounds} rounds, warm-up rounds included at their full size. In-process grid (the real
 ServerApp body and ClientApp, no transport); flwr {versions["flwr"]}, torch {versions["torch"]}.
 
 **Bytes are measured, not estimated**: `bytes-uploaded` is the sum, over the round's train
@@ -258,8 +294,84 @@ formula, `codecs.advance_estimate`), and the server aggregates `g` as the silo's
 step counter in the train config and the payload keeps the two copies in step; a lost reply
 or a restarted server makes both restart from `g = 0` (`strategies/compression/records.py`).
 
+{WARMUP.format(WARMUP_TABLE=_warmup_table())}
+
 {DIAGNOSIS.format(EXPLORATION_TABLE=_exploration_table())}
 """
+
+
+#: Exploration for issue #22 (final accuracy per seed, in-process grid, the settings above,
+#: top-k 1 %; run with benchmarks.compression.run_one and the compression keys named):
+#: label, {seed: accuracy}, bytes uploaded per round (mean over the seeds run).
+WARMUP_SEEDS = (42, 43, 44, 45, 46, 47)
+WARMUP_NONE = (0.9778, 0.9694, 0.9694, 0.9667, 0.9778, 0.9806)  # the table above, ced1ef3
+WARMUP_EXPLORATION = (
+    ("EF21 from round 1 (issue #9's default; the \"before\" row above)",
+     {42: 0.9667, 43: 0.9417, 44: 0.9583, 45: 0.9667, 46: 0.9694, 47: 0.9528}, 18_602),
+    ("1 float32 warm-up round", {43: 0.9500, 47: 0.9806}, 39_246),
+    ("1 int4 warm-up round", {43: 0.9528, 47: 0.9750}, 20_106),
+    ("2 int4 warm-up rounds", {43: 0.9528, 47: 0.9750}, 21_604),
+    ("2 int4 warm-up rounds, EF21 estimate × 0.9 every round", {43: 0.9583}, 21_617),
+    ("2 int4 warm-up rounds, EF21 estimate × 0.95 every round", {43: 0.9611}, 21_626),
+    ("1 int4 warm-up round run through EF21 (estimate = warm-up update)",
+     {42: 0.9778, 43: 0.9667, 44: 0.9556, 45: 0.9556, 46: 0.9500, 47: 0.9611}, 20_078),
+    ("2 int4 warm-up rounds run through EF21", {43: 0.9472}, 21_592),
+    ("5 int4 warm-up rounds", {46: 0.9750, 47: 0.9750}, 26_256),
+    ("5 int4 warm-up rounds run through EF21", {46: 0.9778, 47: 0.9750}, 26_817),
+    ("**3 int4 warm-up rounds, top-k + int8 (new default)**",
+     {42: 0.9806, 43: 0.9667, 44: 0.9556, 45: 0.9583, 46: 0.9750, 47: 0.9750}, 21_127),
+)  # fmt: skip
+
+
+def _warmup_table() -> str:
+    out = Table(
+        ["top-k 1 % variant", *(f"seed {s}" for s in WARMUP_SEEDS), "mean Δ vs none",
+         Column("bytes / round", ",.0f"), Column("cut", lambda c: f"{100 * c:.1f} %")],
+        align="l" + "r" * (len(WARMUP_SEEDS) + 3),
+    )  # fmt: skip
+    base = dict(zip(WARMUP_SEEDS, WARMUP_NONE, strict=True))
+    dense = 431_426  # bytes / round of none (the table above, issue #9's runs)
+    for label, accs, nbytes in WARMUP_EXPLORATION:
+        cells = [f"{accs[s]:.4f}" if s in accs else "–" for s in WARMUP_SEEDS]
+        delta = statistics.fmean(100 * (a - base[s]) for s, a in accs.items())
+        seeds = f"{len(accs)} seed{'s' * (len(accs) > 1)}"
+        out.add(label, *cells, f"{delta:+.2f} pt ({seeds})", nbytes, 1 - nbytes / dense)
+    return out.markdown()
+
+
+WARMUP = """### Dense warm-up rounds (issue #22)
+
+After issue #9, top-k 1 % + EF21 still lost 1.85 pt on the mean of 6 seeds, 2 seeds more
+than 2 pt (issue #9's table; re-measured on this code: the "before" row, −1.44 pt, seeds 43
+and 47 below −2 pt). Its curve (above, "before") is slow from the start: in round 1 a silo
+sends 100 of its 9 930 values, the global model barely moves, and EF21's estimates need
+many rounds to cover the update; 20 rounds are not enough to catch up. Deep Gradient
+Compression (Lin et al., 2018) warms up with denser updates for the first epochs; here the first
+`compression.topk-warmup-rounds` rounds upload the whole delta, quantised with
+`compression.topk-warmup-method` (int4: ~5 kB a reply instead of 43 kB), without error
+feedback; top-k and EF21 start after them from a zero estimate (both sides: the server
+holds no estimate until the first top-k reply). The warm-up rounds are ordinary replies:
+their bytes are measured and counted like any other round's (in the table above).
+
+Exploration (final accuracy per seed, same settings; none: {none}; top-k 1 % + EF21
+global after the warm-up; bytes per round over all 20 rounds, "cut" against none's 431,426;
+the last row is re-measured by the benchmark above):
+
+{{WARMUP_TABLE}}
+
+- One dense round is not enough (seed 43 stays 1.7–1.9 pt behind: the model is then only
+  ~0.7 and top-k is again slow); 5 int4 rounds reach within 1 pt on two hard seeds but cost
+  26 kB a round (93.9 % cut). Three int4 rounds followed by top-k + int8 (1.63 kB a reply
+  instead of 1.86 kB) keep the average at ~21 kB a round, the 95 % cut; with float32 top-k
+  values the same warm-up costs ~23 kB a round (94.7 %).
+- Running the warm-up through EF21 (the estimate starts as the dense warm-up update, so the
+  server keeps applying it until top-k corrects it) was no better over 6 seeds with one
+  round (its row). Decaying the EF21 estimate (`g ← βg + topk(delta − βg)`, both sides) did
+  not help either (one seed, within noise); neither is kept.
+- Not tried: DGC's momentum correction and local gradient clipping act on each SGD step of
+  a silo that sends every step; here a silo sends once per round of 3 local epochs, and
+  its delta is already the sum of its steps (EF21 keeps the rest).
+""".format(none=" / ".join(f"{a:.4f}" for a in WARMUP_NONE))
 
 
 #: One-off exploration (issue #9), final accuracy on seeds 42, 43, 44, 45: the dense
@@ -376,6 +488,14 @@ def reply_sizes(topk_fraction: float = 0.01) -> list[dict]:
     return rows
 
 
+#: One reply of each codec (a top-k reply is one of a round after the warm-up).
+SIZE_LABELS = {
+    **LABELS,
+    "topk": "top-k 1 % + EF21 (a reply after the warm-up)",
+    "topk+int8": "top-k 1 % + int8 + EF21 (a reply after the warm-up)",
+}
+
+
 def sizes_markdown(rows: list[dict]) -> str:
     dense = rows[0]["plain"]
     cut = Column("cut", lambda c: f"{100 * c:.1f} %")
@@ -383,7 +503,8 @@ def sizes_markdown(rows: list[dict]) -> str:
                  Column("bytes (zlib-deflated payload)", ","), cut])  # fmt: skip
     for r in rows:
         out.add(
-            LABELS.get(r["scheme"], r["scheme"]), r["plain"], 1 - r["plain"] / dense, r["zlib"],
+            SIZE_LABELS.get(r["scheme"], r["scheme"]), r["plain"], 1 - r["plain"] / dense,
+            r["zlib"],
             1 - r["zlib"] / dense,
         )  # fmt: skip
     lines = [

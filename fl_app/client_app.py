@@ -39,7 +39,7 @@ from fl_app.transport import packing_mod
 from fl_app.vertical.client import register as register_vertical
 from fl_core.records import LOSS_BEFORE_KEY, META_KEY, REPORT_LOSS_BEFORE_KEY
 from fl_core.seeding import derive_seed, seed_everything
-from strategies.compression import CompressionSpec, compress_train_content
+from strategies.compression import compress_train_content
 from strategies.compression.records import ESTIMATE_STEP_KEY
 from strategies.robust.simulation import byzantine_partitions
 from strategies.secagg.client import register as register_secagg
@@ -206,13 +206,11 @@ def train(msg: Message, context: Context) -> Message:
 def _compress(content, msg: Message, cfg: RunConfig, context: Context, pid: int, server_round: int):
     """The reply with its model delta compressed (strategies.compression); the error
     feedback state (residual, or EF21 estimate for top-k) lives in the node's persistent
-    state."""
-    spec = CompressionSpec(
-        cfg.compression.method,
-        cfg.compression.topk_fraction,
-        cfg.compression.quantization_chunk,
-        cfg.compression.topk_scope,
-    )
+    state. A top-k warm-up round (``compression.topk-warmup-rounds``) uploads with the
+    warm-up codec, without error feedback: top-k's starts after the warm-up."""
+    spec, warmup = cfg.compression.round_spec(server_round)
+    if spec.scheme == "none":  # a dense float32 warm-up round: the reply as it is
+        return content
     generator = torch.Generator().manual_seed(derive_seed(cfg.seed, "compress", pid, server_round))
     server_step = msg.content["config"].get(ESTIMATE_STEP_KEY)
     return compress_train_content(
@@ -220,7 +218,7 @@ def _compress(content, msg: Message, cfg: RunConfig, context: Context, pid: int,
         msg.content["arrays"],
         spec,
         state=context.state,
-        error_feedback=cfg.compression.error_feedback,
+        error_feedback=cfg.compression.error_feedback and not warmup,
         generator=generator,
         feedback=cfg.compression.topk_feedback,
         server_step=None if server_step is None else int(server_step),

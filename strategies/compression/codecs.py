@@ -66,6 +66,18 @@ class CompressionSection(Section):
         description="Error feedback of top-k: EF21 (silo and server track each silo's "
         "update; top-k of the change is sent) or the classic residual.",
     )
+    topk_warmup_rounds: int = Field(
+        3,
+        ge=0,
+        description="Top-k only: the first rounds upload the dense delta with "
+        "compression.topk-warmup-method instead (their bytes count in full); top-k and its "
+        "error feedback start after them.",
+    )
+    topk_warmup_method: Literal["none", "int8", "int4"] = Field(
+        "int4",
+        description="What the top-k warm-up rounds upload: the dense delta as float32 "
+        "(none) or stochastically quantised (int8, int4).",
+    )
     error_feedback: bool = Field(
         True,
         description="Keep what compression dropped in the silo's state and add it to its "
@@ -74,6 +86,21 @@ class CompressionSection(Section):
     quantization_chunk: int = Field(
         1024, ge=0, description="Values sharing one quantisation scale (0 = one per tensor)."
     )
+
+    def round_spec(self, server_round: int) -> tuple[CompressionSpec, bool]:
+        """The codec of round ``server_round`` and whether it is a top-k warm-up round
+        (rounds 1 … ``topk_warmup_rounds`` of a top-k method upload with
+        ``topk_warmup_method``, dense; a round number ≤ 0, unknown, is never one)."""
+        warmup = self.method.startswith("topk") and 1 <= server_round <= self.topk_warmup_rounds
+        return (
+            CompressionSpec(
+                self.topk_warmup_method if warmup else self.method,
+                self.topk_fraction,
+                self.quantization_chunk,
+                self.topk_scope,
+            ),
+            warmup,
+        )
 
 
 @dataclass(frozen=True)

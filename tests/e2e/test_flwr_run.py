@@ -110,6 +110,7 @@ def test_same_config_and_seed_give_the_same_model(tmp_path):
         "strategy": "fedprox",
         "compression.method": "topk+int8",
         "compression.topk-fraction": 0.05,
+        "compression.topk-warmup-rounds": 0,  # both rounds top-k + EF21
     }
     run = run_simulation(overrides, num_supernodes=5, run_dir=tmp_path / "flwr")
     assert run.ok, run.output[-3000:]

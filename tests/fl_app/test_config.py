@@ -92,7 +92,7 @@ def test_every_key_has_a_doc_and_appears_in_the_reference_table():
     table = reference_table()
     # 101 + contribution (8), selection.quality-aware, robust.norm-outliers, export (3),
     # personalization (6), monitoring (3)
-    assert len(KEYS) == 124
+    assert len(KEYS) == 126
     for key, field in iter_fields(RunConfig):
         assert field.description, key
         assert f"| `{key}` |" in table

@@ -201,7 +201,7 @@ def test_sound_combinations_are_accepted():
          "dp.noise-multiplier": 0.01, "dp.reproducible-noise": True,
          "robust.max-update-norm-ratio": 0.0},
         {"personalization.method": "fedrep", "compression.method": "topk",
-         "compression.topk-fraction": 0.1},
+         "compression.topk-fraction": 0.1, "compression.topk-warmup-rounds": 1},
         {"personalization.method": "fedper", "dp.local": True,
          "dp.local-noise-multiplier": 0.5},
     ],

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from strategies.compression.codecs import (
+    CompressionSection,
     CompressionSpec,
     advance_estimate,
     chunk_ids,
@@ -270,3 +271,19 @@ def test_spec_rejects_bad_values():
         CompressionSpec("topk", topk_scope="layer")
     with pytest.raises(ValueError, match=r"compression.topk-fraction"):
         CompressionSpec("topk", topk_fraction=0.0)
+
+
+def test_topk_warmup_rounds_use_the_warmup_codec_then_topk():
+    section = CompressionSection(method="topk+int8", topk_warmup_rounds=2,
+                                 topk_warmup_method="int8", topk_fraction=0.05)  # fmt: skip
+    specs = {rnd: section.round_spec(rnd) for rnd in (0, 1, 2, 3, 20)}
+    assert [specs[r][1] for r in (0, 1, 2, 3, 20)] == [False, True, True, False, False]
+    assert specs[1][0] == specs[2][0] == CompressionSpec("int8", 0.05, 1024, "model")
+    assert specs[3][0] == specs[0][0] == CompressionSpec("topk+int8", 0.05, 1024, "model")
+    assert not specs[1][0].sparse and specs[3][0].sparse
+    # Quantisation methods have no warm-up: the key is top-k's only.
+    int4 = CompressionSection(method="int4", topk_warmup_rounds=5)
+    assert int4.round_spec(1) == (CompressionSpec("int4", 0.01, 1024, "model"), False)
+    # The default: three dense int4 rounds before top-k.
+    default = CompressionSection(method="topk")
+    assert [default.round_spec(r)[0].scheme for r in (1, 3, 4)] == ["int4", "int4", "topk"]
