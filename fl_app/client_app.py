@@ -36,7 +36,12 @@ from fl_app.heterogeneity import (
 from fl_app.personal_state import SiloPersonalization
 from fl_app.silo_state import SiloStateStore, silo_lineage
 from fl_app.vertical.client import register as register_vertical
-from fl_core.records import LOSS_BEFORE_KEY, META_KEY, REPORT_LOSS_BEFORE_KEY
+from fl_core.records import (
+    LOCAL_TRAIN_SECONDS_KEY,
+    LOSS_BEFORE_KEY,
+    META_KEY,
+    REPORT_LOSS_BEFORE_KEY,
+)
 from fl_core.seeding import derive_seed, seed_everything
 from strategies.compression import CompressionSpec, compress_train_content
 from strategies.compression.records import ESTIMATE_STEP_KEY
@@ -170,6 +175,7 @@ def train(msg: Message, context: Context) -> Message:
         personal.before_train(model)
     generator = seed_everything(derive_seed(cfg.seed, "train", pid, server_round))
     proximal_mu = float(config.get("proximal-mu", 0.0))
+    train_started = time.perf_counter()
     if cfg.dp.local:
         metrics = _train_local_dp(
             model, train_data, task, cfg, context, pid, server_round, config, generator
@@ -182,6 +188,9 @@ def train(msg: Message, context: Context) -> Message:
         )
     if personal is not None:
         personal.after_train(model, train_data)
+    # The silo's own training work (wall seconds of its local epochs), apart from the
+    # round's messaging: benchmarks.centralized sets it against the centralised loop.
+    metrics[LOCAL_TRAIN_SECONDS_KEY] = time.perf_counter() - train_started
     metrics["num-examples"] = len(train_data)
     if loss_before is not None:
         metrics[LOSS_BEFORE_KEY] = loss_before
