@@ -752,6 +752,8 @@ def render_markdown(
         markdown_table(results),
         "",
         *notes(results),
+        GAP_ANALYSIS_FILE.read_text().strip() if GAP_ANALYSIS_FILE.is_file() else "",
+        "",
         "### Where the time goes",
         "",
         "Wall-clock seconds, measured by the same benchmark process (mean ± std over "
@@ -787,6 +789,11 @@ def render_markdown(
         "",
     ]
     return "\n".join(parts)
+
+
+#: What was tried to close the gaps, with the probes' figures: hand-written Markdown next to
+#: this module (the probes, ``benchmarks.centralized_probe``, are not rerun by this benchmark).
+GAP_ANALYSIS_FILE = Path(__file__).with_name("centralized_gaps.md")
 
 
 def _seeds_text(meta: Mapping[str, Any]) -> str:
