@@ -3,7 +3,8 @@
 Messages:
 * ``query``   → the silo's partition id (the server's roll call before round 1).
 * ``train``   → local training from the received global model; replies the new weights,
-  ``train-loss``, ``num-examples`` and a ``meta`` record with the partition id. Under local
+  ``train-loss``, ``num-examples``, ``local-train-seconds`` (its local training's wall
+  time) and a ``meta`` record with the partition id. Under local
   DP the silo's secret randomness and accounting are kept per the config's ``lineage``
   (:mod:`fl_app.silo_state`).
   When the instruction asks for it (``report-loss-before``; q-FedAvg) it adds
