@@ -834,7 +834,12 @@ def _overrides_text(tasks: Iterable[str]) -> str:
         for task, o in TASK_OVERRIDES.items()
         if task in tasks and o
     ]
-    return f" ({'; '.join(parts)}, for FL and central alike)" if parts else ""
+    if not parts:
+        return ""
+    return (
+        f" ({'; '.join(parts)}; training keys and rounds for FL and central alike, the "
+        "strategy and server keys for FL only)"
+    )
 
 
 def notes(results: Sequence[BenchmarkResult]) -> list[str]:
