@@ -46,6 +46,7 @@ from benchmarks.harness import Table, code_version, cpu_count, load_average
 from fl_app.config import RunConfig
 from fl_app.local_run import PROJECT_DIR, SimulationRun, run_simulation
 from fl_core.config import flatten
+from fl_core.records import LOCAL_TRAIN_SECONDS_KEY
 from fl_core.seeding import derive_seed, seed_everything
 from tasks import TASKS, get_task
 from tasks.base import ArrayDataset
@@ -57,6 +58,8 @@ DEFAULT_OUT = Path("docs/benchmarks.md")
 NUM_SILOS = 10
 DIRICHLET_ALPHA = 0.5
 QUICK_ROUNDS = 2
+#: Seeds every setting runs with (rows report mean ± std over them).
+DEFAULT_SEEDS = (42, 43, 44)
 #: Path parts left out of a project snapshot when git cannot list the app's files.
 SNAPSHOT_SKIP = {
     ".git", "__pycache__", "outputs", "node_modules", ".venv", "mlruns", ".pytest_cache",
@@ -93,6 +96,8 @@ class BenchmarkResult:
     train_rows: int
     epochs: int
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: The run seed (``None``: not recorded, a report from before seeds were repeated).
+    seed: int | None = None
 
 
 # --------------------------------------------------------------------------- configs
@@ -183,12 +188,10 @@ def train_centralised(cfg: RunConfig, num_silos: int = NUM_SILOS) -> BenchmarkRe
         model = task.build_model()
         task.set_input_scaling(model, [m for m in moments if m is not None])
         generator = seed_everything(derive_seed(cfg.seed, "train", "central"))
-        train_metrics = task.train(
-            model,
-            pooled,
-            cfg.replace({"training.local-epochs": epochs}).training,
-            generator=generator,
-        )
+        training = cfg.replace({"training.local-epochs": epochs}).training
+        train_started = time.perf_counter()
+        train_metrics = task.train(model, pooled, training, generator=generator)
+        train_seconds = time.perf_counter() - train_started
         metrics = task.evaluate(model, test)
     finally:
         torch.set_num_threads(threads)
@@ -199,7 +202,11 @@ def train_centralised(cfg: RunConfig, num_silos: int = NUM_SILOS) -> BenchmarkRe
     )  # fmt: skip
     return BenchmarkResult(
         cfg.task, "central", metrics, seconds, len(pooled), epochs,
-        extra={"train-loss": train_metrics["train-loss"], "load-1min": load_average()},
+        extra={
+            "train-loss": train_metrics["train-loss"], "train-seconds": train_seconds,
+            "load-1min": load_average(),
+        },
+        seed=cfg.seed,
     )  # fmt: skip
 
 
@@ -297,20 +304,28 @@ def run_federated(
         num_silos,
         cfg.num_server_rounds,
     )
-    for attempt in range(1, START_ATTEMPTS + 1):
-        started = time.perf_counter()
-        run = run_simulation(
-            dict(overrides), num_supernodes=num_silos, project_dir=project_dir, **simulation_kwargs
-        )
-        seconds = time.perf_counter() - started
-        if run.final("server") or not any(
-            marker in run.output for marker in (SUPERLINK_START_FAILURE, RAY_START_FAILURE)
-        ):
-            break
-        # flwr gives its local SuperLink 15 s to start and Ray its node a fixed time; a
-        # busy machine can miss either. Nothing ran, so a fresh start measures the same.
-        LOG.warning("the simulation runtime did not start in time (attempt %d); retrying", attempt)
-    final = check_run(run, cfg)
+    with tempfile.TemporaryDirectory(prefix="fedsilo-bench-runs-") as runs_dir:
+        simulation_kwargs.setdefault("run_dir", Path(runs_dir))
+        for attempt in range(1, START_ATTEMPTS + 1):
+            started = time.perf_counter()
+            run = run_simulation(
+                dict(overrides),
+                num_supernodes=num_silos,
+                project_dir=project_dir,
+                **simulation_kwargs,
+            )
+            seconds = time.perf_counter() - started
+            if run.final("server") or not any(
+                marker in run.output for marker in (SUPERLINK_START_FAILURE, RAY_START_FAILURE)
+            ):
+                break
+            # flwr gives its local SuperLink 15 s to start and Ray its node a fixed time; a
+            # busy machine can miss either. Nothing ran, so a fresh start measures the same.
+            LOG.warning(
+                "the simulation runtime did not start in time (attempt %d); retrying", attempt
+            )
+        final = check_run(run, cfg)
+        timing = run_timing(run)
     metrics = {
         k: (float("nan") if v is None else float(v))
         for k, v in final.items()
@@ -330,8 +345,44 @@ def run_federated(
         seconds,
         sum(sizes),
         cfg.num_server_rounds * cfg.training.local_epochs,
-        extra={"silo-train-rows": sizes, "load-1min": load_average()},
-    )
+        extra={
+            "silo-train-rows": sizes, "num-server-rounds": cfg.num_server_rounds,
+            "local-epochs": cfg.training.local_epochs, "strategy": cfg.strategy, **timing,
+            "load-1min": load_average(),
+        },
+        seed=cfg.seed,
+    )  # fmt: skip
+
+
+def run_timing(run: SimulationRun) -> dict[str, float]:
+    """Where a federated run's seconds went, from what the run logged:
+
+    * ``rounds-seconds``: the rounds' wall time, summed (the server's ``round-seconds``:
+      sending the instructions, the silos' training, collecting the replies, aggregating,
+      evaluating on the test set, checkpointing);
+    * ``silo-train-seconds``: the silos' local training only, summed over silos and
+      rounds (each silo's ``local-train-seconds``, its epochs on one thread: the work the
+      centralised loop does in one go). Read from the run's ``silo_metrics.json``;
+      missing when that file is gone.
+    """
+    out: dict[str, float] = {}
+    rounds = [
+        float(r["round-seconds"])
+        for r in run.metrics
+        if r.get("phase") == "server" and r.get("round-seconds") is not None
+    ]
+    if rounds:
+        out["rounds-seconds"] = sum(rounds)
+    silo_file = run.run_dir / "silo_metrics.json" if run.run_dir is not None else None
+    if silo_file is not None and silo_file.is_file():
+        silos = [
+            float(r[LOCAL_TRAIN_SECONDS_KEY])
+            for r in json.loads(silo_file.read_text())
+            if r.get("phase") == "train" and r.get(LOCAL_TRAIN_SECONDS_KEY) is not None
+        ]
+        if silos:
+            out["silo-train-seconds"] = sum(silos)
+    return out
 
 
 # --------------------------------------------------------------------------- benchmark
@@ -388,14 +439,19 @@ def primary_metrics(metrics: Mapping[str, float]) -> tuple[str, ...]:
     return ("entity-f1",) if "entity-f1" in metrics else ("accuracy",)
 
 
+def _reference(results: Sequence[BenchmarkResult]) -> dict[tuple[str, int | None], BenchmarkResult]:
+    """The centralised result of each (task, seed)."""
+    return {(r.task, r.seed): r for r in results if r.setting == "central"}
+
+
 def gaps(results: Sequence[BenchmarkResult]) -> list[dict[str, float] | None]:
     """Per result, ``{metric: FL − central}`` in points (×100) for the primary metrics,
-    against the centralised result of the same task (``None`` for central rows and for
-    tasks without a centralised row)."""
-    central = {r.task: r for r in results if r.setting == "central"}
+    against the centralised result of the same task and seed (``None`` for central rows
+    and for results without a centralised result of their task and seed)."""
+    central = _reference(results)
     out: list[dict[str, float] | None] = []
     for r in results:
-        ref = central.get(r.task)
+        ref = central.get((r.task, r.seed))
         if r.setting == "central" or ref is None:
             out.append(None)
             continue
@@ -406,12 +462,96 @@ def gaps(results: Sequence[BenchmarkResult]) -> list[dict[str, float] | None]:
 
 
 def time_ratios(results: Sequence[BenchmarkResult]) -> list[float | None]:
-    """Per result, its seconds ÷ the centralised seconds of the same task."""
-    central = {r.task: r.seconds for r in results if r.setting == "central"}
+    """Per result, its seconds ÷ the centralised seconds of the same task and seed."""
+    central = {k: r.seconds for k, r in _reference(results).items()}
     return [
-        r.seconds / central[r.task] if r.setting != "central" and central.get(r.task) else None
+        r.seconds / central[(r.task, r.seed)]
+        if r.setting != "central" and central.get((r.task, r.seed))
+        else None
         for r in results
     ]
+
+
+def training_seconds(result: BenchmarkResult) -> float | None:
+    """The training work of a result: the centralised loop's seconds, or the silos' local
+    training seconds summed over silos and rounds (``None`` if not recorded)."""
+    key = "train-seconds" if result.setting == "central" else "silo-train-seconds"
+    value = result.extra.get(key)
+    return None if value is None else float(value)
+
+
+def overhead_seconds(result: BenchmarkResult) -> float | None:
+    """What a result's wall time spent outside its rounds (FL: start-up, roll call,
+    round-0 evaluation, shutdown = total − Σ round-seconds) or outside its training loop
+    (central: pooling the silos' rows, building the model, evaluating)."""
+    inner = (
+        result.extra.get("train-seconds")
+        if result.setting == "central"
+        else result.extra.get("rounds-seconds")
+    )
+    return None if inner is None else result.seconds - float(inner)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One row of the report: a task's setting over its seeds (values are per-seed lists,
+    in seed order; gaps are paired by seed with the centralised result)."""
+
+    task: str
+    setting: str
+    seeds: tuple[int | None, ...]
+    metrics: dict[str, list[float]]
+    primary: tuple[str, ...]
+    gaps: dict[str, list[float]] | None
+    seconds: list[float]
+    training: list[float]
+    rounds: list[float]
+    overhead: list[float]
+    time_ratio: list[float]
+    training_ratio: list[float]
+    collapsed: int
+
+
+def summarise(results: Sequence[BenchmarkResult]) -> list[Summary]:
+    """The results grouped by (task, setting), in first-seen order."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, r in enumerate(results):
+        groups.setdefault((r.task, r.setting), []).append(i)
+    per_gap, per_ratio = gaps(results), time_ratios(results)
+    central = _reference(results)
+    out = []
+    for (task, setting), idx in groups.items():
+        rows = [results[i] for i in idx]
+        keys = list(dict.fromkeys(k for r in rows for k in r.metrics))
+        primary = primary_metrics(rows[0].metrics)
+        row_gaps = [per_gap[i] for i in idx if per_gap[i] is not None]
+        train_ratio = []
+        for r in rows:
+            ref = central.get((r.task, r.seed))
+            mine, theirs = training_seconds(r), ref and training_seconds(ref)
+            if r.setting != "central" and mine is not None and theirs:
+                train_ratio.append(mine / theirs)
+        out.append(
+            Summary(
+                task=task,
+                setting=setting,
+                seeds=tuple(r.seed for r in rows),
+                metrics={k: [r.metrics[k] for r in rows if k in r.metrics] for k in keys},
+                primary=primary,
+                gaps=(
+                    {m: [g[m] for g in row_gaps if m in g] for m in primary} if row_gaps else None
+                ),
+                seconds=[r.seconds for r in rows],
+                training=[t for r in rows if (t := training_seconds(r)) is not None],
+                rounds=[float(r.extra["rounds-seconds"]) for r in rows
+                        if r.extra.get("rounds-seconds") is not None],
+                overhead=[o for r in rows if (o := overhead_seconds(r)) is not None],
+                time_ratio=[per_ratio[i] for i in idx if per_ratio[i] is not None],
+                training_ratio=train_ratio,
+                collapsed=sum(collapsed(r) for r in rows),
+            )
+        )  # fmt: skip
+    return out
 
 
 # --------------------------------------------------------------------------- rendering
@@ -422,8 +562,12 @@ SETTING_LABELS = {
 }
 METRIC_SHORT = {"accuracy": "acc", "roc-auc": "ROC", "pr-auc": "PR", "entity-f1": "entity F1"}
 COLUMNS = (
-    "task", "setting", "accuracy", "ROC-AUC", "PR-AUC", "F1 / macro-F1",
-    "gap to central (pts)", "seconds", "FL / central time",
+    "task", "setting", "seeds", "accuracy", "ROC-AUC", "PR-AUC", "F1 / macro-F1",
+    "gap to central (pts)",
+)  # fmt: skip
+TIME_COLUMNS = (
+    "task", "setting", "total s", "rounds s", "training s", "overhead s",
+    "FL / central: total", "FL / central: training",
 )  # fmt: skip
 
 
@@ -431,6 +575,29 @@ def _num(value: float | None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:.{digits}f}"
+
+
+def _values(values: Sequence[float]) -> list[float]:
+    return [v for v in values if not math.isnan(v)]
+
+
+def _mean_std(values: Sequence[float], digits: int = 4, sign: bool = False) -> str:
+    """``mean ± std`` (sample std over seeds; just the value for one seed; ``–`` for none;
+    NaN values left out)."""
+    data = _values(values)
+    if not data:
+        return "–"
+    mean, std = harness.mean_std(data)
+    head = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
+    return head if len(data) < 2 else f"{head} ± {std:.{digits}f}"
+
+
+def _ratio(values: Sequence[float]) -> str:
+    data = _values(values)
+    if not data:
+        return "–"
+    mean = sum(data) / len(data)
+    return f"×{mean:.0f}" if mean >= 10 else f"×{mean:.1f}" if mean >= 1 else f"×{mean:.2f}"
 
 
 def _rate(value: float | None) -> str:
@@ -441,43 +608,70 @@ def _fmt(metrics: Mapping[str, float]) -> str:
     return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
 
 
+def _seeds(seeds: Sequence[int | None]) -> str:
+    known = [str(s) for s in seeds if s is not None]
+    return ", ".join(known) if len(known) == len(seeds) else str(len(seeds))
+
+
 def table_rows(results: Sequence[BenchmarkResult], *, bold: bool = False) -> list[list[str]]:
-    """One list of cell strings per result, in :data:`COLUMNS` order; primary metrics in
-    ``**bold**`` when ``bold``."""
+    """One list of cell strings per (task, setting), in :data:`COLUMNS` order: each metric
+    as mean ± std over seeds, the gap as the mean ± std of the per-seed differences to the
+    centralised result; primary metrics in ``**bold**`` when ``bold``."""
     rows = []
-    for r, gap, ratio in zip(results, gaps(results), time_ratios(results), strict=True):
-        primary = primary_metrics(r.metrics)
+    for s in summarise(results):
 
-        def cell(metric: str, r=r, primary=primary) -> str:
-            text = _num(r.metrics.get(metric))
-            return f"**{text}**" if bold and metric in primary and text != "–" else text
+        def cell(metric: str, s=s) -> str:
+            text = _mean_std(s.metrics.get(metric, []))
+            return f"**{text}**" if bold and metric in s.primary and text != "–" else text
 
-        f1_key = next((k for k in ("f1", "f1-macro", "entity-f1") if k in r.metrics), "f1")
-        f1 = _num(r.metrics.get(f1_key))
-        if bold and f1_key in primary and f1 != "–":
-            f1 = f"**{f1}**"
+        f1_key = next((k for k in ("f1", "f1-macro", "entity-f1") if k in s.metrics), "f1")
         gap_text = (
             "reference"
-            if gap is None
-            else " · ".join(f"{v:+.1f} {METRIC_SHORT.get(m, m)}" for m, v in gap.items())
+            if s.gaps is None
+            else " · ".join(
+                f"{_mean_std(v, 1, sign=True)} {METRIC_SHORT.get(m, m)}" for m, v in s.gaps.items()
+            )
         )
         rows.append([
-            r.task,
-            SETTING_LABELS.get(r.setting, r.setting),
+            s.task,
+            SETTING_LABELS.get(s.setting, s.setting),
+            _seeds(s.seeds),
             cell("accuracy"),
             cell("roc-auc"),
             cell("pr-auc"),
-            f1,
+            cell(f1_key),
             gap_text,
-            f"{r.seconds:.1f}",
-            "–" if ratio is None else f"×{ratio:.0f}" if ratio >= 10 else f"×{ratio:.1f}",
+        ])  # fmt: skip
+    return rows
+
+
+def time_rows(results: Sequence[BenchmarkResult]) -> list[list[str]]:
+    """One list of cell strings per (task, setting), in :data:`TIME_COLUMNS` order (mean ±
+    std over seeds)."""
+    rows = []
+    for s in summarise(results):
+        central = s.setting == "central"
+        rows.append([
+            s.task,
+            SETTING_LABELS.get(s.setting, s.setting),
+            _mean_std(s.seconds, 1),
+            "–" if central else _mean_std(s.rounds, 1),
+            _mean_std(s.training, 1),
+            _mean_std(s.overhead, 1),
+            "–" if central else _ratio(s.time_ratio),
+            "–" if central else _ratio(s.training_ratio),
         ])  # fmt: skip
     return rows
 
 
 def markdown_table(results: Sequence[BenchmarkResult]) -> str:
     """The results as a Markdown table (primary metrics in bold)."""
-    return Table(COLUMNS, left=2).extend(table_rows(results, bold=True)).markdown()
+    return Table(COLUMNS, left=3).extend(table_rows(results, bold=True)).markdown()
+
+
+def markdown_time_table(results: Sequence[BenchmarkResult]) -> str:
+    """Where the seconds went, per (task, setting), as a Markdown table."""
+    return Table(TIME_COLUMNS, left=2).extend(time_rows(results)).markdown()
 
 
 def render_markdown(
@@ -516,7 +710,7 @@ def render_markdown(
                 f"SGD learning rate {meta['learning-rate']}, momentum {meta['momentum']}"
                 + _overrides_text(meta.get("data", {}))
                 + ",",
-                f"seed {meta['seed']}. The metrics are the server's evaluation of the final",
+                f"{_seeds_text(meta)}. The metrics are the server's evaluation of the final",
                 "global model on its held-out test set",
                 f"({meta['test-fraction']:.0%} of each data set, stratified). Silo data is split",
                 f"either IID or with Dirichlet label skew (α = {meta['dirichlet-alpha']:g}); each",
@@ -548,16 +742,36 @@ def render_markdown(
         "Primary metrics (bold): accuracy for digits (10 classes), ROC-AUC and PR-AUC for "
         "the binary tasks (PR-AUC's chance level is the positive rate above), entity-level "
         "F1 for NER (exact span and type, micro-averaged; its accuracy is per token). F1 is "
-        "for the positive class on binary tasks, macro-F1 on digits. *Gap* = FL − central "
-        "in percentage points of the primary metric(s). *Seconds* is wall-clock: for FL "
-        "the whole `flwr run` (SuperLink and simulation start-up and shutdown included), "
-        "for the baseline pooling the silo rows, training and evaluating in-process (one "
-        "torch thread, as each silo uses; measured once, cold, so torch's first-call "
-        "warm-up is included); both measured by the same benchmark process.",
+        "for the positive class on binary tasks, macro-F1 on digits. Every cell is the mean "
+        "± the sample standard deviation over the seeds in the *seeds* column (a seed "
+        "changes the model's initialisation, the split into test set and silos, and the "
+        "batch order, on both sides alike). *Gap* = FL − central in percentage points of "
+        "the primary metric(s), taken per seed (the FL run against the centralised run of "
+        "the same seed) and stated as the mean ± std of those differences.",
         "",
         markdown_table(results),
         "",
         *notes(results),
+        GAP_ANALYSIS_FILE.read_text().strip() if GAP_ANALYSIS_FILE.is_file() else "",
+        "",
+        "### Where the time goes",
+        "",
+        "Wall-clock seconds, measured by the same benchmark process (mean ± std over "
+        "seeds). *total*: for FL the whole `flwr run`, for the baseline pooling the silo "
+        "rows, training and evaluating in-process (one torch thread, as each silo uses). "
+        "*rounds*: the FL rounds' wall time, summed (the server's `round-seconds`: sending "
+        "the model, the silos' training, collecting and aggregating the replies, evaluating "
+        "on the test set, checkpointing). *training*: the training work alone — for the "
+        "baseline its training loop, for FL the silos' own local-training seconds "
+        "(`local-train-seconds`, each silo on one thread) summed over silos and rounds. "
+        "*overhead*: FL total − rounds (starting the local SuperLink and the simulation "
+        "runtime, packaging the app, the roll call and round-0 evaluation, shutdown); "
+        "baseline total − training (pooling the rows, evaluating).",
+        "",
+        markdown_time_table(results),
+        "",
+        time_note(results),
+        "",
         load_note(results, meta.get("cpus", cpu_count())),
         "",
         provenance_note(meta),
@@ -577,6 +791,41 @@ def render_markdown(
     return "\n".join(parts)
 
 
+#: What was tried to close the gaps, with the probes' figures: hand-written Markdown next to
+#: this module (the probes, ``benchmarks.centralized_probe``, are not rerun by this benchmark).
+GAP_ANALYSIS_FILE = Path(__file__).with_name("centralized_gaps.md")
+
+
+def _seeds_text(meta: Mapping[str, Any]) -> str:
+    seeds = meta.get("seeds") or [meta.get("seed")]
+    if len(seeds) == 1:
+        return f"seed {seeds[0]}"
+    return f"seeds {', '.join(str(s) for s in seeds)} (every setting is run once per seed)"
+
+
+def time_note(results: Sequence[BenchmarkResult]) -> str:
+    """Where the FL runs' seconds went, over all FL rows of the report: the share that is
+    start-up and shutdown, and how the silos' summed training compares to the rounds."""
+    fl = [r for r in results if r.setting != "central"]
+    total = sum(r.seconds for r in fl)
+    rounds = [r for r in fl if r.extra.get("rounds-seconds") is not None]
+    trained = [r for r in rounds if r.extra.get("silo-train-seconds") is not None]
+    if not total or not rounds or not trained:
+        return ""
+    outside = sum(overhead_seconds(r) or 0.0 for r in rounds)
+    in_rounds = sum(float(r.extra["rounds-seconds"]) for r in trained)
+    work = sum(float(r.extra["silo-train-seconds"]) for r in trained)
+    return (
+        f"Over the FL runs above, {outside / sum(r.seconds for r in rounds):.0%} of the "
+        "wall time is outside the rounds (start-up and shutdown: a fixed cost per run, "
+        "whatever the task, which is why tiny tasks show large total ratios); within the "
+        f"rounds, the silos' training adds up to {work / in_rounds:.0%} of the rounds' wall "
+        "time (the 10 silos share the machine's CPUs, so their training seconds overlap; "
+        "the rest of a round is messaging through the SuperLink, Flower's reply polling, "
+        "aggregation and the server's evaluation and checkpoint)."
+    )
+
+
 def _overrides_text(tasks: Iterable[str]) -> str:
     """`` (fraud: learning rate 0.01; …, for FL and central alike)`` for the reported
     tasks with per-task hyper-parameters (:data:`TASK_OVERRIDES`), else ``""``."""
@@ -585,7 +834,12 @@ def _overrides_text(tasks: Iterable[str]) -> str:
         for task, o in TASK_OVERRIDES.items()
         if task in tasks and o
     ]
-    return f" ({'; '.join(parts)}, for FL and central alike)" if parts else ""
+    if not parts:
+        return ""
+    return (
+        f" ({'; '.join(parts)}; training keys and rounds for FL and central alike, the "
+        "strategy and server keys for FL only)"
+    )
 
 
 def notes(results: Sequence[BenchmarkResult]) -> list[str]:
@@ -620,13 +874,18 @@ def to_json(results: Sequence[BenchmarkResult], meta: Mapping[str, Any]) -> dict
             extra=dict(r.extra),
         )
         rows.append(harness.json_safe(row, infinity=True))
-    return {"meta": harness.json_safe(dict(meta), infinity=True), "rows": rows}
+    summary = [asdict(s) for s in summarise(results)]
+    return {
+        "meta": harness.json_safe(dict(meta), infinity=True),
+        "summary": harness.json_safe(summary, infinity=True),
+        "rows": rows,
+    }
 
 
 #: Meta keys every row of one report shares (one header describes them all).
 SHARED_SETTINGS = (
     "num-silos", "strategy", "num-server-rounds", "local-epochs", "batch-size",
-    "learning-rate", "momentum", "seed", "test-fraction", "val-fraction", "dirichlet-alpha",
+    "learning-rate", "momentum", "seeds", "test-fraction", "val-fraction", "dirichlet-alpha",
     "client-eval",
 )  # fmt: skip
 
@@ -646,6 +905,7 @@ def results_from_json(data: Mapping[str, Any]) -> list[BenchmarkResult]:
             train_rows=int(row["train_rows"]),
             epochs=int(row["epochs"]),
             extra=dict(row.get("extra") or {}),
+            seed=row.get("seed"),
         )
         for row in data.get("rows", [])
     ]
@@ -663,7 +923,7 @@ def merge_reports(
     differ = {
         k: (old_meta.get(k), meta.get(k))
         for k in SHARED_SETTINGS
-        if k in old_meta and old_meta.get(k) != meta.get(k)
+        if (k in old_meta or k == "seeds") and old_meta.get(k) != meta.get(k)
     }
     if differ:
         raise BenchmarkError(
@@ -707,12 +967,15 @@ def provenance_note(meta: Mapping[str, Any]) -> str:
 
 def print_table(results: Sequence[BenchmarkResult]) -> None:
     """The results as a table on stdout (rich if available)."""
-    table = Table(COLUMNS, left=2, title="Federated vs centralised (server test set)")
-    table.extend(table_rows(results)).print(width=160)
+    table = Table(COLUMNS, left=3, title="Federated vs centralised (server test set)")
+    table.extend(table_rows(results)).print(width=180)
+    Table(TIME_COLUMNS, left=2, title="Seconds").extend(time_rows(results)).print(width=180)
 
 
 # --------------------------------------------------------------------------- metadata
-def describe(cfg: RunConfig, tasks: Sequence[str], command: str) -> dict[str, Any]:
+def describe(
+    cfg: RunConfig, tasks: Sequence[str], command: str, seeds: Sequence[int] | None = None
+) -> dict[str, Any]:
     """Settings, data sizes and environment of a benchmark (the docs' intro)."""
     data = {}
     for name in tasks:
@@ -746,6 +1009,7 @@ def describe(cfg: RunConfig, tasks: Sequence[str], command: str) -> dict[str, An
         "learning-rate": cfg.training.learning_rate,
         "momentum": cfg.training.momentum,
         "seed": cfg.seed,
+        "seeds": list(seeds) if seeds else [cfg.seed],
         "test-fraction": cfg.data.test_fraction,
         "val-fraction": cfg.data.val_fraction,
         "dirichlet-alpha": cfg.data.dirichlet_alpha,
@@ -781,7 +1045,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m benchmarks.centralized",
         quick=f"smoke test: {QUICK_ROUNDS} rounds unless --rounds; writes files only with --out",
         rounds=harness.opt(None, "num-server-rounds (default: the app's, from pyproject.toml)"),
-        seed=harness.opt(None, "run seed (default: the app's)"),
+        seeds=harness.opt(
+            list(DEFAULT_SEEDS),
+            "run seeds: every setting runs once per seed, each row reports mean ± std "
+            f"(default: {' '.join(map(str, DEFAULT_SEEDS))}; --quick: the first)",
+        ),
         merge="keep the other tasks' rows of the existing report (--out and its .json) and "
         "replace only the rows of --tasks",
         out=harness.opt(
@@ -801,6 +1069,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick and args.rounds is None:
         args.rounds = QUICK_ROUNDS
+    if args.quick and args.seeds == list(DEFAULT_SEEDS):
+        args.seeds = args.seeds[:1]
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds: repeated seed in {args.seeds}")
     harness.resolve_out(args, DEFAULT_OUT, parser)
     return args
 
@@ -823,10 +1095,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             plans = [
                 plan_task(
-                    task, rounds=args.rounds, seed=args.seed, client_eval=args.client_eval,
+                    task, rounds=args.rounds, seed=seed, client_eval=args.client_eval,
                     project_dir=snapshot,
                 )
                 for task in args.tasks
+                for seed in args.seeds
             ]  # fmt: skip
         except ValueError as exc:  # ConfigError: unknown task, bad rounds, …
             print(f"error: {exc}", file=sys.stderr)
@@ -841,15 +1114,31 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for k, v in app_defaults(snapshot).items()
                     if k in TASK_OVERRIDES.get(plans[0].task, {})
                 }
+                | {"task-defaults": False}
             )
         )
         seed_everything(base.seed)
-        meta = describe(base, args.tasks, command.strip())
+        meta = describe(base, args.tasks, command.strip(), args.seeds)
         if code.dirty and code.allow_dirty:
             meta["git"] = f"{code.short} (written with `--allow-dirty`)"
+        previous = None
+        if args.out and args.merge:
+            previous_json = Path(args.out).with_suffix(".json")
+            if not previous_json.is_file():
+                print(f"error: --merge: no report {previous_json} to merge into", file=sys.stderr)
+                return 2
+            previous = json.loads(previous_json.read_text())
+            try:  # refuse up front, not after the runs
+                merge_reports(previous, [], meta)
+            except BenchmarkError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
         try:
-            for plan in plans:
+            for i, plan in enumerate(plans):
                 results += benchmark_task(plan, project_dir=snapshot)
+                last_of_task = i + 1 == len(plans) or plans[i + 1].task != plan.task
+                if args.out and last_of_task:  # a task's rows are kept even if a later one fails
+                    write_report(Path(args.out), results, meta, previous)
         except BenchmarkError as exc:
             print(f"error: {exc}", file=sys.stderr)
             if results:
@@ -857,24 +1146,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
 
     print_table(results)
-    if args.out:
-        out = Path(args.out)
-        if args.merge:
-            previous_json = out.with_suffix(".json")
-            if not previous_json.is_file():
-                print(f"error: --merge: no report {previous_json} to merge into", file=sys.stderr)
-                return 2
-            try:
-                results, meta = merge_reports(json.loads(previous_json.read_text()), results, meta)
-            except BenchmarkError as exc:
-                print(f"error: {exc}", file=sys.stderr)
-                return 2
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(render_markdown(results, meta))
-        json_out = out.with_suffix(".json")
-        json_out.write_text(json.dumps(to_json(results, meta), indent=2) + "\n")
-        print(f"wrote {out} and {json_out}")
     return 0
+
+
+def write_report(
+    out: Path,
+    results: Sequence[BenchmarkResult],
+    meta: Mapping[str, Any],
+    previous: Mapping[str, Any] | None = None,
+) -> None:
+    """``out`` and the JSON next to it from ``results`` (merged into ``previous``, a
+    :func:`to_json` report, when given)."""
+    if previous is not None:
+        results, meta = merge_reports(previous, results, meta)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_markdown(results, meta))
+    json_out = out.with_suffix(".json")
+    json_out.write_text(json.dumps(to_json(results, meta), indent=2) + "\n")
+    print(f"wrote {out} and {json_out}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Messages:
 * ``query``   → the silo's partition id (the server's roll call before round 1).
 * ``train``   → local training from the received global model; replies the new weights,
-  ``train-loss``, ``num-examples`` and a ``meta`` record with the partition id. Under local
+  ``train-loss``, ``num-examples``, ``local-train-seconds`` (its local training's wall
+  time) and a ``meta`` record with the partition id. Under local
   DP the silo's secret randomness and accounting are kept per the config's ``lineage``
   (:mod:`fl_app.silo_state`).
   When the instruction asks for it (``report-loss-before``; q-FedAvg) it adds
@@ -37,7 +38,12 @@ from fl_app.personal_state import SiloPersonalization
 from fl_app.silo_state import SiloStateStore, silo_lineage
 from fl_app.transport import packing_mod
 from fl_app.vertical.client import register as register_vertical
-from fl_core.records import LOSS_BEFORE_KEY, META_KEY, REPORT_LOSS_BEFORE_KEY
+from fl_core.records import (
+    LOCAL_TRAIN_SECONDS_KEY,
+    LOSS_BEFORE_KEY,
+    META_KEY,
+    REPORT_LOSS_BEFORE_KEY,
+)
 from fl_core.seeding import derive_seed, seed_everything
 from strategies.compression import compress_train_content
 from strategies.compression.records import ESTIMATE_STEP_KEY
@@ -171,6 +177,7 @@ def train(msg: Message, context: Context) -> Message:
         personal.before_train(model)
     generator = seed_everything(derive_seed(cfg.seed, "train", pid, server_round))
     proximal_mu = float(config.get("proximal-mu", 0.0))
+    train_started = time.perf_counter()
     if cfg.dp.local:
         metrics = _train_local_dp(
             model, train_data, task, cfg, context, pid, server_round, config, generator
@@ -183,6 +190,9 @@ def train(msg: Message, context: Context) -> Message:
         )
     if personal is not None:
         personal.after_train(model, train_data)
+    # The silo's own training work (wall seconds of its local epochs), apart from the
+    # round's messaging: benchmarks.centralized sets it against the centralised loop.
+    metrics[LOCAL_TRAIN_SECONDS_KEY] = time.perf_counter() - train_started
     metrics["num-examples"] = len(train_data)
     if loss_before is not None:
         metrics[LOSS_BEFORE_KEY] = loss_before

@@ -10,3 +10,6 @@ META_KEY = "meta"
 REPORT_LOSS_BEFORE_KEY = "report-loss-before"
 #: Train-reply metric holding that loss (present only when asked for).
 LOSS_BEFORE_KEY = "train-loss-before"
+#: Train-reply metric: wall seconds the silo spent in its local training (its epochs
+#: only, not loading data or messaging), as every silo reports it.
+LOCAL_TRAIN_SECONDS_KEY = "local-train-seconds"

@@ -121,4 +121,5 @@ def test_every_tasks_recommended_run_config_is_a_valid_one():
         cfg = RunConfig.from_flower({"task": name, **recommended})
         flat = cfg.to_flower()
         assert all(flat[k] == v for k, v in recommended.items()), name
-    assert get_task("ner").recommended == {"training.learning-rate": 0.2}
+    assert get_task("ner").recommended["training.learning-rate"] == 0.2
+    assert get_task("ner").recommended["strategy"] == "fedavgm"
