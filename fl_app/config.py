@@ -100,7 +100,10 @@ class RunConfig(Section):
         True,
         description="Use the task's recommended settings (its `recommended` run config, "
         "e.g. NER's learning rate 0.2) for every key left at the app's default, in "
-        "horizontal mode; false = the app's defaults for every task.",
+        "horizontal mode; false = the app's defaults for every task. A key set to the "
+        "app's default value cannot be told apart from one left alone (Flower merges "
+        "them), so e.g. `strategy='fedavg'` on NER still runs its recommended FedAvgM: "
+        "add `task-defaults=false` for that.",
     )
     seed: int = Field(
         42,
