@@ -166,20 +166,30 @@ class PackingGrid(DelegatingGrid):
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         messages = list(messages)
         cache: dict[int, tuple[ArrayRecord, ArrayRecord, str]] = {}
-        originals = []
+        # What is pushed is a packed copy: an in-memory Grid (the simulation's) hands the
+        # pushed object itself to the ClientApp, so the caller's message must not change.
+        wire = []
         for msg in messages:
-            original = msg.content if msg.has_content() else None
-            originals.append(original)
-            if original is not None:
-                _with_content(msg, pack_content(original, cache))
+            content = pack_content(msg.content, cache) if msg.has_content() else None
+            if content is None or content is msg.content:
+                wire.append(msg)
+                continue
+            md = msg.metadata
+            wire.append(
+                Message(
+                    content,
+                    dst_node_id=md.dst_node_id,
+                    message_type=md.message_type,
+                    ttl=md.ttl,
+                    group_id=md.group_id,
+                )
+            )
         for record, _packed, _ in cache.values():
             self._once("push", f"instructions carry {len(record)} arrays as 1 packed array")
-        try:
-            ids = list(self.grid.push_messages(messages))
-        finally:
-            for msg, original in zip(messages, originals, strict=True):
-                if original is not None:
-                    _with_content(msg, original)
+        ids = list(self.grid.push_messages(wire))
+        for msg, sent in zip(messages, wire, strict=True):
+            if sent is not msg:  # the caller matches replies by its message's id
+                msg.metadata.__dict__["_message_id"] = sent.metadata.message_id
         return ids
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
