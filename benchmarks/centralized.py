@@ -181,9 +181,7 @@ def train_centralised(cfg: RunConfig, num_silos: int = NUM_SILOS) -> BenchmarkRe
     test = task.load_test(cfg.data, cfg.seed)
     epochs = cfg.num_server_rounds * cfg.training.local_epochs
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with harness.torch_threads(1):
         seed_everything(derive_seed(cfg.seed, "init"))
         model = task.build_model()
         task.set_input_scaling(model, [m for m in moments if m is not None])
@@ -193,8 +191,6 @@ def train_centralised(cfg: RunConfig, num_silos: int = NUM_SILOS) -> BenchmarkRe
         train_metrics = task.train(model, pooled, training, generator=generator)
         train_seconds = time.perf_counter() - train_started
         metrics = task.evaluate(model, test)
-    finally:
-        torch.set_num_threads(threads)
     seconds = time.perf_counter() - started
     LOG.info(
         "central %s: %d rows × %d epochs in %.2fs, train-loss %.4f, test %s",

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.centralized import app_defaults, primary_metrics, train_centralised
+from benchmarks.harness import torch_threads
 
 
 def _value(text: str) -> Any:
@@ -39,30 +40,23 @@ def probe(task: str, overrides: dict[str, Any], *, central: bool = False) -> dic
     """Final server-side test metrics of one in-process federation (10 silos, client-side
     evaluation off, FedAvg unless ``overrides`` say otherwise) or of its centralised
     baseline (``central``; IID silos' rows, same total epochs), with the seconds taken."""
-    import torch
-
     from fl_app.client_app import app
     from fl_app.config import RunConfig
     from fl_app.federation import run_federation
     from fl_app.inprocess import InProcessGrid
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with tempfile.TemporaryDirectory(prefix="fedsilo-probe-") as tmp:
-            flat = {"task": task, "strategy": "fedavg", "sampling.fraction-evaluate": 0.0,
-                    **overrides, "output.run-dir": tmp}  # fmt: skip
-            cfg = RunConfig.from_flower({**app_defaults(), **flat})
-            started = time.perf_counter()
-            if central:
-                metrics = dict(train_centralised(cfg.replace({"data.partitioner": "iid"})).metrics)
-            else:
-                result, _ = run_federation(InProcessGrid(app, cfg.to_flower(), 10), cfg)
-                server = result.evaluate_metrics_serverapp
-                metrics = {k: float(v) for k, v in server[max(server)].items()}
-            seconds = time.perf_counter() - started
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(1), tempfile.TemporaryDirectory(prefix="fedsilo-probe-") as tmp:
+        flat = {"task": task, "strategy": "fedavg", "sampling.fraction-evaluate": 0.0,
+                **overrides, "output.run-dir": tmp}  # fmt: skip
+        cfg = RunConfig.from_flower({**app_defaults(), **flat})
+        started = time.perf_counter()
+        if central:
+            metrics = dict(train_centralised(cfg.replace({"data.partitioner": "iid"})).metrics)
+        else:
+            result, _ = run_federation(InProcessGrid(app, cfg.to_flower(), 10), cfg)
+            server = result.evaluate_metrics_serverapp
+            metrics = {k: float(v) for k, v in server[max(server)].items()}
+        seconds = time.perf_counter() - started
     keep = primary_metrics(metrics)
     return {
         "task": task,
