@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -457,15 +457,20 @@ def gaps(results: Sequence[BenchmarkResult]) -> list[dict[str, float] | None]:
     return out
 
 
-def time_ratios(results: Sequence[BenchmarkResult]) -> list[float | None]:
-    """Per result, its seconds ÷ the centralised seconds of the same task and seed."""
-    central = {k: r.seconds for k, r in _reference(results).items()}
-    return [
-        r.seconds / central[(r.task, r.seed)]
-        if r.setting != "central" and central.get((r.task, r.seed))
-        else None
-        for r in results
-    ]
+def time_ratios(
+    results: Sequence[BenchmarkResult],
+    measure: Callable[[BenchmarkResult], float | None] = lambda r: r.seconds,
+) -> list[float | None]:
+    """Per result, its ``measure`` (default: its wall seconds) ÷ the centralised result's
+    of the same task and seed (``None`` for central rows, or where either is unknown or the
+    centralised one is 0)."""
+    central = {k: measure(r) for k, r in _reference(results).items()}
+    out: list[float | None] = []
+    for r in results:
+        mine, theirs = measure(r), central.get((r.task, r.seed))
+        ok = r.setting != "central" and mine is not None and theirs
+        out.append(mine / theirs if ok else None)
+    return out
 
 
 def training_seconds(result: BenchmarkResult) -> float | None:
@@ -514,19 +519,13 @@ def summarise(results: Sequence[BenchmarkResult]) -> list[Summary]:
     for i, r in enumerate(results):
         groups.setdefault((r.task, r.setting), []).append(i)
     per_gap, per_ratio = gaps(results), time_ratios(results)
-    central = _reference(results)
+    per_training_ratio = time_ratios(results, training_seconds)
     out = []
     for (task, setting), idx in groups.items():
         rows = [results[i] for i in idx]
         keys = list(dict.fromkeys(k for r in rows for k in r.metrics))
         primary = primary_metrics(rows[0].metrics)
         row_gaps = [per_gap[i] for i in idx if per_gap[i] is not None]
-        train_ratio = []
-        for r in rows:
-            ref = central.get((r.task, r.seed))
-            mine, theirs = training_seconds(r), ref and training_seconds(ref)
-            if r.setting != "central" and mine is not None and theirs:
-                train_ratio.append(mine / theirs)
         out.append(
             Summary(
                 task=task,
@@ -543,7 +542,9 @@ def summarise(results: Sequence[BenchmarkResult]) -> list[Summary]:
                         if r.extra.get("rounds-seconds") is not None],
                 overhead=[o for r in rows if (o := overhead_seconds(r)) is not None],
                 time_ratio=[per_ratio[i] for i in idx if per_ratio[i] is not None],
-                training_ratio=train_ratio,
+                training_ratio=[
+                    per_training_ratio[i] for i in idx if per_training_ratio[i] is not None
+                ],
                 collapsed=sum(collapsed(r) for r in rows),
             )
         )  # fmt: skip
