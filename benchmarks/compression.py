@@ -221,8 +221,8 @@ def markdown(rows: list[dict], args, runs: list[Run]) -> str:
                 + ", ".join(f"{seed} {d:+.2f}" for seed, d in per_seed.items())
                 + " pt."
             )
+    by_key = {(r.scheme, r.seed): r.final_accuracy for r in runs}
     for scheme, before in (("topk", "topk-no-warmup"), ("topk+int8", "topk+int8-no-warmup")):
-        by_key = {(r.scheme, r.seed): r.final_accuracy for r in runs}
         paired = [
             100 * (by_key[(scheme, seed)] - by_key[(before, seed)])
             for seed in args.seeds
