@@ -27,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,19 +38,34 @@ from benchmarks.harness import Column, Table
 SCHEMES = ("none", "int8", "int4", "topk", "topk+int8")
 #: name → (compression.method, other keys of the compression section): the codecs with
 #: their defaults, and the top-k error-feedback variants compared in docs/efficiency.md.
+_NO_WARMUP = {"topk-warmup-rounds": 0}
 VARIANTS: dict[str, tuple[str, dict]] = {
     **{s: (s, {}) for s in SCHEMES},
-    "topk-classic": ("topk", {"topk-feedback": "residual", "topk-scope": "tensor"}),
-    "topk-residual-model": ("topk", {"topk-feedback": "residual", "topk-scope": "model"}),
-    "topk-ef21-tensor": ("topk", {"topk-feedback": "ef21", "topk-scope": "tensor"}),
-    "topk-noef": ("topk", {"error-feedback": False}),
-    "topk-no-warmup": ("topk", {"topk-warmup-rounds": 0}),
+    # issue #9's error-feedback comparison: top-k from round 1, as it was then
+    "topk-classic": ("topk", {**_NO_WARMUP, "topk-feedback": "residual", "topk-scope": "tensor"}),
+    "topk-residual-model": (
+        "topk",
+        {**_NO_WARMUP, "topk-feedback": "residual", "topk-scope": "model"},
+    ),
+    "topk-ef21-tensor": ("topk", {**_NO_WARMUP, "topk-feedback": "ef21", "topk-scope": "tensor"}),
+    "topk-noef": ("topk", {**_NO_WARMUP, "error-feedback": False}),
+    "topk-no-warmup": ("topk", _NO_WARMUP),
     "topk+int8-no-warmup": ("topk+int8", {"topk-warmup-rounds": 0}),
     "topk-warmup-float32": ("topk", {"topk-warmup-method": "none"}),
+    "topk-warmup1-float32": ("topk", {"topk-warmup-rounds": 1, "topk-warmup-method": "none"}),
 }
 for _rounds in (1, 2, 5):
     VARIANTS[f"topk+int8-warmup{_rounds}"] = ("topk+int8", {"topk-warmup-rounds": _rounds})
-DEFAULT_VARIANTS = ("none", "int8", "int4", "topk", "topk+int8", "topk-no-warmup")
+#: The main table's rows.
+MAIN_VARIANTS = ("none", "int8", "int4", "topk", "topk+int8", "topk-no-warmup")
+#: Issue #22's warm-up exploration and issue #9's error-feedback comparison (their tables
+#: compare each with none and with ``topk-no-warmup``).
+WARMUP_VARIANTS = (
+    "topk-warmup1-float32", "topk+int8-warmup1", "topk+int8-warmup2", "topk-warmup-float32",
+    "topk+int8-warmup5", "topk", "topk+int8",
+)  # fmt: skip
+EF_VARIANTS = ("topk-classic", "topk-residual-model", "topk-ef21-tensor", "topk-noef")
+DEFAULT_VARIANTS = tuple(dict.fromkeys((*MAIN_VARIANTS, *WARMUP_VARIANTS, *EF_VARIANTS)))
 #: The rows held to the top-k target (1 % kept, ≥ 95 % cut, within 1 pt of none).
 TOPK_TARGET_ROWS = ("topk", "topk+int8")
 LABELS = {
@@ -61,11 +77,12 @@ LABELS = {
     "topk-no-warmup": "top-k 1 % + EF21, no warm-up (before, issue #9)",
     "topk+int8-no-warmup": "top-k 1 % + int8 + EF21, no warm-up",
     "topk-warmup-float32": "top-k 1 % + EF21, 3 float32 warm-up rounds",
+    "topk-warmup1-float32": "top-k 1 % + EF21, 1 float32 warm-up round",
     "topk+int8-warmup1": "top-k 1 % + int8 + EF21, 1 int4 warm-up round",
     "topk+int8-warmup2": "top-k 1 % + int8 + EF21, 2 int4 warm-up rounds",
     "topk+int8-warmup5": "top-k 1 % + int8 + EF21, 5 int4 warm-up rounds",
-    "topk-classic": "top-k 1 % + classic EF, per tensor (issue #9's before)",
-    "topk-residual-model": "top-k 1 % + classic EF, global",
+    "topk-classic": "top-k 1 % + classic residual, per tensor (before issue #9)",
+    "topk-residual-model": "top-k 1 % + classic residual, global",
     "topk-ef21-tensor": "top-k 1 % + EF21, per tensor",
     "topk-noef": "top-k 1 %, no error feedback",
 }
@@ -192,6 +209,7 @@ def markdown(rows: list[dict], args, runs: list[Run]) -> str:
 
     warmup = RunConfig().compression
     versions = harness.versions("flwr", "torch")
+    rows = [r for r in rows if r["scheme"] in MAIN_VARIANTS] or rows  # the others: own tables
     targets = []
     for row in rows:
         if row["scheme"] == "int8" and "cut" in row:
@@ -294,48 +312,40 @@ formula, `codecs.advance_estimate`), and the server aggregates `g` as the silo's
 step counter in the train config and the payload keeps the two copies in step; a lost reply
 or a restarted server makes both restart from `g = 0` (`strategies/compression/records.py`).
 
-{WARMUP.format(WARMUP_TABLE=_warmup_table())}
+{WARMUP.format(WARMUP_TABLE=_variant_table(runs, ("topk-no-warmup", *WARMUP_VARIANTS)))}
 
-{DIAGNOSIS.format(EXPLORATION_TABLE=_exploration_table())}
+{DIAGNOSIS.format(EXPLORATION_TABLE=_variant_table(runs, ("topk-no-warmup", *EF_VARIANTS)))}
 """
 
 
-#: Exploration for issue #22 (final accuracy per seed, in-process grid, the settings above,
-#: top-k 1 %; run with benchmarks.compression.run_one and the compression keys named):
-#: label, {seed: accuracy}, bytes uploaded per round (mean over the seeds run).
-WARMUP_SEEDS = (42, 43, 44, 45, 46, 47)
-WARMUP_NONE = (0.9778, 0.9694, 0.9694, 0.9667, 0.9778, 0.9806)  # the table above, ced1ef3
-WARMUP_EXPLORATION = (
-    ("EF21 from round 1 (issue #9's default; the \"before\" row above)",
-     {42: 0.9667, 43: 0.9417, 44: 0.9583, 45: 0.9667, 46: 0.9694, 47: 0.9528}, 18_602),
-    ("1 float32 warm-up round", {43: 0.9500, 47: 0.9806}, 39_246),
-    ("1 int4 warm-up round", {43: 0.9528, 47: 0.9750}, 20_106),
-    ("2 int4 warm-up rounds", {43: 0.9528, 47: 0.9750}, 21_604),
-    ("2 int4 warm-up rounds, EF21 estimate × 0.9 every round", {43: 0.9583}, 21_617),
-    ("2 int4 warm-up rounds, EF21 estimate × 0.95 every round", {43: 0.9611}, 21_626),
-    ("1 int4 warm-up round run through EF21 (estimate = warm-up update)",
-     {42: 0.9778, 43: 0.9667, 44: 0.9556, 45: 0.9556, 46: 0.9500, 47: 0.9611}, 20_078),
-    ("2 int4 warm-up rounds run through EF21", {43: 0.9472}, 21_592),
-    ("5 int4 warm-up rounds", {46: 0.9750, 47: 0.9750}, 26_256),
-    ("5 int4 warm-up rounds run through EF21", {46: 0.9778, 47: 0.9750}, 26_817),
-    ("**3 int4 warm-up rounds, top-k + int8 (new default)**",
-     {42: 0.9806, 43: 0.9667, 44: 0.9556, 45: 0.9583, 46: 0.9750, 47: 0.9750}, 21_127),
-)  # fmt: skip
-
-
-def _warmup_table() -> str:
+def _variant_table(runs: list[Run], schemes: Sequence[str]) -> str:
+    """Final accuracy per seed of each of ``schemes`` that ran, its mean difference to none
+    (paired by seed) and its bytes per round and cut (mean over its seeds)."""
+    seeds = sorted({r.seed for r in runs})
+    by_key = {(r.scheme, r.seed): r for r in runs}
     out = Table(
-        ["top-k 1 % variant", *(f"seed {s}" for s in WARMUP_SEEDS), "mean Δ vs none",
+        ["top-k 1 % variant", *(f"seed {s}" for s in seeds), "mean Δ vs none",
          Column("bytes / round", ",.0f"), Column("cut", lambda c: f"{100 * c:.1f} %")],
-        align="l" + "r" * (len(WARMUP_SEEDS) + 3),
+        align="l" + "r" * (len(seeds) + 3),
     )  # fmt: skip
-    base = dict(zip(WARMUP_SEEDS, WARMUP_NONE, strict=True))
-    dense = 431_426  # bytes / round of none (the table above, issue #9's runs)
-    for label, accs, nbytes in WARMUP_EXPLORATION:
-        cells = [f"{accs[s]:.4f}" if s in accs else "–" for s in WARMUP_SEEDS]
-        delta = statistics.fmean(100 * (a - base[s]) for s, a in accs.items())
-        seeds = f"{len(accs)} seed{'s' * (len(accs) > 1)}"
-        out.add(label, *cells, f"{delta:+.2f} pt ({seeds})", nbytes, 1 - nbytes / dense)
+    for scheme in schemes:
+        mine = {s: by_key[(scheme, s)] for s in seeds if (scheme, s) in by_key}
+        paired = [s for s in mine if ("none", s) in by_key]
+        if not paired:
+            continue
+        delta = statistics.fmean(
+            100 * (mine[s].final_accuracy - by_key[("none", s)].final_accuracy) for s in paired
+        )
+        cut = 1 - statistics.fmean(
+            mine[s].mean_bytes / by_key[("none", s)].mean_bytes for s in paired
+        )
+        label = f"{LABELS.get(scheme, scheme)} (`{scheme}`)"
+        out.add(
+            f"**{label}**" if scheme in TOPK_TARGET_ROWS else label,
+            *(f"{mine[s].final_accuracy:.4f}" if s in mine else "–" for s in seeds),
+            f"{delta:+.2f} pt ({len(paired)} seed{'s' * (len(paired) > 1)})",
+            statistics.fmean(r.mean_bytes for r in mine.values()), cut,
+        )  # fmt: skip
     return out.markdown()
 
 
@@ -353,84 +363,48 @@ feedback; top-k and EF21 start after them from a zero estimate (both sides: the 
 holds no estimate until the first top-k reply). The warm-up rounds are ordinary replies:
 their bytes are measured and counted like any other round's (in the table above).
 
-Exploration (final accuracy per seed, same settings; none: {none}; top-k 1 % + EF21
-global after the warm-up; bytes per round over all 20 rounds, "cut" against none's 431,426;
-the last row is re-measured by the benchmark above):
+Warm-up variants (final accuracy per seed, same settings and seeds as the table above,
+measured in the same invocation; bytes per round over all the rounds, warm-up included;
+"cut" against none's, paired by seed):
 
-{{WARMUP_TABLE}}
+{WARMUP_TABLE}
 
-- One dense round is not enough (seed 43 stays 1.7–1.9 pt behind: the model is then only
-  ~0.7 and top-k is again slow); 5 int4 rounds reach within 1 pt on two hard seeds but cost
-  26 kB a round (93.9 % cut). Three int4 rounds followed by top-k + int8 (1.63 kB a reply
-  instead of 1.86 kB) keep the average at ~21 kB a round, the 95 % cut; with float32 top-k
-  values the same warm-up costs ~23 kB a round (94.7 %).
-- Running the warm-up through EF21 (the estimate starts as the dense warm-up update, so the
-  server keeps applying it until top-k corrects it) was no better over 6 seeds with one
-  round (its row). Decaying the EF21 estimate (`g ← βg + topk(delta − βg)`, both sides) did
-  not help either (one seed, within noise); neither is kept.
+- One dense round is not enough: the model is then far from trained and top-k 1 % is again
+  slow to move it. More int4 rounds close the gap but each costs a dense-ish reply (~5 kB);
+  three rounds followed by top-k + int8 keep the 95 % cut. A float32 warm-up round costs
+  ~43 kB a reply, eight times an int4 one.
+- Also tried during issue #22 with a patch that is not in the repository, so no figures are
+  shown: running the warm-up through EF21 (the estimate starts as the dense warm-up update)
+  and decaying the EF21 estimate (`g ← βg + topk(delta − βg)`, both sides). Neither beat the
+  default on the seeds tried; neither is kept.
 - Not tried: DGC's momentum correction and local gradient clipping act on each SGD step of
   a silo that sends every step; here a silo sends once per round of 3 local epochs, and
   its delta is already the sum of its steps (EF21 keeps the rest).
-""".format(none=" / ".join(f"{a:.4f}" for a in WARMUP_NONE))
-
-
-#: One-off exploration (issue #9), final accuracy on seeds 42, 43, 44, 45: the dense
-#: baseline, then the top-k 1 % variants (the ones with a VARIANTS name are reproducible).
-EXPLORATION_NONE = (0.9778, 0.9722, 0.9694, 0.9667)
-EXPLORATION = (
-    ("classic residual, per tensor (before; `topk-classic`)", (0.9722, 0.9278, 0.9333, 0.9639)),
-    ("classic residual, global (`topk-residual-model`)", (0.9722, 0.9417, 0.9472, 0.9556)),
-    ("EF21, per tensor (`topk-ef21-tensor`)", (0.9583, 0.9306, 0.9444, 0.9750)),
-    ("**EF21, global (`topk`, new default)**", (0.9667, 0.9361, 0.9556, 0.9694)),
-    ("no error feedback (`topk-noef`)", (0.9444, 0.9278, 0.9361, 0.9611)),
-    ("classic residual × 0.5 decay, global", (0.9306, 0.9306, 0.9417, 0.9583)),
-    ("no EF, server averages each coordinate over its senders", (0.9556, 0.9472, 0.7222, 0.9028)),
-    ("classic residual + sender-only averaging", (0.7333, 0.6417, 0.8111, 0.7556)),
-)
-
-
-def _exploration_table() -> str:
-    out = Table(
-        ["top-k 1 % variant", "seeds 42 / 43 / 44 / 45", Column("mean", ".4f"),
-         Column("Δ vs none", lambda d: f"{100 * d:+.2f} pt")],
-        align="llrr",
-    )  # fmt: skip
-    base = statistics.fmean(EXPLORATION_NONE)
-    for label, accs in EXPLORATION:
-        mean = statistics.fmean(accs)
-        out.add(label, " / ".join(f"{a:.4f}" for a in accs), mean, mean - base)
-    return out.markdown()
+"""
 
 
 DIAGNOSIS = """### Why top-k 1 % lagged, and what was tried (issue #9)
 
-Diagnosis (digits, same settings, in-process grid, seeds 42–45): with the classic residual
-(`residual ← delta + residual − sent`), a silo's residual norm reached 7–8 after a few rounds
-while its fresh update had norm 1–2 (seed 43, silo 0): with 3 local epochs every silo
-re-learns a similar delta each round from a global model that barely moved (1 % sent), and
-the residual still holds the unsent part of the previous deltas, so the same progress is
-counted again and again and released in bursts (accuracy dips, seed 43 stuck at 0.93–0.94
-from round 12). Per-tensor top-k also spends 1 value on each of the 16/32/10 biases and ~1 %
-on each weight tensor whatever their magnitudes. Coordinates ever sent in 20 rounds (seed
-43): classic per tensor 11.4 % of one silo's model, 24.1 % for the union of the 10 silos;
-EF21 global 7.0 % and 11.7 % — the global budget concentrates: values sent per reply and
-tensor (conv1 w/b, conv2 w/b, head w/b) 2 / 1 / 47 / 1 / 52 / 1 per tensor vs 15.8 / 2.7 /
-26.4 / 0.8 / 54.2 / 0.3 global (conv1's 144 weights get 11 % per round).
+Diagnosis (issue #9, with instrumentation that is not in the repository, so described
+rather than quoted): with the classic residual (`residual ← delta + residual − sent`), a
+silo's residual norm grew to several times its fresh update's: with 3 local epochs every
+silo re-learns a similar delta each round from a global model that barely moved (1 % sent),
+and the residual still holds the unsent part of the previous deltas, so the same progress is
+counted again and again and released in bursts (accuracy dips and plateaus). Per-tensor
+top-k also spends a value on every bias and ~1 % on each weight tensor whatever their
+magnitudes, while a global budget concentrates where the magnitudes are.
 
-Final accuracy of the variants tried (one-off exploration harness on the same runs, before
-the table above was measured; variants with a name in backticks are reproducible with
-`--schemes NAME`; the harness simulated EF21 by uploading the estimate densely — the real
-codec reproduces its accuracy curves round for round, seeds 42 and 43, at 18.6 kB / round),
-dense baseline 0.9778 / 0.9722 / 0.9694 / 0.9667 (mean 0.9715); every top-k variant uploads
-18.4–18.7 kB / round (95.7 % cut):
+Error-feedback variants, measured in the same invocation (final accuracy per seed, same
+settings; every variant here starts top-k at round 1, like issue #9's default):
 
 {EXPLORATION_TABLE}
 
-Sender-only averaging (dividing each coordinate by the weight of the silos that sent it)
-starts fast (0.79 at round 2) but oscillates: selection bias, and with a residual the
-non-senders' share is counted again later; it is also unsound with central DP (one silo's
-support changes the others' scaling), so it was dropped. Residual decay loses progress.
-EF21 removes the over-counting by construction (the estimate tracks the current update,
+Also tried during issue #9, in a one-off harness that is not in the repository (so no
+figures are shown): sender-only averaging (dividing each coordinate by the weight of the silos
+that sent it) started fast but oscillated (selection bias; with a residual the non-senders'
+share is counted again later); it is also unsound with central DP (one silo's support changes
+the others' scaling), so it was dropped. A classic residual decayed by 0.5 a round lost
+progress. EF21 removes the over-counting by construction (the estimate tracks the current update,
 `‖delta − g_new‖² ≤ (1 − k/d)‖delta − g‖²`, pinned in
 `tests/strategies/compression/test_compression_codecs.py`), and the global budget goes
 where the magnitudes are. Both are sound with central DP: the server clips the silo's

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from benchmarks.compression import reply_sizes
+from benchmarks.compression import Run, _variant_table, reply_sizes
 from benchmarks.efficiency_doc import write_section
 from benchmarks.overhead import PROJECT_DIR, git_worktree, markdown, summarise, table
 from benchmarks.overhead_worker import audit_round_seconds
@@ -30,6 +30,25 @@ def test_one_real_reply_shrinks_per_codec():
     assert rows["int8"]["zlib"] <= rows["int8"]["plain"] < 0.3 * dense
     assert rows["int4"]["zlib"] < rows["int8"]["zlib"]
     assert rows["topk"]["plain"] < 0.05 * dense
+
+
+def test_variant_table_pairs_each_variant_with_none_by_seed():
+    def run(scheme, seed, acc, nbytes):
+        return Run(scheme, seed, 1.0, accuracy=[acc], bytes_uploaded=[nbytes])
+
+    runs = [
+        run("none", 1, 0.90, 1000.0), run("none", 2, 0.80, 1000.0),
+        run("topk", 1, 0.89, 50.0), run("topk", 2, 0.82, 30.0),
+        run("topk-noef", 2, 0.70, 40.0),
+    ]  # fmt: skip
+    lines = _variant_table(runs, ("topk", "topk-noef", "topk-classic")).splitlines()
+    topk = next(line for line in lines if "`topk`" in line)
+    # seed 1 −1 pt, seed 2 +2 pt → mean +0.5 pt; bytes 40 a round, cut 1 − (0.05 + 0.03)/2
+    assert "| 0.8900 | 0.8200 | +0.50 pt (2 seeds) | 40 | 96.0 % |" in topk
+    assert topk.startswith("| **")  # a row held to the top-k target stands out
+    noef = next(line for line in lines if "`topk-noef`" in line)
+    assert "| – | 0.7000 | -10.00 pt (1 seed) | 40 | 96.0 % |" in noef
+    assert not any("topk-classic" in line for line in lines)  # did not run: no row
 
 
 def _rows(direct, inprocess):
