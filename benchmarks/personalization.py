@@ -70,6 +70,18 @@ def cells(tasks, alphas, methods, seeds, rounds) -> list[tuple]:
     ]  # fmt: skip
 
 
+def training_defaults(task: str) -> dict[str, Any]:
+    """The task's recommended settings without its choice of server strategy (``strategy``,
+    ``server.*``), and ``task-defaults = false`` so it is not applied again: every method is
+    compared on the task's training settings, and the baseline really is FedAvg (NER
+    recommends FedAvgM)."""
+    from tasks import get_task
+
+    recommended = get_task(task).recommended
+    kept = {k: v for k, v in recommended.items() if k != "strategy" and not k.startswith("server.")}
+    return {**kept, "task-defaults": False}
+
+
 def run_one(item: tuple) -> dict[str, Any]:
     """One federation (in process): the last round's mean and worst silo, global and
     (for a personalisation method) personal."""
@@ -84,7 +96,7 @@ def run_one(item: tuple) -> dict[str, Any]:
     metric = get_task(run_task).main_metric
     with tempfile.TemporaryDirectory() as tmp:
         cfg = RunConfig.from_flower(
-            {**SETUP, **get_task(run_task).recommended, **METHODS[method], "task": run_task,
+            {**SETUP, **training_defaults(run_task), **METHODS[method], "task": run_task,
              "data.dirichlet-alpha": alpha,
              "seed": seed, "num-server-rounds": rounds, "output.run-dir": tmp}
         )  # fmt: skip

@@ -74,3 +74,18 @@ def test_worst_silo_rows_are_the_lowest_finite_silos_validation_rows():
     ]  # fmt: skip
     assert bench.worst_silo_rows(silos, 3, "acc") == 2
     assert bench.worst_silo_rows(silos, 4, "acc") is None
+
+
+def test_every_method_runs_on_the_tasks_training_settings_and_the_baseline_is_fedavg():
+    from benchmarks.personalization import METHODS, SETUP, training_defaults
+    from fl_app.config import RunConfig
+
+    def config(method):
+        return RunConfig.from_flower({**SETUP, **training_defaults("ner"), **METHODS[method],
+                                      "task": "ner"})  # fmt: skip
+
+    fedavg, ditto = config("fedavg"), config("ditto")
+    assert fedavg.strategy == "fedavg"  # NER recommends FedAvgM; the baseline stays FedAvg
+    assert ditto.strategy == "fedavg" and ditto.personalization.method == "ditto"
+    assert fedavg.training.learning_rate == 0.2  # the task's training settings still apply
+    assert config("fedprox").strategy == "fedprox"
