@@ -27,6 +27,8 @@ import json
 import statistics
 import sys
 import tempfile
+import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from benchmarks import harness
@@ -57,6 +59,132 @@ supernode: {{executor: {mode}}}
 """
 
 
+#: Roles of the run's processes, in the order the CPU table lists them.
+ROLES = ("SuperLink", "ServerApp", "SuperNode", "SuperExec", "ClientApp zygote",
+         "ClientApp tasks", "flwr CLI", "other")  # fmt: skip
+
+
+def role_of(cmdline: Sequence[str], parent_role: str | None = None) -> str:
+    """Which part of the deployment runtime a process is, from its command line (and its
+    parent's role: a warm SuperNode's tasks are forks of the zygote, same command line)."""
+    text = " ".join(cmdline)
+    if parent_role == "ClientApp zygote":
+        return "ClientApp tasks"
+    if "flwr-serverapp" in text:
+        return "ServerApp"
+    if "flwr-clientapp" in text:
+        return "ClientApp tasks"
+    if "flower-superlink" in text or ("flower-superexec" in text and "serverapp" in text):
+        return "SuperLink"  # Flower's SuperExec for the ServerApp is the SuperLink's side
+    if "adapters.supernode zygote" in text:
+        return "ClientApp zygote"
+    if "adapters.supernode superexec" in text or "flower-superexec" in text:
+        return "SuperExec"
+    if "flower-supernode" in text or "adapters.supernode run" in text:
+        return "SuperNode"
+    if "flwr run" in text or text.endswith("/flwr") or " flwr " in f" {text} ":
+        return "flwr CLI"
+    return "other"
+
+
+def cpu_by_role(
+    start: Mapping[int, tuple[str, float, float]], end: Mapping[int, tuple[str, float, float]]
+) -> dict[str, float]:
+    """CPU seconds per role between two snapshots ``pid → (role, own CPU s, reaped
+    children's CPU s)``: own CPU goes to the process's role; reaped children's CPU is kept
+    only for the warm zygote, whose children are its forked tasks (it reaps each at once, so
+    a short task is counted whole), and goes to ClientApp tasks. A process absent from
+    ``start`` counts from zero."""
+    out = dict.fromkeys(ROLES, 0.0)
+    for pid, (role, own, reaped) in end.items():
+        _, own0, reaped0 = start.get(pid, (role, 0.0, 0.0))
+        out[role] += max(0.0, own - own0)
+        out["ClientApp tasks"] += max(0.0, reaped - reaped0)
+    return out
+
+
+class CpuSampler:
+    """Samples the CPU time of every process under this one (psutil, every ``interval`` s)
+    and snapshots it when the run's ``metrics.json`` first shows round ``first`` and round
+    ``last`` finished (the server row): the CPU of rounds ``first + 1 … last`` by role.
+
+    A process keeps its last sampled figures after it exits (Flower's ``flwr-clientapp``
+    processes linger as zombies until reaped, so theirs are final); the warm zygote's
+    forked tasks are counted whole through the zygote's reaped-children time instead. CPU a
+    process spends after its last sample is missed (at most ``interval`` s each)."""
+
+    def __init__(self, run_dir: Path, first: int, last: int, interval: float = 0.1) -> None:
+        import psutil
+
+        self._psutil, self._me = psutil, psutil.Process()
+        self.run_dir, self.first, self.last, self.interval = run_dir, first, last, interval
+        self.snapshots: dict[int, dict[int, tuple[str, float, float]]] = {}
+        self._roles: dict[int, str] = {}
+        self._seen: dict[int, tuple[str, float, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cpu-sampler", daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _snapshot(self) -> dict[int, tuple[str, float, float]]:
+        for proc in self._me.children(recursive=True):
+            try:
+                with proc.oneshot():
+                    if proc.pid not in self._roles:
+                        parent = self._roles.get(proc.ppid())
+                        self._roles[proc.pid] = role_of(proc.cmdline(), parent)
+                    role = self._roles[proc.pid]
+                    if role == "ClientApp tasks" and self._roles.get(proc.ppid()) == (
+                        "ClientApp zygote"
+                    ):
+                        continue  # counted whole by the zygote that reaps it
+                    t = proc.cpu_times()
+                    reaped = t.children_user + t.children_system
+                    zygote = role == "ClientApp zygote"
+                    self._seen[proc.pid] = (role, t.user + t.system, reaped if zygote else 0.0)
+            except self._psutil.Error:
+                continue
+        return dict(self._seen)
+
+    def _last_round(self) -> int:
+        rounds = [0]
+        for path in self.run_dir.glob("**/metrics.json"):
+            try:
+                rows = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            rounds += [r["round"] for r in rows if r.get("phase") == "server"]
+        return max(rounds)
+
+    def _loop(self) -> None:
+        checks = 0
+        while not self._stop.wait(self.interval):
+            snap = self._snapshot()
+            checks += 1
+            if checks % 5:
+                continue
+            done = self._last_round()
+            for mark in (self.first, self.last):
+                if done >= mark and mark not in self.snapshots:
+                    self.snapshots[mark] = snap
+            if self.last in self.snapshots:
+                return
+
+    def per_round(self) -> dict[str, float] | None:
+        """CPU seconds per round by role over rounds ``first + 1 … last`` (``None`` if the
+        run did not reach both marks)."""
+        if self.first not in self.snapshots or self.last not in self.snapshots:
+            return None
+        total = cpu_by_role(self.snapshots[self.first], self.snapshots[self.last])
+        return {role: value / (self.last - self.first) for role, value in total.items()}
+
+
 def measure(mode: str, rounds: int, run_dir: Path) -> dict:
     """One run of the federation in ``mode``; per-round seconds and the final model."""
     from adapters.azureml.spec import parse_spec
@@ -64,7 +192,8 @@ def measure(mode: str, rounds: int, run_dir: Path) -> dict:
 
     load = harness.load_average(None)
     clock = harness.Stopwatch()
-    run = run_local(parse_spec(spec_text(mode, rounds)), run_dir=run_dir, timeout=3600)
+    with CpuSampler(run_dir, 1, rounds) as sampler:
+        run = run_local(parse_spec(spec_text(mode, rounds)), run_dir=run_dir, timeout=3600)
     total = clock.seconds
     if not run.ok:
         raise RuntimeError(f"{mode}: the run failed ({run.status}):\n{run.output[-3000:]}")
@@ -82,6 +211,7 @@ def measure(mode: str, rounds: int, run_dir: Path) -> dict:
         "train": per_round("train", "train-seconds"),
         "evaluate": per_round("evaluate", "evaluate-seconds"),
         "accuracy": server[-1]["accuracy"],
+        "cpu": sampler.per_round(),
         "model": str(run.run_dir / "model.pt"),
     }
 
@@ -117,12 +247,38 @@ def markdown(result: dict) -> str:
         else ""
     )
     same = "identical" if result.get("identical") else "NOT identical"
+    cpu = cpu_markdown(rows)
     return f"""### Deployment round cost (`python -m benchmarks.overhead --runtime deployment`)
 
 Digits, {SILOS} silos (SuperNodes) on loopback through the local backend, FedAvg, 1 local
 epoch, every silo trains and evaluates every round, {result["rounds"]} rounds, modes
 alternating; {harness.cpu_count()} cores, run {result["when"]}. Mean seconds per round over
 rounds 2…n: {summary}{ratio}. Final models of the runs: {same} (bit for bit).
+
+{table.markdown()}
+{cpu}"""
+
+
+def cpu_markdown(rows: list[dict]) -> str:
+    """Where the CPU of a round goes, per run and process role (empty if not sampled)."""
+    sampled = [(i, r) for i, r in enumerate(rows, 1) if r.get("cpu")]
+    if not sampled:
+        return ""
+    roles = [role for role in ROLES if any(r["cpu"][role] >= 0.005 for _, r in sampled)]
+    table = Table(
+        ["run", "mode", *(Column(role, ".2f") for role in roles), Column("all", ".2f"),
+         Column("cores busy", ".2f")],
+        align="rl" + "r" * (len(roles) + 2),
+    )  # fmt: skip
+    for i, row in sampled:
+        total = sum(row["cpu"].values())
+        table.add(i, row["mode"], *(row["cpu"][role] for role in roles), total,
+                  total / _mean(row["round"]))  # fmt: skip
+    return f"""
+CPU seconds per round (rounds 2…n) by process, sampled with psutil every 0.1 s over the
+run's process tree (a warm SuperNode's forked tasks counted whole through the zygote that
+reaps them; *cores busy* = CPU seconds / wall seconds of a round, out of
+{harness.cpu_count()}):
 
 {table.markdown()}
 """

@@ -54,3 +54,35 @@ def test_the_overhead_command_hands_the_deployment_runtime_its_options(monkeypat
     monkeypatch.setattr("benchmarks.overhead_deployment.main", lambda argv: seen.append(argv) or 0)
     assert overhead_main(["--runtime", "deployment", "--rounds", "3", "--repeats", "2"]) == 0
     assert seen[0][:4] == ["--rounds", "3", "--repeats", "2"]
+
+
+def test_processes_are_told_apart_by_their_command_line_and_parent():
+    from benchmarks.overhead_deployment import role_of
+
+    py = "/usr/bin/python3.11"
+    assert role_of([py, "/bin/flower-superlink", "--insecure"]) == "SuperLink"
+    assert role_of([py, "/bin/flower-superexec", "--plugin-type", "serverapp"]) == "SuperLink"
+    assert role_of([py, "/bin/flwr-serverapp", "--token", "t"]) == "ServerApp"
+    assert role_of([py, "/bin/flower-supernode", "--superlink", "x"]) == "SuperNode"
+    assert role_of([py, "-m", "adapters.supernode", "run", "--", "--insecure"]) == "SuperNode"
+    assert role_of([py, "-m", "adapters.supernode", "superexec", "--insecure"]) == "SuperExec"
+    assert role_of([py, "/bin/flower-superexec", "--plugin-type", "clientapp"]) == "SuperExec"
+    zygote = [py, "-m", "adapters.supernode", "zygote", "--fd", "5"]
+    assert role_of(zygote) == "ClientApp zygote"
+    assert role_of(zygote, parent_role="ClientApp zygote") == "ClientApp tasks"  # a fork
+    assert role_of([py, "/bin/flwr-clientapp", "--token", "t"]) == "ClientApp tasks"
+    assert role_of([py, "/bin/flwr", "run", ".", "local"]) == "flwr CLI"
+
+
+def test_cpu_by_role_counts_the_window_and_the_zygotes_reaped_tasks():
+    from benchmarks.overhead_deployment import cpu_by_role
+
+    start = {1: ("SuperLink", 10.0, 0.0), 2: ("ClientApp zygote", 3.0, 5.0)}
+    end = {
+        1: ("SuperLink", 12.5, 0.0),
+        2: ("ClientApp zygote", 3.5, 9.0),  # its forks used 4 s, reaped in the window
+        3: ("ClientApp tasks", 0.75, 0.0),  # a flwr-clientapp started in the window
+    }
+    cpu = cpu_by_role(start, end)
+    assert cpu["SuperLink"] == 2.5 and cpu["ClientApp zygote"] == 0.5
+    assert cpu["ClientApp tasks"] == 4.75 and cpu["SuperNode"] == 0.0
