@@ -300,6 +300,22 @@ def child_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, 
 
 
 @contextlib.contextmanager
+def environ(**values: str) -> Iterator[None]:
+    """``os.environ`` with ``values`` set for the block (what child processes started in it
+    inherit); every variable is restored afterwards."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
 def torch_threads(threads: int = 1) -> Iterator[None]:
     """torch's intra-op thread count for the block (restored afterwards)."""
     import torch

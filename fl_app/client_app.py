@@ -335,3 +335,15 @@ def evaluate(msg: Message, context: Context) -> Message:
     return Message(
         RecordDict({"metrics": MetricRecord(metrics), META_KEY: _meta(pid)}), reply_to=msg
     )
+
+
+def _warm_registries() -> None:
+    """Resolve the default run config once, at import: it loads the registries every
+    message's config reads (their modules and entry points). A ClientApp process would do
+    it on its first message anyway; done here, a warm SuperNode's zygote (which imports this
+    module) holds them and every task it forks inherits them instead of scanning the
+    installed packages' entry points again (adapters/supernode)."""
+    RunConfig.from_flower({})
+
+
+_warm_registries()

@@ -292,3 +292,15 @@ def test_the_benchmarks_that_run_many_federations_take_progress():
     assert parser.parse_args(["--progress"]).progress is True
     assert parser.parse_args([]).progress is False
     assert "--progress" not in harness.parser("No pool.").format_help()
+
+
+def test_environ_sets_variables_for_the_block_and_restores_them(monkeypatch):
+    import os
+
+    from benchmarks.harness import environ
+
+    monkeypatch.setenv("FEDSILO_TEST_KEPT", "before")
+    monkeypatch.delenv("FEDSILO_TEST_NEW", raising=False)
+    with environ(FEDSILO_TEST_KEPT="during", FEDSILO_TEST_NEW="1"):
+        assert os.environ["FEDSILO_TEST_KEPT"] == "during" and os.environ["FEDSILO_TEST_NEW"] == "1"
+    assert os.environ["FEDSILO_TEST_KEPT"] == "before" and "FEDSILO_TEST_NEW" not in os.environ

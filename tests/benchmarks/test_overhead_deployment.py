@@ -11,12 +11,16 @@ from benchmarks.overhead import main as overhead_main
 from benchmarks.overhead_deployment import markdown, models_identical, spec_text
 
 
-def test_both_modes_run_the_same_spec_but_for_the_supernode_executor():
+def test_the_modes_run_the_same_spec_but_for_the_supernode_executor():
     flower, warm = (parse_spec(spec_text(mode, rounds=4)) for mode in ("subprocess", "warm"))
     assert flower.supernode.executor == "subprocess" and warm.supernode.executor == "warm"
     assert [s.name for s in flower.silos] == [f"silo-{i}" for i in range(5)]
     assert flower.flower_overrides() == warm.flower_overrides()
     assert flower.flower_overrides()["num-server-rounds"] == 4
+    quiet = parse_spec(spec_text("warm-no-telemetry", rounds=4))
+    assert (
+        quiet.supernode.executor == "warm" and quiet.flower_overrides() == warm.flower_overrides()
+    )
 
 
 def test_models_identical_compares_every_tensor_bit_for_bit(tmp_path):
@@ -41,10 +45,12 @@ def test_the_table_reports_every_run_and_the_ratio_of_the_modes_means():
 
     result = {
         "rounds": 3, "when": "now", "identical": True,
-        "runs": [row("subprocess", [30.0, 24.0, 22.0], 1.5), row("warm", [9.0, 3.0, 2.0], 1.2)],
+        "runs": [row("subprocess", [30.0, 24.0, 22.0], 1.5), row("warm", [9.0, 3.0, 2.0], 1.2),
+                 row("warm-no-telemetry", [8.0, 2.0, 2.0], 1.0)],
     }  # fmt: skip
     text = markdown(result)
-    assert "subprocess 23.00 s, warm 2.50 s (**9.2×** faster)" in text  # rounds 2…n
+    assert ("subprocess 23.00 s, warm 2.50 s, warm-no-telemetry 2.00 s (warm **9.2×** faster)"
+            in text)  # rounds 2…n  # fmt: skip
     assert "| 1 | subprocess | 1.5 | 23.00 |" in text and "| 2 | warm | 1.2 | 2.50 |" in text
     assert "identical (bit for bit)" in text
 
