@@ -369,10 +369,10 @@ measured in the same invocation; bytes per round over all the rounds, warm-up in
 
 {WARMUP_TABLE}
 
-- One dense round is not enough: the model is then far from trained and top-k 1 % is again
-  slow to move it. More int4 rounds close the gap but each costs a dense-ish reply (~5 kB);
-  three rounds followed by top-k + int8 keep the 95 % cut. A float32 warm-up round costs
-  ~43 kB a reply, eight times an int4 one.
+- Each int4 warm-up round costs one ~5 kB reply per silo instead of a ~2 kB top-k one, a
+  float32 warm-up round ~43 kB (the bytes column). Between 1 and 5 int4 rounds the means
+  differ by a few test images (0.28 pt each) on these seeds; the default of 3 rounds was
+  chosen during issue #22 from the first runs of this table and is kept.
 - Also tried during issue #22 with a patch that is not in the repository, so no figures are
   shown: running the warm-up through EF21 (the estimate starts as the dense warm-up update)
   and decaying the EF21 estimate (`g ← βg + topk(delta − βg)`, both sides). Neither beat the
