@@ -48,6 +48,13 @@ import psutil
 from benchmarks import harness
 from benchmarks.efficiency_doc import DOC, write_section
 from benchmarks.harness import Table
+from fl_app.local_run import (  # at module level: a renamed helper fails every import test
+    PROJECT_DIR,
+    _free_port,
+    _prestart_superlink,
+    run_config_arg,
+    superlinks_of,
+)
 
 ROUND_LINE = re.compile(r"\[fedsilo\] round (\d+) server:")
 
@@ -127,14 +134,6 @@ def scaled_data(args, directory: Path) -> Path:
 
 
 def run_scale(args) -> dict:
-    from fl_app.local_run import (
-        PROJECT_DIR,
-        _free_port,
-        _prestart_superlink,
-        _superlinks_of,
-        run_config_arg,
-    )
-
     sampled = max(args.min_train, int(args.clients * args.fraction_train))
     overrides = {
         "task": args.task,
@@ -182,7 +181,7 @@ def run_scale(args) -> dict:
                         print(f"  round {rnd} at {round_times[rnd]:.1f} s", flush=True)
                 proc.wait(timeout=args.timeout)
         finally:
-            for superlink in _superlinks_of(Path(home)):
+            for superlink in superlinks_of(Path(home)):
                 harness.stop_tree(superlink)
             sampler.stop.set()
             sampler.join()
