@@ -109,6 +109,22 @@ class Run:
         return statistics.fmean(self.bytes_uploaded)
 
 
+def run_config(
+    scheme: str, seed: int, rounds: int = 20, silos: int = 10, topk_fraction: float = 0.01
+) -> dict:
+    """The flat run config of one federation of this benchmark with variant ``scheme`` of
+    :data:`VARIANTS` (also the clean runs of :mod:`benchmarks.honest`)."""
+    method, overrides = VARIANTS[scheme]
+    return {
+        "task": "digits", "num-server-rounds": rounds, "seed": seed,
+        "compression.method": method, "compression.topk-fraction": topk_fraction,
+        "compression.error-feedback": True,
+        **{f"compression.{key}": value for key, value in overrides.items()},
+        "sampling.fraction-evaluate": 0.0, "sampling.min-evaluate-nodes": 0,
+        "sampling.min-available-nodes": silos,
+    }  # fmt: skip
+
+
 def run_one(scheme: str, seed: int, rounds: int, silos: int, topk_fraction: float) -> Run:
     """One in-process federation with variant ``scheme`` of :data:`VARIANTS`."""
     from fl_app.client_app import app
@@ -117,23 +133,8 @@ def run_one(scheme: str, seed: int, rounds: int, silos: int, topk_fraction: floa
     from fl_app.inprocess import InProcessGrid
 
     with tempfile.TemporaryDirectory(prefix="fedsilo-compression-") as tmp:
-        compression, overrides = VARIANTS[scheme]
-        cfg = RunConfig(
-            task="digits",
-            num_server_rounds=rounds,
-            seed=seed,
-            compression={
-                "method": compression,
-                "topk-fraction": topk_fraction,
-                "error-feedback": True,
-                **overrides,
-            },
-            sampling={
-                "fraction-evaluate": 0.0,
-                "min-evaluate-nodes": 0,
-                "min-available-nodes": silos,
-            },
-            output={"run-dir": tmp},
+        cfg = RunConfig.from_flower(
+            {**run_config(scheme, seed, rounds, silos, topk_fraction), "output.run-dir": tmp}
         )
         start = time.perf_counter()
         result, _ = run_federation(InProcessGrid(app, cfg.to_flower(), silos), cfg)

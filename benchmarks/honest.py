@@ -91,17 +91,9 @@ def plan(seeds: Sequence[int] = SEEDS, quick: bool = False) -> list[Cell]:
 def run_config(cell: Cell, rounds: int | None = None) -> dict[str, Any]:
     """The flat run config of ``cell`` (``rounds`` overrides the setting's, for --quick)."""
     if cell.kind == "clean":
-        from benchmarks.compression import VARIANTS
+        from benchmarks.compression import run_config as compression_config
 
-        method, extra = VARIANTS[cell.codec]
-        config = {
-            "task": "digits", "num-server-rounds": 20, "seed": cell.seed,
-            "compression.method": method, "compression.topk-fraction": 0.01,
-            "compression.error-feedback": True,
-            **{f"compression.{k}": v for k, v in extra.items()},
-            "sampling.fraction-evaluate": 0.0, "sampling.min-evaluate-nodes": 0,
-            "sampling.min-available-nodes": 10,
-        }  # fmt: skip
+        config = compression_config(cell.codec, cell.seed)
     else:
         kind, strength = ATTACKS[cell.attack]
         config = {
