@@ -94,13 +94,13 @@ def run_config(cell: Cell, rounds: int | None = None) -> dict[str, Any]:
         from benchmarks.compression import run_config as compression_config
 
         config = compression_config(cell.codec, cell.seed)
-    else:
+    else:  # the robustness matrix's cell for FedAvg under this attack, with its strength
         kind, strength = ATTACKS[cell.attack]
-        config = {
-            **matrix.COMMON, "num-server-rounds": matrix.ROUNDS,
-            "training.local-epochs": matrix.LOCAL_EPOCHS, "data.partitioner": cell.partitioner,
-            "strategy": "fedavg", "attack.kind": kind, "attack.strength": strength,
-        }  # fmt: skip
+        fedavg = next(a for a in matrix.AGGREGATORS if a.label == "fedavg")
+        (planned,) = matrix.plan(
+            partitioners=[cell.partitioner], attacks=[kind], aggregators=[fedavg]
+        )
+        config = {**planned.run_config(), "attack.strength": strength}
     config.update(BOUNDS[cell.bound])
     if rounds is not None:
         config["num-server-rounds"] = rounds
