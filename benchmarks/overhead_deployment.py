@@ -92,7 +92,7 @@ def role_of(cmdline: Sequence[str], parent_role: str | None = None) -> str:
         return "SuperExec"
     if "flower-supernode" in text or "adapters.supernode run" in text:
         return "SuperNode"
-    if "flwr run" in text or text.endswith("/flwr") or " flwr " in f" {text} ":
+    if any(Path(arg).name == "flwr" for arg in cmdline[:2]):  # the program, or its script
         return "flwr CLI"
     return "other"
 
