@@ -141,8 +141,10 @@ FLOWER = tuple(
     _agg(name, "flower")
     for name in ("fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum", "bulyan")
 )
+#: Our rules plain: ``robust.pre-aggregator`` set to ``none`` (the app's default, ``auto``,
+#: would put the sweep's choice in front).
 OURS = tuple(
-    _agg(name, "ours")
+    _agg(name, "ours", pre_aggregator="none")
     for name in (
         "robust-median", "robust-trimmed-mean", "robust-krum", "robust-multikrum",
         "robust-bulyan", "geomed", "cclip", "norm-clip", "fltrust",
@@ -162,7 +164,7 @@ TUNED = tuple(
     row
     for tau in (AUTHORS_TAU, TUNED_TAU)
     for row in (
-        _agg(f"cclip τ={tau:g}", "ours (τ fixed)", "cclip", cclip_tau=tau),
+        _agg(f"cclip τ={tau:g}", "ours (τ fixed)", "cclip", pre_aggregator="none", cclip_tau=tau),
         _agg(
             f"cclip+nnm τ={tau:g}", "ours (τ fixed)", "cclip",
             pre_aggregator="nnm", cclip_tau=tau,
@@ -1353,7 +1355,9 @@ def render_markdown(
         "round, the median distance of the updates from the previous aggregate), "
         f"`robust.clip-norm = {meta.get('clip-norm')}`, "
         f"`robust.fltrust-root-size = {meta.get('fltrust-root-size')}`; `+nnm` = nearest-neighbour "
-        "mixing (Allouah et al., 2023) in front of the rule.",
+        "mixing (Allouah et al., 2023) in front of the rule; our rules without `+nnm` run "
+        "plain (`robust.pre-aggregator = 'none'`; the app's default `auto` puts the "
+        "robustness sweep's choice in front, see below).",
         "* Client-side evaluation is off and silos keep no validation split "
         "(`sampling.fraction-evaluate = 0`, `data.val-fraction = 0`): the benchmark reads the "
         "server's held-out test accuracy (360 images) after the last round."

@@ -581,6 +581,41 @@ def collapse_conditions(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
     return out
 
 
+#: Pre-aggregators in order of preference on a tie (simplest first).
+PRE_ORDER = ("none", "nnm", "bucketing")
+
+
+def auto_pre_aggregator(rows: Sequence[Mapping[str, Any]], plan: Plan) -> dict[str, dict]:
+    """Per rule run behind pre-aggregators: the pre-aggregator with the highest worst-case
+    accuracy (:func:`worst_grid`) averaged over the (fraction, skew) settings where the
+    plain rule ran. A pre-aggregator the rule refuses somewhere (bucketing leaves too few
+    inputs for its f), or not run at every such setting, is no candidate: a default must
+    run wherever the rule does. Ties go to the simpler (:data:`PRE_ORDER`). The data of
+    :data:`strategies.robust.defaults.AUTO` (``robust.pre-aggregator = "auto"``)."""
+    grid = worst_grid(rows)
+    variants: dict[str, dict[str, str]] = {}
+    for rule in plan.rules:
+        variants.setdefault(rule.strategy, {})[rule.pre] = rule.label
+    out: dict[str, dict] = {}
+    for strategy, by_pre in variants.items():
+        if set(by_pre) == {"none"} or "none" not in by_pre:
+            continue
+        settings = [(f, s) for f in plan.fractions for s in plan.skews
+                    if (f, s, by_pre["none"]) in grid]  # fmt: skip
+        if not settings:
+            continue
+        means = {}
+        for pre in PRE_ORDER:
+            label = by_pre.get(pre)
+            if label is None or any((f, s, label) not in grid for f, s in settings):
+                continue
+            means[pre] = round(statistics.fmean(grid[f, s, label]["accuracy"]
+                                                for f, s in settings), 4)  # fmt: skip
+        choice = max(means, key=lambda p: (means[p], -PRE_ORDER.index(p)))
+        out[strategy] = {"choice": choice, "mean_worst": means, "settings": len(settings)}
+    return out
+
+
 def recommendations(rows: Sequence[Mapping[str, Any]], plan: Plan) -> list[dict[str, Any]]:
     """Per (fraction, skew) and root data (FLTrust allowed or not): the rule with the best
     worst case over the attacks run there, and the runner-up."""
@@ -628,6 +663,7 @@ def to_json(rows, meta, plan) -> dict[str, Any]:
             "clean_fedavg": clean_reference(rows),
             "worst_per_rule": worst_per_rule(rows, plan),
             "collapse_conditions": collapse_conditions(rows),
+            "auto_pre_aggregator": auto_pre_aggregator(rows, plan),
             "recommendations": recommendations(rows, plan),
             "rows": [dict(r) for r in rows],
         }
@@ -821,6 +857,7 @@ def render_markdown(rows, meta, plan, out: Path, note: str = "") -> str:
         L += [t.markdown(), ""]
     else:
         L += ["No rule collapsed in the cells run.", ""]
+    L += _auto_section(rows, plan)
     L += [
         "## Which rule for which threat",
         "",
@@ -828,18 +865,73 @@ def render_markdown(rows, meta, plan, out: Path, note: str = "") -> str:
         "the best worst case over the attacks run there, among the rules run with the most "
         "attacks there, without server root data (FLTrust "
         "excluded) and with it; FedAvg's worst case for comparison. Read a row together with "
-        "its attack count: with few attacks run the worst case is an upper bound.",
+        "its attack count: with few attacks run the worst case is an upper bound. *Run "
+        "config*: the keys that give the row's rule, with `robust.num-byzantine` set to the "
+        "Byzantine silos defended against (the sweep tells the rules the truth); "
+        "`robust.pre-aggregator` is named only where the rule differs from its default "
+        "(`auto`, above).",
         "",
     ]
-    t = harness.Table(["Byzantine", "skew", "root data", "rule", "worst acc.", "attacks run",
-                       "runner-up", "FedAvg worst"], align="lllllrll")  # fmt: skip
+    auto = auto_pre_aggregator(rows, plan)
+    t = harness.Table(["Byzantine", "skew", "root data", "rule", "run config", "worst acc.",
+                       "attacks run", "runner-up", "FedAvg worst"],
+                      align="llllllrll")  # fmt: skip
     for r in recommendations(rows, plan):
         t.add(_frac(r["fraction"]), r["skew"], "yes" if r["root_data"] else "no", r["rule"],
-              _a(r["worst"]), r["attacks"],
+              run_config_hint(plan.by_label[r["rule"]], auto), _a(r["worst"]), r["attacks"],
               f"{r['runner_up']} ({_a(r['runner_up_worst'])})" if r["runner_up"] else "–",
               _a(r["fedavg_worst"]))  # fmt: skip
     L += [t.markdown(), "", MARK_END]
     return "\n".join(L)
+
+
+def run_config_hint(rule: Rule, auto: Mapping[str, Mapping[str, Any]]) -> str:
+    """The run-config keys that give ``rule`` (``robust.num-byzantine`` left to the user):
+    the strategy, and the pre-aggregator unless ``auto`` (:func:`auto_pre_aggregator`)
+    already picks it for a run with Byzantine silos."""
+    keys = f"`strategy='{rule.strategy}'`"
+    default = auto.get(rule.strategy, {}).get("choice", "none")
+    if rule.strategy != "fedavg" and rule.strategy in auto and rule.pre != default:
+        keys += f" `robust.pre-aggregator='{rule.pre}'`"
+    return keys
+
+
+def _auto_section(rows, plan) -> list[str]:
+    """The doc's account of ``robust.pre-aggregator = "auto"`` (:func:`auto_pre_aggregator`)."""
+    auto = auto_pre_aggregator(rows, plan)
+    L = [
+        "### The default pre-aggregator",
+        "",
+        '`robust.pre-aggregator = "auto"` (the default) puts in front of each of our rules '
+        "the pre-aggregator with the best worst case in this sweep: per rule, its worst-case "
+        "accuracy at each (Byzantine fraction, skew) where the plain rule ran, averaged over "
+        "those settings; a pre-aggregator the rule refuses at some of them is no candidate, "
+        "and a tie goes to the simpler. A run that leaves `robust.num-byzantine = 0` gets no "
+        "pre-aggregator (NNM mixes each update with its n − f nearest: all of them at f = 0). "
+        "The choice is `strategies.robust.defaults.AUTO` (the same figures); the run log "
+        "states it at the start. Per skew, the mean over the fractions, plain → chosen:",
+        "",
+    ]
+    if not auto:
+        return [*L, "No rule ran behind a pre-aggregator yet.", ""]
+    grid = worst_grid(rows)
+    by_label = {(r.strategy, r.pre): r.label for r in plan.rules}
+    t = harness.Table(["rule", "settings", *(f"mean worst: {p}" for p in PRE_ORDER), "auto",
+                       *(f"{s}: plain → auto" for s in plan.skews)], left=1)  # fmt: skip
+    for strategy, e in auto.items():
+        per_skew = []
+        for s in plan.skews:
+            pair = []
+            for pre in ("none", e["choice"]):
+                vals = [grid[f, s, by_label[strategy, pre]]["accuracy"] for f in plan.fractions
+                        if (f, s, by_label[strategy, "none"]) in grid
+                        and (f, s, by_label[strategy, pre]) in grid]  # fmt: skip
+                pair.append(statistics.fmean(vals) if vals else None)
+            per_skew.append(f"{_a(pair[0])} → {_a(pair[1])}")
+        t.add(strategy, e["settings"],
+              *(_a(e["mean_worst"].get(p)) if p in e["mean_worst"] else "–" for p in PRE_ORDER),
+              f"**{e['choice']}**", *per_skew)  # fmt: skip
+    return [*L, t.markdown(), ""]
 
 
 def write_outputs(rows, meta, plan, out: Path, *, final: bool, note: str = "") -> None:

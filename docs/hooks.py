@@ -342,6 +342,32 @@ def strategy_entries() -> list[dict[str, Any]]:
     return entries
 
 
+def _sweep_lines(strategy: str) -> list[str]:
+    """What the robustness sweep says of ``strategy``: the pre-aggregator ``auto`` gives it
+    and where it (behind each pre-aggregator) collapsed to chance."""
+    from strategies.robust.collapse import COLLAPSES
+    from strategies.robust.defaults import AUTO
+
+    lines = []
+    if strategy in AUTO:
+        e = AUTO[strategy]
+        means = ", ".join(f"{pre} {acc:.2f}" for pre, acc in e["mean_worst"].items())
+        lines.append(
+            f"- Default pre-aggregator (`auto`, with `robust.num-byzantine` > 0): "
+            f"**{e['choice']}** (mean worst-case accuracy over the sweep's {e['settings']} "
+            f"settings: {means})"
+        )
+    found = [c for c in COLLAPSES if c.strategy == strategy]
+    if found:
+        lines.append("- **Collapsed to chance in the robustness sweep** (a run under such a "
+                     "condition logs a warning):")  # fmt: skip
+        for c in sorted(found, key=lambda c: (c.pre_aggregator != "none", c.pre_aggregator,
+                                               c.min_fraction)):  # fmt: skip
+            rule = "plain" if c.pre_aggregator == "none" else f"behind {c.pre_aggregator}"
+            lines.append(f"    - {rule}: {c.condition()} ({c.attack})")
+    return lines
+
+
 def strategies_page() -> str:
     """Every registered strategy with its docstring, parameters and paper references."""
     entries = strategy_entries()
@@ -356,7 +382,11 @@ def strategies_page() -> str:
         "(`strategies/robust/`, pure torch functions), each of which can run behind a "
         'pre-aggregator (`robust.pre-aggregator = "nnm" | "bucketing" | "nnm+bucketing"`: '
         f"nearest-neighbour mixing, {reference_text(('Allouah', '2023'))}; bucketing, "
-        f"{reference_text(('Karimireddy', '2022'))}).",
+        f'{reference_text(("Karimireddy", "2022"))}). The default, `"auto"`, is the one '
+        "the robustness sweep measured best for the rule (none while "
+        "`robust.num-byzantine = 0`); where the sweep drove a rule to chance accuracy, its "
+        "section below lists the conditions, and a run under one of them logs a warning "
+        "([Robustness](robustness.md)).",
         "",
         "Every strategy runs inside the same wrappers: update validation (NaN/Inf, shapes, "
         "norm outliers), seeded client sampling, per-round reporting, and optionally central "
@@ -386,6 +416,7 @@ def strategies_page() -> str:
         if e["citations"]:
             lines.append("- References:")
             lines += [f"    - {reference_text(c)}" for c in e["citations"]]
+        lines += _sweep_lines(e["name"])
         lines.append("")
     lines += [
         "## Add a strategy",
@@ -476,7 +507,7 @@ def tasks_page() -> str:
         "Write `tasks/<name>.py` with a subclass of `tasks.base.Task` implementing "
         "`load_data(data) -> (pool, test | None)` (`data`: the run config's `data` section, "
         "its `source`) and `build_model()`, decorated with "
-        "`@TASKS.register(\"<name>\")`; describe its real source and offline default in the "
+        '`@TASKS.register("<name>")`; describe its real source and offline default in the '
         "module docstring. Nothing else to edit: this page picks it up on the next build. "
         "See [Extending](extending.md).",
         "",

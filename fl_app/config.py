@@ -50,6 +50,7 @@ from strategies.contribution.config import ContributionSection, check_contributi
 from strategies.flower_builtin import ServerSection
 from strategies.privacy.config import DPSection
 from strategies.registry import STRATEGIES
+from strategies.robust.registry import RULES
 from strategies.robust.rule_params import check_rule_params
 from strategies.robust.section import RobustSection
 from strategies.robust.simulation import ATTACKS, AttackSection
@@ -252,6 +253,13 @@ class RunConfig(Section):
                 "robust rules select or order individual updates (q-FedAvg weighs them by their "
                 "silo's loss), so one silo can move the result by more than dp.clip-norm / n. "
                 "Use one of: " + ", ".join(STRATEGIES.names(compatible="central-dp"))
+            )
+        if robust.pre_aggregator not in ("auto", "none") and self.strategy not in RULES:
+            raise ConfigError(
+                f"run-config 'robust.pre-aggregator' = '{robust.pre_aggregator}' does nothing "
+                f"with strategy '{self.strategy}': pre-aggregators go in front of our robust "
+                f"rules only ({', '.join(sorted(RULES))}). Choose one of them, or set "
+                "robust.pre-aggregator = 'auto' (or 'none')."
             )
         if dp.central and robust.max_update_norm_ratio > 0:
             raise ConfigError(

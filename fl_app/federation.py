@@ -58,6 +58,9 @@ from strategies import STRATEGIES, build_strategy
 from strategies.compression import CompressedUpdates
 from strategies.contribution.wrapper import ContributionScores
 from strategies.robust.collapse import collapse_warnings
+from strategies.robust.defaults import PreAggregatorChoice, resolve_pre_aggregator
+from strategies.robust.factories import pre_aggregator
+from strategies.robust.registry import RULES
 from strategies.robust.simulation import SimulatedAttack, byzantine_partitions, model_attacks
 from strategies.round_state import RoundState, share_round_state
 from strategies.secagg import SecureAggregation
@@ -122,10 +125,25 @@ def warn_if_rule_collapses(cfg: RunConfig, num_silos: int) -> list[str]:
         fraction = max(fraction, cfg.attack.fraction)
     iid = cfg.data.partitioner == "iid"
     alpha = cfg.data.dirichlet_alpha if cfg.data.partitioner == "dirichlet" else None
-    messages = collapse_warnings(cfg.strategy, cfg.robust.pre_aggregator, fraction, alpha, iid=iid)
+    messages = collapse_warnings(cfg.strategy, pre_aggregator(cfg), fraction, alpha, iid=iid)
     for message in messages:
         LOG.warning("[fedsilo] %s", message)
     return messages
+
+
+def log_pre_aggregator(cfg: RunConfig) -> PreAggregatorChoice | None:
+    """For a strategy that takes a pre-aggregator (our robust rules), log (and return)
+    the one this run uses and, for ``robust.pre-aggregator = "auto"``, why."""
+    if cfg.strategy not in RULES:
+        return None
+    robust = cfg.robust
+    choice = resolve_pre_aggregator(cfg.strategy, robust.pre_aggregator, robust.num_byzantine)
+    if choice.auto:
+        LOG.info("[fedsilo] robust.pre-aggregator 'auto' → '%s' for %s: %s",
+                 choice.value, cfg.strategy, choice.reason)  # fmt: skip
+    else:
+        LOG.info("[fedsilo] robust.pre-aggregator '%s' for %s", choice.value, cfg.strategy)
+    return choice
 
 
 def make_run_dir(cfg: RunConfig, kind: str = "") -> Path:
@@ -508,6 +526,7 @@ def run_federation(
             sinks.close()
             raise
         noisy_partitions(cfg.simulation, len(roster), cfg.seed)  # simulation.noisy-silos ≤ silos
+        log_pre_aggregator(cfg)
         warn_if_rule_collapses(cfg, len(roster))
         seed_everything(derive_seed(cfg.seed, "init"))
         model = task.build_model()

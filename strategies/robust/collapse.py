@@ -5,9 +5,10 @@
 attack: a Byzantine fraction of at least ``min_fraction`` and, unless ``max_alpha`` is
 ``None`` (then already under IID), label skew of Dirichlet α at most ``max_alpha``. It is
 the sweep's ``collapse_conditions`` (docs/robustness-sweep.json), copied into
-``collapses.json`` next to this module so that a run needs no docs; a test keeps the two
-equal. A condition is read as monotone: more Byzantine
-silos or stronger skew than a measured collapse is assumed to collapse too.
+``collapses.json`` next to this module (``python -m strategies.robust.collapse
+--from-sweep --update-readme``) so that a run needs no docs; a test keeps the two equal.
+A condition is read as monotone: more Byzantine silos or stronger skew than a measured
+collapse is assumed to collapse too.
 
 :func:`collapse_warnings` gives the warnings of a run that chooses such a rule under such
 a condition (the app logs them at run start, :func:`fl_app.federation.run_federation`).
@@ -66,10 +67,14 @@ class Collapse:
 #: docs/robustness-sweep.json (a test keeps the two equal; a FAB ships ``*.json``).
 TABLE_FILE = Path(__file__).with_name("collapses.json")
 
+
+def load_table(path: Path = TABLE_FILE) -> tuple[Collapse, ...]:
+    """The collapse conditions of a data file (:data:`TABLE_FILE`)."""
+    return tuple(Collapse(**entry) for entry in json.loads(path.read_text(encoding="utf-8")))
+
+
 #: The sweep's collapse conditions (see the module doc).
-COLLAPSES: tuple[Collapse, ...] = tuple(
-    Collapse(**entry) for entry in json.loads(TABLE_FILE.read_text(encoding="utf-8"))
-)
+COLLAPSES: tuple[Collapse, ...] = load_table()
 
 
 def collapse_warnings(
@@ -127,12 +132,48 @@ def readme_summary(table: tuple[Collapse, ...] = COLLAPSES) -> str:
 
 
 def update_readme(path: str | Path = "README.md") -> None:
-    """Rewrite the README's collapse summary between its markers."""
-    replace_between_markers(path, README_START, README_END, readme_summary())
+    """Rewrite the README's collapse summary between its markers, from :data:`TABLE_FILE`
+    as it is on disk now."""
+    replace_between_markers(path, README_START, README_END, readme_summary(load_table()))
+
+
+#: The sweep's JSON, where :func:`sync_from_sweep` reads the evidence.
+SWEEP_JSON = Path("docs/robustness-sweep.json")
+
+
+def _dump(value: object) -> str:
+    return json.dumps(value, indent=1, ensure_ascii=False) + "\n"
+
+
+def sync_from_sweep(
+    sweep_json: str | Path = SWEEP_JSON,
+    table_file: Path = TABLE_FILE,
+    auto_file: Path | None = None,
+) -> list[Path]:
+    """Copy the sweep's evidence into the data files the app reads at run time: its
+    ``collapse_conditions`` into :data:`TABLE_FILE` (this module's warnings) and its
+    ``auto_pre_aggregator`` into :data:`strategies.robust.defaults.AUTO_FILE` (the
+    ``robust.pre-aggregator = "auto"`` default). Returns the files written."""
+    from strategies.robust.defaults import AUTO_FILE
+
+    data = json.loads(Path(sweep_json).read_text(encoding="utf-8"))
+    missing = [k for k in ("collapse_conditions", "auto_pre_aggregator") if k not in data]
+    if missing:
+        raise SystemExit(
+            f"{sweep_json} has no {', '.join(missing)}: render it with this code first "
+            "(python -m benchmarks.robust --sweep --render-only)"
+        )
+    auto_file = AUTO_FILE if auto_file is None else auto_file
+    table_file.write_text(_dump(data["collapse_conditions"]), encoding="utf-8")
+    auto_file.write_text(_dump(data["auto_pre_aggregator"]), encoding="utf-8")
+    return [table_file, auto_file]
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through the README test
+    if "--from-sweep" in sys.argv:
+        for written in sync_from_sweep():
+            sys.stdout.write(f"wrote {written}\n")
     if "--update-readme" in sys.argv:
         update_readme()
-    else:
+    if not {"--from-sweep", "--update-readme"} & set(sys.argv):
         sys.stdout.write(readme_summary() + "\n")

@@ -22,6 +22,7 @@ from strategies import robust as agg
 from strategies.flower_builtin import common_kwargs
 from strategies.registry import STRATEGIES
 from strategies.robust import preaggregators as pre
+from strategies.robust.defaults import resolve_pre_aggregator
 from strategies.robust.registry import RULES
 from strategies.robust.rule_params import KEY as RULE_PARAMS_KEY
 from strategies.robust.rule_params import check_rule_section, section_params
@@ -32,12 +33,20 @@ if TYPE_CHECKING:
     from strategies.config import StrategyConfig
 
 
+def pre_aggregator(cfg: StrategyConfig) -> str:
+    """The pre-aggregator this run uses: ``robust.pre-aggregator``, with ``auto`` resolved
+    (:func:`strategies.robust.defaults.resolve_pre_aggregator`)."""
+    configured, num_byzantine = cfg.robust.pre_aggregator, cfg.robust.num_byzantine
+    return resolve_pre_aggregator(cfg.strategy, configured, num_byzantine).value
+
+
 def _pre(cfg: StrategyConfig) -> tuple[list, dict[str, Any]]:
     stages, params = [], {}
-    if "nnm" in cfg.robust.pre_aggregator:
+    chosen = pre_aggregator(cfg)
+    if "nnm" in chosen:
         stages.append(pre.nearest_neighbor_mixing)
         params["num_byzantine"] = cfg.robust.num_byzantine
-    if "bucketing" in cfg.robust.pre_aggregator:
+    if "bucketing" in chosen:
         stages.append(pre.bucketing)
         params["bucket_size"] = cfg.robust.bucket_size
         params["generator"] = None  # replaced by a per-round seeded generator
@@ -139,7 +148,7 @@ def robust_trimmed_mean(cfg: StrategyConfig) -> RobustAggregation:
     """Coordinate-wise trimmed mean dropping ``robust.trim-beta`` at each end (Yin et al.,
     2018); behind NNM, which takes ``robust.num-byzantine``, it trims
     ``robust.num-byzantine`` at each end."""
-    if "nnm" in cfg.robust.pre_aggregator:
+    if "nnm" in pre_aggregator(cfg):
         return _robust(cfg, agg.trimmed_mean)  # num_byzantine reaches both stages
     return _robust(cfg, agg.trimmed_mean, beta=cfg.robust.trim_beta)
 

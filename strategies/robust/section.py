@@ -21,8 +21,11 @@ class RobustSection(Section):
         0, ge=0, description="Assumed Byzantine silos f (Krum, MultiKrum, Bulyan)."
     )
     num_selected: int = Field(0, ge=0, description="Updates MultiKrum averages (0 = n - f).")
-    pre_aggregator: Literal["none", "nnm", "bucketing", "nnm+bucketing"] = Field(
-        "none", description="Pre-aggregation in front of our robust rules (NNM, bucketing)."
+    pre_aggregator: Literal["auto", "none", "nnm", "bucketing", "nnm+bucketing"] = Field(
+        "auto",
+        description="Pre-aggregation in front of our robust rules (NNM, bucketing). `auto`: "
+        "the one the robustness sweep measured best for the rule, none while "
+        "`robust.num-byzantine` = 0 (docs/robustness.md, 'The default pre-aggregator').",
     )
     bucket_size: int = Field(2, ge=1, description="Updates averaged per bucket (bucketing).")
     weights: Literal["uniform", "capped"] = Field(

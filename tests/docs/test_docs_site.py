@@ -132,6 +132,21 @@ def test_strategy_keys_follow_helpers_of_the_factory_module():
     assert "robust.pre-aggregator" in keys["geomed"]
 
 
+def test_strategy_page_carries_the_sweeps_default_and_collapse_warnings():
+    """Issue #23: a rule the sweep saw collapse gets a warning in its docs; its section
+    also names the pre-aggregator 'auto' gives it."""
+    from strategies.robust.collapse import COLLAPSES
+    from strategies.robust.defaults import AUTO
+
+    page = hooks.strategies_page()
+    sections = {part.split("`", 1)[0]: part for part in page.split("\n## `")[1:]}
+    for c in COLLAPSES:
+        assert c.condition() in sections[c.strategy], c
+    for strategy, evidence in AUTO.items():
+        assert f"Default pre-aggregator (`auto`, with `robust.num-byzantine` > 0): " \
+               f"**{evidence['choice']}**" in sections[strategy]  # fmt: skip
+
+
 def test_complete_nav_adds_optional_benchmark_and_other_pages(tmp_path):
     (tmp_path / "index.md").write_text("# Home\n")
     (tmp_path / "listed.md").write_text("# Listed\n")
