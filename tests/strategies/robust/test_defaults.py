@@ -9,6 +9,7 @@ import logging
 
 import pytest
 
+from fl_app import LOG
 from fl_app.config import RunConfig
 from fl_app.federation import log_pre_aggregator
 from fl_core.errors import ConfigError
@@ -54,8 +55,13 @@ def test_the_default_config_builds_the_rule_behind_the_sweeps_choice():
 
 def test_the_run_log_states_the_pre_aggregator_and_why(caplog: pytest.LogCaptureFixture):
     cfg = RunConfig(strategy="robust-median", robust={"num-byzantine": 4})
-    with caplog.at_level(logging.INFO):
-        choice = log_pre_aggregator(cfg)
+    # Flower's logger may not propagate to the root (where caplog listens): listen on ours.
+    LOG.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.INFO, logger=LOG.name):
+            choice = log_pre_aggregator(cfg)
+    finally:
+        LOG.removeHandler(caplog.handler)
     assert choice is not None and choice.value == AUTO["robust-median"]["choice"]
     assert f"'auto' → '{choice.value}' for robust-median" in caplog.text
     assert "docs/robustness.md" in caplog.text
