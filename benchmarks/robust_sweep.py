@@ -869,7 +869,7 @@ def render_markdown(rows, meta, plan, out: Path, note: str = "") -> str:
         "config*: the keys that give the row's rule, with `robust.num-byzantine` set to the "
         "Byzantine silos defended against (the sweep tells the rules the truth); "
         "`robust.pre-aggregator` is named only where the rule differs from its default "
-        "(`auto`, above).",
+        f"(`auto`, above). **none holds**: every rule ended at chance (≤ {CHANCE:g}) there.",
         "",
     ]
     auto = auto_pre_aggregator(rows, plan)
@@ -877,8 +877,11 @@ def render_markdown(rows, meta, plan, out: Path, note: str = "") -> str:
                        "attacks run", "runner-up", "FedAvg worst"],
                       align="llllllrll")  # fmt: skip
     for r in recommendations(rows, plan):
-        t.add(_frac(r["fraction"]), r["skew"], "yes" if r["root_data"] else "no", r["rule"],
-              run_config_hint(plan.by_label[r["rule"]], auto), _a(r["worst"]), r["attacks"],
+        held = r["worst"] > CHANCE
+        rule = r["rule"] if held else f"**none holds** (best: {r['rule']})"
+        keys = run_config_hint(plan.by_label[r["rule"]], auto) if held else "–"
+        t.add(_frac(r["fraction"]), r["skew"], "yes" if r["root_data"] else "no", rule, keys,
+              _a(r["worst"]), r["attacks"],
               f"{r['runner_up']} ({_a(r['runner_up_worst'])})" if r["runner_up"] else "–",
               _a(r["fedavg_worst"]))  # fmt: skip
     L += [t.markdown(), "", MARK_END]

@@ -276,6 +276,14 @@ def test_outputs_keep_the_rest_of_the_doc_and_end_with_the_recommendation_table(
     recs = {(r["fraction"], r["skew"], r["root_data"]): r for r in data["recommendations"]}
     assert recs[(0.2, "α=0.3", True)]["rule"] == "fltrust"
     assert recs[(0.2, "α=0.3", False)]["rule"] == "cclip"
+    # A setting where the best rule is at chance says that no rule holds there.
+    line = next(x for x in body.splitlines() if x.startswith("| 20 % | α=0.3 | no |"))
+    assert recs[(0.2, "α=0.3", False)]["worst"] == pytest.approx(0.7)
+    assert "| cclip | `strategy='cclip'` |" in line and "none holds" not in line
+    low = [{**r, "accuracy": 0.1} if r["aggregator"] != "fltrust" else r for r in rows]
+    body = sw.render_markdown(low, meta, plan, doc).split("## Which rule for which threat")[1]
+    line = next(x for x in body.splitlines() if x.startswith("| 20 % | α=0.3 | no |"))
+    assert "| **none holds** (best: " in line and "| – |" in line
     # Regenerating the matrix keeps the sweep's part (and the hand-written one).
     assert matrix.kept_section(doc, sw.MARK_START, sw.MARK_END).strip().startswith(sw.MARK_START)
     # A second render replaces the sweep's part, once.
