@@ -96,9 +96,10 @@ def run_config(cell: Cell, rounds: int | None = None) -> dict[str, Any]:
         config = compression_config(cell.codec, cell.seed)
     else:  # the robustness matrix's cell for FedAvg under this attack, with its strength
         kind, strength = ATTACKS[cell.attack]
-        fedavg = next(a for a in matrix.AGGREGATORS if a.label == "fedavg")
         (planned,) = matrix.plan(
-            partitioners=[cell.partitioner], attacks=[kind], aggregators=[fedavg]
+            partitioners=[cell.partitioner],
+            attacks=[kind],
+            aggregators=[matrix.aggregator("fedavg")],
         )
         config = {**planned.run_config(), "attack.strength": strength}
     config.update(BOUNDS[cell.bound])

@@ -857,7 +857,8 @@ def render_markdown(rows, meta, plan, out: Path, note: str = "") -> str:
         L += [t.markdown(), ""]
     else:
         L += ["No rule collapsed in the cells run.", ""]
-    L += _auto_section(rows, plan)
+    auto = auto_pre_aggregator(rows, plan)
+    L += _auto_section(rows, plan, auto)
     L += [
         "## Which rule for which threat",
         "",
@@ -872,7 +873,6 @@ def render_markdown(rows, meta, plan, out: Path, note: str = "") -> str:
         f"(`auto`, above). **none holds**: every rule ended at chance (≤ {CHANCE:g}) there.",
         "",
     ]
-    auto = auto_pre_aggregator(rows, plan)
     t = harness.Table(["Byzantine", "skew", "root data", "rule", "run config", "worst acc.",
                        "attacks run", "runner-up", "FedAvg worst"],
                       align="llllllrll")  # fmt: skip
@@ -899,9 +899,9 @@ def run_config_hint(rule: Rule, auto: Mapping[str, Mapping[str, Any]]) -> str:
     return keys
 
 
-def _auto_section(rows, plan) -> list[str]:
-    """The doc's account of ``robust.pre-aggregator = "auto"`` (:func:`auto_pre_aggregator`)."""
-    auto = auto_pre_aggregator(rows, plan)
+def _auto_section(rows, plan, auto: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The doc's account of ``robust.pre-aggregator = "auto"`` (``auto``:
+    :func:`auto_pre_aggregator` of ``rows``)."""
     L = [
         "### The default pre-aggregator",
         "",

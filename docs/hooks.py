@@ -346,12 +346,12 @@ def _sweep_lines(strategy: str) -> list[str]:
     """What the robustness sweep says of ``strategy``: the pre-aggregator ``auto`` gives it
     and where it (behind each pre-aggregator) collapsed to chance."""
     from strategies.robust.collapse import COLLAPSES
-    from strategies.robust.defaults import AUTO
+    from strategies.robust.defaults import AUTO, describe_means
 
     lines = []
     if strategy in AUTO:
         e = AUTO[strategy]
-        means = ", ".join(f"{pre} {acc:.2f}" for pre, acc in e["mean_worst"].items())
+        means = describe_means(e)
         lines.append(
             f"- Default pre-aggregator (`auto`, with `robust.num-byzantine` > 0): "
             f"**{e['choice']}** (mean worst-case accuracy over the sweep's {e['settings']} "

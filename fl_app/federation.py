@@ -58,8 +58,8 @@ from strategies import STRATEGIES, build_strategy
 from strategies.compression import CompressedUpdates
 from strategies.contribution.wrapper import ContributionScores
 from strategies.robust.collapse import collapse_warnings
-from strategies.robust.defaults import PreAggregatorChoice, resolve_pre_aggregator
-from strategies.robust.factories import pre_aggregator
+from strategies.robust.defaults import PreAggregatorChoice
+from strategies.robust.factories import pre_aggregator, pre_aggregator_choice
 from strategies.robust.registry import RULES
 from strategies.robust.simulation import SimulatedAttack, byzantine_partitions, model_attacks
 from strategies.round_state import RoundState, share_round_state
@@ -136,8 +136,7 @@ def log_pre_aggregator(cfg: RunConfig) -> PreAggregatorChoice | None:
     the one this run uses and, for ``robust.pre-aggregator = "auto"``, why."""
     if cfg.strategy not in RULES:
         return None
-    robust = cfg.robust
-    choice = resolve_pre_aggregator(cfg.strategy, robust.pre_aggregator, robust.num_byzantine)
+    choice = pre_aggregator_choice(cfg)
     if choice.auto:
         LOG.info("[fedsilo] robust.pre-aggregator 'auto' → '%s' for %s: %s",
                  choice.value, cfg.strategy, choice.reason)  # fmt: skip

@@ -25,7 +25,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["AUTO", "AUTO_FILE", "PreAggregatorChoice", "resolve_pre_aggregator"]
+__all__ = ["AUTO", "AUTO_FILE", "PreAggregatorChoice", "describe_means", "resolve_pre_aggregator"]
 
 #: The data file of :data:`AUTO` (a FAB ships ``*.json``).
 AUTO_FILE = Path(__file__).with_name("auto_pre_aggregator.json")
@@ -51,6 +51,11 @@ class PreAggregatorChoice:
         return self.configured == "auto"
 
 
+def describe_means(evidence: dict) -> str:
+    """``"none 0.39, nnm 0.50, …"``: an :data:`AUTO` entry's mean worst-case accuracies."""
+    return ", ".join(f"{pre} {acc:.2f}" for pre, acc in evidence["mean_worst"].items())
+
+
 def resolve_pre_aggregator(
     strategy: str, configured: str, num_byzantine: int, table: dict[str, dict] | None = None
 ) -> PreAggregatorChoice:
@@ -71,7 +76,7 @@ def resolve_pre_aggregator(
             "each update with its n − f nearest (all of them at f = 0); set "
             "robust.num-byzantine to the Byzantine silos to defend against",
         )  # fmt: skip
-    means = ", ".join(f"{pre} {acc:.2f}" for pre, acc in evidence["mean_worst"].items())
+    means = describe_means(evidence)
     return PreAggregatorChoice(
         evidence["choice"], configured,
         f"mean worst-case accuracy over the robustness sweep's {evidence['settings']} "

@@ -22,7 +22,7 @@ from strategies import robust as agg
 from strategies.flower_builtin import common_kwargs
 from strategies.registry import STRATEGIES
 from strategies.robust import preaggregators as pre
-from strategies.robust.defaults import resolve_pre_aggregator
+from strategies.robust.defaults import PreAggregatorChoice, resolve_pre_aggregator
 from strategies.robust.registry import RULES
 from strategies.robust.rule_params import KEY as RULE_PARAMS_KEY
 from strategies.robust.rule_params import check_rule_section, section_params
@@ -33,11 +33,16 @@ if TYPE_CHECKING:
     from strategies.config import StrategyConfig
 
 
-def pre_aggregator(cfg: StrategyConfig) -> str:
-    """The pre-aggregator this run uses: ``robust.pre-aggregator``, with ``auto`` resolved
-    (:func:`strategies.robust.defaults.resolve_pre_aggregator`)."""
+def pre_aggregator_choice(cfg: StrategyConfig) -> PreAggregatorChoice:
+    """The pre-aggregator this run uses and why: ``robust.pre-aggregator``, with ``auto``
+    resolved (:func:`strategies.robust.defaults.resolve_pre_aggregator`)."""
     configured, num_byzantine = cfg.robust.pre_aggregator, cfg.robust.num_byzantine
-    return resolve_pre_aggregator(cfg.strategy, configured, num_byzantine).value
+    return resolve_pre_aggregator(cfg.strategy, configured, num_byzantine)
+
+
+def pre_aggregator(cfg: StrategyConfig) -> str:
+    """The pre-aggregator this run uses (:func:`pre_aggregator_choice`)."""
+    return pre_aggregator_choice(cfg).value
 
 
 def _pre(cfg: StrategyConfig) -> tuple[list, dict[str, Any]]:

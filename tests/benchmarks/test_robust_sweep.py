@@ -240,7 +240,7 @@ def test_auto_picks_the_best_mean_worst_case_and_only_a_pre_aggregator_that_runs
         "mean_worst": {"none": pytest.approx(0.4), "nnm": 0.6},
     }
     assert auto["cclip"]["choice"] == "none"  # a tie goes to the simpler
-    text = "\n".join(sw._auto_section(rows, small))
+    text = "\n".join(sw._auto_section(rows, small, auto))
     assert "| geomed | 4 | 0.40 | 0.60 | – | **nnm** |" in text
     # The recommendation table's run config names the pre-aggregator only against 'auto'.
     hint = sw.run_config_hint
